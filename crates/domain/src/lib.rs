@@ -1,0 +1,37 @@
+//! Herald's domain: the vocabulary every other crate speaks, with no I/O.
+//!
+//! Values here are parsed once at the edge (`parse` constructors) and carried
+//! inward already valid, so inner layers never re-check strings.
+
+pub mod catalog;
+pub mod event_type;
+pub mod ids;
+pub mod net;
+pub mod retry;
+pub mod signing;
+pub mod status;
+
+pub use event_type::{EventTypeName, FilterTypes};
+pub use ids::{AppId, AttemptId, EndpointId, MessageId, Uid};
+pub use net::{AddressPolicy, EndpointUrl};
+pub use retry::RetrySchedule;
+pub use signing::{Secret, SigningKeys};
+pub use status::{DeliveryStatus, ErrorClass, Trigger};
+
+/// A value failed to parse; `field` names the input that was wrong so the API
+/// can report it to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ParseError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ParseError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

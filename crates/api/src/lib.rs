@@ -1,1 +1,103 @@
-//! placeholder
+//! Herald's HTTP API: Svix-compatible routes under `/api/v1`, bearer-token
+//! authentication and `Idempotency-Key` handling. Handlers parse input into
+//! domain types and call the store and the dispatcher; they never write SQL.
+
+mod apps;
+mod endpoints;
+mod error;
+mod event_types;
+mod extract;
+mod messages;
+mod middleware;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::routing::get;
+use axum::{Json, Router, ServiceExt};
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use herald_dispatch::Dispatcher;
+use herald_domain::AddressPolicy;
+use herald_store::Store;
+
+pub use error::{ApiError, ApiResult};
+pub use middleware::hash_token;
+
+/// What the API needs to know of the configuration.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// SHA-256 of the admin token; the token itself is never kept.
+    pub admin_token_hash: [u8; 32],
+    pub policy: AddressPolicy,
+    /// Largest request body accepted (default 1 MiB).
+    pub body_limit: usize,
+    /// How long a rotated-out secret keeps signing (default 24 h).
+    pub rotation_grace: Duration,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("admin_token_hash", &"<redacted>")
+            .field("policy", &self.policy)
+            .field("body_limit", &self.body_limit)
+            .field("rotation_grace", &self.rotation_grace)
+            .finish()
+    }
+}
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    /// Present when this process also delivers (`--role all`): fresh messages
+    /// are then leased to it and sent without waiting for a poll.
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The complete router (without path normalisation; see [`serve`]).
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(apps::routes())
+        .merge(event_types::routes())
+        .merge(endpoints::routes())
+        .merge(messages::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.body_limit));
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes. Paths are
+/// accepted with or without a trailing slash, as Svix's SDKs send both.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router(state));
+    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `GET /api/v1/health/`: open to load balancers, no token needed.
+async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    state.store.ping().await?;
+    Ok(Json(serde_json::json!({"status": "ok", "database": "ok"})))
+}

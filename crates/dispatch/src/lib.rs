@@ -1,1 +1,10 @@
-//! placeholder
+//! Herald's delivery engine: it takes leased deliveries (fresh ones straight
+//! from the API, due ones from the store), signs and POSTs them, records each
+//! attempt and schedules the retry. The database is the truth; what this
+//! crate holds in memory is only what it is sending right now.
+
+mod engine;
+mod http;
+
+pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
+pub use http::{build_body, classify, HttpSender, SendResult};

@@ -1,1 +1,156 @@
-//! placeholder
+//! All of Herald's SQL lives here: the [`Store`] trait that the rest of the
+//! program talks to, and its SQLite implementation. A PostgreSQL
+//! implementation of the same trait follows; the SQL is kept portable.
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+use async_trait::async_trait;
+use herald_domain::ids::IdOrUid;
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+
+/// What can go wrong talking to the store, in terms the API maps to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated; `field` names the clashing input.
+    #[error("{field} already exists")]
+    Conflict { field: &'static str },
+    /// The input refers to something that does not exist or is not allowed.
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// The database cannot be reached or is shutting down; try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub type AppRef = IdOrUid<AppId>;
+pub type EndpointRef = IdOrUid<EndpointId>;
+pub type MessageRef = IdOrUid<MessageId>;
+
+/// The one interface between Herald and its database. Every method is one
+/// transaction; callers never see a half-applied change.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Cheap round trip that proves the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Applications.
+    async fn create_app(&self, input: AppInput) -> StoreResult<App>;
+    async fn get_app(&self, app: &AppRef) -> StoreResult<App>;
+    async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>>;
+    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App>;
+    async fn delete_app(&self, app: AppId) -> StoreResult<()>;
+
+    // Event types.
+    /// Inserts the catalog entries that do not exist yet; returns how many were added.
+    async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize>;
+    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType>;
+    async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType>;
+    async fn list_event_types(
+        &self,
+        page: PageRequest,
+        include_archived: bool,
+    ) -> StoreResult<Page<EventType>>;
+    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType>;
+    /// Archives the type, or removes it for good when `expunge` is set.
+    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()>;
+
+    // Endpoints.
+    async fn create_endpoint(
+        &self,
+        app: AppId,
+        input: EndpointInput,
+        headers: Headers,
+        secret: Secret,
+    ) -> StoreResult<Endpoint>;
+    async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint>;
+    async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>>;
+    async fn update_endpoint(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        input: EndpointInput,
+    ) -> StoreResult<Endpoint>;
+    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()>;
+    async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret>;
+    /// Makes `secret` current; the previous one keeps signing until `previous_valid_until`.
+    async fn rotate_endpoint_secret(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        secret: Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<()>;
+    async fn set_endpoint_headers(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        headers: Headers,
+    ) -> StoreResult<()>;
+    async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
+
+    // Messages and deliveries.
+    /// Stores the message and one pending delivery per matching enabled
+    /// endpoint, in one transaction. With `claim`, the deliveries are leased
+    /// to the caller and returned ready to send.
+    async fn create_message(
+        &self,
+        app: AppId,
+        input: MessageInput,
+        claim: Option<Claim>,
+    ) -> StoreResult<CreatedMessage>;
+    async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message>;
+    async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>>;
+
+    // Attempts.
+    async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>>;
+    async fn get_attempt(
+        &self,
+        app: AppId,
+        message: MessageId,
+        attempt: AttemptId,
+    ) -> StoreResult<Attempt>;
+
+    // The delivery engine's side.
+    /// Schedules a manual attempt of one (message, endpoint) pair, leased to the caller.
+    async fn resend(
+        &self,
+        app: AppId,
+        message: MessageId,
+        endpoint: EndpointId,
+        claim: Claim,
+    ) -> StoreResult<DeliveryJob>;
+    /// Leases up to `limit` due deliveries whose lease is free or expired.
+    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>>;
+    /// Records one attempt and moves its delivery to the next state.
+    async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()>;
+    /// When the earliest unleased pending delivery falls due, if any.
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
+    /// Frees every lease (start-up of a single-process store: no other holder exists).
+    async fn release_all_leases(&self) -> StoreResult<u64>;
+
+    // Idempotency keys.
+    async fn idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<StoredResponse>>;
+    /// Saves the first response for a key; returns the one already saved if another won the race.
+    async fn save_idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: StoredResponse,
+    ) -> StoreResult<Option<StoredResponse>>;
+    /// Removes keys older than `before`.
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64>;
+}

@@ -1,0 +1,182 @@
+//! `/app/`: applications (tenants).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use herald_domain::ids::{IdOrUid, Uid};
+use herald_domain::AppId;
+use herald_store::{App, AppInput, Metadata, StoreError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app", get(list).post(create))
+        .route("/app/{app}", get(read).put(replace).patch(patch).delete(remove))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplicationIn {
+    name: String,
+    uid: Option<String>,
+    rate_limit: Option<u32>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplicationPatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "patch_field")]
+    uid: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    rate_limit: Option<Option<u32>>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ApplicationOut {
+    id: String,
+    uid: Option<String>,
+    name: String,
+    rate_limit: Option<u32>,
+    metadata: Metadata,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<App> for ApplicationOut {
+    fn from(app: App) -> Self {
+        Self {
+            id: app.id.to_string(),
+            uid: app.uid.map(|u| u.to_string()),
+            name: app.name,
+            rate_limit: app.rate_limit,
+            metadata: app.metadata,
+            created_at: timestamp(app.created_at),
+            updated_at: timestamp(app.updated_at),
+        }
+    }
+}
+
+impl ApplicationIn {
+    fn parse(self) -> ApiResult<AppInput> {
+        Ok(AppInput {
+            uid: parse_uid(self.uid.as_deref())?,
+            name: parse_name(self.name)?,
+            rate_limit: self.rate_limit,
+            metadata: self.metadata.unwrap_or_default(),
+        })
+    }
+}
+
+fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
+    uid.map(|u| {
+        // A uid that looks like an id would make `/app/{app}` ambiguous.
+        if AppId::parse(u).is_ok() {
+            return Err(ApiError::invalid("uid", "must not have the form of an app id"));
+        }
+        Uid::parse("uid", u).map_err(ApiError::from)
+    })
+    .transpose()
+}
+
+fn parse_name(name: String) -> ApiResult<String> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::invalid("name", "must be 1 to 256 characters long"));
+    }
+    Ok(name)
+}
+
+/// Resolves an `{app}` path segment (id or uid) to an existing app's id.
+pub(crate) async fn resolve(state: &AppState, segment: &str) -> ApiResult<AppId> {
+    let reference = IdOrUid::<AppId>::parse(segment).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_app(&reference).await?.id)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<ListResponse<ApplicationOut>>> {
+    let page = state.store.list_apps(params.page()).await?;
+    Ok(Json(ListResponse::from_page(page, ApplicationOut::from)))
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateParams {
+    #[serde(default)]
+    get_if_exists: bool,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Query(params): Query<CreateParams>,
+    Body(input): Body<ApplicationIn>,
+) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
+    let input = input.parse()?;
+    if params.get_if_exists {
+        if let Some(uid) = &input.uid {
+            match state.store.get_app(&IdOrUid::Uid(uid.clone())).await {
+                Ok(app) => return Ok((StatusCode::OK, Json(app.into()))),
+                Err(StoreError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    let app = state.store.create_app(input).await?;
+    Ok((StatusCode::CREATED, Json(app.into())))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<ApplicationOut>> {
+    let reference = IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)?;
+    Ok(Json(state.store.get_app(&reference).await?.into()))
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(input): Body<ApplicationIn>,
+) -> ApiResult<Json<ApplicationOut>> {
+    let id = resolve(&state, &app).await?;
+    let app = state.store.update_app(id, input.parse()?).await?;
+    Ok(Json(app.into()))
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(changes): Body<ApplicationPatch>,
+) -> ApiResult<Json<ApplicationOut>> {
+    let reference = IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)?;
+    let current = state.store.get_app(&reference).await?;
+    let input = AppInput {
+        uid: match changes.uid {
+            Some(uid) => parse_uid(uid.as_deref())?,
+            None => current.uid,
+        },
+        name: match changes.name {
+            Some(name) => parse_name(name)?,
+            None => current.name,
+        },
+        rate_limit: changes.rate_limit.unwrap_or(current.rate_limit),
+        metadata: changes.metadata.unwrap_or(current.metadata),
+    };
+    Ok(Json(state.store.update_app(current.id, input).await?.into()))
+}
+
+async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<StatusCode> {
+    let id = resolve(&state, &app).await?;
+    state.store.delete_app(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,433 @@
+//! `/app/{app}/endpoint/`: receivers' URLs, subscriptions, secrets and headers.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use herald_domain::ids::{IdOrUid, Uid};
+use herald_domain::{EndpointId, EndpointUrl, FilterTypes, Secret};
+use herald_store::{Endpoint, EndpointInput, Headers, Metadata};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
+use crate::middleware::now_ms;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app/{app}/endpoint", get(list).post(create))
+        .route(
+            "/app/{app}/endpoint/{endpoint}",
+            get(read).put(replace).patch(patch).delete(remove),
+        )
+        .route("/app/{app}/endpoint/{endpoint}/secret", get(secret))
+        .route("/app/{app}/endpoint/{endpoint}/secret/rotate", post(rotate))
+        .route(
+            "/app/{app}/endpoint/{endpoint}/headers",
+            get(headers).put(replace_headers).patch(patch_headers),
+        )
+        .route("/app/{app}/endpoint/{endpoint}/stats", get(stats))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointIn {
+    url: String,
+    uid: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    disabled: bool,
+    filter_types: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
+    rate_limit: Option<u32>,
+    version: Option<i32>,
+    metadata: Option<Metadata>,
+    secret: Option<String>,
+    headers: Option<Headers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointPatch {
+    url: Option<String>,
+    #[serde(default, deserialize_with = "patch_field")]
+    uid: Option<Option<String>>,
+    description: Option<String>,
+    disabled: Option<bool>,
+    #[serde(default, deserialize_with = "patch_field")]
+    filter_types: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    channels: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    rate_limit: Option<Option<u32>>,
+    version: Option<i32>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointOut {
+    id: String,
+    uid: Option<String>,
+    url: String,
+    description: String,
+    version: i32,
+    rate_limit: Option<u32>,
+    disabled: bool,
+    filter_types: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
+    metadata: Metadata,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<Endpoint> for EndpointOut {
+    fn from(endpoint: Endpoint) -> Self {
+        Self {
+            id: endpoint.id.to_string(),
+            uid: endpoint.uid.map(|u| u.to_string()),
+            url: endpoint.url,
+            description: endpoint.description,
+            version: endpoint.version,
+            rate_limit: endpoint.rate_limit,
+            disabled: endpoint.disabled,
+            filter_types: endpoint.filter_types,
+            channels: endpoint.channels,
+            metadata: endpoint.metadata,
+            created_at: timestamp(endpoint.created_at),
+            updated_at: timestamp(endpoint.updated_at),
+        }
+    }
+}
+
+fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
+    uid.map(|u| {
+        if EndpointId::parse(u).is_ok() {
+            return Err(ApiError::invalid("uid", "must not have the form of an endpoint id"));
+        }
+        Uid::parse("uid", u).map_err(ApiError::from)
+    })
+    .transpose()
+}
+
+fn parse_filter(filter: Option<&[String]>) -> ApiResult<FilterTypes> {
+    match filter {
+        None => Ok(FilterTypes::all()),
+        Some([]) => Err(ApiError::invalid(
+            "filterTypes",
+            "must not be empty; omit it or use null to receive every event type",
+        )),
+        Some(names) => Ok(FilterTypes::parse(names)?),
+    }
+}
+
+fn check_description(description: &str) -> ApiResult<()> {
+    if description.len() > 1024 {
+        return Err(ApiError::invalid("description", "must be at most 1024 characters"));
+    }
+    Ok(())
+}
+
+/// Header names Herald sets itself or that would break the request.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive",
+    "proxy-authorization", "proxy-authenticate", "te", "trailer", "upgrade", "user-agent",
+];
+
+fn parse_headers(headers: Headers) -> ApiResult<Headers> {
+    if headers.len() > 32 {
+        return Err(ApiError::invalid("headers", "at most 32 custom headers"));
+    }
+    let mut parsed = Headers::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(ApiError::invalid("headers", format!("`{name}` is not a valid header name")));
+        }
+        if FORBIDDEN_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("svix-")
+        {
+            return Err(ApiError::invalid("headers", format!("`{name}` may not be set on an endpoint")));
+        }
+        if value.len() > 4096 || HeaderValue::from_str(&value).is_err() {
+            return Err(ApiError::invalid("headers", format!("the value of `{name}` is not a valid header value")));
+        }
+        parsed.insert(lower, value);
+    }
+    Ok(parsed)
+}
+
+/// Resolves `{app}` and `{endpoint}` path segments to an existing endpoint.
+async fn resolve_endpoint(state: &AppState, app: &str, endpoint: &str) -> ApiResult<Endpoint> {
+    let app = resolve(state, app).await?;
+    let reference = IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_endpoint(app, &reference).await?)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<ListResponse<EndpointOut>>> {
+    let app = resolve(&state, &app).await?;
+    let page = state.store.list_endpoints(app, params.page()).await?;
+    Ok(Json(ListResponse::from_page(page, EndpointOut::from)))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(input): Body<EndpointIn>,
+) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
+    let app = resolve(&state, &app).await?;
+    let description = input.description.unwrap_or_default();
+    check_description(&description)?;
+    let endpoint = EndpointInput {
+        uid: parse_uid(input.uid.as_deref())?,
+        url: EndpointUrl::parse(&input.url, &state.config.policy)?,
+        description,
+        disabled: input.disabled,
+        filter_types: parse_filter(input.filter_types.as_deref())?,
+        channels: input.channels,
+        rate_limit: input.rate_limit,
+        version: input.version.unwrap_or(1),
+        metadata: input.metadata.unwrap_or_default(),
+    };
+    let secret = match input.secret {
+        Some(text) => Secret::parse(&text)?,
+        None => Secret::generate(),
+    };
+    let headers = parse_headers(input.headers.unwrap_or_default())?;
+    let created = state
+        .store
+        .create_endpoint(app, endpoint, headers, secret)
+        .await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<EndpointOut>> {
+    Ok(Json(resolve_endpoint(&state, &app, &endpoint).await?.into()))
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(input): Body<EndpointIn>,
+) -> ApiResult<Json<EndpointOut>> {
+    let current = resolve_endpoint(&state, &app, &endpoint).await?;
+    let description = input.description.unwrap_or_default();
+    check_description(&description)?;
+    let update = EndpointInput {
+        uid: parse_uid(input.uid.as_deref())?,
+        url: EndpointUrl::parse(&input.url, &state.config.policy)?,
+        description,
+        disabled: input.disabled,
+        filter_types: parse_filter(input.filter_types.as_deref())?,
+        channels: input.channels,
+        rate_limit: input.rate_limit,
+        version: input.version.unwrap_or(current.version),
+        metadata: input.metadata.unwrap_or_default(),
+    };
+    let updated = state
+        .store
+        .update_endpoint(current.app_id, current.id, update)
+        .await?;
+    Ok(Json(updated.into()))
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(changes): Body<EndpointPatch>,
+) -> ApiResult<Json<EndpointOut>> {
+    let current = resolve_endpoint(&state, &app, &endpoint).await?;
+    let url = changes.url.unwrap_or(current.url);
+    let description = changes.description.unwrap_or(current.description);
+    check_description(&description)?;
+    let filter = changes.filter_types.unwrap_or(current.filter_types);
+    let update = EndpointInput {
+        uid: match changes.uid {
+            Some(uid) => parse_uid(uid.as_deref())?,
+            None => current.uid,
+        },
+        url: EndpointUrl::parse(&url, &state.config.policy)?,
+        description,
+        disabled: changes.disabled.unwrap_or(current.disabled),
+        filter_types: parse_filter(filter.as_deref())?,
+        channels: changes.channels.unwrap_or(current.channels),
+        rate_limit: changes.rate_limit.unwrap_or(current.rate_limit),
+        version: changes.version.unwrap_or(current.version),
+        metadata: changes.metadata.unwrap_or(current.metadata),
+    };
+    let updated = state
+        .store
+        .update_endpoint(current.app_id, current.id, update)
+        .await?;
+    Ok(Json(updated.into()))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    state.store.delete_endpoint(endpoint.app_id, endpoint.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+struct SecretOut {
+    key: String,
+}
+
+async fn secret(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<SecretOut>> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let secret = state.store.endpoint_secret(endpoint.app_id, endpoint.id).await?;
+    Ok(Json(SecretOut {
+        key: secret.expose(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RotateIn {
+    key: Option<String>,
+}
+
+/// The body is optional: an empty POST generates a new secret.
+async fn rotate(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let input: RotateIn = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            code: "invalid_json",
+            detail: e.to_string(),
+        })?
+    };
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let secret = match input.key {
+        Some(text) => Secret::parse(&text)?,
+        None => Secret::generate(),
+    };
+    let grace: Duration = state.config.rotation_grace;
+    state
+        .store
+        .rotate_endpoint_secret(
+            endpoint.app_id,
+            endpoint.id,
+            secret,
+            now_ms() + grace.as_millis() as i64,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+struct HeadersOut {
+    headers: Headers,
+    sensitive: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadersIn {
+    headers: std::collections::BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    delete_headers: Vec<String>,
+}
+
+async fn headers(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<HeadersOut>> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    Ok(Json(HeadersOut {
+        headers: endpoint.headers,
+        sensitive: Vec::new(),
+    }))
+}
+
+async fn replace_headers(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(input): Body<HeadersIn>,
+) -> ApiResult<StatusCode> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let headers = input
+        .headers
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect();
+    let headers = parse_headers(headers)?;
+    state
+        .store
+        .set_endpoint_headers(endpoint.app_id, endpoint.id, headers)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Merges: a `null` value or a name in `deleteHeaders` removes the header.
+async fn patch_headers(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(input): Body<HeadersIn>,
+) -> ApiResult<StatusCode> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let mut headers = endpoint.headers;
+    for (name, value) in input.headers {
+        let name = name.to_ascii_lowercase();
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(&name),
+        };
+    }
+    for name in input.delete_headers {
+        headers.remove(&name.to_ascii_lowercase());
+    }
+    let headers = parse_headers(headers)?;
+    state
+        .store
+        .set_endpoint_headers(endpoint.app_id, endpoint.id, headers)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+struct StatsOut {
+    success: u64,
+    pending: u64,
+    sending: u64,
+    fail: u64,
+    canceled: u64,
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<StatsOut>> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let stats = state.store.endpoint_stats(endpoint.app_id, endpoint.id).await?;
+    Ok(Json(StatsOut {
+        success: stats.success,
+        pending: stats.pending,
+        sending: stats.sending,
+        fail: stats.fail,
+        canceled: 0,
+    }))
+}

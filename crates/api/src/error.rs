@@ -1,0 +1,108 @@
+//! The one HTTP error type: every failure becomes `{"code", "detail"}` with a
+//! status chosen in one `match`. Internal causes are logged, never returned.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use herald_domain::ParseError;
+use herald_store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request could not be read (malformed JSON, bad query).
+    BadRequest { code: &'static str, detail: String },
+    /// 422: well-formed but invalid input; the detail names the field.
+    Invalid { field: String, detail: String },
+    Unauthorized,
+    NotFound,
+    Conflict { detail: String },
+    PayloadTooLarge,
+    /// 503: the database cannot take the request now; retrying is safe.
+    Unavailable,
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(error: ParseError) -> Self {
+        Self::invalid(error.field, error.reason)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Conflict { field } => Self::Conflict {
+                detail: format!("`{field}` is already in use"),
+            },
+            StoreError::Invalid { field, detail } => Self::invalid(field, detail),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                Self::Unavailable
+            }
+            StoreError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = match self {
+            Self::BadRequest { code, detail } => (StatusCode::BAD_REQUEST, code, detail),
+            Self::Invalid { field, detail } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                format!("{field}: {detail}"),
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_failed",
+                "a valid `Authorization: Bearer <token>` header is required".to_owned(),
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such resource".to_owned(),
+            ),
+            Self::Conflict { detail } => (StatusCode::CONFLICT, "conflict", detail),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body exceeds the server's size limit".to_owned(),
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable; retry later".to_owned(),
+            ),
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an internal error occurred".to_owned(),
+                )
+            }
+        };
+        (status, Json(ErrorBody { code, detail })).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

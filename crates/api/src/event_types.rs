@@ -1,0 +1,231 @@
+//! `/event-type/`: the global event catalog.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use herald_domain::EventTypeName;
+use herald_store::{EventType, EventTypeInput};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/event-type", get(list).post(create))
+        .route(
+            "/event-type/{name}",
+            get(read).put(replace).patch(patch).delete(remove),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventTypeIn {
+    name: String,
+    description: String,
+    schemas: Option<Value>,
+    #[serde(default)]
+    archived: bool,
+    #[serde(default)]
+    deprecated: bool,
+    feature_flag: Option<String>,
+    group_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventTypeUpdate {
+    description: String,
+    schemas: Option<Value>,
+    #[serde(default)]
+    archived: bool,
+    #[serde(default)]
+    deprecated: bool,
+    feature_flag: Option<String>,
+    group_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventTypePatch {
+    description: Option<String>,
+    #[serde(default, deserialize_with = "patch_field")]
+    schemas: Option<Option<Value>>,
+    archived: Option<bool>,
+    deprecated: Option<bool>,
+    #[serde(default, deserialize_with = "patch_field")]
+    feature_flag: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    group_name: Option<Option<String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventTypeOut {
+    name: String,
+    description: String,
+    archived: bool,
+    deprecated: bool,
+    schemas: Option<Value>,
+    feature_flag: Option<String>,
+    group_name: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl EventTypeOut {
+    fn new(event_type: EventType, with_content: bool) -> Self {
+        Self {
+            name: event_type.name.to_string(),
+            description: event_type.description,
+            archived: event_type.archived,
+            deprecated: event_type.deprecated,
+            schemas: event_type.schemas.filter(|_| with_content),
+            feature_flag: event_type.feature_flag,
+            group_name: event_type.group_name,
+            created_at: timestamp(event_type.created_at),
+            updated_at: timestamp(event_type.updated_at),
+        }
+    }
+}
+
+fn check_schemas(schemas: &Option<Value>) -> ApiResult<()> {
+    match schemas {
+        None | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "schemas",
+            "must be an object mapping versions to JSON Schemas",
+        )),
+    }
+}
+
+fn parse_name(name: &str) -> ApiResult<EventTypeName> {
+    EventTypeName::parse(name).map_err(|_| ApiError::NotFound)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListOptions {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    #[serde(default)]
+    include_archived: bool,
+    with_content: Option<bool>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(options): Query<ListOptions>,
+) -> ApiResult<Json<ListResponse<EventTypeOut>>> {
+    let page = state
+        .store
+        .list_event_types(
+            ListParams {
+                limit: options.limit,
+                iterator: options.iterator.clone(),
+            }
+            .page(),
+            options.include_archived,
+        )
+        .await?;
+    let with_content = options.with_content.unwrap_or(true);
+    Ok(Json(ListResponse::from_page(page, |t| {
+        EventTypeOut::new(t, with_content)
+    })))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Body(input): Body<EventTypeIn>,
+) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
+    check_schemas(&input.schemas)?;
+    let created = state
+        .store
+        .create_event_type(EventTypeInput {
+            name: EventTypeName::parse(&input.name)
+                .map_err(|e| ApiError::invalid("name", e.reason))?,
+            description: input.description,
+            schemas: input.schemas,
+            archived: input.archived,
+            deprecated: input.deprecated,
+            feature_flag: input.feature_flag,
+            group_name: input.group_name,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(EventTypeOut::new(created, true))))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<EventTypeOut>> {
+    let found = state.store.get_event_type(&parse_name(&name)?).await?;
+    Ok(Json(EventTypeOut::new(found, true)))
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(input): Body<EventTypeUpdate>,
+) -> ApiResult<Json<EventTypeOut>> {
+    check_schemas(&input.schemas)?;
+    let name = EventTypeName::parse(&name).map_err(|e| ApiError::invalid("name", e.reason))?;
+    let updated = state
+        .store
+        .update_event_type(EventTypeInput {
+            name,
+            description: input.description,
+            schemas: input.schemas,
+            archived: input.archived,
+            deprecated: input.deprecated,
+            feature_flag: input.feature_flag,
+            group_name: input.group_name,
+        })
+        .await?;
+    Ok(Json(EventTypeOut::new(updated, true)))
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(changes): Body<EventTypePatch>,
+) -> ApiResult<Json<EventTypeOut>> {
+    let current = state.store.get_event_type(&parse_name(&name)?).await?;
+    let schemas = changes.schemas.unwrap_or(current.schemas);
+    check_schemas(&schemas)?;
+    let updated = state
+        .store
+        .update_event_type(EventTypeInput {
+            name: current.name,
+            description: changes.description.unwrap_or(current.description),
+            schemas,
+            archived: changes.archived.unwrap_or(current.archived),
+            deprecated: changes.deprecated.unwrap_or(current.deprecated),
+            feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
+            group_name: changes.group_name.unwrap_or(current.group_name),
+        })
+        .await?;
+    Ok(Json(EventTypeOut::new(updated, true)))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteOptions {
+    #[serde(default)]
+    expunge: bool,
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(options): Query<DeleteOptions>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .delete_event_type(&parse_name(&name)?, options.expunge)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,129 @@
+//! Request parsing shared by the handlers: JSON bodies with Herald's error
+//! shape, list parameters, and the wire form of timestamps.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use herald_store::{Cursor, Page, PageRequest, Timestamp};
+
+use crate::error::ApiError;
+
+/// A JSON request body whose failures become `{code, detail}` errors.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonDataError(_) => {
+            // serde names the field: "missing field `url`", "unknown variant …".
+            let detail = text
+                .split_once(": ")
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or(text);
+            let field = detail
+                .split('`')
+                .nth(1)
+                .filter(|_| detail.contains("field"))
+                .unwrap_or("body")
+                .to_owned();
+            ApiError::invalid(field, detail)
+        }
+        JsonRejection::JsonSyntaxError(_) => ApiError::BadRequest {
+            code: "invalid_json",
+            detail: text,
+        },
+        JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest {
+            code: "invalid_content_type",
+            detail: "expected `Content-Type: application/json`".to_owned(),
+        },
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge
+        }
+        other => ApiError::BadRequest {
+            code: "invalid_body",
+            detail: other.body_text(),
+        },
+    }
+}
+
+/// `?limit=&iterator=` as every Svix list route takes them.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    pub limit: Option<usize>,
+    pub iterator: Option<String>,
+}
+
+impl ListParams {
+    pub fn page(&self) -> PageRequest {
+        PageRequest {
+            limit: self.limit.unwrap_or(50).clamp(1, 250),
+            cursor: Cursor::parse(self.iterator.as_deref()),
+        }
+    }
+}
+
+/// The Svix list shape.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse<T> {
+    pub data: Vec<T>,
+    pub iterator: Option<String>,
+    pub prev_iterator: Option<String>,
+    pub done: bool,
+}
+
+impl<T> ListResponse<T> {
+    pub fn from_page<R>(page: Page<R>, map: impl FnMut(R) -> T) -> Self {
+        Self {
+            data: page.data.into_iter().map(map).collect(),
+            iterator: page.iterator,
+            prev_iterator: page.prev_iterator,
+            done: page.done,
+        }
+    }
+}
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn timestamp(millis: Timestamp) -> String {
+    Utc.timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses an RFC 3339 query parameter into unix milliseconds.
+pub fn parse_time(field: &'static str, text: &str) -> Result<Timestamp, ApiError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| ApiError::invalid(field, format!("not an RFC 3339 time: {e}")))
+}
+
+/// For PATCH bodies: distinguishes an absent field (`None`) from an explicit
+/// `null` (`Some(None)`).
+pub fn patch_field<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,315 @@
+//! `/app/{app}/msg/` and the attempt log: accepting events (fan-out happens
+//! in the store, in the same transaction), reading them back, resending.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use herald_domain::ids::{IdOrUid, Uid};
+use herald_domain::{AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId};
+use herald_store::{
+    Attempt, AttemptFilter, AttemptQuery, Claim, Message, MessageInput, MessageQuery,
+};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_time, timestamp, Body, ListParams, ListResponse};
+use crate::middleware::now_ms;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app/{app}/msg", get(list).post(create))
+        .route("/app/{app}/msg/{msg}", get(read))
+        .route("/app/{app}/attempt/endpoint/{endpoint}", get(attempts_by_endpoint))
+        .route("/app/{app}/attempt/msg/{msg}", get(attempts_by_message))
+        .route("/app/{app}/msg/{msg}/attempt/{attempt}", get(attempt))
+        .route("/app/{app}/msg/{msg}/endpoint/{endpoint}/resend", post(resend))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageIn {
+    event_type: String,
+    payload: Value,
+    event_id: Option<String>,
+    channels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageOut {
+    id: String,
+    event_id: Option<String>,
+    event_type: String,
+    payload: Box<RawValue>,
+    channels: Option<Vec<String>>,
+    timestamp: String,
+}
+
+impl MessageOut {
+    fn new(message: &Message, with_content: bool) -> Self {
+        let payload = if with_content {
+            RawValue::from_string(message.payload.clone())
+        } else {
+            RawValue::from_string("{}".to_owned())
+        }
+        .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid JSON"));
+        Self {
+            id: message.id.to_string(),
+            event_id: message.event_id.as_ref().map(Uid::to_string),
+            event_type: message.event_type.to_string(),
+            payload,
+            channels: message.channels.clone(),
+            timestamp: timestamp(message.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentOption {
+    with_content: Option<bool>,
+}
+
+fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
+    if let Some(list) = &channels {
+        if list.len() > 10 {
+            return Err(ApiError::invalid("channels", "at most 10 channels"));
+        }
+        for channel in list {
+            Uid::parse("channels", channel)?;
+        }
+    }
+    Ok(channels)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(options): Query<ContentOption>,
+    Body(input): Body<MessageIn>,
+) -> ApiResult<(StatusCode, Json<MessageOut>)> {
+    let app = resolve(&state, &app).await?;
+    if !input.payload.is_object() {
+        return Err(ApiError::invalid("payload", "must be a JSON object"));
+    }
+    let message = MessageInput {
+        event_type: EventTypeName::parse(&input.event_type)?,
+        event_id: input
+            .event_id
+            .as_deref()
+            .map(|e| Uid::parse("eventId", e))
+            .transpose()?,
+        payload: input.payload.to_string(),
+        channels: parse_channels(input.channels)?,
+    };
+    let claim = state.dispatcher.as_ref().and_then(|d| d.claim_for_new_work());
+    let created = state.store.create_message(app, message, claim).await?;
+    let out = MessageOut::new(&created.message, options.with_content.unwrap_or(true));
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.submit(created.jobs);
+    }
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageListParams {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    with_content: Option<bool>,
+    before: Option<String>,
+    after: Option<String>,
+    /// Comma-separated, or repeated.
+    event_types: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(params): Query<MessageListParams>,
+) -> ApiResult<Json<ListResponse<MessageOut>>> {
+    let app = resolve(&state, &app).await?;
+    let event_types = params
+        .event_types
+        .as_deref()
+        .map(|text| {
+            text.split(',')
+                .filter(|t| !t.is_empty())
+                .map(EventTypeName::parse)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let query = MessageQuery {
+        page: ListParams {
+            limit: params.limit,
+            iterator: params.iterator,
+        }
+        .page(),
+        event_types,
+        before: params.before.as_deref().map(|t| parse_time("before", t)).transpose()?,
+        after: params.after.as_deref().map(|t| parse_time("after", t)).transpose()?,
+    };
+    let with_content = params.with_content.unwrap_or(true);
+    let page = state.store.list_messages(app, query).await?;
+    Ok(Json(ListResponse::from_page(page, |m| {
+        MessageOut::new(&m, with_content)
+    })))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    Query(options): Query<ContentOption>,
+) -> ApiResult<Json<MessageOut>> {
+    let app = resolve(&state, &app).await?;
+    let reference = IdOrUid::<MessageId>::parse(&msg).map_err(|_| ApiError::NotFound)?;
+    let message = state.store.get_message(app, &reference).await?;
+    Ok(Json(MessageOut::new(
+        &message,
+        options.with_content.unwrap_or(true),
+    )))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageAttemptOut {
+    id: String,
+    msg_id: String,
+    endpoint_id: String,
+    url: String,
+    response: String,
+    response_status_code: u16,
+    response_duration_ms: u64,
+    status: i64,
+    status_text: &'static str,
+    trigger_type: i64,
+    /// Herald's addition: why the attempt failed (`timeout`, `connect`, …).
+    error_class: Option<&'static str>,
+    timestamp: String,
+}
+
+impl From<Attempt> for MessageAttemptOut {
+    fn from(attempt: Attempt) -> Self {
+        Self {
+            id: attempt.id.to_string(),
+            msg_id: attempt.message_id.to_string(),
+            endpoint_id: attempt.endpoint_id.to_string(),
+            url: attempt.url,
+            response: attempt.response,
+            response_status_code: attempt.response_status_code,
+            response_duration_ms: attempt.response_duration_ms,
+            status: attempt.status.code(),
+            status_text: attempt.status.text(),
+            trigger_type: attempt.trigger.code(),
+            error_class: attempt.error_class.map(|c| c.as_str()),
+            timestamp: timestamp(attempt.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AttemptListParams {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    status: Option<i64>,
+}
+
+impl AttemptListParams {
+    fn query(self, filter: AttemptFilter) -> ApiResult<AttemptQuery> {
+        let status = self
+            .status
+            .map(|code| {
+                DeliveryStatus::from_code(code)
+                    .ok_or_else(|| ApiError::invalid("status", "must be 0, 1, 2 or 3"))
+            })
+            .transpose()?;
+        Ok(AttemptQuery {
+            filter,
+            page: ListParams {
+                limit: self.limit,
+                iterator: self.iterator,
+            }
+            .page(),
+            status,
+        })
+    }
+}
+
+async fn endpoint_id(state: &AppState, app: herald_domain::AppId, segment: &str) -> ApiResult<EndpointId> {
+    let reference = IdOrUid::<EndpointId>::parse(segment).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_endpoint(app, &reference).await?.id)
+}
+
+async fn message_id(state: &AppState, app: herald_domain::AppId, segment: &str) -> ApiResult<MessageId> {
+    let reference = IdOrUid::<MessageId>::parse(segment).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_message(app, &reference).await?.id)
+}
+
+async fn attempts_by_endpoint(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(params): Query<AttemptListParams>,
+) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
+    let app = resolve(&state, &app).await?;
+    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+    let page = state
+        .store
+        .list_attempts(app, params.query(AttemptFilter::Endpoint(endpoint))?)
+        .await?;
+    Ok(Json(ListResponse::from_page(page, MessageAttemptOut::from)))
+}
+
+async fn attempts_by_message(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    Query(params): Query<AttemptListParams>,
+) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let page = state
+        .store
+        .list_attempts(app, params.query(AttemptFilter::Message(message))?)
+        .await?;
+    Ok(Json(ListResponse::from_page(page, MessageAttemptOut::from)))
+}
+
+async fn attempt(
+    State(state): State<AppState>,
+    Path((app, msg, attempt)): Path<(String, String, String)>,
+) -> ApiResult<Json<MessageAttemptOut>> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let attempt = AttemptId::parse(&attempt).map_err(|_| ApiError::NotFound)?;
+    Ok(Json(
+        state.store.get_attempt(app, message, attempt).await?.into(),
+    ))
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    Path((app, msg, endpoint)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+    // Without a dispatcher in this process the lease ends at once, so any
+    // worker claims the resend on its next look.
+    let claim = state
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.claim_for_new_work())
+        .unwrap_or_else(|| {
+            let now = now_ms();
+            Claim { now, until: now }
+        });
+    let job = state.store.resend(app, message, endpoint, claim).await?;
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.submit(vec![job]);
+    }
+    Ok(StatusCode::ACCEPTED)
+}

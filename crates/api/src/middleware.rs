@@ -1,0 +1,114 @@
+//! Cross-cutting request handling: bearer-token authentication and
+//! `Idempotency-Key` replay.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use herald_store::StoredResponse;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Largest response kept for idempotent replay.
+const MAX_STORED_RESPONSE: usize = 4 * 1024 * 1024;
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Rejects requests without the admin bearer token. Tokens are compared by
+/// hash in constant time.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let valid = presented.is_some_and(|token| {
+        bool::from(hash_token(token).ct_eq(&state.config.admin_token_hash))
+    });
+    if !valid {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+/// A POST with `Idempotency-Key` is answered once; repeats get the saved
+/// response (status and body) for 24 hours.
+pub(crate) async fn idempotency(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(key) = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return next.run(request).await;
+    };
+    if key.is_empty() || key.len() > 256 {
+        return ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters").into_response();
+    }
+    let scope = format!("admin {}", request.uri().path().trim_end_matches('/'));
+    match state.store.idempotent_response(&scope, &key).await {
+        Ok(Some(saved)) => return replay(saved),
+        Ok(None) => {}
+        Err(error) => return ApiError::from(error).into_response(),
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    // Server errors and rate limits are not final answers: let a retry run.
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, MAX_STORED_RESPONSE).await else {
+        return ApiError::Internal("response too large to store for idempotency".into())
+            .into_response();
+    };
+    let saved = StoredResponse {
+        status: status.as_u16(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        created_at: now_ms(),
+    };
+    match state.store.save_idempotent_response(&scope, &key, saved).await {
+        Ok(Some(earlier)) => replay(earlier),
+        Ok(None) => Response::from_parts(parts, Body::from(bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "could not save an idempotent response");
+            Response::from_parts(parts, Body::from(bytes))
+        }
+    }
+}
+
+fn replay(saved: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(saved.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, saved.body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

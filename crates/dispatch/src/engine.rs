@@ -1,0 +1,300 @@
+//! The dispatcher: a loop around [`Dispatcher::try_dispatch_due`], plus the
+//! fast path that sends deliveries the API has just committed and leased.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, RetrySchedule, Trigger};
+use herald_store::{Attempt, AttemptOutcome, Claim, DeliveryJob, NextStep, Store, Timestamp};
+
+use crate::http::{build_body, HttpSender, SendResult};
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub retry_schedule: RetrySchedule,
+    /// Per-attempt timeout (default 15 s).
+    pub timeout: Duration,
+    /// How long a claimed delivery stays ours before others may take it.
+    pub lease: Duration,
+    /// Deliveries queued or in flight at once, at most.
+    pub max_in_flight: usize,
+    /// Deliveries claimed per store round trip.
+    pub claim_batch: usize,
+    /// Longest idle wait between looks at the store (lease expiries need a look).
+    pub idle_poll: Duration,
+    /// Response body bytes kept in the attempt log.
+    pub response_limit: usize,
+    pub policy: AddressPolicy,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: RetrySchedule::default(),
+            timeout: Duration::from_secs(15),
+            lease: Duration::from_secs(60),
+            max_in_flight: 2048,
+            claim_batch: 256,
+            idle_poll: Duration::from_secs(5),
+            response_limit: 4096,
+            policy: AddressPolicy::default(),
+        }
+    }
+}
+
+/// What one dispatch step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// This many deliveries were claimed and handed to senders.
+    Claimed(usize),
+    /// Every slot is busy; nothing was claimed.
+    Saturated,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    config: DispatchConfig,
+    sender: HttpSender,
+    /// One permit per delivery queued or in flight.
+    slots: Arc<Semaphore>,
+    /// Rung when the store may hold new due work (retry scheduled, slot freed).
+    wake: Notify,
+    tasks: TaskTracker,
+}
+
+fn now_ms() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, config: DispatchConfig) -> Arc<Self> {
+        let sender = HttpSender::new(config.policy, config.timeout, config.response_limit);
+        Arc::new(Self {
+            store,
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            sender,
+            config,
+            wake: Notify::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// A lease for deliveries the API is about to create, when this process
+    /// has room to send them now; `None` leaves them to be claimed later.
+    pub fn claim_for_new_work(&self) -> Option<Claim> {
+        if self.tasks.is_closed() || self.slots.available_permits() == 0 {
+            return None;
+        }
+        let now = now_ms();
+        Some(Claim {
+            now,
+            until: now + self.config.lease.as_millis() as i64,
+        })
+    }
+
+    /// Sends jobs leased to this process (fresh messages, manual resends).
+    pub fn submit(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
+        for job in jobs {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => self.spawn_delivery(job, permit),
+                Err(_) => {
+                    // Room was there when the lease was taken; wait for it.
+                    let this = self.clone();
+                    self.tasks.spawn(async move {
+                        if let Ok(permit) = this.slots.clone().acquire_owned().await {
+                            this.deliver(job, permit).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Claims due deliveries up to the free capacity and starts sending them.
+    pub async fn try_dispatch_due(self: &Arc<Self>) -> Result<StepOutcome, herald_store::StoreError> {
+        let free = self.slots.available_permits().min(self.config.claim_batch);
+        if free == 0 {
+            return Ok(StepOutcome::Saturated);
+        }
+        let Ok(mut permits) = self.slots.clone().try_acquire_many_owned(free as u32) else {
+            return Ok(StepOutcome::Saturated);
+        };
+        let now = now_ms();
+        let claim = Claim {
+            now,
+            until: now + self.config.lease.as_millis() as i64,
+        };
+        let jobs = self.store.claim_due(claim, free).await?;
+        let claimed = jobs.len();
+        for job in jobs {
+            let permit = permits.split(1).expect("one permit per claimed job");
+            self.spawn_delivery(job, permit);
+        }
+        Ok(StepOutcome::Claimed(claimed))
+    }
+
+    /// Runs until `shutdown` fires, then waits for in-flight attempts to end.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let full_batch = match self.try_dispatch_due().await {
+                Ok(StepOutcome::Claimed(n)) => n > 0 && n == self.config.claim_batch,
+                Ok(StepOutcome::Saturated) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming due deliveries failed; will retry");
+                    false
+                }
+            };
+            if full_batch {
+                continue;
+            }
+            let wait = self.time_until_next_due().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn time_until_next_due(&self) -> Duration {
+        if self.slots.available_permits() == 0 {
+            return self.config.idle_poll;
+        }
+        match self.store.next_due_at().await {
+            Ok(Some(at)) => {
+                let wait = (at - now_ms()).max(0) as u64;
+                // A due row that could not be claimed (a race) must not spin the loop.
+                Duration::from_millis(wait.max(10)).min(self.config.idle_poll)
+            }
+            Ok(None) => self.config.idle_poll,
+            Err(error) => {
+                tracing::warn!(%error, "reading the next due time failed");
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// Stops taking new work; `run` returns once in-flight attempts are done.
+    pub fn close(&self) {
+        self.tasks.close();
+    }
+
+    fn spawn_delivery(self: &Arc<Self>, job: DeliveryJob, permit: OwnedSemaphorePermit) {
+        let this = self.clone();
+        self.tasks.spawn(async move { this.deliver(job, permit).await });
+    }
+
+    async fn deliver(&self, job: DeliveryJob, permit: OwnedSemaphorePermit) {
+        let body = build_body(&job.message);
+        let started_at = now_ms();
+        let result = self.sender.send(&job, &body, started_at / 1000).await;
+        let outcome = self.outcome(&job, &result, started_at);
+        let retry = matches!(outcome.next, NextStep::RetryAt(_));
+        if let Err(error) = self.store.record_attempt(outcome).await {
+            // The lease runs out and the delivery is tried again: at least once.
+            tracing::error!(%error, message = %job.message.id, endpoint = %job.endpoint.id,
+                "recording an attempt failed");
+        }
+        drop(permit);
+        if retry || self.slots.available_permits() == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn outcome(&self, job: &DeliveryJob, result: &SendResult, started_at: Timestamp) -> AttemptOutcome {
+        let attempts_made = job.attempts_made + 1;
+        let gone = result.status == 410;
+        let next = if result.succeeded() {
+            NextStep::Succeeded
+        } else if gone || job.trigger == Trigger::Manual {
+            NextStep::Failed
+        } else {
+            match self.config.retry_schedule.next_delay(attempts_made) {
+                None => NextStep::Failed,
+                Some(delay) => {
+                    let delay = honour_retry_after(delay, result);
+                    NextStep::RetryAt(now_ms() + delay.as_millis() as i64)
+                }
+            }
+        };
+        if let Some(class) = result.error {
+            tracing::debug!(message = %job.message.id, endpoint = %job.endpoint.id,
+                status = result.status, error = class.as_str(), "attempt failed");
+        }
+        AttemptOutcome {
+            attempt: Attempt {
+                id: AttemptId::generate(),
+                app_id: job.message.app_id,
+                message_id: job.message.id,
+                endpoint_id: job.endpoint.id,
+                url: job.endpoint.url.clone(),
+                status: if result.succeeded() {
+                    DeliveryStatus::Succeeded
+                } else {
+                    DeliveryStatus::Failed
+                },
+                response_status_code: result.status,
+                response: result.body.clone(),
+                response_duration_ms: result.duration.as_millis() as u64,
+                error_class: result.error,
+                trigger: job.trigger,
+                created_at: started_at,
+            },
+            next,
+            disable_endpoint: gone,
+        }
+    }
+}
+
+/// A receiver's `Retry-After` (on 429 and 503) may push the next attempt
+/// later, but never sooner than the schedule nor past twice its delay.
+fn honour_retry_after(scheduled: Duration, result: &SendResult) -> Duration {
+    match (result.status, result.retry_after) {
+        (429 | 503, Some(asked)) => asked.clamp(scheduled, scheduled * 2),
+        _ => scheduled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, retry_after: Option<u64>) -> SendResult {
+        SendResult {
+            status,
+            body: String::new(),
+            duration: Duration::ZERO,
+            error: Some(herald_domain::ErrorClass::HttpStatus),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_only_within_bounds() {
+        let scheduled = Duration::from_secs(10);
+        let cases = [
+            (429, Some(15), 15, "inside the bounds"),
+            (503, Some(1), 10, "never sooner than the schedule"),
+            (429, Some(3600), 20, "at most twice the scheduled delay"),
+            (500, Some(15), 10, "only on 429 and 503"),
+            (429, None, 10, "no header"),
+        ];
+        for (status, asked, expected, why) in cases {
+            assert_eq!(
+                honour_retry_after(scheduled, &answered(status, asked)),
+                Duration::from_secs(expected),
+                "{why}"
+            );
+        }
+    }
+}

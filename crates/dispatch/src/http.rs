@@ -1,0 +1,284 @@
+//! One HTTP POST of one delivery: body, Standard Webhooks headers, the
+//! address policy applied to every resolved address at connect time, and
+//! classification of what came back.
+
+use std::error::Error as StdError;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+
+use herald_domain::{AddressPolicy, ErrorClass, SigningKeys};
+use herald_store::{DeliveryJob, Message};
+
+/// `{"type": …, "timestamp": …, "data": <payload>}`, the payload copied as stored.
+pub fn build_body(message: &Message) -> String {
+    let timestamp = Utc
+        .timestamp_millis_opt(message.created_at)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let event_type = serde_json::to_string(message.event_type.as_str()).unwrap_or_default();
+    let mut body = String::with_capacity(message.payload.len() + event_type.len() + 64);
+    body.push_str("{\"type\":");
+    body.push_str(&event_type);
+    body.push_str(",\"timestamp\":\"");
+    body.push_str(&timestamp);
+    body.push_str("\",\"data\":");
+    body.push_str(&message.payload);
+    body.push('}');
+    body
+}
+
+/// The answer, or the failure, of one POST.
+#[derive(Debug, Clone)]
+pub struct SendResult {
+    /// 0 when no HTTP answer came.
+    pub status: u16,
+    pub body: String,
+    pub duration: Duration,
+    pub error: Option<ErrorClass>,
+    /// `Retry-After` in seconds, when the receiver sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl SendResult {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+#[derive(Debug)]
+struct ForbiddenAddress(String);
+
+impl std::fmt::Display for ForbiddenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves only to addresses this server refuses", self.0)
+    }
+}
+impl StdError for ForbiddenAddress {}
+
+#[derive(Debug)]
+struct DnsFailure(String, std::io::Error);
+
+impl std::fmt::Display for DnsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not resolve {}: {}", self.0, self.1)
+    }
+}
+impl StdError for DnsFailure {}
+
+/// Resolves names with the system resolver and drops every address the
+/// policy refuses, so the connection can only go to an allowed address.
+#[derive(Debug, Clone)]
+struct PolicyResolver {
+    policy: AddressPolicy,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(DnsFailure(host.clone(), e)) as Box<dyn StdError + Send + Sync>)?;
+            let allowed: Vec<SocketAddr> = found.filter(|a| policy.permits(a.ip())).collect();
+            if allowed.is_empty() {
+                return Err(Box::new(ForbiddenAddress(host)) as Box<dyn StdError + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// A pooled, keep-alive HTTP client configured for deliveries.
+#[derive(Debug, Clone)]
+pub struct HttpSender {
+    client: reqwest::Client,
+    policy: AddressPolicy,
+    response_limit: usize,
+}
+
+impl HttpSender {
+    pub fn new(policy: AddressPolicy, timeout: Duration, response_limit: usize) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .dns_resolver(Arc::new(PolicyResolver { policy }))
+            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client configuration is valid");
+        Self {
+            client,
+            policy,
+            response_limit,
+        }
+    }
+
+    /// POSTs `job` signed at `timestamp` (unix seconds).
+    pub async fn send(&self, job: &DeliveryJob, body: &str, timestamp: i64) -> SendResult {
+        let started = Instant::now();
+        let failed = |class: ErrorClass, text: String| SendResult {
+            status: 0,
+            body: text,
+            duration: started.elapsed(),
+            error: Some(class),
+            retry_after: None,
+        };
+        let url = match reqwest::Url::parse(&job.endpoint.url) {
+            Ok(url) => url,
+            Err(e) => return failed(ErrorClass::Other, format!("invalid URL: {e}")),
+        };
+        // Names are checked by the resolver; literal addresses never reach it.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if literal.is_some_and(|ip| !self.policy.permits(ip)) {
+            return failed(
+                ErrorClass::ForbiddenAddress,
+                "the endpoint's address is refused by this server's network policy".into(),
+            );
+        }
+        let message_id = job.message.id.to_string();
+        let signature =
+            SigningKeys(job.endpoint.secrets.clone()).signature_header(&message_id, timestamp, body.as_bytes());
+        let headers = match request_headers(job, &message_id, timestamp, &signature) {
+            Ok(h) => h,
+            Err(text) => return failed(ErrorClass::Other, text),
+        };
+        let response = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body.to_owned())
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let class = classify(&e);
+                return failed(class, describe(&e));
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut stored = Vec::new();
+        let mut body_error = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.response_limit.saturating_sub(stored.len());
+                    stored.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if stored.len() >= self.response_limit {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(classify(&e));
+                    break;
+                }
+            }
+        }
+        let error = if !status.is_success() {
+            Some(ErrorClass::HttpStatus)
+        } else {
+            body_error
+        };
+        SendResult {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&stored).into_owned(),
+            duration: started.elapsed(),
+            error,
+            retry_after,
+        }
+    }
+}
+
+fn request_headers(
+    job: &DeliveryJob,
+    message_id: &str,
+    timestamp: i64,
+    signature: &str,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(job.endpoint.headers.len() + 8);
+    for (name, value) in &job.endpoint.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("custom header: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("custom header: {e}"))?;
+        headers.insert(name, value);
+    }
+    let timestamp = HeaderValue::from(timestamp);
+    let id = HeaderValue::from_str(message_id).map_err(|e| e.to_string())?;
+    let signature = HeaderValue::from_str(signature).map_err(|e| e.to_string())?;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in [
+        ("webhook-id", &id),
+        ("webhook-timestamp", &timestamp),
+        ("webhook-signature", &signature),
+        ("svix-id", &id),
+        ("svix-timestamp", &timestamp),
+        ("svix-signature", &signature),
+    ] {
+        headers.insert(HeaderName::from_static(name), value.clone());
+    }
+    Ok(headers)
+}
+
+/// Maps a transport error to its class by looking through its causes.
+pub fn classify(error: &reqwest::Error) -> ErrorClass {
+    if error.is_timeout() {
+        return ErrorClass::Timeout;
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    let mut text = String::new();
+    while let Some(cause) = source {
+        if cause.is::<ForbiddenAddress>() {
+            return ErrorClass::ForbiddenAddress;
+        }
+        if cause.is::<DnsFailure>() {
+            return ErrorClass::Dns;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ErrorClass::Timeout;
+            }
+        }
+        text.push_str(&format!("{cause:?} "));
+        source = cause.source();
+    }
+    let text = text.to_ascii_lowercase();
+    if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        ErrorClass::Tls
+    } else if error.is_connect() {
+        ErrorClass::Connect
+    } else {
+        ErrorClass::Other
+    }
+}
+
+/// A one-line description of a transport error, with its causes.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,256 @@
+//! The records the store reads and writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herald_domain::ids::Uid;
+use herald_domain::{
+    AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, ErrorClass, EventTypeName,
+    FilterTypes, MessageId, Secret, Trigger,
+};
+use serde_json::Value;
+
+/// Unix time in milliseconds.
+pub type Timestamp = i64;
+pub type Metadata = BTreeMap<String, String>;
+pub type Headers = BTreeMap<String, String>;
+
+/// A page request: at most `limit` items after (or before) a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub cursor: Cursor,
+}
+
+/// Where a page starts: the API's `iterator` is the last key of the previous
+/// page; a leading `-` walks backwards (Svix's `prevIterator`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cursor {
+    #[default]
+    Start,
+    After(String),
+    Before(String),
+}
+
+impl Cursor {
+    pub fn parse(iterator: Option<&str>) -> Self {
+        match iterator {
+            None | Some("") => Self::Start,
+            Some(text) => match text.strip_prefix('-') {
+                Some(before) => Self::Before(before.to_owned()),
+                None => Self::After(text.to_owned()),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub iterator: Option<String>,
+    pub prev_iterator: Option<String>,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub id: AppId,
+    pub uid: Option<Uid>,
+    pub name: String,
+    pub rate_limit: Option<u32>,
+    pub metadata: Metadata,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppInput {
+    pub uid: Option<Uid>,
+    pub name: String,
+    pub rate_limit: Option<u32>,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventType {
+    pub name: EventTypeName,
+    pub description: String,
+    pub schemas: Option<Value>,
+    pub archived: bool,
+    pub deprecated: bool,
+    pub feature_flag: Option<String>,
+    pub group_name: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventTypeInput {
+    pub name: EventTypeName,
+    pub description: String,
+    pub schemas: Option<Value>,
+    pub archived: bool,
+    pub deprecated: bool,
+    pub feature_flag: Option<String>,
+    pub group_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub app_id: AppId,
+    pub uid: Option<Uid>,
+    pub url: String,
+    pub description: String,
+    pub disabled: bool,
+    pub filter_types: Option<Vec<String>>,
+    pub channels: Option<Vec<String>>,
+    pub rate_limit: Option<u32>,
+    pub version: i32,
+    pub metadata: Metadata,
+    pub headers: Headers,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointInput {
+    pub uid: Option<Uid>,
+    pub url: EndpointUrl,
+    pub description: String,
+    pub disabled: bool,
+    pub filter_types: FilterTypes,
+    pub channels: Option<Vec<String>>,
+    pub rate_limit: Option<u32>,
+    pub version: i32,
+    pub metadata: Metadata,
+}
+
+/// Svix's endpoint stats: deliveries of the endpoint by state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndpointStats {
+    pub success: u64,
+    pub pending: u64,
+    pub sending: u64,
+    pub fail: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: MessageId,
+    pub app_id: AppId,
+    pub event_id: Option<Uid>,
+    pub event_type: EventTypeName,
+    /// The payload as JSON text, exactly as it will be sent in `data`.
+    pub payload: String,
+    pub channels: Option<Vec<String>>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageInput {
+    pub event_type: EventTypeName,
+    pub event_id: Option<Uid>,
+    /// Serialized JSON.
+    pub payload: String,
+    pub channels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreatedMessage {
+    pub message: Arc<Message>,
+    /// Deliveries leased to the caller (empty unless a claim was given).
+    pub jobs: Vec<DeliveryJob>,
+    /// How many deliveries were created in all.
+    pub deliveries: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    pub page: PageRequest,
+    pub event_types: Vec<EventTypeName>,
+    pub before: Option<Timestamp>,
+    pub after: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: AttemptId,
+    pub app_id: AppId,
+    pub message_id: MessageId,
+    pub endpoint_id: EndpointId,
+    pub url: String,
+    pub status: DeliveryStatus,
+    /// 0 when no HTTP answer came.
+    pub response_status_code: u16,
+    pub response: String,
+    pub response_duration_ms: u64,
+    pub error_class: Option<ErrorClass>,
+    pub trigger: Trigger,
+    pub created_at: Timestamp,
+}
+
+/// Which attempts to list.
+#[derive(Debug, Clone)]
+pub enum AttemptFilter {
+    Endpoint(EndpointId),
+    Message(MessageId),
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptQuery {
+    pub filter: AttemptFilter,
+    pub page: PageRequest,
+    pub status: Option<DeliveryStatus>,
+}
+
+/// A lease on deliveries: who holds them may send them until `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub now: Timestamp,
+    pub until: Timestamp,
+}
+
+/// Where a delivery goes and how it is signed.
+#[derive(Debug, Clone)]
+pub struct EndpointTarget {
+    pub id: EndpointId,
+    pub url: String,
+    pub headers: Headers,
+    /// The current secret first, then previous ones still in their grace period.
+    pub secrets: Vec<Secret>,
+}
+
+/// One (message, endpoint) delivery leased to the engine, with all it needs to send.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub message: Arc<Message>,
+    pub endpoint: Arc<EndpointTarget>,
+    /// Attempts already made before this one.
+    pub attempts_made: u32,
+    pub trigger: Trigger,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Succeeded,
+    RetryAt(Timestamp),
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub attempt: Attempt,
+    pub next: NextStep,
+    /// The receiver answered 410 Gone: stop sending to it.
+    pub disable_endpoint: bool,
+}
+
+/// A response saved under an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+    pub created_at: Timestamp,
+}

@@ -1,0 +1,456 @@
+//! SQL for the configuration side: applications, event types, endpoints and
+//! their secrets and headers.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
+use herald_domain::ids::IdOrUid;
+use herald_domain::event_type::FilterPattern;
+
+use super::pool::internal;
+use super::rows::{self, list, optional_to_json, to_json, Order};
+use crate::{
+    App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
+    EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
+};
+
+pub(crate) fn now() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub(crate) fn create_app(conn: &Connection, input: AppInput) -> StoreResult<App> {
+    let id = AppId::generate();
+    let at = now();
+    conn.prepare_cached(
+        "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id.to_string(),
+            input.uid.as_ref().map(|u| u.as_str()),
+            input.name,
+            input.rate_limit,
+            to_json(&input.metadata).unwrap_or_default(),
+            at,
+            at
+        ])
+    })
+    .map_err(internal)?;
+    get_app(conn, &IdOrUid::Id(id))
+}
+
+pub(crate) fn get_app(conn: &Connection, app: &AppRef) -> StoreResult<App> {
+    let (column, value) = match app {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(uid) => ("uid", uid.to_string()),
+    };
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM apps WHERE {column} = ?",
+        rows::APP_COLUMNS
+    ))
+    .and_then(|mut s| s.query_row([value], rows::app))
+    .map_err(internal)
+}
+
+pub(crate) fn list_apps(conn: &Connection, page: PageRequest) -> StoreResult<Page<App>> {
+    list(
+        conn,
+        rows::APP_COLUMNS,
+        "apps",
+        "1 = 1",
+        vec![],
+        "id",
+        Order::Ascending,
+        &page,
+        rows::app,
+        |app| app.id.to_string(),
+    )
+}
+
+pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> StoreResult<App> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE apps SET uid = ?, name = ?, rate_limit = ?, metadata = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                input.uid.as_ref().map(|u| u.as_str()),
+                input.name,
+                input.rate_limit,
+                to_json(&input.metadata).unwrap_or_default(),
+                now(),
+                app.to_string()
+            ])
+        })
+        .map_err(internal)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    get_app(conn, &IdOrUid::Id(app))
+}
+
+pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {
+    let id = app.to_string();
+    // Children first: attempts and deliveries hang off messages and endpoints.
+    for sql in [
+        "DELETE FROM attempts WHERE app_id = ?",
+        "DELETE FROM deliveries WHERE app_id = ?",
+        "DELETE FROM messages WHERE app_id = ?",
+        "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = ?)",
+        "DELETE FROM endpoints WHERE app_id = ?",
+    ] {
+        conn.execute(sql, [&id]).map_err(internal)?;
+    }
+    let removed = conn
+        .execute("DELETE FROM apps WHERE id = ?", [&id])
+        .map_err(internal)?;
+    if removed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub(crate) fn insert_event_type(conn: &Connection, input: &EventTypeInput, or_ignore: bool) -> StoreResult<usize> {
+    let at = now();
+    let verb = if or_ignore { "INSERT OR IGNORE" } else { "INSERT" };
+    conn.prepare_cached(&format!(
+        "{verb} INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            input.name.as_str(),
+            input.description,
+            optional_to_json(&input.schemas).unwrap_or_default(),
+            input.archived,
+            input.deprecated,
+            input.feature_flag,
+            input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)),
+            at,
+            at
+        ])
+    })
+    .map_err(internal)
+}
+
+pub(crate) fn get_event_type(conn: &Connection, name: &EventTypeName) -> StoreResult<EventType> {
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM event_types WHERE name = ?",
+        rows::EVENT_TYPE_COLUMNS
+    ))
+    .and_then(|mut s| s.query_row([name.as_str()], rows::event_type))
+    .map_err(internal)
+}
+
+pub(crate) fn list_event_types(
+    conn: &Connection,
+    page: PageRequest,
+    include_archived: bool,
+) -> StoreResult<Page<EventType>> {
+    list(
+        conn,
+        rows::EVENT_TYPE_COLUMNS,
+        "event_types",
+        if include_archived { "1 = 1" } else { "archived = 0" },
+        vec![],
+        "name",
+        Order::Ascending,
+        &page,
+        rows::event_type,
+        |t| t.name.to_string(),
+    )
+}
+
+pub(crate) fn update_event_type(conn: &Connection, input: EventTypeInput) -> StoreResult<EventType> {
+    let changed = conn
+        .execute(
+            "UPDATE event_types SET description = ?, schemas = ?, archived = ?, deprecated = ?,
+                 feature_flag = ?, group_name = ?, updated_at = ?
+             WHERE name = ?",
+            params![
+                input.description,
+                optional_to_json(&input.schemas)?,
+                input.archived,
+                input.deprecated,
+                input.feature_flag,
+                input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)),
+                now(),
+                input.name.as_str()
+            ],
+        )
+        .map_err(internal)?;
+    if changed == 0 {
+        // PUT creates what does not exist, as in Svix.
+        insert_event_type(conn, &input, false)?;
+    }
+    get_event_type(conn, &input.name)
+}
+
+pub(crate) fn delete_event_type(conn: &Connection, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
+    let sql = if expunge {
+        "DELETE FROM event_types WHERE name = ?"
+    } else {
+        "UPDATE event_types SET archived = 1 WHERE name = ?"
+    };
+    match conn.execute(sql, [name.as_str()]).map_err(internal)? {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// Every exact name must be a known, unarchived type; every group wildcard
+/// must match at least one.
+fn check_filter_types(conn: &Connection, filter: &FilterTypes) -> StoreResult<()> {
+    for pattern in filter.patterns() {
+        let known: Option<i64> = match pattern {
+            FilterPattern::Exact(name) => conn
+                .prepare_cached("SELECT 1 FROM event_types WHERE name = ? AND archived = 0")
+                .and_then(|mut s| s.query_row([name.as_str()], |r| r.get(0)).optional()),
+            FilterPattern::Group(group) => conn
+                .prepare_cached(
+                    "SELECT 1 FROM event_types WHERE substr(name, 1, ?) = ? AND archived = 0 LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    let prefix = format!("{group}.");
+                    s.query_row(params![prefix.len() as i64, prefix], |r| r.get(0))
+                        .optional()
+                }),
+        }
+        .map_err(internal)?;
+        if known.is_none() {
+            return Err(StoreError::Invalid {
+                field: "filterTypes",
+                detail: format!("unknown event type `{pattern}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn require_app(conn: &Connection, app: AppId) -> StoreResult<()> {
+    get_app(conn, &IdOrUid::Id(app)).map(|_| ())
+}
+
+pub(crate) fn create_endpoint(
+    conn: &Connection,
+    app: AppId,
+    input: EndpointInput,
+    headers: Headers,
+    secret: Secret,
+) -> StoreResult<Endpoint> {
+    require_app(conn, app)?;
+    check_filter_types(conn, &input.filter_types)?;
+    let id = EndpointId::generate();
+    let at = now();
+    conn.execute(
+        "INSERT INTO endpoints (id, app_id, uid, url, description, disabled, filter_types, channels,
+             rate_limit, version, metadata, headers, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            id.to_string(),
+            app.to_string(),
+            input.uid.as_ref().map(|u| u.as_str()),
+            input.url.as_str(),
+            input.description,
+            input.disabled,
+            optional_to_json(&input.filter_types.to_strings())?,
+            optional_to_json(&input.channels)?,
+            input.rate_limit,
+            input.version,
+            to_json(&input.metadata)?,
+            to_json(&headers)?,
+            at,
+            at
+        ],
+    )
+    .map_err(internal)?;
+    conn.execute(
+        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
+        params![id.to_string(), secret.expose(), at],
+    )
+    .map_err(internal)?;
+    get_endpoint(conn, app, &IdOrUid::Id(id))
+}
+
+pub(crate) fn get_endpoint(conn: &Connection, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
+    let (column, value) = match endpoint {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(uid) => ("uid", uid.to_string()),
+    };
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM endpoints WHERE app_id = ? AND {column} = ?",
+        rows::ENDPOINT_COLUMNS
+    ))
+    .and_then(|mut s| s.query_row([app.to_string(), value], rows::endpoint))
+    .map_err(internal)
+}
+
+pub(crate) fn list_endpoints(conn: &Connection, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
+    list(
+        conn,
+        rows::ENDPOINT_COLUMNS,
+        "endpoints",
+        "app_id = ?",
+        vec![SqlValue::Text(app.to_string())],
+        "id",
+        Order::Ascending,
+        &page,
+        rows::endpoint,
+        |e| e.id.to_string(),
+    )
+}
+
+pub(crate) fn update_endpoint(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    input: EndpointInput,
+) -> StoreResult<Endpoint> {
+    check_filter_types(conn, &input.filter_types)?;
+    let changed = conn
+        .execute(
+            "UPDATE endpoints SET uid = ?, url = ?, description = ?, disabled = ?, filter_types = ?,
+                 channels = ?, rate_limit = ?, version = ?, metadata = ?, updated_at = ?
+             WHERE app_id = ? AND id = ?",
+            params![
+                input.uid.as_ref().map(|u| u.as_str()),
+                input.url.as_str(),
+                input.description,
+                input.disabled,
+                optional_to_json(&input.filter_types.to_strings())?,
+                optional_to_json(&input.channels)?,
+                input.rate_limit,
+                input.version,
+                to_json(&input.metadata)?,
+                now(),
+                app.to_string(),
+                endpoint.to_string()
+            ],
+        )
+        .map_err(internal)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))
+}
+
+pub(crate) fn delete_endpoint(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let id = endpoint.to_string();
+    for sql in [
+        "DELETE FROM attempts WHERE endpoint_id = ?",
+        "DELETE FROM deliveries WHERE endpoint_id = ?",
+        "DELETE FROM endpoint_secrets WHERE endpoint_id = ?",
+        "DELETE FROM endpoints WHERE id = ?",
+    ] {
+        conn.execute(sql, [&id]).map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// The secrets that sign now: the current one first, then those in grace.
+pub(crate) fn signing_secrets(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Vec<Secret>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT secret FROM endpoint_secrets
+             WHERE endpoint_id = ? AND (expires_at IS NULL OR expires_at > ?)
+             ORDER BY expires_at IS NOT NULL, created_at DESC",
+        )
+        .map_err(internal)?;
+    let texts = statement
+        .query_map(params![endpoint, at], |r| r.get::<_, String>(0))
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(internal)?;
+    texts
+        .iter()
+        .map(|t| Secret::parse(t).map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason))))
+        .collect()
+}
+
+pub(crate) fn endpoint_secret(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    signing_secrets(conn, &endpoint.to_string(), now())?
+        .into_iter()
+        .next()
+        .ok_or(StoreError::NotFound)
+}
+
+pub(crate) fn rotate_endpoint_secret(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    secret: Secret,
+    previous_valid_until: Timestamp,
+) -> StoreResult<()> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let id = endpoint.to_string();
+    let at = now();
+    // Expired secrets are dropped so that rotation keeps the table small.
+    conn.execute(
+        "DELETE FROM endpoint_secrets WHERE endpoint_id = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+        params![id, at],
+    )
+    .map_err(internal)?;
+    conn.execute(
+        "UPDATE endpoint_secrets SET expires_at = ? WHERE endpoint_id = ? AND expires_at IS NULL",
+        params![previous_valid_until, id],
+    )
+    .map_err(internal)?;
+    conn.execute(
+        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
+        params![id, secret.expose(), at],
+    )
+    .map_err(internal)?;
+    Ok(())
+}
+
+pub(crate) fn set_endpoint_headers(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    headers: Headers,
+) -> StoreResult<()> {
+    let changed = conn
+        .execute(
+            "UPDATE endpoints SET headers = ?, updated_at = ? WHERE app_id = ? AND id = ?",
+            params![to_json(&headers)?, now(), app.to_string(), endpoint.to_string()],
+        )
+        .map_err(internal)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub(crate) fn endpoint_stats(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT status, lease_until IS NOT NULL, COUNT(*) FROM deliveries
+             WHERE endpoint_id = ? GROUP BY status, lease_until IS NOT NULL",
+        )
+        .map_err(internal)?;
+    let mut stats = EndpointStats::default();
+    let rows = statement
+        .query_map([endpoint.to_string()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, u64>(2)?))
+        })
+        .map_err(internal)?;
+    for row in rows {
+        let (status, leased, count) = row.map_err(internal)?;
+        match (status, leased) {
+            (0, _) => stats.success += count,
+            (1, true) => stats.sending += count,
+            (1, false) => stats.pending += count,
+            _ => stats.fail += count,
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,473 @@
+//! SQL for the delivery side: messages with their fan-out, leases on due
+//! deliveries, attempts, and idempotency keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{
+    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Trigger,
+};
+
+use super::admin::{get_app, get_endpoint, now, signing_secrets};
+use super::pool::internal;
+use super::rows::{self, list, optional_to_json, Order};
+use crate::{
+    Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
+    StoreResult, StoredResponse, Timestamp,
+};
+
+/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`.
+fn matching_targets(
+    conn: &Connection,
+    app: AppId,
+    event_type: &EventTypeName,
+    channels: Option<&[String]>,
+    at: Timestamp,
+) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT id, url, headers, filter_types, channels FROM endpoints
+             WHERE app_id = ? AND disabled = 0",
+        )
+        .map_err(internal)?;
+    let candidates = statement
+        .query_map([app.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(internal)?;
+    let mut targets = Vec::new();
+    for (id, url, headers, filter_types, endpoint_channels) in candidates {
+        let filter = match filter_types {
+            Some(text) => {
+                let names: Vec<String> = decode(&text)?;
+                FilterTypes::parse(&names).map_err(|e| StoreError::Internal(e.to_string()))?
+            }
+            None => FilterTypes::all(),
+        };
+        if !filter.matches(event_type) {
+            continue;
+        }
+        if let Some(text) = endpoint_channels {
+            let wanted: Vec<String> = decode(&text)?;
+            let shared = channels.is_some_and(|c| c.iter().any(|c| wanted.contains(c)));
+            if !wanted.is_empty() && !shared {
+                continue;
+            }
+        }
+        targets.push(Arc::new(EndpointTarget {
+            id: EndpointId::parse(&id).map_err(|e| StoreError::Internal(e.to_string()))?,
+            url,
+            headers: decode(&headers)?,
+            secrets: signing_secrets(conn, &id, at)?,
+        }));
+    }
+    Ok(targets)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<EndpointTarget>> {
+    let (url, headers): (String, String) = conn
+        .prepare_cached("SELECT url, headers FROM endpoints WHERE id = ?")
+        .and_then(|mut s| s.query_row([endpoint], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(internal)?;
+    Ok(Arc::new(EndpointTarget {
+        id: EndpointId::parse(endpoint).map_err(|e| StoreError::Internal(e.to_string()))?,
+        url,
+        headers: decode(&headers)?,
+        secrets: signing_secrets(conn, endpoint, at)?,
+    }))
+}
+
+pub(crate) fn create_message(
+    conn: &Connection,
+    app: AppId,
+    input: MessageInput,
+    claim: Option<Claim>,
+) -> StoreResult<CreatedMessage> {
+    get_app(conn, &IdOrUid::Id(app))?;
+    let known: Option<bool> = conn
+        .prepare_cached("SELECT archived FROM event_types WHERE name = ?")
+        .and_then(|mut s| s.query_row([input.event_type.as_str()], |r| r.get(0)).optional())
+        .map_err(internal)?;
+    if known.is_none() {
+        return Err(StoreError::Invalid {
+            field: "eventType",
+            detail: format!("unknown event type `{}`", input.event_type),
+        });
+    }
+    let at = claim.map(|c| c.now).unwrap_or_else(now);
+    let message = Arc::new(Message {
+        id: MessageId::generate(),
+        app_id: app,
+        event_id: input.event_id,
+        event_type: input.event_type,
+        payload: input.payload,
+        channels: input.channels,
+        created_at: at,
+    });
+    let message_id = message.id.to_string();
+    conn.prepare_cached(
+        "INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            message_id,
+            app.to_string(),
+            message.event_id.as_ref().map(|e| e.as_str()),
+            message.event_type.as_str(),
+            message.payload,
+            optional_to_json(&message.channels).unwrap_or_default(),
+            at
+        ])
+    })
+    .map_err(internal)?;
+    let targets = matching_targets(conn, app, &message.event_type, message.channels.as_deref(), at)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+                 next_attempt_at, lease_until, updated_at)
+             VALUES (?, ?, ?, 1, 0, 0, ?, ?, ?)",
+        )
+        .map_err(internal)?;
+    for target in &targets {
+        insert
+            .execute(params![
+                message_id,
+                target.id.to_string(),
+                app.to_string(),
+                at,
+                claim.map(|c| c.until),
+                at
+            ])
+            .map_err(internal)?;
+    }
+    let deliveries = targets.len();
+    let jobs = match claim {
+        Some(_) => targets
+            .into_iter()
+            .map(|endpoint| DeliveryJob {
+                message: message.clone(),
+                endpoint,
+                attempts_made: 0,
+                trigger: Trigger::Scheduled,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(CreatedMessage {
+        message,
+        jobs,
+        deliveries,
+    })
+}
+
+pub(crate) fn get_message(conn: &Connection, app: AppId, message: &MessageRef) -> StoreResult<Message> {
+    let (column, value) = match message {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(event_id) => ("event_id", event_id.to_string()),
+    };
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM messages WHERE app_id = ? AND {column} = ?",
+        rows::MESSAGE_COLUMNS
+    ))
+    .and_then(|mut s| s.query_row([app.to_string(), value], rows::message))
+    .map_err(internal)
+}
+
+fn message_by_id(conn: &Connection, id: &str) -> StoreResult<Message> {
+    conn.prepare_cached(&format!("SELECT {} FROM messages WHERE id = ?", rows::MESSAGE_COLUMNS))
+        .and_then(|mut s| s.query_row([id], rows::message))
+        .map_err(internal)
+}
+
+pub(crate) fn list_messages(conn: &Connection, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
+    get_app(conn, &IdOrUid::Id(app))?;
+    let mut filter = String::from("app_id = ?");
+    let mut params = vec![SqlValue::Text(app.to_string())];
+    if !query.event_types.is_empty() {
+        let marks = vec!["?"; query.event_types.len()].join(", ");
+        filter.push_str(&format!(" AND event_type IN ({marks})"));
+        params.extend(query.event_types.iter().map(|t| SqlValue::Text(t.to_string())));
+    }
+    if let Some(before) = query.before {
+        filter.push_str(" AND id < ?");
+        params.push(SqlValue::Text(MessageId::lowest_at(before).to_string()));
+    }
+    if let Some(after) = query.after {
+        filter.push_str(" AND id >= ?");
+        params.push(SqlValue::Text(MessageId::lowest_at(after + 1).to_string()));
+    }
+    list(
+        conn,
+        rows::MESSAGE_COLUMNS,
+        "messages",
+        &filter,
+        params,
+        "id",
+        Order::Descending,
+        &query.page,
+        rows::message,
+        |m| m.id.to_string(),
+    )
+}
+
+pub(crate) fn list_attempts(conn: &Connection, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
+    let mut params = vec![SqlValue::Text(app.to_string())];
+    let mut filter = String::from("app_id = ?");
+    match &query.filter {
+        AttemptFilter::Endpoint(endpoint) => {
+            get_endpoint(conn, app, &IdOrUid::Id(*endpoint))?;
+            filter.push_str(" AND endpoint_id = ?");
+            params.push(SqlValue::Text(endpoint.to_string()));
+        }
+        AttemptFilter::Message(message) => {
+            get_message(conn, app, &IdOrUid::Id(*message))?;
+            filter.push_str(" AND message_id = ?");
+            params.push(SqlValue::Text(message.to_string()));
+        }
+    }
+    if let Some(status) = query.status {
+        filter.push_str(" AND status = ?");
+        params.push(SqlValue::Integer(status.code()));
+    }
+    list(
+        conn,
+        rows::ATTEMPT_COLUMNS,
+        "attempts",
+        &filter,
+        params,
+        "id",
+        Order::Descending,
+        &query.page,
+        rows::attempt,
+        |a| a.id.to_string(),
+    )
+}
+
+pub(crate) fn get_attempt(conn: &Connection, app: AppId, message: MessageId, attempt: AttemptId) -> StoreResult<Attempt> {
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM attempts WHERE app_id = ? AND message_id = ? AND id = ?",
+        rows::ATTEMPT_COLUMNS
+    ))
+    .and_then(|mut s| {
+        s.query_row(
+            [app.to_string(), message.to_string(), attempt.to_string()],
+            rows::attempt,
+        )
+    })
+    .map_err(internal)
+}
+
+pub(crate) fn resend(
+    conn: &Connection,
+    app: AppId,
+    message: MessageId,
+    endpoint: EndpointId,
+    claim: Claim,
+) -> StoreResult<DeliveryJob> {
+    let message = get_message(conn, app, &IdOrUid::Id(message))?;
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let attempts_made: u32 = conn
+        .query_row(
+            "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+                 next_attempt_at, lease_until, updated_at)
+             VALUES (?1, ?2, ?3, 1, 0, 1, ?4, ?5, ?4)
+             ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
+                 status = 1, trigger_type = 1, next_attempt_at = ?4, lease_until = ?5, updated_at = ?4
+             RETURNING attempts",
+            params![message.id.to_string(), endpoint.to_string(), app.to_string(), claim.now, claim.until],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    Ok(DeliveryJob {
+        message: Arc::new(message),
+        endpoint: target(conn, &endpoint.to_string(), claim.now)?,
+        attempts_made,
+        trigger: Trigger::Manual,
+    })
+}
+
+pub(crate) fn claim_due(conn: &Connection, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
+    let due = conn
+        .prepare_cached(
+            "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
+             FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+             WHERE d.status = 1 AND d.next_attempt_at <= ?1
+               AND (d.lease_until IS NULL OR d.lease_until < ?1) AND e.disabled = 0
+             ORDER BY d.next_attempt_at LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![claim.now, limit as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(internal)?;
+    let mut lease = conn
+        .prepare_cached("UPDATE deliveries SET lease_until = ? WHERE message_id = ? AND endpoint_id = ?")
+        .map_err(internal)?;
+    let mut messages: HashMap<String, Arc<Message>> = HashMap::new();
+    let mut endpoints: HashMap<String, Arc<EndpointTarget>> = HashMap::new();
+    let mut jobs = Vec::with_capacity(due.len());
+    for (message_id, endpoint_id, attempts_made, trigger) in due {
+        lease
+            .execute(params![claim.until, message_id, endpoint_id])
+            .map_err(internal)?;
+        let message = match messages.get(&message_id) {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(message_by_id(conn, &message_id)?);
+                messages.insert(message_id, m.clone());
+                m
+            }
+        };
+        let endpoint = match endpoints.get(&endpoint_id) {
+            Some(e) => e.clone(),
+            None => {
+                let e = target(conn, &endpoint_id, claim.now)?;
+                endpoints.insert(endpoint_id, e.clone());
+                e
+            }
+        };
+        jobs.push(DeliveryJob {
+            message,
+            endpoint,
+            attempts_made,
+            trigger: Trigger::from_code(trigger),
+        });
+    }
+    Ok(jobs)
+}
+
+pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> StoreResult<()> {
+    let attempt = &outcome.attempt;
+    conn.prepare_cached(
+        "INSERT INTO attempts (id, app_id, message_id, endpoint_id, url, status, response_status_code,
+             response, response_duration_ms, error_class, trigger_type, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            attempt.id.to_string(),
+            attempt.app_id.to_string(),
+            attempt.message_id.to_string(),
+            attempt.endpoint_id.to_string(),
+            attempt.url,
+            attempt.status.code(),
+            attempt.response_status_code,
+            attempt.response,
+            attempt.response_duration_ms,
+            attempt.error_class.map(|c| c.as_str()),
+            attempt.trigger.code(),
+            attempt.created_at
+        ])
+    })
+    .map_err(internal)?;
+    let (status, next_attempt_at) = match outcome.next {
+        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
+        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextStep::Failed => (DeliveryStatus::Failed, None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
+             lease_until = NULL, updated_at = ?
+         WHERE message_id = ? AND endpoint_id = ?",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            status.code(),
+            next_attempt_at,
+            attempt.created_at,
+            attempt.message_id.to_string(),
+            attempt.endpoint_id.to_string()
+        ])
+    })
+    .map_err(internal)?;
+    if outcome.disable_endpoint {
+        conn.execute(
+            "UPDATE endpoints SET disabled = 1, updated_at = ? WHERE id = ?",
+            params![attempt.created_at, attempt.endpoint_id.to_string()],
+        )
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn next_due_at(conn: &Connection) -> StoreResult<Option<Timestamp>> {
+    conn.prepare_cached(
+        "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 1 AND d.lease_until IS NULL AND e.disabled = 0
+         ORDER BY d.next_attempt_at LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+    .map_err(internal)
+}
+
+pub(crate) fn release_all_leases(conn: &Connection) -> StoreResult<u64> {
+    conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL", [])
+        .map(|n| n as u64)
+        .map_err(internal)
+}
+
+pub(crate) fn idempotent_response(conn: &Connection, scope: &str, key: &str) -> StoreResult<Option<StoredResponse>> {
+    conn.prepare_cached("SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?")
+        .and_then(|mut s| {
+            s.query_row([scope, key], |r| {
+                Ok(StoredResponse {
+                    status: r.get(0)?,
+                    body: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(internal)
+}
+
+pub(crate) fn save_idempotent_response(
+    conn: &Connection,
+    scope: &str,
+    key: &str,
+    response: StoredResponse,
+) -> StoreResult<Option<StoredResponse>> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![scope, key, response.status, response.body, response.created_at]))
+        .map_err(internal)?;
+    if inserted == 1 {
+        Ok(None)
+    } else {
+        idempotent_response(conn, scope, key)
+    }
+}
+
+pub(crate) fn purge_idempotency_keys(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
+    conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [before])
+        .map(|n| n as u64)
+        .map_err(internal)
+}

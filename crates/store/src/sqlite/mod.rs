@@ -1,0 +1,322 @@
+//! The SQLite implementation of [`Store`]: one writer thread committing
+//! batches, a pool of readers, migrations embedded in the binary.
+
+mod admin;
+mod delivery;
+mod pool;
+mod rows;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+
+use crate::*;
+use pool::{internal, open_connection, ReadPool, Writer};
+
+/// Migrations in order; the number is the schema version each one produces.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// Read connections kept open.
+    pub readers: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            readers: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    readers: ReadPool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(options: &SqliteOptions) -> StoreResult<Self> {
+        let mut conn = open_connection(&options.path, false)?;
+        migrate(&mut conn)?;
+        let readers = ReadPool::open(&options.path, options.readers.max(1))?;
+        Ok(Self {
+            writer: Writer::start(conn),
+            readers,
+        })
+    }
+
+    /// Applies pending migrations and returns the schema version.
+    pub fn migrate_only(path: &Path) -> StoreResult<i64> {
+        let mut conn = open_connection(path, false)?;
+        migrate(&mut conn)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<i64> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(internal)?;
+    let transaction = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(internal)?;
+    let current: i64 = transaction
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .map_err(internal)?;
+    let mut version = current;
+    for (number, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
+        transaction.execute_batch(sql).map_err(internal)?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                rusqlite::params![number, admin::now()],
+            )
+            .map_err(internal)?;
+        version = *number;
+    }
+    transaction.commit().map_err(internal)?;
+    Ok(version)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.readers
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
+    }
+
+    async fn create_app(&self, input: AppInput) -> StoreResult<App> {
+        self.writer.write(move |c| admin::create_app(c, input)).await
+    }
+    async fn get_app(&self, app: &AppRef) -> StoreResult<App> {
+        let app = app.clone();
+        self.readers.read(move |c| admin::get_app(c, &app)).await
+    }
+    async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>> {
+        self.readers.read(move |c| admin::list_apps(c, page)).await
+    }
+    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App> {
+        self.writer.write(move |c| admin::update_app(c, app, input)).await
+    }
+    async fn delete_app(&self, app: AppId) -> StoreResult<()> {
+        self.writer.write(move |c| admin::delete_app(c, app)).await
+    }
+
+    async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize> {
+        self.writer
+            .write(move |c| {
+                entries
+                    .iter()
+                    .map(|e| admin::insert_event_type(c, e, true))
+                    .sum()
+            })
+            .await
+    }
+    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
+        self.writer
+            .write(move |c| {
+                admin::insert_event_type(c, &input, false)?;
+                admin::get_event_type(c, &input.name)
+            })
+            .await
+    }
+    async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType> {
+        let name = name.clone();
+        self.readers.read(move |c| admin::get_event_type(c, &name)).await
+    }
+    async fn list_event_types(
+        &self,
+        page: PageRequest,
+        include_archived: bool,
+    ) -> StoreResult<Page<EventType>> {
+        self.readers
+            .read(move |c| admin::list_event_types(c, page, include_archived))
+            .await
+    }
+    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
+        self.writer.write(move |c| admin::update_event_type(c, input)).await
+    }
+    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
+        let name = name.clone();
+        self.writer
+            .write(move |c| admin::delete_event_type(c, &name, expunge))
+            .await
+    }
+
+    async fn create_endpoint(
+        &self,
+        app: AppId,
+        input: EndpointInput,
+        headers: Headers,
+        secret: Secret,
+    ) -> StoreResult<Endpoint> {
+        self.writer
+            .write(move |c| admin::create_endpoint(c, app, input, headers, secret))
+            .await
+    }
+    async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
+        let endpoint = endpoint.clone();
+        self.readers
+            .read(move |c| admin::get_endpoint(c, app, &endpoint))
+            .await
+    }
+    async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
+        self.readers
+            .read(move |c| {
+                admin::get_app(c, &herald_domain::ids::IdOrUid::Id(app))?;
+                admin::list_endpoints(c, app, page)
+            })
+            .await
+    }
+    async fn update_endpoint(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        input: EndpointInput,
+    ) -> StoreResult<Endpoint> {
+        self.writer
+            .write(move |c| admin::update_endpoint(c, app, endpoint, input))
+            .await
+    }
+    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::delete_endpoint(c, app, endpoint))
+            .await
+    }
+    async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
+        self.readers
+            .read(move |c| admin::endpoint_secret(c, app, endpoint))
+            .await
+    }
+    async fn rotate_endpoint_secret(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        secret: Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                admin::rotate_endpoint_secret(c, app, endpoint, secret, previous_valid_until)
+            })
+            .await
+    }
+    async fn set_endpoint_headers(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        headers: Headers,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::set_endpoint_headers(c, app, endpoint, headers))
+            .await
+    }
+    async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
+        self.readers
+            .read(move |c| admin::endpoint_stats(c, app, endpoint))
+            .await
+    }
+
+    async fn create_message(
+        &self,
+        app: AppId,
+        input: MessageInput,
+        claim: Option<Claim>,
+    ) -> StoreResult<CreatedMessage> {
+        self.writer
+            .write(move |c| delivery::create_message(c, app, input, claim))
+            .await
+    }
+    async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
+        let message = message.clone();
+        self.readers
+            .read(move |c| delivery::get_message(c, app, &message))
+            .await
+    }
+    async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
+        self.readers
+            .read(move |c| delivery::list_messages(c, app, query))
+            .await
+    }
+    async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
+        self.readers
+            .read(move |c| delivery::list_attempts(c, app, query))
+            .await
+    }
+    async fn get_attempt(
+        &self,
+        app: AppId,
+        message: MessageId,
+        attempt: AttemptId,
+    ) -> StoreResult<Attempt> {
+        self.readers
+            .read(move |c| delivery::get_attempt(c, app, message, attempt))
+            .await
+    }
+
+    async fn resend(
+        &self,
+        app: AppId,
+        message: MessageId,
+        endpoint: EndpointId,
+        claim: Claim,
+    ) -> StoreResult<DeliveryJob> {
+        self.writer
+            .write(move |c| delivery::resend(c, app, message, endpoint, claim))
+            .await
+    }
+    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
+        self.writer
+            .write(move |c| delivery::claim_due(c, claim, limit))
+            .await
+    }
+    async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
+        self.writer
+            .write(move |c| delivery::record_attempt(c, outcome))
+            .await
+    }
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
+        self.readers.read(delivery::next_due_at).await
+    }
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        self.writer.write(delivery::release_all_leases).await
+    }
+
+    async fn idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<StoredResponse>> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.readers
+            .read(move |c| delivery::idempotent_response(c, &scope, &key))
+            .await
+    }
+    async fn save_idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: StoredResponse,
+    ) -> StoreResult<Option<StoredResponse>> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.writer
+            .write(move |c| delivery::save_idempotent_response(c, &scope, &key, response))
+            .await
+    }
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| delivery::purge_idempotency_keys(c, before))
+            .await
+    }
+}

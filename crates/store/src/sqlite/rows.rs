@@ -1,0 +1,219 @@
+//! Turning SQLite rows into records, and the shared pagination helper.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Row};
+
+use herald_domain::ids::Uid;
+use herald_domain::{
+    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId,
+    ParseError, Trigger,
+};
+
+use super::pool::internal;
+use crate::{
+    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError,
+    StoreResult,
+};
+
+pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
+pub(crate) const EVENT_TYPE_COLUMNS: &str =
+    "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at";
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "id, app_id, event_id, event_type, payload, channels, created_at";
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
+
+fn bad_value(index: usize, error: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
+}
+
+fn parsed<T>(
+    row: &Row<'_>,
+    index: usize,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).map_err(|e| bad_value(index, e))
+}
+
+fn optional_uid(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<Uid>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|t| Uid::parse("uid", &t).map_err(|e| bad_value(index, e)))
+        .transpose()
+}
+
+fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|e| bad_value(index, e))
+}
+
+fn optional_json<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| bad_value(index, e)))
+        .transpose()
+}
+
+pub(crate) fn app(row: &Row<'_>) -> rusqlite::Result<App> {
+    Ok(App {
+        id: parsed(row, 0, AppId::parse)?,
+        uid: optional_uid(row, 1)?,
+        name: row.get(2)?,
+        rate_limit: row.get(3)?,
+        metadata: json(row, 4)?,
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+    })
+}
+
+pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<EventType> {
+    Ok(EventType {
+        name: parsed(row, 0, EventTypeName::parse)?,
+        description: row.get(1)?,
+        schemas: optional_json(row, 2)?,
+        archived: row.get(3)?,
+        deprecated: row.get(4)?,
+        feature_flag: row.get(5)?,
+        group_name: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    Ok(Endpoint {
+        id: parsed(row, 0, EndpointId::parse)?,
+        app_id: parsed(row, 1, AppId::parse)?,
+        uid: optional_uid(row, 2)?,
+        url: row.get(3)?,
+        description: row.get(4)?,
+        disabled: row.get(5)?,
+        filter_types: optional_json(row, 6)?,
+        channels: optional_json(row, 7)?,
+        rate_limit: row.get(8)?,
+        version: row.get(9)?,
+        metadata: json(row, 10)?,
+        headers: json(row, 11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
+pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: parsed(row, 0, MessageId::parse)?,
+        app_id: parsed(row, 1, AppId::parse)?,
+        event_id: optional_uid(row, 2)?,
+        event_type: parsed(row, 3, EventTypeName::parse)?,
+        payload: row.get(4)?,
+        channels: optional_json(row, 5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+pub(crate) fn attempt(row: &Row<'_>) -> rusqlite::Result<Attempt> {
+    let status: i64 = row.get(5)?;
+    let error_class: Option<String> = row.get(9)?;
+    Ok(Attempt {
+        id: parsed(row, 0, AttemptId::parse)?,
+        app_id: parsed(row, 1, AppId::parse)?,
+        message_id: parsed(row, 2, MessageId::parse)?,
+        endpoint_id: parsed(row, 3, EndpointId::parse)?,
+        url: row.get(4)?,
+        status: DeliveryStatus::from_code(status).unwrap_or(DeliveryStatus::Failed),
+        response_status_code: row.get(6)?,
+        response: row.get(7)?,
+        response_duration_ms: row.get(8)?,
+        error_class: error_class.as_deref().and_then(ErrorClass::parse),
+        trigger: Trigger::from_code(row.get(10)?),
+        created_at: row.get(11)?,
+    })
+}
+
+/// Listing order of a paginated query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    Ascending,
+    Descending,
+}
+
+/// Runs `SELECT {columns} FROM {table} WHERE {filter}` one page at a time,
+/// keyed by `key` (a unique, ordered column), fetching one extra row to know
+/// whether more follow.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn list<T>(
+    conn: &Connection,
+    columns: &str,
+    table: &str,
+    filter: &str,
+    mut params: Vec<SqlValue>,
+    key: &str,
+    order: Order,
+    page: &PageRequest,
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    key_of: impl Fn(&T) -> String,
+) -> StoreResult<Page<T>> {
+    let limit = page.limit.clamp(1, 250);
+    // Walking backwards flips the comparison and the order, then the rows are
+    // put back into listing order.
+    let backwards = matches!(page.cursor, Cursor::Before(_));
+    let ascending = (order == Order::Ascending) != backwards;
+    let mut sql = format!("SELECT {columns} FROM {table} WHERE {filter}");
+    match &page.cursor {
+        Cursor::Start => {}
+        Cursor::After(at) | Cursor::Before(at) => {
+            sql.push_str(&format!(" AND {key} {} ?", if ascending { ">" } else { "<" }));
+            params.push(SqlValue::Text(at.clone()));
+        }
+    }
+    sql.push_str(&format!(
+        " ORDER BY {key} {} LIMIT {}",
+        if ascending { "ASC" } else { "DESC" },
+        limit + 1
+    ));
+    let mut statement = conn.prepare_cached(&sql).map_err(internal)?;
+    let mut data = statement
+        .query_map(rusqlite::params_from_iter(params), map)
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(internal)?;
+    let more = data.len() > limit;
+    data.truncate(limit);
+    if backwards {
+        data.reverse();
+    }
+    let first = data.first().map(&key_of);
+    let last = data.last().map(&key_of);
+    let (done, iterator, prev_iterator) = if backwards {
+        (false, last.or_else(|| cursor_key(&page.cursor)), first.filter(|_| more).map(|k| format!("-{k}")))
+    } else {
+        (
+            !more,
+            last.or_else(|| cursor_key(&page.cursor)),
+            first.map(|k| format!("-{k}")),
+        )
+    };
+    Ok(Page {
+        data,
+        iterator,
+        prev_iterator,
+        done,
+    })
+}
+
+fn cursor_key(cursor: &Cursor) -> Option<String> {
+    match cursor {
+        Cursor::Start => None,
+        Cursor::After(k) | Cursor::Before(k) => Some(k.clone()),
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+pub(crate) fn optional_to_json<T: serde::Serialize>(value: &Option<T>) -> StoreResult<Option<String>> {
+    value.as_ref().map(to_json).transpose()
+}

@@ -15,9 +15,10 @@ use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app", get(list).post(create))
-        .route("/app/{app}", get(read).put(replace).patch(patch).delete(remove))
+    Router::new().route("/app", get(list).post(create)).route(
+        "/app/{app}",
+        get(read).put(replace).patch(patch).delete(remove),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +82,10 @@ fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
     uid.map(|u| {
         // A uid that looks like an id would make `/app/{app}` ambiguous.
         if AppId::parse(u).is_ok() {
-            return Err(ApiError::invalid("uid", "must not have the form of an app id"));
+            return Err(ApiError::invalid(
+                "uid",
+                "must not have the form of an app id",
+            ));
         }
         Uid::parse("uid", u).map_err(ApiError::from)
     })
@@ -91,7 +95,10 @@ fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
 fn parse_name(name: String) -> ApiResult<String> {
     let name = name.trim().to_owned();
     if name.is_empty() || name.len() > 256 {
-        return Err(ApiError::invalid("name", "must be 1 to 256 characters long"));
+        return Err(ApiError::invalid(
+            "name",
+            "must be 1 to 256 characters long",
+        ));
     }
     Ok(name)
 }
@@ -172,7 +179,9 @@ async fn patch(
         rate_limit: changes.rate_limit.unwrap_or(current.rate_limit),
         metadata: changes.metadata.unwrap_or(current.metadata),
     };
-    Ok(Json(state.store.update_app(current.id, input).await?.into()))
+    Ok(Json(
+        state.store.update_app(current.id, input).await?.into(),
+    ))
 }
 
 async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<StatusCode> {

@@ -109,7 +109,10 @@ impl From<Endpoint> for EndpointOut {
 fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
     uid.map(|u| {
         if EndpointId::parse(u).is_ok() {
-            return Err(ApiError::invalid("uid", "must not have the form of an endpoint id"));
+            return Err(ApiError::invalid(
+                "uid",
+                "must not have the form of an endpoint id",
+            ));
         }
         Uid::parse("uid", u).map_err(ApiError::from)
     })
@@ -129,15 +132,28 @@ fn parse_filter(filter: Option<&[String]>) -> ApiResult<FilterTypes> {
 
 fn check_description(description: &str) -> ApiResult<()> {
     if description.len() > 1024 {
-        return Err(ApiError::invalid("description", "must be at most 1024 characters"));
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1024 characters",
+        ));
     }
     Ok(())
 }
 
 /// Header names Herald sets itself or that would break the request.
 const FORBIDDEN_HEADERS: &[&str] = &[
-    "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive",
-    "proxy-authorization", "proxy-authenticate", "te", "trailer", "upgrade", "user-agent",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "user-agent",
 ];
 
 fn parse_headers(headers: Headers) -> ApiResult<Headers> {
@@ -148,16 +164,25 @@ fn parse_headers(headers: Headers) -> ApiResult<Headers> {
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(ApiError::invalid("headers", format!("`{name}` is not a valid header name")));
+            return Err(ApiError::invalid(
+                "headers",
+                format!("`{name}` is not a valid header name"),
+            ));
         }
         if FORBIDDEN_HEADERS.contains(&lower.as_str())
             || lower.starts_with("webhook-")
             || lower.starts_with("svix-")
         {
-            return Err(ApiError::invalid("headers", format!("`{name}` may not be set on an endpoint")));
+            return Err(ApiError::invalid(
+                "headers",
+                format!("`{name}` may not be set on an endpoint"),
+            ));
         }
         if value.len() > 4096 || HeaderValue::from_str(&value).is_err() {
-            return Err(ApiError::invalid("headers", format!("the value of `{name}` is not a valid header value")));
+            return Err(ApiError::invalid(
+                "headers",
+                format!("the value of `{name}` is not a valid header value"),
+            ));
         }
         parsed.insert(lower, value);
     }
@@ -216,7 +241,9 @@ async fn read(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<EndpointOut>> {
-    Ok(Json(resolve_endpoint(&state, &app, &endpoint).await?.into()))
+    Ok(Json(
+        resolve_endpoint(&state, &app, &endpoint).await?.into(),
+    ))
 }
 
 async fn replace(
@@ -281,7 +308,10 @@ async fn remove(
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    state.store.delete_endpoint(endpoint.app_id, endpoint.id).await?;
+    state
+        .store
+        .delete_endpoint(endpoint.app_id, endpoint.id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,7 +325,10 @@ async fn secret(
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<SecretOut>> {
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    let secret = state.store.endpoint_secret(endpoint.app_id, endpoint.id).await?;
+    let secret = state
+        .store
+        .endpoint_secret(endpoint.app_id, endpoint.id)
+        .await?;
     Ok(Json(SecretOut {
         key: secret.expose(),
     }))
@@ -422,7 +455,10 @@ async fn stats(
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<StatsOut>> {
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    let stats = state.store.endpoint_stats(endpoint.app_id, endpoint.id).await?;
+    let stats = state
+        .store
+        .endpoint_stats(endpoint.app_id, endpoint.id)
+        .await?;
     Ok(Json(StatsOut {
         success: stats.success,
         pending: stats.pending,

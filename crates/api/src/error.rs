@@ -12,12 +12,20 @@ use herald_store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request could not be read (malformed JSON, bad query).
-    BadRequest { code: &'static str, detail: String },
+    BadRequest {
+        code: &'static str,
+        detail: String,
+    },
     /// 422: well-formed but invalid input; the detail names the field.
-    Invalid { field: String, detail: String },
+    Invalid {
+        field: String,
+        detail: String,
+    },
     Unauthorized,
     NotFound,
-    Conflict { detail: String },
+    Conflict {
+        detail: String,
+    },
     PayloadTooLarge,
     /// 503: the database cannot take the request now; retrying is safe.
     Unavailable,

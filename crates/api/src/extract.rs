@@ -56,9 +56,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             code: "invalid_content_type",
             detail: "expected `Content-Type: application/json`".to_owned(),
         },
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         other => ApiError::BadRequest {
             code: "invalid_body",
             detail: other.body_text(),

@@ -25,10 +25,16 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/app/{app}/msg", get(list).post(create))
         .route("/app/{app}/msg/{msg}", get(read))
-        .route("/app/{app}/attempt/endpoint/{endpoint}", get(attempts_by_endpoint))
+        .route(
+            "/app/{app}/attempt/endpoint/{endpoint}",
+            get(attempts_by_endpoint),
+        )
         .route("/app/{app}/attempt/msg/{msg}", get(attempts_by_message))
         .route("/app/{app}/msg/{msg}/attempt/{attempt}", get(attempt))
-        .route("/app/{app}/msg/{msg}/endpoint/{endpoint}/resend", post(resend))
+        .route(
+            "/app/{app}/msg/{msg}/endpoint/{endpoint}/resend",
+            post(resend),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +113,10 @@ async fn create(
         payload: input.payload.to_string(),
         channels: parse_channels(input.channels)?,
     };
-    let claim = state.dispatcher.as_ref().and_then(|d| d.claim_for_new_work());
+    let claim = state
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.claim_for_new_work());
     let created = state.store.create_message(app, message, claim).await?;
     let out = MessageOut::new(&created.message, options.with_content.unwrap_or(true));
     if let Some(dispatcher) = &state.dispatcher {
@@ -151,8 +160,16 @@ async fn list(
         }
         .page(),
         event_types,
-        before: params.before.as_deref().map(|t| parse_time("before", t)).transpose()?,
-        after: params.after.as_deref().map(|t| parse_time("after", t)).transpose()?,
+        before: params
+            .before
+            .as_deref()
+            .map(|t| parse_time("before", t))
+            .transpose()?,
+        after: params
+            .after
+            .as_deref()
+            .map(|t| parse_time("after", t))
+            .transpose()?,
     };
     let with_content = params.with_content.unwrap_or(true);
     let page = state.store.list_messages(app, query).await?;
@@ -240,12 +257,20 @@ impl AttemptListParams {
     }
 }
 
-async fn endpoint_id(state: &AppState, app: herald_domain::AppId, segment: &str) -> ApiResult<EndpointId> {
+async fn endpoint_id(
+    state: &AppState,
+    app: herald_domain::AppId,
+    segment: &str,
+) -> ApiResult<EndpointId> {
     let reference = IdOrUid::<EndpointId>::parse(segment).map_err(|_| ApiError::NotFound)?;
     Ok(state.store.get_endpoint(app, &reference).await?.id)
 }
 
-async fn message_id(state: &AppState, app: herald_domain::AppId, segment: &str) -> ApiResult<MessageId> {
+async fn message_id(
+    state: &AppState,
+    app: herald_domain::AppId,
+    segment: &str,
+) -> ApiResult<MessageId> {
     let reference = IdOrUid::<MessageId>::parse(segment).map_err(|_| ApiError::NotFound)?;
     Ok(state.store.get_message(app, &reference).await?.id)
 }

@@ -32,11 +32,13 @@ pub(crate) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
-    let valid = presented.is_some_and(|token| {
-        bool::from(hash_token(token).ct_eq(&state.config.admin_token_hash))
-    });
+    let valid = presented
+        .is_some_and(|token| bool::from(hash_token(token).ct_eq(&state.config.admin_token_hash)));
     if !valid {
         return ApiError::Unauthorized.into_response();
     }
@@ -86,7 +88,11 @@ pub(crate) async fn idempotency(
         body: String::from_utf8_lossy(&bytes).into_owned(),
         created_at: now_ms(),
     };
-    match state.store.save_idempotent_response(&scope, &key, saved).await {
+    match state
+        .store
+        .save_idempotent_response(&scope, &key, saved)
+        .await
+    {
         Ok(Some(earlier)) => replay(earlier),
         Ok(None) => Response::from_parts(parts, Body::from(bytes)),
         Err(error) => {

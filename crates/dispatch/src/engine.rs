@@ -119,7 +119,9 @@ impl Dispatcher {
     }
 
     /// Claims due deliveries up to the free capacity and starts sending them.
-    pub async fn try_dispatch_due(self: &Arc<Self>) -> Result<StepOutcome, herald_store::StoreError> {
+    pub async fn try_dispatch_due(
+        self: &Arc<Self>,
+    ) -> Result<StepOutcome, herald_store::StoreError> {
         let free = self.slots.available_permits().min(self.config.claim_batch);
         if free == 0 {
             return Ok(StepOutcome::Saturated);
@@ -191,7 +193,8 @@ impl Dispatcher {
 
     fn spawn_delivery(self: &Arc<Self>, job: DeliveryJob, permit: OwnedSemaphorePermit) {
         let this = self.clone();
-        self.tasks.spawn(async move { this.deliver(job, permit).await });
+        self.tasks
+            .spawn(async move { this.deliver(job, permit).await });
     }
 
     async fn deliver(&self, job: DeliveryJob, permit: OwnedSemaphorePermit) {
@@ -211,7 +214,12 @@ impl Dispatcher {
         }
     }
 
-    fn outcome(&self, job: &DeliveryJob, result: &SendResult, started_at: Timestamp) -> AttemptOutcome {
+    fn outcome(
+        &self,
+        job: &DeliveryJob,
+        result: &SendResult,
+        started_at: Timestamp,
+    ) -> AttemptOutcome {
         let attempts_made = job.attempts_made + 1;
         let gone = result.status == 410;
         let next = if result.succeeded() {

@@ -56,7 +56,11 @@ struct ForbiddenAddress(String);
 
 impl std::fmt::Display for ForbiddenAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} resolves only to addresses this server refuses", self.0)
+        write!(
+            f,
+            "{} resolves only to addresses this server refuses",
+            self.0
+        )
     }
 }
 impl StdError for ForbiddenAddress {}
@@ -85,7 +89,9 @@ impl Resolve for PolicyResolver {
             let host = name.as_str().to_owned();
             let found = tokio::net::lookup_host((host.as_str(), 0))
                 .await
-                .map_err(|e| Box::new(DnsFailure(host.clone(), e)) as Box<dyn StdError + Send + Sync>)?;
+                .map_err(|e| {
+                    Box::new(DnsFailure(host.clone(), e)) as Box<dyn StdError + Send + Sync>
+                })?;
             let allowed: Vec<SocketAddr> = found.filter(|a| policy.permits(a.ip())).collect();
             if allowed.is_empty() {
                 return Err(Box::new(ForbiddenAddress(host)) as Box<dyn StdError + Send + Sync>);
@@ -150,8 +156,11 @@ impl HttpSender {
             );
         }
         let message_id = job.message.id.to_string();
-        let signature =
-            SigningKeys(job.endpoint.secrets.clone()).signature_header(&message_id, timestamp, body.as_bytes());
+        let signature = SigningKeys(job.endpoint.secrets.clone()).signature_header(
+            &message_id,
+            timestamp,
+            body.as_bytes(),
+        );
         let headers = match request_headers(job, &message_id, timestamp, &signature) {
             Ok(h) => h,
             Err(text) => return failed(ErrorClass::Other, text),
@@ -218,7 +227,8 @@ fn request_headers(
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::with_capacity(job.endpoint.headers.len() + 8);
     for (name, value) in &job.endpoint.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("custom header: {e}"))?;
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("custom header: {e}"))?;
         let value = HeaderValue::from_str(value).map_err(|e| format!("custom header: {e}"))?;
         headers.insert(name, value);
     }

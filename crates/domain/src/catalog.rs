@@ -106,44 +106,108 @@ pub fn builtin() -> Vec<CatalogEntry> {
                 }),
             ),
         ),
-        contact_entry("contact.created", "A contact was added to the address book.", &contact_properties,
+        contact_entry(
+            "contact.created",
+            "A contact was added to the address book.",
+            &contact_properties,
             json!({"contactId": "contact_9912", "firstName": "Ada", "lastName": "Lovelace",
-                   "email": "ada@example.com", "phone": "+14155550123", "tags": ["vip"]})),
-        contact_entry("contact.updated", "A contact's details changed; `changes` lists the fields.", &merge(contact_properties.clone(), json!({"changes": {"type": "array", "items": {"type": "string"}}})),
+                   "email": "ada@example.com", "phone": "+14155550123", "tags": ["vip"]}),
+        ),
+        contact_entry(
+            "contact.updated",
+            "A contact's details changed; `changes` lists the fields.",
+            &merge(
+                contact_properties.clone(),
+                json!({"changes": {"type": "array", "items": {"type": "string"}}}),
+            ),
             json!({"contactId": "contact_9912", "firstName": "Ada", "lastName": "King",
                    "email": "ada@example.com", "phone": "+14155550123", "tags": ["vip"],
-                   "changes": ["lastName"]})),
-        contact_entry("contact.deleted", "A contact was deleted.", &json!({"contactId": {"type": "string"}, "deletedBy": {"type": ["string", "null"]}}),
-            json!({"contactId": "contact_9912", "deletedBy": "user_7"})),
-        campaign_entry("campaign.started", "A campaign began sending.", &campaign_properties,
-            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "audienceSize": 1200})),
-        campaign_entry("campaign.completed", "A campaign finished; carries its final counts.", &merge(campaign_properties.clone(), json!({"reached": {"type": "integer"}, "failed": {"type": "integer"}})),
-            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "reached": 1043, "failed": 157})),
-        campaign_entry("campaign.paused", "A campaign was paused by a user or by a schedule.", &merge(campaign_properties.clone(), json!({"pausedBy": {"type": ["string", "null"]}})),
-            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "pausedBy": "user_7"})),
-        campaign_entry("campaign.resumed", "A paused campaign resumed sending.", &campaign_properties,
-            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice"})),
+                   "changes": ["lastName"]}),
+        ),
+        contact_entry(
+            "contact.deleted",
+            "A contact was deleted.",
+            &json!({"contactId": {"type": "string"}, "deletedBy": {"type": ["string", "null"]}}),
+            json!({"contactId": "contact_9912", "deletedBy": "user_7"}),
+        ),
+        campaign_entry(
+            "campaign.started",
+            "A campaign began sending.",
+            &campaign_properties,
+            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "audienceSize": 1200}),
+        ),
+        campaign_entry(
+            "campaign.completed",
+            "A campaign finished; carries its final counts.",
+            &merge(
+                campaign_properties.clone(),
+                json!({"reached": {"type": "integer"}, "failed": {"type": "integer"}}),
+            ),
+            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "reached": 1043, "failed": 157}),
+        ),
+        campaign_entry(
+            "campaign.paused",
+            "A campaign was paused by a user or by a schedule.",
+            &merge(
+                campaign_properties.clone(),
+                json!({"pausedBy": {"type": ["string", "null"]}}),
+            ),
+            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice", "pausedBy": "user_7"}),
+        ),
+        campaign_entry(
+            "campaign.resumed",
+            "A paused campaign resumed sending.",
+            &campaign_properties,
+            json!({"campaignId": "cmp_summer", "name": "Summer renewals", "channel": "voice"}),
+        ),
         entry(
             "integration.connected",
             "A third-party integration (CRM, helpdesk) was connected.",
-            object_schema(integration_properties.clone(), &["integrationId", "provider"],
-                json!({"integrationId": "int_sf_01", "provider": "salesforce", "connectedBy": "user_7"})),
+            object_schema(
+                integration_properties.clone(),
+                &["integrationId", "provider"],
+                json!({"integrationId": "int_sf_01", "provider": "salesforce", "connectedBy": "user_7"}),
+            ),
         ),
         entry(
             "integration.disconnected",
             "An integration was disconnected, by a user or because its credentials expired.",
-            object_schema(merge(integration_properties, json!({"reason": {"type": "string"}})), &["integrationId", "provider"],
-                json!({"integrationId": "int_sf_01", "provider": "salesforce", "connectedBy": "user_7", "reason": "token_expired"})),
+            object_schema(
+                merge(
+                    integration_properties,
+                    json!({"reason": {"type": "string"}}),
+                ),
+                &["integrationId", "provider"],
+                json!({"integrationId": "int_sf_01", "provider": "salesforce", "connectedBy": "user_7", "reason": "token_expired"}),
+            ),
         ),
     ]
 }
 
-fn contact_entry(name: &'static str, description: &'static str, properties: &Value, example: Value) -> CatalogEntry {
-    entry(name, description, object_schema(properties.clone(), &["contactId"], example))
+fn contact_entry(
+    name: &'static str,
+    description: &'static str,
+    properties: &Value,
+    example: Value,
+) -> CatalogEntry {
+    entry(
+        name,
+        description,
+        object_schema(properties.clone(), &["contactId"], example),
+    )
 }
 
-fn campaign_entry(name: &'static str, description: &'static str, properties: &Value, example: Value) -> CatalogEntry {
-    entry(name, description, object_schema(properties.clone(), &["campaignId", "name"], example))
+fn campaign_entry(
+    name: &'static str,
+    description: &'static str,
+    properties: &Value,
+    example: Value,
+) -> CatalogEntry {
+    entry(
+        name,
+        description,
+        object_schema(properties.clone(), &["campaignId", "name"], example),
+    )
 }
 
 fn entry(name: &'static str, description: &'static str, schema: Value) -> CatalogEntry {
@@ -183,10 +247,18 @@ mod tests {
         let names: Vec<_> = builtin().iter().map(|e| e.name).collect();
         assert_eq!(names.len(), 12);
         for expected in [
-            "call.started", "call.completed", "call.failed",
-            "contact.created", "contact.updated", "contact.deleted",
-            "campaign.started", "campaign.completed", "campaign.paused", "campaign.resumed",
-            "integration.connected", "integration.disconnected",
+            "call.started",
+            "call.completed",
+            "call.failed",
+            "contact.created",
+            "contact.updated",
+            "contact.deleted",
+            "campaign.started",
+            "campaign.completed",
+            "campaign.paused",
+            "campaign.resumed",
+            "integration.connected",
+            "integration.disconnected",
         ] {
             assert!(names.contains(&expected), "{expected} missing");
         }

@@ -122,7 +122,9 @@ impl EndpointUrl {
             if !policy.permits(ip) {
                 return Err(ParseError::new(
                     FIELD,
-                    format!("address {ip} is private, loopback or reserved, which this server refuses"),
+                    format!(
+                        "address {ip} is private, loopback or reserved, which this server refuses"
+                    ),
                 ));
             }
         }

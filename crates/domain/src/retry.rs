@@ -20,10 +20,18 @@ impl Default for RetrySchedule {
         const MINUTE: u64 = 60;
         const HOUR: u64 = 60 * MINUTE;
         Self(
-            [5, 5 * MINUTE, 30 * MINUTE, 2 * HOUR, 5 * HOUR, 10 * HOUR, 10 * HOUR]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
+            [
+                5,
+                5 * MINUTE,
+                30 * MINUTE,
+                2 * HOUR,
+                5 * HOUR,
+                10 * HOUR,
+                10 * HOUR,
+            ]
+            .into_iter()
+            .map(Duration::from_secs)
+            .collect(),
         )
     }
 }
@@ -43,7 +51,9 @@ impl RetrySchedule {
         }
         let delays = input
             .split(',')
-            .map(|part| parse_duration(part.trim()).map_err(|reason| ParseError::new(FIELD, reason)))
+            .map(|part| {
+                parse_duration(part.trim()).map_err(|reason| ParseError::new(FIELD, reason))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if delays.len() > 50 {
             return Err(ParseError::new(FIELD, "at most 50 retries"));
@@ -88,7 +98,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => number * 60_000,
         "h" => number * 3_600_000,
         "d" => number * 86_400_000,
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_millis(millis))
 }

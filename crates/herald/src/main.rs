@@ -1,1 +1,88 @@
-fn main() {}
+//! `herald`: parse the command, load configuration, build, run.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use herald::bench::BenchArgs;
+use herald::config::{DatabaseArgs, DatabaseSettings, LogFormat, ServeArgs, Settings};
+use herald::Application;
+
+/// Herald: self-hosted webhook delivery. Accepts events over a
+/// Svix-compatible API, signs them (Standard Webhooks), delivers, retries
+/// and logs every attempt — one binary, embedded database.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API and the delivery workers.
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(DatabaseArgs),
+    /// Measure throughput and latency against a local receiver.
+    Bench(BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let settings = Settings::from_args(args)?;
+            init_logging(&settings.log, settings.log_format);
+            let application = Application::build(settings).await?;
+            if let Some(token) = &application.generated_admin_token {
+                println!("Generated an admin token (shown once, only its hash is stored):\n\n    {token}\n");
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            application.run(shutdown).await
+        }
+        Command::Migrate(args) => {
+            let database = DatabaseSettings::from_args(&args)?;
+            std::fs::create_dir_all(&database.data_dir)?;
+            let version = herald_store::SqliteStore::migrate_only(&database.sqlite_path)?;
+            println!(
+                "{}: schema version {version}",
+                database.sqlite_path.display()
+            );
+            Ok(())
+        }
+        Command::Bench(args) => {
+            init_logging("warn", LogFormat::Text);
+            herald::bench::run(args).await
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// SIGINT or SIGTERM starts a graceful shutdown.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.ok();
+    tracing::info!("shutting down: finishing in-flight deliveries");
+    shutdown.cancel();
+}

@@ -4,9 +4,9 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
-use herald_domain::ids::IdOrUid;
 use herald_domain::event_type::FilterPattern;
+use herald_domain::ids::IdOrUid;
+use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, to_json, Order};
@@ -116,9 +116,17 @@ pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {
     Ok(())
 }
 
-pub(crate) fn insert_event_type(conn: &Connection, input: &EventTypeInput, or_ignore: bool) -> StoreResult<usize> {
+pub(crate) fn insert_event_type(
+    conn: &Connection,
+    input: &EventTypeInput,
+    or_ignore: bool,
+) -> StoreResult<usize> {
     let at = now();
-    let verb = if or_ignore { "INSERT OR IGNORE" } else { "INSERT" };
+    let verb = if or_ignore {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
     conn.prepare_cached(&format!(
         "{verb} INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -157,7 +165,11 @@ pub(crate) fn list_event_types(
         conn,
         rows::EVENT_TYPE_COLUMNS,
         "event_types",
-        if include_archived { "1 = 1" } else { "archived = 0" },
+        if include_archived {
+            "1 = 1"
+        } else {
+            "archived = 0"
+        },
         vec![],
         "name",
         Order::Ascending,
@@ -167,7 +179,10 @@ pub(crate) fn list_event_types(
     )
 }
 
-pub(crate) fn update_event_type(conn: &Connection, input: EventTypeInput) -> StoreResult<EventType> {
+pub(crate) fn update_event_type(
+    conn: &Connection,
+    input: EventTypeInput,
+) -> StoreResult<EventType> {
     let changed = conn
         .execute(
             "UPDATE event_types SET description = ?, schemas = ?, archived = ?, deprecated = ?,
@@ -179,7 +194,10 @@ pub(crate) fn update_event_type(conn: &Connection, input: EventTypeInput) -> Sto
                 input.archived,
                 input.deprecated,
                 input.feature_flag,
-                input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)),
+                input
+                    .group_name
+                    .clone()
+                    .or_else(|| input.name.group().map(str::to_owned)),
                 now(),
                 input.name.as_str()
             ],
@@ -192,7 +210,11 @@ pub(crate) fn update_event_type(conn: &Connection, input: EventTypeInput) -> Sto
     get_event_type(conn, &input.name)
 }
 
-pub(crate) fn delete_event_type(conn: &Connection, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
+pub(crate) fn delete_event_type(
+    conn: &Connection,
+    name: &EventTypeName,
+    expunge: bool,
+) -> StoreResult<()> {
     let sql = if expunge {
         "DELETE FROM event_types WHERE name = ?"
     } else {
@@ -278,7 +300,11 @@ pub(crate) fn create_endpoint(
     get_endpoint(conn, app, &IdOrUid::Id(id))
 }
 
-pub(crate) fn get_endpoint(conn: &Connection, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
+pub(crate) fn get_endpoint(
+    conn: &Connection,
+    app: AppId,
+    endpoint: &EndpointRef,
+) -> StoreResult<Endpoint> {
     let (column, value) = match endpoint {
         IdOrUid::Id(id) => ("id", id.to_string()),
         IdOrUid::Uid(uid) => ("uid", uid.to_string()),
@@ -291,7 +317,11 @@ pub(crate) fn get_endpoint(conn: &Connection, app: AppId, endpoint: &EndpointRef
     .map_err(internal)
 }
 
-pub(crate) fn list_endpoints(conn: &Connection, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
+pub(crate) fn list_endpoints(
+    conn: &Connection,
+    app: AppId,
+    page: PageRequest,
+) -> StoreResult<Page<Endpoint>> {
     list(
         conn,
         rows::ENDPOINT_COLUMNS,
@@ -340,7 +370,11 @@ pub(crate) fn update_endpoint(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
-pub(crate) fn delete_endpoint(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
+pub(crate) fn delete_endpoint(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<()> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let id = endpoint.to_string();
     for sql in [
@@ -355,7 +389,11 @@ pub(crate) fn delete_endpoint(conn: &Connection, app: AppId, endpoint: EndpointI
 }
 
 /// The secrets that sign now: the current one first, then those in grace.
-pub(crate) fn signing_secrets(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Vec<Secret>> {
+pub(crate) fn signing_secrets(
+    conn: &Connection,
+    endpoint: &str,
+    at: Timestamp,
+) -> StoreResult<Vec<Secret>> {
     let mut statement = conn
         .prepare_cached(
             "SELECT secret FROM endpoint_secrets
@@ -370,11 +408,19 @@ pub(crate) fn signing_secrets(conn: &Connection, endpoint: &str, at: Timestamp) 
         .map_err(internal)?;
     texts
         .iter()
-        .map(|t| Secret::parse(t).map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason))))
+        .map(|t| {
+            Secret::parse(t).map_err(|e| {
+                StoreError::Internal(format!("stored secret unreadable: {}", e.reason))
+            })
+        })
         .collect()
 }
 
-pub(crate) fn endpoint_secret(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
+pub(crate) fn endpoint_secret(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<Secret> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     signing_secrets(conn, &endpoint.to_string(), now())?
         .into_iter()
@@ -420,7 +466,12 @@ pub(crate) fn set_endpoint_headers(
     let changed = conn
         .execute(
             "UPDATE endpoints SET headers = ?, updated_at = ? WHERE app_id = ? AND id = ?",
-            params![to_json(&headers)?, now(), app.to_string(), endpoint.to_string()],
+            params![
+                to_json(&headers)?,
+                now(),
+                app.to_string(),
+                endpoint.to_string()
+            ],
         )
         .map_err(internal)?;
     if changed == 0 {
@@ -429,7 +480,11 @@ pub(crate) fn set_endpoint_headers(
     Ok(())
 }
 
-pub(crate) fn endpoint_stats(conn: &Connection, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
+pub(crate) fn endpoint_stats(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<EndpointStats> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let mut statement = conn
         .prepare_cached(
@@ -440,7 +495,11 @@ pub(crate) fn endpoint_stats(conn: &Connection, app: AppId, endpoint: EndpointId
     let mut stats = EndpointStats::default();
     let rows = statement
         .query_map([endpoint.to_string()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, u64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, u64>(2)?,
+            ))
         })
         .map_err(internal)?;
     for row in rows {

@@ -103,7 +103,10 @@ pub(crate) fn create_message(
     get_app(conn, &IdOrUid::Id(app))?;
     let known: Option<bool> = conn
         .prepare_cached("SELECT archived FROM event_types WHERE name = ?")
-        .and_then(|mut s| s.query_row([input.event_type.as_str()], |r| r.get(0)).optional())
+        .and_then(|mut s| {
+            s.query_row([input.event_type.as_str()], |r| r.get(0))
+                .optional()
+        })
         .map_err(internal)?;
     if known.is_none() {
         return Err(StoreError::Invalid {
@@ -138,7 +141,13 @@ pub(crate) fn create_message(
         ])
     })
     .map_err(internal)?;
-    let targets = matching_targets(conn, app, &message.event_type, message.channels.as_deref(), at)?;
+    let targets = matching_targets(
+        conn,
+        app,
+        &message.event_type,
+        message.channels.as_deref(),
+        at,
+    )?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
@@ -178,7 +187,11 @@ pub(crate) fn create_message(
     })
 }
 
-pub(crate) fn get_message(conn: &Connection, app: AppId, message: &MessageRef) -> StoreResult<Message> {
+pub(crate) fn get_message(
+    conn: &Connection,
+    app: AppId,
+    message: &MessageRef,
+) -> StoreResult<Message> {
     let (column, value) = match message {
         IdOrUid::Id(id) => ("id", id.to_string()),
         IdOrUid::Uid(event_id) => ("event_id", event_id.to_string()),
@@ -192,19 +205,31 @@ pub(crate) fn get_message(conn: &Connection, app: AppId, message: &MessageRef) -
 }
 
 fn message_by_id(conn: &Connection, id: &str) -> StoreResult<Message> {
-    conn.prepare_cached(&format!("SELECT {} FROM messages WHERE id = ?", rows::MESSAGE_COLUMNS))
-        .and_then(|mut s| s.query_row([id], rows::message))
-        .map_err(internal)
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM messages WHERE id = ?",
+        rows::MESSAGE_COLUMNS
+    ))
+    .and_then(|mut s| s.query_row([id], rows::message))
+    .map_err(internal)
 }
 
-pub(crate) fn list_messages(conn: &Connection, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
+pub(crate) fn list_messages(
+    conn: &Connection,
+    app: AppId,
+    query: MessageQuery,
+) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app))?;
     let mut filter = String::from("app_id = ?");
     let mut params = vec![SqlValue::Text(app.to_string())];
     if !query.event_types.is_empty() {
         let marks = vec!["?"; query.event_types.len()].join(", ");
         filter.push_str(&format!(" AND event_type IN ({marks})"));
-        params.extend(query.event_types.iter().map(|t| SqlValue::Text(t.to_string())));
+        params.extend(
+            query
+                .event_types
+                .iter()
+                .map(|t| SqlValue::Text(t.to_string())),
+        );
     }
     if let Some(before) = query.before {
         filter.push_str(" AND id < ?");
@@ -228,7 +253,11 @@ pub(crate) fn list_messages(conn: &Connection, app: AppId, query: MessageQuery) 
     )
 }
 
-pub(crate) fn list_attempts(conn: &Connection, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
+pub(crate) fn list_attempts(
+    conn: &Connection,
+    app: AppId,
+    query: AttemptQuery,
+) -> StoreResult<Page<Attempt>> {
     let mut params = vec![SqlValue::Text(app.to_string())];
     let mut filter = String::from("app_id = ?");
     match &query.filter {
@@ -261,7 +290,12 @@ pub(crate) fn list_attempts(conn: &Connection, app: AppId, query: AttemptQuery) 
     )
 }
 
-pub(crate) fn get_attempt(conn: &Connection, app: AppId, message: MessageId, attempt: AttemptId) -> StoreResult<Attempt> {
+pub(crate) fn get_attempt(
+    conn: &Connection,
+    app: AppId,
+    message: MessageId,
+    attempt: AttemptId,
+) -> StoreResult<Attempt> {
     conn.prepare_cached(&format!(
         "SELECT {} FROM attempts WHERE app_id = ? AND message_id = ? AND id = ?",
         rows::ATTEMPT_COLUMNS
@@ -304,7 +338,11 @@ pub(crate) fn resend(
     })
 }
 
-pub(crate) fn claim_due(conn: &Connection, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
+pub(crate) fn claim_due(
+    conn: &Connection,
+    claim: Claim,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryJob>> {
     let due = conn
         .prepare_cached(
             "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
@@ -326,7 +364,9 @@ pub(crate) fn claim_due(conn: &Connection, claim: Claim, limit: usize) -> StoreR
         })
         .map_err(internal)?;
     let mut lease = conn
-        .prepare_cached("UPDATE deliveries SET lease_until = ? WHERE message_id = ? AND endpoint_id = ?")
+        .prepare_cached(
+            "UPDATE deliveries SET lease_until = ? WHERE message_id = ? AND endpoint_id = ?",
+        )
         .map_err(internal)?;
     let mut messages: HashMap<String, Arc<Message>> = HashMap::new();
     let mut endpoints: HashMap<String, Arc<EndpointTarget>> = HashMap::new();
@@ -426,24 +466,33 @@ pub(crate) fn next_due_at(conn: &Connection) -> StoreResult<Option<Timestamp>> {
 }
 
 pub(crate) fn release_all_leases(conn: &Connection) -> StoreResult<u64> {
-    conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL", [])
-        .map(|n| n as u64)
-        .map_err(internal)
+    conn.execute(
+        "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL",
+        [],
+    )
+    .map(|n| n as u64)
+    .map_err(internal)
 }
 
-pub(crate) fn idempotent_response(conn: &Connection, scope: &str, key: &str) -> StoreResult<Option<StoredResponse>> {
-    conn.prepare_cached("SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?")
-        .and_then(|mut s| {
-            s.query_row([scope, key], |r| {
-                Ok(StoredResponse {
-                    status: r.get(0)?,
-                    body: r.get(1)?,
-                    created_at: r.get(2)?,
-                })
+pub(crate) fn idempotent_response(
+    conn: &Connection,
+    scope: &str,
+    key: &str,
+) -> StoreResult<Option<StoredResponse>> {
+    conn.prepare_cached(
+        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+    )
+    .and_then(|mut s| {
+        s.query_row([scope, key], |r| {
+            Ok(StoredResponse {
+                status: r.get(0)?,
+                body: r.get(1)?,
+                created_at: r.get(2)?,
             })
-            .optional()
         })
-        .map_err(internal)
+        .optional()
+    })
+    .map_err(internal)
 }
 
 pub(crate) fn save_idempotent_response(
@@ -467,7 +516,10 @@ pub(crate) fn save_idempotent_response(
 }
 
 pub(crate) fn purge_idempotency_keys(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
-    conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [before])
-        .map(|n| n as u64)
-        .map_err(internal)
+    conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < ?",
+        [before],
+    )
+    .map(|n| n as u64)
+    .map_err(internal)
 }

@@ -71,7 +71,11 @@ fn migrate(conn: &mut Connection) -> StoreResult<i64> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(internal)?;
     let current: i64 = transaction
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
         .map_err(internal)?;
     let mut version = current;
     for (number, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
@@ -97,7 +101,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_app(&self, input: AppInput) -> StoreResult<App> {
-        self.writer.write(move |c| admin::create_app(c, input)).await
+        self.writer
+            .write(move |c| admin::create_app(c, input))
+            .await
     }
     async fn get_app(&self, app: &AppRef) -> StoreResult<App> {
         let app = app.clone();
@@ -107,7 +113,9 @@ impl Store for SqliteStore {
         self.readers.read(move |c| admin::list_apps(c, page)).await
     }
     async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App> {
-        self.writer.write(move |c| admin::update_app(c, app, input)).await
+        self.writer
+            .write(move |c| admin::update_app(c, app, input))
+            .await
     }
     async fn delete_app(&self, app: AppId) -> StoreResult<()> {
         self.writer.write(move |c| admin::delete_app(c, app)).await
@@ -133,7 +141,9 @@ impl Store for SqliteStore {
     }
     async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType> {
         let name = name.clone();
-        self.readers.read(move |c| admin::get_event_type(c, &name)).await
+        self.readers
+            .read(move |c| admin::get_event_type(c, &name))
+            .await
     }
     async fn list_event_types(
         &self,
@@ -145,7 +155,9 @@ impl Store for SqliteStore {
             .await
     }
     async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
-        self.writer.write(move |c| admin::update_event_type(c, input)).await
+        self.writer
+            .write(move |c| admin::update_event_type(c, input))
+            .await
     }
     async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
         let name = name.clone();

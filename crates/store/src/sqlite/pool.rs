@@ -184,8 +184,7 @@ impl ReadPool {
 /// become conflicts naming the field, in this one place.
 pub(crate) fn internal(error: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error {
-        if failure.code == rusqlite::ErrorCode::ConstraintViolation
-            && message.starts_with("UNIQUE")
+        if failure.code == rusqlite::ErrorCode::ConstraintViolation && message.starts_with("UNIQUE")
         {
             let field = if message.contains(".event_id") {
                 "eventId"

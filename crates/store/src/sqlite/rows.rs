@@ -5,14 +5,13 @@ use rusqlite::{Connection, Row};
 
 use herald_domain::ids::Uid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId,
-    ParseError, Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId, ParseError,
+    Trigger,
 };
 
 use super::pool::internal;
 use crate::{
-    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError,
-    StoreResult,
+    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
@@ -23,7 +22,10 @@ pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
 
-fn bad_value(index: usize, error: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+fn bad_value(
+    index: usize,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
 }
 
@@ -164,7 +166,10 @@ pub(crate) fn list<T>(
     match &page.cursor {
         Cursor::Start => {}
         Cursor::After(at) | Cursor::Before(at) => {
-            sql.push_str(&format!(" AND {key} {} ?", if ascending { ">" } else { "<" }));
+            sql.push_str(&format!(
+                " AND {key} {} ?",
+                if ascending { ">" } else { "<" }
+            ));
             params.push(SqlValue::Text(at.clone()));
         }
     }
@@ -187,7 +192,11 @@ pub(crate) fn list<T>(
     let first = data.first().map(&key_of);
     let last = data.last().map(&key_of);
     let (done, iterator, prev_iterator) = if backwards {
-        (false, last.or_else(|| cursor_key(&page.cursor)), first.filter(|_| more).map(|k| format!("-{k}")))
+        (
+            false,
+            last.or_else(|| cursor_key(&page.cursor)),
+            first.filter(|_| more).map(|k| format!("-{k}")),
+        )
     } else {
         (
             !more,
@@ -214,6 +223,8 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-pub(crate) fn optional_to_json<T: serde::Serialize>(value: &Option<T>) -> StoreResult<Option<String>> {
+pub(crate) fn optional_to_json<T: serde::Serialize>(
+    value: &Option<T>,
+) -> StoreResult<Option<String>> {
     value.as_ref().map(to_json).transpose()
 }

@@ -1,0 +1,205 @@
+//! Builds a running Herald from [`Settings`]: opens and migrates the store,
+//! seeds the catalog, binds the listener (port 0 works: the real port is
+//! reported), and runs API, dispatcher and housekeeping until shut down.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use herald_api::{hash_token, ApiConfig, AppState};
+use herald_dispatch::{DispatchConfig, Dispatcher};
+use herald_domain::catalog;
+use herald_store::{EventTypeInput, SqliteOptions, SqliteStore, Store};
+
+use crate::config::Settings;
+
+const TOKEN_HASH_FILE: &str = "admin-token.sha256";
+const LOCK_FILE: &str = "herald.lock";
+/// How long idempotency keys are remembered.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: AppState,
+    dispatcher: Arc<Dispatcher>,
+    /// Held for the life of the process: SQLite serves one process only.
+    _lock: File,
+    /// A token generated on this start, to be shown once.
+    pub generated_admin_token: Option<String>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let data_dir = &settings.database.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let lock = lock_data_dir(data_dir)?;
+        let (admin_token_hash, generated_admin_token) = admin_token(&settings, data_dir)?;
+
+        let store = SqliteStore::open(&SqliteOptions::new(&settings.database.sqlite_path))
+            .context("opening the database")?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        seed_catalog(store.as_ref()).await?;
+        // Only this process can hold leases on this database (see the lock),
+        // so leases left by a crashed run are free right away.
+        let released = store.release_all_leases().await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "resuming deliveries left in flight by the previous run"
+            );
+        }
+
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            DispatchConfig {
+                retry_schedule: settings.retry_schedule.clone(),
+                timeout: settings.request_timeout,
+                policy: settings.policy,
+                ..DispatchConfig::default()
+            },
+        );
+        let state = AppState {
+            store,
+            dispatcher: Some(dispatcher.clone()),
+            config: Arc::new(ApiConfig {
+                admin_token_hash,
+                policy: settings.policy,
+                body_limit: settings.max_body_bytes,
+                rotation_grace: settings.rotation_grace,
+            }),
+        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listening on {}", settings.listen))?;
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            address,
+            state,
+            dispatcher,
+            _lock: lock,
+            generated_admin_token,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting requests,
+    /// stops claiming work and lets in-flight attempts finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(address = %self.address, "Herald is listening");
+        let dispatcher = tokio::spawn(self.dispatcher.clone().run(shutdown.clone()));
+        let housekeeping = tokio::spawn(housekeeping(self.state.store.clone(), shutdown.clone()));
+        let stop = shutdown.clone();
+        herald_api::serve(
+            self.listener,
+            self.state,
+            async move { stop.cancelled().await },
+        )
+        .await
+        .context("serving the API")?;
+        shutdown.cancel();
+        dispatcher.await.ok();
+        housekeeping.await.ok();
+        tracing::info!("Herald stopped");
+        Ok(())
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another Herald process is using {}; the embedded database serves one process",
+            data_dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// The configured token's hash; otherwise the stored hash; otherwise a new
+/// token whose hash is stored and which is returned to be printed once.
+fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<([u8; 32], Option<String>)> {
+    if let Some(token) = &settings.admin_token {
+        return Ok((hash_token(&token.0), None));
+    }
+    let path = data_dir.join(TOKEN_HASH_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let bytes = decode_hex(text.trim())
+            .with_context(|| format!("{} is not a SHA-256 hex digest", path.display()))?;
+        return Ok((bytes, None));
+    }
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = format!("hrld_admin_{}", URL_SAFE_NO_PAD.encode(raw));
+    let hash = hash_token(&token);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
+    Ok((hash, Some(token)))
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<[u8; 32]> {
+    anyhow::ensure!(text.len() == 64, "expected 64 hex digits");
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
+}
+
+async fn seed_catalog(store: &dyn Store) -> anyhow::Result<()> {
+    let entries = catalog::builtin()
+        .into_iter()
+        .map(|entry| EventTypeInput {
+            name: herald_domain::EventTypeName::parse(entry.name).expect("catalog names are valid"),
+            description: entry.description.to_owned(),
+            schemas: Some(serde_json::json!({ "1": entry.schema })),
+            archived: false,
+            deprecated: false,
+            feature_flag: None,
+            group_name: None,
+        })
+        .collect();
+    let added = store.seed_event_types(entries).await?;
+    if added > 0 {
+        tracing::info!(added, "seeded the built-in event catalog");
+    }
+    Ok(())
+}
+
+/// Periodic clean-up that keeps tables from growing without bound.
+async fn housekeeping(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(IDEMPOTENCY_WINDOW)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        match store.purge_idempotency_keys(cutoff).await {
+            Ok(removed) if removed > 0 => tracing::debug!(removed, "purged idempotency keys"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "purging idempotency keys failed"),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The `herald` binary's library half: configuration, wiring of store,
+//! dispatcher and API into one running [`Application`], and `herald bench`.
+
+pub mod application;
+pub mod bench;
+pub mod config;
+
+pub use application::Application;
+pub use config::Settings;

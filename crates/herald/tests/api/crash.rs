@@ -1,0 +1,158 @@
+//! Durability across a crash: the real binary is killed with SIGKILL while
+//! deliveries are in flight or waiting for a retry, restarted on the same
+//! data directory, and must deliver every accepted message.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{eventually, Receiver, Reply, TOKEN};
+
+struct Server {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Server {
+    /// Starts `herald serve` and waits for the address it reports.
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .env("HERALD_DATA_DIR", data_dir)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_ADMIN_TOKEN", TOKEN)
+            .env("HERALD_ALLOW_HTTP", "true")
+            .env("HERALD_ALLOW_PRIVATE_NETWORKS", "true")
+            .env(
+                "HERALD_RETRY_SCHEDULE",
+                "500ms,500ms,500ms,500ms,500ms,500ms",
+            )
+            .env("HERALD_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the herald binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "Herald is listening" {
+                    let _ = found.send(
+                        entry["fields"]["address"]
+                            .as_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap(),
+                    );
+                }
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("herald reports its address");
+        Self { child, address }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> Value {
+    let response = client
+        .post(format!("http://{}/api/v1{path}", server.address))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    // In flight at the kill: the receiver holds these requests open.
+    receiver.always("/hanging", Reply::Delay(Duration::from_secs(60)));
+    // Waiting for a retry at the kill: the receiver refuses them for now.
+    receiver.always("/failing", Reply::Status(500));
+    let client = reqwest::Client::new();
+    let first = Server::start(data_dir.path());
+    let app = call(&client, &first, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap();
+    for (path, filter) in [("/hanging", "call.started"), ("/failing", "call.completed")] {
+        call(
+            &client,
+            &first,
+            &format!("/app/{app}/endpoint/"),
+            json!({"url": receiver.url(path), "filterTypes": [filter]}),
+        )
+        .await;
+    }
+    let mut accepted = HashSet::new();
+    for n in 0..40 {
+        let event = if n % 2 == 0 {
+            "call.started"
+        } else {
+            "call.completed"
+        };
+        let message = call(
+            &client,
+            &first,
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": event, "payload": {"n": n}}),
+        )
+        .await;
+        accepted.insert(message["id"].as_str().unwrap().to_owned());
+    }
+    receiver.wait_for(40, Duration::from_secs(20)).await;
+
+    first.kill();
+    let killed_at = Instant::now();
+    receiver.always("/hanging", Reply::Status(200));
+    receiver.always("/failing", Reply::Status(200));
+    let second = Server::start(data_dir.path());
+
+    let delivered = eventually(
+        Duration::from_secs(30),
+        "every message after the restart",
+        || async {
+            let delivered: HashSet<String> = receiver
+                .requests()
+                .into_iter()
+                .filter(|r| r.at > killed_at)
+                .map(|r| r.header("webhook-id"))
+                .collect();
+            delivered.is_superset(&accepted).then_some(delivered)
+        },
+    )
+    .await;
+    assert_eq!(
+        delivered.len(),
+        accepted.len(),
+        "only accepted messages were sent"
+    );
+    drop(second);
+}

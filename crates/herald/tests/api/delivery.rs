@@ -1,0 +1,352 @@
+//! Delivery behaviour: fan-out, signatures, retries, error classes,
+//! de-duplication, idempotency and secret rotation.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use herald_domain::Secret;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Recorded, Reply};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn verifies(request: &Recorded, secret: &Secret) -> bool {
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    secret.verify(
+        &request.header("webhook-id"),
+        timestamp,
+        &request.body,
+        &request.header("webhook-signature"),
+    )
+}
+
+#[tokio::test]
+async fn a_message_reaches_exactly_the_matching_endpoints_with_valid_signatures() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let exact = app
+        .create_endpoint(&tenant, &receiver.url("/exact"), Some(&["call.completed"]))
+        .await;
+    let group = app
+        .create_endpoint(&tenant, &receiver.url("/group"), Some(&["call.*"]))
+        .await;
+    app.create_endpoint(&tenant, &receiver.url("/other"), Some(&["contact.created"]))
+        .await;
+
+    let message = app
+        .send(
+            &tenant,
+            "call.completed",
+            json!({"callId": "call_1", "durationSeconds": 42}),
+        )
+        .await;
+
+    let requests = receiver.wait_for(2, WAIT).await;
+    let mut paths: Vec<_> = requests.iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/exact", "/group"],
+        "only the two matching endpoints"
+    );
+    for (path, endpoint) in [("/exact", &exact), ("/group", &group)] {
+        let request = &receiver.requests_to(path)[0];
+        let secret = Secret::parse(&app.secret(&tenant, endpoint).await).unwrap();
+        assert!(verifies(request, &secret), "{path}: signature must verify");
+        assert_eq!(request.header("webhook-id"), message);
+        assert_eq!(request.header("svix-id"), message);
+        assert_eq!(
+            request.header("svix-signature"),
+            request.header("webhook-signature")
+        );
+        assert_eq!(request.header("content-type"), "application/json");
+        let body = request.json();
+        assert_eq!(body["type"], "call.completed");
+        assert_eq!(body["data"]["callId"], "call_1");
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        let other = Secret::generate();
+        assert!(
+            !verifies(request, &other),
+            "a different secret must not verify"
+        );
+    }
+    // Nothing reaches the non-matching endpoint, even after its chance.
+    app.send(&tenant, "contact.created", json!({"contactId": "c1"}))
+        .await;
+    receiver.wait_for(3, WAIT).await;
+    assert_eq!(
+        receiver.requests_to("/other").len(),
+        1,
+        "contact.created goes to /other only"
+    );
+    assert_eq!(receiver.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_500_response_is_retried_until_it_succeeds() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script("/flaky", &[Reply::Status(500), Reply::Status(500)]);
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/flaky"), None)
+        .await;
+
+    let message = app
+        .send(&tenant, "call.started", json!({"callId": "c"}))
+        .await;
+
+    let requests = receiver.wait_for(3, WAIT).await;
+    assert!(
+        requests.iter().all(|r| r.header("webhook-id") == message),
+        "same id on retries"
+    );
+    let attempts = eventually(WAIT, "three attempts in the log", || async {
+        let attempts = app.attempts_of(&tenant, &message).await;
+        (attempts.len() == 3).then_some(attempts)
+    })
+    .await;
+    let codes: Vec<_> = attempts
+        .iter()
+        .map(|a| a["responseStatusCode"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [500, 500, 200]);
+    assert_eq!(attempts[0]["errorClass"], "http_status");
+    assert_eq!(attempts[2]["status"], 0, "the last attempt succeeded");
+    assert_eq!(receiver.requests().len(), 3, "no attempt after the success");
+}
+
+#[tokio::test]
+async fn a_receiver_that_always_fails_ends_failed_after_the_schedule() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always("/down", Reply::Status(503));
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+
+    let message = app
+        .send(&tenant, "call.failed", json!({"callId": "c"}))
+        .await;
+
+    // Schedule 100ms,100ms,100ms: four attempts in all, then `failed`.
+    eventually(WAIT, "the delivery to end failed", || async {
+        let (_, stats) = app
+            .get(&format!("/app/{tenant}/endpoint/{endpoint}/stats/"))
+            .await;
+        (stats["fail"] == 1).then_some(())
+    })
+    .await;
+    let attempts = app.attempts_of(&tenant, &message).await;
+    assert_eq!(attempts.len(), 4);
+    assert!(attempts
+        .iter()
+        .all(|a| a["status"] == 2 && a["responseStatusCode"] == 503));
+    assert_eq!(receiver.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn timeouts_and_refused_connections_are_recorded_with_their_error_class() {
+    let app = spawn_app_with(Options {
+        retry_schedule: "",
+        request_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always("/slow", Reply::Delay(Duration::from_secs(5)));
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/slow"), Some(&["call.started"]))
+        .await;
+    app.create_endpoint(
+        &tenant,
+        &format!("http://{closed}/hook"),
+        Some(&["call.failed"]),
+    )
+    .await;
+
+    let slow = app.send(&tenant, "call.started", json!({})).await;
+    let refused = app.send(&tenant, "call.failed", json!({})).await;
+
+    for (message, class) in [(slow, "timeout"), (refused, "connect")] {
+        let attempt = eventually(WAIT, "the attempt to be logged", || async {
+            app.attempts_of(&tenant, &message).await.into_iter().next()
+        })
+        .await;
+        assert_eq!(attempt["errorClass"], class, "{attempt}");
+        assert_eq!(attempt["responseStatusCode"], 0);
+        assert_eq!(attempt["status"], 2);
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_a_failure_and_is_not_followed() {
+    let app = spawn_app_with(Options {
+        retry_schedule: "",
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always("/moved", Reply::Status(302));
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/moved"), None)
+        .await;
+
+    let message = app.send(&tenant, "call.started", json!({})).await;
+
+    let attempt = eventually(WAIT, "the attempt", || async {
+        app.attempts_of(&tenant, &message).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(attempt["responseStatusCode"], 302);
+    assert_eq!(attempt["errorClass"], "http_status");
+}
+
+#[tokio::test]
+async fn the_same_event_id_twice_creates_one_message() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let body = json!({"eventType": "call.completed", "payload": {"n": 1}, "eventId": "evt-42"});
+
+    let (first, created) = app.post(&format!("/app/{tenant}/msg/"), body.clone()).await;
+    let (second, error) = app.post(&format!("/app/{tenant}/msg/"), body).await;
+
+    assert_eq!(first, 202);
+    assert_eq!(second, 409, "{error}");
+    assert_eq!(error["code"], "conflict");
+    let (_, list) = app.get(&format!("/app/{tenant}/msg/")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let (status, by_event_id) = app.get(&format!("/app/{tenant}/msg/evt-42/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(by_event_id["id"], created["id"]);
+    receiver.wait_for(1, WAIT).await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_returns_the_same_response() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let send = || {
+        app.client
+            .post(app.url(&format!("/app/{tenant}/msg/")))
+            .bearer_auth(crate::helpers::TOKEN)
+            .header("idempotency-key", "key-1")
+            .json(&json!({"eventType": "call.completed", "payload": {"n": 1}}))
+            .send()
+    };
+
+    let first = send().await.unwrap();
+    let (first_status, first_body) = (first.status(), first.text().await.unwrap());
+    let second = send().await.unwrap();
+    let (second_status, second_body) = (second.status(), second.text().await.unwrap());
+
+    assert_eq!(first_status, 202);
+    assert_eq!(second_status, 202);
+    assert_eq!(first_body, second_body, "the saved response is replayed");
+    let (_, list) = app.get(&format!("/app/{tenant}/msg/")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "one message was created"
+    );
+}
+
+#[tokio::test]
+async fn after_rotation_deliveries_carry_two_valid_signatures() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let old = Secret::parse(&app.secret(&tenant, &endpoint).await).unwrap();
+
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{endpoint}/secret/rotate/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let new = Secret::parse(&app.secret(&tenant, &endpoint).await).unwrap();
+    assert_ne!(old, new, "rotation makes a new current secret");
+    app.send(&tenant, "call.completed", json!({})).await;
+
+    let request = &receiver.wait_for(1, WAIT).await[0];
+    let signatures = request.header("webhook-signature");
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    assert!(
+        verifies(request, &old),
+        "the previous secret still verifies"
+    );
+    assert!(verifies(request, &new), "the new secret verifies");
+}
+
+#[tokio::test]
+async fn a_manual_resend_makes_one_more_attempt_marked_manual() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let message = app.send(&tenant, "call.completed", json!({})).await;
+    receiver.wait_for(1, WAIT).await;
+
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/msg/{message}/endpoint/{endpoint}/resend/"),
+            json!({}),
+        )
+        .await;
+
+    assert_eq!(status, 202);
+    receiver.wait_for(2, WAIT).await;
+    let attempts = eventually(WAIT, "two attempts", || async {
+        let attempts = app.attempts_of(&tenant, &message).await;
+        (attempts.len() == 2).then_some(attempts)
+    })
+    .await;
+    assert_eq!(attempts[0]["triggerType"], 0);
+    assert_eq!(attempts[1]["triggerType"], 1, "the resend is manual");
+    let (status, one) = app
+        .get(&format!(
+            "/app/{tenant}/msg/{message}/attempt/{}/",
+            attempts[1]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["id"], attempts[1]["id"]);
+}
+
+#[tokio::test]
+async fn a_410_gone_disables_the_endpoint() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always("/gone", Reply::Status(410));
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/gone"), None)
+        .await;
+
+    app.send(&tenant, "call.completed", json!({})).await;
+
+    eventually(WAIT, "the endpoint to be disabled", || async {
+        let (_, body) = app
+            .get(&format!("/app/{tenant}/endpoint/{endpoint}/"))
+            .await;
+        (body["disabled"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.requests().len(), 1, "no retry after 410");
+}

@@ -1,0 +1,323 @@
+//! Test harness: `spawn_app()` runs Herald in-process on port 0 with its own
+//! temporary database; `Receiver` is a scripted webhook receiver on port 0
+//! that records every request it gets.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use herald::config::Redacted;
+use herald::{Application, Settings};
+use herald_domain::{AddressPolicy, RetrySchedule};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Options that differ between tests.
+pub struct Options {
+    pub retry_schedule: &'static str,
+    pub request_timeout: Duration,
+    pub allow_private_networks: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            retry_schedule: "100ms,100ms,100ms",
+            request_timeout: Duration::from_secs(5),
+            allow_private_networks: true,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temporary directory");
+    let mut settings = Settings::for_data_dir(data_dir.path());
+    settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.admin_token = Some(Redacted(TOKEN.into()));
+    settings.policy = AddressPolicy {
+        allow_http: true,
+        allow_private_networks: options.allow_private_networks,
+    };
+    settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
+    settings.request_timeout = options.request_timeout;
+    let application = Application::build(settings).await.expect("Herald starts");
+    let address = application.address();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(application.run(shutdown.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        shutdown,
+        server: Some(server),
+        _data_dir: data_dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/api/v1{path}", self.address)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn create_app(&self, name: &str) -> String {
+        let (status, app) = self.post("/app/", json!({ "name": name })).await;
+        assert_eq!(status, 201, "creating an app: {app}");
+        app["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn create_endpoint(&self, app: &str, url: &str, filter: Option<&[&str]>) -> String {
+        let mut body = json!({ "url": url });
+        if let Some(filter) = filter {
+            body["filterTypes"] = json!(filter);
+        }
+        let (status, endpoint) = self.post(&format!("/app/{app}/endpoint/"), body).await;
+        assert_eq!(status, 201, "creating an endpoint: {endpoint}");
+        endpoint["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn secret(&self, app: &str, endpoint: &str) -> String {
+        let (status, body) = self
+            .get(&format!("/app/{app}/endpoint/{endpoint}/secret/"))
+            .await;
+        assert_eq!(status, 200);
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send(&self, app: &str, event_type: &str, payload: Value) -> String {
+        let (status, message) = self
+            .post(
+                &format!("/app/{app}/msg/"),
+                json!({ "eventType": event_type, "payload": payload }),
+            )
+            .await;
+        assert_eq!(status, 202, "sending a message: {message}");
+        message["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The attempts of one message, oldest first.
+    pub async fn attempts_of(&self, app: &str, message: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(&format!("/app/{app}/attempt/msg/{message}/"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let mut attempts = page["data"].as_array().cloned().unwrap_or_default();
+        attempts.reverse();
+        attempts
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the receiver answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// Waits this long, then answers 200.
+    Delay(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: Mutex<Vec<Recorded>>,
+    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
+    defaults: Mutex<HashMap<String, Reply>>,
+    arrived: Notify,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub address: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+async fn record(
+    State(state): State<Arc<ReceiverState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = format!("/{path}");
+    let scripted = state
+        .scripts
+        .lock()
+        .unwrap()
+        .get_mut(&path)
+        .and_then(VecDeque::pop_front);
+    let reply = scripted
+        .or_else(|| state.defaults.lock().unwrap().get(&path).copied())
+        .unwrap_or(Reply::Status(200));
+    state.requests.lock().unwrap().push(Recorded {
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state.arrived.notify_waiters();
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Delay(duration) => {
+            tokio::time::sleep(duration).await;
+            StatusCode::OK
+        }
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = Arc::new(ReceiverState::default());
+        let app = Router::new()
+            .route("/{*path}", post(record))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { address, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// The next answers on `path`, in order; afterwards the default applies.
+    pub fn script(&self, path: &str, replies: &[Reply]) {
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(path.into(), replies.iter().copied().collect());
+    }
+
+    pub fn always(&self, path: &str, reply: Reply) {
+        self.state
+            .defaults
+            .lock()
+            .unwrap()
+            .insert(path.into(), reply);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `count` requests have arrived in all.
+    pub async fn wait_for(&self, count: usize, limit: Duration) -> Vec<Recorded> {
+        let wait = async {
+            loop {
+                let arrived = self.state.arrived.notified();
+                let requests = self.requests();
+                if requests.len() >= count {
+                    return requests;
+                }
+                arrived.await;
+            }
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(requests) => requests,
+            Err(_) => panic!(
+                "expected {count} requests within {limit:?}, got {}",
+                self.requests().len()
+            ),
+        }
+    }
+}

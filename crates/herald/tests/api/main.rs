@@ -1,0 +1,10 @@
+//! Herald's integration tests: real HTTP over loopback, a real SQLite
+//! database per test, a scripted receiver.
+
+#![allow(dead_code)]
+
+mod crash;
+mod delivery;
+mod helpers;
+mod svix_sdk;
+mod validation;

@@ -1,0 +1,391 @@
+//! Bad input, authentication and tenant isolation: every refusal is a 4xx
+//! with a `code`, and nothing half-written remains.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, spawn_app_with, Options, TOKEN};
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_with_a_code_and_leaves_nothing_behind() {
+    let app = spawn_app_with(Options {
+        allow_private_networks: false,
+        ..Options::default()
+    })
+    .await;
+    let tenant = app.create_app("Acme").await;
+    let endpoints = format!("/app/{tenant}/endpoint/");
+    let messages = format!("/app/{tenant}/msg/");
+    let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "missing url",
+            &endpoints,
+            json!({"description": "x"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "ftp url",
+            &endpoints,
+            json!({"url": "ftp://example.com/x"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "private ip",
+            &endpoints,
+            json!({"url": "http://10.0.0.1/hook"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "loopback ip",
+            &endpoints,
+            json!({"url": "http://127.0.0.1:8080/hook"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "metadata ip",
+            &endpoints,
+            json!({"url": "http://169.254.169.254/latest"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "unknown filter type",
+            &endpoints,
+            json!({"url": "https://example.com/x", "filterTypes": ["call.exploded"]}),
+            422,
+            "validation_error",
+        ),
+        (
+            "unknown group",
+            &endpoints,
+            json!({"url": "https://example.com/x", "filterTypes": ["robot.*"]}),
+            422,
+            "validation_error",
+        ),
+        (
+            "bad secret",
+            &endpoints,
+            json!({"url": "https://example.com/x", "secret": "not-a-secret"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "forbidden header",
+            &endpoints,
+            json!({"url": "https://example.com/x", "headers": {"webhook-id": "x"}}),
+            422,
+            "validation_error",
+        ),
+        (
+            "missing eventType",
+            &messages,
+            json!({"payload": {}}),
+            422,
+            "validation_error",
+        ),
+        (
+            "unknown eventType",
+            &messages,
+            json!({"eventType": "call.exploded", "payload": {}}),
+            422,
+            "validation_error",
+        ),
+        (
+            "payload not an object",
+            &messages,
+            json!({"eventType": "call.started", "payload": [1]}),
+            422,
+            "validation_error",
+        ),
+        (
+            "bad eventId",
+            &messages,
+            json!({"eventType": "call.started", "payload": {}, "eventId": "has space"}),
+            422,
+            "validation_error",
+        ),
+        (
+            "app without name",
+            "/app/",
+            json!({"uid": "x"}),
+            422,
+            "validation_error",
+        ),
+    ];
+    for (why, path, body, status, code) in cases {
+        let (got, error) = app.post(path, body).await;
+        assert_eq!(got, status, "{why}: {error}");
+        assert_eq!(error["code"], code, "{why}: {error}");
+        assert!(
+            error["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{why}: detail"
+        );
+    }
+    let missing_field = app.post(&endpoints, json!({})).await.1;
+    assert!(
+        missing_field["detail"].as_str().unwrap().contains("url"),
+        "the detail names the field"
+    );
+
+    let malformed = app
+        .client
+        .post(app.url(&messages))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"eventType\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let error: Value = malformed.json().await.unwrap();
+    assert_eq!(error["code"], "invalid_json");
+
+    let (_, listed) = app.get(&endpoints).await;
+    assert_eq!(listed["data"], json!([]), "no endpoint was half-created");
+    let (_, listed) = app.get(&messages).await;
+    assert_eq!(listed["data"], json!([]), "no message was half-created");
+    let (_, apps) = app.get("/app/").await;
+    assert_eq!(
+        apps["data"].as_array().unwrap().len(),
+        1,
+        "only the one app exists"
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let big = "x".repeat(1024 * 1024 + 1);
+
+    let (status, error) = app
+        .post(
+            &format!("/app/{tenant}/msg/"),
+            json!({"eventType": "call.started", "payload": {"big": big}}),
+        )
+        .await;
+
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["code"], "payload_too_large");
+    let (_, listed) = app.get(&format!("/app/{tenant}/msg/")).await;
+    assert_eq!(listed["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused_on_every_route() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let routes = [
+        (Method::GET, "/app/".to_owned()),
+        (Method::POST, "/app/".to_owned()),
+        (Method::GET, format!("/app/{tenant}/")),
+        (Method::DELETE, format!("/app/{tenant}/")),
+        (Method::GET, "/event-type/".to_owned()),
+        (Method::GET, format!("/app/{tenant}/endpoint/")),
+        (Method::POST, format!("/app/{tenant}/msg/")),
+        (Method::GET, format!("/app/{tenant}/msg/")),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let mut request = app.client.request(method.clone(), app.url(&path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.json(&json!({"name": "x"})).send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} with {token:?}");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["code"], "authentication_failed");
+        }
+    }
+    let (_, apps) = app.get("/app/").await;
+    assert_eq!(
+        apps["data"].as_array().unwrap().len(),
+        1,
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn ids_of_another_app_are_not_found() {
+    let app = spawn_app().await;
+    let mine = app.create_app("Mine").await;
+    let theirs = app.create_app("Theirs").await;
+    let their_endpoint = app
+        .create_endpoint(&theirs, "http://127.0.0.1:9/x", None)
+        .await;
+    let their_message = app.send(&theirs, "call.started", json!({})).await;
+
+    for path in [
+        format!("/app/{mine}/endpoint/{their_endpoint}/"),
+        format!("/app/{mine}/endpoint/{their_endpoint}/secret/"),
+        format!("/app/{mine}/endpoint/{their_endpoint}/stats/"),
+        format!("/app/{mine}/msg/{their_message}/"),
+        format!("/app/{mine}/attempt/msg/{their_message}/"),
+        format!("/app/{mine}/attempt/endpoint/{their_endpoint}/"),
+    ] {
+        let (status, error) = app.get(&path).await;
+        assert_eq!(status, 404, "{path}: {error}");
+        assert_eq!(error["code"], "not_found");
+    }
+    let (status, _) = app
+        .post(
+            &format!("/app/{mine}/msg/{their_message}/endpoint/{their_endpoint}/resend/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &format!("/app/{mine}/endpoint/{their_endpoint}/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .get(&format!("/app/{theirs}/endpoint/{their_endpoint}/"))
+        .await;
+    assert_eq!(status, 200, "the endpoint is still there for its owner");
+}
+
+#[tokio::test]
+async fn apps_endpoints_and_event_types_support_crud_with_uids() {
+    let app = spawn_app().await;
+    let (status, created) = app
+        .post("/app/", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = app
+        .post("/app/", json!({"name": "Again", "uid": "acme"}))
+        .await;
+    assert_eq!(status, 409, "uids are unique");
+    let (status, by_uid) = app.get("/app/acme/").await;
+    assert_eq!((status, &by_uid["id"]), (200, &created["id"]));
+    let (status, patched) = app
+        .request(
+            Method::PATCH,
+            "/app/acme/",
+            Some(json!({"name": "Acme Corp"})),
+        )
+        .await;
+    assert_eq!((status, patched["name"].as_str()), (200, Some("Acme Corp")));
+
+    let (status, endpoint) = app
+        .post(
+            "/app/acme/endpoint/",
+            json!({"url": "https://example.com/hook", "uid": "crm", "filterTypes": ["call.*"],
+                   "headers": {"X-Api-Key": "k"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let (_, headers) = app.get("/app/acme/endpoint/crm/headers/").await;
+    assert_eq!(headers["headers"]["x-api-key"], "k");
+    let (status, updated) = app
+        .request(
+            Method::PATCH,
+            "/app/acme/endpoint/crm/",
+            Some(json!({"disabled": true, "filterTypes": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["disabled"], true);
+    assert_eq!(updated["filterTypes"], Value::Null);
+    let (status, _) = app
+        .request(Method::DELETE, "/app/acme/endpoint/crm/", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app.get("/app/acme/endpoint/crm/").await;
+    assert_eq!(status, 404);
+
+    let (_, catalog) = app.get("/event-type/?limit=100").await;
+    assert_eq!(
+        catalog["data"].as_array().unwrap().len(),
+        12,
+        "the seeded catalog"
+    );
+    let completed = catalog["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "call.completed")
+        .unwrap();
+    assert!(
+        completed["schemas"]["1"]["examples"][0]["callId"].is_string(),
+        "schema with example"
+    );
+    let (status, _) = app
+        .post(
+            "/event-type/",
+            json!({"name": "ticket.opened", "description": "A ticket was opened."}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = app
+        .request(Method::DELETE, "/event-type/ticket.opened/", None)
+        .await;
+    assert_eq!(status, 204);
+    let (_, archived) = app.get("/event-type/ticket.opened/").await;
+    assert_eq!(archived["archived"], true, "delete archives");
+
+    let (status, _) = app.request(Method::DELETE, "/app/acme/", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = app.get("/app/acme/").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn lists_page_with_iterators() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        sent.push(app.send(&tenant, "call.started", json!({"n": n})).await);
+    }
+    let (_, first) = app.get(&format!("/app/{tenant}/msg/?limit=2")).await;
+    let (_, second) = app
+        .get(&format!(
+            "/app/{tenant}/msg/?limit=2&iterator={}",
+            first["iterator"].as_str().unwrap()
+        ))
+        .await;
+    let (_, third) = app
+        .get(&format!(
+            "/app/{tenant}/msg/?limit=2&iterator={}",
+            second["iterator"].as_str().unwrap()
+        ))
+        .await;
+    let ids: Vec<_> = [&first, &second, &third]
+        .iter()
+        .flat_map(|page| {
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    sent.reverse();
+    assert_eq!(ids, sent, "newest first, each message once");
+    assert_eq!(
+        (first["done"].as_bool(), third["done"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let (_, back) = app
+        .get(&format!(
+            "/app/{tenant}/msg/?limit=2&iterator={}",
+            second["prevIterator"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(back["data"], first["data"], "prevIterator walks back");
+}
+
+#[tokio::test]
+async fn health_answers_without_a_token() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/health/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

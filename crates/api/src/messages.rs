@@ -7,7 +7,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use herald_domain::ids::{IdOrUid, Uid};
 use herald_domain::{AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId};
@@ -41,7 +40,8 @@ pub(crate) fn routes() -> Router<AppState> {
 #[serde(rename_all = "camelCase")]
 struct MessageIn {
     event_type: String,
-    payload: Value,
+    /// Kept as the sender wrote it: key order and numbers reach receivers unchanged.
+    payload: Box<RawValue>,
     event_id: Option<String>,
     channels: Option<Vec<String>>,
 }
@@ -100,7 +100,7 @@ async fn create(
     Body(input): Body<MessageIn>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
     let app = resolve(&state, &app).await?;
-    if !input.payload.is_object() {
+    if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::invalid("payload", "must be a JSON object"));
     }
     let message = MessageInput {
@@ -110,7 +110,7 @@ async fn create(
             .as_deref()
             .map(|e| Uid::parse("eventId", e))
             .transpose()?,
-        payload: input.payload.to_string(),
+        payload: input.payload.get().trim().to_owned(),
         channels: parse_channels(input.channels)?,
     };
     let claim = state

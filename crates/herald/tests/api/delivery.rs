@@ -350,3 +350,33 @@ async fn a_410_gone_disables_the_endpoint() {
     .await;
     assert_eq!(receiver.requests().len(), 1, "no retry after 410");
 }
+
+#[tokio::test]
+async fn the_payload_reaches_the_receiver_exactly_as_sent() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let raw = r#"{"eventType":"call.started","payload":{"zeta":1,"alpha":12345678901234567890,"nested":{"b":[1,2],"a":null}}}"#;
+
+    let response = app
+        .client
+        .post(app.url(&format!("/app/{tenant}/msg/")))
+        .bearer_auth(crate::helpers::TOKEN)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 202);
+    let request = &receiver.wait_for(1, WAIT).await[0];
+    let body = String::from_utf8(request.body.to_vec()).unwrap();
+    assert!(
+        body.ends_with(
+            r#","data":{"zeta":1,"alpha":12345678901234567890,"nested":{"b":[1,2],"a":null}}}"#
+        ),
+        "key order and big numbers survive: {body}"
+    );
+}

@@ -156,3 +156,100 @@ async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
     );
     drop(second);
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    receiver.always("/slow", Reply::Delay(Duration::from_millis(1500)));
+    let client = reqwest::Client::new();
+    let mut server = Server::start(data_dir.path());
+    let app = call(&client, &server, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    call(
+        &client,
+        &server,
+        &format!("/app/{app}/endpoint/"),
+        json!({"url": receiver.url("/slow")}),
+    )
+    .await;
+    let message = call(
+        &client,
+        &server,
+        &format!("/app/{app}/msg/"),
+        json!({"eventType": "call.started", "payload": {}}),
+    )
+    .await;
+    let message = message["id"].as_str().unwrap().to_owned();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (server, status)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.1.success(),
+        "a clean exit after SIGTERM: {:?}",
+        status.1
+    );
+    drop(status.0);
+
+    let restarted = Server::start(data_dir.path());
+    let attempts: Value = client
+        .get(format!(
+            "http://{}/api/v1/app/{app}/attempt/msg/{message}/",
+            restarted.address
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let attempts = attempts["data"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "the in-flight attempt was recorded before exit"
+    );
+    assert_eq!(attempts[0]["responseStatusCode"], 200);
+    let endpoints: Value = client
+        .get(format!(
+            "http://{}/api/v1/app/{app}/endpoint/",
+            restarted.address
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint = endpoints["data"][0]["id"].as_str().unwrap();
+    let stats: Value = client
+        .get(format!(
+            "http://{}/api/v1/app/{app}/endpoint/{endpoint}/stats/",
+            restarted.address
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats["success"].as_u64(), stats["pending"].as_u64()),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+}

@@ -389,3 +389,50 @@ async fn health_answers_without_a_token() {
     let response = app.client.get(app.url("/health/")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn a_name_that_resolves_to_a_private_address_is_refused_at_connect_time() {
+    let app = spawn_app_with(Options {
+        allow_private_networks: false,
+        retry_schedule: "",
+        ..Options::default()
+    })
+    .await;
+    let receiver = crate::helpers::Receiver::start().await;
+    // The machine's own name resolves to a loopback address here (/etc/hosts);
+    // unlike `localhost` it passes the save-time check, like a rebinding name.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let hostname = hostname.trim();
+    let resolved: Vec<_> = tokio::net::lookup_host((hostname, 80))
+        .await
+        .map(|found| found.collect())
+        .unwrap_or_default();
+    if hostname.is_empty()
+        || resolved.is_empty()
+        || resolved
+            .iter()
+            .any(|a| herald_domain::net::is_public(a.ip()))
+    {
+        eprintln!(
+            "SKIPPED: the host name {hostname:?} does not resolve only to private addresses here"
+        );
+        return;
+    }
+    let tenant = app.create_app("Acme").await;
+    let url = format!("http://{hostname}:{}/hook", receiver.address.port());
+    app.create_endpoint(&tenant, &url, None).await;
+
+    let message = app.send(&tenant, "call.started", json!({})).await;
+
+    let attempt = crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the attempt",
+        || async { app.attempts_of(&tenant, &message).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(attempt["errorClass"], "forbidden_address", "{attempt}");
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the private address"
+    );
+}

@@ -27,14 +27,8 @@ pub(crate) fn routes() -> Router<AppState> {
 #[serde(rename_all = "camelCase")]
 struct EventTypeIn {
     name: String,
-    description: String,
-    schemas: Option<Value>,
-    #[serde(default)]
-    archived: bool,
-    #[serde(default)]
-    deprecated: bool,
-    feature_flag: Option<String>,
-    group_name: Option<String>,
+    #[serde(flatten)]
+    fields: EventTypeUpdate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +70,21 @@ struct EventTypeOut {
     group_name: Option<String>,
     created_at: String,
     updated_at: String,
+}
+
+impl EventTypeUpdate {
+    fn into_input(self, name: EventTypeName) -> ApiResult<EventTypeInput> {
+        check_schemas(&self.schemas)?;
+        Ok(EventTypeInput {
+            name,
+            description: self.description,
+            schemas: self.schemas,
+            archived: self.archived,
+            deprecated: self.deprecated,
+            feature_flag: self.feature_flag,
+            group_name: self.group_name,
+        })
+    }
 }
 
 impl EventTypeOut {
@@ -142,19 +151,11 @@ async fn create(
     State(state): State<AppState>,
     Body(input): Body<EventTypeIn>,
 ) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
-    check_schemas(&input.schemas)?;
+    let name =
+        EventTypeName::parse(&input.name).map_err(|e| ApiError::invalid("name", e.reason))?;
     let created = state
         .store
-        .create_event_type(EventTypeInput {
-            name: EventTypeName::parse(&input.name)
-                .map_err(|e| ApiError::invalid("name", e.reason))?,
-            description: input.description,
-            schemas: input.schemas,
-            archived: input.archived,
-            deprecated: input.deprecated,
-            feature_flag: input.feature_flag,
-            group_name: input.group_name,
-        })
+        .create_event_type(input.fields.into_input(name)?)
         .await?;
     Ok((StatusCode::CREATED, Json(EventTypeOut::new(created, true))))
 }
@@ -172,19 +173,10 @@ async fn replace(
     Path(name): Path<String>,
     Body(input): Body<EventTypeUpdate>,
 ) -> ApiResult<Json<EventTypeOut>> {
-    check_schemas(&input.schemas)?;
     let name = EventTypeName::parse(&name).map_err(|e| ApiError::invalid("name", e.reason))?;
     let updated = state
         .store
-        .update_event_type(EventTypeInput {
-            name,
-            description: input.description,
-            schemas: input.schemas,
-            archived: input.archived,
-            deprecated: input.deprecated,
-            feature_flag: input.feature_flag,
-            group_name: input.group_name,
-        })
+        .update_event_type(input.into_input(name)?)
         .await?;
     Ok(Json(EventTypeOut::new(updated, true)))
 }
@@ -195,19 +187,17 @@ async fn patch(
     Body(changes): Body<EventTypePatch>,
 ) -> ApiResult<Json<EventTypeOut>> {
     let current = state.store.get_event_type(&parse_name(&name)?).await?;
-    let schemas = changes.schemas.unwrap_or(current.schemas);
-    check_schemas(&schemas)?;
+    let merged = EventTypeUpdate {
+        description: changes.description.unwrap_or(current.description),
+        schemas: changes.schemas.unwrap_or(current.schemas),
+        archived: changes.archived.unwrap_or(current.archived),
+        deprecated: changes.deprecated.unwrap_or(current.deprecated),
+        feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
+        group_name: changes.group_name.unwrap_or(current.group_name),
+    };
     let updated = state
         .store
-        .update_event_type(EventTypeInput {
-            name: current.name,
-            description: changes.description.unwrap_or(current.description),
-            schemas,
-            archived: changes.archived.unwrap_or(current.archived),
-            deprecated: changes.deprecated.unwrap_or(current.deprecated),
-            feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
-            group_name: changes.group_name.unwrap_or(current.group_name),
-        })
+        .update_event_type(merged.into_input(current.name)?)
         .await?;
     Ok(Json(EventTypeOut::new(updated, true)))
 }

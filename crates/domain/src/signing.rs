@@ -49,24 +49,14 @@ impl Secret {
 
     /// `v1,<signature>` for one message.
     pub fn sign(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = self.mac();
-        mac.update(message_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
+        let mac = self.mac(message_id, timestamp, body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
 
     /// Whether `header` (space-separated `v1,…` entries) holds a valid
     /// signature of this message by this secret. Comparison is constant-time.
     pub fn verify(&self, message_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
-        let mut signed = self.mac();
-        signed.update(message_id.as_bytes());
-        signed.update(b".");
-        signed.update(timestamp.to_string().as_bytes());
-        signed.update(b".");
-        signed.update(body);
+        let signed = self.mac(message_id, timestamp, body);
         header.split(' ').any(|entry| {
             let Some(encoded) = entry.strip_prefix("v1,") else {
                 return false;
@@ -78,8 +68,16 @@ impl Secret {
         })
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    /// HMAC-SHA256 over `id.timestamp.body`, the signed content of the spec.
+    fn mac(&self, message_id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(message_id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac
     }
 }
 

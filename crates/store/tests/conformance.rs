@@ -75,6 +75,18 @@ fn endpoint_input(url: &str, filter: &[&str], disabled: bool) -> EndpointInput {
     }
 }
 
+async fn endpoint(store: &dyn Store, app: AppId, url: &str) -> Endpoint {
+    store
+        .create_endpoint(
+            app,
+            endpoint_input(url, &[], false),
+            Headers::new(),
+            Secret::generate(),
+        )
+        .await
+        .unwrap()
+}
+
 fn message(event_type: &str, event_id: Option<&str>) -> MessageInput {
     MessageInput {
         event_type: EventTypeName::parse(event_type).unwrap(),
@@ -147,15 +159,7 @@ async fn leased_deliveries_are_not_claimed_again_until_the_lease_ends() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
-        store
-            .create_endpoint(
-                app,
-                endpoint_input("http://a.test/1", &[], false),
-                Headers::new(),
-                Secret::generate(),
-            )
-            .await
-            .unwrap();
+        endpoint(store, app, "http://a.test/1").await;
         let at = now();
         store
             .create_message(app, message("call.started", None), None)
@@ -181,15 +185,7 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
-        let endpoint = store
-            .create_endpoint(
-                app,
-                endpoint_input("http://a.test/1", &[], false),
-                Headers::new(),
-                Secret::generate(),
-            )
-            .await
-            .unwrap();
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
         let created = store
             .create_message(app, message("call.started", None), Some(claim(now())))
             .await
@@ -270,15 +266,7 @@ async fn a_duplicate_event_id_is_a_conflict_and_writes_nothing() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
-        store
-            .create_endpoint(
-                app,
-                endpoint_input("http://a.test/1", &[], false),
-                Headers::new(),
-                Secret::generate(),
-            )
-            .await
-            .unwrap();
+        endpoint(store, app, "http://a.test/1").await;
         store
             .create_message(app, message("call.started", Some("evt-1")), None)
             .await
@@ -418,15 +406,7 @@ async fn releasing_all_leases_makes_in_flight_deliveries_claimable_at_once() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
-        store
-            .create_endpoint(
-                app,
-                endpoint_input("http://a.test/1", &[], false),
-                Headers::new(),
-                Secret::generate(),
-            )
-            .await
-            .unwrap();
+        endpoint(store, app, "http://a.test/1").await;
         store
             .create_message(app, message("call.started", None), Some(claim(now())))
             .await

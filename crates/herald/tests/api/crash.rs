@@ -90,6 +90,21 @@ async fn call(client: &reqwest::Client, server: &Server, path: &str, body: Value
     response.json().await.unwrap()
 }
 
+async fn fetch(client: &reqwest::Client, server: &Server, path: &str) -> Value {
+    let response = client
+        .get(format!("http://{}/api/v1{path}", server.address))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -203,18 +218,12 @@ async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
     drop(status.0);
 
     let restarted = Server::start(data_dir.path());
-    let attempts: Value = client
-        .get(format!(
-            "http://{}/api/v1/app/{app}/attempt/msg/{message}/",
-            restarted.address
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let attempts = fetch(
+        &client,
+        &restarted,
+        &format!("/app/{app}/attempt/msg/{message}/"),
+    )
+    .await;
     let attempts = attempts["data"].as_array().unwrap();
     assert_eq!(
         attempts.len(),
@@ -222,31 +231,14 @@ async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
         "the in-flight attempt was recorded before exit"
     );
     assert_eq!(attempts[0]["responseStatusCode"], 200);
-    let endpoints: Value = client
-        .get(format!(
-            "http://{}/api/v1/app/{app}/endpoint/",
-            restarted.address
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let endpoints = fetch(&client, &restarted, &format!("/app/{app}/endpoint/")).await;
     let endpoint = endpoints["data"][0]["id"].as_str().unwrap();
-    let stats: Value = client
-        .get(format!(
-            "http://{}/api/v1/app/{app}/endpoint/{endpoint}/stats/",
-            restarted.address
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = fetch(
+        &client,
+        &restarted,
+        &format!("/app/{app}/endpoint/{endpoint}/stats/"),
+    )
+    .await;
     assert_eq!(
         (stats["success"].as_u64(), stats["pending"].as_u64()),
         (Some(1), Some(0)),

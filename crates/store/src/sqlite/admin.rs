@@ -15,6 +15,15 @@ use crate::{
     EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
 };
 
+/// An UPDATE or DELETE that touched no row means the thing does not exist.
+fn found(rows: usize) -> StoreResult<()> {
+    if rows == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 pub(crate) fn now() -> Timestamp {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -89,9 +98,7 @@ pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> Stor
             ])
         })
         .map_err(internal)?;
-    if changed == 0 {
-        return Err(StoreError::NotFound);
-    }
+    found(changed)?;
     get_app(conn, &IdOrUid::Id(app))
 }
 
@@ -110,9 +117,7 @@ pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {
     let removed = conn
         .execute("DELETE FROM apps WHERE id = ?", [&id])
         .map_err(internal)?;
-    if removed == 0 {
-        return Err(StoreError::NotFound);
-    }
+    found(removed)?;
     Ok(())
 }
 
@@ -220,10 +225,7 @@ pub(crate) fn delete_event_type(
     } else {
         "UPDATE event_types SET archived = 1 WHERE name = ?"
     };
-    match conn.execute(sql, [name.as_str()]).map_err(internal)? {
-        0 => Err(StoreError::NotFound),
-        _ => Ok(()),
-    }
+    found(conn.execute(sql, [name.as_str()]).map_err(internal)?)
 }
 
 /// Every exact name must be a known, unarchived type; every group wildcard
@@ -364,9 +366,7 @@ pub(crate) fn update_endpoint(
             ],
         )
         .map_err(internal)?;
-    if changed == 0 {
-        return Err(StoreError::NotFound);
-    }
+    found(changed)?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
@@ -474,9 +474,7 @@ pub(crate) fn set_endpoint_headers(
             ],
         )
         .map_err(internal)?;
-    if changed == 0 {
-        return Err(StoreError::NotFound);
-    }
+    found(changed)?;
     Ok(())
 }
 

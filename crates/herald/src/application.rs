@@ -53,7 +53,7 @@ impl Application {
         seed_catalog(store.as_ref()).await?;
         // Only this process can hold leases on this database (see the lock),
         // so leases left by a crashed run are free right away.
-        let released = store.release_all_leases().await?;
+        let released = store.release_orphaned_leases().await?;
         if released > 0 {
             tracing::info!(
                 released,

@@ -3,9 +3,12 @@
 //! implementation of the same trait follows; the SQL is kept portable.
 
 mod model;
+mod pg;
+mod shared;
 mod sqlite;
 
 pub use model::*;
+pub use pg::{redact_password, PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
@@ -135,8 +138,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()>;
     /// When the earliest unleased pending delivery falls due, if any.
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
-    /// Frees every lease (start-up of a single-process store: no other holder exists).
-    async fn release_all_leases(&self) -> StoreResult<u64>;
+    /// At start-up, frees leases that can only belong to a dead run of this
+    /// process: all of them for single-process SQLite, none for PostgreSQL
+    /// (there, leases of a dead process simply expire).
+    async fn release_orphaned_leases(&self) -> StoreResult<u64>;
+    /// Completes when another process announces new unleased work; never
+    /// for a single-process store.
+    async fn wait_for_work(&self) {
+        std::future::pending::<()>().await
+    }
 
     // Idempotency keys.
     async fn idempotent_response(

@@ -24,12 +24,7 @@ fn found(rows: usize) -> StoreResult<()> {
     }
 }
 
-pub(crate) fn now() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use crate::shared::now;
 
 pub(crate) fn create_app(conn: &Connection, input: AppInput) -> StoreResult<App> {
     let id = AppId::generate();

@@ -465,7 +465,7 @@ pub(crate) fn next_due_at(conn: &Connection) -> StoreResult<Option<Timestamp>> {
     .map_err(internal)
 }
 
-pub(crate) fn release_all_leases(conn: &Connection) -> StoreResult<u64> {
+pub(crate) fn release_orphaned_leases(conn: &Connection) -> StoreResult<u64> {
     conn.execute(
         "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL",
         [],

@@ -301,8 +301,10 @@ impl Store for SqliteStore {
     async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
         self.readers.read(delivery::next_due_at).await
     }
-    async fn release_all_leases(&self) -> StoreResult<u64> {
-        self.writer.write(delivery::release_all_leases).await
+    /// SQLite serves one process (the data-directory lock sees to it), so
+    /// every lease in the file belongs to a run that is over.
+    async fn release_orphaned_leases(&self) -> StoreResult<u64> {
+        self.writer.write(delivery::release_orphaned_leases).await
     }
 
     async fn idempotent_response(

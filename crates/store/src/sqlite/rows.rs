@@ -14,13 +14,7 @@ use crate::{
     App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
-pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
-pub(crate) const EVENT_TYPE_COLUMNS: &str =
-    "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
-pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at";
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, app_id, event_id, event_type, payload, channels, created_at";
-pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
+pub(crate) use crate::shared::*;
 
 fn bad_value(
     index: usize,
@@ -179,44 +173,12 @@ pub(crate) fn list<T>(
         limit + 1
     ));
     let mut statement = conn.prepare_cached(&sql).map_err(internal)?;
-    let mut data = statement
+    let data = statement
         .query_map(rusqlite::params_from_iter(params), map)
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<T>>>()
         .map_err(internal)?;
-    let more = data.len() > limit;
-    data.truncate(limit);
-    if backwards {
-        data.reverse();
-    }
-    let first = data.first().map(&key_of);
-    let last = data.last().map(&key_of);
-    let (done, iterator, prev_iterator) = if backwards {
-        (
-            false,
-            last.or_else(|| cursor_key(&page.cursor)),
-            first.filter(|_| more).map(|k| format!("-{k}")),
-        )
-    } else {
-        (
-            !more,
-            last.or_else(|| cursor_key(&page.cursor)),
-            first.map(|k| format!("-{k}")),
-        )
-    };
-    Ok(Page {
-        data,
-        iterator,
-        prev_iterator,
-        done,
-    })
-}
-
-fn cursor_key(cursor: &Cursor) -> Option<String> {
-    match cursor {
-        Cursor::Start => None,
-        Cursor::After(k) | Cursor::Before(k) => Some(k.clone()),
-    }
+    Ok(finish_page(data, limit, &page.cursor, key_of))
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {

@@ -1,0 +1,524 @@
+//! PostgreSQL SQL for applications, event types, endpoints, secrets, headers.
+
+use sqlx::{PgConnection, Row};
+
+use herald_domain::event_type::FilterPattern;
+use herald_domain::ids::IdOrUid;
+use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
+
+use super::rows::{self, db, list, Bind};
+use crate::shared::now;
+use crate::{
+    App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
+    EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
+};
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn found(rows: u64) -> StoreResult<()> {
+    if rows == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) async fn create_app(conn: &mut PgConnection, input: AppInput) -> StoreResult<App> {
+    let id = AppId::generate();
+    let at = now();
+    sqlx::query(
+        "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(id.to_string())
+    .bind(input.uid.as_ref().map(|u| u.to_string()))
+    .bind(&input.name)
+    .bind(input.rate_limit.map(i64::from))
+    .bind(to_json(&input.metadata))
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    get_app(conn, &IdOrUid::Id(id)).await
+}
+
+pub(crate) async fn get_app(conn: &mut PgConnection, app: &AppRef) -> StoreResult<App> {
+    let (column, value) = match app {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(uid) => ("uid", uid.to_string()),
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM apps WHERE {column} = $1",
+        rows::APP_COLUMNS
+    ))
+    .bind(value)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows::app(&row).map_err(db)
+}
+
+pub(crate) async fn list_apps(
+    conn: &mut PgConnection,
+    page: PageRequest,
+) -> StoreResult<Page<App>> {
+    list(
+        conn,
+        rows::APP_COLUMNS,
+        "apps",
+        "TRUE",
+        vec![],
+        "id",
+        true,
+        &page,
+        rows::app,
+        |a| a.id.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn update_app(
+    conn: &mut PgConnection,
+    app: AppId,
+    input: AppInput,
+) -> StoreResult<App> {
+    let changed = sqlx::query(
+        "UPDATE apps SET uid = $1, name = $2, rate_limit = $3, metadata = $4, updated_at = $5 WHERE id = $6",
+    )
+    .bind(input.uid.as_ref().map(|u| u.to_string()))
+    .bind(&input.name)
+    .bind(input.rate_limit.map(i64::from))
+    .bind(to_json(&input.metadata))
+    .bind(now())
+    .bind(app.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    found(changed.rows_affected())?;
+    get_app(conn, &IdOrUid::Id(app)).await
+}
+
+pub(crate) async fn delete_app(conn: &mut PgConnection, app: AppId) -> StoreResult<()> {
+    let id = app.to_string();
+    for sql in [
+        "DELETE FROM attempts WHERE app_id = $1",
+        "DELETE FROM deliveries WHERE app_id = $1",
+        "DELETE FROM messages WHERE app_id = $1",
+        "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = $1)",
+        "DELETE FROM endpoints WHERE app_id = $1",
+    ] {
+        sqlx::query(sql).bind(&id).execute(&mut *conn).await.map_err(db)?;
+    }
+    let removed = sqlx::query("DELETE FROM apps WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    found(removed.rows_affected())
+}
+
+pub(crate) async fn insert_event_type(
+    conn: &mut PgConnection,
+    input: &EventTypeInput,
+    or_ignore: bool,
+) -> StoreResult<u64> {
+    let at = now();
+    let conflict = if or_ignore {
+        "ON CONFLICT (name) DO NOTHING"
+    } else {
+        ""
+    };
+    let done = sqlx::query(&format!(
+        "INSERT INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) {conflict}"
+    ))
+    .bind(input.name.as_str())
+    .bind(&input.description)
+    .bind(input.schemas.as_ref().map(to_json))
+    .bind(input.archived)
+    .bind(input.deprecated)
+    .bind(&input.feature_flag)
+    .bind(input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)))
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn get_event_type(
+    conn: &mut PgConnection,
+    name: &EventTypeName,
+) -> StoreResult<EventType> {
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM event_types WHERE name = $1",
+        rows::EVENT_TYPE_COLUMNS
+    ))
+    .bind(name.as_str())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows::event_type(&row).map_err(db)
+}
+
+pub(crate) async fn list_event_types(
+    conn: &mut PgConnection,
+    page: PageRequest,
+    include_archived: bool,
+) -> StoreResult<Page<EventType>> {
+    let filter = if include_archived {
+        "TRUE"
+    } else {
+        "NOT archived"
+    };
+    list(
+        conn,
+        rows::EVENT_TYPE_COLUMNS,
+        "event_types",
+        filter,
+        vec![],
+        "name",
+        true,
+        &page,
+        rows::event_type,
+        |t| t.name.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn update_event_type(
+    conn: &mut PgConnection,
+    input: EventTypeInput,
+) -> StoreResult<EventType> {
+    let changed = sqlx::query(
+        "UPDATE event_types SET description = $1, schemas = $2, archived = $3, deprecated = $4,
+             feature_flag = $5, group_name = $6, updated_at = $7
+         WHERE name = $8",
+    )
+    .bind(&input.description)
+    .bind(input.schemas.as_ref().map(to_json))
+    .bind(input.archived)
+    .bind(input.deprecated)
+    .bind(&input.feature_flag)
+    .bind(
+        input
+            .group_name
+            .clone()
+            .or_else(|| input.name.group().map(str::to_owned)),
+    )
+    .bind(now())
+    .bind(input.name.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if changed.rows_affected() == 0 {
+        insert_event_type(conn, &input, false).await?;
+    }
+    get_event_type(conn, &input.name).await
+}
+
+pub(crate) async fn delete_event_type(
+    conn: &mut PgConnection,
+    name: &EventTypeName,
+    expunge: bool,
+) -> StoreResult<()> {
+    let sql = if expunge {
+        "DELETE FROM event_types WHERE name = $1"
+    } else {
+        "UPDATE event_types SET archived = TRUE WHERE name = $1"
+    };
+    let done = sqlx::query(sql)
+        .bind(name.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    found(done.rows_affected())
+}
+
+async fn check_filter_types(conn: &mut PgConnection, filter: &FilterTypes) -> StoreResult<()> {
+    for pattern in filter.patterns() {
+        let known = match pattern {
+            FilterPattern::Exact(name) => {
+                sqlx::query("SELECT 1 FROM event_types WHERE name = $1 AND NOT archived")
+                    .bind(name.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+            }
+            FilterPattern::Group(group) => sqlx::query(
+                "SELECT 1 FROM event_types WHERE starts_with(name, $1) AND NOT archived LIMIT 1",
+            )
+            .bind(format!("{group}."))
+            .fetch_optional(&mut *conn)
+            .await,
+        }
+        .map_err(db)?;
+        if known.is_none() {
+            return Err(StoreError::Invalid {
+                field: "filterTypes",
+                detail: format!("unknown event type `{pattern}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn create_endpoint(
+    conn: &mut PgConnection,
+    app: AppId,
+    input: EndpointInput,
+    headers: Headers,
+    secret: Secret,
+) -> StoreResult<Endpoint> {
+    get_app(conn, &IdOrUid::Id(app)).await?;
+    check_filter_types(conn, &input.filter_types).await?;
+    let id = EndpointId::generate();
+    let at = now();
+    sqlx::query(
+        "INSERT INTO endpoints (id, app_id, uid, url, description, disabled, filter_types, channels,
+             rate_limit, version, metadata, headers, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+    )
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .bind(input.uid.as_ref().map(|u| u.to_string()))
+    .bind(input.url.as_str())
+    .bind(&input.description)
+    .bind(input.disabled)
+    .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
+    .bind(input.channels.as_ref().map(to_json))
+    .bind(input.rate_limit.map(i64::from))
+    .bind(i64::from(input.version))
+    .bind(to_json(&input.metadata))
+    .bind(to_json(&headers))
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
+        .bind(id.to_string())
+        .bind(secret.expose())
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    get_endpoint(conn, app, &IdOrUid::Id(id)).await
+}
+
+pub(crate) async fn get_endpoint(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: &EndpointRef,
+) -> StoreResult<Endpoint> {
+    let (column, value) = match endpoint {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(uid) => ("uid", uid.to_string()),
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM endpoints WHERE app_id = $1 AND {column} = $2",
+        rows::ENDPOINT_COLUMNS
+    ))
+    .bind(app.to_string())
+    .bind(value)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows::endpoint(&row).map_err(db)
+}
+
+pub(crate) async fn list_endpoints(
+    conn: &mut PgConnection,
+    app: AppId,
+    page: PageRequest,
+) -> StoreResult<Page<Endpoint>> {
+    get_app(conn, &IdOrUid::Id(app)).await?;
+    list(
+        conn,
+        rows::ENDPOINT_COLUMNS,
+        "endpoints",
+        "app_id = ?",
+        vec![Bind::Text(app.to_string())],
+        "id",
+        true,
+        &page,
+        rows::endpoint,
+        |e| e.id.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn update_endpoint(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    input: EndpointInput,
+) -> StoreResult<Endpoint> {
+    check_filter_types(conn, &input.filter_types).await?;
+    let changed = sqlx::query(
+        "UPDATE endpoints SET uid = $1, url = $2, description = $3, disabled = $4, filter_types = $5,
+             channels = $6, rate_limit = $7, version = $8, metadata = $9, updated_at = $10
+         WHERE app_id = $11 AND id = $12",
+    )
+    .bind(input.uid.as_ref().map(|u| u.to_string()))
+    .bind(input.url.as_str())
+    .bind(&input.description)
+    .bind(input.disabled)
+    .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
+    .bind(input.channels.as_ref().map(to_json))
+    .bind(input.rate_limit.map(i64::from))
+    .bind(i64::from(input.version))
+    .bind(to_json(&input.metadata))
+    .bind(now())
+    .bind(app.to_string())
+    .bind(endpoint.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    found(changed.rows_affected())?;
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
+}
+
+pub(crate) async fn delete_endpoint(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<()> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let id = endpoint.to_string();
+    for sql in [
+        "DELETE FROM attempts WHERE endpoint_id = $1",
+        "DELETE FROM deliveries WHERE endpoint_id = $1",
+        "DELETE FROM endpoint_secrets WHERE endpoint_id = $1",
+        "DELETE FROM endpoints WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// The secrets that sign now: the current one first, then those in grace.
+pub(crate) async fn signing_secrets(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    at: Timestamp,
+) -> StoreResult<Vec<Secret>> {
+    let found = sqlx::query(
+        "SELECT secret FROM endpoint_secrets
+         WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+         ORDER BY expires_at IS NOT NULL, created_at DESC",
+    )
+    .bind(endpoint)
+    .bind(at)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    found
+        .iter()
+        .map(|row| {
+            let text: String = row.try_get(0).map_err(db)?;
+            Secret::parse(&text).map_err(|e| {
+                StoreError::Internal(format!("stored secret unreadable: {}", e.reason))
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn endpoint_secret(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<Secret> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    signing_secrets(conn, &endpoint.to_string(), now())
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(StoreError::NotFound)
+}
+
+pub(crate) async fn rotate_endpoint_secret(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    secret: Secret,
+    previous_valid_until: Timestamp,
+) -> StoreResult<()> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let id = endpoint.to_string();
+    let at = now();
+    sqlx::query("DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
+        .bind(&id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "UPDATE endpoint_secrets SET expires_at = $1 WHERE endpoint_id = $2 AND expires_at IS NULL",
+    )
+    .bind(previous_valid_until)
+    .bind(&id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
+        .bind(&id)
+        .bind(secret.expose())
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn set_endpoint_headers(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    headers: Headers,
+) -> StoreResult<()> {
+    let changed = sqlx::query(
+        "UPDATE endpoints SET headers = $1, updated_at = $2 WHERE app_id = $3 AND id = $4",
+    )
+    .bind(to_json(&headers))
+    .bind(now())
+    .bind(app.to_string())
+    .bind(endpoint.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    found(changed.rows_affected())
+}
+
+pub(crate) async fn endpoint_stats(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+) -> StoreResult<EndpointStats> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let found = sqlx::query(
+        "SELECT status, lease_until IS NOT NULL AS leased, COUNT(*) AS n FROM deliveries
+         WHERE endpoint_id = $1 GROUP BY status, lease_until IS NOT NULL",
+    )
+    .bind(endpoint.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut stats = EndpointStats::default();
+    for row in found {
+        let status: i64 = row.try_get("status").map_err(db)?;
+        let leased: bool = row.try_get("leased").map_err(db)?;
+        let count = row.try_get::<i64, _>("n").map_err(db)? as u64;
+        match (status, leased) {
+            (0, _) => stats.success += count,
+            (1, true) => stats.sending += count,
+            (1, false) => stats.pending += count,
+            _ => stats.fail += count,
+        }
+    }
+    Ok(stats)
+}

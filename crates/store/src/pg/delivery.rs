@@ -1,0 +1,546 @@
+//! PostgreSQL SQL for messages and their fan-out, leases (`FOR UPDATE SKIP
+//! LOCKED`), attempts and idempotency keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{PgConnection, Row};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{
+    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Trigger,
+};
+
+use super::admin::{get_app, get_endpoint, signing_secrets};
+use super::rows::{self, db, list, Bind};
+use super::WORK_CHANNEL;
+use crate::shared::now;
+use crate::{
+    Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
+    StoreResult, StoredResponse, Timestamp,
+};
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn endpoint_id(text: &str) -> StoreResult<EndpointId> {
+    EndpointId::parse(text).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+async fn matching_targets(
+    conn: &mut PgConnection,
+    app: AppId,
+    event_type: &EventTypeName,
+    channels: Option<&[String]>,
+    at: Timestamp,
+) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+    let candidates = sqlx::query(
+        "SELECT id, url, headers, filter_types, channels FROM endpoints WHERE app_id = $1 AND NOT disabled",
+    )
+    .bind(app.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut targets = Vec::new();
+    for row in candidates {
+        let id: String = row.try_get("id").map_err(db)?;
+        let filter = match row
+            .try_get::<Option<String>, _>("filter_types")
+            .map_err(db)?
+        {
+            Some(text) => {
+                let names: Vec<String> = decode(&text)?;
+                FilterTypes::parse(&names).map_err(|e| StoreError::Internal(e.to_string()))?
+            }
+            None => FilterTypes::all(),
+        };
+        if !filter.matches(event_type) {
+            continue;
+        }
+        if let Some(text) = row.try_get::<Option<String>, _>("channels").map_err(db)? {
+            let wanted: Vec<String> = decode(&text)?;
+            let shared = channels.is_some_and(|c| c.iter().any(|c| wanted.contains(c)));
+            if !wanted.is_empty() && !shared {
+                continue;
+            }
+        }
+        targets.push(Arc::new(EndpointTarget {
+            id: endpoint_id(&id)?,
+            url: row.try_get("url").map_err(db)?,
+            headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
+            secrets: signing_secrets(conn, &id, at).await?,
+        }));
+    }
+    Ok(targets)
+}
+
+async fn target(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    at: Timestamp,
+) -> StoreResult<Arc<EndpointTarget>> {
+    let row = sqlx::query("SELECT url, headers FROM endpoints WHERE id = $1")
+        .bind(endpoint)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(Arc::new(EndpointTarget {
+        id: endpoint_id(endpoint)?,
+        url: row.try_get("url").map_err(db)?,
+        headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
+        secrets: signing_secrets(conn, endpoint, at).await?,
+    }))
+}
+
+/// Wakes the workers of every process (delivered when the transaction commits).
+async fn notify_workers(conn: &mut PgConnection) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn create_message(
+    conn: &mut PgConnection,
+    app: AppId,
+    input: MessageInput,
+    claim: Option<Claim>,
+) -> StoreResult<CreatedMessage> {
+    get_app(conn, &IdOrUid::Id(app)).await?;
+    let known = sqlx::query("SELECT 1 FROM event_types WHERE name = $1")
+        .bind(input.event_type.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    if known.is_none() {
+        return Err(StoreError::Invalid {
+            field: "eventType",
+            detail: format!("unknown event type `{}`", input.event_type),
+        });
+    }
+    let at = claim.map(|c| c.now).unwrap_or_else(now);
+    let message = Arc::new(Message {
+        id: MessageId::generate(),
+        app_id: app,
+        event_id: input.event_id,
+        event_type: input.event_type,
+        payload: input.payload,
+        channels: input.channels,
+        created_at: at,
+    });
+    let message_id = message.id.to_string();
+    sqlx::query(
+        "INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&message_id)
+    .bind(app.to_string())
+    .bind(message.event_id.as_ref().map(|e| e.to_string()))
+    .bind(message.event_type.as_str())
+    .bind(&message.payload)
+    .bind(
+        message
+            .channels
+            .as_ref()
+            .map(|c| serde_json::to_string(c).unwrap_or_default()),
+    )
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let targets = matching_targets(
+        conn,
+        app,
+        &message.event_type,
+        message.channels.as_deref(),
+        at,
+    )
+    .await?;
+    if !targets.is_empty() {
+        let endpoints: Vec<String> = targets.iter().map(|t| t.id.to_string()).collect();
+        sqlx::query(
+            "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+                 next_attempt_at, lease_until, updated_at)
+             SELECT $1, endpoint, $2, 1, 0, 0, $3, $4, $3 FROM UNNEST($5::text[]) AS endpoint",
+        )
+        .bind(&message_id)
+        .bind(app.to_string())
+        .bind(at)
+        .bind(claim.map(|c| c.until))
+        .bind(&endpoints)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if claim.is_none() {
+            notify_workers(conn).await?;
+        }
+    }
+    let deliveries = targets.len();
+    let jobs = match claim {
+        Some(_) => targets
+            .into_iter()
+            .map(|endpoint| DeliveryJob {
+                message: message.clone(),
+                endpoint,
+                attempts_made: 0,
+                trigger: Trigger::Scheduled,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(CreatedMessage {
+        message,
+        jobs,
+        deliveries,
+    })
+}
+
+pub(crate) async fn get_message(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: &MessageRef,
+) -> StoreResult<Message> {
+    let (column, value) = match message {
+        IdOrUid::Id(id) => ("id", id.to_string()),
+        IdOrUid::Uid(event_id) => ("event_id", event_id.to_string()),
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM messages WHERE app_id = $1 AND {column} = $2",
+        rows::MESSAGE_COLUMNS
+    ))
+    .bind(app.to_string())
+    .bind(value)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows::message(&row).map_err(db)
+}
+
+pub(crate) async fn list_messages(
+    conn: &mut PgConnection,
+    app: AppId,
+    query: MessageQuery,
+) -> StoreResult<Page<Message>> {
+    get_app(conn, &IdOrUid::Id(app)).await?;
+    let mut filter = String::from("app_id = ?");
+    let mut binds = vec![Bind::Text(app.to_string())];
+    if !query.event_types.is_empty() {
+        let marks = vec!["?"; query.event_types.len()].join(", ");
+        filter.push_str(&format!(" AND event_type IN ({marks})"));
+        binds.extend(query.event_types.iter().map(|t| Bind::Text(t.to_string())));
+    }
+    if let Some(before) = query.before {
+        filter.push_str(" AND id < ?");
+        binds.push(Bind::Text(MessageId::lowest_at(before).to_string()));
+    }
+    if let Some(after) = query.after {
+        filter.push_str(" AND id >= ?");
+        binds.push(Bind::Text(MessageId::lowest_at(after + 1).to_string()));
+    }
+    list(
+        conn,
+        rows::MESSAGE_COLUMNS,
+        "messages",
+        &filter,
+        binds,
+        "id",
+        false,
+        &query.page,
+        rows::message,
+        |m| m.id.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn list_attempts(
+    conn: &mut PgConnection,
+    app: AppId,
+    query: AttemptQuery,
+) -> StoreResult<Page<Attempt>> {
+    let mut binds = vec![Bind::Text(app.to_string())];
+    let mut filter = String::from("app_id = ?");
+    match &query.filter {
+        AttemptFilter::Endpoint(endpoint) => {
+            get_endpoint(conn, app, &IdOrUid::Id(*endpoint)).await?;
+            filter.push_str(" AND endpoint_id = ?");
+            binds.push(Bind::Text(endpoint.to_string()));
+        }
+        AttemptFilter::Message(message) => {
+            get_message(conn, app, &IdOrUid::Id(*message)).await?;
+            filter.push_str(" AND message_id = ?");
+            binds.push(Bind::Text(message.to_string()));
+        }
+    }
+    if let Some(status) = query.status {
+        filter.push_str(" AND status = ?");
+        binds.push(Bind::Int(status.code()));
+    }
+    list(
+        conn,
+        rows::ATTEMPT_COLUMNS,
+        "attempts",
+        &filter,
+        binds,
+        "id",
+        false,
+        &query.page,
+        rows::attempt,
+        |a| a.id.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn get_attempt(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: MessageId,
+    attempt: AttemptId,
+) -> StoreResult<Attempt> {
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM attempts WHERE app_id = $1 AND message_id = $2 AND id = $3",
+        rows::ATTEMPT_COLUMNS
+    ))
+    .bind(app.to_string())
+    .bind(message.to_string())
+    .bind(attempt.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows::attempt(&row).map_err(db)
+}
+
+pub(crate) async fn resend(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: MessageId,
+    endpoint: EndpointId,
+    claim: Claim,
+) -> StoreResult<DeliveryJob> {
+    let message = get_message(conn, app, &IdOrUid::Id(message)).await?;
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let row = sqlx::query(
+        "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+             next_attempt_at, lease_until, updated_at)
+         VALUES ($1, $2, $3, 1, 0, 1, $4, $5, $4)
+         ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
+             status = 1, trigger_type = 1, next_attempt_at = $4, lease_until = $5, updated_at = $4
+         RETURNING attempts",
+    )
+    .bind(message.id.to_string())
+    .bind(endpoint.to_string())
+    .bind(app.to_string())
+    .bind(claim.now)
+    .bind(claim.until)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    if claim.until <= claim.now {
+        notify_workers(conn).await?;
+    }
+    Ok(DeliveryJob {
+        message: Arc::new(message),
+        endpoint: target(conn, &endpoint.to_string(), claim.now).await?,
+        attempts_made: row.try_get::<i64, _>(0).map_err(db)? as u32,
+        trigger: Trigger::Manual,
+    })
+}
+
+/// Leases due deliveries. `SKIP LOCKED` lets concurrent workers take
+/// disjoint batches without waiting on each other; the lease column makes
+/// the claim outlive the transaction.
+pub(crate) async fn claim_due(
+    conn: &mut PgConnection,
+    claim: Claim,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryJob>> {
+    let due = sqlx::query(
+        "WITH due AS (
+             SELECT d.message_id, d.endpoint_id
+             FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+             WHERE d.status = 1 AND d.next_attempt_at <= $1
+               AND (d.lease_until IS NULL OR d.lease_until < $1) AND NOT e.disabled
+             ORDER BY d.next_attempt_at
+             LIMIT $2
+             FOR UPDATE OF d SKIP LOCKED
+         )
+         UPDATE deliveries SET lease_until = $3
+         FROM due
+         WHERE deliveries.message_id = due.message_id AND deliveries.endpoint_id = due.endpoint_id
+         RETURNING deliveries.message_id, deliveries.endpoint_id, deliveries.attempts, deliveries.trigger_type",
+    )
+    .bind(claim.now)
+    .bind(limit as i64)
+    .bind(claim.until)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut messages: HashMap<String, Arc<Message>> = HashMap::new();
+    let mut endpoints: HashMap<String, Arc<EndpointTarget>> = HashMap::new();
+    let mut jobs = Vec::with_capacity(due.len());
+    for row in due {
+        let message_id: String = row.try_get(0).map_err(db)?;
+        let endpoint: String = row.try_get(1).map_err(db)?;
+        let message = match messages.get(&message_id) {
+            Some(m) => m.clone(),
+            None => {
+                let found = sqlx::query(&format!(
+                    "SELECT {} FROM messages WHERE id = $1",
+                    rows::MESSAGE_COLUMNS
+                ))
+                .bind(&message_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?;
+                let m = Arc::new(rows::message(&found).map_err(db)?);
+                messages.insert(message_id, m.clone());
+                m
+            }
+        };
+        let target = match endpoints.get(&endpoint) {
+            Some(t) => t.clone(),
+            None => {
+                let t = target(conn, &endpoint, claim.now).await?;
+                endpoints.insert(endpoint, t.clone());
+                t
+            }
+        };
+        jobs.push(DeliveryJob {
+            message,
+            endpoint: target,
+            attempts_made: row.try_get::<i64, _>(2).map_err(db)? as u32,
+            trigger: Trigger::from_code(row.try_get(3).map_err(db)?),
+        });
+    }
+    Ok(jobs)
+}
+
+pub(crate) async fn record_attempt(
+    conn: &mut PgConnection,
+    outcome: AttemptOutcome,
+) -> StoreResult<()> {
+    let attempt = &outcome.attempt;
+    sqlx::query(
+        "INSERT INTO attempts (id, app_id, message_id, endpoint_id, url, status, response_status_code,
+             response, response_duration_ms, error_class, trigger_type, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(attempt.id.to_string())
+    .bind(attempt.app_id.to_string())
+    .bind(attempt.message_id.to_string())
+    .bind(attempt.endpoint_id.to_string())
+    .bind(&attempt.url)
+    .bind(attempt.status.code())
+    .bind(i64::from(attempt.response_status_code))
+    // PostgreSQL text cannot hold NUL bytes; receivers sometimes send them.
+    .bind(attempt.response.replace('\0', "\u{FFFD}"))
+    .bind(attempt.response_duration_ms as i64)
+    .bind(attempt.error_class.map(|c| c.as_str()))
+    .bind(attempt.trigger.code())
+    .bind(attempt.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let (status, next_attempt_at) = match outcome.next {
+        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
+        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextStep::Failed => (DeliveryStatus::Failed, None),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2,
+             lease_until = NULL, updated_at = $3
+         WHERE message_id = $4 AND endpoint_id = $5",
+    )
+    .bind(status.code())
+    .bind(next_attempt_at)
+    .bind(attempt.created_at)
+    .bind(attempt.message_id.to_string())
+    .bind(attempt.endpoint_id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if outcome.disable_endpoint {
+        sqlx::query("UPDATE endpoints SET disabled = TRUE, updated_at = $1 WHERE id = $2")
+            .bind(attempt.created_at)
+            .bind(attempt.endpoint_id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn next_due_at(conn: &mut PgConnection) -> StoreResult<Option<Timestamp>> {
+    let row = sqlx::query(
+        "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 1 AND d.lease_until IS NULL AND NOT e.disabled
+         ORDER BY d.next_attempt_at LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.map(|r| r.try_get(0).map_err(db)).transpose()
+}
+
+pub(crate) async fn idempotent_response(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+) -> StoreResult<Option<StoredResponse>> {
+    let row = sqlx::query(
+        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        Ok(StoredResponse {
+            status: r.try_get::<i64, _>(0).map_err(db)? as u16,
+            body: r.try_get(1).map_err(db)?,
+            created_at: r.try_get(2).map_err(db)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn save_idempotent_response(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    response: StoredResponse,
+) -> StoreResult<Option<StoredResponse>> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (scope, key) DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(i64::from(response.status))
+    .bind(&response.body)
+    .bind(response.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if inserted.rows_affected() == 1 {
+        Ok(None)
+    } else {
+        idempotent_response(conn, scope, key).await
+    }
+}
+
+pub(crate) async fn purge_idempotency_keys(
+    conn: &mut PgConnection,
+    before: Timestamp,
+) -> StoreResult<u64> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(before)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected())
+}

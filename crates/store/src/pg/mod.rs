@@ -1,0 +1,440 @@
+//! The PostgreSQL implementation of [`Store`], for any number of Herald
+//! processes sharing one database: every method is one transaction on a
+//! pooled connection, due work is claimed with `FOR UPDATE SKIP LOCKED`
+//! plus a lease, and `LISTEN/NOTIFY` wakes idle workers in every process.
+
+mod admin;
+mod delivery;
+mod rows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+
+use crate::*;
+use rows::db;
+
+/// The channel on which committed, unleased work is announced.
+pub(crate) const WORK_CHANNEL: &str = "herald_work";
+/// Serialises migrations when several processes start at once.
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+#[derive(Clone)]
+pub struct PgOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store reports
+    /// itself unavailable (HTTP 503) rather than hanging.
+    pub acquire_timeout: Duration,
+    /// Use this schema (created if missing) instead of the default search path.
+    pub schema: Option<String>,
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            schema: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redact_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// The URL with its password replaced, for logs and `Debug`.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable database URL>".to_owned(),
+    }
+}
+
+/// Stops the background listener when the last handle to the store goes.
+#[derive(Debug)]
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    work: Arc<Notify>,
+    _listener: Arc<ListenerTask>,
+}
+
+impl PgStore {
+    /// Connects, migrates (under an advisory lock) and starts listening for work.
+    pub async fn open(options: &PgOptions) -> StoreResult<Self> {
+        let mut connect: PgConnectOptions = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        if let Some(schema) = &options.schema {
+            let bootstrap = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await
+                .map_err(db)?;
+            sqlx::query(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                schema.replace('"', "")
+            ))
+            .execute(&bootstrap)
+            .await
+            .map_err(db)?;
+            bootstrap.close().await;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(db)?;
+        migrate(&pool).await?;
+        let work = Arc::new(Notify::new());
+        let listener = listen(&pool, work.clone()).await?;
+        Ok(Self {
+            pool,
+            work,
+            _listener: Arc::new(ListenerTask(listener)),
+        })
+    }
+
+    /// Applies pending migrations and returns the schema version.
+    pub async fn migrate_only(options: &PgOptions) -> StoreResult<i64> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&options.url)
+            .await
+            .map_err(db)?;
+        let version = migrate(&pool).await?;
+        pool.close().await;
+        Ok(version)
+    }
+
+    /// Runs `work` in one transaction, committed when it succeeds.
+    async fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut transaction = self.pool.begin().await.map_err(db)?;
+        let value = work(&mut transaction).await?;
+        transaction.commit().await.map_err(db)?;
+        Ok(value)
+    }
+
+    /// Runs read-only `work` on a pooled connection.
+    async fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        work(&mut conn).await
+    }
+}
+
+async fn migrate(pool: &PgPool) -> StoreResult<i64> {
+    let mut conn = pool.acquire().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    let result = async {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        let mut version = current;
+        for (number, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
+            let mut transaction = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
+            sqlx::raw_sql(sql).execute(&mut *transaction).await.map_err(db)?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(number)
+                .bind(crate::shared::now())
+                .execute(&mut *transaction)
+                .await
+                .map_err(db)?;
+            transaction.commit().await.map_err(db)?;
+            version = *number;
+        }
+        Ok(version)
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    result
+}
+
+/// Turns notifications into wake-ups. The listener reconnects by itself
+/// after an outage; a wake-up is sent then too, since notifications sent
+/// while it was away are lost.
+async fn listen(pool: &PgPool, work: Arc<Notify>) -> StoreResult<tokio::task::JoinHandle<()>> {
+    let mut listener = PgListener::connect_with(pool).await.map_err(db)?;
+    listener.listen(WORK_CHANNEL).await.map_err(db)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(_) => work.notify_one(),
+                Err(error) => {
+                    tracing::warn!(%error, "lost the notification connection; reconnecting");
+                    work.notify_one();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(async |c| {
+            sqlx::query("SELECT 1").execute(c).await.map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_app(&self, input: AppInput) -> StoreResult<App> {
+        self.transaction(async |c| admin::create_app(c, input).await)
+            .await
+    }
+    async fn get_app(&self, app: &AppRef) -> StoreResult<App> {
+        self.read(async |c| admin::get_app(c, app).await).await
+    }
+    async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>> {
+        self.read(async |c| admin::list_apps(c, page).await).await
+    }
+    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App> {
+        self.transaction(async |c| admin::update_app(c, app, input).await)
+            .await
+    }
+    async fn delete_app(&self, app: AppId) -> StoreResult<()> {
+        self.transaction(async |c| admin::delete_app(c, app).await)
+            .await
+    }
+
+    async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize> {
+        self.transaction(async |c| {
+            let mut added = 0;
+            for entry in &entries {
+                added += admin::insert_event_type(c, entry, true).await?;
+            }
+            Ok(added as usize)
+        })
+        .await
+    }
+    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
+        self.transaction(async |c| {
+            admin::insert_event_type(c, &input, false).await?;
+            admin::get_event_type(c, &input.name).await
+        })
+        .await
+    }
+    async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType> {
+        self.read(async |c| admin::get_event_type(c, name).await)
+            .await
+    }
+    async fn list_event_types(
+        &self,
+        page: PageRequest,
+        include_archived: bool,
+    ) -> StoreResult<Page<EventType>> {
+        self.read(async |c| admin::list_event_types(c, page, include_archived).await)
+            .await
+    }
+    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
+        self.transaction(async |c| admin::update_event_type(c, input).await)
+            .await
+    }
+    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
+        self.transaction(async |c| admin::delete_event_type(c, name, expunge).await)
+            .await
+    }
+
+    async fn create_endpoint(
+        &self,
+        app: AppId,
+        input: EndpointInput,
+        headers: Headers,
+        secret: Secret,
+    ) -> StoreResult<Endpoint> {
+        self.transaction(async |c| admin::create_endpoint(c, app, input, headers, secret).await)
+            .await
+    }
+    async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
+        self.read(async |c| admin::get_endpoint(c, app, endpoint).await)
+            .await
+    }
+    async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
+        self.read(async |c| admin::list_endpoints(c, app, page).await)
+            .await
+    }
+    async fn update_endpoint(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        input: EndpointInput,
+    ) -> StoreResult<Endpoint> {
+        self.transaction(async |c| admin::update_endpoint(c, app, endpoint, input).await)
+            .await
+    }
+    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
+        self.transaction(async |c| admin::delete_endpoint(c, app, endpoint).await)
+            .await
+    }
+    async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
+        self.read(async |c| admin::endpoint_secret(c, app, endpoint).await)
+            .await
+    }
+    async fn rotate_endpoint_secret(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        secret: Secret,
+        previous_valid_until: Timestamp,
+    ) -> StoreResult<()> {
+        self.transaction(async |c| {
+            admin::rotate_endpoint_secret(c, app, endpoint, secret, previous_valid_until).await
+        })
+        .await
+    }
+    async fn set_endpoint_headers(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        headers: Headers,
+    ) -> StoreResult<()> {
+        self.transaction(async |c| admin::set_endpoint_headers(c, app, endpoint, headers).await)
+            .await
+    }
+    async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
+        self.read(async |c| admin::endpoint_stats(c, app, endpoint).await)
+            .await
+    }
+
+    async fn create_message(
+        &self,
+        app: AppId,
+        input: MessageInput,
+        claim: Option<Claim>,
+    ) -> StoreResult<CreatedMessage> {
+        self.transaction(async |c| delivery::create_message(c, app, input, claim).await)
+            .await
+    }
+    async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
+        self.read(async |c| delivery::get_message(c, app, message).await)
+            .await
+    }
+    async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
+        self.read(async |c| delivery::list_messages(c, app, query).await)
+            .await
+    }
+    async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
+        self.read(async |c| delivery::list_attempts(c, app, query).await)
+            .await
+    }
+    async fn get_attempt(
+        &self,
+        app: AppId,
+        message: MessageId,
+        attempt: AttemptId,
+    ) -> StoreResult<Attempt> {
+        self.read(async |c| delivery::get_attempt(c, app, message, attempt).await)
+            .await
+    }
+
+    async fn resend(
+        &self,
+        app: AppId,
+        message: MessageId,
+        endpoint: EndpointId,
+        claim: Claim,
+    ) -> StoreResult<DeliveryJob> {
+        self.transaction(async |c| delivery::resend(c, app, message, endpoint, claim).await)
+            .await
+    }
+    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
+        self.transaction(async |c| delivery::claim_due(c, claim, limit).await)
+            .await
+    }
+    async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
+        self.transaction(async |c| delivery::record_attempt(c, outcome).await)
+            .await
+    }
+    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
+        self.read(async |c| delivery::next_due_at(c).await).await
+    }
+    /// Other processes may hold leases here: none is released early; a dead
+    /// holder's leases simply run out.
+    async fn release_orphaned_leases(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
+    async fn wait_for_work(&self) {
+        self.work.notified().await;
+    }
+
+    async fn idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> StoreResult<Option<StoredResponse>> {
+        self.read(async |c| delivery::idempotent_response(c, scope, key).await)
+            .await
+    }
+    async fn save_idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: StoredResponse,
+    ) -> StoreResult<Option<StoredResponse>> {
+        self.transaction(async |c| {
+            delivery::save_idempotent_response(c, scope, key, response).await
+        })
+        .await
+    }
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {
+        self.transaction(async |c| delivery::purge_idempotency_keys(c, before).await)
+            .await
+    }
+}

@@ -1,0 +1,252 @@
+//! Turning PostgreSQL rows into records, error mapping, and pagination.
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, PgConnection, Row};
+
+use herald_domain::ids::Uid;
+use herald_domain::{
+    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId, ParseError,
+    Trigger,
+};
+
+use crate::{
+    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
+};
+
+pub(crate) use crate::shared::*;
+
+/// Maps a driver error into the store's vocabulary, in this one place:
+/// uniqueness violations become conflicts naming the field, lost or refused
+/// connections become `Unavailable` (HTTP 503).
+pub(crate) fn db(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(database) => {
+            let code = database.code().unwrap_or_default();
+            if code == "23505" {
+                let constraint = database.constraint().unwrap_or_default();
+                let field = if constraint.contains("event_id") {
+                    "eventId"
+                } else if constraint.contains("uid") {
+                    "uid"
+                } else if constraint.starts_with("event_types") {
+                    "name"
+                } else {
+                    "id"
+                };
+                return StoreError::Conflict { field };
+            }
+            // Class 08 (connection), 57P0x (shutdown, cannot connect now), 53 (resources).
+            if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+                return StoreError::Unavailable(error.to_string());
+            }
+            StoreError::Internal(error.to_string())
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+fn decode(field: &str, error: ParseError) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: field.to_owned(),
+        source: Box::new(error),
+    }
+}
+
+fn parsed<T>(
+    row: &PgRow,
+    column: &str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> sqlx::Result<T> {
+    let text: String = row.try_get(column)?;
+    parse(&text).map_err(|e| decode(column, e))
+}
+
+fn optional_uid(row: &PgRow, column: &str) -> sqlx::Result<Option<Uid>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| Uid::parse("uid", &t).map_err(|e| decode(column, e)))
+        .transpose()
+}
+
+fn json<T: serde::de::DeserializeOwned>(row: &PgRow, column: &str) -> sqlx::Result<T> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn optional_json<T: serde::de::DeserializeOwned>(
+    row: &PgRow,
+    column: &str,
+) -> sqlx::Result<Option<T>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(e),
+        })
+    })
+    .transpose()
+}
+
+fn small(row: &PgRow, column: &str) -> sqlx::Result<Option<u32>> {
+    Ok(row.try_get::<Option<i64>, _>(column)?.map(|v| v as u32))
+}
+
+pub(crate) fn app(row: &PgRow) -> sqlx::Result<App> {
+    Ok(App {
+        id: parsed(row, "id", AppId::parse)?,
+        uid: optional_uid(row, "uid")?,
+        name: row.try_get("name")?,
+        rate_limit: small(row, "rate_limit")?,
+        metadata: json(row, "metadata")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(crate) fn event_type(row: &PgRow) -> sqlx::Result<EventType> {
+    Ok(EventType {
+        name: parsed(row, "name", EventTypeName::parse)?,
+        description: row.try_get("description")?,
+        schemas: optional_json(row, "schemas")?,
+        archived: row.try_get("archived")?,
+        deprecated: row.try_get("deprecated")?,
+        feature_flag: row.try_get("feature_flag")?,
+        group_name: row.try_get("group_name")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
+    Ok(Endpoint {
+        id: parsed(row, "id", EndpointId::parse)?,
+        app_id: parsed(row, "app_id", AppId::parse)?,
+        uid: optional_uid(row, "uid")?,
+        url: row.try_get("url")?,
+        description: row.try_get("description")?,
+        disabled: row.try_get("disabled")?,
+        filter_types: optional_json(row, "filter_types")?,
+        channels: optional_json(row, "channels")?,
+        rate_limit: small(row, "rate_limit")?,
+        version: row.try_get::<i64, _>("version")? as i32,
+        metadata: json(row, "metadata")?,
+        headers: json(row, "headers")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(crate) fn message(row: &PgRow) -> sqlx::Result<Message> {
+    Ok(Message {
+        id: parsed(row, "id", MessageId::parse)?,
+        app_id: parsed(row, "app_id", AppId::parse)?,
+        event_id: optional_uid(row, "event_id")?,
+        event_type: parsed(row, "event_type", EventTypeName::parse)?,
+        payload: row.try_get("payload")?,
+        channels: optional_json(row, "channels")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+pub(crate) fn attempt(row: &PgRow) -> sqlx::Result<Attempt> {
+    let error_class: Option<String> = row.try_get("error_class")?;
+    Ok(Attempt {
+        id: parsed(row, "id", AttemptId::parse)?,
+        app_id: parsed(row, "app_id", AppId::parse)?,
+        message_id: parsed(row, "message_id", MessageId::parse)?,
+        endpoint_id: parsed(row, "endpoint_id", EndpointId::parse)?,
+        url: row.try_get("url")?,
+        status: DeliveryStatus::from_code(row.try_get("status")?).unwrap_or(DeliveryStatus::Failed),
+        response_status_code: row.try_get::<i64, _>("response_status_code")? as u16,
+        response: row.try_get("response")?,
+        response_duration_ms: row.try_get::<i64, _>("response_duration_ms")? as u64,
+        error_class: error_class.as_deref().and_then(ErrorClass::parse),
+        trigger: Trigger::from_code(row.try_get("trigger_type")?),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// A value bound into a dynamically built query.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The PostgreSQL twin of the SQLite `list` helper: one page keyed by a
+/// unique ordered column, one extra row fetched to know whether more follow.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn list<T>(
+    conn: &mut PgConnection,
+    columns: &str,
+    table: &str,
+    filter: &str,
+    mut binds: Vec<Bind>,
+    key: &str,
+    ascending_order: bool,
+    page: &PageRequest,
+    map: impl Fn(&PgRow) -> sqlx::Result<T>,
+    key_of: impl Fn(&T) -> String,
+) -> StoreResult<Page<T>> {
+    let limit = page.limit.clamp(1, 250);
+    let backwards = matches!(page.cursor, Cursor::Before(_));
+    let ascending = ascending_order != backwards;
+    // Filters are written with `?`; PostgreSQL wants `$n`.
+    let mut sql = format!("SELECT {columns} FROM {table} WHERE {filter}");
+    if let Cursor::After(at) | Cursor::Before(at) = &page.cursor {
+        sql.push_str(&format!(
+            " AND {key} {} ?",
+            if ascending { ">" } else { "<" }
+        ));
+        binds.push(Bind::Text(at.clone()));
+    }
+    sql.push_str(&format!(
+        " ORDER BY {key} {} LIMIT {}",
+        if ascending { "ASC" } else { "DESC" },
+        limit + 1
+    ));
+    let sql = numbered(&sql);
+    let mut arguments = PgArguments::default();
+    for bind in binds {
+        match bind {
+            Bind::Text(text) => arguments.add(text),
+            Bind::Int(number) => arguments.add(number),
+        }
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    }
+    let rows = sqlx::query_with(&sql, arguments)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let data = rows
+        .iter()
+        .map(&map)
+        .collect::<sqlx::Result<Vec<T>>>()
+        .map_err(db)?;
+    Ok(finish_page(data, limit, &page.cursor, key_of))
+}
+
+/// Rewrites `?` placeholders as `$1`, `$2`, … (no `?` appears in literals here).
+pub(crate) fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -83,14 +83,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes. Paths are
+/// Only the health route: what a worker-only process serves.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes. Paths are
 /// accepted with or without a trailing slash, as Svix's SDKs send both.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = NormalizePathLayer::trim_trailing_slash().layer(router(state));
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router);
     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(shutdown)
         .await

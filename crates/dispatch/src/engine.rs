@@ -161,6 +161,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = self.store.wait_for_work() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use herald_api::{hash_token, ApiConfig, AppState};
 use herald_dispatch::{DispatchConfig, Dispatcher};
 use herald_domain::catalog;
-use herald_store::{EventTypeInput, SqliteOptions, SqliteStore, Store};
+use herald_store::{EventTypeInput, PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
 
-use crate::config::Settings;
+use crate::config::{Database, Role, Settings};
 
 const TOKEN_HASH_FILE: &str = "admin-token.sha256";
 const LOCK_FILE: &str = "herald.lock";
@@ -32,9 +32,10 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     state: AppState,
+    role: Role,
     dispatcher: Arc<Dispatcher>,
-    /// Held for the life of the process: SQLite serves one process only.
-    _lock: File,
+    /// Held for the life of the process when SQLite is used: it serves one process only.
+    _lock: Option<File>,
     /// A token generated on this start, to be shown once.
     pub generated_admin_token: Option<String>,
 }
@@ -42,17 +43,39 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let data_dir = &settings.database.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-        let lock = lock_data_dir(data_dir)?;
+        let (store, lock): (Arc<dyn Store>, Option<File>) = match &settings.database.database {
+            Database::Sqlite { path } => {
+                std::fs::create_dir_all(data_dir).with_context(|| {
+                    format!("creating the data directory {}", data_dir.display())
+                })?;
+                let lock = lock_data_dir(data_dir)?;
+                let store =
+                    SqliteStore::open(&SqliteOptions::new(path)).context("opening the database")?;
+                (Arc::new(store), Some(lock))
+            }
+            Database::Postgres {
+                url,
+                max_connections,
+                acquire_timeout,
+            } => {
+                anyhow::ensure!(
+                    settings.admin_token.is_some(),
+                    "HERALD_ADMIN_TOKEN is required with PostgreSQL, so that every process accepts the same token"
+                );
+                let mut options = PgOptions::new(url.0.clone());
+                options.max_connections = *max_connections;
+                options.acquire_timeout = *acquire_timeout;
+                let store = PgStore::open(&options).await.with_context(|| {
+                    format!("connecting to {}", herald_store::redact_password(&url.0))
+                })?;
+                (Arc::new(store), None)
+            }
+        };
         let (admin_token_hash, generated_admin_token) = admin_token(&settings, data_dir)?;
-
-        let store = SqliteStore::open(&SqliteOptions::new(&settings.database.sqlite_path))
-            .context("opening the database")?;
-        let store: Arc<dyn Store> = Arc::new(store);
         seed_catalog(store.as_ref()).await?;
-        // Only this process can hold leases on this database (see the lock),
-        // so leases left by a crashed run are free right away.
+        // On SQLite only this process can hold leases (see the lock), so
+        // leases left by a crashed run are free right away; on PostgreSQL
+        // they run out by themselves.
         let released = store.release_orphaned_leases().await?;
         if released > 0 {
             tracing::info!(
@@ -66,13 +89,15 @@ impl Application {
             DispatchConfig {
                 retry_schedule: settings.retry_schedule.clone(),
                 timeout: settings.request_timeout,
+                lease: settings.lease,
                 policy: settings.policy,
                 ..DispatchConfig::default()
             },
         );
         let state = AppState {
             store,
-            dispatcher: Some(dispatcher.clone()),
+            // An API-only process leaves deliveries unleased for the workers.
+            dispatcher: (settings.role == Role::All).then(|| dispatcher.clone()),
             config: Arc::new(ApiConfig {
                 admin_token_hash,
                 policy: settings.policy,
@@ -88,6 +113,7 @@ impl Application {
             listener,
             address,
             state,
+            role: settings.role,
             dispatcher,
             _lock: lock,
             generated_admin_token,
@@ -102,19 +128,26 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting requests,
     /// stops claiming work and lets in-flight attempts finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(address = %self.address, "Herald is listening");
-        let dispatcher = tokio::spawn(self.dispatcher.clone().run(shutdown.clone()));
+        tracing::info!(address = %self.address, role = ?self.role, "Herald is listening");
+        let dispatcher = match self.role {
+            Role::Api => None,
+            Role::All | Role::Worker => {
+                Some(tokio::spawn(self.dispatcher.clone().run(shutdown.clone())))
+            }
+        };
         let housekeeping = tokio::spawn(housekeeping(self.state.store.clone(), shutdown.clone()));
+        let router = match self.role {
+            Role::Worker => herald_api::health_router(self.state),
+            Role::All | Role::Api => herald_api::router(self.state),
+        };
         let stop = shutdown.clone();
-        herald_api::serve(
-            self.listener,
-            self.state,
-            async move { stop.cancelled().await },
-        )
-        .await
-        .context("serving the API")?;
+        herald_api::serve(self.listener, router, async move { stop.cancelled().await })
+            .await
+            .context("serving the API")?;
         shutdown.cancel();
-        dispatcher.await.ok();
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.await.ok();
+        }
         housekeeping.await.ok();
         tracing::info!("Herald stopped");
         Ok(())
@@ -139,6 +172,8 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> anyhow::Result<([u8; 32]
     if let Some(token) = &settings.admin_token {
         return Ok((hash_token(&token.0), None));
     }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let path = data_dir.join(TOKEN_HASH_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let bytes = decode_hex(text.trim())

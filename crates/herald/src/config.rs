@@ -19,7 +19,8 @@ pub struct DatabaseArgs {
     /// Directory for the embedded database and the admin token hash.
     #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `sqlite://PATH` (default: DATA_DIR/herald.db). PostgreSQL arrives in a later release.
+    /// `postgres://USER:PASSWORD@HOST/DB` for PostgreSQL, or `sqlite://PATH`
+    /// (default: the embedded database DATA_DIR/herald.db).
     #[arg(
         long,
         env = "HERALD_DATABASE_URL",
@@ -27,6 +28,12 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// PostgreSQL connections per process.
+    #[arg(long, env = "HERALD_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
+    /// Seconds a request waits for a PostgreSQL connection before answering 503.
+    #[arg(long, env = "HERALD_DATABASE_ACQUIRE_TIMEOUT", value_name = "SECONDS")]
+    pub database_acquire_timeout: Option<u64>,
     /// Optional TOML file with the same settings (snake_case keys).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -40,6 +47,13 @@ pub struct ServeArgs {
     /// Address the API listens on.
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// `all` (API and delivery workers), `api` or `worker` (PostgreSQL only).
+    #[arg(long, env = "HERALD_ROLE", value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Seconds a claimed delivery stays reserved for its worker; must exceed
+    /// the request timeout. A dead worker's deliveries move on after it.
+    #[arg(long, env = "HERALD_LEASE_SECONDS", value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
     /// Admin bearer token. When unset, one is generated on first start and printed once.
     #[arg(
         long,
@@ -79,8 +93,12 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    role: Option<String>,
+    lease_seconds: Option<u64>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    database_max_connections: Option<u32>,
+    database_acquire_timeout: Option<u64>,
     admin_token: Option<String>,
     allow_private_networks: Option<bool>,
     allow_http: Option<bool>,
@@ -116,28 +134,55 @@ impl std::fmt::Debug for Redacted {
     }
 }
 
+/// Which database, and how to reach it.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// The embedded database: one process.
+    Sqlite { path: PathBuf },
+    /// Shared by any number of processes.
+    Postgres {
+        url: Redacted,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    },
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub data_dir: PathBuf,
-    pub sqlite_path: PathBuf,
+    pub database: Database,
 }
 
 impl DatabaseSettings {
-    fn resolve(data_dir: Option<PathBuf>, database_url: Option<String>) -> anyhow::Result<Self> {
+    fn resolve(
+        data_dir: Option<PathBuf>,
+        database_url: Option<String>,
+        max_connections: Option<u32>,
+        acquire_timeout: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("herald-data"));
-        let sqlite_path = match database_url.as_deref() {
-            None | Some("") => data_dir.join("herald.db"),
-            Some(url) if url.starts_with("sqlite://") => PathBuf::from(&url["sqlite://".len()..]),
+        let database = match database_url.as_deref() {
+            None | Some("") => Database::Sqlite {
+                path: data_dir.join("herald.db"),
+            },
+            Some(url) if url.starts_with("sqlite://") => Database::Sqlite {
+                path: PathBuf::from(&url["sqlite://".len()..]),
+            },
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                bail!("PostgreSQL is not supported by this build yet; use the embedded SQLite database")
+                Database::Postgres {
+                    url: Redacted(url.to_owned()),
+                    max_connections: max_connections.unwrap_or(16).clamp(2, 1000),
+                    acquire_timeout: Duration::from_secs(
+                        acquire_timeout.unwrap_or(5).clamp(1, 300),
+                    ),
+                }
             }
-            Some(_) => bail!("HERALD_DATABASE_URL must start with sqlite:// (or be unset)"),
+            Some(_) => {
+                bail!("HERALD_DATABASE_URL must start with postgres://, postgresql:// or sqlite://")
+            }
         };
-        Ok(Self {
-            data_dir,
-            sqlite_path,
-        })
+        Ok(Self { data_dir, database })
     }
 
     pub fn from_args(args: &DatabaseArgs) -> anyhow::Result<Self> {
@@ -145,15 +190,33 @@ impl DatabaseSettings {
         Self::resolve(
             args.data_dir.clone().or(file.data_dir),
             args.database_url.clone().or(file.database_url),
+            args.database_max_connections
+                .or(file.database_max_connections),
+            args.database_acquire_timeout
+                .or(file.database_acquire_timeout),
         )
     }
+}
+
+/// What this process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API and delivery workers.
+    All,
+    /// Only the API (messages are delivered by worker processes).
+    Api,
+    /// Only delivery workers (and the health route).
+    Worker,
 }
 
 /// Everything `herald serve` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub role: Role,
     pub database: DatabaseSettings,
+    /// How long a claimed delivery stays reserved for its worker.
+    pub lease: Duration,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
     pub retry_schedule: RetrySchedule,
@@ -169,10 +232,14 @@ impl Settings {
     pub fn for_data_dir(data_dir: &Path) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            role: Role::All,
             database: DatabaseSettings {
                 data_dir: data_dir.to_owned(),
-                sqlite_path: data_dir.join("herald.db"),
+                database: Database::Sqlite {
+                    path: data_dir.join("herald.db"),
+                },
             },
+            lease: Duration::from_secs(60),
             admin_token: None,
             policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
@@ -189,6 +256,12 @@ impl Settings {
         let database = DatabaseSettings::resolve(
             args.database.data_dir.or(file.data_dir),
             args.database.database_url.or(file.database_url),
+            args.database
+                .database_max_connections
+                .or(file.database_max_connections),
+            args.database
+                .database_acquire_timeout
+                .or(file.database_acquire_timeout),
         )?;
         let mut settings = Self::for_data_dir(&database.data_dir);
         settings.database = database;
@@ -225,6 +298,23 @@ impl Settings {
         if let Some(bytes) = args.max_body_bytes.or(file.max_body_bytes) {
             settings.max_body_bytes = bytes;
         }
+        settings.role = match args.role.or(file.role).as_deref() {
+            None | Some("all") => Role::All,
+            Some("api") => Role::Api,
+            Some("worker") => Role::Worker,
+            Some(other) => bail!("HERALD_ROLE must be `all`, `api` or `worker`, not `{other}`"),
+        };
+        if settings.role != Role::All
+            && matches!(settings.database.database, Database::Sqlite { .. })
+        {
+            bail!("HERALD_ROLE=api or worker needs PostgreSQL: the embedded database serves one process");
+        }
+        if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
+            settings.lease = Duration::from_secs(seconds);
+        }
+        if settings.lease < settings.request_timeout + Duration::from_secs(2) {
+            bail!("HERALD_LEASE_SECONDS must exceed the request timeout by at least 2 seconds, or an attempt still in flight could be claimed again");
+        }
         if let Some(log) = args.log.or(file.log) {
             settings.log = log;
         }
@@ -255,11 +345,34 @@ mod tests {
     }
 
     #[test]
-    fn only_sqlite_urls_are_accepted_for_now() {
-        assert!(DatabaseSettings::resolve(None, Some("postgres://x".into())).is_err());
-        let sqlite = DatabaseSettings::resolve(None, Some("sqlite:///tmp/h.db".into())).unwrap();
-        assert_eq!(sqlite.sqlite_path, PathBuf::from("/tmp/h.db"));
-        let default = DatabaseSettings::resolve(None, None).unwrap();
-        assert_eq!(default.sqlite_path, PathBuf::from("herald-data/herald.db"));
+    fn database_urls_choose_the_backend() {
+        let sqlite =
+            DatabaseSettings::resolve(None, Some("sqlite:///tmp/h.db".into()), None, None).unwrap();
+        assert!(
+            matches!(sqlite.database, Database::Sqlite { path } if path == Path::new("/tmp/h.db"))
+        );
+        let default = DatabaseSettings::resolve(None, None, None, None).unwrap();
+        assert!(
+            matches!(default.database, Database::Sqlite { path } if path == Path::new("herald-data/herald.db"))
+        );
+        let postgres = DatabaseSettings::resolve(
+            None,
+            Some("postgres://u:hunter2@db/h".into()),
+            Some(8),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            postgres.database,
+            Database::Postgres {
+                max_connections: 8,
+                ..
+            }
+        ));
+        assert!(
+            !format!("{postgres:?}").contains("hunter2"),
+            "the password never shows"
+        );
+        assert!(DatabaseSettings::resolve(None, Some("mysql://x".into()), None, None).is_err());
     }
 }

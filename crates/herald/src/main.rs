@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use herald::bench::BenchArgs;
-use herald::config::{DatabaseArgs, DatabaseSettings, LogFormat, ServeArgs, Settings};
+use herald::config::{Database, DatabaseArgs, DatabaseSettings, LogFormat, ServeArgs, Settings};
 use herald::Application;
 
 /// Herald: self-hosted webhook delivery. Accepts events over a
@@ -42,13 +42,20 @@ async fn main() -> anyhow::Result<()> {
             application.run(shutdown).await
         }
         Command::Migrate(args) => {
-            let database = DatabaseSettings::from_args(&args)?;
-            std::fs::create_dir_all(&database.data_dir)?;
-            let version = herald_store::SqliteStore::migrate_only(&database.sqlite_path)?;
-            println!(
-                "{}: schema version {version}",
-                database.sqlite_path.display()
-            );
+            let settings = DatabaseSettings::from_args(&args)?;
+            let (place, version) = match settings.database {
+                Database::Sqlite { path } => {
+                    std::fs::create_dir_all(&settings.data_dir)?;
+                    let version = herald_store::SqliteStore::migrate_only(&path)?;
+                    (path.display().to_string(), version)
+                }
+                Database::Postgres { url, .. } => {
+                    let options = herald_store::PgOptions::new(url.0.clone());
+                    let version = herald_store::PgStore::migrate_only(&options).await?;
+                    (herald_store::redact_password(&url.0), version)
+                }
+            };
+            println!("{place}: schema version {version}");
             Ok(())
         }
         Command::Bench(args) => {

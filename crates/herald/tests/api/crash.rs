@@ -3,107 +3,12 @@
 //! data directory, and must deliver every accepted message.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{eventually, Receiver, Reply, TOKEN};
-
-struct Server {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Server {
-    /// Starts `herald serve` and waits for the address it reports.
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .env("HERALD_DATA_DIR", data_dir)
-            .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
-            .env("HERALD_ALLOW_HTTP", "true")
-            .env("HERALD_ALLOW_PRIVATE_NETWORKS", "true")
-            .env(
-                "HERALD_RETRY_SCHEDULE",
-                "500ms,500ms,500ms,500ms,500ms,500ms",
-            )
-            .env("HERALD_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the herald binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "Herald is listening" {
-                    let _ = found.send(
-                        entry["fields"]["address"]
-                            .as_str()
-                            .unwrap()
-                            .parse()
-                            .unwrap(),
-                    );
-                }
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .expect("herald reports its address");
-        Self { child, address }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn call(client: &reqwest::Client, server: &Server, path: &str, body: Value) -> Value {
-    let response = client
-        .post(format!("http://{}/api/v1{path}", server.address))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
-async fn fetch(client: &reqwest::Client, server: &Server, path: &str) -> Value {
-    let response = client
-        .get(format!("http://{}/api/v1{path}", server.address))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
+use crate::helpers::{eventually, sqlite_env, Receiver, Reply, Server};
 
 #[tokio::test]
 async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
@@ -114,17 +19,17 @@ async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
     // Waiting for a retry at the kill: the receiver refuses them for now.
     receiver.always("/failing", Reply::Status(500));
     let client = reqwest::Client::new();
-    let first = Server::start(data_dir.path());
-    let app = call(&client, &first, "/app/", json!({"name": "Acme"})).await;
+    let first = Server::start(&sqlite_env(data_dir.path()));
+    let app = first.post(&client, "/app/", json!({"name": "Acme"})).await;
     let app = app["id"].as_str().unwrap();
     for (path, filter) in [("/hanging", "call.started"), ("/failing", "call.completed")] {
-        call(
-            &client,
-            &first,
-            &format!("/app/{app}/endpoint/"),
-            json!({"url": receiver.url(path), "filterTypes": [filter]}),
-        )
-        .await;
+        first
+            .post(
+                &client,
+                &format!("/app/{app}/endpoint/"),
+                json!({"url": receiver.url(path), "filterTypes": [filter]}),
+            )
+            .await;
     }
     let mut accepted = HashSet::new();
     for n in 0..40 {
@@ -133,13 +38,13 @@ async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
         } else {
             "call.completed"
         };
-        let message = call(
-            &client,
-            &first,
-            &format!("/app/{app}/msg/"),
-            json!({"eventType": event, "payload": {"n": n}}),
-        )
-        .await;
+        let message = first
+            .post(
+                &client,
+                &format!("/app/{app}/msg/"),
+                json!({"eventType": event, "payload": {"n": n}}),
+            )
+            .await;
         accepted.insert(message["id"].as_str().unwrap().to_owned());
     }
     receiver.wait_for(40, Duration::from_secs(20)).await;
@@ -148,7 +53,7 @@ async fn killing_the_server_with_sigkill_loses_no_accepted_delivery() {
     let killed_at = Instant::now();
     receiver.always("/hanging", Reply::Status(200));
     receiver.always("/failing", Reply::Status(200));
-    let second = Server::start(data_dir.path());
+    let second = Server::start(&sqlite_env(data_dir.path()));
 
     let delivered = eventually(
         Duration::from_secs(30),
@@ -178,23 +83,23 @@ async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
     let receiver = Receiver::start().await;
     receiver.always("/slow", Reply::Delay(Duration::from_millis(1500)));
     let client = reqwest::Client::new();
-    let mut server = Server::start(data_dir.path());
-    let app = call(&client, &server, "/app/", json!({"name": "Acme"})).await;
+    let mut server = Server::start(&sqlite_env(data_dir.path()));
+    let app = server.post(&client, "/app/", json!({"name": "Acme"})).await;
     let app = app["id"].as_str().unwrap().to_owned();
-    call(
-        &client,
-        &server,
-        &format!("/app/{app}/endpoint/"),
-        json!({"url": receiver.url("/slow")}),
-    )
-    .await;
-    let message = call(
-        &client,
-        &server,
-        &format!("/app/{app}/msg/"),
-        json!({"eventType": "call.started", "payload": {}}),
-    )
-    .await;
+    server
+        .post(
+            &client,
+            &format!("/app/{app}/endpoint/"),
+            json!({"url": receiver.url("/slow")}),
+        )
+        .await;
+    let message = server
+        .post(
+            &client,
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": "call.started", "payload": {}}),
+        )
+        .await;
     let message = message["id"].as_str().unwrap().to_owned();
     receiver.wait_for(1, Duration::from_secs(10)).await;
 
@@ -217,13 +122,10 @@ async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
     );
     drop(status.0);
 
-    let restarted = Server::start(data_dir.path());
-    let attempts = fetch(
-        &client,
-        &restarted,
-        &format!("/app/{app}/attempt/msg/{message}/"),
-    )
-    .await;
+    let restarted = Server::start(&sqlite_env(data_dir.path()));
+    let attempts = restarted
+        .get(&client, &format!("/app/{app}/attempt/msg/{message}/"))
+        .await;
     let attempts = attempts["data"].as_array().unwrap();
     assert_eq!(
         attempts.len(),
@@ -231,14 +133,13 @@ async fn sigterm_lets_the_in_flight_attempt_finish_and_record_its_result() {
         "the in-flight attempt was recorded before exit"
     );
     assert_eq!(attempts[0]["responseStatusCode"], 200);
-    let endpoints = fetch(&client, &restarted, &format!("/app/{app}/endpoint/")).await;
+    let endpoints = restarted
+        .get(&client, &format!("/app/{app}/endpoint/"))
+        .await;
     let endpoint = endpoints["data"][0]["id"].as_str().unwrap();
-    let stats = fetch(
-        &client,
-        &restarted,
-        &format!("/app/{app}/endpoint/{endpoint}/stats/"),
-    )
-    .await;
+    let stats = restarted
+        .get(&client, &format!("/app/{app}/endpoint/{endpoint}/stats/"))
+        .await;
     assert_eq!(
         (stats["success"].as_u64(), stats["pending"].as_u64()),
         (Some(1), Some(0)),

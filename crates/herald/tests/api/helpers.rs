@@ -4,7 +4,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -319,5 +322,194 @@ impl Receiver {
                 self.requests().len()
             ),
         }
+    }
+}
+
+/// A `herald serve` child process (the real binary), for crash tests.
+pub struct Server {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+/// Environment for a server on its own SQLite data directory.
+pub fn sqlite_env(data_dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![("HERALD_DATA_DIR", data_dir.display().to_string())]
+}
+
+impl Server {
+    /// Starts `herald serve` with `env` over test defaults (port 0, the
+    /// test token, loopback allowed, fast retries, JSON logs) and waits for
+    /// the address it reports.
+    pub fn start(env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("serve")
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_ADMIN_TOKEN", TOKEN)
+            .env("HERALD_ALLOW_HTTP", "true")
+            .env("HERALD_ALLOW_PRIVATE_NETWORKS", "true")
+            .env(
+                "HERALD_RETRY_SCHEDULE",
+                "500ms,500ms,500ms,500ms,500ms,500ms",
+            )
+            .env("HERALD_LOG_FORMAT", "json")
+            .env("HERALD_LOG", "warn,herald=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the herald binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "Herald is listening" {
+                    let address = entry["fields"]["address"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let _ = found.send(address);
+                }
+            }
+        });
+        let address = address
+            .recv_timeout(Duration::from_secs(30))
+            .expect("herald reports its address");
+        Self { child, address }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    pub async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
+        let response = client
+            .post(format!("http://{}/api/v1{path}", self.address))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn get(&self, client: &reqwest::Client, path: &str) -> Value {
+        let response = client
+            .get(format!("http://{}/api/v1{path}", self.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL database of its own for one test, when
+/// `HERALD_TEST_DATABASE_URL` names a server; `None` (and a SKIPPED line)
+/// otherwise. Databases left by interrupted runs are dropped after an hour.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// Tests that restart PostgreSQL take this exclusively; the others share it.
+pub static POSTGRES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+impl TestDatabase {
+    pub async fn create(test: &str) -> Option<Self> {
+        use sqlx::Connection;
+        let Ok(admin_url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED {test}: set HERALD_TEST_DATABASE_URL to run it against PostgreSQL");
+            return None;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!(
+            "herald_test_{now}_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("PostgreSQL reachable");
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'herald_test_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for database in stale {
+            let created: u64 = database
+                .split('_')
+                .nth(2)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            if created + 3600 < now {
+                let _ = sqlx::query(&format!(
+                    "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                ))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        Some(Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        })
+    }
+
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("PostgreSQL reachable")
+    }
+
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("HERALD_DATABASE_URL", self.url.clone())]
     }
 }

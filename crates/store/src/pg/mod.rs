@@ -171,12 +171,19 @@ async fn migrate(pool: &PgPool) -> StoreResult<i64> {
         .await
         .map_err(db)?;
     let result = async {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+        // Checked first rather than `IF NOT EXISTS`, which logs a notice on every start.
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('schema_migrations')::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            sqlx::query(
+                "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        }
         let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             .fetch_one(&mut *conn)
             .await

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the API and the delivery workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(DatabaseArgs),
     /// Measure throughput and latency against a local receiver.
@@ -31,7 +31,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
-            let settings = Settings::from_args(args)?;
+            let settings = Settings::from_args(*args)?;
             init_logging(&settings.log, settings.log_format);
             let application = Application::build(settings).await?;
             if let Some(token) = &application.generated_admin_token {

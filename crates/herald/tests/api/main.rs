@@ -6,5 +6,6 @@
 mod crash;
 mod delivery;
 mod helpers;
+mod scale_out;
 mod svix_sdk;
 mod validation;

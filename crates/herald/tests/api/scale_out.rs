@@ -1,0 +1,311 @@
+//! Several `herald serve` processes on one PostgreSQL database: a process
+//! killed mid-run loses nothing, and a PostgreSQL outage turns into 503s
+//! and a full recovery rather than hangs, 500s or lost messages.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{eventually, Receiver, Server, TestDatabase, POSTGRES, TOKEN};
+
+const MESSAGES: usize = 5_000;
+const SENDERS: usize = 24;
+
+/// Fast leases so a dead process's work moves on within the test.
+fn scale_env(database: &TestDatabase) -> Vec<(&'static str, String)> {
+    let mut env = database.env();
+    env.push(("HERALD_LEASE_SECONDS", "4".into()));
+    env.push(("HERALD_REQUEST_TIMEOUT", "2".into()));
+    env.push(("HERALD_DATABASE_MAX_CONNECTIONS", "8".into()));
+    env
+}
+
+/// (message id, endpoint path) pairs the receiver has seen, with counts.
+fn received_pairs(receiver: &Receiver) -> HashMap<(String, String), usize> {
+    let mut pairs = HashMap::new();
+    for request in receiver.requests() {
+        *pairs
+            .entry((request.header("webhook-id"), request.path.clone()))
+            .or_insert(0) += 1;
+    }
+    pairs
+}
+
+#[tokio::test]
+async fn three_processes_lose_nothing_when_one_is_killed_mid_run() {
+    let _shared = POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("the three-process crash test").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let env = scale_env(&database);
+    let mut servers: Vec<Server> = (0..3).map(|_| Server::start(&env)).collect();
+    let app = servers[0]
+        .post(&client, "/app/", json!({"name": "Acme"}))
+        .await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    let paths = ["/crm", "/chat"];
+    for path in paths {
+        servers[0]
+            .post(
+                &client,
+                &format!("/app/{app}/endpoint/"),
+                json!({"url": receiver.url(path)}),
+            )
+            .await;
+    }
+    let addresses = Arc::new(Mutex::new(
+        servers.iter().map(|s| s.address).collect::<Vec<_>>(),
+    ));
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+
+    // Senders spread messages over the three processes; a refused request
+    // moves on to the next process, so every message is accepted once.
+    let mut senders = Vec::new();
+    for sender in 0..SENDERS {
+        let (client, addresses, accepted, next, app) = (
+            client.clone(),
+            addresses.clone(),
+            accepted.clone(),
+            next.clone(),
+            app.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            let mut target = sender;
+            loop {
+                let n = next.fetch_add(1, Ordering::AcqRel);
+                if n >= MESSAGES {
+                    return;
+                }
+                loop {
+                    let address = addresses.lock().unwrap()[target % 3];
+                    target += 1;
+                    let response = client
+                        .post(format!("http://{address}/api/v1/app/{app}/msg/"))
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"eventType": "call.completed", "payload": {"n": n}}))
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    if let Ok(response) = response {
+                        if response.status() == 202 {
+                            let body: serde_json::Value = response.json().await.unwrap();
+                            accepted
+                                .lock()
+                                .unwrap()
+                                .insert(body["id"].as_str().unwrap().to_owned());
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    eventually(
+        Duration::from_secs(60),
+        "half the messages to be accepted",
+        || async { (accepted.lock().unwrap().len() >= MESSAGES / 2).then_some(()) },
+    )
+    .await;
+    let victim = servers.remove(1);
+    victim.kill();
+    // Every delivery in flight anywhere at this instant holds a lease: an
+    // upper bound on the attempts the kill can cause to be repeated.
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 1 AND lease_until IS NOT NULL",
+    )
+    .fetch_one(&mut database.connect().await)
+    .await
+    .unwrap();
+    let restarted = Server::start(&env);
+    addresses.lock().unwrap()[1] = restarted.address;
+    servers.push(restarted);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), MESSAGES);
+
+    let started = Instant::now();
+    let pairs = eventually(
+        Duration::from_secs(90),
+        "every accepted pair to arrive",
+        || async {
+            let pairs = received_pairs(&receiver);
+            let complete = accepted.iter().all(|id| {
+                paths
+                    .iter()
+                    .all(|p| pairs.contains_key(&(id.clone(), (*p).to_owned())))
+            });
+            complete.then_some(pairs)
+        },
+    )
+    .await;
+    let duplicates: usize = pairs
+        .iter()
+        .filter(|((id, _), _)| accepted.contains(id))
+        .map(|(_, count)| count - 1)
+        .sum();
+    eprintln!(
+        "crash test: {} pairs delivered, {duplicates} duplicates, {in_flight} deliveries in flight at the kill, drained {:?} after the last send",
+        accepted.len() * paths.len(),
+        started.elapsed()
+    );
+    assert!(
+        duplicates as i64 <= in_flight,
+        "{duplicates} duplicates exceed the {in_flight} attempts in flight at the kill"
+    );
+    drop(servers);
+    database.drop_database().await;
+}
+
+/// Runs `HERALD_TEST_POSTGRES_CTL <action>` (e.g. `pg_ctlcluster … main stop`).
+fn postgres_ctl(action: &str) -> bool {
+    let Ok(command) = std::env::var("HERALD_TEST_POSTGRES_CTL") else {
+        return false;
+    };
+    let mut words = command.split_whitespace();
+    let status = std::process::Command::new(words.next().unwrap())
+        .args(words)
+        .arg(action)
+        .status()
+        .expect("the PostgreSQL control command runs");
+    assert!(status.success(), "`{command} {action}` failed");
+    true
+}
+
+/// Stops PostgreSQL and starts it again when dropped, even if the test fails.
+struct PostgresStopped;
+
+impl PostgresStopped {
+    fn stop() -> Self {
+        assert!(postgres_ctl("stop"));
+        Self
+    }
+}
+
+impl Drop for PostgresStopped {
+    fn drop(&mut self) {
+        postgres_ctl("start");
+    }
+}
+
+#[tokio::test]
+async fn a_postgresql_outage_gives_503s_and_then_everything_is_delivered() {
+    let _exclusive = POSTGRES.write().await;
+    if std::env::var("HERALD_TEST_POSTGRES_CTL").is_err() {
+        eprintln!("SKIPPED the outage test: set HERALD_TEST_POSTGRES_CTL to a command that takes stop/start");
+        return;
+    }
+    let Some(database) = TestDatabase::create("the outage test").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let mut env = scale_env(&database);
+    env.push(("HERALD_DATABASE_ACQUIRE_TIMEOUT", "2".into()));
+    let server = Server::start(&env);
+    let app = server.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &client,
+            &format!("/app/{app}/endpoint/"),
+            json!({"url": receiver.url("/hook")}),
+        )
+        .await;
+    let send = |n: usize| {
+        client
+            .post(format!("http://{}/api/v1/app/{app}/msg/", server.address))
+            .bearer_auth(TOKEN)
+            .json(&json!({"eventType": "call.started", "payload": {"n": n}}))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    let mut accepted = HashSet::new();
+    for n in 0..50 {
+        let response = send(n).await.unwrap();
+        assert_eq!(response.status(), 202);
+        accepted.insert(
+            response.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    let stopped = PostgresStopped::stop();
+    let mut during = Vec::new();
+    for n in 50..55 {
+        let started = Instant::now();
+        let response = send(n).await.expect("an answer, not a hang");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        during.push((status, body["code"].clone(), started.elapsed()));
+    }
+    let health = client
+        .get(format!("http://{}/api/v1/health/", server.address))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    drop(stopped);
+
+    for (status, code, took) in &during {
+        assert_eq!(*status, 503, "during the outage: {status} {code}");
+        assert_eq!(code, "database_unavailable");
+        assert!(
+            *took < Duration::from_secs(10),
+            "answered in {took:?}, not a hang"
+        );
+    }
+    assert_eq!(health, 503, "health reports the outage");
+    let recovered = eventually(
+        Duration::from_secs(30),
+        "the API to accept again",
+        || async {
+            match send(1000).await {
+                Ok(response) if response.status() == 202 => Some(
+                    response.json::<serde_json::Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                ),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    accepted.insert(recovered);
+    for n in 60..110 {
+        let response = send(n).await.unwrap();
+        assert_eq!(response.status(), 202, "after the outage");
+        accepted.insert(
+            response.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    eventually(
+        Duration::from_secs(60),
+        "every accepted message to arrive",
+        || async {
+            let received: HashSet<String> = receiver
+                .requests()
+                .iter()
+                .map(|r| r.header("webhook-id"))
+                .collect();
+            received.is_superset(&accepted).then_some(())
+        },
+    )
+    .await;
+    drop(server);
+    database.drop_database().await;
+}

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use herald_domain::AddressPolicy;
 
+use crate::child::ChildServer;
+use crate::config::{Database, Redacted};
 use crate::{Application, Settings};
 
 #[derive(Debug, Clone, Args)]
@@ -37,9 +39,57 @@ pub struct BenchArgs {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,
+    /// Run on PostgreSQL: a fresh database is created on this server for the
+    /// run and dropped afterwards. Without it, the embedded SQLite is used.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Herald processes sharing the database (PostgreSQL only); the load is
+    /// spread over all of them and each delivers what it accepts.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A PostgreSQL database that lives for one bench run.
+struct BenchDatabase {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create(server_url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let name = format!(
+            "herald_bench_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut conn = sqlx::PgConnection::connect(server_url).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
+        let mut url = url::Url::parse(server_url)?;
+        url.set_path(&name);
+        Ok(Self {
+            server_url: server_url.to_owned(),
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    async fn drop_database(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.server_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -78,22 +128,55 @@ async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> &'static
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.messages == 0 || args.concurrency == 0 || args.fanout == 0 {
-        bail!("--messages, --concurrency and --fanout must be positive");
+    if args.messages == 0 || args.concurrency == 0 || args.fanout == 0 || args.processes == 0 {
+        bail!("--messages, --concurrency, --fanout and --processes must be positive");
+    }
+    if args.processes > 1 && args.database_url.is_none() {
+        bail!("--processes above 1 needs --database-url: the embedded database serves one process");
     }
     let data_dir = tempfile::tempdir()?;
     let token = "bench-admin-token-0123456789";
+    let database = match &args.database_url {
+        Some(url) => Some(BenchDatabase::create(url).await?),
+        None => None,
+    };
     let mut settings = Settings::for_data_dir(data_dir.path());
     settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    settings.admin_token = Some(crate::config::Redacted(token.into()));
+    settings.admin_token = Some(Redacted(token.into()));
     settings.policy = AddressPolicy {
         allow_http: true,
         allow_private_networks: true,
     };
+    if let Some(database) = &database {
+        settings.database.database = Database::Postgres {
+            url: Redacted(database.url.clone()),
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(5),
+        };
+    }
     let application = Application::build(settings).await?;
-    let base = format!("http://{}/api/v1", application.address());
+    let mut bases = vec![format!("http://{}/api/v1", application.address())];
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(application.run(shutdown.clone()));
+    let mut children = Vec::new();
+    if let Some(database) = &database {
+        let env = [
+            ("HERALD_DATABASE_URL", database.url.clone()),
+            ("HERALD_DATABASE_MAX_CONNECTIONS", "32".to_owned()),
+            ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
+            ("HERALD_ADMIN_TOKEN", token.to_owned()),
+            ("HERALD_ALLOW_HTTP", "true".to_owned()),
+            ("HERALD_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+            ("HERALD_LOG", "warn,herald=info".to_owned()),
+        ];
+        let program = std::env::current_exe()?;
+        for _ in 1..args.processes {
+            let child = ChildServer::start(&program, &env)?;
+            bases.push(format!("http://{}/api/v1", child.address));
+            children.push(child);
+        }
+    }
+    let base = bases[0].clone();
 
     let receiver = Arc::new(Receiver {
         epoch: Instant::now(),
@@ -145,18 +228,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             receiver.clone(),
             padding.clone(),
         );
-        let url = format!("{base}/app/{app_id}/msg/");
+        let urls: Vec<String> = bases
+            .iter()
+            .map(|b| format!("{b}/app/{app_id}/msg/"))
+            .collect();
         let total = args.messages;
         senders.spawn(async move {
             let mut failures = 0usize;
-            while next.fetch_add(1, Ordering::AcqRel) < total {
+            loop {
+                let n = next.fetch_add(1, Ordering::AcqRel);
+                if n >= total {
+                    break;
+                }
+                let url = &urls[n % urls.len()];
                 let sent_us = receiver.epoch.elapsed().as_micros() as u64;
                 let body = json!({
                     "eventType": "call.completed",
                     "payload": {"sentUs": sent_us, "callId": "call_bench", "padding": padding}
                 });
                 let ok = client
-                    .post(&url)
+                    .post(url)
                     .bearer_auth(token)
                     .json(&body)
                     .send()
@@ -198,6 +289,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let accepted = (args.messages - failures) as f64;
     let report = json!({
         "messages": args.messages,
+        "database": if database.is_some() { "postgres" } else { "sqlite" },
+        "processes": args.processes,
         "fanout": args.fanout,
         "concurrency": args.concurrency,
         "payloadBytes": args.payload_bytes,
@@ -215,9 +308,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("scenario                        msgs/s accepted  deliveries/s  p50 ms  p99 ms  peak RSS MiB  CPU s");
+        println!("scenario                                 msgs/s accepted  deliveries/s  p50 ms  p99 ms  peak RSS MiB  CPU s");
         println!(
-            "fan-out {:<3} c={:<4} {:>6} msgs  {:>15.0}  {:>12.0}  {:>6.1}  {:>6.1}  {:>12.1}  {:>5.1}",
+            "{:<8} x{} fan-out {:<3} c={:<4} {:>6} msgs  {:>15.0}  {:>12.0}  {:>6.1}  {:>6.1}  {:>12.1}  {:>5.1}",
+            if database.is_some() { "postgres" } else { "sqlite" },
+            args.processes,
             args.fanout,
             args.concurrency,
             args.messages,
@@ -229,12 +324,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             cpu
         );
         println!(
-            "(one process: load generator, Herald and receiver share the RSS and CPU figures)"
+            "(RSS and CPU are this process's: load generator, receiver and the first Herald; extra --processes are not counted)"
         );
     }
     shutdown.cancel();
     server.await??;
+    drop(children);
     sink_task.abort();
+    if let Some(database) = database {
+        database.drop_database().await;
+    }
     if !all_received {
         bail!(
             "only {received} of {} deliveries arrived",

@@ -3,6 +3,7 @@
 
 pub mod application;
 pub mod bench;
+pub mod child;
 pub mod config;
 
 pub use application::Application;

@@ -4,10 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use herald::child::ChildServer;
 use herald::config::Redacted;
 use herald::{Application, Settings};
 use herald_domain::{AddressPolicy, RetrySchedule};
@@ -326,9 +325,19 @@ impl Receiver {
 }
 
 /// A `herald serve` child process (the real binary), for crash tests.
-pub struct Server {
-    pub child: Child,
-    pub address: SocketAddr,
+pub struct Server(ChildServer);
+
+impl std::ops::Deref for Server {
+    type Target = ChildServer;
+    fn deref(&self) -> &ChildServer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut ChildServer {
+        &mut self.0
+    }
 }
 
 /// Environment for a server on its own SQLite data directory.
@@ -338,54 +347,26 @@ pub fn sqlite_env(data_dir: &std::path::Path) -> Vec<(&'static str, String)> {
 
 impl Server {
     /// Starts `herald serve` with `env` over test defaults (port 0, the
-    /// test token, loopback allowed, fast retries, JSON logs) and waits for
-    /// the address it reports.
+    /// test token, loopback allowed, fast retries).
     pub fn start(env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .arg("serve")
-            .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
-            .env("HERALD_ALLOW_HTTP", "true")
-            .env("HERALD_ALLOW_PRIVATE_NETWORKS", "true")
-            .env(
+        let mut all = vec![
+            ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
+            ("HERALD_ADMIN_TOKEN", TOKEN.to_owned()),
+            ("HERALD_ALLOW_HTTP", "true".to_owned()),
+            ("HERALD_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+            (
                 "HERALD_RETRY_SCHEDULE",
-                "500ms,500ms,500ms,500ms,500ms,500ms",
-            )
-            .env("HERALD_LOG_FORMAT", "json")
-            .env("HERALD_LOG", "warn,herald=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("the herald binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "Herald is listening" {
-                    let address = entry["fields"]["address"]
-                        .as_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    let _ = found.send(address);
-                }
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .expect("herald reports its address");
-        Self { child, address }
+                "500ms,500ms,500ms,500ms,500ms,500ms".to_owned(),
+            ),
+            ("HERALD_LOG", "warn,herald=info".to_owned()),
+        ];
+        all.extend(env.iter().cloned());
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
+        Self(ChildServer::start(program, &all).expect("herald serve starts"))
     }
 
-    pub fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
+    pub fn kill(self) {
+        self.0.kill();
     }
 
     pub async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
@@ -417,13 +398,6 @@ impl Server {
             response.status()
         );
         response.json().await.unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

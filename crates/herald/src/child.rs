@@ -1,0 +1,69 @@
+//! Starting `herald serve` as a child process and learning the address it
+//! bound (it may listen on port 0): used by `herald bench --processes` and
+//! by the crash tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// A running `herald serve` child; killed when dropped.
+#[derive(Debug)]
+pub struct ChildServer {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+impl ChildServer {
+    /// Runs `program serve` with `env` (JSON logs are forced so the bound
+    /// address can be read from the start-up line) and waits for it to listen.
+    pub fn start(program: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut command = Command::new(program);
+        command
+            .arg("serve")
+            .envs(env.iter().map(|(name, value)| (*name, value)))
+            .env("HERALD_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "Herald is listening" {
+                    if let Some(Ok(address)) = entry["fields"]["address"].as_str().map(str::parse) {
+                        let _ = found.send(address);
+                    }
+                }
+            }
+        });
+        match address.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => Ok(Self { child, address }),
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("herald serve did not report an address within 30 s")
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

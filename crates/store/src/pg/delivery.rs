@@ -8,7 +8,8 @@ use sqlx::{PgConnection, Row};
 
 use herald_domain::ids::IdOrUid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Secret,
+    Trigger,
 };
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
@@ -29,6 +30,8 @@ fn endpoint_id(text: &str) -> StoreResult<EndpointId> {
     EndpointId::parse(text).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
+/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
+/// with their signing secrets, in one round trip.
 async fn matching_targets(
     conn: &mut PgConnection,
     app: AppId,
@@ -36,16 +39,32 @@ async fn matching_targets(
     channels: Option<&[String]>,
     at: Timestamp,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
-    let candidates = sqlx::query(
-        "SELECT id, url, headers, filter_types, channels FROM endpoints WHERE app_id = $1 AND NOT disabled",
+    let rows = sqlx::query(
+        "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret
+         FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
+         WHERE e.app_id = $1 AND NOT e.disabled AND (s.expires_at IS NULL OR s.expires_at > $2)
+         ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC",
     )
     .bind(app.to_string())
+    .bind(at)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut targets = Vec::new();
-    for row in candidates {
+    let mut targets: Vec<EndpointTarget> = Vec::new();
+    let mut skipped: Option<String> = None;
+    for row in rows {
         let id: String = row.try_get("id").map_err(db)?;
+        let secret = Secret::parse(&row.try_get::<String, _>("secret").map_err(db)?)
+            .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason)))?;
+        if let Some(last) = targets.last_mut() {
+            if last.id.to_string() == id {
+                last.secrets.push(secret);
+                continue;
+            }
+        }
+        if skipped.as_deref() == Some(id.as_str()) {
+            continue;
+        }
         let filter = match row
             .try_get::<Option<String>, _>("filter_types")
             .map_err(db)?
@@ -56,24 +75,24 @@ async fn matching_targets(
             }
             None => FilterTypes::all(),
         };
-        if !filter.matches(event_type) {
+        let mut wanted = filter.matches(event_type);
+        if let Some(text) = row.try_get::<Option<String>, _>("channels").map_err(db)? {
+            let endpoint_channels: Vec<String> = decode(&text)?;
+            let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
+            wanted &= endpoint_channels.is_empty() || shared;
+        }
+        if !wanted {
+            skipped = Some(id);
             continue;
         }
-        if let Some(text) = row.try_get::<Option<String>, _>("channels").map_err(db)? {
-            let wanted: Vec<String> = decode(&text)?;
-            let shared = channels.is_some_and(|c| c.iter().any(|c| wanted.contains(c)));
-            if !wanted.is_empty() && !shared {
-                continue;
-            }
-        }
-        targets.push(Arc::new(EndpointTarget {
+        targets.push(EndpointTarget {
             id: endpoint_id(&id)?,
             url: row.try_get("url").map_err(db)?,
             headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
-            secrets: signing_secrets(conn, &id, at).await?,
-        }));
+            secrets: vec![secret],
+        });
     }
-    Ok(targets)
+    Ok(targets.into_iter().map(Arc::new).collect())
 }
 
 async fn target(
@@ -110,13 +129,18 @@ pub(crate) async fn create_message(
     input: MessageInput,
     claim: Option<Claim>,
 ) -> StoreResult<CreatedMessage> {
-    get_app(conn, &IdOrUid::Id(app)).await?;
-    let known = sqlx::query("SELECT 1 FROM event_types WHERE name = $1")
-        .bind(input.event_type.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-    if known.is_none() {
+    let (app_exists, known): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1), EXISTS (SELECT 1 FROM event_types WHERE name = $2)",
+    )
+    .bind(app.to_string())
+    .bind(input.event_type.as_str())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    if !app_exists {
+        return Err(StoreError::NotFound);
+    }
+    if !known {
         return Err(StoreError::Invalid {
             field: "eventType",
             detail: format!("unknown event type `{}`", input.event_type),
@@ -422,6 +446,13 @@ pub(crate) async fn record_attempt(
     conn: &mut PgConnection,
     outcome: AttemptOutcome,
 ) -> StoreResult<()> {
+    // Not waiting for the WAL flush here is safe: if PostgreSQL crashes
+    // before it, the delivery is still leased-pending and is sent again
+    // (at-least-once); only the lost attempt's log line is gone.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     let attempt = &outcome.attempt;
     sqlx::query(
         "INSERT INTO attempts (id, app_id, message_id, endpoint_id, url, status, response_status_code,

@@ -114,9 +114,13 @@ impl PgStore {
             bootstrap.close().await;
             connect = connect.options([("search_path", schema.as_str())]);
         }
+        // No ping before each acquire: it would double the round trips of
+        // every transaction. A connection that broke while idle fails its
+        // request with 503 once and is replaced.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(db)?;

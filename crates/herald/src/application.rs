@@ -90,6 +90,7 @@ impl Application {
                 retry_schedule: settings.retry_schedule.clone(),
                 timeout: settings.request_timeout,
                 lease: settings.lease,
+                idle_poll: settings.poll_interval,
                 policy: settings.policy,
                 ..DispatchConfig::default()
             },

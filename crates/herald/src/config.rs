@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// the request timeout. A dead worker's deliveries move on after it.
     #[arg(long, env = "HERALD_LEASE_SECONDS", value_name = "SECONDS")]
     pub lease_seconds: Option<u64>,
+    /// Longest a worker waits between looks at the database when nothing
+    /// wakes it (expired leases are found on these looks).
+    #[arg(long, env = "HERALD_POLL_INTERVAL", value_name = "SECONDS")]
+    pub poll_interval: Option<u64>,
     /// Admin bearer token. When unset, one is generated on first start and printed once.
     #[arg(
         long,
@@ -95,6 +99,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     role: Option<String>,
     lease_seconds: Option<u64>,
+    poll_interval: Option<u64>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     database_max_connections: Option<u32>,
@@ -217,6 +222,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// How long a claimed delivery stays reserved for its worker.
     pub lease: Duration,
+    /// Longest idle wait between a worker's looks at the database.
+    pub poll_interval: Duration,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
     pub retry_schedule: RetrySchedule,
@@ -240,6 +247,7 @@ impl Settings {
                 },
             },
             lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
             admin_token: None,
             policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
@@ -311,6 +319,12 @@ impl Settings {
         }
         if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
             settings.lease = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = args.poll_interval.or(file.poll_interval) {
+            if !(1..=3600).contains(&seconds) {
+                bail!("HERALD_POLL_INTERVAL must be between 1 and 3600 seconds");
+            }
+            settings.poll_interval = Duration::from_secs(seconds);
         }
         if settings.lease < settings.request_timeout + Duration::from_secs(2) {
             bail!("HERALD_LEASE_SECONDS must exceed the request timeout by at least 2 seconds, or an attempt still in flight could be claimed again");

@@ -43,7 +43,13 @@ async fn three_processes_lose_nothing_when_one_is_killed_mid_run() {
     let receiver = Receiver::start().await;
     let client = reqwest::Client::new();
     let env = scale_env(&database);
-    let mut servers: Vec<Server> = (0..3).map(|_| Server::start(&env)).collect();
+    // Started together: their migrations race for the advisory lock.
+    let mut servers: Vec<Server> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Server::start(&env)))
+            .collect();
+        starting.into_iter().map(|s| s.join().unwrap()).collect()
+    });
     let app = servers[0]
         .post(&client, "/app/", json!({"name": "Acme"}))
         .await;
@@ -206,6 +212,12 @@ async fn a_postgresql_outage_gives_503s_and_then_everything_is_delivered() {
         return;
     };
     let receiver = Receiver::start().await;
+    // Slow answers keep deliveries in flight while PostgreSQL goes away, so
+    // recording their attempts fails and their leases must run out.
+    receiver.always(
+        "/hook",
+        crate::helpers::Reply::Delay(Duration::from_millis(1500)),
+    );
     let client = reqwest::Client::new();
     let mut env = scale_env(&database);
     env.push(("HERALD_DATABASE_ACQUIRE_TIMEOUT", "2".into()));
@@ -307,5 +319,55 @@ async fn a_postgresql_outage_gives_503s_and_then_everything_is_delivered() {
     )
     .await;
     drop(server);
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_api_only_process_hands_new_messages_to_a_worker_process_at_once() {
+    let _shared = POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("the api/worker split test").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let mut api_env = scale_env(&database);
+    api_env.push(("HERALD_ROLE", "api".into()));
+    let mut worker_env = scale_env(&database);
+    worker_env.push(("HERALD_ROLE", "worker".into()));
+    // Left to its own polling the worker would look again only in 10 minutes.
+    worker_env.push(("HERALD_POLL_INTERVAL", "600".into()));
+    let api = Server::start(&api_env);
+    let worker = Server::start(&worker_env);
+    let app = api.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    api.post(
+        &client,
+        &format!("/app/{app}/endpoint/"),
+        json!({"url": receiver.url("/hook")}),
+    )
+    .await;
+    let refused = client
+        .get(format!("http://{}/api/v1/app/", worker.address))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404, "a worker serves no API");
+
+    let message = api
+        .post(
+            &client,
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": "call.started", "payload": {}}),
+        )
+        .await;
+
+    // Only the notification can wake the worker within this wait.
+    let request = &receiver.wait_for(1, Duration::from_secs(30)).await[0];
+    assert_eq!(
+        request.header("webhook-id"),
+        message["id"].as_str().unwrap()
+    );
+    drop((api, worker));
     database.drop_database().await;
 }

@@ -1,0 +1,188 @@
+//! The Herald under test: one or more `herald serve` child processes on a
+//! throw-away database, observed through /proc.
+
+use serde_json::json;
+
+use crate::child::ChildServer;
+
+use super::load::Target;
+use super::sink::Sink;
+use super::BenchArgs;
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+
+/// A PostgreSQL database that lives for one bench run.
+struct BenchDatabase {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create(server_url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let name = format!(
+            "herald_bench_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let mut conn = sqlx::PgConnection::connect(server_url).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
+        let mut url = url::Url::parse(server_url)?;
+        url.set_path(&name);
+        Ok(Self {
+            server_url: server_url.to_owned(),
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    async fn drop_database(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.server_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+pub struct HeraldUnderTest {
+    processes: Vec<ChildServer>,
+    database: Option<BenchDatabase>,
+    _data_dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+impl HeraldUnderTest {
+    pub async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let database = match &args.database_url {
+            Some(url) => Some(BenchDatabase::create(url).await?),
+            None => None,
+        };
+        let mut env = vec![
+            ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
+            ("HERALD_ADMIN_TOKEN", TOKEN.to_owned()),
+            ("HERALD_ALLOW_HTTP", "true".to_owned()),
+            ("HERALD_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+            ("HERALD_LOG", "warn,herald=info".to_owned()),
+            ("HERALD_DATA_DIR", data_dir.path().display().to_string()),
+        ];
+        if let Some(database) = &database {
+            env.push(("HERALD_DATABASE_URL", database.url.clone()));
+            env.push(("HERALD_DATABASE_MAX_CONNECTIONS", "32".to_owned()));
+        }
+        let program = std::env::current_exe()?;
+        let mut processes = Vec::new();
+        for _ in 0..args.processes {
+            processes.push(ChildServer::start(&program, &env)?);
+        }
+        Ok(Self {
+            processes,
+            database,
+            _data_dir: data_dir,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Creates an app with `fanout` endpoints on the sink; returns where to send.
+    pub async fn prepare(&self, sink: &Sink, fanout: usize) -> anyhow::Result<Target> {
+        let base = format!("http://{}/api/v1", self.processes[0].address);
+        let app: serde_json::Value = self
+            .client
+            .post(format!("{base}/app/"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "bench"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let app = app["id"].as_str().unwrap_or_default().to_owned();
+        for n in 0..fanout {
+            self.client
+                .post(format!("{base}/app/{app}/endpoint/"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"url": sink.url(&format!("/hook/{n}"))}))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(Target {
+            urls: self
+                .processes
+                .iter()
+                .map(|p| format!("http://{}/api/v1/app/{app}/msg/", p.address))
+                .collect(),
+            token: TOKEN,
+        })
+    }
+
+    /// The largest peak RSS (VmHWM) among Herald's processes, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.processes
+            .iter()
+            .map(|p| proc_status_kib(p.child.id(), "VmHWM:"))
+            .max()
+            .unwrap_or(0) as f64
+            / 1024.0
+    }
+
+    /// The largest current RSS among Herald's processes, in MiB.
+    pub fn current_rss_mib(&self) -> f64 {
+        self.processes
+            .iter()
+            .map(|p| proc_status_kib(p.child.id(), "VmRSS:"))
+            .max()
+            .unwrap_or(0) as f64
+            / 1024.0
+    }
+
+    /// CPU seconds used so far by all of Herald's processes.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.processes
+            .iter()
+            .map(|p| cpu_seconds_of(&p.child.id().to_string()))
+            .sum()
+    }
+
+    pub async fn stop(self) {
+        drop(self.processes);
+        if let Some(database) = self.database {
+            database.drop_database().await;
+        }
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process (`self` or a pid), in seconds
+/// (Linux, 100 ticks per second).
+pub fn cpu_seconds_of(process: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{process}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / 100.0)
+        })
+        .unwrap_or(0.0)
+}

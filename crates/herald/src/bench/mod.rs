@@ -1,0 +1,298 @@
+//! `herald bench`: measures Herald as a separate process (or several) on a
+//! throw-away database, driven by a load generator and received by a sink
+//! that both live in this process. Each scenario prints one row: throughput,
+//! latency from the POST to the sink's receipt, Herald's own peak RSS and
+//! CPU, and the generator's CPU so that it can be seen not to be the limit.
+
+mod herald;
+mod load;
+mod sink;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use herald::HeraldUnderTest;
+use load::{ClosedLoop, OpenLoop};
+use sink::Sink;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// As fast as `--concurrency` senders go: messages/s and deliveries/s.
+    Throughput,
+    /// An even `--rate` for `--duration`: latency at a given load.
+    Steady,
+    /// The load generator against a no-op server: its own ceiling.
+    Ceiling,
+    /// Herald's RSS after start-up with nothing to do.
+    Idle,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure; repeat the flag for several rows in one run.
+    #[arg(long, value_enum, default_values_t = [Scenario::Throughput])]
+    pub scenario: Vec<Scenario>,
+    /// Messages to send (throughput, ceiling).
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Concurrent API requests (throughput, ceiling).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Messages per second (steady).
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u32,
+    /// Seconds of load (steady).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Endpoints per app; each message is delivered to all of them.
+    #[arg(long, default_value_t = 1)]
+    pub fanout: usize,
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload_bytes: usize,
+    /// Run on PostgreSQL: a fresh database is created on this server for the
+    /// run and dropped afterwards. Without it, the embedded SQLite is used.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Herald processes sharing the database (PostgreSQL only); the load is
+    /// spread over all of them and each delivers what it accepts.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub scenario: String,
+    pub database: &'static str,
+    pub processes: usize,
+    pub fanout: usize,
+    pub messages: usize,
+    pub accepted_per_second: f64,
+    pub delivered_per_second: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Herald's peak resident set (the largest of its processes).
+    pub herald_peak_rss_mib: f64,
+    /// Herald's CPU time, all processes, during the measurement.
+    pub herald_cpu_seconds: f64,
+    /// The load generator's and sink's CPU time (this process).
+    pub generator_cpu_seconds: f64,
+    /// Deliveries that arrived more than once.
+    pub duplicates: u64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.messages == 0 || args.concurrency == 0 || args.fanout == 0 || args.processes == 0 {
+        bail!("--messages, --concurrency, --fanout and --processes must be positive");
+    }
+    if args.processes > 1 && args.database_url.is_none() {
+        bail!("--processes above 1 needs --database-url: the embedded database serves one process");
+    }
+    let mut rows = Vec::new();
+    for scenario in &args.scenario {
+        let row = match scenario {
+            Scenario::Throughput => throughput(&args).await?,
+            Scenario::Steady => steady(&args).await?,
+            Scenario::Ceiling => ceiling(&args).await?,
+            Scenario::Idle => idle(&args).await?,
+        };
+        if !args.json {
+            if rows.is_empty() {
+                print_header();
+            }
+            print_row(&row);
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+fn database_name(args: &BenchArgs) -> &'static str {
+    if args.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
+    let sink = Sink::start(args.messages * args.fanout).await?;
+    let herald = HeraldUnderTest::start(args).await?;
+    let target = herald.prepare(&sink, args.fanout).await?;
+    let before = herald.cpu_seconds();
+    let generator_before = load::own_cpu_seconds();
+    let load = ClosedLoop {
+        messages: args.messages,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    let delivered = sink
+        .wait_for_all(Duration::from_secs(120 + args.messages as u64 / 100))
+        .await;
+    let row = Row {
+        scenario: format!("throughput c={}", args.concurrency),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: args.fanout,
+        messages: args.messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
+        latency_p50_ms: delivered.percentile(0.50),
+        latency_p99_ms: delivered.percentile(0.99),
+        herald_peak_rss_mib: herald.peak_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds() - before,
+        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
+        duplicates: delivered.duplicates,
+    };
+    herald.stop().await;
+    if !delivered.complete {
+        bail!(
+            "only {} of {} deliveries arrived",
+            delivered.count,
+            args.messages * args.fanout
+        );
+    }
+    if sent.rejected > 0 {
+        bail!("{} messages were not accepted", sent.rejected);
+    }
+    Ok(row)
+}
+
+async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
+    let messages = args.rate as usize * args.duration as usize;
+    let sink = Sink::start(messages * args.fanout).await?;
+    let herald = HeraldUnderTest::start(args).await?;
+    let target = herald.prepare(&sink, args.fanout).await?;
+    let before = herald.cpu_seconds();
+    let generator_before = load::own_cpu_seconds();
+    let load = OpenLoop {
+        rate: args.rate,
+        messages,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
+    let row = Row {
+        scenario: format!("steady {}/s for {} s", args.rate, args.duration),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: args.fanout,
+        messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
+        latency_p50_ms: delivered.percentile(0.50),
+        latency_p99_ms: delivered.percentile(0.99),
+        herald_peak_rss_mib: herald.peak_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds() - before,
+        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
+        duplicates: delivered.duplicates,
+    };
+    herald.stop().await;
+    if !delivered.complete {
+        bail!(
+            "only {} of {} deliveries arrived",
+            delivered.count,
+            messages * args.fanout
+        );
+    }
+    Ok(row)
+}
+
+/// The same closed-loop load aimed at the sink's no-op route: what the
+/// generator can send when the server costs nothing.
+async fn ceiling(args: &BenchArgs) -> anyhow::Result<Row> {
+    let sink = Sink::start(0).await?;
+    let target = sink.noop_target();
+    let generator_before = load::own_cpu_seconds();
+    let load = ClosedLoop {
+        messages: args.messages,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    Ok(Row {
+        scenario: format!("generator ceiling c={}", args.concurrency),
+        database: "none",
+        processes: 0,
+        fanout: 0,
+        messages: args.messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: 0.0,
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        herald_peak_rss_mib: 0.0,
+        herald_cpu_seconds: 0.0,
+        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
+        duplicates: 0,
+    })
+}
+
+async fn idle(args: &BenchArgs) -> anyhow::Result<Row> {
+    let herald = HeraldUnderTest::start(args).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = Row {
+        scenario: "idle for 3 s".into(),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: 0,
+        messages: 0,
+        accepted_per_second: 0.0,
+        delivered_per_second: 0.0,
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        herald_peak_rss_mib: herald.current_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds(),
+        generator_cpu_seconds: 0.0,
+        duplicates: 0,
+    };
+    herald.stop().await;
+    Ok(row)
+}
+
+fn print_header() {
+    println!(
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "scenario",
+        "database",
+        "p",
+        "fan",
+        "msgs",
+        "accepted/s",
+        "delivered/s",
+        "p50 ms",
+        "p99 ms",
+        "RSS MiB",
+        "CPU s",
+        "gen CPU"
+    );
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1}",
+        row.scenario,
+        row.database,
+        row.processes,
+        row.fanout,
+        row.messages,
+        row.accepted_per_second,
+        row.delivered_per_second,
+        row.latency_p50_ms,
+        row.latency_p99_ms,
+        row.herald_peak_rss_mib,
+        row.herald_cpu_seconds,
+        row.generator_cpu_seconds
+    );
+}

@@ -7,6 +7,11 @@ use herald::bench::BenchArgs;
 use herald::config::{Database, DatabaseArgs, DatabaseSettings, LogFormat, ServeArgs, Settings};
 use herald::Application;
 
+/// mimalloc instead of the system allocator: allocation was a fifth of
+/// Herald's CPU time under load with glibc malloc (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herald: self-hosted webhook delivery. Accepts events over a
 /// Svix-compatible API, signs them (Standard Webhooks), delivers, retries
 /// and logs every attempt — one binary, embedded database.

@@ -79,19 +79,28 @@ impl Writer {
     }
 }
 
+/// Runs one statement from the cache: `execute_batch` would parse the SQL on
+/// every call, which was a tenth of the writer's time at fan-out 10.
+fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(|_| ())
+        .map_err(internal)
+}
+
 fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job").map_err(internal)?;
+    run_cached(conn, "SAVEPOINT job")?;
     match work(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE job").map_err(internal)?;
+            run_cached(conn, "RELEASE job")?;
             Ok(value)
         }
         Err(error) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
-                .map_err(internal)?;
+            run_cached(conn, "ROLLBACK TO job")?;
+            run_cached(conn, "RELEASE job")?;
             Err(error)
         }
     }
@@ -108,7 +117,7 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(internal);
+        let began = run_cached(&conn, "BEGIN IMMEDIATE");
         if let Err(error) = began {
             tracing::error!(%error, "could not begin a write transaction");
             for _job in batch.drain(..) {
@@ -119,7 +128,7 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>) {
         for job in batch.drain(..) {
             completions.push(job(&conn));
         }
-        let committed = conn.execute_batch("COMMIT").map_err(internal);
+        let committed = run_cached(&conn, "COMMIT");
         if let Err(error) = &committed {
             tracing::error!(%error, "write batch failed to commit");
             let _ = conn.execute_batch("ROLLBACK");

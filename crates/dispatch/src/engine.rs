@@ -2,6 +2,8 @@
 //! fast path that sends deliveries the API has just committed and leased.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -102,15 +104,15 @@ impl Dispatcher {
 
     /// Sends jobs leased to this process (fresh messages, manual resends).
     pub fn submit(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
-        for job in jobs {
+        for (job, body) in with_bodies(jobs) {
             match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => self.spawn_delivery(job, permit),
+                Ok(permit) => self.spawn_delivery(job, body, permit),
                 Err(_) => {
                     // Room was there when the lease was taken; wait for it.
                     let this = self.clone();
                     self.tasks.spawn(async move {
                         if let Ok(permit) = this.slots.clone().acquire_owned().await {
-                            this.deliver(job, permit).await;
+                            this.deliver(job, body, permit).await;
                         }
                     });
                 }
@@ -136,9 +138,9 @@ impl Dispatcher {
         };
         let jobs = self.store.claim_due(claim, free).await?;
         let claimed = jobs.len();
-        for job in jobs {
+        for (job, body) in with_bodies(jobs) {
             let permit = permits.split(1).expect("one permit per claimed job");
-            self.spawn_delivery(job, permit);
+            self.spawn_delivery(job, body, permit);
         }
         Ok(StepOutcome::Claimed(claimed))
     }
@@ -192,14 +194,18 @@ impl Dispatcher {
         self.tasks.close();
     }
 
-    fn spawn_delivery(self: &Arc<Self>, job: DeliveryJob, permit: OwnedSemaphorePermit) {
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        job: DeliveryJob,
+        body: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
         let this = self.clone();
         self.tasks
-            .spawn(async move { this.deliver(job, permit).await });
+            .spawn(async move { this.deliver(job, body, permit).await });
     }
 
-    async fn deliver(&self, job: DeliveryJob, permit: OwnedSemaphorePermit) {
-        let body = build_body(&job.message);
+    async fn deliver(&self, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
         let started_at = now_ms();
         let result = self.sender.send(&job, &body, started_at / 1000).await;
         let outcome = self.outcome(&job, &result, started_at);
@@ -263,6 +269,26 @@ impl Dispatcher {
             disable_endpoint: gone,
         }
     }
+}
+
+/// Pairs each job with its body, built once per message however many
+/// endpoints it goes to (jobs of one message share one `Arc<Message>`).
+fn with_bodies(jobs: Vec<DeliveryJob>) -> Vec<(DeliveryJob, Bytes)> {
+    let mut built: Vec<(*const herald_store::Message, Bytes)> = Vec::new();
+    jobs.into_iter()
+        .map(|job| {
+            let key = Arc::as_ptr(&job.message);
+            let body = match built.iter().find(|(k, _)| *k == key) {
+                Some((_, body)) => body.clone(),
+                None => {
+                    let body = build_body(&job.message);
+                    built.push((key, body.clone()));
+                    body
+                }
+            };
+            (job, body)
+        })
+        .collect()
 }
 
 /// A receiver's `Retry-After` (on 429 and 503) may push the next attempt

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -15,7 +16,7 @@ use herald_domain::{AddressPolicy, ErrorClass, SigningKeys};
 use herald_store::{DeliveryJob, Message};
 
 /// `{"type": …, "timestamp": …, "data": <payload>}`, the payload copied as stored.
-pub fn build_body(message: &Message) -> String {
+pub fn build_body(message: &Message) -> Bytes {
     let timestamp = Utc
         .timestamp_millis_opt(message.created_at)
         .single()
@@ -30,7 +31,7 @@ pub fn build_body(message: &Message) -> String {
     body.push_str("\",\"data\":");
     body.push_str(&message.payload);
     body.push('}');
-    body
+    Bytes::from(body)
 }
 
 /// The answer, or the failure, of one POST.
@@ -130,7 +131,7 @@ impl HttpSender {
     }
 
     /// POSTs `job` signed at `timestamp` (unix seconds).
-    pub async fn send(&self, job: &DeliveryJob, body: &str, timestamp: i64) -> SendResult {
+    pub async fn send(&self, job: &DeliveryJob, body: &Bytes, timestamp: i64) -> SendResult {
         let started = Instant::now();
         let failed = |class: ErrorClass, text: String| SendResult {
             status: 0,
@@ -156,11 +157,8 @@ impl HttpSender {
             );
         }
         let message_id = job.message.id.to_string();
-        let signature = SigningKeys(job.endpoint.secrets.clone()).signature_header(
-            &message_id,
-            timestamp,
-            body.as_bytes(),
-        );
+        let signature =
+            SigningKeys(&job.endpoint.secrets).signature_header(&message_id, timestamp, body);
         let headers = match request_headers(job, &message_id, timestamp, &signature) {
             Ok(h) => h,
             Err(text) => return failed(ErrorClass::Other, text),
@@ -169,7 +167,7 @@ impl HttpSender {
             .client
             .post(url)
             .headers(headers)
-            .body(body.to_owned())
+            .body(body.clone())
             .send()
             .await;
         let mut response = match response {

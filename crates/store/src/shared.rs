@@ -1,7 +1,11 @@
 //! What both backends share: column lists (the schemas are twins) and the
 //! arithmetic of a page.
 
-use crate::{Cursor, Page, Timestamp};
+use std::sync::Arc;
+
+use herald_domain::{EndpointId, EventTypeName, FilterTypes, Secret};
+
+use crate::{Cursor, EndpointTarget, Page, StoreError, StoreResult, Timestamp};
 
 /// The wall clock in unix milliseconds.
 pub(crate) fn now() -> Timestamp {
@@ -49,4 +53,73 @@ pub(crate) fn finish_page<T>(
         prev_iterator,
         done,
     }
+}
+
+/// Endpoints of an app joined with their signing secrets, one row per
+/// (endpoint, secret), ordered by endpoint and then current secret first.
+pub(crate) const TARGET_ROWS_SQL: &str =
+    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret
+     FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
+     WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
+     ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
+
+/// One row of [`TARGET_ROWS_SQL`].
+#[derive(Debug)]
+pub(crate) struct TargetRow {
+    pub id: String,
+    pub url: String,
+    pub headers: String,
+    pub filter_types: Option<String>,
+    pub channels: Option<String>,
+    pub secret: String,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// The endpoints among `rows` that subscribe to `event_type` on `channels`,
+/// each with all its signing secrets.
+pub(crate) fn matching_targets(
+    rows: Vec<TargetRow>,
+    event_type: &EventTypeName,
+    channels: Option<&[String]>,
+) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+    let mut targets: Vec<EndpointTarget> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut last_matched = false;
+    for row in rows {
+        let secret = Secret::parse(&row.secret)
+            .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason)))?;
+        if last_id.as_deref() == Some(row.id.as_str()) {
+            if last_matched {
+                if let Some(target) = targets.last_mut() {
+                    target.secrets.push(secret);
+                }
+            }
+            continue;
+        }
+        let filter = match &row.filter_types {
+            Some(text) => FilterTypes::parse(&decode::<Vec<String>>(text)?)
+                .map_err(|e| StoreError::Internal(e.to_string()))?,
+            None => FilterTypes::all(),
+        };
+        let mut wanted = filter.matches(event_type);
+        if let Some(text) = &row.channels {
+            let endpoint_channels: Vec<String> = decode(text)?;
+            let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
+            wanted &= endpoint_channels.is_empty() || shared;
+        }
+        last_matched = wanted;
+        if wanted {
+            targets.push(EndpointTarget {
+                id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
+                url: row.url,
+                headers: decode(&row.headers)?,
+                secrets: vec![secret],
+            });
+        }
+        last_id = Some(row.id);
+    }
+    Ok(targets.into_iter().map(Arc::new).collect())
 }

@@ -8,14 +8,13 @@ use sqlx::{PgConnection, Row};
 
 use herald_domain::ids::IdOrUid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Secret,
-    Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId, Trigger,
 };
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Bind};
 use super::WORK_CHANNEL;
-use crate::shared::now;
+use crate::shared::{self, now};
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
     EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
@@ -39,60 +38,27 @@ async fn matching_targets(
     channels: Option<&[String]>,
     at: Timestamp,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
-    let rows = sqlx::query(
-        "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret
-         FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
-         WHERE e.app_id = $1 AND NOT e.disabled AND (s.expires_at IS NULL OR s.expires_at > $2)
-         ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC",
-    )
-    .bind(app.to_string())
-    .bind(at)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
-    let mut targets: Vec<EndpointTarget> = Vec::new();
-    let mut skipped: Option<String> = None;
-    for row in rows {
-        let id: String = row.try_get("id").map_err(db)?;
-        let secret = Secret::parse(&row.try_get::<String, _>("secret").map_err(db)?)
-            .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason)))?;
-        if let Some(last) = targets.last_mut() {
-            if last.id.to_string() == id {
-                last.secrets.push(secret);
-                continue;
-            }
-        }
-        if skipped.as_deref() == Some(id.as_str()) {
-            continue;
-        }
-        let filter = match row
-            .try_get::<Option<String>, _>("filter_types")
-            .map_err(db)?
-        {
-            Some(text) => {
-                let names: Vec<String> = decode(&text)?;
-                FilterTypes::parse(&names).map_err(|e| StoreError::Internal(e.to_string()))?
-            }
-            None => FilterTypes::all(),
-        };
-        let mut wanted = filter.matches(event_type);
-        if let Some(text) = row.try_get::<Option<String>, _>("channels").map_err(db)? {
-            let endpoint_channels: Vec<String> = decode(&text)?;
-            let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
-            wanted &= endpoint_channels.is_empty() || shared;
-        }
-        if !wanted {
-            skipped = Some(id);
-            continue;
-        }
-        targets.push(EndpointTarget {
-            id: endpoint_id(&id)?,
-            url: row.try_get("url").map_err(db)?,
-            headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
-            secrets: vec![secret],
-        });
-    }
-    Ok(targets.into_iter().map(Arc::new).collect())
+    let rows = sqlx::query(shared::TARGET_ROWS_SQL)
+        .bind(app.to_string())
+        .bind(at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(shared::TargetRow {
+                id: row.try_get("id")?,
+                url: row.try_get("url")?,
+                headers: row.try_get("headers")?,
+                filter_types: row.try_get("filter_types")?,
+                channels: row.try_get("channels")?,
+                secret: row.try_get("secret")?,
+            })
+        })
+        .collect::<sqlx::Result<Vec<_>>>()
+        .map_err(db)?;
+    shared::matching_targets(rows, event_type, channels)
 }
 
 async fn target(

@@ -9,19 +9,21 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::ids::IdOrUid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, FilterTypes, MessageId, Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId, Trigger,
 };
 
 use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, Order};
+use crate::shared;
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
     EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
     StoreResult, StoredResponse, Timestamp,
 };
 
-/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`.
+/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
+/// with their signing secrets, in one query.
 fn matching_targets(
     conn: &Connection,
     app: AppId,
@@ -30,51 +32,23 @@ fn matching_targets(
     at: Timestamp,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let mut statement = conn
-        .prepare_cached(
-            "SELECT id, url, headers, filter_types, channels FROM endpoints
-             WHERE app_id = ? AND disabled = 0",
-        )
+        .prepare_cached(shared::TARGET_ROWS_SQL)
         .map_err(internal)?;
-    let candidates = statement
-        .query_map([app.to_string()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
+    let rows = statement
+        .query_map(params![app.to_string(), at], |r| {
+            Ok(shared::TargetRow {
+                id: r.get(0)?,
+                url: r.get(1)?,
+                headers: r.get(2)?,
+                filter_types: r.get(3)?,
+                channels: r.get(4)?,
+                secret: r.get(5)?,
+            })
         })
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
-    let mut targets = Vec::new();
-    for (id, url, headers, filter_types, endpoint_channels) in candidates {
-        let filter = match filter_types {
-            Some(text) => {
-                let names: Vec<String> = decode(&text)?;
-                FilterTypes::parse(&names).map_err(|e| StoreError::Internal(e.to_string()))?
-            }
-            None => FilterTypes::all(),
-        };
-        if !filter.matches(event_type) {
-            continue;
-        }
-        if let Some(text) = endpoint_channels {
-            let wanted: Vec<String> = decode(&text)?;
-            let shared = channels.is_some_and(|c| c.iter().any(|c| wanted.contains(c)));
-            if !wanted.is_empty() && !shared {
-                continue;
-            }
-        }
-        targets.push(Arc::new(EndpointTarget {
-            id: EndpointId::parse(&id).map_err(|e| StoreError::Internal(e.to_string()))?,
-            url,
-            headers: decode(&headers)?,
-            secrets: signing_secrets(conn, &id, at)?,
-        }));
-    }
-    Ok(targets)
+    shared::matching_targets(rows, event_type, channels)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {

@@ -54,6 +54,14 @@ impl ChildServer {
         }
     }
 
+    /// Asks the process to stop (SIGTERM: in-flight attempts finish) and
+    /// waits for it to exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

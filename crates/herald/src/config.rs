@@ -312,11 +312,6 @@ impl Settings {
             Some("worker") => Role::Worker,
             Some(other) => bail!("HERALD_ROLE must be `all`, `api` or `worker`, not `{other}`"),
         };
-        if settings.role != Role::All
-            && matches!(settings.database.database, Database::Sqlite { .. })
-        {
-            bail!("HERALD_ROLE=api or worker needs PostgreSQL: the embedded database serves one process");
-        }
         if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
             settings.lease = Duration::from_secs(seconds);
         }

@@ -54,12 +54,21 @@ impl BenchDatabase {
 pub struct HeraldUnderTest {
     processes: Vec<ChildServer>,
     database: Option<BenchDatabase>,
+    env: Vec<(&'static str, String)>,
     _data_dir: tempfile::TempDir,
     client: reqwest::Client,
 }
 
 impl HeraldUnderTest {
     pub async fn start(args: &BenchArgs) -> anyhow::Result<Self> {
+        Self::start_with(args, &[]).await
+    }
+
+    /// Starts with `extra` environment over the bench defaults.
+    pub async fn start_with(
+        args: &BenchArgs,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir()?;
         let database = match &args.database_url {
             Some(url) => Some(BenchDatabase::create(url).await?),
@@ -77,21 +86,51 @@ impl HeraldUnderTest {
             env.push(("HERALD_DATABASE_URL", database.url.clone()));
             env.push(("HERALD_DATABASE_MAX_CONNECTIONS", "32".to_owned()));
         }
-        let program = std::env::current_exe()?;
-        let mut processes = Vec::new();
-        for _ in 0..args.processes {
-            processes.push(ChildServer::start(&program, &env)?);
-        }
-        Ok(Self {
-            processes,
+        env.extend(extra.iter().cloned());
+        let mut herald = Self {
+            processes: Vec::new(),
             database,
+            env,
             _data_dir: data_dir,
             client: reqwest::Client::new(),
-        })
+        };
+        herald.spawn(args.processes, &[])?;
+        Ok(herald)
+    }
+
+    fn spawn(&mut self, processes: usize, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().cloned());
+        let program = std::env::current_exe()?;
+        for _ in 0..processes {
+            self.processes.push(ChildServer::start(&program, &env)?);
+        }
+        Ok(())
+    }
+
+    /// Stops every process gracefully and starts as many again on the same
+    /// database with `extra` environment (e.g. another role).
+    pub fn restart_with(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
+        let count = self.processes.len();
+        for process in self.processes.drain(..) {
+            process.terminate();
+        }
+        self.spawn(count, extra)
     }
 
     /// Creates an app with `fanout` endpoints on the sink; returns where to send.
     pub async fn prepare(&self, sink: &Sink, fanout: usize) -> anyhow::Result<Target> {
+        self.prepare_on(sink, "/hook", fanout).await
+    }
+
+    /// Like `prepare`, with the endpoints under `route` of the sink
+    /// (`/hook` answers 204, `/fail` answers 500).
+    pub async fn prepare_on(
+        &self,
+        sink: &Sink,
+        route: &str,
+        fanout: usize,
+    ) -> anyhow::Result<Target> {
         let base = format!("http://{}/api/v1", self.processes[0].address);
         let app: serde_json::Value = self
             .client
@@ -108,7 +147,7 @@ impl HeraldUnderTest {
             self.client
                 .post(format!("{base}/app/{app}/endpoint/"))
                 .bearer_auth(TOKEN)
-                .json(&json!({"url": sink.url(&format!("/hook/{n}"))}))
+                .json(&json!({"url": sink.url(&format!("{route}/{n}"))}))
                 .send()
                 .await?
                 .error_for_status()?;

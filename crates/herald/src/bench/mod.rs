@@ -28,6 +28,12 @@ pub enum Scenario {
     Ceiling,
     /// Herald's RSS after start-up with nothing to do.
     Idle,
+    /// `--messages` accepted by an API-only Herald, then drained by a full
+    /// one: the drain rate of a backlog held in the database.
+    Backlog,
+    /// `--messages` x `--fanout` deliveries failed once and scheduled an
+    /// hour later: Herald's memory with a large backlog of future work.
+    Scheduled,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +109,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Steady => steady(&args).await?,
             Scenario::Ceiling => ceiling(&args).await?,
             Scenario::Idle => idle(&args).await?,
+            Scenario::Backlog => backlog(&args).await?,
+            Scenario::Scheduled => scheduled(&args).await?,
         };
         if !args.json {
             if rows.is_empty() {
@@ -258,6 +266,86 @@ async fn idle(args: &BenchArgs) -> anyhow::Result<Row> {
         duplicates: 0,
     };
     herald.stop().await;
+    Ok(row)
+}
+
+async fn backlog(args: &BenchArgs) -> anyhow::Result<Row> {
+    let sink = Sink::start(args.messages * args.fanout).await?;
+    let mut herald = HeraldUnderTest::start_with(args, &[("HERALD_ROLE", "api".into())]).await?;
+    let target = herald.prepare(&sink, args.fanout).await?;
+    let load = ClosedLoop {
+        messages: args.messages,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    herald.restart_with(&[("HERALD_ROLE", "all".into())])?;
+    sink.restart_clock();
+    let before = herald.cpu_seconds();
+    let delivered = sink.wait_for_all(Duration::from_secs(600)).await;
+    let row = Row {
+        scenario: format!("backlog of {} drained", args.messages * args.fanout),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: args.fanout,
+        messages: args.messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        herald_peak_rss_mib: herald.peak_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds() - before,
+        generator_cpu_seconds: 0.0,
+        duplicates: delivered.duplicates,
+    };
+    herald.stop().await;
+    if !delivered.complete {
+        bail!(
+            "only {} of {} deliveries arrived",
+            delivered.count,
+            args.messages * args.fanout
+        );
+    }
+    Ok(row)
+}
+
+async fn scheduled(args: &BenchArgs) -> anyhow::Result<Row> {
+    let expected = args.messages * args.fanout;
+    let sink = Sink::start(expected).await?;
+    let herald =
+        HeraldUnderTest::start_with(args, &[("HERALD_RETRY_SCHEDULE", "1h".into())]).await?;
+    let target = herald.prepare_on(&sink, "/fail", args.fanout).await?;
+    let load = ClosedLoop {
+        messages: args.messages,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    let attempted = sink.wait_for_all(Duration::from_secs(600)).await;
+    // Let the last attempt records land before reading the memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = Row {
+        scenario: format!("{expected} scheduled for later"),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: args.fanout,
+        messages: args.messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: attempted.count as f64 / attempted.elapsed.as_secs_f64(),
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        herald_peak_rss_mib: herald.current_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds(),
+        generator_cpu_seconds: 0.0,
+        duplicates: 0,
+    };
+    herald.stop().await;
+    if !attempted.complete {
+        bail!(
+            "only {} of {expected} first attempts were made",
+            attempted.count
+        );
+    }
     Ok(row)
 }
 

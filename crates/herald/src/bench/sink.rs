@@ -105,6 +105,17 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
+/// Records like `receive`, then refuses: drives deliveries into retry.
+async fn refuse(
+    state: State<Arc<Shared>>,
+    endpoint: axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    receive(state, endpoint, headers, body).await;
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
 async fn noop() -> (StatusCode, &'static str) {
     (StatusCode::ACCEPTED, "{\"id\":\"msg_noop\"}")
 }
@@ -126,6 +137,7 @@ impl Sink {
         let address = listener.local_addr()?;
         let app = Router::new()
             .route("/hook/{endpoint}", post(receive))
+            .route("/fail/{endpoint}", post(refuse))
             .route("/noop", post(noop))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -154,6 +166,10 @@ impl Sink {
             .lock()
             .expect("first")
             .get_or_insert_with(Instant::now);
+    }
+    /// Measures from now on: for draining work queued before.
+    pub fn restart_clock(&self) {
+        *self.shared.first.lock().expect("first") = Some(Instant::now());
     }
 
     pub fn noop_target(&self) -> Target {

@@ -29,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 503: the database cannot take the request now; retrying is safe.
     Unavailable,
+    /// 503 with `Retry-After`: more work is queued than Herald admits.
+    Overloaded,
     Internal(String),
 }
 
@@ -65,6 +67,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%cause, "database unavailable");
                 Self::Unavailable
             }
+            StoreError::Overloaded => Self::Overloaded,
             StoreError::Internal(cause) => Self::Internal(cause),
         }
     }
@@ -100,6 +103,18 @@ impl IntoResponse for ApiError {
                 "database_unavailable",
                 "the database is unavailable; retry later".to_owned(),
             ),
+            Self::Overloaded => {
+                let body = ErrorBody {
+                    code: "overloaded",
+                    detail: "too much work is queued; retry after the indicated delay".to_owned(),
+                };
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, "1")],
+                    Json(body),
+                )
+                    .into_response();
+            }
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -114,3 +129,21 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_is_a_503_that_says_when_to_retry() {
+        let response = ApiError::from(StoreError::Overloaded).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn internal_causes_never_reach_the_client() {
+        let response = ApiError::Internal("secret connection string".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

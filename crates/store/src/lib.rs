@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The input refers to something that does not exist or is not allowed.
     #[error("{field}: {detail}")]
     Invalid { field: &'static str, detail: String },
+    /// Too much work is queued; the client should retry shortly.
+    #[error("overloaded")]
+    Overloaded,
     /// The database cannot be reached or is shutting down; try again later.
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -25,6 +25,9 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// Read connections kept open.
     pub readers: usize,
+    /// Queued writes above which new messages are refused (503) until the
+    /// writer catches up.
+    pub admission_limit: usize,
 }
 
 impl SqliteOptions {
@@ -32,6 +35,7 @@ impl SqliteOptions {
         Self {
             path: path.into(),
             readers: 4,
+            admission_limit: 20_000,
         }
     }
 }
@@ -49,7 +53,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         let readers = ReadPool::open(&options.path, options.readers.max(1))?;
         Ok(Self {
-            writer: Writer::start(conn),
+            writer: Writer::start(conn, options.admission_limit),
             readers,
         })
     }
@@ -247,7 +251,7 @@ impl Store for SqliteStore {
         claim: Option<Claim>,
     ) -> StoreResult<CreatedMessage> {
         self.writer
-            .write(move |c| delivery::create_message(c, app, input, claim))
+            .admit(move |c| delivery::create_message(c, app, input, claim))
             .await
     }
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {

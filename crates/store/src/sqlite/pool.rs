@@ -3,6 +3,7 @@
 //! of read connections. In WAL mode readers never wait for the writer.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -46,16 +47,41 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Jobs sent and not yet taken by the writer thread.
+    queued: Arc<AtomicUsize>,
+    /// Above this many queued jobs, new work from clients is refused.
+    admission_limit: usize,
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection) -> Self {
+    pub(crate) fn start(conn: Connection, admission_limit: usize) -> Self {
         let (jobs, receiver) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run_writer(conn, receiver))
+            .spawn(move || run_writer(conn, receiver, taken))
             .expect("spawning the writer thread");
-        Self { jobs }
+        Self {
+            jobs,
+            queued,
+            admission_limit,
+        }
+    }
+
+    /// Like [`Writer::write`], for new work arriving from clients: refused
+    /// with `Overloaded` while the queue is longer than the admission limit,
+    /// so that a burst turns into 503s instead of unbounded memory and
+    /// latency. The engine's own writes (attempt results) are never refused.
+    pub(crate) async fn admit<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.queued.load(Ordering::Acquire) >= self.admission_limit {
+            return Err(StoreError::Overloaded);
+        }
+        self.write(work).await
     }
 
     pub(crate) async fn write<T, F>(&self, work: F) -> StoreResult<T>
@@ -70,9 +96,11 @@ impl Writer {
                 let _ = reply.send(committed.and(result));
             })
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.jobs.send(job).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            StoreError::Unavailable("the writer has stopped".into())
+        })?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
@@ -106,7 +134,7 @@ fn in_savepoint<T>(
     }
 }
 
-fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>) {
+fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>, queued: Arc<AtomicUsize>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = receiver.recv() {
@@ -117,6 +145,7 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let began = run_cached(&conn, "BEGIN IMMEDIATE");
         if let Err(error) = began {
             tracing::error!(%error, "could not begin a write transaction");
@@ -220,4 +249,64 @@ pub(crate) fn internal(error: rusqlite::Error) -> StoreError {
         return StoreError::NotFound;
     }
     StoreError::Internal(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_work_is_refused_while_the_queue_is_over_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::start(open_connection(&dir.path().join("t.db"), false).unwrap(), 2);
+        // Hold the writer thread inside a job until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let blocker = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(move |_| {
+                        let _ = started.send(());
+                        held.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        running.await.unwrap();
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.write(|_| Ok(())).await })
+            })
+            .collect();
+        while writer.queued.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+
+        let refused = writer.admit(|_| Ok(())).await;
+        let engine_write = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write(|_| Ok(())).await })
+        };
+        release.send(()).unwrap();
+
+        assert!(
+            matches!(refused, Err(StoreError::Overloaded)),
+            "{refused:?}"
+        );
+        assert!(
+            engine_write.await.unwrap().is_ok(),
+            "the engine's writes still go through"
+        );
+        blocker.await.unwrap().unwrap();
+        for job in queued {
+            job.await.unwrap().unwrap();
+        }
+        assert!(
+            writer.admit(|_| Ok(())).await.is_ok(),
+            "admitted again once the queue drains"
+        );
+    }
 }

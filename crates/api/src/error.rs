@@ -145,7 +145,9 @@ mod tests {
     async fn internal_causes_never_reach_the_client() {
         let response = ApiError::Internal("secret connection string".into()).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(body.contains("internal_error"), "{body}");
         assert!(!body.contains("secret"), "{body}");

@@ -7,6 +7,7 @@ mod pool;
 mod rows;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -14,7 +15,9 @@ use rusqlite::Connection;
 use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
 
 use crate::*;
-use pool::{internal, open_connection, ReadPool, Writer};
+use pool::{
+    internal, open_connection, Checkpointer, ReadPool, Writer, WRITER_AUTOCHECKPOINT_PAGES,
+};
 
 /// Migrations in order; the number is the schema version each one produces.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
@@ -44,6 +47,7 @@ impl SqliteOptions {
 pub struct SqliteStore {
     writer: Writer,
     readers: ReadPool,
+    _checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteStore {
@@ -51,10 +55,13 @@ impl SqliteStore {
     pub fn open(options: &SqliteOptions) -> StoreResult<Self> {
         let mut conn = open_connection(&options.path, false)?;
         migrate(&mut conn)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(internal)?;
         let readers = ReadPool::open(&options.path, options.readers.max(1))?;
         Ok(Self {
             writer: Writer::start(conn, options.admission_limit),
             readers,
+            _checkpointer: Arc::new(Checkpointer::start(&options.path)?),
         })
     }
 

@@ -172,6 +172,41 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>, queued: Arc<Atomi
     }
 }
 
+/// Copies the WAL back into the database file from a thread of its own.
+/// Left to SQLite, that checkpoint runs inside the writer's commit and stalls
+/// every queued request while it copies and syncs; here it runs beside the
+/// writer (`PASSIVE` never blocks it). The writer keeps a far larger
+/// automatic threshold as a backstop. Stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    _stop: mpsc::Sender<()>,
+}
+
+/// Pages of WAL after which the writer checkpoints by itself after all.
+pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+
+impl Checkpointer {
+    pub(crate) fn start(path: &Path) -> StoreResult<Self> {
+        let conn = open_connection(path, false)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_millis(250))
+                {
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(Self { _stop: stop })
+    }
+}
+
 /// A fixed set of read-only connections used from blocking threads.
 #[derive(Debug, Clone)]
 pub(crate) struct ReadPool {

@@ -1,7 +1,8 @@
 //! The dispatcher: a loop around [`Dispatcher::try_dispatch_due`], plus the
 //! fast path that sends deliveries the API has just committed and leased.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, RetrySchedule, Trigger};
+use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger};
 use herald_store::{Attempt, AttemptOutcome, Claim, DeliveryJob, NextStep, Store, Timestamp};
 
 use crate::http::{build_body, HttpSender, SendResult};
@@ -24,6 +25,10 @@ pub struct DispatchConfig {
     pub lease: Duration,
     /// Deliveries queued or in flight at once, at most.
     pub max_in_flight: usize,
+    /// Deliveries in flight to one endpoint at once, at most: a slow or
+    /// timing-out endpoint can hold no more slots than this, so the others
+    /// keep theirs.
+    pub max_in_flight_per_endpoint: usize,
     /// Deliveries claimed per store round trip.
     pub claim_batch: usize,
     /// Longest idle wait between looks at the store (lease expiries need a look).
@@ -39,7 +44,8 @@ impl Default for DispatchConfig {
             retry_schedule: RetrySchedule::default(),
             timeout: Duration::from_secs(15),
             lease: Duration::from_secs(60),
-            max_in_flight: 2048,
+            max_in_flight: 4096,
+            max_in_flight_per_endpoint: 64,
             claim_batch: 256,
             idle_poll: Duration::from_secs(5),
             response_limit: 4096,
@@ -66,6 +72,8 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     /// Rung when the store may hold new due work (retry scheduled, slot freed).
     wake: Notify,
+    /// Deliveries in flight per endpoint.
+    per_endpoint: Mutex<HashMap<EndpointId, usize>>,
     tasks: TaskTracker,
 }
 
@@ -85,6 +93,7 @@ impl Dispatcher {
             sender,
             config,
             wake: Notify::new(),
+            per_endpoint: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
         })
     }
@@ -106,13 +115,13 @@ impl Dispatcher {
     pub fn submit(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
         for (job, body) in with_bodies(jobs) {
             match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => self.spawn_delivery(job, body, permit),
+                Ok(permit) => self.start(job, body, permit),
                 Err(_) => {
                     // Room was there when the lease was taken; wait for it.
                     let this = self.clone();
                     self.tasks.spawn(async move {
                         if let Ok(permit) = this.slots.clone().acquire_owned().await {
-                            this.deliver(job, body, permit).await;
+                            this.start(job, body, permit);
                         }
                     });
                 }
@@ -136,11 +145,11 @@ impl Dispatcher {
             now,
             until: now + self.config.lease.as_millis() as i64,
         };
-        let jobs = self.store.claim_due(claim, free).await?;
+        let jobs = self.store.claim_due(claim, free, self.saturated()).await?;
         let claimed = jobs.len();
         for (job, body) in with_bodies(jobs) {
             let permit = permits.split(1).expect("one permit per claimed job");
-            self.spawn_delivery(job, body, permit);
+            self.start(job, body, permit);
         }
         Ok(StepOutcome::Claimed(claimed))
     }
@@ -175,7 +184,7 @@ impl Dispatcher {
         if self.slots.available_permits() == 0 {
             return self.config.idle_poll;
         }
-        match self.store.next_due_at().await {
+        match self.store.next_due_at(self.saturated()).await {
             Ok(Some(at)) => {
                 let wait = (at - now_ms()).max(0) as u64;
                 // A due row that could not be claimed (a race) must not spin the loop.
@@ -194,21 +203,68 @@ impl Dispatcher {
         self.tasks.close();
     }
 
-    fn spawn_delivery(
-        self: &Arc<Self>,
-        job: DeliveryJob,
-        body: Bytes,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let this = self.clone();
-        self.tasks
-            .spawn(async move { this.deliver(job, body, permit).await });
+    /// Endpoints with every per-endpoint slot taken: claims leave them out.
+    fn saturated(&self) -> Vec<EndpointId> {
+        let limit = self.config.max_in_flight_per_endpoint;
+        let per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
+        per_endpoint
+            .iter()
+            .filter(|(_, count)| **count >= limit)
+            .map(|(endpoint, _)| *endpoint)
+            .collect()
     }
 
-    async fn deliver(&self, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
+    /// Sends `job` unless its endpoint already has its share of slots in
+    /// flight; then the delivery goes back to the database, still due, for
+    /// a later claim.
+    fn start(self: &Arc<Self>, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
+        let admitted = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
+            let count = per_endpoint.entry(job.endpoint.id).or_insert(0);
+            if *count < self.config.max_in_flight_per_endpoint {
+                *count += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let this = self.clone();
+        if admitted {
+            self.tasks.spawn(async move {
+                this.deliver(&job, body, permit).await;
+                this.leave(job.endpoint.id);
+            });
+        } else {
+            drop(permit);
+            self.tasks.spawn(async move {
+                if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
+                    // The lease runs out instead; the delivery is only later.
+                    tracing::warn!(%error, "releasing a deferred delivery failed");
+                }
+            });
+        }
+    }
+
+    fn leave(&self, endpoint: EndpointId) {
+        let was_saturated = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
+            let count = per_endpoint.entry(endpoint).or_insert(1);
+            let was = *count >= self.config.max_in_flight_per_endpoint;
+            *count -= 1;
+            if *count == 0 {
+                per_endpoint.remove(&endpoint);
+            }
+            was
+        };
+        if was_saturated {
+            // Work deferred for this endpoint can be claimed again.
+            self.wake.notify_one();
+        }
+    }
+    async fn deliver(&self, job: &DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
         let started_at = now_ms();
-        let result = self.sender.send(&job, &body, started_at / 1000).await;
-        let outcome = self.outcome(&job, &result, started_at);
+        let result = self.sender.send(job, &body, started_at / 1000).await;
+        let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
         if let Err(error) = self.store.record_attempt(outcome).await {
             // The lease runs out and the delivery is tried again: at least once.

@@ -91,6 +91,8 @@ impl Application {
                 timeout: settings.request_timeout,
                 lease: settings.lease,
                 idle_poll: settings.poll_interval,
+                max_in_flight: settings.max_in_flight,
+                max_in_flight_per_endpoint: settings.max_in_flight_per_endpoint,
                 policy: settings.policy,
                 ..DispatchConfig::default()
             },

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// wakes it (expired leases are found on these looks).
     #[arg(long, env = "HERALD_POLL_INTERVAL", value_name = "SECONDS")]
     pub poll_interval: Option<u64>,
+    /// Deliveries in flight at once in this process.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Deliveries in flight to one endpoint at once: what a slow endpoint
+    /// can take from the others.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", value_name = "N")]
+    pub max_in_flight_per_endpoint: Option<usize>,
     /// Admin bearer token. When unset, one is generated on first start and printed once.
     #[arg(
         long,
@@ -100,6 +107,8 @@ struct FileConfig {
     role: Option<String>,
     lease_seconds: Option<u64>,
     poll_interval: Option<u64>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_endpoint: Option<usize>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     database_max_connections: Option<u32>,
@@ -224,6 +233,8 @@ pub struct Settings {
     pub lease: Duration,
     /// Longest idle wait between a worker's looks at the database.
     pub poll_interval: Duration,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_endpoint: usize,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
     pub retry_schedule: RetrySchedule,
@@ -248,6 +259,8 @@ impl Settings {
             },
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
+            max_in_flight: 4096,
+            max_in_flight_per_endpoint: 64,
             admin_token: None,
             policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
@@ -320,6 +333,15 @@ impl Settings {
                 bail!("HERALD_POLL_INTERVAL must be between 1 and 3600 seconds");
             }
             settings.poll_interval = Duration::from_secs(seconds);
+        }
+        if let Some(n) = args.max_in_flight.or(file.max_in_flight) {
+            settings.max_in_flight = n.clamp(1, 1_000_000);
+        }
+        if let Some(n) = args
+            .max_in_flight_per_endpoint
+            .or(file.max_in_flight_per_endpoint)
+        {
+            settings.max_in_flight_per_endpoint = n.clamp(1, 1_000_000);
         }
         if settings.lease < settings.request_timeout + Duration::from_secs(2) {
             bail!("HERALD_LEASE_SECONDS must exceed the request timeout by at least 2 seconds, or an attempt still in flight could be claimed again");

@@ -135,12 +135,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         endpoint: EndpointId,
         claim: Claim,
     ) -> StoreResult<DeliveryJob>;
-    /// Leases up to `limit` due deliveries whose lease is free or expired.
-    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>>;
+    /// Leases up to `limit` due deliveries whose lease is free or expired,
+    /// leaving out those of the endpoints in `skip` (already saturated here).
+    async fn claim_due(
+        &self,
+        claim: Claim,
+        limit: usize,
+        skip: Vec<EndpointId>,
+    ) -> StoreResult<Vec<DeliveryJob>>;
+    /// Gives a leased, unattempted delivery back (its endpoint is busy here);
+    /// it stays due and any worker may claim it.
+    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()>;
     /// Records one attempt and moves its delivery to the next state.
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()>;
-    /// When the earliest unleased pending delivery falls due, if any.
-    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>>;
+    /// When the earliest unleased pending delivery falls due, if any,
+    /// leaving out the endpoints in `skip`.
+    async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>>;
     /// At start-up, frees leases that can only belong to a dead run of this
     /// process: all of them for single-process SQLite, none for PostgreSQL
     /// (there, leases of a dead process simply expire).

@@ -226,9 +226,12 @@ async fn leased_deliveries_are_not_claimed_again_until_the_lease_ends() {
             .await
             .unwrap();
 
-        let first = store.claim_due(claim(at + 1), 10).await.unwrap();
-        let second = store.claim_due(claim(at + 2), 10).await.unwrap();
-        let after_expiry = store.claim_due(claim(at + 61_000 + 10), 10).await.unwrap();
+        let first = store.claim_due(claim(at + 1), 10, vec![]).await.unwrap();
+        let second = store.claim_due(claim(at + 2), 10, vec![]).await.unwrap();
+        let after_expiry = store
+            .claim_due(claim(at + 61_000 + 10), 10, vec![])
+            .await
+            .unwrap();
 
         assert_eq!(first.len(), 1, "{name}: the due delivery is claimed");
         assert!(second.is_empty(), "{name}: a live lease keeps others away");
@@ -275,12 +278,20 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
             })
             .await
             .unwrap();
-        assert_eq!(store.next_due_at().await.unwrap(), Some(retry_at), "{name}");
+        assert_eq!(
+            store.next_due_at(vec![]).await.unwrap(),
+            Some(retry_at),
+            "{name}"
+        );
         assert!(
-            store.claim_due(claim(now()), 10).await.unwrap().is_empty(),
+            store
+                .claim_due(claim(now()), 10, vec![])
+                .await
+                .unwrap()
+                .is_empty(),
             "{name}: not due yet"
         );
-        let retried = store.claim_due(claim(retry_at), 10).await.unwrap();
+        let retried = store.claim_due(claim(retry_at), 10, vec![]).await.unwrap();
         assert_eq!(retried[0].attempts_made, 1, "{name}");
         store
             .record_attempt(AttemptOutcome {
@@ -297,7 +308,7 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
             (1, 0, 0),
             "{name}"
         );
-        assert_eq!(store.next_due_at().await.unwrap(), None, "{name}");
+        assert_eq!(store.next_due_at(vec![]).await.unwrap(), None, "{name}");
         let attempts = store
             .list_attempts(
                 app,
@@ -355,7 +366,11 @@ async fn a_duplicate_event_id_is_a_conflict_and_writes_nothing() {
             .unwrap();
         assert_eq!(listed.data.len(), 1, "{name}");
         assert_eq!(
-            store.claim_due(claim(now()), 10).await.unwrap().len(),
+            store
+                .claim_due(claim(now()), 10, vec![])
+                .await
+                .unwrap()
+                .len(),
             1,
             "{name}: one delivery"
         );
@@ -472,7 +487,11 @@ async fn orphaned_leases_are_freed_at_start_on_sqlite_and_left_to_expire_on_post
             .await
             .unwrap();
         assert!(
-            store.claim_due(claim(now()), 10).await.unwrap().is_empty(),
+            store
+                .claim_due(claim(now()), 10, vec![])
+                .await
+                .unwrap()
+                .is_empty(),
             "{name}: leased"
         );
 
@@ -482,7 +501,11 @@ async fn orphaned_leases_are_freed_at_start_on_sqlite_and_left_to_expire_on_post
         // PostgreSQL another live process may hold it.
         let expected = if name == "sqlite" { 1 } else { 0 };
         assert_eq!(released, expected, "{name}");
-        let claimable = store.claim_due(claim(now()), 10).await.unwrap().len();
+        let claimable = store
+            .claim_due(claim(now()), 10, vec![])
+            .await
+            .unwrap()
+            .len();
         assert_eq!(claimable as u64, expected, "{name}");
     }
 }
@@ -506,7 +529,7 @@ async fn concurrent_claimers_never_get_the_same_delivery() {
         for _ in 0..8 {
             let store = store.clone();
             claimers.push(tokio::spawn(async move {
-                store.claim_due(claim(at), 30).await.unwrap()
+                store.claim_due(claim(at), 30, vec![]).await.unwrap()
             }));
         }
         let mut seen = std::collections::HashSet::new();
@@ -599,5 +622,50 @@ async fn idempotent_responses_are_saved_once() {
             None,
             "{name}"
         );
+    }
+}
+
+#[tokio::test]
+async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let busy = endpoint(store, app, "http://a.test/busy").await;
+        let free = endpoint(store, app, "http://a.test/free").await;
+        let created = store
+            .create_message(app, message("call.started", None), Some(claim(now())))
+            .await
+            .unwrap();
+        let to_busy = created
+            .jobs
+            .iter()
+            .find(|j| j.endpoint.id == busy.id)
+            .unwrap();
+
+        store.release(to_busy.message.id, busy.id).await.unwrap();
+        store.release(created.message.id, free.id).await.unwrap();
+        let skipping = store
+            .claim_due(claim(now()), 10, vec![busy.id])
+            .await
+            .unwrap();
+        let due_later = store.next_due_at(vec![busy.id]).await.unwrap();
+        let rest = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+
+        assert_eq!(
+            skipping.len(),
+            1,
+            "{name}: only the free endpoint's delivery"
+        );
+        assert_eq!(skipping[0].endpoint.id, free.id, "{name}");
+        assert_eq!(
+            due_later, None,
+            "{name}: nothing else due outside the skipped endpoint"
+        );
+        assert_eq!(
+            rest.len(),
+            1,
+            "{name}: the released busy delivery is still due"
+        );
+        assert_eq!(rest[0].endpoint.id, busy.id, "{name}");
     }
 }

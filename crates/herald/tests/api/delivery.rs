@@ -380,3 +380,45 @@ async fn the_payload_reaches_the_receiver_exactly_as_sent() {
         "key order and big numbers survive: {body}"
     );
 }
+
+#[tokio::test]
+async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
+    // Four slots in all, two per endpoint: the slow endpoint may hold two.
+    let app = spawn_app_with(Options {
+        max_in_flight: 4,
+        max_in_flight_per_endpoint: 2,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always("/slow", Reply::Delay(Duration::from_secs(3)));
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/slow"), Some(&["call.started"]))
+        .await;
+    app.create_endpoint(&tenant, &receiver.url("/fast"), Some(&["call.completed"]))
+        .await;
+    for n in 0..6 {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+    }
+    receiver.wait_for(2, WAIT).await;
+
+    app.send(&tenant, "call.completed", json!({})).await;
+
+    let arrived = eventually(WAIT, "the fast endpoint's delivery", || async {
+        let requests = receiver.requests();
+        requests
+            .iter()
+            .position(|r| r.path == "/fast")
+            .map(|at| requests[..at].to_vec())
+    })
+    .await;
+    // Without the per-endpoint limit the slow endpoint would hold all four
+    // slots, and the fast delivery would wait for one of them to finish.
+    assert_eq!(
+        arrived.iter().filter(|r| r.path == "/slow").count(),
+        2,
+        "only two slow requests were in flight when the fast one was sent"
+    );
+    // Every deferred slow delivery is still delivered.
+    receiver.wait_for(7, Duration::from_secs(20)).await;
+}

@@ -38,6 +38,8 @@ pub struct Options {
     pub retry_schedule: &'static str,
     pub request_timeout: Duration,
     pub allow_private_networks: bool,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_endpoint: usize,
 }
 
 impl Default for Options {
@@ -46,6 +48,8 @@ impl Default for Options {
             retry_schedule: "100ms,100ms,100ms",
             request_timeout: Duration::from_secs(5),
             allow_private_networks: true,
+            max_in_flight: 4096,
+            max_in_flight_per_endpoint: 64,
         }
     }
 }
@@ -65,6 +69,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
     settings.request_timeout = options.request_timeout;
+    settings.max_in_flight = options.max_in_flight;
+    settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     let application = Application::build(settings).await.expect("Herald starts");
     let address = application.address();
     let shutdown = CancellationToken::new();

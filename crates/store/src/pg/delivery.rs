@@ -346,6 +346,7 @@ pub(crate) async fn claim_due(
     conn: &mut PgConnection,
     claim: Claim,
     limit: usize,
+    skip: &[EndpointId],
 ) -> StoreResult<Vec<DeliveryJob>> {
     let due = sqlx::query(
         "WITH due AS (
@@ -353,6 +354,7 @@ pub(crate) async fn claim_due(
              FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
              WHERE d.status = 1 AND d.next_attempt_at <= $1
                AND (d.lease_until IS NULL OR d.lease_until < $1) AND NOT e.disabled
+               AND NOT (d.endpoint_id = ANY($4::text[]))
              ORDER BY d.next_attempt_at
              LIMIT $2
              FOR UPDATE OF d SKIP LOCKED
@@ -365,6 +367,7 @@ pub(crate) async fn claim_due(
     .bind(claim.now)
     .bind(limit as i64)
     .bind(claim.until)
+    .bind(skip.iter().map(ToString::to_string).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
@@ -406,6 +409,20 @@ pub(crate) async fn claim_due(
         });
     }
     Ok(jobs)
+}
+
+pub(crate) async fn release(
+    conn: &mut PgConnection,
+    message: MessageId,
+    endpoint: EndpointId,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE message_id = $1 AND endpoint_id = $2 AND status = 1")
+        .bind(message.to_string())
+        .bind(endpoint.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 pub(crate) async fn record_attempt(
@@ -470,12 +487,17 @@ pub(crate) async fn record_attempt(
     Ok(())
 }
 
-pub(crate) async fn next_due_at(conn: &mut PgConnection) -> StoreResult<Option<Timestamp>> {
+pub(crate) async fn next_due_at(
+    conn: &mut PgConnection,
+    skip: &[EndpointId],
+) -> StoreResult<Option<Timestamp>> {
     let row = sqlx::query(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
          WHERE d.status = 1 AND d.lease_until IS NULL AND NOT e.disabled
+           AND NOT (d.endpoint_id = ANY($1::text[]))
          ORDER BY d.next_attempt_at LIMIT 1",
     )
+    .bind(skip.iter().map(ToString::to_string).collect::<Vec<_>>())
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;

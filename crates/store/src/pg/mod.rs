@@ -405,16 +405,26 @@ impl Store for PgStore {
         self.transaction(async |c| delivery::resend(c, app, message, endpoint, claim).await)
             .await
     }
-    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
-        self.transaction(async |c| delivery::claim_due(c, claim, limit).await)
+    async fn claim_due(
+        &self,
+        claim: Claim,
+        limit: usize,
+        skip: Vec<EndpointId>,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        self.transaction(async |c| delivery::claim_due(c, claim, limit, &skip).await)
+            .await
+    }
+    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
+        self.transaction(async |c| delivery::release(c, message, endpoint).await)
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
         self.transaction(async |c| delivery::record_attempt(c, outcome).await)
             .await
     }
-    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
-        self.read(async |c| delivery::next_due_at(c).await).await
+    async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>> {
+        self.read(async |c| delivery::next_due_at(c, &skip).await)
+            .await
     }
     /// Other processes may hold leases here: none is released early; a dead
     /// holder's leases simply run out.

@@ -316,17 +316,33 @@ pub(crate) fn claim_due(
     conn: &Connection,
     claim: Claim,
     limit: usize,
+    skip: &[EndpointId],
 ) -> StoreResult<Vec<DeliveryJob>> {
-    let due = conn
-        .prepare_cached(
-            "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
-             FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-             WHERE d.status = 1 AND d.next_attempt_at <= ?1
-               AND (d.lease_until IS NULL OR d.lease_until < ?1) AND e.disabled = 0
-             ORDER BY d.next_attempt_at LIMIT ?2",
+    let skipped = if skip.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND d.endpoint_id NOT IN ({})",
+            vec!["?"; skip.len()].join(", ")
         )
+    };
+    let sql = format!(
+        "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
+         FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 1 AND d.next_attempt_at <= ?
+           AND (d.lease_until IS NULL OR d.lease_until < ?) AND e.disabled = 0{skipped}
+         ORDER BY d.next_attempt_at LIMIT ?"
+    );
+    let mut binds: Vec<rusqlite::types::Value> = vec![claim.now.into(), claim.now.into()];
+    binds.extend(
+        skip.iter()
+            .map(|e| rusqlite::types::Value::Text(e.to_string())),
+    );
+    binds.push((limit as i64).into());
+    let due = conn
+        .prepare_cached(&sql)
         .and_then(|mut s| {
-            s.query_map(params![claim.now, limit as i64], |r| {
+            s.query_map(rusqlite::params_from_iter(binds), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -373,6 +389,19 @@ pub(crate) fn claim_due(
         });
     }
     Ok(jobs)
+}
+
+pub(crate) fn release(
+    conn: &Connection,
+    message: MessageId,
+    endpoint: EndpointId,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE deliveries SET lease_until = NULL WHERE message_id = ? AND endpoint_id = ? AND status = 1",
+    )
+    .and_then(|mut s| s.execute(params![message.to_string(), endpoint.to_string()]))
+    .map_err(internal)?;
+    Ok(())
 }
 
 pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> StoreResult<()> {
@@ -429,14 +458,32 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
     Ok(())
 }
 
-pub(crate) fn next_due_at(conn: &Connection) -> StoreResult<Option<Timestamp>> {
-    conn.prepare_cached(
+pub(crate) fn next_due_at(
+    conn: &Connection,
+    skip: &[EndpointId],
+) -> StoreResult<Option<Timestamp>> {
+    let skipped = if skip.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND d.endpoint_id NOT IN ({})",
+            vec!["?"; skip.len()].join(", ")
+        )
+    };
+    let sql = format!(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 1 AND d.lease_until IS NULL AND e.disabled = 0
-         ORDER BY d.next_attempt_at LIMIT 1",
-    )
-    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
-    .map_err(internal)
+         WHERE d.status = 1 AND d.lease_until IS NULL AND e.disabled = 0{skipped}
+         ORDER BY d.next_attempt_at LIMIT 1"
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row(
+                rusqlite::params_from_iter(skip.iter().map(ToString::to_string)),
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(internal)
 }
 
 pub(crate) fn release_orphaned_leases(conn: &Connection) -> StoreResult<u64> {

@@ -299,9 +299,19 @@ impl Store for SqliteStore {
             .write(move |c| delivery::resend(c, app, message, endpoint, claim))
             .await
     }
-    async fn claim_due(&self, claim: Claim, limit: usize) -> StoreResult<Vec<DeliveryJob>> {
+    async fn claim_due(
+        &self,
+        claim: Claim,
+        limit: usize,
+        skip: Vec<EndpointId>,
+    ) -> StoreResult<Vec<DeliveryJob>> {
         self.writer
-            .write(move |c| delivery::claim_due(c, claim, limit))
+            .write(move |c| delivery::claim_due(c, claim, limit, &skip))
+            .await
+    }
+    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
+        self.writer
+            .write(move |c| delivery::release(c, message, endpoint))
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
@@ -309,8 +319,10 @@ impl Store for SqliteStore {
             .write(move |c| delivery::record_attempt(c, outcome))
             .await
     }
-    async fn next_due_at(&self) -> StoreResult<Option<Timestamp>> {
-        self.readers.read(delivery::next_due_at).await
+    async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>> {
+        self.readers
+            .read(move |c| delivery::next_due_at(c, &skip))
+            .await
     }
     /// SQLite serves one process (the data-directory lock sees to it), so
     /// every lease in the file belongs to a run that is over.

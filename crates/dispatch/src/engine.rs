@@ -1,7 +1,7 @@
 //! The dispatcher: a loop around [`Dispatcher::try_dispatch_due`], plus the
 //! fast path that sends deliveries the API has just committed and leased.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -72,8 +72,8 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     /// Rung when the store may hold new due work (retry scheduled, slot freed).
     wake: Notify,
-    /// Deliveries in flight per endpoint.
-    per_endpoint: Mutex<HashMap<EndpointId, usize>>,
+    /// Deliveries in flight, and waiting their turn, per endpoint.
+    per_endpoint: Mutex<HashMap<EndpointId, EndpointLoad>>,
     tasks: TaskTracker,
 }
 
@@ -206,61 +206,83 @@ impl Dispatcher {
     /// Endpoints with every per-endpoint slot taken: claims leave them out.
     fn saturated(&self) -> Vec<EndpointId> {
         let limit = self.config.max_in_flight_per_endpoint;
-        let per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
+        let per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
         per_endpoint
             .iter()
-            .filter(|(_, count)| **count >= limit)
+            .filter(|(_, load)| load.in_flight >= limit)
             .map(|(endpoint, _)| *endpoint)
             .collect()
     }
 
-    /// Sends `job` unless its endpoint already has its share of slots in
-    /// flight; then the delivery goes back to the database, still due, for
-    /// a later claim.
+    /// Sends `job` when its endpoint has a free per-endpoint slot; otherwise
+    /// it waits in the endpoint's queue (as long as the limit again, keeping
+    /// its global slot), and past that goes back to the database still due,
+    /// for a later claim.
     fn start(self: &Arc<Self>, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
-        let admitted = {
-            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
-            let count = per_endpoint.entry(job.endpoint.id).or_insert(0);
-            if *count < self.config.max_in_flight_per_endpoint {
-                *count += 1;
-                true
+        let limit = self.config.max_in_flight_per_endpoint;
+        let decision = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let load = per_endpoint.entry(job.endpoint.id).or_default();
+            if load.in_flight < limit {
+                load.in_flight += 1;
+                Admission::Send(job, body, permit)
+            } else if load.waiting.len() < limit {
+                load.waiting.push_back((job, body, permit));
+                Admission::Queued
             } else {
-                false
+                Admission::GiveBack(job)
             }
         };
         let this = self.clone();
-        if admitted {
-            self.tasks.spawn(async move {
-                this.deliver(&job, body, permit).await;
-                this.leave(job.endpoint.id);
-            });
-        } else {
-            drop(permit);
-            self.tasks.spawn(async move {
-                if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
-                    // The lease runs out instead; the delivery is only later.
-                    tracing::warn!(%error, "releasing a deferred delivery failed");
-                }
-            });
+        match decision {
+            Admission::Send(job, body, permit) => {
+                self.tasks
+                    .spawn(async move { this.run_for_endpoint(job, body, permit).await });
+            }
+            Admission::Queued => {}
+            Admission::GiveBack(job) => {
+                self.tasks.spawn(async move {
+                    if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
+                        // The lease runs out instead; the delivery is only later.
+                        tracing::warn!(%error, "releasing a deferred delivery failed");
+                    }
+                });
+            }
         }
     }
 
-    fn leave(&self, endpoint: EndpointId) {
-        let was_saturated = {
-            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint counts");
-            let count = per_endpoint.entry(endpoint).or_insert(1);
-            let was = *count >= self.config.max_in_flight_per_endpoint;
-            *count -= 1;
-            if *count == 0 {
-                per_endpoint.remove(&endpoint);
+    /// Delivers `job`, then the endpoint's waiting jobs one after another on
+    /// the same per-endpoint slot, then gives the slot back.
+    async fn run_for_endpoint(
+        self: Arc<Self>,
+        job: DeliveryJob,
+        body: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let endpoint = job.endpoint.id;
+        let mut next = Some((job, body, permit));
+        while let Some((job, body, permit)) = next.take() {
+            self.deliver(&job, body, permit).await;
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let Some(load) = per_endpoint.get_mut(&endpoint) else {
+                break;
+            };
+            next = load.waiting.pop_front();
+            if next.is_none() {
+                let was_saturated = load.in_flight >= self.config.max_in_flight_per_endpoint;
+                load.in_flight -= 1;
+                if load.in_flight == 0 {
+                    per_endpoint.remove(&endpoint);
+                }
+                drop(per_endpoint);
+                if was_saturated {
+                    // Work given back for this endpoint can be claimed again.
+                    self.wake.notify_one();
+                }
             }
-            was
-        };
-        if was_saturated {
-            // Work deferred for this endpoint can be claimed again.
-            self.wake.notify_one();
         }
     }
+
     async fn deliver(&self, job: &DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
         let started_at = now_ms();
         let result = self.sender.send(job, &body, started_at / 1000).await;
@@ -325,6 +347,23 @@ impl Dispatcher {
             disable_endpoint: gone,
         }
     }
+}
+
+/// What happens to a job given to [`Dispatcher::start`].
+enum Admission {
+    Send(DeliveryJob, Bytes, OwnedSemaphorePermit),
+    Queued,
+    /// The endpoint's share is full: back to the database (the global slot
+    /// is freed as the permit drops).
+    GiveBack(DeliveryJob),
+}
+
+/// Per-endpoint share of the dispatcher: attempts in flight and jobs
+/// waiting for one of them to end.
+#[derive(Debug, Default)]
+struct EndpointLoad {
+    in_flight: usize,
+    waiting: VecDeque<(DeliveryJob, Bytes, OwnedSemaphorePermit)>,
 }
 
 /// Pairs each job with its body, built once per message however many

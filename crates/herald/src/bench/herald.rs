@@ -159,6 +159,42 @@ impl HeraldUnderTest {
                 .map(|p| format!("http://{}/api/v1/app/{app}/msg/", p.address))
                 .collect(),
             token: TOKEN,
+            channels: None,
+        })
+    }
+
+    /// An app with one endpoint per entry of `routes` (a sink route such as
+    /// `/hook`), endpoint `n` listening on channel `e{n}`.
+    pub async fn prepare_channels(&self, sink: &Sink, routes: &[&str]) -> anyhow::Result<Target> {
+        let base = format!("http://{}/api/v1", self.processes[0].address);
+        let app: serde_json::Value = self
+            .client
+            .post(format!("{base}/app/"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "bench"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let app = app["id"].as_str().unwrap_or_default().to_owned();
+        for (n, route) in routes.iter().enumerate() {
+            self.client
+                .post(format!("{base}/app/{app}/endpoint/"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"url": sink.url(&format!("{route}/{n}")), "channels": [format!("e{n}")]}))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(Target {
+            urls: self
+                .processes
+                .iter()
+                .map(|p| format!("http://{}/api/v1/app/{app}/msg/", p.address))
+                .collect(),
+            token: TOKEN,
+            channels: Some(routes.len()),
         })
     }
 

@@ -34,6 +34,10 @@ pub enum Scenario {
     /// `--messages` x `--fanout` deliveries failed once and scheduled an
     /// hour later: Herald's memory with a large backlog of future work.
     Scheduled,
+    /// `--endpoints` endpoints at `--rate` for `--duration`, first all
+    /// healthy, then with `--timeouts` of them hanging past the timeout and
+    /// `--failing` answering 500: the healthy ones' latency in both rows.
+    Isolation,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -59,6 +63,15 @@ pub struct BenchArgs {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,
+    /// Endpoints (isolation).
+    #[arg(long, default_value_t = 1_000)]
+    pub endpoints: usize,
+    /// Endpoints that answer only after the timeout (isolation).
+    #[arg(long, default_value_t = 100)]
+    pub timeouts: usize,
+    /// Endpoints that answer 500 (isolation).
+    #[arg(long, default_value_t = 100)]
+    pub failing: usize,
     /// Run on PostgreSQL: a fresh database is created on this server for the
     /// run and dropped afterwards. Without it, the embedded SQLite is used.
     #[arg(long, value_name = "URL")]
@@ -111,6 +124,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Idle => idle(&args).await?,
             Scenario::Backlog => backlog(&args).await?,
             Scenario::Scheduled => scheduled(&args).await?,
+            Scenario::Isolation => {
+                let baseline = isolation(&args, 0, 0).await?;
+                if !args.json {
+                    if rows.is_empty() {
+                        print_header();
+                    }
+                    print_row(&baseline);
+                }
+                rows.push(baseline);
+                isolation(&args, args.timeouts, args.failing).await?
+            }
         };
         if !args.json {
             if rows.is_empty() {
@@ -344,6 +368,59 @@ async fn scheduled(args: &BenchArgs) -> anyhow::Result<Row> {
         bail!(
             "only {} of {expected} first attempts were made",
             attempted.count
+        );
+    }
+    Ok(row)
+}
+
+/// Steady load over many endpoints, `timeouts` of which hang and `failing`
+/// of which answer 500; latency is measured on the healthy ones only.
+async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow::Result<Row> {
+    let endpoints = args.endpoints.max(timeouts + failing + 1);
+    let messages = args.rate as usize * args.duration as usize;
+    let healthy_from = timeouts + failing;
+    let healthy = (0..messages)
+        .filter(|n| n % endpoints >= healthy_from)
+        .count();
+    let routes: Vec<&str> = (0..endpoints)
+        .map(|n| match n {
+            n if n < timeouts => "/slow",
+            n if n < healthy_from => "/fail",
+            _ => "/hook",
+        })
+        .collect();
+    let sink = Sink::start(healthy).await?;
+    let herald = HeraldUnderTest::start(args).await?;
+    let target = herald.prepare_channels(&sink, &routes).await?;
+    let before = herald.cpu_seconds();
+    let generator_before = load::own_cpu_seconds();
+    let load = OpenLoop {
+        rate: args.rate,
+        messages,
+        payload_bytes: args.payload_bytes,
+    };
+    let sent = load.run(&target, &sink).await?;
+    let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
+    let row = Row {
+        scenario: format!("isolation {timeouts} hang {failing} fail of {endpoints}"),
+        database: database_name(args),
+        processes: args.processes,
+        fanout: 1,
+        messages,
+        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
+        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
+        latency_p50_ms: delivered.percentile(0.50),
+        latency_p99_ms: delivered.percentile(0.99),
+        herald_peak_rss_mib: herald.peak_rss_mib(),
+        herald_cpu_seconds: herald.cpu_seconds() - before,
+        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
+        duplicates: delivered.duplicates,
+    };
+    herald.stop().await;
+    if !delivered.complete {
+        bail!(
+            "only {} of {healthy} healthy deliveries arrived",
+            delivered.count
         );
     }
     Ok(row)

@@ -20,6 +20,8 @@ use super::load::Target;
 #[derive(Debug)]
 struct Shared {
     epoch: Instant,
+    /// Whether refused (500) deliveries count towards `expected`.
+    count_refused: bool,
     expected: u64,
     received: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
@@ -105,15 +107,24 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
-/// Records like `receive`, then refuses: drives deliveries into retry.
+/// Refuses with 500, driving deliveries into retry; counted like `receive`
+/// when the sink was started to count refusals.
 async fn refuse(
     state: State<Arc<Shared>>,
     endpoint: axum::extract::Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    receive(state, endpoint, headers, body).await;
+    if state.count_refused {
+        receive(state, endpoint, headers, body).await;
+    }
     StatusCode::INTERNAL_SERVER_ERROR
+}
+
+/// Answers only after Herald's timeout has passed.
+async fn hang() -> StatusCode {
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    StatusCode::NO_CONTENT
 }
 
 async fn noop() -> (StatusCode, &'static str) {
@@ -121,10 +132,17 @@ async fn noop() -> (StatusCode, &'static str) {
 }
 
 impl Sink {
-    /// A sink expecting `expected` deliveries.
+    /// A sink expecting `expected` deliveries to `/hook`.
     pub async fn start(expected: usize) -> anyhow::Result<Self> {
+        Self::start_counting(expected, false).await
+    }
+
+    /// A sink expecting `expected` deliveries, counting those refused on
+    /// `/fail` too when `count_refused`.
+    pub async fn start_counting(expected: usize, count_refused: bool) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            count_refused,
             expected: expected as u64,
             received: AtomicU64::new(0),
             latencies_us: Mutex::new(Vec::with_capacity(expected)),
@@ -138,6 +156,7 @@ impl Sink {
         let app = Router::new()
             .route("/hook/{endpoint}", post(receive))
             .route("/fail/{endpoint}", post(refuse))
+            .route("/slow/{endpoint}", post(hang))
             .route("/noop", post(noop))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -176,6 +195,7 @@ impl Sink {
         Target {
             urls: vec![self.url("/noop")],
             token: "none",
+            channels: None,
         }
     }
 

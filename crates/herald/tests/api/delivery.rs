@@ -383,9 +383,10 @@ async fn the_payload_reaches_the_receiver_exactly_as_sent() {
 
 #[tokio::test]
 async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
-    // Four slots in all, two per endpoint: the slow endpoint may hold two.
+    // Six slots in all, two per endpoint: the slow endpoint may have two in
+    // flight and two waiting, the rest is given back to the database.
     let app = spawn_app_with(Options {
-        max_in_flight: 4,
+        max_in_flight: 6,
         max_in_flight_per_endpoint: 2,
         ..Options::default()
     })
@@ -397,7 +398,7 @@ async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
         .await;
     app.create_endpoint(&tenant, &receiver.url("/fast"), Some(&["call.completed"]))
         .await;
-    for n in 0..6 {
+    for n in 0..8 {
         app.send(&tenant, "call.started", json!({"n": n})).await;
     }
     receiver.wait_for(2, WAIT).await;
@@ -412,7 +413,7 @@ async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
             .map(|at| requests[..at].to_vec())
     })
     .await;
-    // Without the per-endpoint limit the slow endpoint would hold all four
+    // Without the per-endpoint limit the slow endpoint would hold all six
     // slots, and the fast delivery would wait for one of them to finish.
     assert_eq!(
         arrived.iter().filter(|r| r.path == "/slow").count(),
@@ -420,5 +421,5 @@ async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
         "only two slow requests were in flight when the fast one was sent"
     );
     // Every deferred slow delivery is still delivered.
-    receiver.wait_for(7, Duration::from_secs(20)).await;
+    receiver.wait_for(9, Duration::from_secs(30)).await;
 }

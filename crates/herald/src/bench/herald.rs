@@ -159,43 +159,37 @@ impl HeraldUnderTest {
                 .map(|p| format!("http://{}/api/v1/app/{app}/msg/", p.address))
                 .collect(),
             token: TOKEN,
-            channels: None,
         })
     }
 
-    /// An app with one endpoint per entry of `routes` (a sink route such as
-    /// `/hook`), endpoint `n` listening on channel `e{n}`.
-    pub async fn prepare_channels(&self, sink: &Sink, routes: &[&str]) -> anyhow::Result<Target> {
+    /// One app per entry of `routes` (a sink route such as `/hook`), each
+    /// with a single endpoint there; messages go to the apps in turn.
+    pub async fn prepare_apps(&self, sink: &Sink, routes: &[&str]) -> anyhow::Result<Target> {
         let base = format!("http://{}/api/v1", self.processes[0].address);
-        let app: serde_json::Value = self
-            .client
-            .post(format!("{base}/app/"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"name": "bench"}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let app = app["id"].as_str().unwrap_or_default().to_owned();
+        let mut urls = Vec::with_capacity(routes.len());
         for (n, route) in routes.iter().enumerate() {
+            let app: serde_json::Value = self
+                .client
+                .post(format!("{base}/app/"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"name": format!("bench {n}")}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let app = app["id"].as_str().unwrap_or_default().to_owned();
             self.client
                 .post(format!("{base}/app/{app}/endpoint/"))
                 .bearer_auth(TOKEN)
-                .json(&json!({"url": sink.url(&format!("{route}/{n}")), "channels": [format!("e{n}")]}))
+                .json(&json!({"url": sink.url(&format!("{route}/{n}"))}))
                 .send()
                 .await?
                 .error_for_status()?;
+            let process = &self.processes[n % self.processes.len()];
+            urls.push(format!("http://{}/api/v1/app/{app}/msg/", process.address));
         }
-        Ok(Target {
-            urls: self
-                .processes
-                .iter()
-                .map(|p| format!("http://{}/api/v1/app/{app}/msg/", p.address))
-                .collect(),
-            token: TOKEN,
-            channels: Some(routes.len()),
-        })
+        Ok(Target { urls, token: TOKEN })
     }
 
     /// The largest peak RSS (VmHWM) among Herald's processes, in MiB.

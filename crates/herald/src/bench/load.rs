@@ -15,9 +15,6 @@ use super::sink::Sink;
 pub struct Target {
     pub urls: Vec<String>,
     pub token: &'static str,
-    /// When set, message `n` carries the channel `e{n % channels}`, so that
-    /// it reaches only the endpoint listening on that channel.
-    pub channels: Option<usize>,
 }
 
 /// What the sending side saw.
@@ -32,15 +29,12 @@ pub fn own_cpu_seconds() -> f64 {
     cpu_seconds_of("self")
 }
 
-fn body(sink: &Sink, target: &Target, n: usize, padding: &str) -> String {
-    let mut body = json!({
+fn body(sink: &Sink, padding: &str) -> String {
+    json!({
         "eventType": "call.completed",
         "payload": {"sentUs": sink.now_us(), "callId": "call_bench", "padding": padding}
-    });
-    if let Some(channels) = target.channels {
-        body["channels"] = json!([format!("e{}", n % channels)]);
-    }
-    body.to_string()
+    })
+    .to_string()
 }
 
 async fn send(client: &reqwest::Client, target: &Target, n: usize, body: String) -> bool {
@@ -87,7 +81,7 @@ impl ClosedLoop {
                     if n >= total {
                         return accepted;
                     }
-                    if send(&client, &target, n, body(&sink, &target, n, &padding)).await {
+                    if send(&client, &target, n, body(&sink, &padding)).await {
                         accepted += 1;
                     }
                 }
@@ -128,11 +122,7 @@ impl OpenLoop {
         let mut requests = tokio::task::JoinSet::new();
         for n in 0..self.messages {
             ticks.tick().await;
-            let (client, target, payload) = (
-                client.clone(),
-                target.clone(),
-                body(sink, target, n, &padding),
-            );
+            let (client, target, payload) = (client.clone(), target.clone(), body(sink, &padding));
             requests.spawn(async move { send(&client, &target, n, payload).await });
         }
         let mut accepted = 0;

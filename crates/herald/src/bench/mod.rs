@@ -34,9 +34,9 @@ pub enum Scenario {
     /// `--messages` x `--fanout` deliveries failed once and scheduled an
     /// hour later: Herald's memory with a large backlog of future work.
     Scheduled,
-    /// `--endpoints` endpoints at `--rate` for `--duration`, first all
-    /// healthy, then with `--timeouts` of them hanging past the timeout and
-    /// `--failing` answering 500: the healthy ones' latency in both rows.
+    /// `--endpoints` endpoints (one app each) at `--rate` for `--duration`,
+    /// first all healthy, then with `--timeouts` of them hanging past the
+    /// timeout and `--failing` answering 500: the healthy ones' latency.
     Isolation,
 }
 
@@ -391,7 +391,7 @@ async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow:
         .collect();
     let sink = Sink::start(healthy).await?;
     let herald = HeraldUnderTest::start(args).await?;
-    let target = herald.prepare_channels(&sink, &routes).await?;
+    let target = herald.prepare_apps(&sink, &routes).await?;
     let before = herald.cpu_seconds();
     let generator_before = load::own_cpu_seconds();
     let load = OpenLoop {

@@ -195,7 +195,6 @@ impl Sink {
         Target {
             urls: vec![self.url("/noop")],
             token: "none",
-            channels: None,
         }
     }
 

@@ -29,7 +29,8 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 503: the database cannot take the request now; retrying is safe.
     Unavailable,
-    /// 503 with `Retry-After`: more work is queued than Herald admits.
+    /// 503 with `Retry-After`: more work is queued, or more requests are
+    /// running, than Herald admits.
     Overloaded,
     Internal(String),
 }
@@ -106,7 +107,7 @@ impl IntoResponse for ApiError {
             Self::Overloaded => {
                 let body = ErrorBody {
                     code: "overloaded",
-                    detail: "too much work is queued; retry after the indicated delay".to_owned(),
+                    detail: "Herald is at capacity; retry after the indicated delay".to_owned(),
                 };
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -13,11 +13,14 @@ mod middleware;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::routing::get;
+use axum::BoxError;
 use axum::{Json, Router, ServiceExt};
 use tokio::net::TcpListener;
-use tower::Layer;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{Layer, ServiceBuilder};
 use tower_http::normalize_path::NormalizePathLayer;
 
 use herald_dispatch::Dispatcher;
@@ -37,6 +40,9 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// How long a rotated-out secret keeps signing (default 24 h).
     pub rotation_grace: Duration,
+    /// API requests handled at once; more are refused with 503 at once
+    /// rather than queued, so an overload cannot grow memory without bound.
+    pub max_concurrent_requests: usize,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("policy", &self.policy)
             .field("body_limit", &self.body_limit)
             .field("rotation_grace", &self.rotation_grace)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -75,7 +82,19 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(state.config.body_limit));
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        // A global limit: `Router::layer` wraps every route separately, so a
+        // plain concurrency limit would count each route on its own.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::Overloaded
+                }))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    state.config.max_concurrent_requests.max(1),
+                )),
+        );
     Router::new()
         .route("/api/v1/health", get(health))
         .nest("/api/v1", api)

@@ -106,6 +106,7 @@ impl Application {
                 policy: settings.policy,
                 body_limit: settings.max_body_bytes,
                 rotation_grace: settings.rotation_grace,
+                max_concurrent_requests: settings.max_concurrent_requests,
             }),
         };
         let listener = TcpListener::bind(settings.listen)

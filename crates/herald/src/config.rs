@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Deliveries in flight at once in this process.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// API requests handled at once; more get 503 `overloaded` at once.
+    #[arg(long, env = "HERALD_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
     /// Deliveries in flight to one endpoint at once: what a slow endpoint
     /// can take from the others.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", value_name = "N")]
@@ -109,6 +112,7 @@ struct FileConfig {
     poll_interval: Option<u64>,
     max_in_flight: Option<usize>,
     max_in_flight_per_endpoint: Option<usize>,
+    max_concurrent_requests: Option<usize>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     database_max_connections: Option<u32>,
@@ -235,6 +239,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
+    pub max_concurrent_requests: usize,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
     pub retry_schedule: RetrySchedule,
@@ -261,6 +266,7 @@ impl Settings {
             poll_interval: Duration::from_secs(5),
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
+            max_concurrent_requests: 1024,
             admin_token: None,
             policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
@@ -336,6 +342,12 @@ impl Settings {
         }
         if let Some(n) = args.max_in_flight.or(file.max_in_flight) {
             settings.max_in_flight = n.clamp(1, 1_000_000);
+        }
+        if let Some(n) = args
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests)
+        {
+            settings.max_concurrent_requests = n.clamp(1, 1_000_000);
         }
         if let Some(n) = args
             .max_in_flight_per_endpoint

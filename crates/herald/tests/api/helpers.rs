@@ -40,6 +40,7 @@ pub struct Options {
     pub allow_private_networks: bool,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Options {
@@ -50,6 +51,7 @@ impl Default for Options {
             allow_private_networks: true,
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -71,6 +73,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.request_timeout = options.request_timeout;
     settings.max_in_flight = options.max_in_flight;
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
+    settings.max_concurrent_requests = options.max_concurrent_requests;
     let application = Application::build(settings).await.expect("Herald starts");
     let address = application.address();
     let shutdown = CancellationToken::new();

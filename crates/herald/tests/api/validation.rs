@@ -436,3 +436,45 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_at_connect_time() 
         "nothing reached the private address"
     );
 }
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_503_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(Options {
+        max_concurrent_requests: 1,
+        ..Options::default()
+    })
+    .await;
+    let tenant = app.create_app("Acme").await;
+    // Hold the only slot with a request whose body never finishes arriving.
+    let mut held = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = format!(
+        "POST /api/v1/app/{tenant}/msg/ HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"eventType\""
+    );
+    held.write_all(head.as_bytes()).await.unwrap();
+
+    let refused =
+        crate::helpers::eventually(std::time::Duration::from_secs(10), "a 503", || async {
+            let response = app
+                .client
+                .get(app.url("/app/"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            (response.status() == 503).then_some(response)
+        })
+        .await;
+
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["code"], "overloaded");
+    drop(held);
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the slot back",
+        || async { (app.get("/app/").await.0 == 200).then_some(()) },
+    )
+    .await;
+}

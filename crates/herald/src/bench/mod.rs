@@ -15,8 +15,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use herald::HeraldUnderTest;
-use load::{ClosedLoop, OpenLoop};
-use sink::Sink;
+use load::{ClosedLoop, OpenLoop, Sent};
+use sink::{Delivered, Sink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -158,44 +158,116 @@ fn database_name(args: &BenchArgs) -> &'static str {
     }
 }
 
-async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
-    let sink = Sink::start(args.messages * args.fanout).await?;
-    let herald = HeraldUnderTest::start(args).await?;
-    let target = herald.prepare(&sink, args.fanout).await?;
-    let before = herald.cpu_seconds();
-    let generator_before = load::own_cpu_seconds();
-    let load = ClosedLoop {
+impl Row {
+    /// A row with nothing measured yet.
+    fn new(
+        scenario: String,
+        database: &'static str,
+        processes: usize,
+        fanout: usize,
+        messages: usize,
+    ) -> Self {
+        Self {
+            scenario,
+            database,
+            processes,
+            fanout,
+            messages,
+            accepted_per_second: 0.0,
+            delivered_per_second: 0.0,
+            latency_p50_ms: f64::NAN,
+            latency_p99_ms: f64::NAN,
+            herald_peak_rss_mib: 0.0,
+            herald_cpu_seconds: 0.0,
+            generator_cpu_seconds: 0.0,
+            duplicates: 0,
+        }
+    }
+
+    fn for_run(scenario: String, args: &BenchArgs, fanout: usize, messages: usize) -> Self {
+        Self::new(
+            scenario,
+            database_name(args),
+            args.processes,
+            fanout,
+            messages,
+        )
+    }
+
+    fn sent(mut self, sent: &Sent) -> Self {
+        self.accepted_per_second = sent.accepted as f64 / sent.elapsed.as_secs_f64();
+        self
+    }
+
+    fn delivered(mut self, delivered: &Delivered, with_latency: bool) -> Self {
+        self.delivered_per_second = delivered.count as f64 / delivered.elapsed.as_secs_f64();
+        if with_latency {
+            self.latency_p50_ms = delivered.percentile(0.50);
+            self.latency_p99_ms = delivered.percentile(0.99);
+        }
+        self.duplicates = delivered.duplicates;
+        self
+    }
+
+    fn cpu(mut self, meter: &Meter, herald: &HeraldUnderTest) -> Self {
+        self.herald_cpu_seconds = herald.cpu_seconds() - meter.herald;
+        self.generator_cpu_seconds = load::own_cpu_seconds() - meter.generator;
+        self
+    }
+}
+
+/// CPU counters at the start of a measurement.
+struct Meter {
+    herald: f64,
+    generator: f64,
+}
+
+impl Meter {
+    fn start(herald: &HeraldUnderTest) -> Self {
+        Self {
+            herald: herald.cpu_seconds(),
+            generator: load::own_cpu_seconds(),
+        }
+    }
+}
+
+fn closed_loop(args: &BenchArgs) -> ClosedLoop {
+    ClosedLoop {
         messages: args.messages,
         concurrency: args.concurrency,
         payload_bytes: args.payload_bytes,
-    };
-    let sent = load.run(&target, &sink).await?;
+    }
+}
+
+fn require_all(delivered: &Delivered, expected: usize) -> anyhow::Result<()> {
+    if !delivered.complete {
+        bail!("only {} of {expected} deliveries arrived", delivered.count);
+    }
+    Ok(())
+}
+
+async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
+    let expected = args.messages * args.fanout;
+    let sink = Sink::start(expected).await?;
+    let herald = HeraldUnderTest::start(args).await?;
+    let target = herald.prepare(&sink, args.fanout).await?;
+    let meter = Meter::start(&herald);
+    let sent = closed_loop(args).run(&target, &sink).await?;
     let delivered = sink
         .wait_for_all(Duration::from_secs(120 + args.messages as u64 / 100))
         .await;
-    let row = Row {
-        scenario: format!("throughput c={}", args.concurrency),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: args.fanout,
-        messages: args.messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
-        latency_p50_ms: delivered.percentile(0.50),
-        latency_p99_ms: delivered.percentile(0.99),
-        herald_peak_rss_mib: herald.peak_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds() - before,
-        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
-        duplicates: delivered.duplicates,
-    };
+    let mut row = Row::for_run(
+        format!("throughput c={}", args.concurrency),
+        args,
+        args.fanout,
+        args.messages,
+    )
+    .sent(&sent)
+    .delivered(&delivered, true)
+    .cpu(&meter, &herald);
+    row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    if !delivered.complete {
-        bail!(
-            "only {} of {} deliveries arrived",
-            delivered.count,
-            args.messages * args.fanout
-        );
-    }
+    require_all(&delivered, expected)?;
     if sent.rejected > 0 {
         bail!("{} messages were not accepted", sent.rejected);
     }
@@ -207,8 +279,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
     let sink = Sink::start(messages * args.fanout).await?;
     let herald = HeraldUnderTest::start(args).await?;
     let target = herald.prepare(&sink, args.fanout).await?;
-    let before = herald.cpu_seconds();
-    let generator_before = load::own_cpu_seconds();
+    let meter = Meter::start(&herald);
     let load = OpenLoop {
         rate: args.rate,
         messages,
@@ -216,29 +287,14 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
     };
     let sent = load.run(&target, &sink).await?;
     let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
-    let row = Row {
-        scenario: format!("steady {}/s for {} s", args.rate, args.duration),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: args.fanout,
-        messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
-        latency_p50_ms: delivered.percentile(0.50),
-        latency_p99_ms: delivered.percentile(0.99),
-        herald_peak_rss_mib: herald.peak_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds() - before,
-        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
-        duplicates: delivered.duplicates,
-    };
+    let scenario = format!("steady {}/s for {} s", args.rate, args.duration);
+    let mut row = Row::for_run(scenario, args, args.fanout, messages)
+        .sent(&sent)
+        .delivered(&delivered, true)
+        .cpu(&meter, &herald);
+    row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    if !delivered.complete {
-        bail!(
-            "only {} of {} deliveries arrived",
-            delivered.count,
-            messages * args.fanout
-        );
-    }
+    require_all(&delivered, messages * args.fanout)?;
     Ok(row)
 }
 
@@ -246,130 +302,78 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
 /// generator can send when the server costs nothing.
 async fn ceiling(args: &BenchArgs) -> anyhow::Result<Row> {
     let sink = Sink::start(0).await?;
-    let target = sink.noop_target();
-    let generator_before = load::own_cpu_seconds();
-    let load = ClosedLoop {
-        messages: args.messages,
-        concurrency: args.concurrency,
-        payload_bytes: args.payload_bytes,
-    };
-    let sent = load.run(&target, &sink).await?;
-    Ok(Row {
-        scenario: format!("generator ceiling c={}", args.concurrency),
-        database: "none",
-        processes: 0,
-        fanout: 0,
-        messages: args.messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: 0.0,
-        latency_p50_ms: f64::NAN,
-        latency_p99_ms: f64::NAN,
-        herald_peak_rss_mib: 0.0,
-        herald_cpu_seconds: 0.0,
-        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
-        duplicates: 0,
-    })
+    let generator = load::own_cpu_seconds();
+    let sent = closed_loop(args).run(&sink.noop_target(), &sink).await?;
+    let mut row = Row::new(
+        format!("generator ceiling c={}", args.concurrency),
+        "none",
+        0,
+        0,
+        args.messages,
+    )
+    .sent(&sent);
+    row.generator_cpu_seconds = load::own_cpu_seconds() - generator;
+    Ok(row)
 }
 
 async fn idle(args: &BenchArgs) -> anyhow::Result<Row> {
     let herald = HeraldUnderTest::start(args).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let row = Row {
-        scenario: "idle for 3 s".into(),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: 0,
-        messages: 0,
-        accepted_per_second: 0.0,
-        delivered_per_second: 0.0,
-        latency_p50_ms: f64::NAN,
-        latency_p99_ms: f64::NAN,
-        herald_peak_rss_mib: herald.current_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds(),
-        generator_cpu_seconds: 0.0,
-        duplicates: 0,
-    };
+    let mut row = Row::for_run("idle for 3 s".into(), args, 0, 0);
+    row.herald_peak_rss_mib = herald.current_rss_mib();
+    row.herald_cpu_seconds = herald.cpu_seconds();
     herald.stop().await;
     Ok(row)
 }
 
 async fn backlog(args: &BenchArgs) -> anyhow::Result<Row> {
-    let sink = Sink::start(args.messages * args.fanout).await?;
+    let expected = args.messages * args.fanout;
+    let sink = Sink::start(expected).await?;
     let mut herald = HeraldUnderTest::start_with(args, &[("HERALD_ROLE", "api".into())]).await?;
     let target = herald.prepare(&sink, args.fanout).await?;
-    let load = ClosedLoop {
-        messages: args.messages,
-        concurrency: args.concurrency,
-        payload_bytes: args.payload_bytes,
-    };
-    let sent = load.run(&target, &sink).await?;
+    let sent = closed_loop(args).run(&target, &sink).await?;
     herald.restart_with(&[("HERALD_ROLE", "all".into())])?;
     sink.restart_clock();
-    let before = herald.cpu_seconds();
+    let meter = Meter::start(&herald);
     let delivered = sink.wait_for_all(Duration::from_secs(600)).await;
-    let row = Row {
-        scenario: format!("backlog of {} drained", args.messages * args.fanout),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: args.fanout,
-        messages: args.messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
-        latency_p50_ms: f64::NAN,
-        latency_p99_ms: f64::NAN,
-        herald_peak_rss_mib: herald.peak_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds() - before,
-        generator_cpu_seconds: 0.0,
-        duplicates: delivered.duplicates,
-    };
+    let mut row = Row::for_run(
+        format!("backlog of {expected} drained"),
+        args,
+        args.fanout,
+        args.messages,
+    )
+    .sent(&sent)
+    .delivered(&delivered, false)
+    .cpu(&meter, &herald);
+    row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    if !delivered.complete {
-        bail!(
-            "only {} of {} deliveries arrived",
-            delivered.count,
-            args.messages * args.fanout
-        );
-    }
+    require_all(&delivered, expected)?;
     Ok(row)
 }
 
 async fn scheduled(args: &BenchArgs) -> anyhow::Result<Row> {
     let expected = args.messages * args.fanout;
-    let sink = Sink::start(expected).await?;
+    let sink = Sink::start_counting(expected, true).await?;
     let herald =
         HeraldUnderTest::start_with(args, &[("HERALD_RETRY_SCHEDULE", "1h".into())]).await?;
     let target = herald.prepare_on(&sink, "/fail", args.fanout).await?;
-    let load = ClosedLoop {
-        messages: args.messages,
-        concurrency: args.concurrency,
-        payload_bytes: args.payload_bytes,
-    };
-    let sent = load.run(&target, &sink).await?;
+    let meter = Meter::start(&herald);
+    let sent = closed_loop(args).run(&target, &sink).await?;
     let attempted = sink.wait_for_all(Duration::from_secs(600)).await;
     // Let the last attempt records land before reading the memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let row = Row {
-        scenario: format!("{expected} scheduled for later"),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: args.fanout,
-        messages: args.messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: attempted.count as f64 / attempted.elapsed.as_secs_f64(),
-        latency_p50_ms: f64::NAN,
-        latency_p99_ms: f64::NAN,
-        herald_peak_rss_mib: herald.current_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds(),
-        generator_cpu_seconds: 0.0,
-        duplicates: 0,
-    };
+    let mut row = Row::for_run(
+        format!("{expected} scheduled for later"),
+        args,
+        args.fanout,
+        args.messages,
+    )
+    .sent(&sent)
+    .delivered(&attempted, false)
+    .cpu(&meter, &herald);
+    row.herald_peak_rss_mib = herald.current_rss_mib();
     herald.stop().await;
-    if !attempted.complete {
-        bail!(
-            "only {} of {expected} first attempts were made",
-            attempted.count
-        );
-    }
+    require_all(&attempted, expected)?;
     Ok(row)
 }
 
@@ -392,8 +396,7 @@ async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow:
     let sink = Sink::start(healthy).await?;
     let herald = HeraldUnderTest::start(args).await?;
     let target = herald.prepare_apps(&sink, &routes).await?;
-    let before = herald.cpu_seconds();
-    let generator_before = load::own_cpu_seconds();
+    let meter = Meter::start(&herald);
     let load = OpenLoop {
         rate: args.rate,
         messages,
@@ -401,28 +404,14 @@ async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow:
     };
     let sent = load.run(&target, &sink).await?;
     let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
-    let row = Row {
-        scenario: format!("isolation {timeouts} hang {failing} fail of {endpoints}"),
-        database: database_name(args),
-        processes: args.processes,
-        fanout: 1,
-        messages,
-        accepted_per_second: sent.accepted as f64 / sent.elapsed.as_secs_f64(),
-        delivered_per_second: delivered.count as f64 / delivered.elapsed.as_secs_f64(),
-        latency_p50_ms: delivered.percentile(0.50),
-        latency_p99_ms: delivered.percentile(0.99),
-        herald_peak_rss_mib: herald.peak_rss_mib(),
-        herald_cpu_seconds: herald.cpu_seconds() - before,
-        generator_cpu_seconds: load::own_cpu_seconds() - generator_before,
-        duplicates: delivered.duplicates,
-    };
+    let scenario = format!("isolation {timeouts} hang {failing} fail of {endpoints}");
+    let mut row = Row::for_run(scenario, args, 1, messages)
+        .sent(&sent)
+        .delivered(&delivered, true)
+        .cpu(&meter, &herald);
+    row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    if !delivered.complete {
-        bail!(
-            "only {} of {healthy} healthy deliveries arrived",
-            delivered.count
-        );
-    }
+    require_all(&delivered, healthy)?;
     Ok(row)
 }
 

@@ -9,13 +9,16 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use herald_store::StoredResponse;
+use herald_store::{Reservation, StoredResponse};
 
 use crate::error::ApiError;
 use crate::AppState;
 
 /// Largest response kept for idempotent replay.
 const MAX_STORED_RESPONSE: usize = 4 * 1024 * 1024;
+/// A reservation older than this belongs to a request that died with its
+/// process; a retry may take it over.
+const STALE_RESERVATION_MS: i64 = 5 * 60 * 1000;
 
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -45,8 +48,9 @@ pub(crate) async fn authenticate(
     next.run(request).await
 }
 
-/// A POST with `Idempotency-Key` is answered once; repeats get the saved
-/// response (status and body) for 24 hours.
+/// A POST with `Idempotency-Key` runs once: the key is reserved before the
+/// handler runs, so a concurrent repeat gets 409 instead of running again,
+/// and later repeats get the saved response (status and body) for 24 hours.
 pub(crate) async fn idempotency(
     State(state): State<AppState>,
     request: Request,
@@ -67,39 +71,52 @@ pub(crate) async fn idempotency(
         return ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters").into_response();
     }
     let scope = format!("admin {}", request.uri().path().trim_end_matches('/'));
-    match state.store.idempotent_response(&scope, &key).await {
-        Ok(Some(saved)) => return replay(saved),
-        Ok(None) => {}
+    let now = now_ms();
+    match state
+        .store
+        .reserve_idempotency_key(&scope, &key, now, now - STALE_RESERVATION_MS)
+        .await
+    {
+        Ok(Reservation::Reserved) => {}
+        Ok(Reservation::Done(saved)) => return replay(saved),
+        Ok(Reservation::InProgress) => {
+            return ApiError::Conflict {
+                detail:
+                    "a request with this Idempotency-Key is still being processed; retry shortly"
+                        .to_owned(),
+            }
+            .into_response()
+        }
         Err(error) => return ApiError::from(error).into_response(),
     }
     let response = next.run(request).await;
     let status = response.status();
     // Server errors and rate limits are not final answers: let a retry run.
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if let Err(error) = state.store.abandon_idempotency_key(&scope, &key).await {
+            tracing::warn!(%error, "could not release an idempotency key");
+        }
         return response;
     }
     let (parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_STORED_RESPONSE).await else {
+        let _ = state.store.abandon_idempotency_key(&scope, &key).await;
         return ApiError::Internal("response too large to store for idempotency".into())
             .into_response();
     };
     let saved = StoredResponse {
         status: status.as_u16(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
-        created_at: now_ms(),
+        created_at: now,
     };
-    match state
+    if let Err(error) = state
         .store
-        .save_idempotent_response(&scope, &key, saved)
+        .complete_idempotency_key(&scope, &key, saved)
         .await
     {
-        Ok(Some(earlier)) => replay(earlier),
-        Ok(None) => Response::from_parts(parts, Body::from(bytes)),
-        Err(error) => {
-            tracing::warn!(%error, "could not save an idempotent response");
-            Response::from_parts(parts, Body::from(bytes))
-        }
+        tracing::warn!(%error, "could not save an idempotent response");
     }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn replay(saved: StoredResponse) -> Response {

@@ -162,18 +162,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     // Idempotency keys.
-    async fn idempotent_response(
+    /// Claims `key` for a request about to run: `Reserved` means go ahead,
+    /// `Done` carries the saved response to replay, `InProgress` means
+    /// another request with the key is running. A reservation made before
+    /// `stale_before` belongs to a request that died and is taken over.
+    async fn reserve_idempotency_key(
         &self,
         scope: &str,
         key: &str,
-    ) -> StoreResult<Option<StoredResponse>>;
-    /// Saves the first response for a key; returns the one already saved if another won the race.
-    async fn save_idempotent_response(
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> StoreResult<Reservation>;
+    /// Saves the final response of a reserved key.
+    async fn complete_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         response: StoredResponse,
-    ) -> StoreResult<Option<StoredResponse>>;
+    ) -> StoreResult<()>;
+    /// Drops a reservation whose request ended without a final answer.
+    async fn abandon_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()>;
     /// Removes keys older than `before`.
     async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64>;
 }

@@ -254,3 +254,14 @@ pub struct StoredResponse {
     pub body: String,
     pub created_at: Timestamp,
 }
+
+/// What reserving an `Idempotency-Key` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The key is ours: run the request, then complete or abandon it.
+    Reserved,
+    /// A request with this key already finished: replay its response.
+    Done(StoredResponse),
+    /// A request with this key is running now.
+    InProgress,
+}

@@ -577,50 +577,80 @@ async fn unleased_new_work_wakes_waiting_workers_on_postgresql() {
 }
 
 #[tokio::test]
-async fn idempotent_responses_are_saved_once() {
+async fn an_idempotency_key_runs_one_request_and_replays_its_response() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
-        let first = StoredResponse {
+        let at = now();
+        let response = StoredResponse {
             status: 202,
             body: "{\"a\":1}".into(),
-            created_at: now(),
-        };
-        let second = StoredResponse {
-            status: 202,
-            body: "{\"a\":2}".into(),
-            created_at: now(),
+            created_at: at,
         };
 
+        let first = store
+            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .await
+            .unwrap();
+        let concurrent = store
+            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .await
+            .unwrap();
+        store
+            .complete_idempotency_key("s", "k", response.clone())
+            .await
+            .unwrap();
+        let repeat = store
+            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .await
+            .unwrap();
+
+        assert_eq!(first, Reservation::Reserved, "{name}");
+        assert_eq!(concurrent, Reservation::InProgress, "{name}");
+        assert_eq!(repeat, Reservation::Done(response), "{name}");
+
+        store
+            .reserve_idempotency_key("s", "failed", at, at - 1_000)
+            .await
+            .unwrap();
+        store.abandon_idempotency_key("s", "failed").await.unwrap();
+        let retried = store
+            .reserve_idempotency_key("s", "failed", at, at - 1_000)
+            .await
+            .unwrap();
         assert_eq!(
-            store
-                .save_idempotent_response("s", "k", first.clone())
-                .await
-                .unwrap(),
-            None,
+            retried,
+            Reservation::Reserved,
+            "{name}: an abandoned key can run again"
+        );
+
+        store
+            .reserve_idempotency_key("s", "dead", at, at - 1_000)
+            .await
+            .unwrap();
+        let later = at + 10_000;
+        let taken_over = store
+            .reserve_idempotency_key("s", "dead", later, later - 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            taken_over,
+            Reservation::Reserved,
+            "{name}: a stale reservation is taken over"
+        );
+
+        assert_eq!(
+            store.purge_idempotency_keys(later + 1).await.unwrap(),
+            3,
             "{name}"
         );
+        let gone = store
+            .reserve_idempotency_key("s", "k", later, later - 1_000)
+            .await
+            .unwrap();
         assert_eq!(
-            store
-                .save_idempotent_response("s", "k", second)
-                .await
-                .unwrap(),
-            Some(first.clone()),
-            "{name}"
-        );
-        assert_eq!(
-            store.idempotent_response("s", "k").await.unwrap(),
-            Some(first),
-            "{name}"
-        );
-        assert_eq!(
-            store.purge_idempotency_keys(now() + 1).await.unwrap(),
-            1,
-            "{name}"
-        );
-        assert_eq!(
-            store.idempotent_response("s", "k").await.unwrap(),
-            None,
-            "{name}"
+            gone,
+            Reservation::Reserved,
+            "{name}: purged keys are forgotten"
         );
     }
 }

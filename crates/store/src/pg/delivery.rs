@@ -17,8 +17,8 @@ use super::WORK_CHANNEL;
 use crate::shared::{self, now};
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
-    StoreResult, StoredResponse, Timestamp,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, Reservation,
+    StoreError, StoreResult, StoredResponse, Timestamp,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -504,52 +504,91 @@ pub(crate) async fn next_due_at(
     row.map(|r| r.try_get(0).map_err(db)).transpose()
 }
 
-pub(crate) async fn idempotent_response(
-    conn: &mut PgConnection,
-    scope: &str,
-    key: &str,
-) -> StoreResult<Option<StoredResponse>> {
-    let row = sqlx::query(
-        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
-    )
-    .bind(scope)
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    row.map(|r| {
-        Ok(StoredResponse {
-            status: r.try_get::<i64, _>(0).map_err(db)? as u16,
-            body: r.try_get(1).map_err(db)?,
-            created_at: r.try_get(2).map_err(db)?,
-        })
-    })
-    .transpose()
-}
+/// Status stored for a key whose request is still running.
+const IN_PROGRESS: i64 = 0;
 
-pub(crate) async fn save_idempotent_response(
+pub(crate) async fn reserve_idempotency_key(
     conn: &mut PgConnection,
     scope: &str,
     key: &str,
-    response: StoredResponse,
-) -> StoreResult<Option<StoredResponse>> {
+    now: Timestamp,
+    stale_before: Timestamp,
+) -> StoreResult<Reservation> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES ($1, $2, $3, '', $4)
          ON CONFLICT (scope, key) DO NOTHING",
     )
     .bind(scope)
     .bind(key)
-    .bind(i64::from(response.status))
-    .bind(&response.body)
-    .bind(response.created_at)
+    .bind(IN_PROGRESS)
+    .bind(now)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
     if inserted.rows_affected() == 1 {
-        Ok(None)
-    } else {
-        idempotent_response(conn, scope, key).await
+        return Ok(Reservation::Reserved);
     }
+    let row = sqlx::query(
+        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2 FOR UPDATE",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    let status: i64 = row.try_get(0).map_err(db)?;
+    let created_at: Timestamp = row.try_get(2).map_err(db)?;
+    if status != IN_PROGRESS {
+        return Ok(Reservation::Done(StoredResponse {
+            status: status as u16,
+            body: row.try_get(1).map_err(db)?,
+            created_at,
+        }));
+    }
+    if created_at < stale_before {
+        sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND key = $3 AND status = $4")
+            .bind(now)
+            .bind(scope)
+            .bind(key)
+            .bind(IN_PROGRESS)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        return Ok(Reservation::Reserved);
+    }
+    Ok(Reservation::InProgress)
+}
+
+pub(crate) async fn complete_idempotency_key(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    response: StoredResponse,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE scope = $3 AND key = $4")
+        .bind(i64::from(response.status))
+        .bind(&response.body)
+        .bind(scope)
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn abandon_idempotency_key(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status = $3")
+        .bind(scope)
+        .bind(key)
+        .bind(IN_PROGRESS)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 pub(crate) async fn purge_idempotency_keys(

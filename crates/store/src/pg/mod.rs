@@ -435,24 +435,32 @@ impl Store for PgStore {
         self.work.notified().await;
     }
 
-    async fn idempotent_response(
+    async fn reserve_idempotency_key(
         &self,
         scope: &str,
         key: &str,
-    ) -> StoreResult<Option<StoredResponse>> {
-        self.read(async |c| delivery::idempotent_response(c, scope, key).await)
-            .await
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> StoreResult<Reservation> {
+        self.transaction(async |c| {
+            delivery::reserve_idempotency_key(c, scope, key, now, stale_before).await
+        })
+        .await
     }
-    async fn save_idempotent_response(
+    async fn complete_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         response: StoredResponse,
-    ) -> StoreResult<Option<StoredResponse>> {
+    ) -> StoreResult<()> {
         self.transaction(async |c| {
-            delivery::save_idempotent_response(c, scope, key, response).await
+            delivery::complete_idempotency_key(c, scope, key, response).await
         })
         .await
+    }
+    async fn abandon_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
+        self.transaction(async |c| delivery::abandon_idempotency_key(c, scope, key).await)
+            .await
     }
     async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {
         self.transaction(async |c| delivery::purge_idempotency_keys(c, before).await)

@@ -18,8 +18,8 @@ use super::rows::{self, list, optional_to_json, Order};
 use crate::shared;
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, StoreError,
-    StoreResult, StoredResponse, Timestamp,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, Reservation,
+    StoreError, StoreResult, StoredResponse, Timestamp,
 };
 
 /// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
@@ -495,45 +495,73 @@ pub(crate) fn release_orphaned_leases(conn: &Connection) -> StoreResult<u64> {
     .map_err(internal)
 }
 
-pub(crate) fn idempotent_response(
+/// Status stored for a key whose request is still running.
+const IN_PROGRESS: i64 = 0;
+
+pub(crate) fn reserve_idempotency_key(
     conn: &Connection,
     scope: &str,
     key: &str,
-) -> StoreResult<Option<StoredResponse>> {
-    conn.prepare_cached(
-        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
-    )
-    .and_then(|mut s| {
-        s.query_row([scope, key], |r| {
-            Ok(StoredResponse {
-                status: r.get(0)?,
-                body: r.get(1)?,
-                created_at: r.get(2)?,
-            })
-        })
-        .optional()
-    })
-    .map_err(internal)
+    now: Timestamp,
+    stale_before: Timestamp,
+) -> StoreResult<Reservation> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES (?, ?, ?, '', ?)
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS, now]))
+        .map_err(internal)?;
+    if inserted == 1 {
+        return Ok(Reservation::Reserved);
+    }
+    let (status, body, created_at): (i64, String, Timestamp) = conn
+        .prepare_cached(
+            "SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+        )
+        .and_then(|mut s| s.query_row([scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .map_err(internal)?;
+    if status != IN_PROGRESS {
+        return Ok(Reservation::Done(StoredResponse {
+            status: status as u16,
+            body,
+            created_at,
+        }));
+    }
+    if created_at < stale_before {
+        conn.prepare_cached(
+            "UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ? AND status = ?",
+        )
+        .and_then(|mut s| s.execute(params![now, scope, key, IN_PROGRESS]))
+        .map_err(internal)?;
+        return Ok(Reservation::Reserved);
+    }
+    Ok(Reservation::InProgress)
 }
 
-pub(crate) fn save_idempotent_response(
+pub(crate) fn complete_idempotency_key(
     conn: &Connection,
     scope: &str,
     key: &str,
     response: StoredResponse,
-) -> StoreResult<Option<StoredResponse>> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (scope, key) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute(params![scope, key, response.status, response.body, response.created_at]))
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE idempotency_keys SET status = ?, body = ? WHERE scope = ? AND key = ?",
+    )
+    .and_then(|mut s| s.execute(params![response.status, response.body, scope, key]))
+    .map_err(internal)?;
+    Ok(())
+}
+
+pub(crate) fn abandon_idempotency_key(
+    conn: &Connection,
+    scope: &str,
+    key: &str,
+) -> StoreResult<()> {
+    conn.prepare_cached("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND status = ?")
+        .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS]))
         .map_err(internal)?;
-    if inserted == 1 {
-        Ok(None)
-    } else {
-        idempotent_response(conn, scope, key)
-    }
+    Ok(())
 }
 
 pub(crate) fn purge_idempotency_keys(conn: &Connection, before: Timestamp) -> StoreResult<u64> {

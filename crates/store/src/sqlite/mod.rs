@@ -330,25 +330,33 @@ impl Store for SqliteStore {
         self.writer.write(delivery::release_orphaned_leases).await
     }
 
-    async fn idempotent_response(
+    async fn reserve_idempotency_key(
         &self,
         scope: &str,
         key: &str,
-    ) -> StoreResult<Option<StoredResponse>> {
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> StoreResult<Reservation> {
         let (scope, key) = (scope.to_owned(), key.to_owned());
-        self.readers
-            .read(move |c| delivery::idempotent_response(c, &scope, &key))
+        self.writer
+            .write(move |c| delivery::reserve_idempotency_key(c, &scope, &key, now, stale_before))
             .await
     }
-    async fn save_idempotent_response(
+    async fn complete_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         response: StoredResponse,
-    ) -> StoreResult<Option<StoredResponse>> {
+    ) -> StoreResult<()> {
         let (scope, key) = (scope.to_owned(), key.to_owned());
         self.writer
-            .write(move |c| delivery::save_idempotent_response(c, &scope, &key, response))
+            .write(move |c| delivery::complete_idempotency_key(c, &scope, &key, response))
+            .await
+    }
+    async fn abandon_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.writer
+            .write(move |c| delivery::abandon_idempotency_key(c, &scope, &key))
             .await
     }
     async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {

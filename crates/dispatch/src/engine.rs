@@ -325,6 +325,7 @@ impl Dispatcher {
                 status = result.status, error = class.as_str(), "attempt failed");
         }
         AttemptOutcome {
+            lease_until: job.lease_until,
             attempt: Attempt {
                 id: AttemptId::generate(),
                 app_id: job.message.app_id,

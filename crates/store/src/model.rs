@@ -229,6 +229,9 @@ pub struct DeliveryJob {
     /// Attempts already made before this one.
     pub attempts_made: u32,
     pub trigger: Trigger,
+    /// The lease this job holds (its expiry); recording the attempt checks
+    /// it, so a holder whose lease ran out cannot overwrite the next one's.
+    pub lease_until: Timestamp,
 }
 
 /// What happens to a delivery after an attempt.
@@ -242,6 +245,8 @@ pub enum NextStep {
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
     pub attempt: Attempt,
+    /// The lease of the job that made the attempt.
+    pub lease_until: Timestamp,
     pub next: NextStep,
     /// The receiver answered 410 Gone: stop sending to it.
     pub disable_endpoint: bool,

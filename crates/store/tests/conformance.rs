@@ -272,6 +272,7 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
         let retry_at = now() + 1_000;
         store
             .record_attempt(AttemptOutcome {
+                lease_until: job.lease_until,
                 attempt: attempt(DeliveryStatus::Failed, 500),
                 next: NextStep::RetryAt(retry_at),
                 disable_endpoint: false,
@@ -295,6 +296,7 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
         assert_eq!(retried[0].attempts_made, 1, "{name}");
         store
             .record_attempt(AttemptOutcome {
+                lease_until: retried[0].lease_until,
                 attempt: attempt(DeliveryStatus::Succeeded, 200),
                 next: NextStep::Succeeded,
                 disable_endpoint: false,
@@ -697,5 +699,65 @@ async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
             "{name}: the released busy delivery is still due"
         );
         assert_eq!(rest[0].endpoint.id, busy.id, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
+        let at = now();
+        let short = Claim {
+            now: at,
+            until: at + 1,
+        };
+        let first = store
+            .create_message(app, message("call.started", None), Some(short))
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        let second = store
+            .claim_due(claim(at + 10), 10, vec![])
+            .await
+            .unwrap()
+            .remove(0);
+        let outcome = |job: &DeliveryJob| AttemptOutcome {
+            lease_until: job.lease_until,
+            attempt: Attempt {
+                id: AttemptId::generate(),
+                app_id: app,
+                message_id: job.message.id,
+                endpoint_id: job.endpoint.id,
+                url: job.endpoint.url.clone(),
+                status: DeliveryStatus::Succeeded,
+                response_status_code: 200,
+                response: String::new(),
+                response_duration_ms: 1,
+                error_class: None,
+                trigger: Trigger::Scheduled,
+                created_at: now(),
+            },
+            next: NextStep::Succeeded,
+            disable_endpoint: false,
+        };
+
+        store.record_attempt(outcome(&first)).await.unwrap();
+        let after_stale = store.endpoint_stats(app, endpoint.id).await.unwrap();
+        store.record_attempt(outcome(&second)).await.unwrap();
+        let after_holder = store.endpoint_stats(app, endpoint.id).await.unwrap();
+
+        assert_eq!(
+            (after_stale.success, after_stale.sending),
+            (0, 1),
+            "{name}: the stale result changes nothing"
+        );
+        assert_eq!(
+            (after_holder.success, after_holder.sending),
+            (1, 0),
+            "{name}: the holder's result counts"
+        );
     }
 }

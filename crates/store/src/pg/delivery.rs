@@ -171,13 +171,14 @@ pub(crate) async fn create_message(
     }
     let deliveries = targets.len();
     let jobs = match claim {
-        Some(_) => targets
+        Some(claim) => targets
             .into_iter()
             .map(|endpoint| DeliveryJob {
                 message: message.clone(),
                 endpoint,
                 attempts_made: 0,
                 trigger: Trigger::Scheduled,
+                lease_until: claim.until,
             })
             .collect(),
         None => Vec::new(),
@@ -336,6 +337,7 @@ pub(crate) async fn resend(
         endpoint: target(conn, &endpoint.to_string(), claim.now).await?,
         attempts_made: row.try_get::<i64, _>(0).map_err(db)? as u32,
         trigger: Trigger::Manual,
+        lease_until: claim.until,
     })
 }
 
@@ -406,6 +408,7 @@ pub(crate) async fn claim_due(
             endpoint: target,
             attempts_made: row.try_get::<i64, _>(2).map_err(db)? as u32,
             trigger: Trigger::from_code(row.try_get(3).map_err(db)?),
+            lease_until: claim.until,
         });
     }
     Ok(jobs)
@@ -466,13 +469,14 @@ pub(crate) async fn record_attempt(
     sqlx::query(
         "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2,
              lease_until = NULL, updated_at = $3
-         WHERE message_id = $4 AND endpoint_id = $5",
+         WHERE message_id = $4 AND endpoint_id = $5 AND lease_until = $6",
     )
     .bind(status.code())
     .bind(next_attempt_at)
     .bind(attempt.created_at)
     .bind(attempt.message_id.to_string())
     .bind(attempt.endpoint_id.to_string())
+    .bind(outcome.lease_until)
     .execute(&mut *conn)
     .await
     .map_err(db)?;

@@ -143,13 +143,14 @@ pub(crate) fn create_message(
     }
     let deliveries = targets.len();
     let jobs = match claim {
-        Some(_) => targets
+        Some(claim) => targets
             .into_iter()
             .map(|endpoint| DeliveryJob {
                 message: message.clone(),
                 endpoint,
                 attempts_made: 0,
                 trigger: Trigger::Scheduled,
+                lease_until: claim.until,
             })
             .collect(),
         None => Vec::new(),
@@ -309,6 +310,7 @@ pub(crate) fn resend(
         endpoint: target(conn, &endpoint.to_string(), claim.now)?,
         attempts_made,
         trigger: Trigger::Manual,
+        lease_until: claim.until,
     })
 }
 
@@ -386,6 +388,7 @@ pub(crate) fn claim_due(
             endpoint,
             attempts_made,
             trigger: Trigger::from_code(trigger),
+            lease_until: claim.until,
         });
     }
     Ok(jobs)
@@ -436,7 +439,7 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
     conn.prepare_cached(
         "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
              lease_until = NULL, updated_at = ?
-         WHERE message_id = ? AND endpoint_id = ?",
+         WHERE message_id = ? AND endpoint_id = ? AND lease_until = ?",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -444,7 +447,8 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
             next_attempt_at,
             attempt.created_at,
             attempt.message_id.to_string(),
-            attempt.endpoint_id.to_string()
+            attempt.endpoint_id.to_string(),
+            outcome.lease_until
         ])
     })
     .map_err(internal)?;

@@ -242,6 +242,17 @@ pub enum NextStep {
     Failed,
 }
 
+impl NextStep {
+    /// The delivery's status and next due time after this step.
+    pub fn delivery_state(self) -> (DeliveryStatus, Option<Timestamp>) {
+        match self {
+            Self::Succeeded => (DeliveryStatus::Succeeded, None),
+            Self::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+            Self::Failed => (DeliveryStatus::Failed, None),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
     pub attempt: Attempt,

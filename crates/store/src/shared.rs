@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use herald_domain::{EndpointId, EventTypeName, FilterTypes, Secret};
 
-use crate::{Cursor, EndpointTarget, Page, StoreError, StoreResult, Timestamp};
+use herald_domain::Trigger;
+
+use crate::{
+    Claim, CreatedMessage, Cursor, DeliveryJob, EndpointTarget, Message, Page, StoreError,
+    StoreResult, Timestamp,
+};
 
 /// The wall clock in unix milliseconds.
 pub(crate) fn now() -> Timestamp {
@@ -122,4 +127,32 @@ pub(crate) fn matching_targets(
         last_id = Some(row.id);
     }
     Ok(targets.into_iter().map(Arc::new).collect())
+}
+
+/// The result of storing a message: with a claim, one leased job per
+/// matching endpoint, ready to send.
+pub(crate) fn created(
+    message: Arc<Message>,
+    targets: Vec<Arc<EndpointTarget>>,
+    claim: Option<Claim>,
+) -> CreatedMessage {
+    let deliveries = targets.len();
+    let jobs = match claim {
+        Some(claim) => targets
+            .into_iter()
+            .map(|endpoint| DeliveryJob {
+                message: message.clone(),
+                endpoint,
+                attempts_made: 0,
+                trigger: Trigger::Scheduled,
+                lease_until: claim.until,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    CreatedMessage {
+        message,
+        jobs,
+        deliveries,
+    }
 }

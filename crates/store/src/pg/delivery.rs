@@ -7,9 +7,7 @@ use std::sync::Arc;
 use sqlx::{PgConnection, Row};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId, Trigger,
-};
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Bind};
@@ -17,8 +15,8 @@ use super::WORK_CHANNEL;
 use crate::shared::{self, now};
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, Reservation,
-    StoreError, StoreResult, StoredResponse, Timestamp,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, StoreError,
+    StoreResult, StoredResponse, Timestamp,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -169,25 +167,7 @@ pub(crate) async fn create_message(
             notify_workers(conn).await?;
         }
     }
-    let deliveries = targets.len();
-    let jobs = match claim {
-        Some(claim) => targets
-            .into_iter()
-            .map(|endpoint| DeliveryJob {
-                message: message.clone(),
-                endpoint,
-                attempts_made: 0,
-                trigger: Trigger::Scheduled,
-                lease_until: claim.until,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(CreatedMessage {
-        message,
-        jobs,
-        deliveries,
-    })
+    Ok(shared::created(message, targets, claim))
 }
 
 pub(crate) async fn get_message(
@@ -461,11 +441,7 @@ pub(crate) async fn record_attempt(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    let (status, next_attempt_at) = match outcome.next {
-        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
-        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-        NextStep::Failed => (DeliveryStatus::Failed, None),
-    };
+    let (status, next_attempt_at) = outcome.next.delivery_state();
     sqlx::query(
         "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2,
              lease_until = NULL, updated_at = $3

@@ -8,9 +8,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId, Trigger,
-};
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
 
 use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
@@ -18,8 +16,8 @@ use super::rows::{self, list, optional_to_json, Order};
 use crate::shared;
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, NextStep, Page, Reservation,
-    StoreError, StoreResult, StoredResponse, Timestamp,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, StoreError,
+    StoreResult, StoredResponse, Timestamp,
 };
 
 /// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
@@ -141,25 +139,7 @@ pub(crate) fn create_message(
             ])
             .map_err(internal)?;
     }
-    let deliveries = targets.len();
-    let jobs = match claim {
-        Some(claim) => targets
-            .into_iter()
-            .map(|endpoint| DeliveryJob {
-                message: message.clone(),
-                endpoint,
-                attempts_made: 0,
-                trigger: Trigger::Scheduled,
-                lease_until: claim.until,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(CreatedMessage {
-        message,
-        jobs,
-        deliveries,
-    })
+    Ok(shared::created(message, targets, claim))
 }
 
 pub(crate) fn get_message(
@@ -431,11 +411,7 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
         ])
     })
     .map_err(internal)?;
-    let (status, next_attempt_at) = match outcome.next {
-        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
-        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-        NextStep::Failed => (DeliveryStatus::Failed, None),
-    };
+    let (status, next_attempt_at) = outcome.next.delivery_state();
     conn.prepare_cached(
         "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
              lease_until = NULL, updated_at = ?

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use herald_domain::{EndpointId, EventTypeName, FilterTypes, Secret};
-
-use herald_domain::Trigger;
+use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, Trigger};
 
 use crate::{
-    Claim, CreatedMessage, Cursor, DeliveryJob, EndpointTarget, Message, Page, StoreError,
-    StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, Claim, CreatedMessage, Cursor, DeliveryJob, EndpointTarget,
+    Message, MessageInput, MessageQuery, Page, PageRequest, StoreError, StoreResult, Timestamp,
 };
 
 /// The wall clock in unix milliseconds.
@@ -154,5 +152,121 @@ pub(crate) fn created(
         message,
         jobs,
         deliveries,
+    }
+}
+
+/// A value bound into a dynamically built query.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Listing order of a paginated query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    Ascending,
+    Descending,
+}
+
+/// One page of `SELECT {columns} FROM {table} WHERE {filter}`, keyed by a
+/// unique ordered column, written with `?` placeholders. One extra row is
+/// fetched to know whether more follow; walking backwards (a `-` cursor)
+/// flips the comparison and the order, and [`finish_page`] puts the rows
+/// back into listing order.
+#[derive(Debug)]
+pub(crate) struct PageQuery {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+    pub limit: usize,
+}
+
+pub(crate) fn page_query(
+    columns: &str,
+    table: &str,
+    filter: &str,
+    mut binds: Vec<Bind>,
+    key: &str,
+    order: Order,
+    page: &PageRequest,
+) -> PageQuery {
+    let limit = page.limit.clamp(1, 250);
+    let backwards = matches!(page.cursor, Cursor::Before(_));
+    let ascending = (order == Order::Ascending) != backwards;
+    let mut sql = format!("SELECT {columns} FROM {table} WHERE {filter}");
+    if let Cursor::After(at) | Cursor::Before(at) = &page.cursor {
+        sql.push_str(&format!(
+            " AND {key} {} ?",
+            if ascending { ">" } else { "<" }
+        ));
+        binds.push(Bind::Text(at.clone()));
+    }
+    sql.push_str(&format!(
+        " ORDER BY {key} {} LIMIT {}",
+        if ascending { "ASC" } else { "DESC" },
+        limit + 1
+    ));
+    PageQuery { sql, binds, limit }
+}
+
+/// The filter of a message listing, with `?` placeholders.
+pub(crate) fn message_filter(app: AppId, query: &MessageQuery) -> (String, Vec<Bind>) {
+    let mut filter = String::from("app_id = ?");
+    let mut binds = vec![Bind::Text(app.to_string())];
+    if !query.event_types.is_empty() {
+        let marks = vec!["?"; query.event_types.len()].join(", ");
+        filter.push_str(&format!(" AND event_type IN ({marks})"));
+        binds.extend(query.event_types.iter().map(|t| Bind::Text(t.to_string())));
+    }
+    // Ids sort by creation time, so time bounds are id bounds.
+    if let Some(before) = query.before {
+        filter.push_str(" AND id < ?");
+        binds.push(Bind::Text(MessageId::lowest_at(before).to_string()));
+    }
+    if let Some(after) = query.after {
+        filter.push_str(" AND id >= ?");
+        binds.push(Bind::Text(MessageId::lowest_at(after + 1).to_string()));
+    }
+    (filter, binds)
+}
+
+/// The filter of an attempt listing, with `?` placeholders.
+pub(crate) fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<Bind>) {
+    let mut filter = String::from("app_id = ?");
+    let mut binds = vec![Bind::Text(app.to_string())];
+    match &query.filter {
+        AttemptFilter::Endpoint(endpoint) => {
+            filter.push_str(" AND endpoint_id = ?");
+            binds.push(Bind::Text(endpoint.to_string()));
+        }
+        AttemptFilter::Message(message) => {
+            filter.push_str(" AND message_id = ?");
+            binds.push(Bind::Text(message.to_string()));
+        }
+    }
+    if let Some(status) = query.status {
+        filter.push_str(" AND status = ?");
+        binds.push(Bind::Int(status.code()));
+    }
+    (filter, binds)
+}
+
+/// A new message of `app` accepted at `at`.
+pub(crate) fn new_message(app: AppId, input: MessageInput, at: Timestamp) -> Arc<Message> {
+    Arc::new(Message {
+        id: MessageId::generate(),
+        app_id: app,
+        event_id: input.event_id,
+        event_type: input.event_type,
+        payload: input.payload,
+        channels: input.channels,
+        created_at: at,
+    })
+}
+
+pub(crate) fn unknown_event_type(name: &EventTypeName) -> StoreError {
+    StoreError::Invalid {
+        field: "eventType",
+        detail: format!("unknown event type `{name}`"),
     }
 }

@@ -6,7 +6,7 @@ use herald_domain::event_type::FilterPattern;
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
-use super::rows::{self, db, list, Bind};
+use super::rows::{self, db, list, Bind, Order};
 use crate::shared::now;
 use crate::{
     App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
@@ -71,7 +71,7 @@ pub(crate) async fn list_apps(
         "TRUE",
         vec![],
         "id",
-        true,
+        Order::Ascending,
         &page,
         rows::app,
         |a| a.id.to_string(),
@@ -180,7 +180,7 @@ pub(crate) async fn list_event_types(
         filter,
         vec![],
         "name",
-        true,
+        Order::Ascending,
         &page,
         rows::event_type,
         |t| t.name.to_string(),
@@ -340,7 +340,7 @@ pub(crate) async fn list_endpoints(
         "app_id = ?",
         vec![Bind::Text(app.to_string())],
         "id",
-        true,
+        Order::Ascending,
         &page,
         rows::endpoint,
         |e| e.id.to_string(),

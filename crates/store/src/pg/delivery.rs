@@ -10,8 +10,8 @@ use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
-use super::rows::{self, db, list, Bind};
-use super::WORK_CHANNEL;
+use super::rows::{self, db, list, Order};
+use super::WORK_CHANNEL_SQL;
 use crate::shared::{self, now};
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
@@ -77,10 +77,10 @@ async fn target(
     }))
 }
 
-/// Wakes the workers of every process (delivered when the transaction commits).
+/// Wakes the workers of every process on this schema (delivered when the
+/// transaction commits).
 async fn notify_workers(conn: &mut PgConnection) -> StoreResult<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WORK_CHANNEL)
+    sqlx::query(&format!("SELECT pg_notify({WORK_CHANNEL_SQL}, '')"))
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -105,21 +105,10 @@ pub(crate) async fn create_message(
         return Err(StoreError::NotFound);
     }
     if !known {
-        return Err(StoreError::Invalid {
-            field: "eventType",
-            detail: format!("unknown event type `{}`", input.event_type),
-        });
+        return Err(shared::unknown_event_type(&input.event_type));
     }
     let at = claim.map(|c| c.now).unwrap_or_else(now);
-    let message = Arc::new(Message {
-        id: MessageId::generate(),
-        app_id: app,
-        event_id: input.event_id,
-        event_type: input.event_type,
-        payload: input.payload,
-        channels: input.channels,
-        created_at: at,
-    });
+    let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
     sqlx::query(
         "INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, created_at)
@@ -197,21 +186,7 @@ pub(crate) async fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app)).await?;
-    let mut filter = String::from("app_id = ?");
-    let mut binds = vec![Bind::Text(app.to_string())];
-    if !query.event_types.is_empty() {
-        let marks = vec!["?"; query.event_types.len()].join(", ");
-        filter.push_str(&format!(" AND event_type IN ({marks})"));
-        binds.extend(query.event_types.iter().map(|t| Bind::Text(t.to_string())));
-    }
-    if let Some(before) = query.before {
-        filter.push_str(" AND id < ?");
-        binds.push(Bind::Text(MessageId::lowest_at(before).to_string()));
-    }
-    if let Some(after) = query.after {
-        filter.push_str(" AND id >= ?");
-        binds.push(Bind::Text(MessageId::lowest_at(after + 1).to_string()));
-    }
+    let (filter, binds) = shared::message_filter(app, &query);
     list(
         conn,
         rows::MESSAGE_COLUMNS,
@@ -219,7 +194,7 @@ pub(crate) async fn list_messages(
         &filter,
         binds,
         "id",
-        false,
+        Order::Descending,
         &query.page,
         rows::message,
         |m| m.id.to_string(),
@@ -232,24 +207,15 @@ pub(crate) async fn list_attempts(
     app: AppId,
     query: AttemptQuery,
 ) -> StoreResult<Page<Attempt>> {
-    let mut binds = vec![Bind::Text(app.to_string())];
-    let mut filter = String::from("app_id = ?");
     match &query.filter {
         AttemptFilter::Endpoint(endpoint) => {
             get_endpoint(conn, app, &IdOrUid::Id(*endpoint)).await?;
-            filter.push_str(" AND endpoint_id = ?");
-            binds.push(Bind::Text(endpoint.to_string()));
         }
         AttemptFilter::Message(message) => {
             get_message(conn, app, &IdOrUid::Id(*message)).await?;
-            filter.push_str(" AND message_id = ?");
-            binds.push(Bind::Text(message.to_string()));
         }
     }
-    if let Some(status) = query.status {
-        filter.push_str(" AND status = ?");
-        binds.push(Bind::Int(status.code()));
-    }
+    let (filter, binds) = shared::attempt_filter(app, &query);
     list(
         conn,
         rows::ATTEMPT_COLUMNS,
@@ -257,7 +223,7 @@ pub(crate) async fn list_attempts(
         &filter,
         binds,
         "id",
-        false,
+        Order::Descending,
         &query.page,
         rows::attempt,
         |a| a.id.to_string(),

@@ -20,8 +20,10 @@ use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secr
 use crate::*;
 use rows::db;
 
-/// The channel on which committed, unleased work is announced.
-pub(crate) const WORK_CHANNEL: &str = "herald_work";
+/// The channel on which committed, unleased work is announced, as SQL: one
+/// per schema, so that deployments (or tests) sharing a database in
+/// different schemas do not wake each other.
+pub(crate) const WORK_CHANNEL_SQL: &str = "'herald_work_' || current_schema()";
 /// Serialises migrations when several processes start at once.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -220,8 +222,12 @@ async fn migrate(pool: &PgPool) -> StoreResult<i64> {
 /// after an outage; a wake-up is sent then too, since notifications sent
 /// while it was away are lost.
 async fn listen(pool: &PgPool, work: Arc<Notify>) -> StoreResult<tokio::task::JoinHandle<()>> {
+    let channel: String = sqlx::query_scalar(&format!("SELECT {WORK_CHANNEL_SQL}"))
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
     let mut listener = PgListener::connect_with(pool).await.map_err(db)?;
-    listener.listen(WORK_CHANNEL).await.map_err(db)?;
+    listener.listen(&channel).await.map_err(db)?;
     Ok(tokio::spawn(async move {
         loop {
             match listener.recv().await {

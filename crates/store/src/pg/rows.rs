@@ -10,7 +10,7 @@ use herald_domain::{
 };
 
 use crate::{
-    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
+    App, Attempt, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
 pub(crate) use crate::shared::*;
@@ -175,55 +175,30 @@ pub(crate) fn attempt(row: &PgRow) -> sqlx::Result<Attempt> {
     })
 }
 
-/// A value bound into a dynamically built query.
-#[derive(Debug, Clone)]
-pub(crate) enum Bind {
-    Text(String),
-    Int(i64),
-}
-
-/// The PostgreSQL twin of the SQLite `list` helper: one page keyed by a
-/// unique ordered column, one extra row fetched to know whether more follow.
+/// Runs one page of a listing (see [`page_query`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn list<T>(
     conn: &mut PgConnection,
     columns: &str,
     table: &str,
     filter: &str,
-    mut binds: Vec<Bind>,
+    binds: Vec<Bind>,
     key: &str,
-    ascending_order: bool,
+    order: Order,
     page: &PageRequest,
     map: impl Fn(&PgRow) -> sqlx::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
-    let limit = page.limit.clamp(1, 250);
-    let backwards = matches!(page.cursor, Cursor::Before(_));
-    let ascending = ascending_order != backwards;
-    // Filters are written with `?`; PostgreSQL wants `$n`.
-    let mut sql = format!("SELECT {columns} FROM {table} WHERE {filter}");
-    if let Cursor::After(at) | Cursor::Before(at) = &page.cursor {
-        sql.push_str(&format!(
-            " AND {key} {} ?",
-            if ascending { ">" } else { "<" }
-        ));
-        binds.push(Bind::Text(at.clone()));
-    }
-    sql.push_str(&format!(
-        " ORDER BY {key} {} LIMIT {}",
-        if ascending { "ASC" } else { "DESC" },
-        limit + 1
-    ));
-    let sql = numbered(&sql);
+    let query = page_query(columns, table, filter, binds, key, order, page);
     let mut arguments = PgArguments::default();
-    for bind in binds {
+    for bind in query.binds {
         match bind {
             Bind::Text(text) => arguments.add(text),
             Bind::Int(number) => arguments.add(number),
         }
         .map_err(|e| StoreError::Internal(e.to_string()))?;
     }
-    let rows = sqlx::query_with(&sql, arguments)
+    let rows = sqlx::query_with(&numbered(&query.sql), arguments)
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -232,7 +207,7 @@ pub(crate) async fn list<T>(
         .map(&map)
         .collect::<sqlx::Result<Vec<T>>>()
         .map_err(db)?;
-    Ok(finish_page(data, limit, &page.cursor, key_of))
+    Ok(finish_page(data, query.limit, &page.cursor, key_of))
 }
 
 /// Rewrites `?` placeholders as `$1`, `$2`, … (no `?` appears in literals here).

@@ -1,7 +1,6 @@
 //! SQL for the configuration side: applications, event types, endpoints and
 //! their secrets and headers.
 
-use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::event_type::FilterPattern;
@@ -9,7 +8,7 @@ use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
-use super::rows::{self, list, optional_to_json, to_json, Order};
+use super::rows::{self, list, optional_to_json, to_json, Bind, Order};
 use crate::{
     App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
     EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
@@ -324,7 +323,7 @@ pub(crate) fn list_endpoints(
         rows::ENDPOINT_COLUMNS,
         "endpoints",
         "app_id = ?",
-        vec![SqlValue::Text(app.to_string())],
+        vec![Bind::Text(app.to_string())],
         "id",
         Order::Ascending,
         &page,

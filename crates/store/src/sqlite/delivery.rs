@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::ids::IdOrUid;
@@ -81,21 +80,10 @@ pub(crate) fn create_message(
         })
         .map_err(internal)?;
     if known.is_none() {
-        return Err(StoreError::Invalid {
-            field: "eventType",
-            detail: format!("unknown event type `{}`", input.event_type),
-        });
+        return Err(shared::unknown_event_type(&input.event_type));
     }
     let at = claim.map(|c| c.now).unwrap_or_else(now);
-    let message = Arc::new(Message {
-        id: MessageId::generate(),
-        app_id: app,
-        event_id: input.event_id,
-        event_type: input.event_type,
-        payload: input.payload,
-        channels: input.channels,
-        created_at: at,
-    });
+    let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
     conn.prepare_cached(
         "INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, created_at)
@@ -174,26 +162,7 @@ pub(crate) fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app))?;
-    let mut filter = String::from("app_id = ?");
-    let mut params = vec![SqlValue::Text(app.to_string())];
-    if !query.event_types.is_empty() {
-        let marks = vec!["?"; query.event_types.len()].join(", ");
-        filter.push_str(&format!(" AND event_type IN ({marks})"));
-        params.extend(
-            query
-                .event_types
-                .iter()
-                .map(|t| SqlValue::Text(t.to_string())),
-        );
-    }
-    if let Some(before) = query.before {
-        filter.push_str(" AND id < ?");
-        params.push(SqlValue::Text(MessageId::lowest_at(before).to_string()));
-    }
-    if let Some(after) = query.after {
-        filter.push_str(" AND id >= ?");
-        params.push(SqlValue::Text(MessageId::lowest_at(after + 1).to_string()));
-    }
+    let (filter, params) = shared::message_filter(app, &query);
     list(
         conn,
         rows::MESSAGE_COLUMNS,
@@ -213,24 +182,15 @@ pub(crate) fn list_attempts(
     app: AppId,
     query: AttemptQuery,
 ) -> StoreResult<Page<Attempt>> {
-    let mut params = vec![SqlValue::Text(app.to_string())];
-    let mut filter = String::from("app_id = ?");
     match &query.filter {
         AttemptFilter::Endpoint(endpoint) => {
-            get_endpoint(conn, app, &IdOrUid::Id(*endpoint))?;
-            filter.push_str(" AND endpoint_id = ?");
-            params.push(SqlValue::Text(endpoint.to_string()));
+            get_endpoint(conn, app, &IdOrUid::Id(*endpoint)).map(|_| ())?
         }
         AttemptFilter::Message(message) => {
-            get_message(conn, app, &IdOrUid::Id(*message))?;
-            filter.push_str(" AND message_id = ?");
-            params.push(SqlValue::Text(message.to_string()));
+            get_message(conn, app, &IdOrUid::Id(*message)).map(|_| ())?
         }
     }
-    if let Some(status) = query.status {
-        filter.push_str(" AND status = ?");
-        params.push(SqlValue::Integer(status.code()));
-    }
+    let (filter, params) = shared::attempt_filter(app, &query);
     list(
         conn,
         rows::ATTEMPT_COLUMNS,

@@ -1,6 +1,5 @@
 //! Turning SQLite rows into records, and the shared pagination helper.
 
-use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Row};
 
 use herald_domain::ids::Uid;
@@ -11,7 +10,7 @@ use herald_domain::{
 
 use super::pool::internal;
 use crate::{
-    App, Attempt, Cursor, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
+    App, Attempt, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
 pub(crate) use crate::shared::*;
@@ -128,57 +127,37 @@ pub(crate) fn attempt(row: &Row<'_>) -> rusqlite::Result<Attempt> {
     })
 }
 
-/// Listing order of a paginated query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Order {
-    Ascending,
-    Descending,
+impl rusqlite::ToSql for Bind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Bind::Text(text) => text.to_sql(),
+            Bind::Int(number) => number.to_sql(),
+        }
+    }
 }
 
-/// Runs `SELECT {columns} FROM {table} WHERE {filter}` one page at a time,
-/// keyed by `key` (a unique, ordered column), fetching one extra row to know
-/// whether more follow.
+/// Runs one page of a listing (see [`page_query`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn list<T>(
     conn: &Connection,
     columns: &str,
     table: &str,
     filter: &str,
-    mut params: Vec<SqlValue>,
+    binds: Vec<Bind>,
     key: &str,
     order: Order,
     page: &PageRequest,
     map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
-    let limit = page.limit.clamp(1, 250);
-    // Walking backwards flips the comparison and the order, then the rows are
-    // put back into listing order.
-    let backwards = matches!(page.cursor, Cursor::Before(_));
-    let ascending = (order == Order::Ascending) != backwards;
-    let mut sql = format!("SELECT {columns} FROM {table} WHERE {filter}");
-    match &page.cursor {
-        Cursor::Start => {}
-        Cursor::After(at) | Cursor::Before(at) => {
-            sql.push_str(&format!(
-                " AND {key} {} ?",
-                if ascending { ">" } else { "<" }
-            ));
-            params.push(SqlValue::Text(at.clone()));
-        }
-    }
-    sql.push_str(&format!(
-        " ORDER BY {key} {} LIMIT {}",
-        if ascending { "ASC" } else { "DESC" },
-        limit + 1
-    ));
-    let mut statement = conn.prepare_cached(&sql).map_err(internal)?;
+    let query = page_query(columns, table, filter, binds, key, order, page);
+    let mut statement = conn.prepare_cached(&query.sql).map_err(internal)?;
     let data = statement
-        .query_map(rusqlite::params_from_iter(params), map)
+        .query_map(rusqlite::params_from_iter(query.binds.iter()), map)
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<T>>>()
         .map_err(internal)?;
-    Ok(finish_page(data, limit, &page.cursor, key_of))
+    Ok(finish_page(data, query.limit, &page.cursor, key_of))
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {

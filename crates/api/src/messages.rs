@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use herald_domain::ids::{IdOrUid, Uid};
-use herald_domain::{AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId};
+use herald_domain::{AppId, AttemptId, DeliveryStatus, EndpointId, EventTypeName, MessageId};
 use herald_store::{
     Attempt, AttemptFilter, AttemptQuery, Claim, Message, MessageInput, MessageQuery,
 };
@@ -99,7 +99,12 @@ async fn create(
     Query(options): Query<ContentOption>,
     Body(input): Body<MessageIn>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
-    let app = resolve(&state, &app).await?;
+    // An app id is checked by the store in the same transaction that writes
+    // the message (missing: 404), saving a round trip on the hottest route.
+    let app = match IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)? {
+        IdOrUid::Id(id) => id,
+        IdOrUid::Uid(_) => resolve(&state, &app).await?,
+    };
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::invalid("payload", "must be a JSON object"));
     }

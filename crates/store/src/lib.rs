@@ -16,7 +16,7 @@ use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
 
 /// What can go wrong talking to the store, in terms the API maps to statuses.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
@@ -135,8 +135,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         endpoint: EndpointId,
         claim: Claim,
     ) -> StoreResult<DeliveryJob>;
-    /// Leases up to `limit` due deliveries whose lease is free or expired,
-    /// leaving out those of the endpoints in `skip` (already saturated here).
+    /// Leases up to `limit` due deliveries, leaving out those of the
+    /// endpoints in `skip` (already saturated here). A leased delivery is
+    /// next due when its lease runs out, so claims never wade through the
+    /// deliveries in flight and an expired lease is simply due work.
     async fn claim_due(
         &self,
         claim: Claim,
@@ -144,12 +146,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         skip: Vec<EndpointId>,
     ) -> StoreResult<Vec<DeliveryJob>>;
     /// Gives a leased, unattempted delivery back (its endpoint is busy here);
-    /// it stays due and any worker may claim it.
+    /// it is due now and any worker may claim it.
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()>;
     /// Records one attempt and moves its delivery to the next state.
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()>;
-    /// When the earliest unleased pending delivery falls due, if any,
-    /// leaving out the endpoints in `skip`.
+    /// When the earliest pending delivery falls due (for a leased one: when
+    /// its lease runs out), if any, leaving out the endpoints in `skip`.
     async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>>;
     /// At start-up, frees leases that can only belong to a dead run of this
     /// process: all of them for single-process SQLite, none for PostgreSQL

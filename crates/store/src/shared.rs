@@ -84,17 +84,17 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 /// The endpoints among `rows` that subscribe to `event_type` on `channels`,
 /// each with all its signing secrets.
 pub(crate) fn matching_targets(
-    rows: Vec<TargetRow>,
+    rows: &[TargetRow],
     event_type: &EventTypeName,
     channels: Option<&[String]>,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let mut targets: Vec<EndpointTarget> = Vec::new();
-    let mut last_id: Option<String> = None;
+    let mut last_id: Option<&str> = None;
     let mut last_matched = false;
     for row in rows {
         let secret = Secret::parse(&row.secret)
             .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason)))?;
-        if last_id.as_deref() == Some(row.id.as_str()) {
+        if last_id == Some(row.id.as_str()) {
             if last_matched {
                 if let Some(target) = targets.last_mut() {
                     target.secrets.push(secret);
@@ -117,12 +117,12 @@ pub(crate) fn matching_targets(
         if wanted {
             targets.push(EndpointTarget {
                 id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
-                url: row.url,
+                url: row.url.clone(),
                 headers: decode(&row.headers)?,
                 secrets: vec![secret],
             });
         }
-        last_id = Some(row.id);
+        last_id = Some(row.id.as_str());
     }
     Ok(targets.into_iter().map(Arc::new).collect())
 }

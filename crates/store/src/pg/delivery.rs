@@ -7,16 +7,16 @@ use std::sync::Arc;
 use sqlx::{PgConnection, Row};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
+use herald_domain::{AppId, AttemptId, EndpointId, MessageId, Trigger};
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Order};
 use super::WORK_CHANNEL_SQL;
-use crate::shared::{self, now};
+use crate::shared;
 use crate::{
-    Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, StoreError,
-    StoreResult, StoredResponse, Timestamp,
+    Attempt, AttemptFilter, AttemptQuery, Claim, DeliveryJob, EndpointTarget, Message,
+    MessageQuery, MessageRef, Page, Reservation, StoreError, StoreResult, StoredResponse,
+    Timestamp,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -25,38 +25,6 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 
 fn endpoint_id(text: &str) -> StoreResult<EndpointId> {
     EndpointId::parse(text).map_err(|e| StoreError::Internal(e.to_string()))
-}
-
-/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
-/// with their signing secrets, in one round trip.
-async fn matching_targets(
-    conn: &mut PgConnection,
-    app: AppId,
-    event_type: &EventTypeName,
-    channels: Option<&[String]>,
-    at: Timestamp,
-) -> StoreResult<Vec<Arc<EndpointTarget>>> {
-    let rows = sqlx::query(shared::TARGET_ROWS_SQL)
-        .bind(app.to_string())
-        .bind(at)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-    let rows = rows
-        .iter()
-        .map(|row| {
-            Ok(shared::TargetRow {
-                id: row.try_get("id")?,
-                url: row.try_get("url")?,
-                headers: row.try_get("headers")?,
-                filter_types: row.try_get("filter_types")?,
-                channels: row.try_get("channels")?,
-                secret: row.try_get("secret")?,
-            })
-        })
-        .collect::<sqlx::Result<Vec<_>>>()
-        .map_err(db)?;
-    shared::matching_targets(rows, event_type, channels)
 }
 
 async fn target(
@@ -79,84 +47,12 @@ async fn target(
 
 /// Wakes the workers of every process on this schema (delivered when the
 /// transaction commits).
-async fn notify_workers(conn: &mut PgConnection) -> StoreResult<()> {
+pub(crate) async fn notify_workers(conn: &mut PgConnection) -> StoreResult<()> {
     sqlx::query(&format!("SELECT pg_notify({WORK_CHANNEL_SQL}, '')"))
         .execute(&mut *conn)
         .await
         .map_err(db)?;
     Ok(())
-}
-
-pub(crate) async fn create_message(
-    conn: &mut PgConnection,
-    app: AppId,
-    input: MessageInput,
-    claim: Option<Claim>,
-) -> StoreResult<CreatedMessage> {
-    let (app_exists, known): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1), EXISTS (SELECT 1 FROM event_types WHERE name = $2)",
-    )
-    .bind(app.to_string())
-    .bind(input.event_type.as_str())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
-    if !app_exists {
-        return Err(StoreError::NotFound);
-    }
-    if !known {
-        return Err(shared::unknown_event_type(&input.event_type));
-    }
-    let at = claim.map(|c| c.now).unwrap_or_else(now);
-    let message = shared::new_message(app, input, at);
-    let message_id = message.id.to_string();
-    sqlx::query(
-        "INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&message_id)
-    .bind(app.to_string())
-    .bind(message.event_id.as_ref().map(|e| e.to_string()))
-    .bind(message.event_type.as_str())
-    .bind(&message.payload)
-    .bind(
-        message
-            .channels
-            .as_ref()
-            .map(|c| serde_json::to_string(c).unwrap_or_default()),
-    )
-    .bind(at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    let targets = matching_targets(
-        conn,
-        app,
-        &message.event_type,
-        message.channels.as_deref(),
-        at,
-    )
-    .await?;
-    if !targets.is_empty() {
-        let endpoints: Vec<String> = targets.iter().map(|t| t.id.to_string()).collect();
-        sqlx::query(
-            "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
-                 next_attempt_at, lease_until, updated_at)
-             SELECT $1, endpoint, $2, 1, 0, 0, $3, $4, $3 FROM UNNEST($5::text[]) AS endpoint",
-        )
-        .bind(&message_id)
-        .bind(app.to_string())
-        .bind(at)
-        .bind(claim.map(|c| c.until))
-        .bind(&endpoints)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if claim.is_none() {
-            notify_workers(conn).await?;
-        }
-    }
-    Ok(shared::created(message, targets, claim))
 }
 
 pub(crate) async fn get_message(
@@ -262,9 +158,9 @@ pub(crate) async fn resend(
     let row = sqlx::query(
         "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
              next_attempt_at, lease_until, updated_at)
-         VALUES ($1, $2, $3, 1, 0, 1, $4, $5, $4)
+         VALUES ($1, $2, $3, 1, 0, 1, $5, $5, $4)
          ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
-             status = 1, trigger_type = 1, next_attempt_at = $4, lease_until = $5, updated_at = $4
+             status = 1, trigger_type = 1, next_attempt_at = $5, lease_until = $5, updated_at = $4
          RETURNING attempts",
     )
     .bind(message.id.to_string())
@@ -300,14 +196,13 @@ pub(crate) async fn claim_due(
         "WITH due AS (
              SELECT d.message_id, d.endpoint_id
              FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-             WHERE d.status = 1 AND d.next_attempt_at <= $1
-               AND (d.lease_until IS NULL OR d.lease_until < $1) AND NOT e.disabled
+             WHERE d.status = 1 AND d.next_attempt_at <= $1 AND NOT e.disabled
                AND NOT (d.endpoint_id = ANY($4::text[]))
              ORDER BY d.next_attempt_at
              LIMIT $2
              FOR UPDATE OF d SKIP LOCKED
          )
-         UPDATE deliveries SET lease_until = $3
+         UPDATE deliveries SET lease_until = $3, next_attempt_at = $3
          FROM due
          WHERE deliveries.message_id = due.message_id AND deliveries.endpoint_id = due.endpoint_id
          RETURNING deliveries.message_id, deliveries.endpoint_id, deliveries.attempts, deliveries.trigger_type",
@@ -365,71 +260,13 @@ pub(crate) async fn release(
     message: MessageId,
     endpoint: EndpointId,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE message_id = $1 AND endpoint_id = $2 AND status = 1")
+    sqlx::query("UPDATE deliveries SET lease_until = NULL, next_attempt_at = $3 WHERE message_id = $1 AND endpoint_id = $2 AND status = 1")
         .bind(message.to_string())
         .bind(endpoint.to_string())
+        .bind(crate::shared::now())
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    Ok(())
-}
-
-pub(crate) async fn record_attempt(
-    conn: &mut PgConnection,
-    outcome: AttemptOutcome,
-) -> StoreResult<()> {
-    // Not waiting for the WAL flush here is safe: if PostgreSQL crashes
-    // before it, the delivery is still leased-pending and is sent again
-    // (at-least-once); only the lost attempt's log line is gone.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    let attempt = &outcome.attempt;
-    sqlx::query(
-        "INSERT INTO attempts (id, app_id, message_id, endpoint_id, url, status, response_status_code,
-             response, response_duration_ms, error_class, trigger_type, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(attempt.id.to_string())
-    .bind(attempt.app_id.to_string())
-    .bind(attempt.message_id.to_string())
-    .bind(attempt.endpoint_id.to_string())
-    .bind(&attempt.url)
-    .bind(attempt.status.code())
-    .bind(i64::from(attempt.response_status_code))
-    // PostgreSQL text cannot hold NUL bytes; receivers sometimes send them.
-    .bind(attempt.response.replace('\0', "\u{FFFD}"))
-    .bind(attempt.response_duration_ms as i64)
-    .bind(attempt.error_class.map(|c| c.as_str()))
-    .bind(attempt.trigger.code())
-    .bind(attempt.created_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    let (status, next_attempt_at) = outcome.next.delivery_state();
-    sqlx::query(
-        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2,
-             lease_until = NULL, updated_at = $3
-         WHERE message_id = $4 AND endpoint_id = $5 AND lease_until = $6",
-    )
-    .bind(status.code())
-    .bind(next_attempt_at)
-    .bind(attempt.created_at)
-    .bind(attempt.message_id.to_string())
-    .bind(attempt.endpoint_id.to_string())
-    .bind(outcome.lease_until)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    if outcome.disable_endpoint {
-        sqlx::query("UPDATE endpoints SET disabled = TRUE, updated_at = $1 WHERE id = $2")
-            .bind(attempt.created_at)
-            .bind(attempt.endpoint_id.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
     Ok(())
 }
 
@@ -439,7 +276,7 @@ pub(crate) async fn next_due_at(
 ) -> StoreResult<Option<Timestamp>> {
     let row = sqlx::query(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 1 AND d.lease_until IS NULL AND NOT e.disabled
+         WHERE d.status = 1 AND NOT e.disabled
            AND NOT (d.endpoint_id = ANY($1::text[]))
          ORDER BY d.next_attempt_at LIMIT 1",
     )

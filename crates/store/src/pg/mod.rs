@@ -4,6 +4,7 @@
 //! plus a lease, and `LISTEN/NOTIFY` wakes idle workers in every process.
 
 mod admin;
+mod batch;
 mod delivery;
 mod rows;
 
@@ -91,6 +92,8 @@ pub struct PgStore {
     pool: PgPool,
     work: Arc<Notify>,
     _listener: Arc<ListenerTask>,
+    messages: Arc<batch::Batcher<batch::NewMessage>>,
+    attempts: Arc<batch::Batcher<AttemptOutcome>>,
 }
 
 impl PgStore {
@@ -130,6 +133,8 @@ impl PgStore {
         let work = Arc::new(Notify::new());
         let listener = listen(&pool, work.clone()).await?;
         Ok(Self {
+            messages: Arc::new(batch::Batcher::start(&pool)),
+            attempts: Arc::new(batch::Batcher::start(&pool)),
             pool,
             work,
             _listener: Arc::new(ListenerTask(listener)),
@@ -376,7 +381,8 @@ impl Store for PgStore {
         input: MessageInput,
         claim: Option<Claim>,
     ) -> StoreResult<CreatedMessage> {
-        self.transaction(async |c| delivery::create_message(c, app, input, claim).await)
+        self.messages
+            .submit(batch::NewMessage { app, input, claim })
             .await
     }
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
@@ -425,8 +431,7 @@ impl Store for PgStore {
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
-        self.transaction(async |c| delivery::record_attempt(c, outcome).await)
-            .await
+        self.attempts.submit(outcome).await
     }
     async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>> {
         self.read(async |c| delivery::next_due_at(c, &skip).await)

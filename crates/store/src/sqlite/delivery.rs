@@ -45,7 +45,7 @@ fn matching_targets(
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
-    shared::matching_targets(rows, event_type, channels)
+    shared::matching_targets(&rows, event_type, channels)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -115,13 +115,15 @@ pub(crate) fn create_message(
              VALUES (?, ?, ?, 1, 0, 0, ?, ?, ?)",
         )
         .map_err(internal)?;
+    // A leased delivery is next due when its lease runs out.
+    let due_at = claim.map_or(at, |c| c.until);
     for target in &targets {
         insert
             .execute(params![
                 message_id,
                 target.id.to_string(),
                 app.to_string(),
-                at,
+                due_at,
                 claim.map(|c| c.until),
                 at
             ])
@@ -237,9 +239,9 @@ pub(crate) fn resend(
         .query_row(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
                  next_attempt_at, lease_until, updated_at)
-             VALUES (?1, ?2, ?3, 1, 0, 1, ?4, ?5, ?4)
+             VALUES (?1, ?2, ?3, 1, 0, 1, ?5, ?5, ?4)
              ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
-                 status = 1, trigger_type = 1, next_attempt_at = ?4, lease_until = ?5, updated_at = ?4
+                 status = 1, trigger_type = 1, next_attempt_at = ?5, lease_until = ?5, updated_at = ?4
              RETURNING attempts",
             params![message.id.to_string(), endpoint.to_string(), app.to_string(), claim.now, claim.until],
             |r| r.get(0),
@@ -271,11 +273,10 @@ pub(crate) fn claim_due(
     let sql = format!(
         "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
          FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 1 AND d.next_attempt_at <= ?
-           AND (d.lease_until IS NULL OR d.lease_until < ?) AND e.disabled = 0{skipped}
+         WHERE d.status = 1 AND d.next_attempt_at <= ? AND e.disabled = 0{skipped}
          ORDER BY d.next_attempt_at LIMIT ?"
     );
-    let mut binds: Vec<rusqlite::types::Value> = vec![claim.now.into(), claim.now.into()];
+    let mut binds: Vec<rusqlite::types::Value> = vec![claim.now.into()];
     binds.extend(
         skip.iter()
             .map(|e| rusqlite::types::Value::Text(e.to_string())),
@@ -297,7 +298,7 @@ pub(crate) fn claim_due(
         .map_err(internal)?;
     let mut lease = conn
         .prepare_cached(
-            "UPDATE deliveries SET lease_until = ? WHERE message_id = ? AND endpoint_id = ?",
+            "UPDATE deliveries SET lease_until = ?1, next_attempt_at = ?1 WHERE message_id = ?2 AND endpoint_id = ?3",
         )
         .map_err(internal)?;
     let mut messages: HashMap<String, Arc<Message>> = HashMap::new();
@@ -340,9 +341,9 @@ pub(crate) fn release(
     endpoint: EndpointId,
 ) -> StoreResult<()> {
     conn.prepare_cached(
-        "UPDATE deliveries SET lease_until = NULL WHERE message_id = ? AND endpoint_id = ? AND status = 1",
+        "UPDATE deliveries SET lease_until = NULL, next_attempt_at = ? WHERE message_id = ? AND endpoint_id = ? AND status = 1",
     )
-    .and_then(|mut s| s.execute(params![message.to_string(), endpoint.to_string()]))
+    .and_then(|mut s| s.execute(params![now(), message.to_string(), endpoint.to_string()]))
     .map_err(internal)?;
     Ok(())
 }
@@ -412,7 +413,7 @@ pub(crate) fn next_due_at(
     };
     let sql = format!(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 1 AND d.lease_until IS NULL AND e.disabled = 0{skipped}
+         WHERE d.status = 1 AND e.disabled = 0{skipped}
          ORDER BY d.next_attempt_at LIMIT 1"
     );
     conn.prepare_cached(&sql)
@@ -428,8 +429,8 @@ pub(crate) fn next_due_at(
 
 pub(crate) fn release_orphaned_leases(conn: &Connection) -> StoreResult<u64> {
     conn.execute(
-        "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL",
-        [],
+        "UPDATE deliveries SET lease_until = NULL, next_attempt_at = ? WHERE lease_until IS NOT NULL",
+        [now()],
     )
     .map(|n| n as u64)
     .map_err(internal)

@@ -9,6 +9,7 @@ mod event_types;
 mod extract;
 mod messages;
 mod middleware;
+mod test_events;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub struct ApiConfig {
     /// API requests handled at once; more are refused with 503 at once
     /// rather than queued, so an overload cannot grow memory without bound.
     pub max_concurrent_requests: usize,
+    /// How long `send-example?wait=true` waits for its attempt: the
+    /// attempt timeout plus a margin.
+    pub test_event_wait: Duration,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -74,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(event_types::routes())
         .merge(endpoints::routes())
         .merge(messages::routes())
+        .merge(test_events::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::idempotency,

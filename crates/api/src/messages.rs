@@ -48,7 +48,7 @@ struct MessageIn {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MessageOut {
+pub(crate) struct MessageOut {
     id: String,
     event_id: Option<String>,
     event_type: String,
@@ -58,7 +58,7 @@ struct MessageOut {
 }
 
 impl MessageOut {
-    fn new(message: &Message, with_content: bool) -> Self {
+    pub(crate) fn new(message: &Message, with_content: bool) -> Self {
         let payload = if with_content {
             RawValue::from_string(message.payload.clone())
         } else {
@@ -117,6 +117,7 @@ async fn create(
             .transpose()?,
         payload: input.payload.get().trim().to_owned(),
         channels: parse_channels(input.channels)?,
+        to_endpoint: None,
     };
     let claim = state
         .dispatcher
@@ -199,7 +200,7 @@ async fn read(
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MessageAttemptOut {
+pub(crate) struct MessageAttemptOut {
     id: String,
     msg_id: String,
     endpoint_id: String,

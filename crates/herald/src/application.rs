@@ -107,6 +107,7 @@ impl Application {
                 body_limit: settings.max_body_bytes,
                 rotation_grace: settings.rotation_grace,
                 max_concurrent_requests: settings.max_concurrent_requests,
+                test_event_wait: settings.request_timeout + Duration::from_secs(5),
             }),
         };
         let listener = TcpListener::bind(settings.listen)

@@ -154,6 +154,9 @@ pub struct MessageInput {
     /// Serialized JSON.
     pub payload: String,
     pub channels: Option<Vec<String>>,
+    /// Send to this endpoint only, whatever its subscriptions, as one
+    /// manual attempt without retries: a test event.
+    pub to_endpoint: Option<EndpointId>,
 }
 
 #[derive(Debug, Clone)]

@@ -83,11 +83,15 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 
 /// The endpoints among `rows` that subscribe to `event_type` on `channels`,
 /// each with all its signing secrets.
+/// With `only`, just that endpoint, whatever it subscribes to; an error
+/// when it is not among `rows` (disabled, or not this app's).
 pub(crate) fn matching_targets(
     rows: &[TargetRow],
     event_type: &EventTypeName,
     channels: Option<&[String]>,
+    only: Option<EndpointId>,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+    let only = only.map(|id| id.to_string());
     let mut targets: Vec<EndpointTarget> = Vec::new();
     let mut last_id: Option<&str> = None;
     let mut last_matched = false;
@@ -100,6 +104,14 @@ pub(crate) fn matching_targets(
                     target.secrets.push(secret);
                 }
             }
+            continue;
+        }
+        if let Some(only) = &only {
+            last_matched = *only == row.id;
+            if last_matched {
+                targets.push(target(row, secret)?);
+            }
+            last_id = Some(row.id.as_str());
             continue;
         }
         let filter = match &row.filter_types {
@@ -115,16 +127,26 @@ pub(crate) fn matching_targets(
         }
         last_matched = wanted;
         if wanted {
-            targets.push(EndpointTarget {
-                id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
-                url: row.url.clone(),
-                headers: decode(&row.headers)?,
-                secrets: vec![secret],
-            });
+            targets.push(target(row, secret)?);
         }
         last_id = Some(row.id.as_str());
     }
+    if only.is_some() && targets.is_empty() {
+        return Err(StoreError::Invalid {
+            field: "endpoint",
+            detail: "is disabled or does not belong to this app".into(),
+        });
+    }
     Ok(targets.into_iter().map(Arc::new).collect())
+}
+
+fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
+    Ok(EndpointTarget {
+        id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
+        url: row.url.clone(),
+        headers: decode(&row.headers)?,
+        secrets: vec![secret],
+    })
 }
 
 /// The result of storing a message: with a claim, one leased job per
@@ -133,6 +155,7 @@ pub(crate) fn created(
     message: Arc<Message>,
     targets: Vec<Arc<EndpointTarget>>,
     claim: Option<Claim>,
+    trigger: Trigger,
 ) -> CreatedMessage {
     let deliveries = targets.len();
     let jobs = match claim {
@@ -142,7 +165,7 @@ pub(crate) fn created(
                 message: message.clone(),
                 endpoint,
                 attempts_made: 0,
-                trigger: Trigger::Scheduled,
+                trigger,
                 lease_until: claim.until,
             })
             .collect(),
@@ -249,6 +272,16 @@ pub(crate) fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<B
         binds.push(Bind::Int(status.code()));
     }
     (filter, binds)
+}
+
+/// How a new message's deliveries are attempted: a test event to one
+/// endpoint once, by hand; everything else on the retry schedule.
+pub(crate) fn trigger_of(input: &MessageInput) -> Trigger {
+    if input.to_endpoint.is_some() {
+        Trigger::Manual
+    } else {
+        Trigger::Scheduled
+    }
 }
 
 /// A new message of `app` accepted at `at`.

@@ -153,6 +153,7 @@ fn message(event_type: &str, event_id: Option<&str>) -> MessageInput {
         event_id: event_id.map(|e| Uid::parse("eventId", e).unwrap()),
         payload: "{\"n\":1}".into(),
         channels: None,
+        to_endpoint: None,
     }
 }
 

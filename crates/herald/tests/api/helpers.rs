@@ -197,6 +197,8 @@ pub enum Reply {
     Status(u16),
     /// Waits this long, then answers 200.
     Delay(Duration),
+    /// This status with this body.
+    Body(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -240,7 +242,8 @@ async fn record(
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let path = format!("/{path}");
     let scripted = state
         .scripts
@@ -259,11 +262,12 @@ async fn record(
     });
     state.arrived.notify_waiters();
     match reply {
-        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
         Reply::Delay(duration) => {
             tokio::time::sleep(duration).await;
-            StatusCode::OK
+            StatusCode::OK.into_response()
         }
+        Reply::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod crash;
 mod delivery;
 mod helpers;
+mod operations;
 mod scale_out;
 mod svix_sdk;
 mod validation;

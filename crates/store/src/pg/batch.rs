@@ -263,26 +263,41 @@ async fn create_messages(
             .get(&message.app_id.to_string())
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let targets =
-            shared::matching_targets(rows, &message.event_type, message.channels.as_deref())?;
+        let input = &batch[index].input;
+        let trigger = shared::trigger_of(input);
+        // A test event whose endpoint is gone fails the batch (its message
+        // is written already); the batch is then retried item by item.
+        let targets = shared::matching_targets(
+            rows,
+            &message.event_type,
+            message.channels.as_deref(),
+            input.to_endpoint,
+        )?;
         for target in &targets {
-            deliveries.push(&message, target.id.to_string(), claim.map(|c| c.until));
+            deliveries.push(
+                &message,
+                target.id.to_string(),
+                claim.map(|c| c.until),
+                trigger,
+            );
         }
         wake_workers |= claim.is_none() && !targets.is_empty();
-        results[index] = Ok(shared::created(message, targets, claim));
+        results[index] = Ok(shared::created(message, targets, claim, trigger));
     }
     if !deliveries.message.is_empty() {
         sqlx::query(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
                  next_attempt_at, lease_until, updated_at)
-             SELECT m, e, a, 1, 0, 0, COALESCE(l, t), l, t
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(m, e, a, t, l)",
+             SELECT m, e, a, 1, 0, k, COALESCE(l, t), l, t
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[])
+                 AS u(m, e, a, t, l, k)",
         )
         .bind(&deliveries.message)
         .bind(&deliveries.endpoint)
         .bind(&deliveries.app)
         .bind(&deliveries.at)
         .bind(&deliveries.lease_until)
+        .bind(&deliveries.trigger)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -301,10 +316,18 @@ struct DeliveryRows {
     app: Vec<String>,
     at: Vec<Timestamp>,
     lease_until: Vec<Option<Timestamp>>,
+    trigger: Vec<i64>,
 }
 
 impl DeliveryRows {
-    fn push(&mut self, message: &crate::Message, endpoint: String, lease_until: Option<Timestamp>) {
+    fn push(
+        &mut self,
+        message: &crate::Message,
+        endpoint: String,
+        lease_until: Option<Timestamp>,
+        trigger: herald_domain::Trigger,
+    ) {
+        self.trigger.push(trigger.code());
         self.message.push(message.id.to_string());
         self.endpoint.push(endpoint);
         self.app.push(message.app_id.to_string());

@@ -26,6 +26,7 @@ fn matching_targets(
     app: AppId,
     event_type: &EventTypeName,
     channels: Option<&[String]>,
+    only: Option<EndpointId>,
     at: Timestamp,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let mut statement = conn
@@ -45,7 +46,7 @@ fn matching_targets(
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
-    shared::matching_targets(&rows, event_type, channels)
+    shared::matching_targets(&rows, event_type, channels, only)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -83,6 +84,7 @@ pub(crate) fn create_message(
         return Err(shared::unknown_event_type(&input.event_type));
     }
     let at = claim.map(|c| c.now).unwrap_or_else(now);
+    let (only, trigger) = (input.to_endpoint, shared::trigger_of(&input));
     let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
     conn.prepare_cached(
@@ -106,13 +108,14 @@ pub(crate) fn create_message(
         app,
         &message.event_type,
         message.channels.as_deref(),
+        only,
         at,
     )?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
                  next_attempt_at, lease_until, updated_at)
-             VALUES (?, ?, ?, 1, 0, 0, ?, ?, ?)",
+             VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?)",
         )
         .map_err(internal)?;
     // A leased delivery is next due when its lease runs out.
@@ -123,13 +126,14 @@ pub(crate) fn create_message(
                 message_id,
                 target.id.to_string(),
                 app.to_string(),
+                trigger.code(),
                 due_at,
                 claim.map(|c| c.until),
                 at
             ])
             .map_err(internal)?;
     }
-    Ok(shared::created(message, targets, claim))
+    Ok(shared::created(message, targets, claim, trigger))
 }
 
 pub(crate) fn get_message(

@@ -1,0 +1,176 @@
+//! `POST /app/{app}/endpoint/{ep}/send-example/`: a test event — the
+//! catalog example of an event type, sent to one endpoint only (whatever it
+//! subscribes to) as a single manual attempt without retries. It is an
+//! ordinary message otherwise: stored, signed, logged. With `?wait=true`
+//! the call returns once that attempt is recorded, with its outcome, for a
+//! "send a test event and see what the receiver said" button.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{EndpointId, EventTypeName, MessageId};
+use herald_store::{
+    Attempt, AttemptFilter, AttemptQuery, Cursor, EventType, MessageInput, PageRequest, StoreError,
+};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::messages::{MessageAttemptOut, MessageOut};
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/app/{app}/endpoint/{endpoint}/send-example",
+        post(send_example),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventExampleIn {
+    event_type: String,
+    #[serde(default)]
+    example_index: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitOption {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// The answer of `?wait=true`: the message, and the attempt once it is
+/// recorded (`null` if it was not within the wait).
+#[derive(Debug, Serialize)]
+struct TestEventOut {
+    message: MessageOut,
+    attempt: Option<MessageAttemptOut>,
+}
+
+async fn send_example(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(options): Query<WaitOption>,
+    Body(input): Body<EventExampleIn>,
+) -> ApiResult<Response> {
+    let app = resolve(&state, &app).await?;
+    let reference = IdOrUid::<EndpointId>::parse(&endpoint).map_err(|_| ApiError::NotFound)?;
+    let endpoint = state.store.get_endpoint(app, &reference).await?;
+    if endpoint.disabled {
+        return Err(ApiError::invalid(
+            "endpoint",
+            "is disabled; enable it before sending test events",
+        ));
+    }
+    let name = EventTypeName::parse(&input.event_type)?;
+    let event_type = match state.store.get_event_type(&name).await {
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::invalid(
+                "eventType",
+                format!("unknown event type `{name}`"),
+            ))
+        }
+        other => other?,
+    };
+    let payload = example(&event_type, input.example_index)?;
+    let message = MessageInput {
+        event_type: name,
+        event_id: None,
+        payload: payload.to_string(),
+        channels: None,
+        to_endpoint: Some(endpoint.id),
+    };
+    let claim = state
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.claim_for_new_work());
+    let created = state.store.create_message(app, message, claim).await?;
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.submit(created.jobs);
+    }
+    let message = MessageOut::new(&created.message, true);
+    if !options.wait {
+        return Ok((StatusCode::ACCEPTED, Json(message)).into_response());
+    }
+    let attempt = first_attempt(&state, app, created.message.id).await?;
+    Ok(Json(TestEventOut {
+        message,
+        attempt: attempt.map(MessageAttemptOut::from),
+    })
+    .into_response())
+}
+
+/// Example `index` of the newest schema version of `event_type`; `{}` for a
+/// type that has no examples at all.
+fn example(event_type: &EventType, index: usize) -> ApiResult<Value> {
+    let newest = event_type.schemas.as_ref().and_then(|schemas| {
+        schemas
+            .as_object()?
+            .iter()
+            .filter_map(|(version, schema)| Some((version.parse::<u32>().ok()?, schema)))
+            .max_by_key(|(version, _)| *version)
+            .map(|(_, schema)| schema.clone())
+    });
+    let examples = newest
+        .as_ref()
+        .and_then(|schema| schema.get("examples"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match examples.get(index) {
+        Some(example) if example.is_object() => Ok(example.clone()),
+        Some(_) => Err(ApiError::invalid(
+            "exampleIndex",
+            "that example is not a JSON object",
+        )),
+        None if examples.is_empty() && index == 0 => Ok(Value::Object(Default::default())),
+        None => Err(ApiError::invalid(
+            "exampleIndex",
+            format!("`{}` has {} example(s)", event_type.name, examples.len()),
+        )),
+    }
+}
+
+/// Waits for the one attempt of a test event, reading the log: this works
+/// whichever process sends it. Bounded by the attempt timeout plus a margin.
+async fn first_attempt(
+    state: &AppState,
+    app: herald_domain::AppId,
+    message: MessageId,
+) -> ApiResult<Option<Attempt>> {
+    let deadline = Instant::now() + state.config.test_event_wait;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let page = state
+            .store
+            .list_attempts(
+                app,
+                AttemptQuery {
+                    filter: AttemptFilter::Message(message),
+                    page: PageRequest {
+                        limit: 1,
+                        cursor: Cursor::Start,
+                    },
+                    status: None,
+                },
+            )
+            .await?;
+        if let Some(attempt) = page.data.into_iter().next() {
+            return Ok(Some(attempt));
+        }
+        if Instant::now() + pause > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}

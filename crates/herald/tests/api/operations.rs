@@ -1,0 +1,151 @@
+//! Operating webhooks: test events, and what operators do when deliveries
+//! fail.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use herald_domain::{catalog, Secret};
+
+use crate::helpers::{spawn_app, Receiver, Reply};
+
+fn catalog_example(name: &str) -> serde_json::Value {
+    catalog::builtin()
+        .into_iter()
+        .find(|entry| entry.name == name)
+        .unwrap()
+        .example
+}
+
+#[tokio::test]
+async fn a_test_event_reaches_only_the_chosen_endpoint_and_waiting_returns_the_answer() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    // Subscribed to something else: a test event goes to it all the same.
+    let chosen = app
+        .create_endpoint(
+            &tenant,
+            &receiver.url("/chosen"),
+            Some(&["contact.created"]),
+        )
+        .await;
+    app.create_endpoint(&tenant, &receiver.url("/bystander"), None)
+        .await;
+    receiver.script("/chosen", &[Reply::Body(201, "{\"seen\":true}")]);
+
+    let (status, body) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{chosen}/send-example/?wait=true"),
+            json!({"eventType": "call.completed"}),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{body}");
+    let attempt = &body["attempt"];
+    assert_eq!(attempt["responseStatusCode"], 201, "{body}");
+    assert_eq!(attempt["response"], "{\"seen\":true}");
+    assert_eq!(attempt["status"], 0, "succeeded");
+    assert_eq!(
+        attempt["triggerType"], 1,
+        "a test event is a manual attempt"
+    );
+    assert_eq!(attempt["endpointId"], chosen.as_str());
+    assert!(attempt["responseDurationMs"].is_u64());
+    assert_eq!(
+        body["message"]["payload"],
+        catalog_example("call.completed")
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "nobody else got it");
+    assert_eq!(requests[0].path, "/chosen");
+    assert_eq!(
+        requests[0].json()["data"],
+        catalog_example("call.completed")
+    );
+    let secret = Secret::parse(&app.secret(&tenant, &chosen).await).unwrap();
+    let request = &requests[0];
+    assert!(secret.verify(
+        &request.header("webhook-id"),
+        request.header("webhook-timestamp").parse().unwrap(),
+        &request.body,
+        &request.header("webhook-signature"),
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_test_event_is_attempted_once_and_reports_the_failure() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/broken"), None)
+        .await;
+    receiver.always("/broken", Reply::Body(500, "database down"));
+
+    let (status, body) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{endpoint}/send-example/?wait=true"),
+            json!({"eventType": "contact.created"}),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["attempt"]["responseStatusCode"], 500);
+    assert_eq!(body["attempt"]["response"], "database down");
+    assert_eq!(body["attempt"]["errorClass"], "http_status");
+    // The retry schedule of these tests is 100 ms apart: a retry would
+    // have arrived well within this pause.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(receiver.requests().len(), 1, "no retries of a test event");
+    let message = body["message"]["id"].as_str().unwrap();
+    let attempts = app.attempts_of(&tenant, message).await;
+    assert_eq!(attempts.len(), 1);
+}
+
+#[tokio::test]
+async fn a_test_event_without_waiting_is_accepted_and_bad_requests_name_the_field() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/send-example/");
+
+    let (status, body) = app
+        .post(&path, json!({"eventType": "campaign.paused"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["eventType"], "campaign.paused");
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+
+    let (status, body) = app.post(&path, json!({"eventType": "no.such"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("validation_error")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("eventType"),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(
+            &path,
+            json!({"eventType": "call.started", "exampleIndex": 3}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("exampleIndex"),
+        "{body}"
+    );
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/ep_01H0000000000000000000000/send-example/"),
+            json!({"eventType": "call.started"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -9,6 +9,7 @@ mod event_types;
 mod extract;
 mod messages;
 mod middleware;
+mod recovery;
 mod test_events;
 
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(endpoints::routes())
         .merge(messages::routes())
         .merge(test_events::routes())
+        .merge(recovery::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::idempotency,

@@ -198,6 +198,11 @@ impl Dispatcher {
         }
     }
 
+    /// Makes the run loop look at the store now (new due work was queued).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
     /// Stops taking new work; `run` returns once in-flight attempts are done.
     pub fn close(&self) {
         self.tasks.close();

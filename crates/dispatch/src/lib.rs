@@ -5,6 +5,8 @@
 
 mod engine;
 mod http;
+mod tasks;
 
 pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
 pub use http::{build_body, classify, HttpSender, SendResult};
+pub use tasks::{run_recovery, RECOVERY_STEP};

@@ -12,7 +12,7 @@ pub mod signing;
 pub mod status;
 
 pub use event_type::{EventTypeName, FilterTypes};
-pub use ids::{AppId, AttemptId, EndpointId, MessageId, Uid};
+pub use ids::{AppId, AttemptId, EndpointId, MessageId, TaskId, Uid};
 pub use net::{AddressPolicy, EndpointUrl};
 pub use retry::RetrySchedule;
 pub use signing::{Secret, SigningKeys};

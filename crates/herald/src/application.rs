@@ -141,6 +141,7 @@ impl Application {
             }
         };
         let housekeeping = tokio::spawn(housekeeping(self.state.store.clone(), shutdown.clone()));
+        self.resume_tasks().await;
         let router = match self.role {
             Role::Worker => herald_api::health_router(self.state),
             Role::All | Role::Api => herald_api::router(self.state),
@@ -156,6 +157,30 @@ impl Application {
         housekeeping.await.ok();
         tracing::info!("Herald stopped");
         Ok(())
+    }
+}
+
+impl Application {
+    /// Carries on with background tasks a previous run left unfinished
+    /// (each resumes from its saved cursor; steps of one task never overlap,
+    /// even if several processes resume it).
+    async fn resume_tasks(&self) {
+        let tasks = match self.state.store.running_tasks().await {
+            Ok(tasks) => tasks,
+            Err(error) => {
+                tracing::warn!(%error, "could not read unfinished background tasks");
+                return;
+            }
+        };
+        for task in tasks {
+            tracing::info!(task = %task, "resuming a recovery");
+            let dispatcher = self.dispatcher.clone();
+            tokio::spawn(herald_dispatch::run_recovery(
+                self.state.store.clone(),
+                task,
+                move || dispatcher.nudge(),
+            ));
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
 
 /// What can go wrong talking to the store, in terms the API maps to statuses.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -162,6 +162,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn wait_for_work(&self) {
         std::future::pending::<()>().await
     }
+
+    // Background tasks.
+    /// Records a bulk recovery of one of `app`'s endpoints, to be run step by
+    /// step with [`Store::recovery_step`].
+    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask>;
+    /// Queues up to `limit` more of the task's failed deliveries for one
+    /// manual attempt each (due now), in message order from where the last
+    /// step stopped; the task is finished when a step finds fewer. Steps of
+    /// one task never overlap, so each delivery is queued once.
+    async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask>;
+    async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask>;
+    /// Tasks still running (to resume after a restart).
+    async fn running_tasks(&self) -> StoreResult<Vec<TaskId>>;
 
     // Idempotency keys.
     /// Claims `key` for a request about to run: `Reserved` means go ahead,

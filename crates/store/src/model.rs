@@ -6,7 +6,7 @@ use std::sync::Arc;
 use herald_domain::ids::Uid;
 use herald_domain::{
     AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, ErrorClass, EventTypeName,
-    FilterTypes, MessageId, Secret, Trigger,
+    FilterTypes, MessageId, Secret, TaskId, Trigger,
 };
 use serde_json::Value;
 
@@ -283,4 +283,54 @@ pub enum Reservation {
     Done(StoredResponse),
     /// A request with this key is running now.
     InProgress,
+}
+
+/// What a bulk recovery re-sends: every failed delivery of `endpoint` whose
+/// message was created in `[since, until)` (no upper bound without `until`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    pub endpoint_id: EndpointId,
+    pub since: Timestamp,
+    pub until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Running,
+    Finished,
+    Failed,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Running, Self::Finished, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A background task (Svix's `endpoint.recover`), resumable after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackgroundTask {
+    pub id: TaskId,
+    pub app_id: AppId,
+    pub recovery: Recovery,
+    pub status: TaskStatus,
+    /// Deliveries queued again so far.
+    pub done: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl BackgroundTask {
+    pub const RECOVER: &'static str = "endpoint.recover";
 }

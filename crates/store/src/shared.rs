@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, Trigger};
+use herald_domain::{
+    AppId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, TaskId, Trigger,
+};
 
 use crate::{
-    AttemptFilter, AttemptQuery, Claim, CreatedMessage, Cursor, DeliveryJob, EndpointTarget,
-    Message, MessageInput, MessageQuery, Page, PageRequest, StoreError, StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
+    EndpointTarget, Message, MessageInput, MessageQuery, Page, PageRequest, Recovery, StoreError,
+    StoreResult, TaskStatus, Timestamp,
 };
 
 /// The wall clock in unix milliseconds.
@@ -301,5 +304,75 @@ pub(crate) fn unknown_event_type(name: &EventTypeName) -> StoreError {
     StoreError::Invalid {
         field: "eventType",
         detail: format!("unknown event type `{name}`"),
+    }
+}
+
+pub(crate) const TASK_COLUMNS: &str = "id, app_id, status, params, done, created_at, updated_at";
+
+/// One row of [`TASK_COLUMNS`].
+pub(crate) struct TaskRow {
+    pub id: String,
+    pub app_id: String,
+    pub status: String,
+    pub params: String,
+    pub done: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+pub(crate) fn task(row: TaskRow) -> StoreResult<BackgroundTask> {
+    let unreadable = |what: &str| StoreError::Internal(format!("stored task unreadable: {what}"));
+    Ok(BackgroundTask {
+        id: TaskId::parse(&row.id).map_err(|_| unreadable("id"))?,
+        app_id: AppId::parse(&row.app_id).map_err(|_| unreadable("app id"))?,
+        recovery: decode(&row.params)?,
+        status: TaskStatus::parse(&row.status).ok_or_else(|| unreadable("status"))?,
+        done: row.done.max(0) as u64,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// A new, running recovery task.
+pub(crate) fn new_recovery(app: AppId, recovery: Recovery) -> BackgroundTask {
+    let at = now();
+    BackgroundTask {
+        id: TaskId::generate(),
+        app_id: app,
+        recovery,
+        status: TaskStatus::Running,
+        done: 0,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+pub(crate) fn encode_recovery(recovery: &Recovery) -> String {
+    serde_json::to_string(recovery).unwrap_or_default()
+}
+
+/// The message-id range a recovery step reads: from the cursor (exclusive)
+/// or the window's start (inclusive), to the window's end (exclusive).
+pub(crate) struct StepRange {
+    pub from: String,
+    pub from_inclusive: bool,
+    pub to: Option<String>,
+}
+
+pub(crate) fn step_range(recovery: &Recovery, cursor: Option<String>) -> StepRange {
+    let to = recovery
+        .until
+        .map(|until| MessageId::lowest_at(until).to_string());
+    match cursor {
+        Some(from) => StepRange {
+            from,
+            from_inclusive: false,
+            to,
+        },
+        None => StepRange {
+            from: MessageId::lowest_at(recovery.since).to_string(),
+            from_inclusive: true,
+            to,
+        },
     }
 }

@@ -820,3 +820,136 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
         );
     }
 }
+
+/// Records the one attempt of `job` with a final outcome.
+async fn finish(store: &dyn Store, job: &DeliveryJob, succeeded: bool) {
+    store
+        .record_attempt(AttemptOutcome {
+            lease_until: job.lease_until,
+            attempt: Attempt {
+                id: AttemptId::generate(),
+                app_id: job.message.app_id,
+                message_id: job.message.id,
+                endpoint_id: job.endpoint.id,
+                url: job.endpoint.url.clone(),
+                status: if succeeded {
+                    DeliveryStatus::Succeeded
+                } else {
+                    DeliveryStatus::Failed
+                },
+                response_status_code: if succeeded { 200 } else { 500 },
+                response: String::new(),
+                response_duration_ms: 1,
+                error_class: None,
+                trigger: job.trigger,
+                created_at: now(),
+            },
+            next: if succeeded {
+                NextStep::Succeeded
+            } else {
+                NextStep::Failed
+            },
+            disable_endpoint: false,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let target = endpoint(store, app, "http://a.test/target").await;
+        let other = endpoint(store, app, "http://a.test/other").await;
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
+        // Every message goes to both endpoints; `succeeds` marks the one
+        // whose delivery to `target` succeeds (all others fail).
+        let send = async |succeeds: bool| {
+            let created = store
+                .create_message(app, message("call.started", None), Some(claim(now())))
+                .await
+                .unwrap();
+            for job in &created.jobs {
+                finish(store, job, succeeds && job.endpoint.id == target.id).await;
+            }
+            created.message.id
+        };
+        send(false).await;
+        send(false).await;
+        pause().await;
+        let since = now();
+        pause().await;
+        let inside = [send(false).await, send(true).await, send(false).await];
+        pause().await;
+        let until = now();
+        pause().await;
+        send(false).await;
+
+        let task = store
+            .start_recovery(
+                app,
+                Recovery {
+                    endpoint_id: target.id,
+                    since,
+                    until: Some(until),
+                },
+            )
+            .await
+            .unwrap();
+        let mut steps = Vec::new();
+        loop {
+            let state = store.recovery_step(task.id, 1).await.unwrap();
+            steps.push((state.status, state.done));
+            if state.status != TaskStatus::Running || steps.len() > 10 {
+                break;
+            }
+        }
+        let after = store.recovery_step(task.id, 1).await.unwrap();
+        let due = store.claim_due(claim(now()), 100, vec![]).await.unwrap();
+
+        assert_eq!(
+            steps,
+            [
+                (TaskStatus::Running, 1),
+                (TaskStatus::Running, 2),
+                (TaskStatus::Finished, 2)
+            ],
+            "{name}: one failed delivery per step, then done"
+        );
+        assert_eq!(
+            (after.status, after.done),
+            (TaskStatus::Finished, 2),
+            "{name}"
+        );
+        assert_eq!(store.get_task(task.id).await.unwrap(), after, "{name}");
+        let mut recovered: Vec<_> = due
+            .iter()
+            .map(|job| (job.message.id, job.endpoint.id, job.trigger))
+            .collect();
+        recovered.sort_by_key(|(message, _, _)| *message);
+        assert_eq!(
+            recovered,
+            [
+                (inside[0], target.id, Trigger::Manual),
+                (inside[2], target.id, Trigger::Manual)
+            ],
+            "{name}: the failed deliveries to the endpoint, inside the window"
+        );
+        assert!(store.running_tasks().await.unwrap().is_empty(), "{name}");
+        let elsewhere = store
+            .start_recovery(
+                AppId::generate(),
+                Recovery {
+                    endpoint_id: other.id,
+                    since,
+                    until: None,
+                },
+            )
+            .await;
+        assert!(
+            matches!(elsewhere, Err(StoreError::NotFound)),
+            "{name}: another app's endpoint: {elsewhere:?}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use herald_domain::{catalog, Secret};
 
-use crate::helpers::{spawn_app, Receiver, Reply};
+use crate::helpers::{eventually, spawn_app, Receiver, Reply};
 
 fn catalog_example(name: &str) -> serde_json::Value {
     catalog::builtin()
@@ -146,6 +146,126 @@ async fn a_test_event_without_waiting_is_accepted_and_bad_requests_name_the_fiel
             &format!("/app/{tenant}/endpoint/ep_01H0000000000000000000000/send-example/"),
             json!({"eventType": "call.started"}),
         )
+        .await;
+    assert_eq!(status, 404);
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Waits until `message` has `count` attempts.
+async fn attempted(app: &crate::helpers::TestApp, tenant: &str, message: &str, count: usize) {
+    eventually(
+        Duration::from_secs(10),
+        "the retries to run out",
+        || async { (app.attempts_of(tenant, message).await.len() >= count).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_resends_exactly_the_failed_deliveries_in_the_window_once_each() {
+    let app = spawn_app().await; // three 100 ms retries: four attempts, then failed
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/crm"), None)
+        .await;
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+    let payload = json!({"callId": "call_1"});
+    receiver.always("/crm", Reply::Status(500));
+    let before = app.send(&tenant, "call.started", payload.clone()).await;
+    pause().await;
+    let since = rfc3339_now();
+    pause().await;
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        failed.push(app.send(&tenant, "call.started", payload.clone()).await);
+    }
+    receiver.always("/crm", Reply::Status(200));
+    let delivered = app.send(&tenant, "call.started", payload.clone()).await;
+    attempted(&app, &tenant, &delivered, 1).await;
+    receiver.always("/crm", Reply::Status(500));
+    pause().await;
+    let until = rfc3339_now();
+    pause().await;
+    let after = app.send(&tenant, "call.started", payload.clone()).await;
+    for message in failed.iter().chain([&before, &after]) {
+        attempted(&app, &tenant, message, 4).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    receiver.always("/crm", Reply::Status(200));
+    let seen_before = receiver.requests().len();
+
+    let (status, task) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{endpoint}/recover/"),
+            json!({"since": since, "until": until}),
+        )
+        .await;
+
+    assert_eq!(status, 202, "{task}");
+    assert_eq!(task["task"], "endpoint.recover");
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("qtask_"), "{task}");
+    let finished = eventually(
+        Duration::from_secs(10),
+        "the recovery to finish",
+        || async {
+            let (_, task) = app.get(&format!("/background-task/{id}/")).await;
+            (task["status"] == "finished").then_some(task)
+        },
+    )
+    .await;
+    assert_eq!(finished["data"]["recovered"], 3, "{finished}");
+    assert_eq!(finished["data"]["endpointId"], endpoint.as_str());
+    receiver
+        .wait_for(seen_before + 3, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut resent: Vec<String> = receiver.requests()[seen_before..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    resent.sort();
+    failed.sort();
+    assert_eq!(resent, failed, "each failed delivery in the window, once");
+    for message in &failed {
+        let attempts = app.attempts_of(&tenant, message).await;
+        let last = attempts.last().unwrap();
+        assert_eq!(attempts.len(), 5, "{message}");
+        assert_eq!(
+            (last["triggerType"].as_i64(), last["status"].as_i64()),
+            (Some(1), Some(0))
+        );
+    }
+}
+
+#[tokio::test]
+async fn recovery_rejects_a_bad_window_and_unknown_tasks() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, "http://127.0.0.1:9/hook", None)
+        .await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/recover/");
+
+    let (status, body) = app
+        .post(
+            &path,
+            json!({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("until"),
+        "{body}"
+    );
+    let (status, body) = app.post(&path, json!({"since": "yesterday"})).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = app
+        .get("/background-task/qtask_01H00000000000000000000000/")
         .await;
     assert_eq!(status, 404);
 }

@@ -7,6 +7,7 @@ mod admin;
 mod batch;
 mod delivery;
 mod rows;
+mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
 
 use crate::*;
 use rows::db;
@@ -27,10 +28,16 @@ use rows::db;
 pub(crate) const WORK_CHANNEL_SQL: &str = "'herald_work_' || current_schema()";
 /// Serialises migrations when several processes start at once.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_background_tasks.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct PgOptions {
@@ -444,6 +451,21 @@ impl Store for PgStore {
     }
     async fn wait_for_work(&self) {
         self.work.notified().await;
+    }
+
+    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask> {
+        self.transaction(async |c| tasks::start_recovery(c, app, recovery).await)
+            .await
+    }
+    async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask> {
+        self.transaction(async |c| tasks::recovery_step(c, task, limit).await)
+            .await
+    }
+    async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask> {
+        self.read(async |c| tasks::get_task(c, task).await).await
+    }
+    async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
+        self.read(async |c| tasks::running_tasks(c).await).await
     }
 
     async fn reserve_idempotency_key(

@@ -5,6 +5,7 @@ mod admin;
 mod delivery;
 mod pool;
 mod rows;
+mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret};
+use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
 
 use crate::*;
 use pool::{
@@ -20,7 +21,13 @@ use pool::{
 };
 
 /// Migrations in order; the number is the schema version each one produces.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_background_tasks.sql"),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -328,6 +335,23 @@ impl Store for SqliteStore {
     /// every lease in the file belongs to a run that is over.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
         self.writer.write(delivery::release_orphaned_leases).await
+    }
+
+    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask> {
+        self.writer
+            .write(move |c| tasks::start_recovery(c, app, recovery))
+            .await
+    }
+    async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask> {
+        self.writer
+            .write(move |c| tasks::recovery_step(c, task, limit))
+            .await
+    }
+    async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask> {
+        self.readers.read(move |c| tasks::get_task(c, task)).await
+    }
+    async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
+        self.readers.read(tasks::running_tasks).await
     }
 
     async fn reserve_idempotency_key(

@@ -1,0 +1,134 @@
+//! Bulk recovery (`POST /app/{app}/endpoint/{ep}/recover/`) and the
+//! background tasks that carry it out (`GET /background-task/{task}/`).
+//! Recovery re-sends every failed delivery of an endpoint whose message
+//! was created in a window, as one manual attempt each; it runs in the
+//! background in short steps, and its progress can be read.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{EndpointId, TaskId};
+use herald_store::{BackgroundTask, Recovery};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_time, timestamp, Body};
+use crate::middleware::now_ms;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app/{app}/endpoint/{endpoint}/recover", post(recover))
+        .route("/background-task/{task}", get(read_task))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecoverIn {
+    since: String,
+    until: Option<String>,
+}
+
+/// Svix's `RecoverOut` (and `BackgroundTaskOut` with `data`).
+#[derive(Debug, Serialize)]
+struct TaskOut {
+    id: String,
+    status: &'static str,
+    task: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<TaskData>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskData {
+    app_id: String,
+    endpoint_id: String,
+    since: String,
+    until: Option<String>,
+    /// Failed deliveries queued again so far.
+    recovered: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl TaskOut {
+    fn new(task: &BackgroundTask, with_data: bool) -> Self {
+        Self {
+            id: task.id.to_string(),
+            status: task.status.as_str(),
+            task: BackgroundTask::RECOVER,
+            data: with_data.then(|| TaskData {
+                app_id: task.app_id.to_string(),
+                endpoint_id: task.recovery.endpoint_id.to_string(),
+                since: timestamp(task.recovery.since),
+                until: task.recovery.until.map(timestamp),
+                recovered: task.done,
+                created_at: timestamp(task.created_at),
+                updated_at: timestamp(task.updated_at),
+            }),
+        }
+    }
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(input): Body<RecoverIn>,
+) -> ApiResult<(StatusCode, Json<TaskOut>)> {
+    let app = resolve(&state, &app).await?;
+    let reference = IdOrUid::<EndpointId>::parse(&endpoint).map_err(|_| ApiError::NotFound)?;
+    let endpoint = state.store.get_endpoint(app, &reference).await?;
+    let since = parse_time("since", &input.since)?;
+    let until = input
+        .until
+        .as_deref()
+        .map(|until| parse_time("until", until))
+        .transpose()?;
+    if until.is_some_and(|until| until <= since) {
+        return Err(ApiError::invalid("until", "must be later than `since`"));
+    }
+    if since > now_ms() {
+        return Err(ApiError::invalid("since", "is in the future"));
+    }
+    let task = state
+        .store
+        .start_recovery(
+            app,
+            Recovery {
+                endpoint_id: endpoint.id,
+                since,
+                until,
+            },
+        )
+        .await?;
+    spawn(&state, task.id);
+    Ok((StatusCode::ACCEPTED, Json(TaskOut::new(&task, false))))
+}
+
+/// Runs `task` in this process, waking the local dispatcher as work is queued.
+pub(crate) fn spawn(state: &AppState, task: TaskId) {
+    let dispatcher = state.dispatcher.clone();
+    tokio::spawn(herald_dispatch::run_recovery(
+        state.store.clone(),
+        task,
+        move || {
+            if let Some(dispatcher) = &dispatcher {
+                dispatcher.nudge();
+            }
+        },
+    ));
+}
+
+async fn read_task(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+) -> ApiResult<Json<TaskOut>> {
+    let task = TaskId::parse(&task).map_err(|_| ApiError::NotFound)?;
+    let task = state.store.get_task(task).await?;
+    Ok(Json(TaskOut::new(&task, true)))
+}

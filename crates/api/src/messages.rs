@@ -138,8 +138,29 @@ struct MessageListParams {
     with_content: Option<bool>,
     before: Option<String>,
     after: Option<String>,
-    /// Comma-separated, or repeated.
+    /// Comma-separated.
     event_types: Option<String>,
+    channel: Option<String>,
+}
+
+/// A comma-separated list of event-type names.
+fn event_types(text: Option<&str>) -> ApiResult<Vec<EventTypeName>> {
+    Ok(text
+        .map(|text| {
+            text.split(',')
+                .filter(|t| !t.is_empty())
+                .map(EventTypeName::parse)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default())
+}
+
+fn optional_time(
+    field: &'static str,
+    text: Option<&str>,
+) -> ApiResult<Option<herald_store::Timestamp>> {
+    text.map(|t| parse_time(field, t)).transpose()
 }
 
 async fn list(
@@ -148,33 +169,18 @@ async fn list(
     Query(params): Query<MessageListParams>,
 ) -> ApiResult<Json<ListResponse<MessageOut>>> {
     let app = resolve(&state, &app).await?;
-    let event_types = params
-        .event_types
-        .as_deref()
-        .map(|text| {
-            text.split(',')
-                .filter(|t| !t.is_empty())
-                .map(EventTypeName::parse)
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
     let query = MessageQuery {
         page: ListParams {
             limit: params.limit,
             iterator: params.iterator,
         }
         .page(),
-        event_types,
-        before: params
-            .before
-            .as_deref()
-            .map(|t| parse_time("before", t))
-            .transpose()?,
-        after: params
-            .after
-            .as_deref()
-            .map(|t| parse_time("after", t))
+        event_types: event_types(params.event_types.as_deref())?,
+        before: optional_time("before", params.before.as_deref())?,
+        after: optional_time("after", params.after.as_deref())?,
+        channel: params
+            .channel
+            .map(|channel| Uid::parse("channel", &channel).map(|_| channel))
             .transpose()?,
     };
     let with_content = params.with_content.unwrap_or(true);
@@ -240,6 +246,11 @@ struct AttemptListParams {
     limit: Option<usize>,
     iterator: Option<String>,
     status: Option<i64>,
+    status_code_class: Option<u16>,
+    /// Comma-separated.
+    event_types: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
 }
 
 impl AttemptListParams {
@@ -251,14 +262,29 @@ impl AttemptListParams {
                     .ok_or_else(|| ApiError::invalid("status", "must be 0, 1, 2 or 3"))
             })
             .transpose()?;
+        if self
+            .status_code_class
+            .is_some_and(|class| class > 500 || class % 100 != 0)
+        {
+            return Err(ApiError::invalid(
+                "status_code_class",
+                "must be 0, 100, 200, 300, 400 or 500",
+            ));
+        }
         Ok(AttemptQuery {
-            filter,
-            page: ListParams {
-                limit: self.limit,
-                iterator: self.iterator,
-            }
-            .page(),
             status,
+            status_code_class: self.status_code_class,
+            event_types: event_types(self.event_types.as_deref())?,
+            before: optional_time("before", self.before.as_deref())?,
+            after: optional_time("after", self.after.as_deref())?,
+            ..AttemptQuery::new(
+                filter,
+                ListParams {
+                    limit: self.limit,
+                    iterator: self.iterator,
+                }
+                .page(),
+            )
         })
     }
 }

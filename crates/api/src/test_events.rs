@@ -154,14 +154,13 @@ async fn first_attempt(
             .store
             .list_attempts(
                 app,
-                AttemptQuery {
-                    filter: AttemptFilter::Message(message),
-                    page: PageRequest {
+                AttemptQuery::new(
+                    AttemptFilter::Message(message),
+                    PageRequest {
                         limit: 1,
                         cursor: Cursor::Start,
                     },
-                    status: None,
-                },
+                ),
             )
             .await?;
         if let Some(attempt) = page.data.into_iter().next() {

@@ -174,6 +174,8 @@ pub struct MessageQuery {
     pub event_types: Vec<EventTypeName>,
     pub before: Option<Timestamp>,
     pub after: Option<Timestamp>,
+    /// Only messages sent on this channel.
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +207,28 @@ pub struct AttemptQuery {
     pub filter: AttemptFilter,
     pub page: PageRequest,
     pub status: Option<DeliveryStatus>,
+    /// 0 (no HTTP answer), 100, 200, 300, 400 or 500: the status code's hundred.
+    pub status_code_class: Option<u16>,
+    /// Only attempts of messages of these types.
+    pub event_types: Vec<EventTypeName>,
+    /// Attempts made before / at or after these times.
+    pub before: Option<Timestamp>,
+    pub after: Option<Timestamp>,
+}
+
+impl AttemptQuery {
+    /// Every attempt under `filter`, newest first, one page.
+    pub fn new(filter: AttemptFilter, page: PageRequest) -> Self {
+        Self {
+            filter,
+            page,
+            status: None,
+            status_code_class: None,
+            event_types: Vec::new(),
+            before: None,
+            after: None,
+        }
+    }
 }
 
 /// A lease on deliveries: who holds them may send them until `until`.

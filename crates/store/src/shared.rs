@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use herald_domain::{
-    AppId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, TaskId, Trigger,
+    AppId, AttemptId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, TaskId, Trigger,
 };
 
 use crate::{
@@ -253,7 +253,19 @@ pub(crate) fn message_filter(app: AppId, query: &MessageQuery) -> (String, Vec<B
         filter.push_str(" AND id >= ?");
         binds.push(Bind::Text(MessageId::lowest_at(after + 1).to_string()));
     }
+    if let Some(channel) = &query.channel {
+        // Channels are stored as a JSON array of strings; channel names
+        // contain no quote, and LIKE's own wildcards are escaped.
+        filter.push_str(" AND channels LIKE ? ESCAPE '\\'");
+        binds.push(Bind::Text(format!("%\"{}\"%", escape_like(channel))));
+    }
     (filter, binds)
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// The filter of an attempt listing, with `?` placeholders.
@@ -273,6 +285,33 @@ pub(crate) fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<B
     if let Some(status) = query.status {
         filter.push_str(" AND status = ?");
         binds.push(Bind::Int(status.code()));
+    }
+    if let Some(class) = query.status_code_class {
+        filter.push_str(" AND response_status_code >= ? AND response_status_code < ?");
+        // Class 0 is "no HTTP answer" (connection errors, timeouts): code 0.
+        let upper = if class == 0 {
+            1
+        } else {
+            i64::from(class) + 100
+        };
+        binds.push(Bind::Int(i64::from(class)));
+        binds.push(Bind::Int(upper));
+    }
+    // Ids sort by creation time, so time bounds are id bounds.
+    if let Some(before) = query.before {
+        filter.push_str(" AND id < ?");
+        binds.push(Bind::Text(AttemptId::lowest_at(before).to_string()));
+    }
+    if let Some(after) = query.after {
+        filter.push_str(" AND id >= ?");
+        binds.push(Bind::Text(AttemptId::lowest_at(after).to_string()));
+    }
+    if !query.event_types.is_empty() {
+        let marks = vec!["?"; query.event_types.len()].join(", ");
+        filter.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM messages m WHERE m.id = attempts.message_id AND m.event_type IN ({marks}))"
+        ));
+        binds.extend(query.event_types.iter().map(|t| Bind::Text(t.to_string())));
     }
     (filter, binds)
 }

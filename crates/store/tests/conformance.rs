@@ -315,14 +315,13 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
         let attempts = store
             .list_attempts(
                 app,
-                AttemptQuery {
-                    filter: AttemptFilter::Message(job.message.id),
-                    page: PageRequest {
+                AttemptQuery::new(
+                    AttemptFilter::Message(job.message.id),
+                    PageRequest {
                         limit: 10,
                         cursor: Cursor::Start,
                     },
-                    status: None,
-                },
+                ),
             )
             .await
             .unwrap();

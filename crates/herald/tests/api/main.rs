@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+mod activity;
 mod crash;
 mod delivery;
 mod helpers;

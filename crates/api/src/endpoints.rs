@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<AppState> {
             get(headers).put(replace_headers).patch(patch_headers),
         )
         .route("/app/{app}/endpoint/{endpoint}/stats", get(stats))
+        .route("/app/{app}/endpoint/{endpoint}/health", get(health))
 }
 
 #[derive(Debug, Deserialize)]
@@ -465,5 +466,107 @@ async fn stats(
         sending: stats.sending,
         fail: stats.fail,
         canceled: 0,
+    }))
+}
+
+/// Herald's health route: success rate and response times over the last
+/// hour, day and week (from aggregates kept in 5-minute buckets, so each
+/// window reaches back to the start of its first bucket), the last 20
+/// attempts, and the endpoint's current run of failures.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthOut {
+    endpoint_id: String,
+    disabled: bool,
+    windows: HealthWindows,
+    recent: Vec<RecentAttempt>,
+    consecutive_failures: u64,
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    failing_since: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct HealthWindows {
+    #[serde(rename = "1h")]
+    hour: WindowOut,
+    #[serde(rename = "24h")]
+    day: WindowOut,
+    #[serde(rename = "7d")]
+    week: WindowOut,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WindowOut {
+    attempts: u64,
+    succeeded: u64,
+    failed: u64,
+    success_rate: Option<f64>,
+    avg_response_ms: Option<f64>,
+    /// The upper bound of the histogram bin holding the 95th percentile;
+    /// `null` without attempts or when slower than 30 s.
+    p95_response_ms: Option<u64>,
+}
+
+impl From<&herald_store::HealthCounts> for WindowOut {
+    fn from(counts: &herald_store::HealthCounts) -> Self {
+        Self {
+            attempts: counts.attempts(),
+            succeeded: counts.succeeded,
+            failed: counts.failed,
+            success_rate: counts.success_rate(),
+            avg_response_ms: counts.average_ms(),
+            p95_response_ms: counts.p95_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecentAttempt {
+    id: String,
+    msg_id: String,
+    status: i64,
+    response_status_code: u16,
+    response_duration_ms: u64,
+    error_class: Option<&'static str>,
+    timestamp: String,
+}
+
+async fn health(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<HealthOut>> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let health = state
+        .store
+        .endpoint_health(endpoint.app_id, endpoint.id, now_ms())
+        .await?;
+    Ok(Json(HealthOut {
+        endpoint_id: endpoint.id.to_string(),
+        disabled: endpoint.disabled,
+        windows: HealthWindows {
+            hour: (&health.last_hour).into(),
+            day: (&health.last_day).into(),
+            week: (&health.last_week).into(),
+        },
+        recent: health
+            .recent
+            .into_iter()
+            .map(|a| RecentAttempt {
+                id: a.id.to_string(),
+                msg_id: a.message_id.to_string(),
+                status: a.status.code(),
+                response_status_code: a.response_status_code,
+                response_duration_ms: a.response_duration_ms,
+                error_class: a.error_class.map(|c| c.as_str()),
+                timestamp: timestamp(a.created_at),
+            })
+            .collect(),
+        consecutive_failures: health.consecutive_failures,
+        last_success_at: health.last_success_at.map(timestamp),
+        last_failure_at: health.last_failure_at.map(timestamp),
+        failing_since: health.failing_since.map(timestamp),
     }))
 }

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger};
-use herald_store::{Attempt, AttemptOutcome, Claim, DeliveryJob, NextStep, Store, Timestamp};
+use herald_store::{
+    Attempt, AttemptOutcome, Claim, DeliveryJob, HealthUpdate, NextStep, Store, Timestamp,
+};
 
 use crate::http::{build_body, HttpSender, SendResult};
 
@@ -35,6 +37,9 @@ pub struct DispatchConfig {
     pub idle_poll: Duration,
     /// Response body bytes kept in the attempt log.
     pub response_limit: usize,
+    /// How often the health counts gathered in memory are added to the
+    /// store's aggregates.
+    pub health_flush: Duration,
     pub policy: AddressPolicy,
 }
 
@@ -49,6 +54,7 @@ impl Default for DispatchConfig {
             claim_batch: 256,
             idle_poll: Duration::from_secs(5),
             response_limit: 4096,
+            health_flush: Duration::from_secs(1),
             policy: AddressPolicy::default(),
         }
     }
@@ -74,6 +80,9 @@ pub struct Dispatcher {
     wake: Notify,
     /// Deliveries in flight, and waiting their turn, per endpoint.
     per_endpoint: Mutex<HashMap<EndpointId, EndpointLoad>>,
+    /// Attempt outcomes per endpoint not yet added to the stored health
+    /// aggregates (one write per endpoint and flush, not per attempt).
+    health: Mutex<HashMap<EndpointId, HealthUpdate>>,
     tasks: TaskTracker,
 }
 
@@ -94,6 +103,7 @@ impl Dispatcher {
             config,
             wake: Notify::new(),
             per_endpoint: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
         })
     }
@@ -156,6 +166,7 @@ impl Dispatcher {
 
     /// Runs until `shutdown` fires, then waits for in-flight attempts to end.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let flusher = tokio::spawn(self.clone().flush_health_until(shutdown.clone()));
         while !shutdown.is_cancelled() {
             let full_batch = match self.try_dispatch_due().await {
                 Ok(StepOutcome::Claimed(n)) => n > 0 && n == self.config.claim_batch,
@@ -178,6 +189,34 @@ impl Dispatcher {
         }
         self.tasks.close();
         self.tasks.wait().await;
+        flusher.await.ok();
+        self.flush_health().await;
+    }
+
+    async fn flush_health_until(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.health_flush) => {}
+            }
+            self.flush_health().await;
+        }
+    }
+
+    /// Adds the health counts gathered since the last flush to the store.
+    pub async fn flush_health(&self) {
+        let updates: Vec<HealthUpdate> = {
+            let mut pending = self.health.lock().expect("health counts");
+            pending.drain().map(|(_, update)| update).collect()
+        };
+        if updates.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.record_health(updates).await {
+            // The attempt log still has every attempt; only the aggregates
+            // miss this second's counts.
+            tracing::warn!(%error, "recording endpoint health failed");
+        }
     }
 
     async fn time_until_next_due(&self) -> Duration {
@@ -293,6 +332,16 @@ impl Dispatcher {
         let result = self.sender.send(job, &body, started_at / 1000).await;
         let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
+        self.health
+            .lock()
+            .expect("health counts")
+            .entry(job.endpoint.id)
+            .or_insert_with(|| HealthUpdate::new(job.endpoint.id))
+            .observe(
+                outcome.attempt.created_at,
+                result.succeeded(),
+                outcome.attempt.response_duration_ms,
+            );
         if let Err(error) = self.store.record_attempt(outcome).await {
             // The lease runs out and the delivery is tried again: at least once.
             tracing::error!(%error, message = %job.message.id, endpoint = %job.endpoint.id,

@@ -256,15 +256,25 @@ async fn housekeeping(store: Arc<dyn Store>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cutoff = std::time::SystemTime::now()
-            .checked_sub(IDEMPOTENCY_WINDOW)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
-        match store.purge_idempotency_keys(cutoff).await {
+        let ago = |window: Duration| {
+            std::time::SystemTime::now()
+                .checked_sub(window)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default()
+        };
+        match store.purge_idempotency_keys(ago(IDEMPOTENCY_WINDOW)).await {
             Ok(removed) if removed > 0 => tracing::debug!(removed, "purged idempotency keys"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "purging idempotency keys failed"),
         }
+        match store.purge_health(ago(HEALTH_KEPT)).await {
+            Ok(removed) if removed > 0 => tracing::debug!(removed, "purged health buckets"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "purging health buckets failed"),
+        }
     }
 }
+
+/// Health buckets are read for at most a week; a day more is kept.
+const HEALTH_KEPT: Duration = Duration::from_secs(8 * 24 * 3600);

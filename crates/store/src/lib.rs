@@ -103,6 +103,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         headers: Headers,
     ) -> StoreResult<()>;
     async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
+    /// Adds what a process saw of endpoints to their health aggregates, in
+    /// one transaction.
+    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()>;
+    /// An endpoint's health as of `now`, from the aggregates.
+    async fn endpoint_health(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<EndpointHealth>;
+    /// Drops health buckets that start before `before`.
+    async fn purge_health(&self, before: Timestamp) -> StoreResult<u64>;
 
     // Messages and deliveries.
     /// Stores the message and one pending delivery per matching enabled

@@ -9,8 +9,8 @@ use herald_domain::{
 
 use crate::{
     AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, Page, PageRequest, Recovery, StoreError,
-    StoreResult, TaskStatus, Timestamp,
+    EndpointTarget, HealthCounts, Message, MessageInput, MessageQuery, Page, PageRequest, Recovery,
+    StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -414,4 +414,103 @@ pub(crate) fn step_range(recovery: &Recovery, cursor: Option<String>) -> StepRan
             to,
         },
     }
+}
+
+/// Adds one bucket's counts to the stored ones (`$n` placeholders; SQLite
+/// runs it with `?n`).
+pub(crate) const HEALTH_UPSERT_SQL: &str =
+    "INSERT INTO endpoint_health (endpoint_id, bucket, succeeded, failed, duration_sum_ms,
+         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+     ON CONFLICT (endpoint_id, bucket) DO UPDATE SET
+         succeeded = endpoint_health.succeeded + excluded.succeeded,
+         failed = endpoint_health.failed + excluded.failed,
+         duration_sum_ms = endpoint_health.duration_sum_ms + excluded.duration_sum_ms,
+         h0 = endpoint_health.h0 + excluded.h0, h1 = endpoint_health.h1 + excluded.h1,
+         h2 = endpoint_health.h2 + excluded.h2, h3 = endpoint_health.h3 + excluded.h3,
+         h4 = endpoint_health.h4 + excluded.h4, h5 = endpoint_health.h5 + excluded.h5,
+         h6 = endpoint_health.h6 + excluded.h6, h7 = endpoint_health.h7 + excluded.h7,
+         h8 = endpoint_health.h8 + excluded.h8, h9 = endpoint_health.h9 + excluded.h9,
+         h10 = endpoint_health.h10 + excluded.h10, h11 = endpoint_health.h11 + excluded.h11";
+
+/// Moves an endpoint's current run on: a report with a success restarts it
+/// ($6 true), one without extends it.
+pub(crate) const STATUS_UPSERT_SQL: &str = "INSERT INTO endpoint_status (endpoint_id, consecutive_failures, last_success_at, last_failure_at, failing_since)
+     VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (endpoint_id) DO UPDATE SET
+         consecutive_failures = CASE WHEN $6 THEN excluded.consecutive_failures
+             ELSE endpoint_status.consecutive_failures + excluded.consecutive_failures END,
+         last_success_at = COALESCE(excluded.last_success_at, endpoint_status.last_success_at),
+         last_failure_at = COALESCE(excluded.last_failure_at, endpoint_status.last_failure_at),
+         failing_since = CASE WHEN $6 THEN excluded.failing_since
+             ELSE COALESCE(endpoint_status.failing_since, excluded.failing_since) END";
+
+/// The buckets of the last week, for [`health_windows`].
+pub(crate) const HEALTH_BUCKETS_SQL: &str = "SELECT bucket, succeeded, failed, duration_sum_ms,
+         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11
+     FROM endpoint_health WHERE endpoint_id = $1 AND bucket >= $2";
+
+pub(crate) const STATUS_SQL: &str =
+    "SELECT consecutive_failures, last_success_at, last_failure_at, failing_since
+     FROM endpoint_status WHERE endpoint_id = $1";
+
+const HOUR_MS: Timestamp = 3_600_000;
+
+/// Where the week's window starts: buckets are whole, so each window
+/// reaches back to the start of the bucket it begins in.
+pub(crate) fn week_start(now: Timestamp) -> Timestamp {
+    bucket_of(now - 7 * 24 * HOUR_MS)
+}
+
+fn bucket_of(at: Timestamp) -> Timestamp {
+    at - at.rem_euclid(HEALTH_BUCKET_MS)
+}
+
+/// One stored bucket: its start and counts, in [`HEALTH_BUCKETS_SQL`]'s
+/// column order.
+pub(crate) fn health_bucket(values: [i64; 16]) -> (Timestamp, HealthCounts) {
+    let mut counts = HealthCounts {
+        succeeded: values[1].max(0) as u64,
+        failed: values[2].max(0) as u64,
+        duration_sum_ms: values[3].max(0) as u64,
+        histogram: [0; LATENCY_BINS],
+    };
+    for (bin, value) in counts.histogram.iter_mut().zip(&values[4..]) {
+        *bin = (*value).max(0) as u64;
+    }
+    (values[0], counts)
+}
+
+/// Sums buckets into the last hour, day and week before `now`.
+pub(crate) fn health_windows(
+    buckets: &[(Timestamp, HealthCounts)],
+    now: Timestamp,
+) -> [HealthCounts; 3] {
+    let starts = [
+        bucket_of(now - HOUR_MS),
+        bucket_of(now - 24 * HOUR_MS),
+        week_start(now),
+    ];
+    let mut windows = [HealthCounts::default(); 3];
+    for (bucket, counts) in buckets {
+        for (window, start) in windows.iter_mut().zip(starts) {
+            if *bucket >= start {
+                window.add(counts);
+            }
+        }
+    }
+    windows
+}
+
+/// The values bound to [`HEALTH_UPSERT_SQL`] after the endpoint id.
+pub(crate) fn health_values(bucket: Timestamp, counts: &HealthCounts) -> [i64; 16] {
+    let mut values = [0; 16];
+    values[0] = bucket;
+    values[1] = counts.succeeded as i64;
+    values[2] = counts.failed as i64;
+    values[3] = counts.duration_sum_ms as i64;
+    for (value, bin) in values[4..].iter_mut().zip(counts.histogram) {
+        *value = bin as i64;
+    }
+    values
 }

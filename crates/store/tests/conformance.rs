@@ -952,3 +952,46 @@ async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
+        let at = now();
+        let hours_ago = |h: i64| at - h * 3_600_000;
+        let mut first = HealthUpdate::new(endpoint.id);
+        first.observe(hours_ago(30), true, 40); // in the week only
+        first.observe(hours_ago(3), false, 7); // in the day
+        first.observe(at - 1_000, true, 5);
+        first.observe(at - 900, false, 300);
+        let mut second = HealthUpdate::new(endpoint.id);
+        second.observe(at - 800, false, 12);
+        second.observe(at - 700, false, 3);
+
+        store.record_health(vec![first]).await.unwrap();
+        store.record_health(vec![second]).await.unwrap();
+        let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
+
+        let summary = |c: &HealthCounts| (c.succeeded, c.failed, c.duration_sum_ms);
+        assert_eq!(summary(&health.last_hour), (1, 3, 320), "{name}");
+        assert_eq!(summary(&health.last_day), (1, 4, 327), "{name}");
+        assert_eq!(summary(&health.last_week), (2, 4, 367), "{name}");
+        assert_eq!(health.last_week.p95_ms(), Some(500), "{name}");
+        assert_eq!(health.consecutive_failures, 3, "{name}: one from the first report, two after");
+        assert_eq!(health.failing_since, Some(at - 900), "{name}");
+        assert_eq!(health.last_success_at, Some(at - 1_000), "{name}");
+        assert_eq!(health.last_failure_at, Some(at - 700), "{name}");
+
+        let mut recovered = HealthUpdate::new(endpoint.id);
+        recovered.observe(at - 100, true, 1);
+        store.record_health(vec![recovered]).await.unwrap();
+        let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
+        assert_eq!((health.consecutive_failures, health.failing_since), (0, None), "{name}");
+
+        assert!(store.purge_health(hours_ago(24)).await.unwrap() >= 1, "{name}");
+        let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
+        assert_eq!(summary(&health.last_week), (2, 4, 328), "{name}: the 30 h old bucket is gone");
+    }
+}

@@ -269,3 +269,84 @@ async fn recovery_rejects_a_bad_window_and_unknown_tasks() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn health_matches_a_scripted_sequence_of_answers() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/h"), None)
+        .await;
+    let slow = Reply::Delay(Duration::from_millis(300));
+    let mut script = vec![Reply::Status(200); 8];
+    script.extend([slow, slow, Reply::Status(500), Reply::Status(500)]);
+    script.extend([
+        Reply::Status(200),
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Status(503),
+    ]);
+    receiver.script("/h", &script);
+    // Test events: one attempt each, no retries, in this order.
+    for _ in 0..script.len() {
+        let (status, body) = app
+            .post(
+                &format!("/app/{tenant}/endpoint/{endpoint}/send-example/?wait=true"),
+                json!({"eventType": "call.started"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, log) = app
+        .get(&format!(
+            "/app/{tenant}/attempt/endpoint/{endpoint}/?limit=50"
+        ))
+        .await;
+    let log = log["data"].as_array().unwrap().clone(); // newest first
+    assert_eq!(log.len(), 16);
+    let total_ms: u64 = log
+        .iter()
+        .map(|a| a["responseDurationMs"].as_u64().unwrap())
+        .sum();
+
+    let health = eventually(Duration::from_secs(10), "the health counts", || async {
+        let (status, health) = app
+            .get(&format!("/app/{tenant}/endpoint/{endpoint}/health/"))
+            .await;
+        assert_eq!(status, 200, "{health}");
+        (health["windows"]["1h"]["attempts"] == 16).then_some(health)
+    })
+    .await;
+
+    for window in ["1h", "24h", "7d"] {
+        let w = &health["windows"][window];
+        assert_eq!(
+            (w["succeeded"].as_u64(), w["failed"].as_u64()),
+            (Some(11), Some(5)),
+            "{w}"
+        );
+        assert_eq!(w["successRate"].as_f64(), Some(11.0 / 16.0), "{w}");
+        assert_eq!(
+            w["avgResponseMs"].as_f64(),
+            Some(total_ms as f64 / 16.0),
+            "{w}"
+        );
+        // The 16th of 16 is a 300 ms answer: the bin up to 500 ms.
+        assert_eq!(w["p95ResponseMs"].as_u64(), Some(500), "{w}");
+    }
+    assert_eq!(health["consecutiveFailures"], 3);
+    assert_eq!(health["failingSince"], log[2]["timestamp"], "the first 503");
+    assert_eq!(health["lastFailureAt"], log[0]["timestamp"]);
+    assert_eq!(health["lastSuccessAt"], log[3]["timestamp"]);
+    let statuses: Vec<i64> = health["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    let mut expected = vec![2, 2, 2, 0, 2, 2, 0, 0];
+    expected.extend([0; 8]);
+    assert_eq!(statuses, expected, "newest first");
+    assert_eq!(health["disabled"], false);
+}

@@ -6,6 +6,7 @@
 mod admin;
 mod batch;
 mod delivery;
+mod health;
 mod rows;
 mod tasks;
 
@@ -36,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/postgres/0002_background_tasks.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_endpoint_health.sql"),
     ),
 ];
 
@@ -466,6 +471,24 @@ impl Store for PgStore {
     }
     async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
         self.read(async |c| tasks::running_tasks(c).await).await
+    }
+
+    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()> {
+        self.transaction(async |c| health::record_health(c, &updates).await)
+            .await
+    }
+    async fn endpoint_health(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<EndpointHealth> {
+        self.read(async |c| health::endpoint_health(c, app, endpoint, now).await)
+            .await
+    }
+    async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
+        self.transaction(async |c| health::purge_health(c, before).await)
+            .await
     }
 
     async fn reserve_idempotency_key(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod delivery;
+mod health;
 mod pool;
 mod rows;
 mod tasks;
@@ -26,6 +27,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/sqlite/0002_background_tasks.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_endpoint_health.sql"),
     ),
 ];
 
@@ -352,6 +357,27 @@ impl Store for SqliteStore {
     }
     async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
         self.readers.read(tasks::running_tasks).await
+    }
+
+    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()> {
+        self.writer
+            .write(move |c| health::record_health(c, &updates))
+            .await
+    }
+    async fn endpoint_health(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<EndpointHealth> {
+        self.readers
+            .read(move |c| health::endpoint_health(c, app, endpoint, now))
+            .await
+    }
+    async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| health::purge_health(c, before))
+            .await
     }
 
     async fn reserve_idempotency_key(

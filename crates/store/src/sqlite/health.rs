@@ -1,0 +1,113 @@
+//! SQL for endpoint health aggregates (the statements are shared with
+//! PostgreSQL; SQLite runs them with `?n` placeholders).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{AppId, EndpointId};
+
+use super::admin::get_endpoint;
+use super::delivery::list_attempts;
+use super::pool::internal;
+use crate::shared;
+use crate::{
+    AttemptFilter, AttemptQuery, Cursor, EndpointHealth, HealthUpdate, PageRequest, StoreResult,
+    Timestamp,
+};
+
+fn sql(shared: &str) -> String {
+    shared.replace('$', "?")
+}
+
+pub(crate) fn record_health(conn: &Connection, updates: &[HealthUpdate]) -> StoreResult<()> {
+    let mut bucket = conn
+        .prepare_cached(&sql(shared::HEALTH_UPSERT_SQL))
+        .map_err(internal)?;
+    let mut status = conn
+        .prepare_cached(&sql(shared::STATUS_UPSERT_SQL))
+        .map_err(internal)?;
+    for update in updates {
+        let endpoint = update.endpoint_id.to_string();
+        for (start, counts) in &update.buckets {
+            let values = shared::health_values(*start, counts);
+            let mut binds: Vec<rusqlite::types::Value> = vec![endpoint.clone().into()];
+            binds.extend(values.iter().map(|v| rusqlite::types::Value::Integer(*v)));
+            bucket
+                .execute(rusqlite::params_from_iter(binds))
+                .map_err(internal)?;
+        }
+        status
+            .execute(params![
+                endpoint,
+                update.failures_since_success as i64,
+                update.last_success_at,
+                update.last_failure_at,
+                update.failing_since,
+                update.last_success_at.is_some()
+            ])
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn endpoint_health(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    now: Timestamp,
+) -> StoreResult<EndpointHealth> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let id = endpoint.to_string();
+    let buckets = conn
+        .prepare_cached(&sql(shared::HEALTH_BUCKETS_SQL))
+        .and_then(|mut s| {
+            s.query_map(params![id, shared::week_start(now)], |r| {
+                let mut values = [0i64; 16];
+                for (i, value) in values.iter_mut().enumerate() {
+                    *value = r.get(i)?;
+                }
+                Ok(shared::health_bucket(values))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(internal)?;
+    let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
+    type Status = (i64, Option<i64>, Option<i64>, Option<i64>);
+    let status: Option<Status> = conn
+        .prepare_cached(&sql(shared::STATUS_SQL))
+        .and_then(|mut s| {
+            s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()
+        })
+        .map_err(internal)?;
+    let (consecutive, last_success_at, last_failure_at, failing_since) =
+        status.unwrap_or((0, None, None, None));
+    let recent = list_attempts(
+        conn,
+        app,
+        AttemptQuery::new(
+            AttemptFilter::Endpoint(endpoint),
+            PageRequest {
+                limit: 20,
+                cursor: Cursor::Start,
+            },
+        ),
+    )?
+    .data;
+    Ok(EndpointHealth {
+        last_hour,
+        last_day,
+        last_week,
+        recent,
+        consecutive_failures: consecutive.max(0) as u64,
+        last_success_at,
+        last_failure_at,
+        failing_since,
+    })
+}
+
+pub(crate) fn purge_health(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
+    conn.execute("DELETE FROM endpoint_health WHERE bucket < ?", [before])
+        .map(|n| n as u64)
+        .map_err(internal)
+}

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
-use herald_domain::{EndpointId, EndpointUrl, FilterTypes, Secret};
+use herald_domain::{EndpointId, EndpointUrl, FilterTypes, RetryPolicy, RetryPolicySpec, Secret};
 use herald_store::{Endpoint, EndpointInput, Headers, Metadata};
 
 use crate::apps::resolve;
@@ -51,6 +51,8 @@ struct EndpointIn {
     metadata: Option<Metadata>,
     secret: Option<String>,
     headers: Option<Headers>,
+    /// Herald's addition; absent: the server's retry schedule.
+    retry_policy: Option<RetryPolicySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +71,8 @@ struct EndpointPatch {
     rate_limit: Option<Option<u32>>,
     version: Option<i32>,
     metadata: Option<Metadata>,
+    #[serde(default, deserialize_with = "patch_field")]
+    retry_policy: Option<Option<RetryPolicySpec>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +88,8 @@ struct EndpointOut {
     filter_types: Option<Vec<String>>,
     channels: Option<Vec<String>>,
     metadata: Metadata,
+    /// `null`: the server's retry schedule.
+    retry_policy: Option<RetryPolicySpec>,
     created_at: String,
     updated_at: String,
 }
@@ -101,10 +107,15 @@ impl From<Endpoint> for EndpointOut {
             filter_types: endpoint.filter_types,
             channels: endpoint.channels,
             metadata: endpoint.metadata,
+            retry_policy: endpoint.retry_policy.as_ref().map(RetryPolicy::to_spec),
             created_at: timestamp(endpoint.created_at),
             updated_at: timestamp(endpoint.updated_at),
         }
     }
+}
+
+fn parse_policy(spec: Option<&RetryPolicySpec>) -> ApiResult<Option<RetryPolicy>> {
+    Ok(spec.map(RetryPolicy::from_spec).transpose()?)
 }
 
 fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
@@ -225,6 +236,7 @@ async fn create(
         rate_limit: input.rate_limit,
         version: input.version.unwrap_or(1),
         metadata: input.metadata.unwrap_or_default(),
+        retry_policy: parse_policy(input.retry_policy.as_ref())?,
     };
     let secret = match input.secret {
         Some(text) => Secret::parse(&text)?,
@@ -265,6 +277,7 @@ async fn replace(
         rate_limit: input.rate_limit,
         version: input.version.unwrap_or(current.version),
         metadata: input.metadata.unwrap_or_default(),
+        retry_policy: parse_policy(input.retry_policy.as_ref())?,
     };
     let updated = state
         .store
@@ -296,6 +309,10 @@ async fn patch(
         rate_limit: changes.rate_limit.unwrap_or(current.rate_limit),
         version: changes.version.unwrap_or(current.version),
         metadata: changes.metadata.unwrap_or(current.metadata),
+        retry_policy: match changes.retry_policy {
+            Some(spec) => parse_policy(spec.as_ref())?,
+            None => current.retry_policy,
+        },
     };
     let updated = state
         .store

@@ -366,7 +366,12 @@ impl Dispatcher {
         } else if gone || job.trigger == Trigger::Manual {
             NextStep::Failed
         } else {
-            match self.config.retry_schedule.next_delay(attempts_made) {
+            let age = Duration::from_millis((now_ms() - job.message.created_at).max(0) as u64);
+            let delay = match &job.endpoint.retry_policy {
+                Some(policy) => policy.next_delay(attempts_made, age),
+                None => self.config.retry_schedule.next_delay(attempts_made),
+            };
+            match delay {
                 None => NextStep::Failed,
                 Some(delay) => {
                     let delay = honour_retry_after(delay, result);

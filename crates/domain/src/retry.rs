@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::ParseError;
 
@@ -75,6 +76,222 @@ impl RetrySchedule {
     pub fn next_delay(&self, attempts_made: u32) -> Option<Duration> {
         let base = *self.0.get((attempts_made as usize).checked_sub(1)?)?;
         Some(jitter(base, rand::thread_rng().gen::<f64>()))
+    }
+}
+
+/// An endpoint's own retry policy (the server's schedule applies to
+/// endpoints without one). Either policy may also give up once a message is
+/// older than `max_age`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub kind: RetryKind,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryKind {
+    /// Fixed delays, one per retry.
+    Schedule(RetrySchedule),
+    /// `initial × factor^(n-1)` before retry n, at most `max_delay`, for
+    /// `max_attempts` attempts in all (the first included).
+    Exponential {
+        initial: Duration,
+        factor: f64,
+        max_delay: Duration,
+        max_attempts: u32,
+    },
+}
+
+/// The JSON form of a [`RetryPolicy`] (`retryPolicy` on endpoints), with
+/// durations written like `5s`, `10m`, `2h`, `3d`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicySpec {
+    /// `schedule` or `exponential`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+const SHORTEST: Duration = Duration::from_millis(10);
+const LONGEST_DELAY: Duration = Duration::from_secs(7 * 86_400);
+const LONGEST_AGE: Duration = Duration::from_secs(30 * 86_400);
+
+impl RetryPolicy {
+    /// Validates the JSON form; errors name the offending field.
+    pub fn from_spec(spec: &RetryPolicySpec) -> Result<Self, ParseError> {
+        let duration = |name: &'static str, text: &str, longest: Duration| {
+            let value = parse_duration(text.trim()).map_err(|r| ParseError::new(name, r))?;
+            if value < SHORTEST || value > longest {
+                return Err(ParseError::new(
+                    name,
+                    format!("must be between 10ms and {}d", longest.as_secs() / 86_400),
+                ));
+            }
+            Ok(value)
+        };
+        let required = |name: &'static str, value: Option<&String>| {
+            value
+                .cloned()
+                .ok_or_else(|| ParseError::new(name, "is required for this type"))
+        };
+        let max_age = spec
+            .max_age
+            .as_deref()
+            .map(|age| duration("retryPolicy.maxAge", age, LONGEST_AGE))
+            .transpose()?;
+        let kind = match spec.kind.as_str() {
+            "schedule" => {
+                if spec.initial_delay.is_some()
+                    || spec.factor.is_some()
+                    || spec.max_delay.is_some()
+                    || spec.max_attempts.is_some()
+                {
+                    return Err(ParseError::new(
+                        "retryPolicy.type",
+                        "a schedule takes only `schedule` and `maxAge`",
+                    ));
+                }
+                let delays = spec
+                    .schedule
+                    .as_ref()
+                    .ok_or_else(|| {
+                        ParseError::new("retryPolicy.schedule", "is required for this type")
+                    })?
+                    .iter()
+                    .map(|d| duration("retryPolicy.schedule", d, LONGEST_DELAY))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if delays.len() > 50 {
+                    return Err(ParseError::new(
+                        "retryPolicy.schedule",
+                        "at most 50 retries",
+                    ));
+                }
+                RetryKind::Schedule(RetrySchedule::new(delays))
+            }
+            "exponential" => {
+                if spec.schedule.is_some() {
+                    return Err(ParseError::new(
+                        "retryPolicy.schedule",
+                        "is for `type: schedule`",
+                    ));
+                }
+                let initial = duration(
+                    "retryPolicy.initialDelay",
+                    &required("retryPolicy.initialDelay", spec.initial_delay.as_ref())?,
+                    LONGEST_DELAY,
+                )?;
+                let max_delay = duration(
+                    "retryPolicy.maxDelay",
+                    &required("retryPolicy.maxDelay", spec.max_delay.as_ref())?,
+                    LONGEST_DELAY,
+                )?;
+                if max_delay < initial {
+                    return Err(ParseError::new(
+                        "retryPolicy.maxDelay",
+                        "must not be shorter than `initialDelay`",
+                    ));
+                }
+                let factor = spec.factor.unwrap_or(2.0);
+                if !(1.0..=10.0).contains(&factor) {
+                    return Err(ParseError::new(
+                        "retryPolicy.factor",
+                        "must be between 1 and 10",
+                    ));
+                }
+                let max_attempts = spec.max_attempts.ok_or_else(|| {
+                    ParseError::new("retryPolicy.maxAttempts", "is required for this type")
+                })?;
+                if !(1..=50).contains(&max_attempts) {
+                    return Err(ParseError::new(
+                        "retryPolicy.maxAttempts",
+                        "must be between 1 and 50",
+                    ));
+                }
+                RetryKind::Exponential {
+                    initial,
+                    factor,
+                    max_delay,
+                    max_attempts,
+                }
+            }
+            _ => {
+                return Err(ParseError::new(
+                    "retryPolicy.type",
+                    "must be `schedule` or `exponential`",
+                ))
+            }
+        };
+        Ok(Self { kind, max_age })
+    }
+
+    /// The JSON form, as stored and shown.
+    pub fn to_spec(&self) -> RetryPolicySpec {
+        let text = |d: Duration| format!("{}ms", d.as_millis());
+        let mut spec = RetryPolicySpec {
+            kind: String::new(),
+            schedule: None,
+            initial_delay: None,
+            factor: None,
+            max_delay: None,
+            max_attempts: None,
+            max_age: self.max_age.map(text),
+        };
+        match &self.kind {
+            RetryKind::Schedule(schedule) => {
+                spec.kind = "schedule".into();
+                spec.schedule = Some(schedule.delays().iter().copied().map(text).collect());
+            }
+            RetryKind::Exponential {
+                initial,
+                factor,
+                max_delay,
+                max_attempts,
+            } => {
+                spec.kind = "exponential".into();
+                spec.initial_delay = Some(text(*initial));
+                spec.factor = Some(*factor);
+                spec.max_delay = Some(text(*max_delay));
+                spec.max_attempts = Some(*max_attempts);
+            }
+        }
+        spec
+    }
+
+    /// The delay before the next attempt after `attempts_made` failed ones,
+    /// for a message `age` old now; `None` when the policy gives up.
+    pub fn next_delay(&self, attempts_made: u32, age: Duration) -> Option<Duration> {
+        let delay = match &self.kind {
+            RetryKind::Schedule(schedule) => schedule.next_delay(attempts_made)?,
+            RetryKind::Exponential {
+                initial,
+                factor,
+                max_delay,
+                max_attempts,
+            } => {
+                if attempts_made >= *max_attempts {
+                    return None;
+                }
+                let exponent = attempts_made.saturating_sub(1).min(64) as i32;
+                let base = initial.mul_f64(factor.powi(exponent)).min(*max_delay);
+                jitter(base, rand::thread_rng().gen::<f64>())
+            }
+        };
+        match self.max_age {
+            Some(max_age) if age + delay > max_age => None,
+            _ => Some(delay),
+        }
     }
 }
 
@@ -153,5 +370,92 @@ mod tests {
         assert!(schedule.next_delay(1).is_some());
         assert!(schedule.next_delay(2).is_some());
         assert!(schedule.next_delay(3).is_none());
+    }
+
+    fn spec(json: &str) -> RetryPolicySpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn exponential_policies_grow_to_their_cap_and_stop_at_their_count() {
+        let policy = RetryPolicy::from_spec(&spec(
+            r#"{"type":"exponential","initialDelay":"1s","factor":3,"maxDelay":"20s","maxAttempts":5}"#,
+        ))
+        .unwrap();
+        let bases = [1.0, 3.0, 9.0, 20.0];
+        for (made, base) in (1..).zip(bases) {
+            let delay = policy
+                .next_delay(made, Duration::ZERO)
+                .unwrap()
+                .as_secs_f64();
+            assert!(
+                (base * 0.8..=base * 1.2).contains(&delay),
+                "after {made}: {delay}"
+            );
+        }
+        assert_eq!(
+            policy.next_delay(5, Duration::ZERO),
+            None,
+            "five attempts in all"
+        );
+        assert_eq!(RetryPolicy::from_spec(&policy.to_spec()).unwrap(), policy);
+    }
+
+    #[test]
+    fn max_age_ends_retries_of_old_messages() {
+        let policy = RetryPolicy::from_spec(&spec(
+            r#"{"type":"schedule","schedule":["1m","1h"],"maxAge":"30m"}"#,
+        ))
+        .unwrap();
+        assert!(policy.next_delay(1, Duration::from_secs(60)).is_some());
+        assert_eq!(
+            policy.next_delay(2, Duration::from_secs(60)),
+            None,
+            "an hour more is too old"
+        );
+        assert_eq!(
+            policy.next_delay(3, Duration::ZERO),
+            None,
+            "schedule exhausted"
+        );
+    }
+
+    #[test]
+    fn invalid_policies_name_the_field() {
+        for (json, field) in [
+            (r#"{"type":"linear"}"#, "retryPolicy.type"),
+            (r#"{"type":"schedule"}"#, "retryPolicy.schedule"),
+            (
+                r#"{"type":"schedule","schedule":["5x"]}"#,
+                "retryPolicy.schedule",
+            ),
+            (
+                r#"{"type":"schedule","schedule":["1s"],"factor":2}"#,
+                "retryPolicy.type",
+            ),
+            (
+                r#"{"type":"exponential","initialDelay":"1s","maxDelay":"1h"}"#,
+                "retryPolicy.maxAttempts",
+            ),
+            (
+                r#"{"type":"exponential","initialDelay":"1h","maxDelay":"1s","maxAttempts":3}"#,
+                "retryPolicy.maxDelay",
+            ),
+            (
+                r#"{"type":"exponential","initialDelay":"1s","maxDelay":"1h","maxAttempts":3,"factor":0.5}"#,
+                "retryPolicy.factor",
+            ),
+            (
+                r#"{"type":"exponential","initialDelay":"1s","maxDelay":"1h","maxAttempts":99}"#,
+                "retryPolicy.maxAttempts",
+            ),
+            (
+                r#"{"type":"schedule","schedule":["1s"],"maxAge":"90d"}"#,
+                "retryPolicy.maxAge",
+            ),
+        ] {
+            let error = RetryPolicy::from_spec(&spec(json)).unwrap_err();
+            assert_eq!(error.field, field, "{json}: {error:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use herald_domain::ids::Uid;
 use herald_domain::{
     AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, ErrorClass, EventTypeName,
-    FilterTypes, MessageId, Secret, TaskId, Trigger,
+    FilterTypes, MessageId, RetryPolicy, Secret, TaskId, Trigger,
 };
 use serde_json::Value;
 
@@ -109,6 +109,8 @@ pub struct Endpoint {
     pub version: i32,
     pub metadata: Metadata,
     pub headers: Headers,
+    /// `None`: the server's retry schedule.
+    pub retry_policy: Option<RetryPolicy>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -124,6 +126,7 @@ pub struct EndpointInput {
     pub rate_limit: Option<u32>,
     pub version: i32,
     pub metadata: Metadata,
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// Svix's endpoint stats: deliveries of the endpoint by state.
@@ -246,6 +249,8 @@ pub struct EndpointTarget {
     pub headers: Headers,
     /// The current secret first, then previous ones still in their grace period.
     pub secrets: Vec<Secret>,
+    /// `None`: the server's retry schedule.
+    pub retry_policy: Option<Arc<RetryPolicy>>,
 }
 
 /// One (message, endpoint) delivery leased to the engine, with all it needs to send.

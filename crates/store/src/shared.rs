@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use herald_domain::{
-    AppId, AttemptId, EndpointId, EventTypeName, FilterTypes, MessageId, Secret, TaskId, Trigger,
+    AppId, AttemptId, EndpointId, EventTypeName, FilterTypes, MessageId, RetryPolicy, Secret,
+    TaskId, Trigger,
 };
 
 use crate::{
@@ -23,7 +24,7 @@ pub(crate) fn now() -> Timestamp {
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
-pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at";
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy";
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
@@ -64,7 +65,7 @@ pub(crate) fn finish_page<T>(
 /// Endpoints of an app joined with their signing secrets, one row per
 /// (endpoint, secret), ordered by endpoint and then current secret first.
 pub(crate) const TARGET_ROWS_SQL: &str =
-    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret
+    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -78,6 +79,7 @@ pub(crate) struct TargetRow {
     pub filter_types: Option<String>,
     pub channels: Option<String>,
     pub secret: String,
+    pub retry_policy: Option<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -149,7 +151,22 @@ fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
         url: row.url.clone(),
         headers: decode(&row.headers)?,
         secrets: vec![secret],
+        retry_policy: decode_policy(row.retry_policy.as_deref())?.map(Arc::new),
     })
+}
+
+/// An endpoint's retry policy as stored (JSON of its spec).
+pub(crate) fn encode_policy(policy: Option<&RetryPolicy>) -> Option<String> {
+    policy.map(|p| serde_json::to_string(&p.to_spec()).unwrap_or_default())
+}
+
+pub(crate) fn decode_policy(text: Option<&str>) -> StoreResult<Option<RetryPolicy>> {
+    text.map(|text| {
+        let spec = decode(text)?;
+        RetryPolicy::from_spec(&spec)
+            .map_err(|e| StoreError::Internal(format!("stored retry policy unreadable: {e}")))
+    })
+    .transpose()
 }
 
 /// The result of storing a message: with a claim, one leased job per

@@ -132,6 +132,7 @@ fn endpoint_input(url: &str, filter: &[&str], disabled: bool) -> EndpointInput {
         rate_limit: None,
         version: 1,
         metadata: Metadata::new(),
+        retry_policy: None,
     }
 }
 
@@ -221,11 +222,11 @@ async fn leased_deliveries_are_not_claimed_again_until_the_lease_ends() {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
-        let at = now();
         store
             .create_message(app, message("call.started", None), None)
             .await
             .unwrap();
+        let at = now(); // the delivery was due when it was written, before this
 
         let first = store.claim_due(claim(at + 1), 10, vec![]).await.unwrap();
         let second = store.claim_due(claim(at + 2), 10, vec![]).await.unwrap();
@@ -979,7 +980,10 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
         assert_eq!(summary(&health.last_day), (1, 4, 327), "{name}");
         assert_eq!(summary(&health.last_week), (2, 4, 367), "{name}");
         assert_eq!(health.last_week.p95_ms(), Some(500), "{name}");
-        assert_eq!(health.consecutive_failures, 3, "{name}: one from the first report, two after");
+        assert_eq!(
+            health.consecutive_failures, 3,
+            "{name}: one from the first report, two after"
+        );
         assert_eq!(health.failing_since, Some(at - 900), "{name}");
         assert_eq!(health.last_success_at, Some(at - 1_000), "{name}");
         assert_eq!(health.last_failure_at, Some(at - 700), "{name}");
@@ -988,10 +992,79 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
         recovered.observe(at - 100, true, 1);
         store.record_health(vec![recovered]).await.unwrap();
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
-        assert_eq!((health.consecutive_failures, health.failing_since), (0, None), "{name}");
+        assert_eq!(
+            (health.consecutive_failures, health.failing_since),
+            (0, None),
+            "{name}"
+        );
 
-        assert!(store.purge_health(hours_ago(24)).await.unwrap() >= 1, "{name}");
+        assert!(
+            store.purge_health(hours_ago(24)).await.unwrap() >= 1,
+            "{name}"
+        );
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
-        assert_eq!(summary(&health.last_week), (2, 4, 328), "{name}: the 30 h old bucket is gone");
+        assert_eq!(
+            summary(&health.last_week),
+            (2, 4, 328),
+            "{name}: the 30 h old bucket is gone"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
+    let spec: herald_domain::RetryPolicySpec = serde_json::from_str(
+        r#"{"type":"exponential","initialDelay":"2s","factor":2,"maxDelay":"1m","maxAttempts":4,"maxAge":"1h"}"#,
+    )
+    .unwrap();
+    let policy = herald_domain::RetryPolicy::from_spec(&spec).unwrap();
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let created = store
+            .create_endpoint(
+                app,
+                EndpointInput {
+                    retry_policy: Some(policy.clone()),
+                    ..endpoint_input("http://a.test/1", &[], false)
+                },
+                Headers::new(),
+                Secret::generate(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.retry_policy.as_ref(), Some(&policy), "{name}");
+
+        let job = store
+            .create_message(app, message("call.started", None), Some(claim(now())))
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        assert_eq!(
+            job.endpoint.retry_policy.as_deref(),
+            Some(&policy),
+            "{name}: fresh job"
+        );
+        store
+            .release(job.message.id, job.endpoint.id)
+            .await
+            .unwrap();
+        let claimed = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        assert_eq!(
+            claimed[0].endpoint.retry_policy.as_deref(),
+            Some(&policy),
+            "{name}: claimed job"
+        );
+
+        let cleared = store
+            .update_endpoint(
+                app,
+                created.id,
+                endpoint_input("http://a.test/1", &[], false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(cleared.retry_policy, None, "{name}");
     }
 }

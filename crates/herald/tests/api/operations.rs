@@ -350,3 +350,66 @@ async fn health_matches_a_scripted_sequence_of_answers() {
     assert_eq!(statuses, expected, "newest first");
     assert_eq!(health["disabled"], false);
 }
+
+#[tokio::test]
+async fn an_endpoints_own_retry_policy_decides_its_retries() {
+    let app = spawn_app().await; // server schedule: three 100 ms retries
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let policy = json!({"type": "exponential", "initialDelay": "150ms", "factor": 2,
+                        "maxDelay": "300ms", "maxAttempts": 3});
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/flaky"), "retryPolicy": policy}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    assert_eq!(endpoint["retryPolicy"]["type"], "exponential");
+    assert_eq!(endpoint["retryPolicy"]["maxAttempts"], 3);
+    receiver.always("/flaky", Reply::Status(500));
+
+    app.send(&tenant, "call.started", json!({"n": 1})).await;
+
+    let requests = receiver.wait_for(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let requests_after = receiver.requests();
+    assert_eq!(
+        requests_after.len(),
+        3,
+        "three attempts in all, not the server's four"
+    );
+    // Never sooner than the policy: 150 ms, then 300 ms, less 20 % jitter.
+    let gaps: Vec<Duration> = requests.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(120), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(240), "{gaps:?}");
+
+    let id = endpoint["id"].as_str().unwrap();
+    let path = format!("/app/{tenant}/endpoint/{id}/");
+    let (status, cleared) = app
+        .request(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"retryPolicy": null})),
+        )
+        .await;
+    assert_eq!((status, &cleared["retryPolicy"]), (200, &json!(null)));
+    let (status, body) = app
+        .request(
+            reqwest::Method::PATCH,
+            &path,
+            Some(
+                json!({"retryPolicy": {"type": "exponential", "initialDelay": "1s",
+                                        "maxDelay": "1h", "maxAttempts": 0}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("retryPolicy.maxAttempts"),
+        "{body}"
+    );
+}

@@ -271,6 +271,7 @@ pub(crate) async fn create_endpoint(
     headers: Headers,
     secret: Secret,
 ) -> StoreResult<Endpoint> {
+    let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     get_app(conn, &IdOrUid::Id(app)).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let id = EndpointId::generate();
@@ -303,6 +304,7 @@ pub(crate) async fn create_endpoint(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    set_retry_policy(conn, id, input_policy).await?;
     get_endpoint(conn, app, &IdOrUid::Id(id)).await
 }
 
@@ -354,6 +356,7 @@ pub(crate) async fn update_endpoint(
     endpoint: EndpointId,
     input: EndpointInput,
 ) -> StoreResult<Endpoint> {
+    let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     check_filter_types(conn, &input.filter_types).await?;
     let changed = sqlx::query(
         "UPDATE endpoints SET uid = $1, url = $2, description = $3, disabled = $4, filter_types = $5,
@@ -376,6 +379,7 @@ pub(crate) async fn update_endpoint(
     .await
     .map_err(db)?;
     found(changed.rows_affected())?;
+    set_retry_policy(conn, endpoint, input_policy).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
 }
 
@@ -521,4 +525,18 @@ pub(crate) async fn endpoint_stats(
         }
     }
     Ok(stats)
+}
+
+async fn set_retry_policy(
+    conn: &mut PgConnection,
+    endpoint: EndpointId,
+    policy: Option<String>,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE endpoints SET retry_policy = $1 WHERE id = $2")
+        .bind(policy)
+        .bind(endpoint.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
 }

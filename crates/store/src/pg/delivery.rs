@@ -32,7 +32,7 @@ async fn target(
     endpoint: &str,
     at: Timestamp,
 ) -> StoreResult<Arc<EndpointTarget>> {
-    let row = sqlx::query("SELECT url, headers FROM endpoints WHERE id = $1")
+    let row = sqlx::query("SELECT url, headers, retry_policy FROM endpoints WHERE id = $1")
         .bind(endpoint)
         .fetch_one(&mut *conn)
         .await
@@ -42,6 +42,8 @@ async fn target(
         url: row.try_get("url").map_err(db)?,
         headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
         secrets: signing_secrets(conn, endpoint, at).await?,
+        retry_policy: shared::decode_policy(row.try_get("retry_policy").map_err(db)?)?
+            .map(Arc::new),
     }))
 }
 

@@ -42,6 +42,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_endpoint_health.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_retry_policy.sql"),
+    ),
 ];
 
 #[derive(Clone)]

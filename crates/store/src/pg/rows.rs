@@ -142,6 +142,16 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
         headers: json(row, "headers")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        retry_policy: optional_json::<herald_domain::RetryPolicySpec>(row, "retry_policy")?
+            .map(|spec| {
+                herald_domain::RetryPolicy::from_spec(&spec).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: "retry_policy".into(),
+                        source: Box::new(e),
+                    }
+                })
+            })
+            .transpose()?,
     })
 }
 

@@ -262,6 +262,7 @@ pub(crate) fn create_endpoint(
     headers: Headers,
     secret: Secret,
 ) -> StoreResult<Endpoint> {
+    let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     require_app(conn, app)?;
     check_filter_types(conn, &input.filter_types)?;
     let id = EndpointId::generate();
@@ -293,6 +294,7 @@ pub(crate) fn create_endpoint(
         params![id.to_string(), secret.expose(), at],
     )
     .map_err(internal)?;
+    set_retry_policy(conn, id, input_policy)?;
     get_endpoint(conn, app, &IdOrUid::Id(id))
 }
 
@@ -338,6 +340,7 @@ pub(crate) fn update_endpoint(
     endpoint: EndpointId,
     input: EndpointInput,
 ) -> StoreResult<Endpoint> {
+    let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     check_filter_types(conn, &input.filter_types)?;
     let changed = conn
         .execute(
@@ -361,6 +364,7 @@ pub(crate) fn update_endpoint(
         )
         .map_err(internal)?;
     found(changed)?;
+    set_retry_policy(conn, endpoint, input_policy)?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
@@ -504,4 +508,15 @@ pub(crate) fn endpoint_stats(
         }
     }
     Ok(stats)
+}
+
+fn set_retry_policy(
+    conn: &Connection,
+    endpoint: EndpointId,
+    policy: Option<String>,
+) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE endpoints SET retry_policy = ? WHERE id = ?")
+        .and_then(|mut s| s.execute(params![policy, endpoint.to_string()]))
+        .map_err(internal)?;
+    Ok(())
 }

@@ -41,6 +41,7 @@ fn matching_targets(
                 filter_types: r.get(3)?,
                 channels: r.get(4)?,
                 secret: r.get(5)?,
+                retry_policy: r.get(6)?,
             })
         })
         .map_err(internal)?
@@ -54,15 +55,16 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 }
 
 fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<EndpointTarget>> {
-    let (url, headers): (String, String) = conn
-        .prepare_cached("SELECT url, headers FROM endpoints WHERE id = ?")
-        .and_then(|mut s| s.query_row([endpoint], |r| Ok((r.get(0)?, r.get(1)?))))
+    let (url, headers, policy): (String, String, Option<String>) = conn
+        .prepare_cached("SELECT url, headers, retry_policy FROM endpoints WHERE id = ?")
+        .and_then(|mut s| s.query_row([endpoint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
         .map_err(internal)?;
     Ok(Arc::new(EndpointTarget {
         id: EndpointId::parse(endpoint).map_err(|e| StoreError::Internal(e.to_string()))?,
         url,
         headers: decode(&headers)?,
         secrets: signing_secrets(conn, endpoint, at)?,
+        retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),
     }))
 }
 

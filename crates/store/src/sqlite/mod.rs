@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_endpoint_health.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_retry_policy.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -93,6 +93,9 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         headers: json(row, 11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
+        retry_policy: optional_json::<herald_domain::RetryPolicySpec>(row, 14)?
+            .map(|spec| herald_domain::RetryPolicy::from_spec(&spec).map_err(|e| bad_value(14, e)))
+            .transpose()?,
     })
 }
 

@@ -90,6 +90,10 @@ struct EndpointOut {
     metadata: Metadata,
     /// `null`: the server's retry schedule.
     retry_policy: Option<RetryPolicySpec>,
+    /// Herald's addition: `manual`, `gone` (it answered 410) or `failing`
+    /// (disabled automatically), with when.
+    disabled_reason: Option<String>,
+    disabled_at: Option<String>,
     created_at: String,
     updated_at: String,
 }
@@ -108,6 +112,8 @@ impl From<Endpoint> for EndpointOut {
             channels: endpoint.channels,
             metadata: endpoint.metadata,
             retry_policy: endpoint.retry_policy.as_ref().map(RetryPolicy::to_spec),
+            disabled_reason: endpoint.disabled_reason,
+            disabled_at: endpoint.disabled_at.map(timestamp),
             created_at: timestamp(endpoint.created_at),
             updated_at: timestamp(endpoint.updated_at),
         }

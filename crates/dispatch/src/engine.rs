@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger};
 use herald_store::{
-    Attempt, AttemptOutcome, Claim, DeliveryJob, HealthUpdate, NextStep, Store, Timestamp,
+    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Store,
+    Timestamp,
 };
 
 use crate::http::{build_body, HttpSender, SendResult};
@@ -40,6 +41,9 @@ pub struct DispatchConfig {
     /// How often the health counts gathered in memory are added to the
     /// store's aggregates.
     pub health_flush: Duration,
+    /// Disable endpoints whose every attempt has failed this long (and at
+    /// least so many times); `None` never does.
+    pub auto_disable: Option<AutoDisable>,
     pub policy: AddressPolicy,
 }
 
@@ -55,6 +59,10 @@ impl Default for DispatchConfig {
             idle_poll: Duration::from_secs(5),
             response_limit: 4096,
             health_flush: Duration::from_secs(1),
+            auto_disable: Some(AutoDisable {
+                after: 5 * 24 * 3_600_000,
+                min_attempts: 10,
+            }),
             policy: AddressPolicy::default(),
         }
     }
@@ -212,10 +220,19 @@ impl Dispatcher {
         if updates.is_empty() {
             return;
         }
-        if let Err(error) = self.store.record_health(updates).await {
+        match self
+            .store
+            .record_health(updates, self.config.auto_disable)
+            .await
+        {
+            Ok(disabled) => {
+                for endpoint in disabled {
+                    tracing::warn!(%endpoint, "disabled an endpoint whose every attempt has failed");
+                }
+            }
             // The attempt log still has every attempt; only the aggregates
             // miss this second's counts.
-            tracing::warn!(%error, "recording endpoint health failed");
+            Err(error) => tracing::warn!(%error, "recording endpoint health failed"),
         }
     }
 

@@ -14,7 +14,7 @@ pub mod status;
 pub use event_type::{EventTypeName, FilterTypes};
 pub use ids::{AppId, AttemptId, EndpointId, MessageId, TaskId, Uid};
 pub use net::{AddressPolicy, EndpointUrl};
-pub use retry::{RetryKind, RetryPolicy, RetryPolicySpec, RetrySchedule};
+pub use retry::{parse_duration, RetryKind, RetryPolicy, RetryPolicySpec, RetrySchedule};
 pub use signing::{Secret, SigningKeys};
 pub use status::{DeliveryStatus, ErrorClass, Trigger};
 

@@ -301,7 +301,8 @@ pub fn jitter(base: Duration, unit: f64) -> Duration {
     base.mul_f64(factor)
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses `250ms`, `5s`, `10m`, `2h` or `3d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` needs a unit (ms, s, m, h or d)"))?;

@@ -94,6 +94,7 @@ impl Application {
                 max_in_flight: settings.max_in_flight,
                 max_in_flight_per_endpoint: settings.max_in_flight_per_endpoint,
                 policy: settings.policy,
+                auto_disable: settings.auto_disable,
                 ..DispatchConfig::default()
             },
         );

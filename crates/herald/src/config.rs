@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use herald_domain::{AddressPolicy, RetrySchedule};
+use herald_store::AutoDisable;
 
 /// Options shared by the commands that open the database.
 #[derive(Debug, Clone, Args)]
@@ -90,6 +91,13 @@ pub struct ServeArgs {
     /// Per-attempt timeout in seconds.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
+    /// Disable an endpoint whose every attempt has failed this long (`5d`,
+    /// `12h`; `off` never does).
+    #[arg(long, env = "HERALD_AUTO_DISABLE_AFTER", value_name = "DURATION")]
+    pub auto_disable_after: Option<String>,
+    /// …and that has failed at least this many attempts in a row.
+    #[arg(long, env = "HERALD_AUTO_DISABLE_MIN_ATTEMPTS", value_name = "N")]
+    pub auto_disable_min_attempts: Option<u64>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -122,6 +130,8 @@ struct FileConfig {
     allow_http: Option<bool>,
     retry_schedule: Option<String>,
     request_timeout: Option<u64>,
+    auto_disable_after: Option<String>,
+    auto_disable_min_attempts: Option<u64>,
     max_body_bytes: Option<usize>,
     log: Option<String>,
     log_format: Option<String>,
@@ -244,6 +254,8 @@ pub struct Settings {
     pub policy: AddressPolicy,
     pub retry_schedule: RetrySchedule,
     pub request_timeout: Duration,
+    /// When endpoints that keep failing are disabled; `None`: never.
+    pub auto_disable: Option<AutoDisable>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
     pub log: String,
@@ -271,6 +283,10 @@ impl Settings {
             policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
             request_timeout: Duration::from_secs(15),
+            auto_disable: Some(AutoDisable {
+                after: 5 * 24 * 3_600_000,
+                min_attempts: 10,
+            }),
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
             log: "info".into(),
@@ -322,6 +338,27 @@ impl Settings {
             }
             settings.request_timeout = Duration::from_secs(seconds);
         }
+        let min_attempts = args
+            .auto_disable_min_attempts
+            .or(file.auto_disable_min_attempts);
+        if min_attempts == Some(0) {
+            bail!("HERALD_AUTO_DISABLE_MIN_ATTEMPTS must be at least 1");
+        }
+        settings.auto_disable = match args.auto_disable_after.or(file.auto_disable_after) {
+            Some(text) if text.trim() == "off" => None,
+            Some(text) => {
+                let after = herald_domain::parse_duration(text.trim())
+                    .map_err(|reason| anyhow::anyhow!("HERALD_AUTO_DISABLE_AFTER: {reason}"))?;
+                Some(AutoDisable {
+                    after: after.as_millis() as i64,
+                    min_attempts: min_attempts.unwrap_or(10),
+                })
+            }
+            None => settings.auto_disable.map(|rule| AutoDisable {
+                min_attempts: min_attempts.unwrap_or(rule.min_attempts),
+                ..rule
+            }),
+        };
         if let Some(bytes) = args.max_body_bytes.or(file.max_body_bytes) {
             settings.max_body_bytes = bytes;
         }

@@ -104,8 +104,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<()>;
     async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
     /// Adds what a process saw of endpoints to their health aggregates, in
-    /// one transaction.
-    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()>;
+    /// one transaction; with `rule`, disables the endpoints among them that
+    /// meet it and returns those.
+    async fn record_health(
+        &self,
+        updates: Vec<HealthUpdate>,
+        rule: Option<AutoDisable>,
+    ) -> StoreResult<Vec<EndpointId>>;
     /// An endpoint's health as of `now`, from the aggregates.
     async fn endpoint_health(
         &self,

@@ -113,6 +113,9 @@ pub struct Endpoint {
     pub retry_policy: Option<RetryPolicy>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// `manual`, `gone` (it answered 410) or `failing` (automatic).
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -496,4 +499,12 @@ pub struct EndpointHealth {
     pub last_failure_at: Option<Timestamp>,
     /// Since when every attempt has failed (none since a success).
     pub failing_since: Option<Timestamp>,
+}
+
+/// When to disable an endpoint automatically: every attempt has failed for
+/// `after` milliseconds, and there were at least `min_attempts` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoDisable {
+    pub after: Timestamp,
+    pub min_attempts: u64,
 }

@@ -24,7 +24,7 @@ pub(crate) fn now() -> Timestamp {
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
-pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy";
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at";
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
@@ -531,3 +531,27 @@ pub(crate) fn health_values(bucket: Timestamp, counts: &HealthCounts) -> [i64; 1
     }
     values
 }
+
+/// After an endpoint is written: its retry policy ($2), and why and since
+/// when it is disabled — kept if already known, `manual` otherwise, cleared
+/// when enabled ($3 is now).
+pub(crate) const ENDPOINT_WRITTEN_SQL: &str = "UPDATE endpoints SET retry_policy = $2,
+         disabled_reason = CASE WHEN disabled THEN COALESCE(disabled_reason, 'manual') ELSE NULL END,
+         disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
+     WHERE id = $1";
+
+/// A re-enabled endpoint starts a fresh run (else the next failure would
+/// disable it again at once).
+pub(crate) const RESET_RUN_SQL: &str =
+    "UPDATE endpoint_status SET consecutive_failures = 0, failing_since = NULL WHERE endpoint_id = $1";
+
+/// The receiver answered 410 Gone ($1 now, $2 the endpoint).
+pub(crate) const DISABLE_GONE_SQL: &str = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'gone', disabled_at = $1, updated_at = $1
+     WHERE id = $2 AND disabled = FALSE";
+
+/// Disables endpoint $1 at $2 if every attempt since $3 or earlier failed
+/// and there were at least $4 of them; changes one row if it did.
+pub(crate) const AUTO_DISABLE_SQL: &str = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'failing', disabled_at = $2, updated_at = $2
+     WHERE id = $1 AND disabled = FALSE AND EXISTS (
+         SELECT 1 FROM endpoint_status s
+         WHERE s.endpoint_id = $1 AND s.failing_since <= $3 AND s.consecutive_failures >= $4)";

@@ -971,8 +971,16 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
         second.observe(at - 800, false, 12);
         second.observe(at - 700, false, 3);
 
-        store.record_health(vec![first]).await.unwrap();
-        store.record_health(vec![second]).await.unwrap();
+        store.record_health(vec![first], None).await.unwrap();
+        let a_day = AutoDisable {
+            after: 24 * 3_600_000,
+            min_attempts: 1,
+        };
+        let disabled = store
+            .record_health(vec![second], Some(a_day))
+            .await
+            .unwrap();
+        assert!(disabled.is_empty(), "{name}: failing for a second only");
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
 
         let summary = |c: &HealthCounts| (c.succeeded, c.failed, c.duration_sum_ms);
@@ -990,7 +998,7 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
 
         let mut recovered = HealthUpdate::new(endpoint.id);
         recovered.observe(at - 100, true, 1);
-        store.record_health(vec![recovered]).await.unwrap();
+        store.record_health(vec![recovered], None).await.unwrap();
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
         assert_eq!(
             (health.consecutive_failures, health.failing_since),
@@ -1066,5 +1074,92 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
             .await
             .unwrap();
         assert_eq!(cleared.retry_policy, None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
+        let at = now();
+        let rule = AutoDisable {
+            after: 5_000,
+            min_attempts: 3,
+        };
+        let failures = |times: &[i64]| {
+            let mut update = HealthUpdate::new(endpoint.id);
+            for t in times {
+                update.observe(*t, false, 5);
+            }
+            update
+        };
+
+        let too_few = store
+            .record_health(vec![failures(&[at - 9_000, at - 8_000])], Some(rule))
+            .await
+            .unwrap();
+        let enough = store
+            .record_health(vec![failures(&[at - 100])], Some(rule))
+            .await
+            .unwrap();
+        let disabled = store
+            .get_endpoint(app, &IdOrUid::Id(endpoint.id))
+            .await
+            .unwrap();
+
+        assert!(too_few.is_empty(), "{name}: two attempts are not enough");
+        assert_eq!(enough, [endpoint.id], "{name}");
+        assert!(disabled.disabled, "{name}");
+        assert_eq!(
+            disabled.disabled_reason.as_deref(),
+            Some("failing"),
+            "{name}"
+        );
+        assert!(disabled.disabled_at.is_some_and(|t| t >= at), "{name}");
+        let none_twice = store
+            .record_health(vec![failures(&[at - 50])], Some(rule))
+            .await
+            .unwrap();
+        assert!(none_twice.is_empty(), "{name}: disabled once");
+
+        let enabled = store
+            .update_endpoint(
+                app,
+                endpoint.id,
+                endpoint_input("http://a.test/1", &[], false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (enabled.disabled, enabled.disabled_reason),
+            (false, None),
+            "{name}"
+        );
+        let health = store
+            .endpoint_health(app, endpoint.id, now())
+            .await
+            .unwrap();
+        assert_eq!(
+            (health.consecutive_failures, health.failing_since),
+            (0, None),
+            "{name}"
+        );
+        let fresh = store
+            .record_health(vec![failures(&[now()])], Some(rule))
+            .await
+            .unwrap();
+        assert!(fresh.is_empty(), "{name}: a fresh run after re-enabling");
+
+        let paused = store
+            .update_endpoint(
+                app,
+                endpoint.id,
+                endpoint_input("http://a.test/1", &[], true),
+            )
+            .await
+            .unwrap();
+        assert_eq!(paused.disabled_reason.as_deref(), Some("manual"), "{name}");
     }
 }

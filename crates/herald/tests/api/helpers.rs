@@ -37,6 +37,7 @@ pub struct TestApp {
 pub struct Options {
     pub retry_schedule: &'static str,
     pub request_timeout: Duration,
+    pub auto_disable: Option<herald_store::AutoDisable>,
     pub allow_private_networks: bool,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
@@ -48,6 +49,7 @@ impl Default for Options {
         Self {
             retry_schedule: "100ms,100ms,100ms",
             request_timeout: Duration::from_secs(5),
+            auto_disable: Settings::for_data_dir(std::path::Path::new(".")).auto_disable,
             allow_private_networks: true,
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
@@ -71,6 +73,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
     settings.request_timeout = options.request_timeout;
+    settings.auto_disable = options.auto_disable;
     settings.max_in_flight = options.max_in_flight;
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     settings.max_concurrent_requests = options.max_concurrent_requests;

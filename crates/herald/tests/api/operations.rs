@@ -7,7 +7,7 @@ use serde_json::json;
 
 use herald_domain::{catalog, Secret};
 
-use crate::helpers::{eventually, spawn_app, Receiver, Reply};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Reply};
 
 fn catalog_example(name: &str) -> serde_json::Value {
     catalog::builtin()
@@ -412,4 +412,64 @@ async fn an_endpoints_own_retry_policy_decides_its_retries() {
             .starts_with("retryPolicy.maxAttempts"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call() {
+    let app = spawn_app_with(Options {
+        auto_disable: Some(herald_store::AutoDisable {
+            after: 200,
+            min_attempts: 3,
+        }),
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+    receiver.always("/down", Reply::Status(500));
+    let since = rfc3339_now();
+    let message = app.send(&tenant, "call.started", json!({"n": 1})).await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/");
+
+    let disabled = eventually(
+        Duration::from_secs(15),
+        "the endpoint to be disabled",
+        || async {
+            let (_, endpoint) = app.get(&path).await;
+            (endpoint["disabled"] == true).then_some(endpoint)
+        },
+    )
+    .await;
+
+    assert_eq!(disabled["disabledReason"], "failing", "{disabled}");
+    assert!(disabled["disabledAt"].is_string());
+    assert_eq!(app.attempts_of(&tenant, &message).await.len(), 4);
+    // New messages skip it while disabled.
+    let skipped = app.send(&tenant, "call.started", json!({"n": 2})).await;
+
+    receiver.always("/down", Reply::Status(200));
+    let (status, enabled) = app
+        .request(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"disabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{enabled}");
+    assert_eq!(
+        (enabled["disabled"].as_bool(), &enabled["disabledReason"]),
+        (Some(false), &json!(null))
+    );
+    let (_, health) = app.get(&format!("{path}health/")).await;
+    assert_eq!(health["consecutiveFailures"], 0, "{health}");
+    let (status, _) = app
+        .post(&format!("{path}recover/"), json!({"since": since}))
+        .await;
+    assert_eq!(status, 202);
+    let resent = receiver.wait_for(5, Duration::from_secs(10)).await;
+    assert_eq!(resent[4].header("webhook-id"), message);
+    assert!(app.attempts_of(&tenant, &skipped).await.is_empty());
 }

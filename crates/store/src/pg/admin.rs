@@ -304,7 +304,7 @@ pub(crate) async fn create_endpoint(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    set_retry_policy(conn, id, input_policy).await?;
+    endpoint_written(conn, id, input_policy, false).await?;
     get_endpoint(conn, app, &IdOrUid::Id(id)).await
 }
 
@@ -357,6 +357,7 @@ pub(crate) async fn update_endpoint(
     input: EndpointInput,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
+    let re_enabled = !input.disabled && is_disabled(conn, endpoint).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let changed = sqlx::query(
         "UPDATE endpoints SET uid = $1, url = $2, description = $3, disabled = $4, filter_types = $5,
@@ -379,7 +380,7 @@ pub(crate) async fn update_endpoint(
     .await
     .map_err(db)?;
     found(changed.rows_affected())?;
-    set_retry_policy(conn, endpoint, input_policy).await?;
+    endpoint_written(conn, endpoint, input_policy, re_enabled).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
 }
 
@@ -527,16 +528,36 @@ pub(crate) async fn endpoint_stats(
     Ok(stats)
 }
 
-async fn set_retry_policy(
+/// Bookkeeping after an endpoint is written: its retry policy, why it is
+/// disabled, and a fresh run of failures once it is enabled again.
+async fn endpoint_written(
     conn: &mut PgConnection,
     endpoint: EndpointId,
     policy: Option<String>,
+    re_enabled: bool,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE endpoints SET retry_policy = $1 WHERE id = $2")
-        .bind(policy)
+    sqlx::query(crate::shared::ENDPOINT_WRITTEN_SQL)
         .bind(endpoint.to_string())
+        .bind(policy)
+        .bind(crate::shared::now())
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    if re_enabled {
+        sqlx::query(crate::shared::RESET_RUN_SQL)
+            .bind(endpoint.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
     Ok(())
+}
+
+async fn is_disabled(conn: &mut PgConnection, endpoint: EndpointId) -> StoreResult<bool> {
+    let found: Option<bool> = sqlx::query_scalar("SELECT disabled FROM endpoints WHERE id = $1")
+        .bind(endpoint.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(found.unwrap_or(false))
 }

@@ -425,12 +425,14 @@ async fn record_attempts(
         .map(|o| o.attempt.endpoint_id.to_string())
         .collect();
     if !gone.is_empty() {
-        sqlx::query("UPDATE endpoints SET disabled = TRUE, updated_at = $1 WHERE id = ANY($2)")
-            .bind(now())
-            .bind(&gone)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        for endpoint in &gone {
+            sqlx::query(shared::DISABLE_GONE_SQL)
+                .bind(now())
+                .bind(endpoint)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+        }
     }
     Ok(batch.iter().map(|_| Ok(())).collect())
 }

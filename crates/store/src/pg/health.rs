@@ -11,14 +11,15 @@ use super::delivery::list_attempts;
 use super::rows::db;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, Cursor, EndpointHealth, HealthUpdate, PageRequest, StoreResult,
-    Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, HealthUpdate, PageRequest,
+    StoreResult, Timestamp,
 };
 
 pub(crate) async fn record_health(
     conn: &mut PgConnection,
     updates: &[HealthUpdate],
-) -> StoreResult<()> {
+    rule: Option<AutoDisable>,
+) -> StoreResult<Vec<EndpointId>> {
     // Losing the last moment of counts in a crash costs nothing that the
     // attempt log does not still hold.
     sqlx::query("SET LOCAL synchronous_commit = off")
@@ -45,7 +46,25 @@ pub(crate) async fn record_health(
             .await
             .map_err(db)?;
     }
-    Ok(())
+    let Some(rule) = rule else {
+        return Ok(Vec::new());
+    };
+    let at = shared::now();
+    let mut disabled = Vec::new();
+    for update in updates {
+        let changed = sqlx::query(shared::AUTO_DISABLE_SQL)
+            .bind(update.endpoint_id.to_string())
+            .bind(at)
+            .bind(at - rule.after)
+            .bind(rule.min_attempts as i64)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        if changed.rows_affected() == 1 {
+            disabled.push(update.endpoint_id);
+        }
+    }
+    Ok(disabled)
 }
 
 pub(crate) async fn endpoint_health(

@@ -46,6 +46,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_retry_policy.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_disabled_reason.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -477,8 +481,12 @@ impl Store for PgStore {
         self.read(async |c| tasks::running_tasks(c).await).await
     }
 
-    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()> {
-        self.transaction(async |c| health::record_health(c, &updates).await)
+    async fn record_health(
+        &self,
+        updates: Vec<HealthUpdate>,
+        rule: Option<AutoDisable>,
+    ) -> StoreResult<Vec<EndpointId>> {
+        self.transaction(async |c| health::record_health(c, &updates, rule).await)
             .await
     }
     async fn endpoint_health(

@@ -152,6 +152,8 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
                 })
             })
             .transpose()?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        disabled_at: row.try_get("disabled_at")?,
     })
 }
 

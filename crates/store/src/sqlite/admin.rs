@@ -9,6 +9,7 @@ use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, to_json, Bind, Order};
+use crate::shared;
 use crate::{
     App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
     EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
@@ -294,7 +295,7 @@ pub(crate) fn create_endpoint(
         params![id.to_string(), secret.expose(), at],
     )
     .map_err(internal)?;
-    set_retry_policy(conn, id, input_policy)?;
+    endpoint_written(conn, id, input_policy, false)?;
     get_endpoint(conn, app, &IdOrUid::Id(id))
 }
 
@@ -342,6 +343,7 @@ pub(crate) fn update_endpoint(
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     check_filter_types(conn, &input.filter_types)?;
+    let re_enabled = !input.disabled && is_disabled(conn, endpoint)?;
     let changed = conn
         .execute(
             "UPDATE endpoints SET uid = ?, url = ?, description = ?, disabled = ?, filter_types = ?,
@@ -364,7 +366,7 @@ pub(crate) fn update_endpoint(
         )
         .map_err(internal)?;
     found(changed)?;
-    set_retry_policy(conn, endpoint, input_policy)?;
+    endpoint_written(conn, endpoint, input_policy, re_enabled)?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
@@ -510,13 +512,29 @@ pub(crate) fn endpoint_stats(
     Ok(stats)
 }
 
-fn set_retry_policy(
+/// Bookkeeping after an endpoint is written: its retry policy, why it is
+/// disabled, and a fresh run of failures once it is enabled again.
+fn endpoint_written(
     conn: &Connection,
     endpoint: EndpointId,
     policy: Option<String>,
+    re_enabled: bool,
 ) -> StoreResult<()> {
-    conn.prepare_cached("UPDATE endpoints SET retry_policy = ? WHERE id = ?")
-        .and_then(|mut s| s.execute(params![policy, endpoint.to_string()]))
+    let sql = |shared: &str| shared.replace('$', "?");
+    conn.prepare_cached(&sql(shared::ENDPOINT_WRITTEN_SQL))
+        .and_then(|mut s| s.execute(params![endpoint.to_string(), policy, now()]))
         .map_err(internal)?;
+    if re_enabled {
+        conn.prepare_cached(&sql(shared::RESET_RUN_SQL))
+            .and_then(|mut s| s.execute([endpoint.to_string()]))
+            .map_err(internal)?;
+    }
     Ok(())
+}
+
+fn is_disabled(conn: &Connection, endpoint: EndpointId) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT disabled FROM endpoints WHERE id = ?")
+        .and_then(|mut s| s.query_row([endpoint.to_string()], |r| r.get(0)).optional())
+        .map(|found| found.unwrap_or(false))
+        .map_err(internal)
 }

@@ -396,11 +396,11 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
     })
     .map_err(internal)?;
     if outcome.disable_endpoint {
-        conn.execute(
-            "UPDATE endpoints SET disabled = 1, updated_at = ? WHERE id = ?",
-            params![attempt.created_at, attempt.endpoint_id.to_string()],
-        )
-        .map_err(internal)?;
+        conn.prepare_cached(&shared::DISABLE_GONE_SQL.replace('$', "?"))
+            .and_then(|mut s| {
+                s.execute(params![attempt.created_at, attempt.endpoint_id.to_string()])
+            })
+            .map_err(internal)?;
     }
     Ok(())
 }

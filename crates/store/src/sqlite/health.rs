@@ -6,20 +6,24 @@ use rusqlite::{params, Connection, OptionalExtension};
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, EndpointId};
 
-use super::admin::get_endpoint;
+use super::admin::{get_endpoint, now};
 use super::delivery::list_attempts;
 use super::pool::internal;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, Cursor, EndpointHealth, HealthUpdate, PageRequest, StoreResult,
-    Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, HealthUpdate, PageRequest,
+    StoreResult, Timestamp,
 };
 
 fn sql(shared: &str) -> String {
     shared.replace('$', "?")
 }
 
-pub(crate) fn record_health(conn: &Connection, updates: &[HealthUpdate]) -> StoreResult<()> {
+pub(crate) fn record_health(
+    conn: &Connection,
+    updates: &[HealthUpdate],
+    rule: Option<AutoDisable>,
+) -> StoreResult<Vec<EndpointId>> {
     let mut bucket = conn
         .prepare_cached(&sql(shared::HEALTH_UPSERT_SQL))
         .map_err(internal)?;
@@ -47,7 +51,28 @@ pub(crate) fn record_health(conn: &Connection, updates: &[HealthUpdate]) -> Stor
             ])
             .map_err(internal)?;
     }
-    Ok(())
+    let Some(rule) = rule else {
+        return Ok(Vec::new());
+    };
+    let mut disable = conn
+        .prepare_cached(&sql(shared::AUTO_DISABLE_SQL))
+        .map_err(internal)?;
+    let at = now();
+    let mut disabled = Vec::new();
+    for update in updates {
+        let changed = disable
+            .execute(params![
+                update.endpoint_id.to_string(),
+                at,
+                at - rule.after,
+                rule.min_attempts as i64
+            ])
+            .map_err(internal)?;
+        if changed == 1 {
+            disabled.push(update.endpoint_id);
+        }
+    }
+    Ok(disabled)
 }
 
 pub(crate) fn endpoint_health(

@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_retry_policy.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_disabled_reason.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -363,9 +367,13 @@ impl Store for SqliteStore {
         self.readers.read(tasks::running_tasks).await
     }
 
-    async fn record_health(&self, updates: Vec<HealthUpdate>) -> StoreResult<()> {
+    async fn record_health(
+        &self,
+        updates: Vec<HealthUpdate>,
+        rule: Option<AutoDisable>,
+    ) -> StoreResult<Vec<EndpointId>> {
         self.writer
-            .write(move |c| health::record_health(c, &updates))
+            .write(move |c| health::record_health(c, &updates, rule))
             .await
     }
     async fn endpoint_health(

@@ -96,6 +96,8 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         retry_policy: optional_json::<herald_domain::RetryPolicySpec>(row, 14)?
             .map(|spec| herald_domain::RetryPolicy::from_spec(&spec).map_err(|e| bad_value(14, e)))
             .transpose()?,
+        disabled_reason: row.get(15)?,
+        disabled_at: row.get(16)?,
     })
 }
 

@@ -10,8 +10,8 @@ use herald_domain::{
 
 use crate::{
     AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
-    EndpointTarget, HealthCounts, Message, MessageInput, MessageQuery, Page, PageRequest, Recovery,
-    StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
+    Endpoint, EndpointTarget, HealthCounts, Message, MessageInput, MessageQuery, Page, PageRequest,
+    Recovery, StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -119,17 +119,15 @@ pub(crate) fn matching_targets(
             last_id = Some(row.id.as_str());
             continue;
         }
-        let filter = match &row.filter_types {
-            Some(text) => FilterTypes::parse(&decode::<Vec<String>>(text)?)
-                .map_err(|e| StoreError::Internal(e.to_string()))?,
-            None => FilterTypes::all(),
-        };
-        let mut wanted = filter.matches(event_type);
-        if let Some(text) = &row.channels {
-            let endpoint_channels: Vec<String> = decode(text)?;
-            let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
-            wanted &= endpoint_channels.is_empty() || shared;
-        }
+        let filter: Option<Vec<String>> = row.filter_types.as_deref().map(decode).transpose()?;
+        let endpoint_channels: Option<Vec<String>> =
+            row.channels.as_deref().map(decode).transpose()?;
+        let wanted = subscribes(
+            filter.as_deref(),
+            endpoint_channels.as_deref(),
+            event_type,
+            channels,
+        )?;
         last_matched = wanted;
         if wanted {
             targets.push(target(row, secret)?);
@@ -143,6 +141,28 @@ pub(crate) fn matching_targets(
         });
     }
     Ok(targets.into_iter().map(Arc::new).collect())
+}
+
+/// Whether an endpoint with these subscriptions (`None`: everything) wants
+/// a message of `event_type` sent on `channels`.
+pub(crate) fn subscribes(
+    filter_types: Option<&[String]>,
+    endpoint_channels: Option<&[String]>,
+    event_type: &EventTypeName,
+    channels: Option<&[String]>,
+) -> StoreResult<bool> {
+    let filter = match filter_types {
+        Some(names) => {
+            FilterTypes::parse(names).map_err(|e| StoreError::Internal(e.to_string()))?
+        }
+        None => FilterTypes::all(),
+    };
+    let mut wanted = filter.matches(event_type);
+    if let Some(endpoint_channels) = endpoint_channels {
+        let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
+        wanted &= endpoint_channels.is_empty() || shared;
+    }
+    Ok(wanted)
 }
 
 fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
@@ -407,30 +427,77 @@ pub(crate) fn encode_recovery(recovery: &Recovery) -> String {
     serde_json::to_string(recovery).unwrap_or_default()
 }
 
-/// The message-id range a recovery step reads: from the cursor (exclusive)
-/// or the window's start (inclusive), to the window's end (exclusive).
-pub(crate) struct StepRange {
-    pub from: String,
-    pub from_inclusive: bool,
-    pub to: Option<String>,
+/// The next messages a recovery step looks at: up to $5 of app $1's, from
+/// $2 (inclusive: the window's start, or the endpoint's creation if later),
+/// after the cursor $3, before $4 (the window's end, if any), each with its
+/// delivery to endpoint $6 if there is one.
+pub(crate) const RECOVERY_SCAN_SQL: &str = "SELECT m.id, m.event_type, m.channels, d.status
+     FROM (SELECT id, event_type, channels FROM messages
+           WHERE app_id = $1 AND id >= $2 AND id > $3 AND (CAST($4 AS TEXT) IS NULL OR id < $4)
+           ORDER BY id LIMIT $5) m
+     LEFT JOIN deliveries d ON d.message_id = m.id AND d.endpoint_id = $6
+     ORDER BY m.id";
+
+/// A failed delivery, queued again for one manual attempt ($3 now).
+pub(crate) const RECOVERY_REQUEUE_SQL: &str = "UPDATE deliveries SET status = 1, trigger_type = 1, next_attempt_at = $3, lease_until = NULL, updated_at = $3
+     WHERE message_id = $1 AND endpoint_id = $2 AND status = 2";
+
+/// A delivery the endpoint never got (it was disabled then), created for
+/// one manual attempt ($4 now).
+pub(crate) const RECOVERY_CREATE_SQL: &str =
+    "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+         next_attempt_at, lease_until, updated_at)
+     VALUES ($1, $2, $3, 1, 0, 1, $4, NULL, $4)
+     ON CONFLICT (message_id, endpoint_id) DO NOTHING";
+
+/// What one recovery step scanned: each message with its event type,
+/// channels (JSON) and the status of its delivery to the endpoint.
+pub(crate) type ScannedMessage = (String, String, Option<String>, Option<i64>);
+
+/// The binds of [`RECOVERY_SCAN_SQL`] after the app id: start, cursor,
+/// end, limit.
+pub(crate) fn scan_bounds(
+    recovery: &Recovery,
+    endpoint: &Endpoint,
+    cursor: Option<String>,
+) -> (String, String, Option<String>) {
+    let start = recovery.since.max(endpoint.created_at);
+    (
+        MessageId::lowest_at(start).to_string(),
+        cursor.unwrap_or_default(),
+        recovery
+            .until
+            .map(|until| MessageId::lowest_at(until).to_string()),
+    )
 }
 
-pub(crate) fn step_range(recovery: &Recovery, cursor: Option<String>) -> StepRange {
-    let to = recovery
-        .until
-        .map(|until| MessageId::lowest_at(until).to_string());
-    match cursor {
-        Some(from) => StepRange {
-            from,
-            from_inclusive: false,
-            to,
-        },
-        None => StepRange {
-            from: MessageId::lowest_at(recovery.since).to_string(),
-            from_inclusive: true,
-            to,
-        },
+/// Which scanned messages to queue again (failed deliveries) and which to
+/// create deliveries for (none yet, and the endpoint subscribes to them).
+pub(crate) fn recovery_plan(
+    endpoint: &Endpoint,
+    scanned: &[ScannedMessage],
+) -> StoreResult<(Vec<String>, Vec<String>)> {
+    let (mut requeue, mut create) = (Vec::new(), Vec::new());
+    for (message, event_type, channels, status) in scanned {
+        match status {
+            Some(2) => requeue.push(message.clone()),
+            Some(_) => {}
+            None => {
+                let event_type = EventTypeName::parse(event_type)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                let channels: Option<Vec<String>> = channels.as_deref().map(decode).transpose()?;
+                if subscribes(
+                    endpoint.filter_types.as_deref(),
+                    endpoint.channels.as_deref(),
+                    &event_type,
+                    channels.as_deref(),
+                )? {
+                    create.push(message.clone());
+                }
+            }
+        }
     }
+    Ok((requeue, create))
 }
 
 /// Adds one bucket's counts to the stored ones (`$n` placeholders; SQLite

@@ -856,7 +856,7 @@ async fn finish(store: &dyn Store, job: &DeliveryJob, succeeded: bool) {
 }
 
 #[tokio::test]
-async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
+async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
@@ -880,7 +880,22 @@ async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
         pause().await;
         let since = now();
         pause().await;
-        let inside = [send(false).await, send(true).await, send(false).await];
+        let (failed, succeeded) = (send(false).await, send(true).await);
+        let also_failed = send(false).await;
+        let switch = async |disabled: bool| {
+            store
+                .update_endpoint(
+                    app,
+                    target.id,
+                    endpoint_input("http://a.test/target", &[], disabled),
+                )
+                .await
+                .unwrap();
+        };
+        switch(true).await;
+        let missed = send(false).await; // only `other` gets it
+        switch(false).await;
+        let inside = [failed, succeeded, also_failed, missed];
         pause().await;
         let until = now();
         pause().await;
@@ -912,14 +927,16 @@ async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
             steps,
             [
                 (TaskStatus::Running, 1),
+                (TaskStatus::Running, 1),
                 (TaskStatus::Running, 2),
-                (TaskStatus::Finished, 2)
+                (TaskStatus::Running, 3),
+                (TaskStatus::Finished, 3)
             ],
-            "{name}: one failed delivery per step, then done"
+            "{name}: one message looked at per step, then done"
         );
         assert_eq!(
             (after.status, after.done),
-            (TaskStatus::Finished, 2),
+            (TaskStatus::Finished, 3),
             "{name}"
         );
         assert_eq!(store.get_task(task.id).await.unwrap(), after, "{name}");
@@ -932,9 +949,10 @@ async fn recovery_requeues_exactly_the_failed_deliveries_in_its_window_once() {
             recovered,
             [
                 (inside[0], target.id, Trigger::Manual),
-                (inside[2], target.id, Trigger::Manual)
+                (inside[2], target.id, Trigger::Manual),
+                (inside[3], target.id, Trigger::Manual)
             ],
-            "{name}: the failed deliveries to the endpoint, inside the window"
+            "{name}: the failed deliveries to the endpoint inside the window, and the one it missed"
         );
         assert!(store.running_tasks().await.unwrap().is_empty(), "{name}");
         let elsewhere = store

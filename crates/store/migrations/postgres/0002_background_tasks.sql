@@ -13,6 +13,3 @@ CREATE TABLE background_tasks (
 );
 CREATE INDEX background_tasks_by_status ON background_tasks (status);
 
--- Recovery walks one endpoint's failed deliveries in message order.
-DROP INDEX deliveries_by_endpoint;
-CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, status, message_id);

@@ -87,30 +87,53 @@ pub(crate) async fn recovery_step(
         return Ok(current);
     }
     let cursor: Option<String> = locked.try_get("cursor").map_err(db)?;
-    let range = shared::step_range(&current.recovery, cursor);
-    let at = now();
-    let sql = format!(
-        "UPDATE deliveries SET status = 1, trigger_type = 1, next_attempt_at = $4,
-             lease_until = NULL, updated_at = $4
-         WHERE endpoint_id = $1 AND status = 2 AND message_id IN (
-             SELECT message_id FROM deliveries
-             WHERE endpoint_id = $1 AND status = 2 AND message_id {} $2
-               AND ($3::text IS NULL OR message_id < $3)
-             ORDER BY message_id LIMIT $5)
-         RETURNING message_id",
-        if range.from_inclusive { ">=" } else { ">" },
-    );
-    let requeued: Vec<String> = sqlx::query_scalar(&sql)
-        .bind(current.recovery.endpoint_id.to_string())
-        .bind(&range.from)
-        .bind(&range.to)
-        .bind(at)
+    let endpoint = get_endpoint(
+        conn,
+        current.app_id,
+        &IdOrUid::Id(current.recovery.endpoint_id),
+    )
+    .await?;
+    let (start, after, end) = shared::scan_bounds(&current.recovery, &endpoint, cursor);
+    let rows = sqlx::query(shared::RECOVERY_SCAN_SQL)
+        .bind(current.app_id.to_string())
+        .bind(start)
+        .bind(after)
+        .bind(end)
         .bind(limit as i64)
+        .bind(endpoint.id.to_string())
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    current.done += requeued.len() as u64;
-    if requeued.len() < limit {
+    let scanned = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<sqlx::Result<Vec<shared::ScannedMessage>>>()
+        .map_err(db)?;
+    let (requeue, create) = shared::recovery_plan(&endpoint, &scanned)?;
+    let at = now();
+    let id = endpoint.id.to_string();
+    for message in &requeue {
+        sqlx::query(shared::RECOVERY_REQUEUE_SQL)
+            .bind(message)
+            .bind(&id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    for message in &create {
+        sqlx::query(shared::RECOVERY_CREATE_SQL)
+            .bind(message)
+            .bind(&id)
+            .bind(current.app_id.to_string())
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    let queued = requeue.len() + create.len();
+    current.done += queued as u64;
+    if scanned.len() < limit {
         current.status = TaskStatus::Finished;
     }
     current.updated_at = at;
@@ -119,14 +142,14 @@ pub(crate) async fn recovery_step(
          WHERE id = $5",
     )
     .bind(current.status.as_str())
-    .bind(requeued.iter().max())
+    .bind(scanned.last().map(|m| m.0.clone()))
     .bind(current.done as i64)
     .bind(at)
     .bind(task.to_string())
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    if !requeued.is_empty() {
+    if queued > 0 {
         notify_workers(conn).await?;
     }
     Ok(current)

@@ -85,51 +85,47 @@ pub(crate) fn recovery_step(
         .and_then(|mut s| s.query_row([task.to_string()], |r| r.get(0)).optional())
         .map_err(internal)?
         .flatten();
-    let range = shared::step_range(&current.recovery, cursor);
-    let sql = format!(
-        "SELECT message_id FROM deliveries
-         WHERE endpoint_id = ?1 AND status = 2 AND message_id {} ?2{}
-         ORDER BY message_id LIMIT ?4",
-        if range.from_inclusive { ">=" } else { ">" },
-        if range.to.is_some() {
-            " AND message_id < ?3"
-        } else {
-            ""
-        },
-    );
-    let endpoint = current.recovery.endpoint_id.to_string();
-    let failed: Vec<String> = conn
-        .prepare_cached(&sql)
+    let endpoint = get_endpoint(
+        conn,
+        current.app_id,
+        &IdOrUid::Id(current.recovery.endpoint_id),
+    )?;
+    let (start, after, end) = shared::scan_bounds(&current.recovery, &endpoint, cursor);
+    let scanned: Vec<shared::ScannedMessage> = conn
+        .prepare_cached(&sql(shared::RECOVERY_SCAN_SQL))
         .and_then(|mut s| {
-            // Without an end, ?3 is not in the statement but still counts.
-            let binds: Vec<rusqlite::types::Value> = vec![
-                endpoint.clone().into(),
-                range.from.clone().into(),
-                range
-                    .to
-                    .clone()
-                    .map_or(rusqlite::types::Value::Null, Into::into),
-                (limit as i64).into(),
-            ];
-            s.query_map(rusqlite::params_from_iter(binds), |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            s.query_map(
+                params![
+                    current.app_id.to_string(),
+                    start,
+                    after,
+                    end,
+                    limit as i64,
+                    endpoint.id.to_string()
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(internal)?;
+    let (requeue, create) = shared::recovery_plan(&endpoint, &scanned)?;
     let at = now();
-    let mut requeue = conn
-        .prepare_cached(
-            "UPDATE deliveries SET status = 1, trigger_type = 1, next_attempt_at = ?1,
-                 lease_until = NULL, updated_at = ?1
-             WHERE message_id = ?2 AND endpoint_id = ?3 AND status = 2",
-        )
+    let id = endpoint.id.to_string();
+    let mut again = conn
+        .prepare_cached(&sql(shared::RECOVERY_REQUEUE_SQL))
         .map_err(internal)?;
-    for message in &failed {
-        requeue
-            .execute(params![at, message, endpoint])
+    for message in &requeue {
+        again.execute(params![message, id, at]).map_err(internal)?;
+    }
+    let mut new = conn
+        .prepare_cached(&sql(shared::RECOVERY_CREATE_SQL))
+        .map_err(internal)?;
+    for message in &create {
+        new.execute(params![message, id, current.app_id.to_string(), at])
             .map_err(internal)?;
     }
-    current.done += failed.len() as u64;
-    if failed.len() < limit {
+    current.done += (requeue.len() + create.len()) as u64;
+    if scanned.len() < limit {
         current.status = TaskStatus::Finished;
     }
     current.updated_at = at;
@@ -140,7 +136,7 @@ pub(crate) fn recovery_step(
     .and_then(|mut s| {
         s.execute(params![
             current.status.as_str(),
-            failed.last(),
+            scanned.last().map(|m| &m.0),
             current.done as i64,
             at,
             task.to_string()
@@ -148,4 +144,8 @@ pub(crate) fn recovery_step(
     })
     .map_err(internal)?;
     Ok(current)
+}
+
+fn sql(shared: &str) -> String {
+    shared.replace('$', "?")
 }

@@ -17,6 +17,7 @@ use herald_store::{
     Timestamp,
 };
 
+use crate::alerts::AlertConfig;
 use crate::http::{build_body, HttpSender, SendResult};
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct DispatchConfig {
     /// Disable endpoints whose every attempt has failed this long (and at
     /// least so many times); `None` never does.
     pub auto_disable: Option<AutoDisable>,
+    /// Raise operational events (failure notifications); `None` never does.
+    pub alerts: Option<AlertConfig>,
     pub policy: AddressPolicy,
 }
 
@@ -63,6 +66,7 @@ impl Default for DispatchConfig {
                 after: 5 * 24 * 3_600_000,
                 min_attempts: 10,
             }),
+            alerts: None,
             policy: AddressPolicy::default(),
         }
     }
@@ -212,7 +216,7 @@ impl Dispatcher {
     }
 
     /// Adds the health counts gathered since the last flush to the store.
-    pub async fn flush_health(&self) {
+    pub async fn flush_health(self: &Arc<Self>) {
         let updates: Vec<HealthUpdate> = {
             let mut pending = self.health.lock().expect("health counts");
             pending.drain().map(|(_, update)| update).collect()
@@ -220,19 +224,38 @@ impl Dispatcher {
         if updates.is_empty() {
             return;
         }
-        match self
+        let runs = match self
             .store
-            .record_health(updates, self.config.auto_disable)
+            .record_health(updates.clone(), self.config.auto_disable)
             .await
         {
-            Ok(disabled) => {
-                for endpoint in disabled {
-                    tracing::warn!(%endpoint, "disabled an endpoint whose every attempt has failed");
-                }
-            }
+            Ok(runs) => runs,
             // The attempt log still has every attempt; only the aggregates
             // miss this second's counts.
-            Err(error) => tracing::warn!(%error, "recording endpoint health failed"),
+            Err(error) => {
+                tracing::warn!(%error, "recording endpoint health failed");
+                return;
+            }
+        };
+        for run in runs.iter().filter(|run| run.disabled) {
+            tracing::warn!(endpoint = %run.endpoint_id, "disabled an endpoint whose every attempt has failed");
+        }
+        let Some(config) = self.config.alerts else {
+            return;
+        };
+        for alert in crate::alerts::alerts(&config, &updates, &runs) {
+            match crate::alerts::raise(
+                self.store.as_ref(),
+                &config,
+                alert,
+                self.claim_for_new_work(),
+            )
+            .await
+            {
+                Ok(Some(created)) => self.submit(created.jobs),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "raising an operational event failed"),
+            }
         }
     }
 
@@ -349,16 +372,26 @@ impl Dispatcher {
         let result = self.sender.send(job, &body, started_at / 1000).await;
         let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
-        self.health
-            .lock()
-            .expect("health counts")
-            .entry(job.endpoint.id)
-            .or_insert_with(|| HealthUpdate::new(job.endpoint.id))
-            .observe(
+        {
+            let mut health = self.health.lock().expect("health counts");
+            let update = health.entry(job.endpoint.id).or_insert_with(|| {
+                let mut update = HealthUpdate::new(job.endpoint.id);
+                update.app_id = Some(job.message.app_id);
+                update.url = job.endpoint.url.clone();
+                update
+            });
+            update.observe(
                 outcome.attempt.created_at,
                 result.succeeded(),
                 outcome.attempt.response_duration_ms,
             );
+            if result.succeeded() {
+                update.last_success_message = Some(job.message.id);
+            } else if outcome.next == NextStep::Failed && job.trigger == Trigger::Scheduled {
+                update.exhausted.get_or_insert(job.message.id);
+            }
+            update.gone |= outcome.disable_endpoint;
+        }
         if let Err(error) = self.store.record_attempt(outcome).await {
             // The lease runs out and the delivery is tried again: at least once.
             tracing::error!(%error, message = %job.message.id, endpoint = %job.endpoint.id,

@@ -3,10 +3,12 @@
 //! attempt and schedules the retry. The database is the truth; what this
 //! crate holds in memory is only what it is sending right now.
 
+mod alerts;
 mod engine;
 mod http;
 mod tasks;
 
+pub use alerts::AlertConfig;
 pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
 pub use http::{build_body, classify, HttpSender, SendResult};
 pub use tasks::{run_recovery, RECOVERY_STEP};

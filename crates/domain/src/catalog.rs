@@ -210,6 +210,81 @@ fn campaign_entry(
     )
 }
 
+/// The uid of the application that receives Herald's own operational
+/// events; its endpoints are the operators'.
+pub const OPERATIONS_APP_UID: &str = "herald-operations";
+
+/// Herald's operational events (SPEC §5), sent to the operations app.
+pub fn operational() -> Vec<CatalogEntry> {
+    let endpoint = |extra: Value, required: &[&str], example: Value| {
+        object_schema(
+            merge(
+                json!({
+                    "appId": {"type": "string", "description": "The application of the endpoint."},
+                    "endpointId": {"type": "string"},
+                    "url": {"type": "string"}
+                }),
+                extra,
+            ),
+            &[&["appId", "endpointId", "url"], required].concat(),
+            example,
+        )
+    };
+    let ids = json!({"appId": "app_01J9Z3T4M5N6P7Q8R9S0T1V2W3", "endpointId": "ep_01J9Z3T4M5N6P7Q8R9S0T1V2W4",
+                     "url": "https://crm.example.com/webhooks"});
+    let with = |extra: Value| merge(ids.clone(), extra);
+    vec![
+        entry(
+            "endpoint.disabled",
+            "Herald disabled an endpoint: it answered 410 Gone, or every attempt failed for the configured period.",
+            endpoint(
+                json!({"reason": {"type": "string", "enum": ["gone", "failing"]},
+                       "failingSince": {"type": ["string", "null"], "format": "date-time"}}),
+                &["reason"],
+                with(json!({"reason": "failing", "failingSince": "2026-11-21T09:30:00.000Z"})),
+            ),
+        ),
+        entry(
+            "endpoint.failing",
+            "An endpoint's latest attempts have all failed (the configured number in a row).",
+            endpoint(
+                json!({"consecutiveFailures": {"type": "integer"},
+                       "failingSince": {"type": "string", "format": "date-time"}}),
+                &["consecutiveFailures", "failingSince"],
+                with(json!({"consecutiveFailures": 5, "failingSince": "2026-11-26T09:30:00.000Z"})),
+            ),
+        ),
+        entry(
+            "endpoint.success_rate_dropped",
+            "An endpoint's success rate over the window fell below the threshold.",
+            endpoint(
+                json!({"successRate": {"type": "number"}, "attempts": {"type": "integer"},
+                       "threshold": {"type": "number"}}),
+                &["successRate", "attempts", "threshold"],
+                with(json!({"successRate": 0.62, "attempts": 240, "threshold": 0.9})),
+            ),
+        ),
+        entry(
+            "message.attempt.exhausted",
+            "A message's retries to an endpoint ran out: the delivery failed for good.",
+            endpoint(
+                json!({"msgId": {"type": "string"}, "failingSince": {"type": ["string", "null"], "format": "date-time"}}),
+                &["msgId"],
+                with(json!({"msgId": "msg_01J9Z3T4M5N6P7Q8R9S0T1V2W5", "failingSince": "2026-11-26T09:30:00.000Z"})),
+            ),
+        ),
+        entry(
+            "message.attempt.recovered",
+            "An endpoint whose deliveries had run out of retries is answering again.",
+            endpoint(
+                json!({"msgId": {"type": "string"}, "failingSince": {"type": "string", "format": "date-time"}}),
+                &["msgId", "failingSince"],
+                with(json!({"msgId": "msg_01J9Z3T4M5N6P7Q8R9S0T1V2W6", "failingSince": "2026-11-26T09:30:00.000Z"})),
+            ),
+        ),
+    ]
+}
+
 fn entry(name: &'static str, description: &'static str, schema: Value) -> CatalogEntry {
     let example = schema["examples"][0].clone();
     CatalogEntry {
@@ -266,7 +341,7 @@ mod tests {
 
     #[test]
     fn every_example_carries_the_required_fields_of_its_schema() {
-        for entry in builtin() {
+        for entry in builtin().into_iter().chain(operational()) {
             EventTypeName::parse(entry.name).unwrap();
             assert!(entry.example.is_object(), "{} has no example", entry.name);
             for field in entry.schema["required"].as_array().unwrap() {

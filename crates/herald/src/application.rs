@@ -16,9 +16,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use herald_api::{hash_token, ApiConfig, AppState};
-use herald_dispatch::{DispatchConfig, Dispatcher};
-use herald_domain::catalog;
-use herald_store::{EventTypeInput, PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
+use herald_dispatch::{AlertConfig, DispatchConfig, Dispatcher};
+use herald_domain::ids::{IdOrUid, Uid};
+use herald_domain::{catalog, AppId, EndpointUrl, FilterTypes, Secret};
+use herald_store::{
+    AppInput, Cursor, EndpointInput, EventTypeInput, PageRequest, PgOptions, PgStore,
+    SqliteOptions, SqliteStore, Store, StoreError,
+};
 
 use crate::config::{Database, Role, Settings};
 
@@ -73,6 +77,7 @@ impl Application {
         };
         let (admin_token_hash, generated_admin_token) = admin_token(&settings, data_dir)?;
         seed_catalog(store.as_ref()).await?;
+        let operations_app = operations_app(store.as_ref(), &settings).await?;
         // On SQLite only this process can hold leases (see the lock), so
         // leases left by a crashed run are free right away; on PostgreSQL
         // they run out by themselves.
@@ -95,6 +100,10 @@ impl Application {
                 max_in_flight_per_endpoint: settings.max_in_flight_per_endpoint,
                 policy: settings.policy,
                 auto_disable: settings.auto_disable,
+                alerts: Some(AlertConfig {
+                    operations_app,
+                    failing_after: settings.failing_after,
+                }),
                 ..DispatchConfig::default()
             },
         );
@@ -229,9 +238,74 @@ fn decode_hex(text: &str) -> anyhow::Result<[u8; 32]> {
     Ok(out)
 }
 
+/// The application whose messages are Herald's operational events (its
+/// endpoints are the operators'), created on first start; with
+/// `HERALD_OPERATOR_WEBHOOK_URL`, that URL is one of its endpoints.
+async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Result<AppId> {
+    let uid = Uid::parse("uid", catalog::OPERATIONS_APP_UID).expect("a valid uid");
+    let reference = IdOrUid::Uid(uid.clone());
+    let app = match store.get_app(&reference).await {
+        Ok(app) => app,
+        Err(StoreError::NotFound) => {
+            let created = store
+                .create_app(AppInput {
+                    uid: Some(uid),
+                    name: "Herald operations".into(),
+                    rate_limit: None,
+                    metadata: Default::default(),
+                })
+                .await;
+            match created {
+                Ok(app) => app,
+                // Another process created it at the same moment.
+                Err(StoreError::Conflict { .. }) => store.get_app(&reference).await?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if let Some(url) = &settings.operator_webhook_url {
+        let url = EndpointUrl::parse(url, &settings.policy)
+            .map_err(|e| anyhow::anyhow!("HERALD_OPERATOR_WEBHOOK_URL: {}", e.reason))?;
+        let existing = store
+            .list_endpoints(
+                app.id,
+                PageRequest {
+                    limit: 250,
+                    cursor: Cursor::Start,
+                },
+            )
+            .await?;
+        if !existing.data.iter().any(|e| e.url == url.as_str()) {
+            let endpoint = store
+                .create_endpoint(
+                    app.id,
+                    EndpointInput {
+                        uid: None,
+                        url,
+                        description: "Operator notifications (HERALD_OPERATOR_WEBHOOK_URL)".into(),
+                        disabled: false,
+                        filter_types: FilterTypes::all(),
+                        channels: None,
+                        rate_limit: None,
+                        version: 1,
+                        metadata: Default::default(),
+                        retry_policy: None,
+                    },
+                    Default::default(),
+                    Secret::generate(),
+                )
+                .await?;
+            tracing::info!(endpoint = %endpoint.id, "added the operator webhook; read its signing secret with GET /api/v1/app/herald-operations/endpoint/{}/secret/", endpoint.id);
+        }
+    }
+    Ok(app.id)
+}
+
 async fn seed_catalog(store: &dyn Store) -> anyhow::Result<()> {
     let entries = catalog::builtin()
         .into_iter()
+        .chain(catalog::operational())
         .map(|entry| EventTypeInput {
             name: herald_domain::EventTypeName::parse(entry.name).expect("catalog names are valid"),
             description: entry.description.to_owned(),

@@ -98,6 +98,13 @@ pub struct ServeArgs {
     /// …and that has failed at least this many attempts in a row.
     #[arg(long, env = "HERALD_AUTO_DISABLE_MIN_ATTEMPTS", value_name = "N")]
     pub auto_disable_min_attempts: Option<u64>,
+    /// Consecutive failed attempts after which `endpoint.failing` is raised.
+    #[arg(long, env = "HERALD_FAILING_AFTER", value_name = "N")]
+    pub failing_after: Option<u64>,
+    /// An operator endpoint for Herald's operational events (added to the
+    /// `herald-operations` app at start).
+    #[arg(long, env = "HERALD_OPERATOR_WEBHOOK_URL", value_name = "URL")]
+    pub operator_webhook_url: Option<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -132,6 +139,8 @@ struct FileConfig {
     request_timeout: Option<u64>,
     auto_disable_after: Option<String>,
     auto_disable_min_attempts: Option<u64>,
+    failing_after: Option<u64>,
+    operator_webhook_url: Option<String>,
     max_body_bytes: Option<usize>,
     log: Option<String>,
     log_format: Option<String>,
@@ -256,6 +265,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// When endpoints that keep failing are disabled; `None`: never.
     pub auto_disable: Option<AutoDisable>,
+    /// Consecutive failures that raise `endpoint.failing`.
+    pub failing_after: u64,
+    pub operator_webhook_url: Option<String>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
     pub log: String,
@@ -287,6 +299,8 @@ impl Settings {
                 after: 5 * 24 * 3_600_000,
                 min_attempts: 10,
             }),
+            failing_after: 5,
+            operator_webhook_url: None,
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
             log: "info".into(),
@@ -359,6 +373,16 @@ impl Settings {
                 ..rule
             }),
         };
+        if let Some(n) = args.failing_after.or(file.failing_after) {
+            if n == 0 {
+                bail!("HERALD_FAILING_AFTER must be at least 1");
+            }
+            settings.failing_after = n;
+        }
+        settings.operator_webhook_url = args
+            .operator_webhook_url
+            .or(file.operator_webhook_url)
+            .filter(|url| !url.is_empty());
         if let Some(bytes) = args.max_body_bytes.or(file.max_body_bytes) {
             settings.max_body_bytes = bytes;
         }

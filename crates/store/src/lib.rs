@@ -105,12 +105,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
     /// Adds what a process saw of endpoints to their health aggregates, in
     /// one transaction; with `rule`, disables the endpoints among them that
-    /// meet it and returns those.
+    /// meet it. Returns each endpoint's run of failures afterwards.
     async fn record_health(
         &self,
         updates: Vec<HealthUpdate>,
         rule: Option<AutoDisable>,
-    ) -> StoreResult<Vec<EndpointId>>;
+    ) -> StoreResult<Vec<EndpointRun>>;
     /// An endpoint's health as of `now`, from the aggregates.
     async fn endpoint_health(
         &self,

@@ -453,6 +453,27 @@ pub struct HealthUpdate {
     pub failures_since_success: u64,
     /// The first of those failures.
     pub failing_since: Option<Timestamp>,
+    /// For operational events: the endpoint's app and URL, a message whose
+    /// delivery ran out of retries, the message of the last success, and
+    /// whether the endpoint answered 410 Gone.
+    pub app_id: Option<AppId>,
+    pub url: String,
+    pub exhausted: Option<MessageId>,
+    pub last_success_message: Option<MessageId>,
+    pub gone: bool,
+}
+
+/// An endpoint's run of failures after a health report, for alerting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRun {
+    pub endpoint_id: EndpointId,
+    pub consecutive_failures: u64,
+    /// Since when every attempt has failed; `None` after a success.
+    pub failing_since: Option<Timestamp>,
+    /// The start of a run of failures that this report ended with a success.
+    pub ended_run: Option<Timestamp>,
+    /// Disabled by the auto-disable rule with this report.
+    pub disabled: bool,
 }
 
 impl HealthUpdate {
@@ -464,6 +485,11 @@ impl HealthUpdate {
             last_failure_at: None,
             failures_since_success: 0,
             failing_since: None,
+            app_id: None,
+            url: String::new(),
+            exhausted: None,
+            last_success_message: None,
+            gone: false,
         }
     }
 

@@ -607,10 +607,13 @@ pub(crate) const ENDPOINT_WRITTEN_SQL: &str = "UPDATE endpoints SET retry_policy
          disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
      WHERE id = $1";
 
-/// A re-enabled endpoint starts a fresh run (else the next failure would
-/// disable it again at once).
+/// A re-enabled endpoint starts counting failures afresh (else the next
+/// failure would disable it again at once); while it keeps failing, it has
+/// been failing since the same moment, so it is disabled again once it has
+/// failed the minimum number of attempts anew. Its first success ends the
+/// run (and the episode of its notifications).
 pub(crate) const RESET_RUN_SQL: &str =
-    "UPDATE endpoint_status SET consecutive_failures = 0, failing_since = NULL WHERE endpoint_id = $1";
+    "UPDATE endpoint_status SET consecutive_failures = 0 WHERE endpoint_id = $1";
 
 /// The receiver answered 410 Gone ($1 now, $2 the endpoint).
 pub(crate) const DISABLE_GONE_SQL: &str = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'gone', disabled_at = $1, updated_at = $1

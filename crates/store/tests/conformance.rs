@@ -998,7 +998,15 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
             .record_health(vec![second], Some(a_day))
             .await
             .unwrap();
-        assert!(disabled.is_empty(), "{name}: failing for a second only");
+        assert!(
+            !disabled.iter().any(|run| run.disabled),
+            "{name}: failing for a second only"
+        );
+        assert_eq!(
+            (disabled[0].consecutive_failures, disabled[0].failing_since),
+            (3, Some(at - 900)),
+            "{name}"
+        );
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
 
         let summary = |c: &HealthCounts| (c.succeeded, c.failed, c.duration_sum_ms);
@@ -1016,7 +1024,12 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
 
         let mut recovered = HealthUpdate::new(endpoint.id);
         recovered.observe(at - 100, true, 1);
-        store.record_health(vec![recovered], None).await.unwrap();
+        let runs = store.record_health(vec![recovered], None).await.unwrap();
+        assert_eq!(
+            runs[0].ended_run,
+            Some(at - 900),
+            "{name}: the run this success ended"
+        );
         let health = store.endpoint_health(app, endpoint.id, at).await.unwrap();
         assert_eq!(
             (health.consecutive_failures, health.failing_since),
@@ -1127,8 +1140,13 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
             .await
             .unwrap();
 
-        assert!(too_few.is_empty(), "{name}: two attempts are not enough");
-        assert_eq!(enough, [endpoint.id], "{name}");
+        let disabled_now = |runs: &[EndpointRun]| runs.iter().any(|run| run.disabled);
+        assert!(
+            !disabled_now(&too_few),
+            "{name}: two attempts are not enough"
+        );
+        assert!(disabled_now(&enough), "{name}");
+        assert_eq!(enough[0].endpoint_id, endpoint.id, "{name}");
         assert!(disabled.disabled, "{name}");
         assert_eq!(
             disabled.disabled_reason.as_deref(),
@@ -1140,7 +1158,7 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
             .record_health(vec![failures(&[at - 50])], Some(rule))
             .await
             .unwrap();
-        assert!(none_twice.is_empty(), "{name}: disabled once");
+        assert!(!disabled_now(&none_twice), "{name}: disabled once");
 
         let enabled = store
             .update_endpoint(
@@ -1161,15 +1179,45 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
             .unwrap();
         assert_eq!(
             (health.consecutive_failures, health.failing_since),
-            (0, None),
-            "{name}"
+            (0, Some(at - 9_000)),
+            "{name}: counting afresh, still failing since then"
         );
         let fresh = store
             .record_health(vec![failures(&[now()])], Some(rule))
             .await
             .unwrap();
-        assert!(fresh.is_empty(), "{name}: a fresh run after re-enabling");
+        assert!(
+            !disabled_now(&fresh),
+            "{name}: one new failure is not enough"
+        );
+        assert_eq!(fresh[0].consecutive_failures, 1, "{name}");
+        let again = store
+            .record_health(vec![failures(&[now(), now()])], Some(rule))
+            .await
+            .unwrap();
+        assert!(disabled_now(&again), "{name}: three new failures are");
 
+        let still = store
+            .update_endpoint(
+                app,
+                endpoint.id,
+                endpoint_input("http://a.test/1", &[], true),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            still.disabled_reason.as_deref(),
+            Some("failing"),
+            "{name}: kept"
+        );
+        store
+            .update_endpoint(
+                app,
+                endpoint.id,
+                endpoint_input("http://a.test/1", &[], false),
+            )
+            .await
+            .unwrap();
         let paused = store
             .update_endpoint(
                 app,

@@ -38,6 +38,8 @@ pub struct Options {
     pub retry_schedule: &'static str,
     pub request_timeout: Duration,
     pub auto_disable: Option<herald_store::AutoDisable>,
+    pub failing_after: u64,
+    pub operator_webhook_url: Option<String>,
     pub allow_private_networks: bool,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
@@ -50,6 +52,8 @@ impl Default for Options {
             retry_schedule: "100ms,100ms,100ms",
             request_timeout: Duration::from_secs(5),
             auto_disable: Settings::for_data_dir(std::path::Path::new(".")).auto_disable,
+            failing_after: 5,
+            operator_webhook_url: None,
             allow_private_networks: true,
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
@@ -74,6 +78,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
     settings.request_timeout = options.request_timeout;
     settings.auto_disable = options.auto_disable;
+    settings.failing_after = options.failing_after;
+    settings.operator_webhook_url = options.operator_webhook_url;
     settings.max_in_flight = options.max_in_flight;
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     settings.max_concurrent_requests = options.max_concurrent_requests;

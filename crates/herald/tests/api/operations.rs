@@ -479,3 +479,105 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.requests().len(), 6, "each once");
 }
+
+#[tokio::test]
+async fn operators_are_notified_once_per_episode_with_signed_events() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(Options {
+        auto_disable: Some(herald_store::AutoDisable {
+            after: 300,
+            min_attempts: 3,
+        }),
+        failing_after: 3,
+        operator_webhook_url: Some(receiver.url("/ops")),
+        ..Options::default()
+    })
+    .await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+    receiver.always("/down", Reply::Status(500));
+    let since = rfc3339_now();
+    for n in 0..2 {
+        app.send(&tenant, "call.completed", json!({"n": n})).await;
+    }
+    let ops_events = || {
+        receiver
+            .requests_to("/ops")
+            .into_iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the endpoint to be disabled and reported",
+        || async {
+            ops_events()
+                .contains(&"endpoint.disabled".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Back up: re-enable, recover, and the recovery is reported too.
+    receiver.always("/down", Reply::Status(200));
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/");
+    app.request(
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"disabled": false})),
+    )
+    .await;
+    app.post(&format!("{path}recover/"), json!({"since": since}))
+        .await;
+    eventually(
+        Duration::from_secs(15),
+        "the recovery to be reported",
+        || async {
+            ops_events()
+                .contains(&"message.attempt.recovered".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one more flush
+
+    let mut seen = ops_events();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "endpoint.disabled",
+            "endpoint.failing",
+            "message.attempt.exhausted",
+            "message.attempt.recovered"
+        ],
+        "each once"
+    );
+    let (_, operators) = app.get("/app/herald-operations/endpoint/").await;
+    let operator = operators["data"][0]["id"].as_str().unwrap().to_owned();
+    let secret = Secret::parse(&app.secret("herald-operations", &operator).await).unwrap();
+    for request in receiver.requests_to("/ops") {
+        assert!(secret.verify(
+            &request.header("webhook-id"),
+            request.header("webhook-timestamp").parse().unwrap(),
+            &request.body,
+            &request.header("webhook-signature"),
+        ));
+        let data = &request.json()["data"];
+        assert_eq!(data["appId"], tenant.as_str(), "{data}");
+        assert_eq!(data["endpointId"], endpoint.as_str(), "{data}");
+    }
+    let failing = receiver
+        .requests_to("/ops")
+        .into_iter()
+        .find(|r| r.json()["type"] == "endpoint.failing")
+        .unwrap();
+    assert!(
+        failing.json()["data"]["consecutiveFailures"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+}

@@ -11,23 +11,25 @@ use super::delivery::list_attempts;
 use super::rows::db;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, HealthUpdate, PageRequest,
-    StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthUpdate,
+    PageRequest, StoreResult, Timestamp,
 };
 
 pub(crate) async fn record_health(
     conn: &mut PgConnection,
     updates: &[HealthUpdate],
     rule: Option<AutoDisable>,
-) -> StoreResult<Vec<EndpointId>> {
+) -> StoreResult<Vec<EndpointRun>> {
     // Losing the last moment of counts in a crash costs nothing that the
     // attempt log does not still hold.
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    let mut runs = Vec::with_capacity(updates.len());
     for update in updates {
         let endpoint = update.endpoint_id.to_string();
+        let before = status_row(conn, &endpoint).await?;
         for (start, counts) in &update.buckets {
             let mut query = sqlx::query(shared::HEALTH_UPSERT_SQL).bind(&endpoint);
             for value in shared::health_values(*start, counts) {
@@ -45,26 +47,56 @@ pub(crate) async fn record_health(
             .execute(&mut *conn)
             .await
             .map_err(db)?;
+        let disabled = match rule {
+            Some(rule) => {
+                let at = shared::now();
+                sqlx::query(shared::AUTO_DISABLE_SQL)
+                    .bind(&endpoint)
+                    .bind(at)
+                    .bind(at - rule.after)
+                    .bind(rule.min_attempts as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?
+                    .rows_affected()
+                    == 1
+            }
+            None => false,
+        };
+        let (consecutive, _, _, failing_since) = status_row(conn, &endpoint)
+            .await?
+            .unwrap_or((0, None, None, None));
+        runs.push(EndpointRun {
+            endpoint_id: update.endpoint_id,
+            consecutive_failures: consecutive.max(0) as u64,
+            failing_since,
+            ended_run: update
+                .last_success_at
+                .and(before.and_then(|(_, _, _, since)| since)),
+            disabled,
+        });
     }
-    let Some(rule) = rule else {
-        return Ok(Vec::new());
-    };
-    let at = shared::now();
-    let mut disabled = Vec::new();
-    for update in updates {
-        let changed = sqlx::query(shared::AUTO_DISABLE_SQL)
-            .bind(update.endpoint_id.to_string())
-            .bind(at)
-            .bind(at - rule.after)
-            .bind(rule.min_attempts as i64)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        if changed.rows_affected() == 1 {
-            disabled.push(update.endpoint_id);
-        }
-    }
-    Ok(disabled)
+    Ok(runs)
+}
+
+type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+
+async fn status_row(conn: &mut PgConnection, endpoint: &str) -> StoreResult<Option<StatusRow>> {
+    let row = sqlx::query(shared::STATUS_SQL)
+        .bind(endpoint)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    row.map(|row| {
+        Ok((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        ))
+    })
+    .transpose()
+    .map_err(db)
 }
 
 pub(crate) async fn endpoint_health(
@@ -90,20 +122,9 @@ pub(crate) async fn endpoint_health(
         buckets.push(shared::health_bucket(values));
     }
     let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
-    let status = sqlx::query(shared::STATUS_SQL)
-        .bind(&id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-    let (consecutive, last_success_at, last_failure_at, failing_since) = match status {
-        Some(row) => (
-            row.try_get::<i64, _>(0).map_err(db)?,
-            row.try_get(1).map_err(db)?,
-            row.try_get(2).map_err(db)?,
-            row.try_get(3).map_err(db)?,
-        ),
-        None => (0, None, None, None),
-    };
+    let (consecutive, last_success_at, last_failure_at, failing_since) = status_row(conn, &id)
+        .await?
+        .unwrap_or((0, None, None, None));
     let recent = list_attempts(
         conn,
         app,

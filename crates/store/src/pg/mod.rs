@@ -485,7 +485,7 @@ impl Store for PgStore {
         &self,
         updates: Vec<HealthUpdate>,
         rule: Option<AutoDisable>,
-    ) -> StoreResult<Vec<EndpointId>> {
+    ) -> StoreResult<Vec<EndpointRun>> {
         self.transaction(async |c| health::record_health(c, &updates, rule).await)
             .await
     }

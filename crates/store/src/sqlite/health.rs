@@ -11,8 +11,8 @@ use super::delivery::list_attempts;
 use super::pool::internal;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, HealthUpdate, PageRequest,
-    StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthUpdate,
+    PageRequest, StoreResult, Timestamp,
 };
 
 fn sql(shared: &str) -> String {
@@ -23,15 +23,17 @@ pub(crate) fn record_health(
     conn: &Connection,
     updates: &[HealthUpdate],
     rule: Option<AutoDisable>,
-) -> StoreResult<Vec<EndpointId>> {
+) -> StoreResult<Vec<EndpointRun>> {
     let mut bucket = conn
         .prepare_cached(&sql(shared::HEALTH_UPSERT_SQL))
         .map_err(internal)?;
     let mut status = conn
         .prepare_cached(&sql(shared::STATUS_UPSERT_SQL))
         .map_err(internal)?;
+    let mut runs = Vec::with_capacity(updates.len());
     for update in updates {
         let endpoint = update.endpoint_id.to_string();
+        let before = status_row(conn, &endpoint)?;
         for (start, counts) in &update.buckets {
             let values = shared::health_values(*start, counts);
             let mut binds: Vec<rusqlite::types::Value> = vec![endpoint.clone().into()];
@@ -50,29 +52,49 @@ pub(crate) fn record_health(
                 update.last_success_at.is_some()
             ])
             .map_err(internal)?;
+        let disabled = match rule {
+            Some(rule) => {
+                let at = now();
+                conn.prepare_cached(&sql(shared::AUTO_DISABLE_SQL))
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            endpoint,
+                            at,
+                            at - rule.after,
+                            rule.min_attempts as i64
+                        ])
+                    })
+                    .map_err(internal)?
+                    == 1
+            }
+            None => false,
+        };
+        let (consecutive, _, _, failing_since) =
+            status_row(conn, &endpoint)?.unwrap_or((0, None, None, None));
+        runs.push(EndpointRun {
+            endpoint_id: update.endpoint_id,
+            consecutive_failures: consecutive.max(0) as u64,
+            failing_since,
+            ended_run: update
+                .last_success_at
+                .and(before.and_then(|(_, _, _, since)| since)),
+            disabled,
+        });
     }
-    let Some(rule) = rule else {
-        return Ok(Vec::new());
-    };
-    let mut disable = conn
-        .prepare_cached(&sql(shared::AUTO_DISABLE_SQL))
-        .map_err(internal)?;
-    let at = now();
-    let mut disabled = Vec::new();
-    for update in updates {
-        let changed = disable
-            .execute(params![
-                update.endpoint_id.to_string(),
-                at,
-                at - rule.after,
-                rule.min_attempts as i64
-            ])
-            .map_err(internal)?;
-        if changed == 1 {
-            disabled.push(update.endpoint_id);
-        }
-    }
-    Ok(disabled)
+    Ok(runs)
+}
+
+type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+
+fn status_row(conn: &Connection, endpoint: &str) -> StoreResult<Option<StatusRow>> {
+    conn.prepare_cached(&sql(shared::STATUS_SQL))
+        .and_then(|mut s| {
+            s.query_row([endpoint], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })
+        .map_err(internal)
 }
 
 pub(crate) fn endpoint_health(
@@ -97,16 +119,8 @@ pub(crate) fn endpoint_health(
         })
         .map_err(internal)?;
     let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
-    type Status = (i64, Option<i64>, Option<i64>, Option<i64>);
-    let status: Option<Status> = conn
-        .prepare_cached(&sql(shared::STATUS_SQL))
-        .and_then(|mut s| {
-            s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .optional()
-        })
-        .map_err(internal)?;
     let (consecutive, last_success_at, last_failure_at, failing_since) =
-        status.unwrap_or((0, None, None, None));
+        status_row(conn, &id)?.unwrap_or((0, None, None, None));
     let recent = list_attempts(
         conn,
         app,

@@ -371,7 +371,7 @@ impl Store for SqliteStore {
         &self,
         updates: Vec<HealthUpdate>,
         rule: Option<AutoDisable>,
-    ) -> StoreResult<Vec<EndpointId>> {
+    ) -> StoreResult<Vec<EndpointRun>> {
         self.writer
             .write(move |c| health::record_health(c, &updates, rule))
             .await

@@ -1,0 +1,159 @@
+//! Failure notifications (SPEC §5): after each health flush, the runs of
+//! failures it reports are turned into operational events — messages of
+//! the operations app (`herald-operations`), which Herald delivers, signs
+//! and retries like any other to the operators' endpoints. Each event's
+//! `eventId` names its episode (the endpoint and when its run of failures
+//! began), so it is raised once per episode, however many processes see it.
+
+use serde_json::{json, Value};
+
+use herald_domain::ids::{IdOrUid, Uid};
+use herald_domain::{AppId, EventTypeName};
+use herald_store::{EndpointRun, HealthUpdate, MessageInput, Store, StoreError, Timestamp};
+
+/// Where operational events go and when `endpoint.failing` fires.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertConfig {
+    pub operations_app: AppId,
+    /// Consecutive failed attempts that make an endpoint `failing`.
+    pub failing_after: u64,
+}
+
+/// One operational event to raise.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Alert {
+    pub event_type: &'static str,
+    pub episode: String,
+    pub payload: Value,
+}
+
+fn time(at: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The events one flush raises (before de-duplication by episode).
+pub(crate) fn alerts(
+    config: &AlertConfig,
+    updates: &[HealthUpdate],
+    runs: &[EndpointRun],
+) -> Vec<Alert> {
+    let mut raised = Vec::new();
+    for run in runs {
+        let Some(update) = updates.iter().find(|u| u.endpoint_id == run.endpoint_id) else {
+            continue;
+        };
+        let Some(app) = update.app_id else { continue };
+        if app == config.operations_app {
+            continue; // the operators' own endpoints would alert about themselves
+        }
+        let endpoint = run.endpoint_id;
+        let base = json!({"appId": app.to_string(), "endpointId": endpoint.to_string(), "url": update.url});
+        let with = |extra: Value| {
+            let mut payload = base.clone();
+            if let (Some(payload), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+                payload.extend(extra);
+            }
+            payload
+        };
+        let since = run.failing_since;
+        if run.disabled {
+            raised.push(Alert {
+                event_type: "endpoint.disabled",
+                episode: format!("endpoint.disabled.{endpoint}.{}", since.unwrap_or_default()),
+                payload: with(json!({"reason": "failing", "failingSince": since.map(time)})),
+            });
+        }
+        if update.gone {
+            raised.push(Alert {
+                event_type: "endpoint.disabled",
+                episode: format!(
+                    "endpoint.disabled.{endpoint}.gone.{}",
+                    update.last_failure_at.unwrap_or_default()
+                ),
+                payload: with(json!({"reason": "gone", "failingSince": since.map(time)})),
+            });
+        }
+        if let Some(since) = since.filter(|_| run.consecutive_failures >= config.failing_after) {
+            raised.push(Alert {
+                event_type: "endpoint.failing",
+                episode: format!("endpoint.failing.{endpoint}.{since}"),
+                payload: with(json!({"consecutiveFailures": run.consecutive_failures,
+                                     "failingSince": time(since)})),
+            });
+        }
+        if let Some(message) = update.exhausted {
+            let episode = since.map_or_else(|| message.to_string(), |s| s.to_string());
+            raised.push(Alert {
+                event_type: "message.attempt.exhausted",
+                episode: format!("{}.{endpoint}.{episode}", EXHAUSTED),
+                payload: with(
+                    json!({"msgId": message.to_string(), "failingSince": since.map(time)}),
+                ),
+            });
+        }
+        if let (Some(ended), Some(message)) = (run.ended_run, update.last_success_message) {
+            raised.push(Alert {
+                event_type: RECOVERED,
+                // Raised only if this run had exhausted deliveries (checked
+                // against the stored events before sending).
+                episode: format!("{RECOVERED}.{endpoint}.{ended}"),
+                payload: with(json!({"msgId": message.to_string(), "failingSince": time(ended)})),
+            });
+        }
+    }
+    raised
+}
+
+const EXHAUSTED: &str = "message.attempt.exhausted";
+const RECOVERED: &str = "message.attempt.recovered";
+
+/// Stores one alert as a message of the operations app, unless its episode
+/// was raised already (or, for `recovered`, had no exhausted deliveries).
+/// Returns the created message with its leased jobs, if any.
+pub(crate) async fn raise(
+    store: &dyn Store,
+    config: &AlertConfig,
+    alert: Alert,
+    claim: Option<herald_store::Claim>,
+) -> Result<Option<herald_store::CreatedMessage>, StoreError> {
+    if alert.event_type == RECOVERED {
+        let exhausted = alert.episode.replacen(RECOVERED, EXHAUSTED, 1);
+        let Ok(uid) = Uid::parse("eventId", &exhausted) else {
+            return Ok(None);
+        };
+        match store
+            .get_message(config.operations_app, &IdOrUid::Uid(uid))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+    }
+    let (Ok(event_type), Ok(episode)) = (
+        EventTypeName::parse(alert.event_type),
+        Uid::parse("eventId", &alert.episode),
+    ) else {
+        return Ok(None);
+    };
+    let input = MessageInput {
+        event_type,
+        event_id: Some(episode),
+        payload: alert.payload.to_string(),
+        channels: None,
+        to_endpoint: None,
+    };
+    match store
+        .create_message(config.operations_app, input, claim)
+        .await
+    {
+        Ok(created) => {
+            tracing::info!(event = alert.event_type, episode = %alert.episode, "raised an operational event");
+            Ok(Some(created))
+        }
+        Err(StoreError::Conflict { .. }) => Ok(None), // raised before in this episode
+        Err(error) => Err(error),
+    }
+}

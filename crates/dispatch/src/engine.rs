@@ -8,6 +8,7 @@ use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -289,11 +290,10 @@ impl Dispatcher {
 
     /// Endpoints with every per-endpoint slot taken: claims leave them out.
     fn saturated(&self) -> Vec<EndpointId> {
-        let limit = self.config.max_in_flight_per_endpoint;
         let per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
         per_endpoint
             .iter()
-            .filter(|(_, load)| load.in_flight >= limit)
+            .filter(|(_, load)| load.in_flight >= load.limit)
             .map(|(endpoint, _)| *endpoint)
             .collect()
     }
@@ -303,10 +303,11 @@ impl Dispatcher {
     /// its global slot), and past that goes back to the database still due,
     /// for a later claim.
     fn start(self: &Arc<Self>, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
-        let limit = self.config.max_in_flight_per_endpoint;
+        let limit = self.endpoint_limit(job.endpoint.rate_limit);
         let decision = {
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let load = per_endpoint.entry(job.endpoint.id).or_default();
+            load.limit = limit;
             if load.in_flight < limit {
                 load.in_flight += 1;
                 Admission::Send(job, body, permit)
@@ -335,6 +336,44 @@ impl Dispatcher {
         }
     }
 
+    /// Deliveries one endpoint may have in flight here (and as many again
+    /// waiting). With a rate limit, no more than it can send well within a
+    /// lease: everything held in memory must be attempted before its lease
+    /// runs out, or another worker would send it too.
+    fn endpoint_limit(&self, rate: Option<u32>) -> usize {
+        let limit = self.config.max_in_flight_per_endpoint;
+        match rate {
+            Some(rate) if rate > 0 => {
+                let margin = self
+                    .config
+                    .lease
+                    .saturating_sub(self.config.timeout + Duration::from_secs(2));
+                let budget = margin.as_secs_f64() * f64::from(rate) / 2.0;
+                limit.min((budget as usize).max(1))
+            }
+            _ => limit,
+        }
+    }
+
+    /// With a rate limit, waits for the endpoint's next send time (and
+    /// books the one after): attempts start at most `rate` per second.
+    async fn pace(&self, endpoint: EndpointId, rate: Option<u32>) {
+        let Some(rate) = rate.filter(|r| *r > 0) else {
+            return;
+        };
+        let at = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let Some(load) = per_endpoint.get_mut(&endpoint) else {
+                return;
+            };
+            let now = Instant::now();
+            let at = load.next_send.map_or(now, |next| next.max(now));
+            load.next_send = Some(at + Duration::from_secs_f64(1.0 / f64::from(rate)));
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
     /// Delivers `job`, then the endpoint's waiting jobs one after another on
     /// the same per-endpoint slot, then gives the slot back.
     async fn run_for_endpoint(
@@ -346,6 +385,7 @@ impl Dispatcher {
         let endpoint = job.endpoint.id;
         let mut next = Some((job, body, permit));
         while let Some((job, body, permit)) = next.take() {
+            self.pace(endpoint, job.endpoint.rate_limit).await;
             self.deliver(&job, body, permit).await;
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let Some(load) = per_endpoint.get_mut(&endpoint) else {
@@ -353,9 +393,11 @@ impl Dispatcher {
             };
             next = load.waiting.pop_front();
             if next.is_none() {
-                let was_saturated = load.in_flight >= self.config.max_in_flight_per_endpoint;
+                let was_saturated = load.in_flight >= load.limit;
                 load.in_flight -= 1;
-                if load.in_flight == 0 {
+                // A rate-limited endpoint's pace outlives its last attempt.
+                let paced = load.next_send.is_some_and(|at| at > Instant::now());
+                if load.in_flight == 0 && !paced {
                     per_endpoint.remove(&endpoint);
                 }
                 drop(per_endpoint);
@@ -474,6 +516,10 @@ enum Admission {
 struct EndpointLoad {
     in_flight: usize,
     waiting: VecDeque<(DeliveryJob, Bytes, OwnedSemaphorePermit)>,
+    /// Deliveries in flight at once, at most (as many again may wait).
+    limit: usize,
+    /// With a rate limit: when the next attempt may start.
+    next_send: Option<Instant>,
 }
 
 /// Pairs each job with its body, built once per message however many

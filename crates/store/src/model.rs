@@ -254,6 +254,8 @@ pub struct EndpointTarget {
     pub secrets: Vec<Secret>,
     /// `None`: the server's retry schedule.
     pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// Attempts per second, at most.
+    pub rate_limit: Option<u32>,
 }
 
 /// One (message, endpoint) delivery leased to the engine, with all it needs to send.

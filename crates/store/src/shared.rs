@@ -65,7 +65,7 @@ pub(crate) fn finish_page<T>(
 /// Endpoints of an app joined with their signing secrets, one row per
 /// (endpoint, secret), ordered by endpoint and then current secret first.
 pub(crate) const TARGET_ROWS_SQL: &str =
-    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy
+    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -80,6 +80,7 @@ pub(crate) struct TargetRow {
     pub channels: Option<String>,
     pub secret: String,
     pub retry_policy: Option<String>,
+    pub rate_limit: Option<i64>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -172,6 +173,9 @@ fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
         headers: decode(&row.headers)?,
         secrets: vec![secret],
         retry_policy: decode_policy(row.retry_policy.as_deref())?.map(Arc::new),
+        rate_limit: row
+            .rate_limit
+            .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
     })
 }
 

@@ -581,3 +581,44 @@ async fn operators_are_notified_once_per_episode_with_signed_events() {
             >= 3
     );
 }
+
+#[tokio::test]
+async fn a_rate_limit_spaces_a_burst_out_without_dropping_it() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/slow-lane"), "rateLimit": 5}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    for n in 0..200 {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+    }
+
+    let first = receiver.wait_for(1, Duration::from_secs(10)).await[0].at;
+    tokio::time::sleep_until((first + Duration::from_secs(10)).into()).await;
+    let in_ten_seconds = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.at < first + Duration::from_secs(10))
+        .count();
+
+    // 5 per second for 10 seconds, within 10 %.
+    assert!(
+        (45..=55).contains(&in_ten_seconds),
+        "{in_ten_seconds} in 10 s"
+    );
+    // The rest waits its turn: nothing failed or was dropped.
+    let id = endpoint["id"].as_str().unwrap();
+    let (_, stats) = app
+        .get(&format!("/app/{tenant}/endpoint/{id}/stats/"))
+        .await;
+    let total: i64 = ["success", "pending", "sending"]
+        .iter()
+        .map(|k| stats[k].as_i64().unwrap())
+        .sum();
+    assert_eq!((total, stats["fail"].as_i64()), (200, Some(0)), "{stats}");
+}

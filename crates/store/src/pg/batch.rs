@@ -140,7 +140,7 @@ pub(crate) struct NewMessage {
 /// Enabled endpoints of several apps with their signing secrets, grouped by
 /// app (the rows of [`shared::TARGET_ROWS_SQL`] for many apps at once).
 const TARGETS_OF_APPS_SQL: &str =
-    "SELECT e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy
+    "SELECT e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = ANY($1) AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.app_id, e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -250,6 +250,7 @@ async fn create_messages(
             channels: row.try_get("channels").map_err(db)?,
             secret: row.try_get("secret").map_err(db)?,
             retry_policy: row.try_get("retry_policy").map_err(db)?,
+            rate_limit: row.try_get("rate_limit").map_err(db)?,
         });
     }
 

@@ -32,11 +32,12 @@ async fn target(
     endpoint: &str,
     at: Timestamp,
 ) -> StoreResult<Arc<EndpointTarget>> {
-    let row = sqlx::query("SELECT url, headers, retry_policy FROM endpoints WHERE id = $1")
-        .bind(endpoint)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?;
+    let row =
+        sqlx::query("SELECT url, headers, retry_policy, rate_limit FROM endpoints WHERE id = $1")
+            .bind(endpoint)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
     Ok(Arc::new(EndpointTarget {
         id: endpoint_id(endpoint)?,
         url: row.try_get("url").map_err(db)?,
@@ -44,6 +45,10 @@ async fn target(
         secrets: signing_secrets(conn, endpoint, at).await?,
         retry_policy: shared::decode_policy(row.try_get("retry_policy").map_err(db)?)?
             .map(Arc::new),
+        rate_limit: row
+            .try_get::<Option<i64>, _>("rate_limit")
+            .map_err(db)?
+            .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
     }))
 }
 

@@ -42,6 +42,7 @@ fn matching_targets(
                 channels: r.get(4)?,
                 secret: r.get(5)?,
                 retry_policy: r.get(6)?,
+                rate_limit: r.get(7)?,
             })
         })
         .map_err(internal)?
@@ -55,9 +56,14 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 }
 
 fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<EndpointTarget>> {
-    let (url, headers, policy): (String, String, Option<String>) = conn
-        .prepare_cached("SELECT url, headers, retry_policy FROM endpoints WHERE id = ?")
-        .and_then(|mut s| s.query_row([endpoint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+    type Row = (String, String, Option<String>, Option<u32>);
+    let (url, headers, policy, rate_limit): Row = conn
+        .prepare_cached("SELECT url, headers, retry_policy, rate_limit FROM endpoints WHERE id = ?")
+        .and_then(|mut s| {
+            s.query_row([endpoint], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+        })
         .map_err(internal)?;
     Ok(Arc::new(EndpointTarget {
         id: EndpointId::parse(endpoint).map_err(|e| StoreError::Internal(e.to_string()))?,
@@ -65,6 +71,7 @@ fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<E
         headers: decode(&headers)?,
         secrets: signing_secrets(conn, endpoint, at)?,
         retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),
+        rate_limit,
     }))
 }
 

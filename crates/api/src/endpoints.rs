@@ -53,6 +53,9 @@ struct EndpointIn {
     headers: Option<Headers>,
     /// Herald's addition; absent: the server's retry schedule.
     retry_policy: Option<RetryPolicySpec>,
+    /// Herald's addition: one message at a time, in order.
+    #[serde(default)]
+    strict_ordering: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +76,7 @@ struct EndpointPatch {
     metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "patch_field")]
     retry_policy: Option<Option<RetryPolicySpec>>,
+    strict_ordering: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +98,7 @@ struct EndpointOut {
     /// (disabled automatically), with when.
     disabled_reason: Option<String>,
     disabled_at: Option<String>,
+    strict_ordering: bool,
     created_at: String,
     updated_at: String,
 }
@@ -114,6 +119,7 @@ impl From<Endpoint> for EndpointOut {
             retry_policy: endpoint.retry_policy.as_ref().map(RetryPolicy::to_spec),
             disabled_reason: endpoint.disabled_reason,
             disabled_at: endpoint.disabled_at.map(timestamp),
+            strict_ordering: endpoint.strict_ordering,
             created_at: timestamp(endpoint.created_at),
             updated_at: timestamp(endpoint.updated_at),
         }
@@ -243,6 +249,7 @@ async fn create(
         version: input.version.unwrap_or(1),
         metadata: input.metadata.unwrap_or_default(),
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
+        strict_ordering: input.strict_ordering,
     };
     let secret = match input.secret {
         Some(text) => Secret::parse(&text)?,
@@ -284,6 +291,7 @@ async fn replace(
         version: input.version.unwrap_or(current.version),
         metadata: input.metadata.unwrap_or_default(),
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
+        strict_ordering: input.strict_ordering,
     };
     let updated = state
         .store
@@ -319,6 +327,7 @@ async fn patch(
             Some(spec) => parse_policy(spec.as_ref())?,
             None => current.retry_policy,
         },
+        strict_ordering: changes.strict_ordering.unwrap_or(current.strict_ordering),
     };
     let updated = state
         .store

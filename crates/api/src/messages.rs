@@ -126,6 +126,11 @@ async fn create(
     let created = state.store.create_message(app, message, claim).await?;
     let out = MessageOut::new(&created.message, options.with_content.unwrap_or(true));
     if let Some(dispatcher) = &state.dispatcher {
+        // Deliveries not leased here (strictly ordered endpoints) are
+        // claimed in order by the run loop.
+        if created.jobs.len() < created.deliveries {
+            dispatcher.nudge();
+        }
         dispatcher.submit(created.jobs);
     }
     Ok((StatusCode::ACCEPTED, Json(out)))

@@ -440,7 +440,9 @@ impl Dispatcher {
                 "recording an attempt failed");
         }
         drop(permit);
-        if retry || self.slots.available_permits() == 1 {
+        // A retry is due later; a strictly ordered endpoint's next message
+        // may be due now.
+        if retry || job.endpoint.strict_ordering || self.slots.available_permits() == 1 {
             self.wake.notify_one();
         }
     }

@@ -9,6 +9,20 @@ use ulid::Ulid;
 
 use crate::ParseError;
 
+/// ULIDs in creation order: within one millisecond the random part counts
+/// up, so ids (and with them messages) sort in the order they were made —
+/// which strict per-endpoint ordering relies on.
+fn monotonic() -> Ulid {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    generator
+        .get_or_insert_with(ulid::Generator::new)
+        .generate()
+        // The random part ran out within one millisecond (2^80 ids): fall
+        // back to an unordered id rather than fail.
+        .unwrap_or_else(|_| Ulid::new())
+}
+
 macro_rules! prefixed_id {
     ($name:ident, $prefix:literal, $field:literal) => {
         /// A prefixed ULID: the prefix names the kind, the ULID sorts by creation time.
@@ -18,9 +32,10 @@ macro_rules! prefixed_id {
         impl $name {
             pub const PREFIX: &'static str = $prefix;
 
-            /// A fresh id whose order follows the creation time.
+            /// A fresh id whose order follows the creation order (within
+            /// this process, even inside one millisecond).
             pub fn generate() -> Self {
-                Self(Ulid::new())
+                Self(monotonic())
             }
 
             /// The smallest id created at `millis` (unix ms), for time-bounded range scans.
@@ -166,6 +181,13 @@ mod tests {
         let id = MessageId::generate();
         assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);
         assert!(id.to_string().starts_with("msg_"));
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_still_sort_in_creation_order() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids.windows(2).all(|w| w[0].to_string() < w[1].to_string()));
     }
 
     #[test]

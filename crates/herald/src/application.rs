@@ -291,6 +291,7 @@ async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Resul
                         version: 1,
                         metadata: Default::default(),
                         retry_policy: None,
+                        strict_ordering: false,
                     },
                     Default::default(),
                     Secret::generate(),

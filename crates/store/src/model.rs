@@ -116,6 +116,8 @@ pub struct Endpoint {
     /// `manual`, `gone` (it answered 410) or `failing` (automatic).
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<Timestamp>,
+    /// The next message waits until the previous one succeeded or finally failed.
+    pub strict_ordering: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,7 @@ pub struct EndpointInput {
     pub version: i32,
     pub metadata: Metadata,
     pub retry_policy: Option<RetryPolicy>,
+    pub strict_ordering: bool,
 }
 
 /// Svix's endpoint stats: deliveries of the endpoint by state.
@@ -256,6 +259,8 @@ pub struct EndpointTarget {
     pub retry_policy: Option<Arc<RetryPolicy>>,
     /// Attempts per second, at most.
     pub rate_limit: Option<u32>,
+    /// One message at a time, in order.
+    pub strict_ordering: bool,
 }
 
 /// One (message, endpoint) delivery leased to the engine, with all it needs to send.

@@ -24,7 +24,7 @@ pub(crate) fn now() -> Timestamp {
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
-pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at";
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering";
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
@@ -65,7 +65,7 @@ pub(crate) fn finish_page<T>(
 /// Endpoints of an app joined with their signing secrets, one row per
 /// (endpoint, secret), ordered by endpoint and then current secret first.
 pub(crate) const TARGET_ROWS_SQL: &str =
-    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit
+    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -81,6 +81,7 @@ pub(crate) struct TargetRow {
     pub secret: String,
     pub retry_policy: Option<String>,
     pub rate_limit: Option<i64>,
+    pub strict_ordering: bool,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -176,8 +177,15 @@ fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
         rate_limit: row
             .rate_limit
             .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
+        strict_ordering: row.strict_ordering,
     })
 }
+
+/// Claims take a strictly ordered endpoint's deliveries one at a time, in
+/// message order: only its oldest pending delivery can be due (while that
+/// one is in flight or waiting for a retry, the rest wait).
+pub(crate) const STRICT_ORDER_SQL: &str = "AND (NOT e.strict_ordering OR d.message_id = (
+     SELECT MIN(o.message_id) FROM deliveries o WHERE o.endpoint_id = d.endpoint_id AND o.status = 1))";
 
 /// An endpoint's retry policy as stored (JSON of its spec).
 pub(crate) fn encode_policy(policy: Option<&RetryPolicy>) -> Option<String> {
@@ -205,6 +213,7 @@ pub(crate) fn created(
     let jobs = match claim {
         Some(claim) => targets
             .into_iter()
+            .filter(|target| !target.strict_ordering)
             .map(|endpoint| DeliveryJob {
                 message: message.clone(),
                 endpoint,
@@ -606,7 +615,7 @@ pub(crate) fn health_values(bucket: Timestamp, counts: &HealthCounts) -> [i64; 1
 /// After an endpoint is written: its retry policy ($2), and why and since
 /// when it is disabled — kept if already known, `manual` otherwise, cleared
 /// when enabled ($3 is now).
-pub(crate) const ENDPOINT_WRITTEN_SQL: &str = "UPDATE endpoints SET retry_policy = $2,
+pub(crate) const ENDPOINT_WRITTEN_SQL: &str = "UPDATE endpoints SET retry_policy = $2, strict_ordering = $4,
          disabled_reason = CASE WHEN disabled THEN COALESCE(disabled_reason, 'manual') ELSE NULL END,
          disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
      WHERE id = $1";

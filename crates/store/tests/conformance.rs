@@ -133,6 +133,7 @@ fn endpoint_input(url: &str, filter: &[&str], disabled: bool) -> EndpointInput {
         version: 1,
         metadata: Metadata::new(),
         retry_policy: None,
+        strict_ordering: false,
     }
 }
 
@@ -1227,5 +1228,54 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
             .await
             .unwrap();
         assert_eq!(paused.disabled_reason.as_deref(), Some("manual"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let ordered = store
+            .create_endpoint(
+                app,
+                EndpointInput {
+                    strict_ordering: true,
+                    ..endpoint_input("http://a.test/ordered", &[], false)
+                },
+                Headers::new(),
+                Secret::generate(),
+            )
+            .await
+            .unwrap();
+        assert!(ordered.strict_ordering, "{name}");
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let created = store
+                .create_message(app, message("call.started", None), Some(claim(now())))
+                .await
+                .unwrap();
+            assert!(
+                created.jobs.is_empty(),
+                "{name}: not leased on the fast path"
+            );
+            sent.push(created.message.id);
+        }
+
+        let first = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let while_in_flight = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        assert_eq!(
+            first.iter().map(|j| j.message.id).collect::<Vec<_>>(),
+            [sent[0]],
+            "{name}: the oldest only"
+        );
+        assert!(while_in_flight.is_empty(), "{name}: the rest wait");
+        finish(store, &first[0], true).await;
+        let second = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        assert_eq!(
+            second.iter().map(|j| j.message.id).collect::<Vec<_>>(),
+            [sent[1]],
+            "{name}: then the next"
+        );
     }
 }

@@ -622,3 +622,48 @@ async fn a_rate_limit_spaces_a_burst_out_without_dropping_it() {
         .sum();
     assert_eq!((total, stats["fail"].as_i64()), (200, Some(0)), "{stats}");
 }
+
+#[tokio::test]
+async fn a_strictly_ordered_endpoint_gets_the_next_message_only_after_the_previous_one() {
+    let app = spawn_app().await; // retries 100 ms apart
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/ledger"), "strictOrdering": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, &endpoint["strictOrdering"]),
+        (201, &json!(true)),
+        "{endpoint}"
+    );
+    // Message 2 fails twice, then succeeds.
+    receiver.script(
+        "/ledger",
+        &[Reply::Status(200), Reply::Status(500), Reply::Status(500)],
+    );
+    let mut messages = Vec::new();
+    for n in 1..=10 {
+        messages.push(app.send(&tenant, "call.started", json!({"n": n})).await);
+    }
+
+    let arrived: Vec<String> = receiver
+        .wait_for(12, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut expected = vec![messages[0].clone(); 1];
+    expected.extend([
+        messages[1].clone(),
+        messages[1].clone(),
+        messages[1].clone(),
+    ]);
+    expected.extend(messages[2..].iter().cloned());
+    assert_eq!(arrived, expected, "in order, 3..10 only after 2 succeeded");
+    assert_eq!(receiver.requests().len(), 13 - 1, "nothing twice");
+}

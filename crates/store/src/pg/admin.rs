@@ -272,6 +272,7 @@ pub(crate) async fn create_endpoint(
     secret: Secret,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
+    let input_strict = input.strict_ordering;
     get_app(conn, &IdOrUid::Id(app)).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let id = EndpointId::generate();
@@ -304,7 +305,7 @@ pub(crate) async fn create_endpoint(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    endpoint_written(conn, id, input_policy, false).await?;
+    endpoint_written(conn, id, input_policy, input_strict, false).await?;
     get_endpoint(conn, app, &IdOrUid::Id(id)).await
 }
 
@@ -357,6 +358,7 @@ pub(crate) async fn update_endpoint(
     input: EndpointInput,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
+    let input_strict = input.strict_ordering;
     let re_enabled = !input.disabled && is_disabled(conn, endpoint).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let changed = sqlx::query(
@@ -380,7 +382,7 @@ pub(crate) async fn update_endpoint(
     .await
     .map_err(db)?;
     found(changed.rows_affected())?;
-    endpoint_written(conn, endpoint, input_policy, re_enabled).await?;
+    endpoint_written(conn, endpoint, input_policy, input_strict, re_enabled).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
 }
 
@@ -534,12 +536,14 @@ async fn endpoint_written(
     conn: &mut PgConnection,
     endpoint: EndpointId,
     policy: Option<String>,
+    strict_ordering: bool,
     re_enabled: bool,
 ) -> StoreResult<()> {
     sqlx::query(crate::shared::ENDPOINT_WRITTEN_SQL)
         .bind(endpoint.to_string())
         .bind(policy)
         .bind(crate::shared::now())
+        .bind(strict_ordering)
         .execute(&mut *conn)
         .await
         .map_err(db)?;

@@ -140,7 +140,7 @@ pub(crate) struct NewMessage {
 /// Enabled endpoints of several apps with their signing secrets, grouped by
 /// app (the rows of [`shared::TARGET_ROWS_SQL`] for many apps at once).
 const TARGETS_OF_APPS_SQL: &str =
-    "SELECT e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit
+    "SELECT e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = ANY($1) AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.app_id, e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -251,6 +251,7 @@ async fn create_messages(
             secret: row.try_get("secret").map_err(db)?,
             retry_policy: row.try_get("retry_policy").map_err(db)?,
             rate_limit: row.try_get("rate_limit").map_err(db)?,
+            strict_ordering: row.try_get("strict_ordering").map_err(db)?,
         });
     }
 
@@ -276,12 +277,10 @@ async fn create_messages(
             input.to_endpoint,
         )?;
         for target in &targets {
-            deliveries.push(
-                &message,
-                target.id.to_string(),
-                claim.map(|c| c.until),
-                trigger,
-            );
+            // Strictly ordered endpoints are not leased here: a claim takes
+            // them in order.
+            let lease = claim.filter(|_| !target.strict_ordering).map(|c| c.until);
+            deliveries.push(&message, target.id.to_string(), lease, trigger);
         }
         wake_workers |= claim.is_none() && !targets.is_empty();
         results[index] = Ok(shared::created(message, targets, claim, trigger));

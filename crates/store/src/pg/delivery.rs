@@ -33,7 +33,7 @@ async fn target(
     at: Timestamp,
 ) -> StoreResult<Arc<EndpointTarget>> {
     let row =
-        sqlx::query("SELECT url, headers, retry_policy, rate_limit FROM endpoints WHERE id = $1")
+        sqlx::query("SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = $1")
             .bind(endpoint)
             .fetch_one(&mut *conn)
             .await
@@ -49,6 +49,7 @@ async fn target(
             .try_get::<Option<i64>, _>("rate_limit")
             .map_err(db)?
             .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
+        strict_ordering: row.try_get("strict_ordering").map_err(db)?,
     }))
 }
 
@@ -199,12 +200,12 @@ pub(crate) async fn claim_due(
     limit: usize,
     skip: &[EndpointId],
 ) -> StoreResult<Vec<DeliveryJob>> {
-    let due = sqlx::query(
+    let due = sqlx::query(&format!(
         "WITH due AS (
              SELECT d.message_id, d.endpoint_id
              FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
              WHERE d.status = 1 AND d.next_attempt_at <= $1 AND NOT e.disabled
-               AND NOT (d.endpoint_id = ANY($4::text[]))
+               AND NOT (d.endpoint_id = ANY($4::text[])) {}
              ORDER BY d.next_attempt_at
              LIMIT $2
              FOR UPDATE OF d SKIP LOCKED
@@ -213,7 +214,8 @@ pub(crate) async fn claim_due(
          FROM due
          WHERE deliveries.message_id = due.message_id AND deliveries.endpoint_id = due.endpoint_id
          RETURNING deliveries.message_id, deliveries.endpoint_id, deliveries.attempts, deliveries.trigger_type",
-    )
+        shared::STRICT_ORDER_SQL
+    ))
     .bind(claim.now)
     .bind(limit as i64)
     .bind(claim.until)

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_disabled_reason.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_strict_ordering.sql"),
+    ),
 ];
 
 #[derive(Clone)]

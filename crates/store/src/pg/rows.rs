@@ -154,6 +154,7 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
             .transpose()?,
         disabled_reason: row.try_get("disabled_reason")?,
         disabled_at: row.try_get("disabled_at")?,
+        strict_ordering: row.try_get("strict_ordering")?,
     })
 }
 

@@ -264,6 +264,7 @@ pub(crate) fn create_endpoint(
     secret: Secret,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
+    let input_strict = input.strict_ordering;
     require_app(conn, app)?;
     check_filter_types(conn, &input.filter_types)?;
     let id = EndpointId::generate();
@@ -295,7 +296,7 @@ pub(crate) fn create_endpoint(
         params![id.to_string(), secret.expose(), at],
     )
     .map_err(internal)?;
-    endpoint_written(conn, id, input_policy, false)?;
+    endpoint_written(conn, id, input_policy, input_strict, false)?;
     get_endpoint(conn, app, &IdOrUid::Id(id))
 }
 
@@ -342,6 +343,7 @@ pub(crate) fn update_endpoint(
     input: EndpointInput,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
+    let input_strict = input.strict_ordering;
     check_filter_types(conn, &input.filter_types)?;
     let re_enabled = !input.disabled && is_disabled(conn, endpoint)?;
     let changed = conn
@@ -366,7 +368,7 @@ pub(crate) fn update_endpoint(
         )
         .map_err(internal)?;
     found(changed)?;
-    endpoint_written(conn, endpoint, input_policy, re_enabled)?;
+    endpoint_written(conn, endpoint, input_policy, input_strict, re_enabled)?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
@@ -518,11 +520,19 @@ fn endpoint_written(
     conn: &Connection,
     endpoint: EndpointId,
     policy: Option<String>,
+    strict_ordering: bool,
     re_enabled: bool,
 ) -> StoreResult<()> {
     let sql = |shared: &str| shared.replace('$', "?");
     conn.prepare_cached(&sql(shared::ENDPOINT_WRITTEN_SQL))
-        .and_then(|mut s| s.execute(params![endpoint.to_string(), policy, now()]))
+        .and_then(|mut s| {
+            s.execute(params![
+                endpoint.to_string(),
+                policy,
+                now(),
+                strict_ordering
+            ])
+        })
         .map_err(internal)?;
     if re_enabled {
         conn.prepare_cached(&sql(shared::RESET_RUN_SQL))

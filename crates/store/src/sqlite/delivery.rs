@@ -43,6 +43,7 @@ fn matching_targets(
                 secret: r.get(5)?,
                 retry_policy: r.get(6)?,
                 rate_limit: r.get(7)?,
+                strict_ordering: r.get(8)?,
             })
         })
         .map_err(internal)?
@@ -56,12 +57,14 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 }
 
 fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<EndpointTarget>> {
-    type Row = (String, String, Option<String>, Option<u32>);
-    let (url, headers, policy, rate_limit): Row = conn
-        .prepare_cached("SELECT url, headers, retry_policy, rate_limit FROM endpoints WHERE id = ?")
+    type Row = (String, String, Option<String>, Option<u32>, bool);
+    let (url, headers, policy, rate_limit, strict_ordering): Row = conn
+        .prepare_cached(
+            "SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = ?",
+        )
         .and_then(|mut s| {
             s.query_row([endpoint], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
         })
         .map_err(internal)?;
@@ -72,6 +75,7 @@ fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<E
         secrets: signing_secrets(conn, endpoint, at)?,
         retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),
         rate_limit,
+        strict_ordering,
     }))
 }
 
@@ -127,17 +131,18 @@ pub(crate) fn create_message(
              VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?)",
         )
         .map_err(internal)?;
-    // A leased delivery is next due when its lease runs out.
-    let due_at = claim.map_or(at, |c| c.until);
     for target in &targets {
+        // A leased delivery is next due when its lease runs out. Strictly
+        // ordered endpoints are not leased here: a claim takes them in order.
+        let lease = claim.filter(|_| !target.strict_ordering).map(|c| c.until);
         insert
             .execute(params![
                 message_id,
                 target.id.to_string(),
                 app.to_string(),
                 trigger.code(),
-                due_at,
-                claim.map(|c| c.until),
+                lease.unwrap_or(at),
+                lease,
                 at
             ])
             .map_err(internal)?;
@@ -287,7 +292,9 @@ pub(crate) fn claim_due(
         "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
          FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
          WHERE d.status = 1 AND d.next_attempt_at <= ? AND e.disabled = 0{skipped}
-         ORDER BY d.next_attempt_at LIMIT ?"
+           {}
+         ORDER BY d.next_attempt_at LIMIT ?",
+        shared::STRICT_ORDER_SQL
     );
     let mut binds: Vec<rusqlite::types::Value> = vec![claim.now.into()];
     binds.extend(

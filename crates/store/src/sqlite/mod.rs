@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_disabled_reason.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_strict_ordering.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -98,6 +98,7 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
             .transpose()?,
         disabled_reason: row.get(15)?,
         disabled_at: row.get(16)?,
+        strict_ordering: row.get(17)?,
     })
 }
 

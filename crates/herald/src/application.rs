@@ -38,6 +38,7 @@ pub struct Application {
     state: AppState,
     role: Role,
     dispatcher: Arc<Dispatcher>,
+    retention: Option<Duration>,
     /// Held for the life of the process when SQLite is used: it serves one process only.
     _lock: Option<File>,
     /// A token generated on this start, to be shown once.
@@ -129,6 +130,7 @@ impl Application {
             address,
             state,
             role: settings.role,
+            retention: settings.retention,
             dispatcher,
             _lock: lock,
             generated_admin_token,
@@ -150,7 +152,11 @@ impl Application {
                 Some(tokio::spawn(self.dispatcher.clone().run(shutdown.clone())))
             }
         };
-        let housekeeping = tokio::spawn(housekeeping(self.state.store.clone(), shutdown.clone()));
+        let housekeeping = tokio::spawn(housekeeping(
+            self.state.store.clone(),
+            self.retention,
+            shutdown.clone(),
+        ));
         self.resume_tasks().await;
         let router = match self.role {
             Role::Worker => herald_api::health_router(self.state),
@@ -325,7 +331,11 @@ async fn seed_catalog(store: &dyn Store) -> anyhow::Result<()> {
 }
 
 /// Periodic clean-up that keeps tables from growing without bound.
-async fn housekeeping(store: Arc<dyn Store>, shutdown: CancellationToken) {
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -349,6 +359,34 @@ async fn housekeeping(store: Arc<dyn Store>, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "purging health buckets failed"),
         }
+        if let Some(retention) = retention {
+            purge_old_messages(store.as_ref(), ago(retention), &shutdown).await;
+        }
+    }
+}
+
+/// Retention in small batches (each its own short transaction, with a pause
+/// between), so purging never holds up deliveries.
+async fn purge_old_messages(store: &dyn Store, before: i64, shutdown: &CancellationToken) {
+    const BATCH: usize = 500;
+    let mut purged = 0;
+    while !shutdown.is_cancelled() {
+        match store.purge_messages(before, BATCH).await {
+            Ok(removed) => {
+                purged += removed;
+                if (removed as usize) < BATCH {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "purging old messages failed");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if purged > 0 {
+        tracing::info!(purged, "purged messages past the retention period");
     }
 }
 

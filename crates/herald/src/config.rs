@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// Consecutive failed attempts after which `endpoint.failing` is raised.
     #[arg(long, env = "HERALD_FAILING_AFTER", value_name = "N")]
     pub failing_after: Option<u64>,
+    /// How long messages and their attempts are kept once nothing is left
+    /// to deliver (`90d`; `off` keeps them forever).
+    #[arg(long, env = "HERALD_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
     /// An operator endpoint for Herald's operational events (added to the
     /// `herald-operations` app at start).
     #[arg(long, env = "HERALD_OPERATOR_WEBHOOK_URL", value_name = "URL")]
@@ -141,6 +145,7 @@ struct FileConfig {
     auto_disable_min_attempts: Option<u64>,
     failing_after: Option<u64>,
     operator_webhook_url: Option<String>,
+    retention: Option<String>,
     max_body_bytes: Option<usize>,
     log: Option<String>,
     log_format: Option<String>,
@@ -267,6 +272,9 @@ pub struct Settings {
     pub auto_disable: Option<AutoDisable>,
     /// Consecutive failures that raise `endpoint.failing`.
     pub failing_after: u64,
+    /// Messages older than this with nothing left to deliver are purged;
+    /// `None`: kept forever.
+    pub retention: Option<Duration>,
     pub operator_webhook_url: Option<String>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
@@ -301,6 +309,7 @@ impl Settings {
             }),
             failing_after: 5,
             operator_webhook_url: None,
+            retention: Some(Duration::from_secs(90 * 24 * 3600)),
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
             log: "info".into(),
@@ -378,6 +387,18 @@ impl Settings {
                 bail!("HERALD_FAILING_AFTER must be at least 1");
             }
             settings.failing_after = n;
+        }
+        match args.retention.or(file.retention).as_deref().map(str::trim) {
+            None => {}
+            Some("off") => settings.retention = None,
+            Some(text) => {
+                let period = herald_domain::parse_duration(text)
+                    .map_err(|reason| anyhow::anyhow!("HERALD_RETENTION: {reason}"))?;
+                if period < Duration::from_secs(3600) {
+                    bail!("HERALD_RETENTION must be at least 1h");
+                }
+                settings.retention = Some(period);
+            }
         }
         settings.operator_webhook_url = args
             .operator_webhook_url

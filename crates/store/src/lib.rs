@@ -120,6 +120,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<EndpointHealth>;
     /// Drops health buckets that start before `before`.
     async fn purge_health(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Retention: deletes up to `limit` messages made before `before` that
+    /// have nothing left to deliver, with their deliveries and attempts, in
+    /// one short transaction; returns how many went.
+    async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
 
     // Messages and deliveries.
     /// Stores the message and one pending delivery per matching enabled

@@ -638,3 +638,11 @@ pub(crate) const AUTO_DISABLE_SQL: &str = "UPDATE endpoints SET disabled = TRUE,
      WHERE id = $1 AND disabled = FALSE AND EXISTS (
          SELECT 1 FROM endpoint_status s
          WHERE s.endpoint_id = $1 AND s.failing_since <= $3 AND s.consecutive_failures >= $4)";
+
+/// Retention: up to $2 messages made before $1 (a message-id bound) with no
+/// delivery still pending, with their deliveries and attempts (cascade).
+pub(crate) const PURGE_MESSAGES_SQL: &str = "DELETE FROM messages WHERE id IN (
+     SELECT m.id FROM messages m
+     WHERE m.id < $1 AND NOT EXISTS (
+         SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = 1)
+     ORDER BY m.id LIMIT $2)";

@@ -1279,3 +1279,64 @@ async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order()
         );
     }
 }
+
+#[tokio::test]
+async fn retention_purges_finished_messages_in_batches_and_keeps_pending_ones() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
+        let mut finished = Vec::new();
+        for succeeded in [true, false, true] {
+            let created = store
+                .create_message(app, message("call.started", None), Some(claim(now())))
+                .await
+                .unwrap();
+            finish(store, &created.jobs[0], succeeded).await;
+            finished.push(created.message.id);
+        }
+        let pending = store
+            .create_message(app, message("call.started", None), None)
+            .await
+            .unwrap()
+            .message
+            .id;
+        let later = now() + 1_000;
+
+        let first = store.purge_messages(later, 2).await.unwrap();
+        let second = store.purge_messages(later, 2).await.unwrap();
+        let third = store.purge_messages(later, 2).await.unwrap();
+
+        assert_eq!((first, second, third), (2, 1, 0), "{name}: in batches");
+        for id in &finished {
+            let gone = store.get_message(app, &IdOrUid::Id(*id)).await;
+            assert!(matches!(gone, Err(StoreError::NotFound)), "{name}");
+        }
+        let attempts = store
+            .list_attempts(
+                app,
+                AttemptQuery::new(
+                    AttemptFilter::Endpoint(endpoint.id),
+                    PageRequest {
+                        limit: 10,
+                        cursor: Cursor::Start,
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(
+            attempts.data.is_empty(),
+            "{name}: their attempts went with them"
+        );
+        assert!(
+            store.get_message(app, &IdOrUid::Id(pending)).await.is_ok(),
+            "{name}: undelivered work is never purged"
+        );
+        assert_eq!(
+            store.purge_messages(now() - 60_000, 10).await.unwrap(),
+            0,
+            "{name}: nothing that old"
+        );
+    }
+}

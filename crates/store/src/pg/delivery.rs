@@ -394,3 +394,17 @@ pub(crate) async fn purge_idempotency_keys(
         .map_err(db)?;
     Ok(done.rows_affected())
 }
+
+pub(crate) async fn purge_messages(
+    conn: &mut PgConnection,
+    before: Timestamp,
+    limit: usize,
+) -> StoreResult<u64> {
+    let done = sqlx::query(shared::PURGE_MESSAGES_SQL)
+        .bind(herald_domain::MessageId::lowest_at(before).to_string())
+        .bind(limit as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected())
+}

@@ -502,6 +502,10 @@ impl Store for PgStore {
         self.read(async |c| health::endpoint_health(c, app, endpoint, now).await)
             .await
     }
+    async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.transaction(async |c| delivery::purge_messages(c, before, limit).await)
+            .await
+    }
     async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
         self.transaction(async |c| health::purge_health(c, before).await)
             .await

@@ -533,3 +533,19 @@ pub(crate) fn purge_idempotency_keys(conn: &Connection, before: Timestamp) -> St
     .map(|n| n as u64)
     .map_err(internal)
 }
+
+pub(crate) fn purge_messages(
+    conn: &Connection,
+    before: Timestamp,
+    limit: usize,
+) -> StoreResult<u64> {
+    conn.prepare_cached(&shared::PURGE_MESSAGES_SQL.replace('$', "?"))
+        .and_then(|mut s| {
+            s.execute(params![
+                herald_domain::MessageId::lowest_at(before).to_string(),
+                limit as i64
+            ])
+        })
+        .map(|n| n as u64)
+        .map_err(internal)
+}

@@ -390,6 +390,11 @@ impl Store for SqliteStore {
             .read(move |c| health::endpoint_health(c, app, endpoint, now))
             .await
     }
+    async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| delivery::purge_messages(c, before, limit))
+            .await
+    }
     async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
         self.writer
             .write(move |c| health::purge_health(c, before))

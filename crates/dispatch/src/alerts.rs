@@ -115,7 +115,7 @@ const RECOVERED: &str = "message.attempt.recovered";
 pub(crate) async fn raise(
     store: &dyn Store,
     config: &AlertConfig,
-    alert: Alert,
+    alert: &Alert,
     claim: Option<herald_store::Claim>,
 ) -> Result<Option<herald_store::CreatedMessage>, StoreError> {
     if alert.event_type == RECOVERED {
@@ -155,5 +155,80 @@ pub(crate) async fn raise(
         }
         Err(StoreError::Conflict { .. }) => Ok(None), // raised before in this episode
         Err(error) => Err(error),
+    }
+}
+
+/// E-mail copies of operational events (SPEC §5), over SMTP.
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (plain), `smtp://…?tls=required` (STARTTLS) or
+    /// `smtps://host:port`, with `user:password@` when the server wants it.
+    pub smtp_url: String,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// Sends each new operational event to the configured addresses.
+pub(crate) struct Mailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+    to: Vec<lettre::message::Mailbox>,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("to", &self.to.len())
+            .finish()
+    }
+}
+
+impl Mailer {
+    pub(crate) fn new(config: &EmailConfig) -> Result<Self, String> {
+        let transport =
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&config.smtp_url)
+                .map_err(|e| format!("SMTP URL: {e}"))?
+                .timeout(Some(std::time::Duration::from_secs(15)))
+                .build();
+        let mailbox = |text: &str| {
+            text.parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("`{text}` is not an e-mail address: {e}"))
+        };
+        Ok(Self {
+            transport,
+            from: mailbox(&config.from)?,
+            to: config
+                .to
+                .iter()
+                .map(|to| mailbox(to))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub(crate) async fn send(&self, alert: &Alert) {
+        use lettre::AsyncTransport;
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(format!(
+                "[Herald] {}: {}",
+                alert.event_type,
+                alert.payload["endpointId"].as_str().unwrap_or("")
+            ));
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let body = format!(
+            "Herald raised `{}`.\n\n{}\n",
+            alert.event_type,
+            serde_json::to_string_pretty(&alert.payload).unwrap_or_default()
+        );
+        match builder.body(body) {
+            Ok(email) => {
+                if let Err(error) = self.transport.send(email).await {
+                    tracing::warn!(%error, event = alert.event_type, "e-mailing an operational event failed");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "building an operational e-mail failed"),
+        }
     }
 }

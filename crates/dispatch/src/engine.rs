@@ -18,7 +18,7 @@ use herald_store::{
     Timestamp,
 };
 
-use crate::alerts::AlertConfig;
+use crate::alerts::{AlertConfig, EmailConfig, Mailer};
 use crate::http::{build_body, HttpSender, SendResult};
 
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct DispatchConfig {
     pub auto_disable: Option<AutoDisable>,
     /// Raise operational events (failure notifications); `None` never does.
     pub alerts: Option<AlertConfig>,
+    /// Also e-mail each new operational event.
+    pub email: Option<EmailConfig>,
     pub policy: AddressPolicy,
 }
 
@@ -68,6 +70,7 @@ impl Default for DispatchConfig {
                 min_attempts: 10,
             }),
             alerts: None,
+            email: None,
             policy: AddressPolicy::default(),
         }
     }
@@ -96,6 +99,7 @@ pub struct Dispatcher {
     /// Attempt outcomes per endpoint not yet added to the stored health
     /// aggregates (one write per endpoint and flush, not per attempt).
     health: Mutex<HashMap<EndpointId, HealthUpdate>>,
+    mailer: Option<Arc<Mailer>>,
     tasks: TaskTracker,
 }
 
@@ -107,9 +111,17 @@ fn now_ms() -> Timestamp {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, config: DispatchConfig) -> Arc<Self> {
+    /// Fails only on an unusable e-mail configuration.
+    pub fn new(store: Arc<dyn Store>, config: DispatchConfig) -> Result<Arc<Self>, String> {
         let sender = HttpSender::new(config.policy, config.timeout, config.response_limit);
-        Arc::new(Self {
+        let mailer = config
+            .email
+            .as_ref()
+            .map(Mailer::new)
+            .transpose()?
+            .map(Arc::new);
+        Ok(Arc::new(Self {
+            mailer,
             store,
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             sender,
@@ -118,7 +130,7 @@ impl Dispatcher {
             per_endpoint: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
-        })
+        }))
     }
 
     /// A lease for deliveries the API is about to create, when this process
@@ -248,12 +260,19 @@ impl Dispatcher {
             match crate::alerts::raise(
                 self.store.as_ref(),
                 &config,
-                alert,
+                &alert,
                 self.claim_for_new_work(),
             )
             .await
             {
-                Ok(Some(created)) => self.submit(created.jobs),
+                Ok(Some(created)) => {
+                    self.submit(created.jobs);
+                    // Only the process that raised the episode e-mails it.
+                    if let Some(mailer) = &self.mailer {
+                        let mailer = mailer.clone();
+                        self.tasks.spawn(async move { mailer.send(&alert).await });
+                    }
+                }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "raising an operational event failed"),
             }

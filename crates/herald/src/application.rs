@@ -101,13 +101,15 @@ impl Application {
                 max_in_flight_per_endpoint: settings.max_in_flight_per_endpoint,
                 policy: settings.policy,
                 auto_disable: settings.auto_disable,
+                email: settings.email.clone(),
                 alerts: Some(AlertConfig {
                     operations_app,
                     failing_after: settings.failing_after,
                 }),
                 ..DispatchConfig::default()
             },
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("e-mail notifications: {e}"))?;
         let state = AppState {
             store,
             // An API-only process leaves deliveries unleased for the workers.

@@ -11,6 +11,7 @@ use clap::builder::BoolishValueParser;
 use clap::Args;
 use serde::Deserialize;
 
+use herald_dispatch::EmailConfig;
 use herald_domain::{AddressPolicy, RetrySchedule};
 use herald_store::AutoDisable;
 
@@ -101,6 +102,22 @@ pub struct ServeArgs {
     /// Consecutive failed attempts after which `endpoint.failing` is raised.
     #[arg(long, env = "HERALD_FAILING_AFTER", value_name = "N")]
     pub failing_after: Option<u64>,
+    /// SMTP server for e-mail copies of operational events:
+    /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required`,
+    /// `smtps://host:465`.
+    #[arg(
+        long,
+        env = "HERALD_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+    /// Sender of those e-mails.
+    #[arg(long, env = "HERALD_ALERT_EMAIL_FROM", value_name = "ADDRESS")]
+    pub alert_email_from: Option<String>,
+    /// Recipients, comma-separated.
+    #[arg(long, env = "HERALD_ALERT_EMAIL_TO", value_name = "ADDRESSES")]
+    pub alert_email_to: Option<String>,
     /// How long messages and their attempts are kept once nothing is left
     /// to deliver (`90d`; `off` keeps them forever).
     #[arg(long, env = "HERALD_RETENTION", value_name = "DURATION")]
@@ -145,6 +162,9 @@ struct FileConfig {
     auto_disable_min_attempts: Option<u64>,
     failing_after: Option<u64>,
     operator_webhook_url: Option<String>,
+    smtp_url: Option<String>,
+    alert_email_from: Option<String>,
+    alert_email_to: Option<String>,
     retention: Option<String>,
     max_body_bytes: Option<usize>,
     log: Option<String>,
@@ -276,6 +296,8 @@ pub struct Settings {
     /// `None`: kept forever.
     pub retention: Option<Duration>,
     pub operator_webhook_url: Option<String>,
+    /// E-mail copies of operational events.
+    pub email: Option<EmailConfig>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
     pub log: String,
@@ -309,6 +331,7 @@ impl Settings {
             }),
             failing_after: 5,
             operator_webhook_url: None,
+            email: None,
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
@@ -400,6 +423,27 @@ impl Settings {
                 settings.retention = Some(period);
             }
         }
+        let smtp_url = args.smtp_url.or(file.smtp_url).filter(|u| !u.is_empty());
+        let to: Vec<String> = args
+            .alert_email_to
+            .or(file.alert_email_to)
+            .unwrap_or_default()
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        settings.email = match (smtp_url, to.is_empty()) {
+            (None, true) => None,
+            (Some(smtp_url), false) => Some(EmailConfig {
+                smtp_url,
+                from: args
+                    .alert_email_from
+                    .or(file.alert_email_from)
+                    .unwrap_or_else(|| "herald@localhost".into()),
+                to,
+            }),
+            _ => bail!("HERALD_SMTP_URL and HERALD_ALERT_EMAIL_TO go together"),
+        };
         settings.operator_webhook_url = args
             .operator_webhook_url
             .or(file.operator_webhook_url)

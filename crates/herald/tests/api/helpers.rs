@@ -40,6 +40,7 @@ pub struct Options {
     pub auto_disable: Option<herald_store::AutoDisable>,
     pub failing_after: u64,
     pub operator_webhook_url: Option<String>,
+    pub email: Option<herald_dispatch::EmailConfig>,
     pub allow_private_networks: bool,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
@@ -54,6 +55,7 @@ impl Default for Options {
             auto_disable: Settings::for_data_dir(std::path::Path::new(".")).auto_disable,
             failing_after: 5,
             operator_webhook_url: None,
+            email: None,
             allow_private_networks: true,
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
@@ -80,6 +82,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.auto_disable = options.auto_disable;
     settings.failing_after = options.failing_after;
     settings.operator_webhook_url = options.operator_webhook_url;
+    settings.email = options.email;
     settings.max_in_flight = options.max_in_flight;
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     settings.max_concurrent_requests = options.max_concurrent_requests;
@@ -507,5 +510,71 @@ impl TestDatabase {
 
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![("HERALD_DATABASE_URL", self.url.clone())]
+    }
+}
+
+/// A minimal SMTP server on loopback that accepts every message and keeps
+/// its data (headers and body) — enough for Herald's e-mail notifications.
+#[derive(Clone, Default)]
+pub struct SmtpSink {
+    pub address: Option<SocketAddr>,
+    mails: Arc<Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = Self {
+            address: Some(listener.local_addr().unwrap()),
+            mails: Arc::default(),
+        };
+        let mails = sink.mails.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mails = mails.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 sink ESMTP\r\n").await.ok();
+                    let mut data: Option<String> = None;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Some(body) = data.as_mut() {
+                            if line == "." {
+                                mails.lock().unwrap().push(data.take().unwrap());
+                                write.write_all(b"250 queued\r\n").await.ok();
+                            } else {
+                                body.push_str(&line);
+                                body.push('\n');
+                            }
+                            continue;
+                        }
+                        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" | "HELO" => b"250 sink\r\n",
+                            "DATA" => {
+                                data = Some(String::new());
+                                b"354 go on\r\n"
+                            }
+                            "QUIT" => {
+                                write.write_all(b"221 bye\r\n").await.ok();
+                                break;
+                            }
+                            _ => b"250 ok\r\n",
+                        };
+                        write.write_all(reply).await.ok();
+                    }
+                });
+            }
+        });
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.address.unwrap())
+    }
+
+    pub fn mails(&self) -> Vec<String> {
+        self.mails.lock().unwrap().clone()
     }
 }

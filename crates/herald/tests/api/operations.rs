@@ -7,7 +7,7 @@ use serde_json::json;
 
 use herald_domain::{catalog, Secret};
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Reply};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Reply, SmtpSink};
 
 fn catalog_example(name: &str) -> serde_json::Value {
     catalog::builtin()
@@ -483,7 +483,13 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call
 #[tokio::test]
 async fn operators_are_notified_once_per_episode_with_signed_events() {
     let receiver = Receiver::start().await;
+    let smtp = SmtpSink::start().await;
     let app = spawn_app_with(Options {
+        email: Some(herald_dispatch::EmailConfig {
+            smtp_url: smtp.url(),
+            from: "herald@example.com".into(),
+            to: vec!["oncall@example.com".into()],
+        }),
         auto_disable: Some(herald_store::AutoDisable {
             after: 300,
             min_attempts: 3,
@@ -569,6 +575,27 @@ async fn operators_are_notified_once_per_episode_with_signed_events() {
         assert_eq!(data["appId"], tenant.as_str(), "{data}");
         assert_eq!(data["endpointId"], endpoint.as_str(), "{data}");
     }
+    // …and by e-mail, once each too.
+    let mails = eventually(Duration::from_secs(10), "four e-mails", || async {
+        let mails = smtp.mails();
+        (mails.len() >= 4).then_some(mails)
+    })
+    .await;
+    let mut subjects: Vec<String> = mails
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.starts_with("Subject: "))
+                .map(str::to_owned)
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects.len(), 4, "{mails:?}");
+    for (subject, event) in subjects.iter().zip(seen.iter()) {
+        assert!(subject.contains(event.as_str()), "{subject}");
+        assert!(subject.contains(endpoint.as_str()), "{subject}");
+    }
+    assert!(mails.iter().all(|m| m.contains("To: oncall@example.com")));
     let failing = receiver
         .requests_to("/ops")
         .into_iter()

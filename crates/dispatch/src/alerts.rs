@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use herald_domain::ids::{IdOrUid, Uid};
 use herald_domain::{AppId, EventTypeName};
-use herald_store::{EndpointRun, HealthUpdate, MessageInput, Store, StoreError, Timestamp};
+use herald_store::{
+    EndpointRun, HealthUpdate, MessageInput, RateDrop, RateRule, Store, StoreError, Timestamp,
+};
 
 /// Where operational events go and when `endpoint.failing` fires.
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +19,8 @@ pub struct AlertConfig {
     pub operations_app: AppId,
     /// Consecutive failed attempts that make an endpoint `failing`.
     pub failing_after: u64,
+    /// When `endpoint.success_rate_dropped` fires; `None`: never.
+    pub success_rate: Option<RateRule>,
 }
 
 /// One operational event to raise.
@@ -104,6 +108,23 @@ pub(crate) fn alerts(
         }
     }
     raised
+}
+
+/// `endpoint.success_rate_dropped` for an endpoint whose last hour fell
+/// below the rule; the episode is when the drop was first seen.
+pub(crate) fn rate_alert(update: &HealthUpdate, drop: &RateDrop, rule: RateRule) -> Option<Alert> {
+    let app = update.app_id?;
+    let endpoint = update.endpoint_id;
+    Some(Alert {
+        event_type: "endpoint.success_rate_dropped",
+        episode: format!("endpoint.success_rate_dropped.{endpoint}.{}", drop.since),
+        payload: json!({
+            "appId": app.to_string(), "endpointId": endpoint.to_string(), "url": update.url,
+            "successRate": drop.last_hour.success_rate().unwrap_or(0.0),
+            "attempts": drop.last_hour.attempts(),
+            "threshold": rule.threshold,
+        }),
+    })
 }
 
 const EXHAUSTED: &str = "message.attempt.exhausted";

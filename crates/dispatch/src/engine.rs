@@ -100,6 +100,8 @@ pub struct Dispatcher {
     /// aggregates (one write per endpoint and flush, not per attempt).
     health: Mutex<HashMap<EndpointId, HealthUpdate>>,
     mailer: Option<Arc<Mailer>>,
+    /// Endpoints whose success-rate drop is open (seen by this process).
+    rate_drops: Mutex<std::collections::HashSet<EndpointId>>,
     tasks: TaskTracker,
 }
 
@@ -122,6 +124,7 @@ impl Dispatcher {
             .map(Arc::new);
         Ok(Arc::new(Self {
             mailer,
+            rate_drops: Mutex::new(std::collections::HashSet::new()),
             store,
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             sender,
@@ -256,7 +259,46 @@ impl Dispatcher {
         let Some(config) = self.config.alerts else {
             return;
         };
-        for alert in crate::alerts::alerts(&config, &updates, &runs) {
+        let mut raised = crate::alerts::alerts(&config, &updates, &runs);
+        if let Some(rule) = config.success_rate {
+            for update in &updates {
+                if update.app_id == Some(config.operations_app) {
+                    continue;
+                }
+                // Checked when there were failures, or while a drop is open
+                // here (so that recovering clears it).
+                let failed = update.buckets.values().any(|c| c.failed > 0);
+                let open = self
+                    .rate_drops
+                    .lock()
+                    .expect("rate drops")
+                    .contains(&update.endpoint_id);
+                if !failed && !open {
+                    continue;
+                }
+                match self
+                    .store
+                    .check_success_rate(update.endpoint_id, rule, now_ms())
+                    .await
+                {
+                    Ok(Some(drop)) => {
+                        self.rate_drops
+                            .lock()
+                            .expect("rate drops")
+                            .insert(update.endpoint_id);
+                        raised.extend(crate::alerts::rate_alert(update, &drop, rule));
+                    }
+                    Ok(None) => {
+                        self.rate_drops
+                            .lock()
+                            .expect("rate drops")
+                            .remove(&update.endpoint_id);
+                    }
+                    Err(error) => tracing::warn!(%error, "checking a success rate failed"),
+                }
+            }
+        }
+        for alert in raised {
             match crate::alerts::raise(
                 self.store.as_ref(),
                 &config,

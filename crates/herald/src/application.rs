@@ -105,6 +105,7 @@ impl Application {
                 alerts: Some(AlertConfig {
                     operations_app,
                     failing_after: settings.failing_after,
+                    success_rate: settings.success_rate,
                 }),
                 ..DispatchConfig::default()
             },

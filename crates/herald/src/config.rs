@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use herald_dispatch::EmailConfig;
 use herald_domain::{AddressPolicy, RetrySchedule};
-use herald_store::AutoDisable;
+use herald_store::{AutoDisable, RateRule};
 
 /// Options shared by the commands that open the database.
 #[derive(Debug, Clone, Args)]
@@ -102,6 +102,13 @@ pub struct ServeArgs {
     /// Consecutive failed attempts after which `endpoint.failing` is raised.
     #[arg(long, env = "HERALD_FAILING_AFTER", value_name = "N")]
     pub failing_after: Option<u64>,
+    /// Success rate over the last hour under which
+    /// `endpoint.success_rate_dropped` is raised (0 to 1; `off`).
+    #[arg(long, env = "HERALD_SUCCESS_RATE_THRESHOLD", value_name = "RATE")]
+    pub success_rate_threshold: Option<String>,
+    /// …with at least this many attempts in that hour.
+    #[arg(long, env = "HERALD_SUCCESS_RATE_MIN_ATTEMPTS", value_name = "N")]
+    pub success_rate_min_attempts: Option<u64>,
     /// SMTP server for e-mail copies of operational events:
     /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required`,
     /// `smtps://host:465`.
@@ -161,6 +168,8 @@ struct FileConfig {
     auto_disable_after: Option<String>,
     auto_disable_min_attempts: Option<u64>,
     failing_after: Option<u64>,
+    success_rate_threshold: Option<String>,
+    success_rate_min_attempts: Option<u64>,
     operator_webhook_url: Option<String>,
     smtp_url: Option<String>,
     alert_email_from: Option<String>,
@@ -292,6 +301,8 @@ pub struct Settings {
     pub auto_disable: Option<AutoDisable>,
     /// Consecutive failures that raise `endpoint.failing`.
     pub failing_after: u64,
+    /// When `endpoint.success_rate_dropped` is raised; `None`: never.
+    pub success_rate: Option<RateRule>,
     /// Messages older than this with nothing left to deliver are purged;
     /// `None`: kept forever.
     pub retention: Option<Duration>,
@@ -330,6 +341,10 @@ impl Settings {
                 min_attempts: 10,
             }),
             failing_after: 5,
+            success_rate: Some(RateRule {
+                threshold: 0.9,
+                min_attempts: 20,
+            }),
             operator_webhook_url: None,
             email: None,
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
@@ -423,6 +438,38 @@ impl Settings {
                 settings.retention = Some(period);
             }
         }
+        let min_attempts = args
+            .success_rate_min_attempts
+            .or(file.success_rate_min_attempts)
+            .unwrap_or(20)
+            .max(1);
+        settings.success_rate = match args
+            .success_rate_threshold
+            .or(file.success_rate_threshold)
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("off") => None,
+            Some(text) => {
+                let threshold: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|t| (0.0..=1.0).contains(t))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "HERALD_SUCCESS_RATE_THRESHOLD must be between 0 and 1, or `off`"
+                        )
+                    })?;
+                Some(RateRule {
+                    threshold,
+                    min_attempts,
+                })
+            }
+            None => settings.success_rate.map(|rule| RateRule {
+                min_attempts,
+                ..rule
+            }),
+        };
         let smtp_url = args.smtp_url.or(file.smtp_url).filter(|u| !u.is_empty());
         let to: Vec<String> = args
             .alert_email_to

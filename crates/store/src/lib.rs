@@ -111,6 +111,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         updates: Vec<HealthUpdate>,
         rule: Option<AutoDisable>,
     ) -> StoreResult<Vec<EndpointRun>>;
+    /// Checks an endpoint's last-hour success rate against `rule`: below
+    /// it, the drop (its start kept from the first check that saw it);
+    /// back above it, the mark is cleared; too few attempts change nothing.
+    async fn check_success_rate(
+        &self,
+        endpoint: EndpointId,
+        rule: RateRule,
+        now: Timestamp,
+    ) -> StoreResult<Option<RateDrop>>;
     /// An endpoint's health as of `now`, from the aggregates.
     async fn endpoint_health(
         &self,

@@ -541,3 +541,19 @@ pub struct AutoDisable {
     pub after: Timestamp,
     pub min_attempts: u64,
 }
+
+/// When an endpoint's success rate counts as dropped: below `threshold`
+/// over the last hour, with at least `min_attempts` attempts in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateRule {
+    pub threshold: f64,
+    pub min_attempts: u64,
+}
+
+/// An endpoint whose success rate is below the rule's threshold: since
+/// when (the episode), and the last hour's counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateDrop {
+    pub since: Timestamp,
+    pub last_hour: HealthCounts,
+}

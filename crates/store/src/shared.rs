@@ -11,7 +11,8 @@ use herald_domain::{
 use crate::{
     AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
     Endpoint, EndpointTarget, HealthCounts, Message, MessageInput, MessageQuery, Page, PageRequest,
-    Recovery, StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
+    RateRule, Recovery, StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS,
+    LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -646,3 +647,24 @@ pub(crate) const PURGE_MESSAGES_SQL: &str = "DELETE FROM messages WHERE id IN (
      WHERE m.id < $1 AND NOT EXISTS (
          SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = 1)
      ORDER BY m.id LIMIT $2)";
+
+/// Marks endpoint $1's success rate as dropped since $2, unless it already
+/// is; returns the start of the drop.
+pub(crate) const MARK_RATE_DROP_SQL: &str =
+    "UPDATE endpoint_status SET rate_dropped_since = COALESCE(rate_dropped_since, $2)
+     WHERE endpoint_id = $1 RETURNING rate_dropped_since";
+
+pub(crate) const CLEAR_RATE_DROP_SQL: &str =
+    "UPDATE endpoint_status SET rate_dropped_since = NULL WHERE endpoint_id = $1";
+
+/// The last hour's counts, from the buckets of the last week.
+pub(crate) fn last_hour(buckets: &[(Timestamp, HealthCounts)], now: Timestamp) -> HealthCounts {
+    health_windows(buckets, now)[0]
+}
+
+/// What a success-rate check decides: `Some(true)` dropped, `Some(false)`
+/// recovered, `None` too few attempts to tell.
+pub(crate) fn rate_dropped(counts: &HealthCounts, rule: RateRule) -> Option<bool> {
+    (counts.attempts() >= rule.min_attempts)
+        .then(|| counts.success_rate().unwrap_or(1.0) < rule.threshold)
+}

@@ -1340,3 +1340,61 @@ async fn retention_purges_finished_messages_in_batches_and_keeps_pending_ones() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_success_rate_drop_keeps_its_start_until_the_rate_recovers() {
+    let rule = RateRule {
+        threshold: 0.8,
+        min_attempts: 10,
+    };
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/1").await;
+        let report = async |ok: usize, failed: usize| {
+            let mut update = HealthUpdate::new(endpoint.id);
+            for n in 0..ok + failed {
+                update.observe(now() - 1_000, n < ok, 5);
+            }
+            store.record_health(vec![update], None).await.unwrap();
+        };
+
+        report(5, 3).await;
+        let too_few = store
+            .check_success_rate(endpoint.id, rule, now())
+            .await
+            .unwrap();
+        report(0, 2).await;
+        let at = now();
+        let dropped = store
+            .check_success_rate(endpoint.id, rule, at)
+            .await
+            .unwrap();
+        let still = store
+            .check_success_rate(endpoint.id, rule, at + 50)
+            .await
+            .unwrap();
+        report(40, 0).await;
+        let recovered = store
+            .check_success_rate(endpoint.id, rule, now())
+            .await
+            .unwrap();
+        report(0, 30).await;
+        let later = now() + 100;
+        let again = store
+            .check_success_rate(endpoint.id, rule, later)
+            .await
+            .unwrap();
+
+        assert_eq!(too_few, None, "{name}: 8 attempts are too few");
+        let dropped = dropped.expect("5 of 10");
+        assert_eq!(
+            (dropped.since, dropped.last_hour.attempts()),
+            (at, 10),
+            "{name}"
+        );
+        assert_eq!(still.map(|d| d.since), Some(at), "{name}: the same episode");
+        assert_eq!(recovered, None, "{name}");
+        assert_eq!(again.map(|d| d.since), Some(later), "{name}: a new episode");
+    }
+}

@@ -39,6 +39,7 @@ pub struct Options {
     pub request_timeout: Duration,
     pub auto_disable: Option<herald_store::AutoDisable>,
     pub failing_after: u64,
+    pub success_rate: Option<herald_store::RateRule>,
     pub operator_webhook_url: Option<String>,
     pub email: Option<herald_dispatch::EmailConfig>,
     pub allow_private_networks: bool,
@@ -54,6 +55,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(5),
             auto_disable: Settings::for_data_dir(std::path::Path::new(".")).auto_disable,
             failing_after: 5,
+            success_rate: None,
             operator_webhook_url: None,
             email: None,
             allow_private_networks: true,
@@ -81,6 +83,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.request_timeout = options.request_timeout;
     settings.auto_disable = options.auto_disable;
     settings.failing_after = options.failing_after;
+    settings.success_rate = options.success_rate;
     settings.operator_webhook_url = options.operator_webhook_url;
     settings.email = options.email;
     settings.max_in_flight = options.max_in_flight;

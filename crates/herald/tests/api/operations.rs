@@ -694,3 +694,67 @@ async fn a_strictly_ordered_endpoint_gets_the_next_message_only_after_the_previo
     assert_eq!(arrived, expected, "in order, 3..10 only after 2 succeeded");
     assert_eq!(receiver.requests().len(), 13 - 1, "nothing twice");
 }
+
+#[tokio::test]
+async fn a_success_rate_drop_is_reported_once_per_episode() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(Options {
+        success_rate: Some(herald_store::RateRule {
+            threshold: 0.8,
+            min_attempts: 10,
+        }),
+        operator_webhook_url: Some(receiver.url("/ops")),
+        ..Options::default()
+    })
+    .await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/crm"), None)
+        .await;
+    let test_events = async |status: u16, count: usize| {
+        receiver.always("/crm", Reply::Status(status));
+        for _ in 0..count {
+            let (code, body) = app
+                .post(
+                    &format!("/app/{tenant}/endpoint/{endpoint}/send-example/?wait=true"),
+                    json!({"eventType": "call.started"}),
+                )
+                .await;
+            assert_eq!(code, 200, "{body}");
+        }
+    };
+    let drops = || {
+        receiver
+            .requests_to("/ops")
+            .into_iter()
+            .map(|r| r.json())
+            .filter(|event| event["type"] == "endpoint.success_rate_dropped")
+            .collect::<Vec<_>>()
+    };
+    let flush = || tokio::time::sleep(Duration::from_millis(1500));
+
+    test_events(200, 5).await;
+    test_events(500, 5).await; // 5 of 10: below 0.8
+    let first = eventually(
+        Duration::from_secs(10),
+        "the drop to be reported",
+        || async { drops().first().cloned() },
+    )
+    .await;
+    test_events(500, 2).await; // still below: the same episode
+    flush().await;
+    assert_eq!(drops().len(), 1, "once per episode");
+    assert_eq!(first["data"]["endpointId"], endpoint.as_str());
+    assert_eq!(first["data"]["attempts"], 10);
+    assert_eq!(first["data"]["successRate"], 0.5);
+
+    test_events(200, 40).await; // 45 of 52: recovered
+    flush().await;
+    test_events(500, 20).await; // 45 of 72: a new episode
+    eventually(Duration::from_secs(10), "the second drop", || async {
+        (drops().len() == 2).then_some(())
+    })
+    .await;
+    flush().await;
+    assert_eq!(drops().len(), 2);
+}

@@ -11,8 +11,8 @@ use super::delivery::list_attempts;
 use super::rows::db;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthUpdate,
-    PageRequest, StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
+    HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
 };
 
 pub(crate) async fn record_health(
@@ -107,20 +107,7 @@ pub(crate) async fn endpoint_health(
 ) -> StoreResult<EndpointHealth> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
     let id = endpoint.to_string();
-    let rows = sqlx::query(shared::HEALTH_BUCKETS_SQL)
-        .bind(&id)
-        .bind(shared::week_start(now))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-    let mut buckets = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut values = [0i64; 16];
-        for (i, value) in values.iter_mut().enumerate() {
-            *value = row.try_get(i).map_err(db)?;
-        }
-        buckets.push(shared::health_bucket(values));
-    }
+    let buckets = buckets(conn, &id, now).await?;
     let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
     let (consecutive, last_success_at, last_failure_at, failing_since) = status_row(conn, &id)
         .await?
@@ -157,4 +144,57 @@ pub(crate) async fn purge_health(conn: &mut PgConnection, before: Timestamp) -> 
         .await
         .map_err(db)?;
     Ok(done.rows_affected())
+}
+
+pub(crate) async fn check_success_rate(
+    conn: &mut PgConnection,
+    endpoint: EndpointId,
+    rule: RateRule,
+    now: Timestamp,
+) -> StoreResult<Option<RateDrop>> {
+    let id = endpoint.to_string();
+    let buckets = buckets(conn, &id, now).await?;
+    let last_hour = shared::last_hour(&buckets, now);
+    match shared::rate_dropped(&last_hour, rule) {
+        Some(true) => {
+            let since: Option<Option<Timestamp>> = sqlx::query_scalar(shared::MARK_RATE_DROP_SQL)
+                .bind(&id)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+            Ok(since.flatten().map(|since| RateDrop { since, last_hour }))
+        }
+        Some(false) => {
+            sqlx::query(shared::CLEAR_RATE_DROP_SQL)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
+async fn buckets(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    now: Timestamp,
+) -> StoreResult<Vec<(Timestamp, HealthCounts)>> {
+    let rows = sqlx::query(shared::HEALTH_BUCKETS_SQL)
+        .bind(endpoint)
+        .bind(shared::week_start(now))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let mut buckets = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut values = [0i64; 16];
+        for (i, value) in values.iter_mut().enumerate() {
+            *value = row.try_get(i).map_err(db)?;
+        }
+        buckets.push(shared::health_bucket(values));
+    }
+    Ok(buckets)
 }

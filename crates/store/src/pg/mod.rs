@@ -54,6 +54,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_strict_ordering.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_success_rate.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -491,6 +495,15 @@ impl Store for PgStore {
         rule: Option<AutoDisable>,
     ) -> StoreResult<Vec<EndpointRun>> {
         self.transaction(async |c| health::record_health(c, &updates, rule).await)
+            .await
+    }
+    async fn check_success_rate(
+        &self,
+        endpoint: EndpointId,
+        rule: RateRule,
+        now: Timestamp,
+    ) -> StoreResult<Option<RateDrop>> {
+        self.transaction(async |c| health::check_success_rate(c, endpoint, rule, now).await)
             .await
     }
     async fn endpoint_health(

@@ -11,8 +11,8 @@ use super::delivery::list_attempts;
 use super::pool::internal;
 use crate::shared;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthUpdate,
-    PageRequest, StoreResult, Timestamp,
+    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
+    HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
 };
 
 fn sql(shared: &str) -> String {
@@ -105,19 +105,7 @@ pub(crate) fn endpoint_health(
 ) -> StoreResult<EndpointHealth> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let id = endpoint.to_string();
-    let buckets = conn
-        .prepare_cached(&sql(shared::HEALTH_BUCKETS_SQL))
-        .and_then(|mut s| {
-            s.query_map(params![id, shared::week_start(now)], |r| {
-                let mut values = [0i64; 16];
-                for (i, value) in values.iter_mut().enumerate() {
-                    *value = r.get(i)?;
-                }
-                Ok(shared::health_bucket(values))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(internal)?;
+    let buckets = buckets(conn, &id, now)?;
     let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
     let (consecutive, last_success_at, last_failure_at, failing_since) =
         status_row(conn, &id)?.unwrap_or((0, None, None, None));
@@ -149,4 +137,50 @@ pub(crate) fn purge_health(conn: &Connection, before: Timestamp) -> StoreResult<
     conn.execute("DELETE FROM endpoint_health WHERE bucket < ?", [before])
         .map(|n| n as u64)
         .map_err(internal)
+}
+
+fn buckets(
+    conn: &Connection,
+    endpoint: &str,
+    now: Timestamp,
+) -> StoreResult<Vec<(Timestamp, HealthCounts)>> {
+    conn.prepare_cached(&sql(shared::HEALTH_BUCKETS_SQL))
+        .and_then(|mut s| {
+            s.query_map(params![endpoint, shared::week_start(now)], |r| {
+                let mut values = [0i64; 16];
+                for (i, value) in values.iter_mut().enumerate() {
+                    *value = r.get(i)?;
+                }
+                Ok(shared::health_bucket(values))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(internal)
+}
+
+pub(crate) fn check_success_rate(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rule: RateRule,
+    now: Timestamp,
+) -> StoreResult<Option<RateDrop>> {
+    let id = endpoint.to_string();
+    let last_hour = shared::last_hour(&buckets(conn, &id, now)?, now);
+    match shared::rate_dropped(&last_hour, rule) {
+        Some(true) => {
+            let since: Option<Timestamp> = conn
+                .prepare_cached(&sql(shared::MARK_RATE_DROP_SQL))
+                .and_then(|mut s| s.query_row(params![id, now], |r| r.get(0)).optional())
+                .map_err(internal)?
+                .flatten();
+            Ok(since.map(|since| RateDrop { since, last_hour }))
+        }
+        Some(false) => {
+            conn.prepare_cached(&sql(shared::CLEAR_RATE_DROP_SQL))
+                .and_then(|mut s| s.execute([id]))
+                .map_err(internal)?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }

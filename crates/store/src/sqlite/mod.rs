@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/sqlite/0006_strict_ordering.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_success_rate.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -378,6 +382,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<EndpointRun>> {
         self.writer
             .write(move |c| health::record_health(c, &updates, rule))
+            .await
+    }
+    async fn check_success_rate(
+        &self,
+        endpoint: EndpointId,
+        rule: RateRule,
+        now: Timestamp,
+    ) -> StoreResult<Option<RateDrop>> {
+        self.writer
+            .write(move |c| health::check_success_rate(c, endpoint, rule, now))
             .await
     }
     async fn endpoint_health(

@@ -10,9 +10,9 @@ use herald_domain::{
 
 use crate::{
     AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
-    Endpoint, EndpointTarget, HealthCounts, Message, MessageInput, MessageQuery, Page, PageRequest,
-    RateRule, Recovery, StoreError, StoreResult, TaskStatus, Timestamp, HEALTH_BUCKET_MS,
-    LATENCY_BINS,
+    Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message, MessageInput,
+    MessageQuery, Page, PageRequest, RateRule, Recovery, StoreError, StoreResult, TaskStatus,
+    Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -667,4 +667,28 @@ pub(crate) fn last_hour(buckets: &[(Timestamp, HealthCounts)], now: Timestamp) -
 pub(crate) fn rate_dropped(counts: &HealthCounts, rule: RateRule) -> Option<bool> {
     (counts.attempts() >= rule.min_attempts)
         .then(|| counts.success_rate().unwrap_or(1.0) < rule.threshold)
+}
+
+/// One endpoint's row of `endpoint_status`: consecutive failures, last
+/// success, last failure, failing since.
+pub(crate) type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+
+/// An endpoint's run after a health report, from its status row before and
+/// after the report was added.
+pub(crate) fn endpoint_run(
+    update: &HealthUpdate,
+    before: Option<StatusRow>,
+    after: Option<StatusRow>,
+    disabled: bool,
+) -> EndpointRun {
+    let (consecutive, _, _, failing_since) = after.unwrap_or((0, None, None, None));
+    EndpointRun {
+        endpoint_id: update.endpoint_id,
+        consecutive_failures: consecutive.max(0) as u64,
+        failing_since,
+        ended_run: update
+            .last_success_at
+            .and(before.and_then(|(_, _, _, since)| since)),
+        disabled,
+    }
 }

@@ -7,19 +7,9 @@ use serde_json::json;
 
 use herald_domain::Secret;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Recorded, Reply};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, verifies, Options, Receiver, Reply};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn verifies(request: &Recorded, secret: &Secret) -> bool {
-    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
-    secret.verify(
-        &request.header("webhook-id"),
-        timestamp,
-        &request.body,
-        &request.header("webhook-signature"),
-    )
-}
 
 #[tokio::test]
 async fn a_message_reaches_exactly_the_matching_endpoints_with_valid_signatures() {

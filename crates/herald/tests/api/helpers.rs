@@ -206,6 +206,17 @@ where
     }
 }
 
+/// Whether `request` carries a valid Standard Webhooks signature by `secret`.
+pub fn verifies(request: &Recorded, secret: &herald_domain::Secret) -> bool {
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    secret.verify(
+        &request.header("webhook-id"),
+        timestamp,
+        &request.body,
+        &request.header("webhook-signature"),
+    )
+}
+
 /// What the receiver answers.
 #[derive(Debug, Clone, Copy)]
 pub enum Reply {

@@ -7,7 +7,9 @@ use serde_json::json;
 
 use herald_domain::{catalog, Secret};
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, Options, Receiver, Reply, SmtpSink};
+use crate::helpers::{
+    eventually, spawn_app, spawn_app_with, verifies, Options, Receiver, Reply, SmtpSink,
+};
 
 fn catalog_example(name: &str) -> serde_json::Value {
     catalog::builtin()
@@ -64,13 +66,7 @@ async fn a_test_event_reaches_only_the_chosen_endpoint_and_waiting_returns_the_a
         catalog_example("call.completed")
     );
     let secret = Secret::parse(&app.secret(&tenant, &chosen).await).unwrap();
-    let request = &requests[0];
-    assert!(secret.verify(
-        &request.header("webhook-id"),
-        request.header("webhook-timestamp").parse().unwrap(),
-        &request.body,
-        &request.header("webhook-signature"),
-    ));
+    assert!(verifies(&requests[0], &secret));
 }
 
 #[tokio::test]
@@ -565,12 +561,7 @@ async fn operators_are_notified_once_per_episode_with_signed_events() {
     let operator = operators["data"][0]["id"].as_str().unwrap().to_owned();
     let secret = Secret::parse(&app.secret("herald-operations", &operator).await).unwrap();
     for request in receiver.requests_to("/ops") {
-        assert!(secret.verify(
-            &request.header("webhook-id"),
-            request.header("webhook-timestamp").parse().unwrap(),
-            &request.body,
-            &request.header("webhook-signature"),
-        ));
+        assert!(verifies(&request, &secret));
         let data = &request.json()["data"];
         assert_eq!(data["appId"], tenant.as_str(), "{data}");
         assert_eq!(data["endpointId"], endpoint.as_str(), "{data}");

@@ -63,25 +63,16 @@ pub(crate) async fn record_health(
             }
             None => false,
         };
-        let (consecutive, _, _, failing_since) = status_row(conn, &endpoint)
-            .await?
-            .unwrap_or((0, None, None, None));
-        runs.push(EndpointRun {
-            endpoint_id: update.endpoint_id,
-            consecutive_failures: consecutive.max(0) as u64,
-            failing_since,
-            ended_run: update
-                .last_success_at
-                .and(before.and_then(|(_, _, _, since)| since)),
-            disabled,
-        });
+        let after = status_row(conn, &endpoint).await?;
+        runs.push(shared::endpoint_run(update, before, after, disabled));
     }
     Ok(runs)
 }
 
-type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
-
-async fn status_row(conn: &mut PgConnection, endpoint: &str) -> StoreResult<Option<StatusRow>> {
+async fn status_row(
+    conn: &mut PgConnection,
+    endpoint: &str,
+) -> StoreResult<Option<shared::StatusRow>> {
     let row = sqlx::query(shared::STATUS_SQL)
         .bind(endpoint)
         .fetch_optional(&mut *conn)

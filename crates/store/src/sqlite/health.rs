@@ -69,24 +69,13 @@ pub(crate) fn record_health(
             }
             None => false,
         };
-        let (consecutive, _, _, failing_since) =
-            status_row(conn, &endpoint)?.unwrap_or((0, None, None, None));
-        runs.push(EndpointRun {
-            endpoint_id: update.endpoint_id,
-            consecutive_failures: consecutive.max(0) as u64,
-            failing_since,
-            ended_run: update
-                .last_success_at
-                .and(before.and_then(|(_, _, _, since)| since)),
-            disabled,
-        });
+        let after = status_row(conn, &endpoint)?;
+        runs.push(shared::endpoint_run(update, before, after, disabled));
     }
     Ok(runs)
 }
 
-type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
-
-fn status_row(conn: &Connection, endpoint: &str) -> StoreResult<Option<StatusRow>> {
+fn status_row(conn: &Connection, endpoint: &str) -> StoreResult<Option<shared::StatusRow>> {
     conn.prepare_cached(&sql(shared::STATUS_SQL))
         .and_then(|mut s| {
             s.query_row([endpoint], |r| {

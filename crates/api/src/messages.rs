@@ -340,16 +340,57 @@ async fn attempts_by_message(
     Ok(Json(ListResponse::from_page(page, MessageAttemptOut::from)))
 }
 
+/// One attempt, with Herald's addition: the request it made. The body is
+/// rebuilt exactly from the stored message; the headers are the standard
+/// ones with the signature masked, plus the endpoint's custom headers as
+/// they are now.
+#[derive(Debug, Serialize)]
+struct AttemptDetailOut {
+    #[serde(flatten)]
+    attempt: MessageAttemptOut,
+    request: RequestOut,
+}
+
+#[derive(Debug, Serialize)]
+struct RequestOut {
+    headers: std::collections::BTreeMap<String, String>,
+    body: Box<RawValue>,
+}
+
 async fn attempt(
     State(state): State<AppState>,
     Path((app, msg, attempt)): Path<(String, String, String)>,
-) -> ApiResult<Json<MessageAttemptOut>> {
+) -> ApiResult<Json<AttemptDetailOut>> {
     let app = resolve(&state, &app).await?;
-    let message = message_id(&state, app, &msg).await?;
+    let message = state
+        .store
+        .get_message(
+            app,
+            &IdOrUid::<MessageId>::parse(&msg).map_err(|_| ApiError::NotFound)?,
+        )
+        .await?;
     let attempt = AttemptId::parse(&attempt).map_err(|_| ApiError::NotFound)?;
-    Ok(Json(
-        state.store.get_attempt(app, message, attempt).await?.into(),
-    ))
+    let attempt = state.store.get_attempt(app, message.id, attempt).await?;
+    let endpoint = state
+        .store
+        .get_endpoint(app, &IdOrUid::Id(attempt.endpoint_id))
+        .await?;
+    let mut headers = endpoint.headers.clone();
+    let id = message.id.to_string();
+    let seconds = (attempt.created_at / 1000).to_string();
+    for prefix in ["webhook", "svix"] {
+        headers.insert(format!("{prefix}-id"), id.clone());
+        headers.insert(format!("{prefix}-timestamp"), seconds.clone());
+        headers.insert(format!("{prefix}-signature"), "v1,<redacted>".to_owned());
+    }
+    headers.insert("content-type".into(), "application/json".into());
+    let body = herald_dispatch::build_body(&message);
+    let body = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
+        .map_err(|e| ApiError::Internal(format!("rebuilding a request body: {e}")))?;
+    Ok(Json(AttemptDetailOut {
+        attempt: attempt.into(),
+        request: RequestOut { headers, body },
+    }))
 }
 
 async fn resend(

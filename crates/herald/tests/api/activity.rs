@@ -245,3 +245,52 @@ async fn messages_can_be_listed_by_channel() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn an_attempt_shows_the_request_it_made_with_the_signature_masked() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/hook"), "headers": {"X-Tenant": "acme"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let message = app
+        .send(
+            &tenant,
+            "call.completed",
+            json!({"callId": "call_9", "n": 1.50}),
+        )
+        .await;
+    let received = receiver.wait_for(1, Duration::from_secs(10)).await[0].clone();
+    let attempts = app.attempts_of(&tenant, &message).await;
+    let id = attempts[0]["id"].as_str().unwrap();
+
+    let (status, detail) = app
+        .get(&format!("/app/{tenant}/msg/{message}/attempt/{id}/"))
+        .await;
+
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["id"], id, "the attempt's own fields stay");
+    let request = &detail["request"];
+    assert_eq!(request["body"], received.json(), "the body as sent");
+    let headers = &request["headers"];
+    for name in [
+        "webhook-id",
+        "webhook-timestamp",
+        "svix-id",
+        "svix-timestamp",
+    ] {
+        assert_eq!(headers[name], received.header(name).as_str(), "{name}");
+    }
+    // Custom headers are kept by their lower-case names, and were sent.
+    assert_eq!(headers["x-tenant"], "acme", "{headers}");
+    assert_eq!(received.header("x-tenant"), "acme");
+    assert_eq!(headers["webhook-signature"], "v1,<redacted>");
+    assert!(!detail
+        .to_string()
+        .contains(&received.header("webhook-signature")));
+}

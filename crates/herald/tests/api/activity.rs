@@ -266,7 +266,12 @@ async fn an_attempt_shows_the_request_it_made_with_the_signature_masked() {
         )
         .await;
     let received = receiver.wait_for(1, Duration::from_secs(10)).await[0].clone();
-    let attempts = app.attempts_of(&tenant, &message).await;
+    // The receiver has it before the attempt is recorded.
+    let attempts = eventually(Duration::from_secs(10), "the attempt", || async {
+        let attempts = app.attempts_of(&tenant, &message).await;
+        (!attempts.is_empty()).then_some(attempts)
+    })
+    .await;
     let id = attempts[0]["id"].as_str().unwrap();
 
     let (status, detail) = app

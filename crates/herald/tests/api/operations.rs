@@ -414,7 +414,7 @@ async fn an_endpoints_own_retry_policy_decides_its_retries() {
 async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call() {
     let app = spawn_app_with(Options {
         auto_disable: Some(herald_store::AutoDisable {
-            after: 200,
+            after: 1500, // after all four attempts (100 ms apart) have failed
             min_attempts: 3,
         }),
         ..Options::default()
@@ -429,6 +429,11 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call
     let since = rfc3339_now();
     let message = app.send(&tenant, "call.started", json!({"n": 1})).await;
     let path = format!("/app/{tenant}/endpoint/{endpoint}/");
+    attempted(&app, &tenant, &message, 4).await;
+    // The rule is checked as attempts are made: one more, once the run is
+    // old enough, disables it.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let trigger = app.send(&tenant, "call.started", json!({"n": 2})).await;
 
     let disabled = eventually(
         Duration::from_secs(15),
@@ -444,7 +449,8 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call
     assert!(disabled["disabledAt"].is_string());
     assert_eq!(app.attempts_of(&tenant, &message).await.len(), 4);
     // New messages skip it while disabled.
-    let skipped = app.send(&tenant, "call.started", json!({"n": 2})).await;
+    let skipped = app.send(&tenant, "call.started", json!({"n": 3})).await;
+    let seen_before = receiver.requests().len();
 
     receiver.always("/down", Reply::Status(200));
     let (status, enabled) = app
@@ -465,15 +471,21 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_comes_back_with_one_call
         .post(&format!("{path}recover/"), json!({"since": since}))
         .await;
     assert_eq!(status, 202);
-    // The failed delivery, and the message it missed while disabled.
-    let resent = receiver.wait_for(6, Duration::from_secs(10)).await;
-    let mut ids: Vec<String> = resent[4..].iter().map(|r| r.header("webhook-id")).collect();
+    // The failed delivery, the one still pending when it was disabled, and
+    // the message it missed while disabled — each once.
+    let resent = receiver
+        .wait_for(seen_before + 3, Duration::from_secs(10))
+        .await;
+    let mut ids: Vec<String> = resent[seen_before..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
     ids.sort();
-    let mut expected = vec![message.clone(), skipped.clone()];
+    let mut expected = vec![message.clone(), trigger.clone(), skipped.clone()];
     expected.sort();
     assert_eq!(ids, expected);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.requests().len(), 6, "each once");
+    assert_eq!(receiver.requests().len(), seen_before + 3, "each once");
 }
 
 #[tokio::test]
@@ -487,7 +499,7 @@ async fn operators_are_notified_once_per_episode_with_signed_events() {
             to: vec!["oncall@example.com".into()],
         }),
         auto_disable: Some(herald_store::AutoDisable {
-            after: 300,
+            after: 1500, // after all four attempts (100 ms apart) have failed
             min_attempts: 3,
         }),
         failing_after: 3,
@@ -502,8 +514,12 @@ async fn operators_are_notified_once_per_episode_with_signed_events() {
     receiver.always("/down", Reply::Status(500));
     let since = rfc3339_now();
     for n in 0..2 {
-        app.send(&tenant, "call.completed", json!({"n": n})).await;
+        let message = app.send(&tenant, "call.completed", json!({"n": n})).await;
+        attempted(&app, &tenant, &message, 4).await;
     }
+    // The auto-disable rule is checked as attempts are made.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    app.send(&tenant, "call.completed", json!({"n": 2})).await;
     let ops_events = || {
         receiver
             .requests_to("/ops")

@@ -27,8 +27,9 @@ use crate::{
 
 /// Most items written in one transaction.
 const MAX_BATCH: usize = 256;
-/// Writer tasks per kind of write: while one waits for its commit, the next
-/// batch is being gathered and written.
+/// Writer tasks per kind of write. One: requests queue up while it commits,
+/// so each batch is as large as the load makes it (two writers halved the
+/// batch sizes and measured slower on two cores).
 const WRITERS: usize = 1;
 /// Items that may wait for a writer; senders wait beyond this.
 const QUEUE: usize = 4 * MAX_BATCH;

@@ -28,8 +28,8 @@ use crate::{
 /// Most items written in one transaction.
 const MAX_BATCH: usize = 256;
 /// Writer tasks per kind of write. One: requests queue up while it commits,
-/// so each batch is as large as the load makes it (two writers halved the
-/// batch sizes and measured slower on two cores).
+/// so each batch is as large as the load makes it (two writers measured no
+/// faster on two cores: 1,328–1,345 against 1,473 msgs/s, single runs).
 const WRITERS: usize = 1;
 /// Items that may wait for a writer; senders wait beyond this.
 const QUEUE: usize = 4 * MAX_BATCH;

@@ -9,10 +9,10 @@ use herald_domain::{
 };
 
 use crate::{
-    AttemptFilter, AttemptQuery, BackgroundTask, Claim, CreatedMessage, Cursor, DeliveryJob,
-    Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message, MessageInput,
-    MessageQuery, Page, PageRequest, RateRule, Recovery, StoreError, StoreResult, TaskStatus,
-    Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
+    AttemptFilter, AttemptQuery, AutoDisable, BackgroundTask, Claim, CreatedMessage, Cursor,
+    DeliveryJob, Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message,
+    MessageInput, MessageQuery, Page, PageRequest, RateRule, Recovery, StoreError, StoreResult,
+    TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -691,4 +691,19 @@ pub(crate) fn endpoint_run(
             .and(before.and_then(|(_, _, _, since)| since)),
         disabled,
     }
+}
+
+/// The auto-disable rule, if an endpoint's run (its status row after a
+/// report) meets it at `at`: only then is the disabling statement run,
+/// which checks the same again against the stored row.
+pub(crate) fn auto_disable_due(
+    rule: Option<AutoDisable>,
+    after: Option<StatusRow>,
+    at: Timestamp,
+) -> Option<AutoDisable> {
+    let (consecutive, _, _, failing_since) = after?;
+    rule.filter(|rule| {
+        consecutive.max(0) as u64 >= rule.min_attempts
+            && failing_since.is_some_and(|since| since <= at - rule.after)
+    })
 }

@@ -47,9 +47,10 @@ pub(crate) async fn record_health(
             .execute(&mut *conn)
             .await
             .map_err(db)?;
-        let disabled = match rule {
+        let after = status_row(conn, &endpoint).await?;
+        let at = shared::now();
+        let disabled = match shared::auto_disable_due(rule, after, at) {
             Some(rule) => {
-                let at = shared::now();
                 sqlx::query(shared::AUTO_DISABLE_SQL)
                     .bind(&endpoint)
                     .bind(at)
@@ -63,7 +64,6 @@ pub(crate) async fn record_health(
             }
             None => false,
         };
-        let after = status_row(conn, &endpoint).await?;
         runs.push(shared::endpoint_run(update, before, after, disabled));
     }
     Ok(runs)

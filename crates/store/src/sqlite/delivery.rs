@@ -280,14 +280,7 @@ pub(crate) fn claim_due(
     limit: usize,
     skip: &[EndpointId],
 ) -> StoreResult<Vec<DeliveryJob>> {
-    let skipped = if skip.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " AND d.endpoint_id NOT IN ({})",
-            vec!["?"; skip.len()].join(", ")
-        )
-    };
+    let skipped = skipped_endpoints(skip);
     let sql = format!(
         "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
          FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
@@ -423,14 +416,7 @@ pub(crate) fn next_due_at(
     conn: &Connection,
     skip: &[EndpointId],
 ) -> StoreResult<Option<Timestamp>> {
-    let skipped = if skip.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " AND d.endpoint_id NOT IN ({})",
-            vec!["?"; skip.len()].join(", ")
-        )
-    };
+    let skipped = skipped_endpoints(skip);
     let sql = format!(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
          WHERE d.status = 1 AND e.disabled = 0{skipped}
@@ -548,4 +534,15 @@ pub(crate) fn purge_messages(
         })
         .map(|n| n as u64)
         .map_err(internal)
+}
+
+/// ` AND d.endpoint_id NOT IN (?, …)` for the endpoints claims leave out.
+fn skipped_endpoints(skip: &[EndpointId]) -> String {
+    if skip.is_empty() {
+        return String::new();
+    }
+    format!(
+        " AND d.endpoint_id NOT IN ({})",
+        vec!["?"; skip.len()].join(", ")
+    )
 }

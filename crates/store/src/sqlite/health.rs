@@ -52,9 +52,10 @@ pub(crate) fn record_health(
                 update.last_success_at.is_some()
             ])
             .map_err(internal)?;
-        let disabled = match rule {
+        let after = status_row(conn, &endpoint)?;
+        let at = now();
+        let disabled = match shared::auto_disable_due(rule, after, at) {
             Some(rule) => {
-                let at = now();
                 conn.prepare_cached(&sql(shared::AUTO_DISABLE_SQL))
                     .and_then(|mut s| {
                         s.execute(params![
@@ -69,7 +70,6 @@ pub(crate) fn record_health(
             }
             None => false,
         };
-        let after = status_row(conn, &endpoint)?;
         runs.push(shared::endpoint_run(update, before, after, disabled));
     }
     Ok(runs)

@@ -2,6 +2,7 @@
 //! authentication and `Idempotency-Key` handling. Handlers parse input into
 //! domain types and call the store and the dispatcher; they never write SQL.
 
+mod alert_rules;
 mod apps;
 mod endpoints;
 mod error;
@@ -48,6 +49,8 @@ pub struct ApiConfig {
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
+    /// The server's alert defaults, which apps' rules override.
+    pub alerts: herald_dispatch::AlertConfig,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("body_limit", &self.body_limit)
             .field("rotation_grace", &self.rotation_grace)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -81,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::routes())
         .merge(test_events::routes())
         .merge(recovery::routes())
+        .merge(alert_rules::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::idempotency,

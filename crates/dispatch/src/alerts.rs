@@ -5,10 +5,12 @@
 //! `eventId` names its episode (the endpoint and when its run of failures
 //! began), so it is raised once per episode, however many processes see it.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use herald_domain::ids::{IdOrUid, Uid};
-use herald_domain::{AppId, EventTypeName};
+use herald_domain::{AlertRules, AppId, EventTypeName};
 use herald_store::{
     EndpointRun, HealthUpdate, MessageInput, RateDrop, RateRule, Store, StoreError, Timestamp,
 };
@@ -27,8 +29,11 @@ pub struct AlertConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Alert {
     pub event_type: &'static str,
+    pub app: AppId,
     pub episode: String,
     pub payload: Value,
+    /// The app's own e-mail recipients, besides the server's.
+    pub email_to: Vec<String>,
 }
 
 fn time(at: Timestamp) -> String {
@@ -37,9 +42,49 @@ fn time(at: Timestamp) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The apps' own rules; an app without any follows the server's defaults.
+pub(crate) type AppRules = HashMap<AppId, AlertRules>;
+
+fn rules_of(rules: &AppRules, app: AppId) -> &AlertRules {
+    static DEFAULT: std::sync::OnceLock<AlertRules> = std::sync::OnceLock::new();
+    rules
+        .get(&app)
+        .unwrap_or_else(|| DEFAULT.get_or_init(AlertRules::default))
+}
+
+/// The success-rate rule for an app: its own threshold and volume where it
+/// sets them, the server's otherwise; `None` when neither asks for one or
+/// the app does not raise the event.
+pub(crate) fn rate_rule(config: &AlertConfig, rules: &AppRules, app: AppId) -> Option<RateRule> {
+    effective_rate_rule(config, rules_of(rules, app))
+}
+
+/// [`rate_rule`] for one app's rules (also what the API shows).
+pub fn effective_rate_rule(config: &AlertConfig, rules: &AlertRules) -> Option<RateRule> {
+    if !rules.raises(RATE_DROPPED) {
+        return None;
+    }
+    let spec = rules.spec();
+    let threshold = spec
+        .success_rate_threshold
+        .or(config.success_rate.map(|r| r.threshold))?;
+    let min_attempts = spec
+        .success_rate_min_attempts
+        .or(config.success_rate.map(|r| r.min_attempts))
+        .unwrap_or(DEFAULT_RATE_MIN_ATTEMPTS);
+    Some(RateRule {
+        threshold,
+        min_attempts,
+    })
+}
+
+/// The volume judged when an app sets a threshold and the server has none.
+const DEFAULT_RATE_MIN_ATTEMPTS: u64 = 20;
+
 /// The events one flush raises (before de-duplication by episode).
 pub(crate) fn alerts(
     config: &AlertConfig,
+    rules: &AppRules,
     updates: &[HealthUpdate],
     runs: &[EndpointRun],
 ) -> Vec<Alert> {
@@ -52,59 +97,80 @@ pub(crate) fn alerts(
         if app == config.operations_app {
             continue; // the operators' own endpoints would alert about themselves
         }
+        let app_rules = rules_of(rules, app);
         let endpoint = run.endpoint_id;
         let base = json!({"appId": app.to_string(), "endpointId": endpoint.to_string(), "url": update.url});
-        let with = |extra: Value| {
+        let mut push = |event_type: &'static str, episode: String, extra: Value| {
+            if !app_rules.raises(event_type) {
+                return;
+            }
             let mut payload = base.clone();
             if let (Some(payload), Value::Object(extra)) = (payload.as_object_mut(), extra) {
                 payload.extend(extra);
             }
-            payload
+            raised.push(Alert {
+                event_type,
+                app,
+                episode,
+                payload,
+                email_to: app_rules.email_to().to_vec(),
+            });
         };
         let since = run.failing_since;
         if run.disabled {
-            raised.push(Alert {
-                event_type: "endpoint.disabled",
-                episode: format!("endpoint.disabled.{endpoint}.{}", since.unwrap_or_default()),
-                payload: with(json!({"reason": "failing", "failingSince": since.map(time)})),
-            });
+            push(
+                DISABLED,
+                format!("{DISABLED}.{endpoint}.{}", since.unwrap_or_default()),
+                json!({"reason": "failing", "failingSince": since.map(time)}),
+            );
         }
         if update.gone {
-            raised.push(Alert {
-                event_type: "endpoint.disabled",
-                episode: format!(
-                    "endpoint.disabled.{endpoint}.gone.{}",
+            push(
+                DISABLED,
+                format!(
+                    "{DISABLED}.{endpoint}.gone.{}",
                     update.last_failure_at.unwrap_or_default()
                 ),
-                payload: with(json!({"reason": "gone", "failingSince": since.map(time)})),
-            });
+                json!({"reason": "gone", "failingSince": since.map(time)}),
+            );
         }
-        if let Some(since) = since.filter(|_| run.consecutive_failures >= config.failing_after) {
-            raised.push(Alert {
-                event_type: "endpoint.failing",
-                episode: format!("endpoint.failing.{endpoint}.{since}"),
-                payload: with(json!({"consecutiveFailures": run.consecutive_failures,
-                                     "failingSince": time(since)})),
-            });
+        let failing_after = app_rules
+            .spec()
+            .failing_after
+            .unwrap_or(config.failing_after);
+        // Narrowed rules count the run as for any endpoint, and raise it once
+        // a failure of a type they cover is part of it.
+        let covered = update.failed_types.iter().any(|t| app_rules.covers(t));
+        if let Some(since) = since.filter(|_| run.consecutive_failures >= failing_after && covered)
+        {
+            push(
+                FAILING,
+                format!("{FAILING}.{endpoint}.{since}"),
+                json!({"consecutiveFailures": run.consecutive_failures,
+                       "failingSince": time(since)}),
+            );
         }
-        if let Some(message) = update.exhausted {
+        if let Some((event_type, message)) = update
+            .exhausted
+            .iter()
+            .find(|(event_type, _)| app_rules.covers(event_type))
+        {
             let episode = since.map_or_else(|| message.to_string(), |s| s.to_string());
-            raised.push(Alert {
-                event_type: "message.attempt.exhausted",
-                episode: format!("{}.{endpoint}.{episode}", EXHAUSTED),
-                payload: with(
-                    json!({"msgId": message.to_string(), "failingSince": since.map(time)}),
-                ),
-            });
+            push(
+                EXHAUSTED,
+                format!("{EXHAUSTED}.{endpoint}.{episode}"),
+                json!({"msgId": message.to_string(), "eventType": event_type.as_str(),
+                       "failingSince": since.map(time)}),
+            );
         }
         if let (Some(ended), Some(message)) = (run.ended_run, update.last_success_message) {
-            raised.push(Alert {
-                event_type: RECOVERED,
-                // Raised only if this run had exhausted deliveries (checked
-                // against the stored events before sending).
-                episode: format!("{RECOVERED}.{endpoint}.{ended}"),
-                payload: with(json!({"msgId": message.to_string(), "failingSince": time(ended)})),
-            });
+            // Raised only if this run had exhausted deliveries (checked
+            // against the stored events before sending).
+            push(
+                RECOVERED,
+                format!("{RECOVERED}.{endpoint}.{ended}"),
+                json!({"msgId": message.to_string(), "failingSince": time(ended)}),
+            );
         }
     }
     raised
@@ -112,21 +178,31 @@ pub(crate) fn alerts(
 
 /// `endpoint.success_rate_dropped` for an endpoint whose last hour fell
 /// below the rule; the episode is when the drop was first seen.
-pub(crate) fn rate_alert(update: &HealthUpdate, drop: &RateDrop, rule: RateRule) -> Option<Alert> {
+pub(crate) fn rate_alert(
+    update: &HealthUpdate,
+    rules: &AppRules,
+    drop: &RateDrop,
+    rule: RateRule,
+) -> Option<Alert> {
     let app = update.app_id?;
     let endpoint = update.endpoint_id;
     Some(Alert {
-        event_type: "endpoint.success_rate_dropped",
-        episode: format!("endpoint.success_rate_dropped.{endpoint}.{}", drop.since),
+        event_type: RATE_DROPPED,
+        app,
+        episode: format!("{RATE_DROPPED}.{endpoint}.{}", drop.since),
         payload: json!({
             "appId": app.to_string(), "endpointId": endpoint.to_string(), "url": update.url,
             "successRate": drop.last_hour.success_rate().unwrap_or(0.0),
             "attempts": drop.last_hour.attempts(),
             "threshold": rule.threshold,
         }),
+        email_to: rules_of(rules, app).email_to().to_vec(),
     })
 }
 
+const DISABLED: &str = "endpoint.disabled";
+const FAILING: &str = "endpoint.failing";
+const RATE_DROPPED: &str = "endpoint.success_rate_dropped";
 const EXHAUSTED: &str = "message.attempt.exhausted";
 const RECOVERED: &str = "message.attempt.recovered";
 
@@ -163,7 +239,8 @@ pub(crate) async fn raise(
         event_type,
         event_id: Some(episode),
         payload: alert.payload.to_string(),
-        channels: None,
+        // Operators' endpoints can subscribe to one app's events by channel.
+        channels: Some(vec![alert.app.to_string()]),
         to_endpoint: None,
     };
     match store
@@ -237,6 +314,13 @@ impl Mailer {
             ));
         for to in &self.to {
             builder = builder.to(to.clone());
+        }
+        for to in &alert.email_to {
+            match to.parse::<lettre::message::Mailbox>() {
+                Ok(to) if !self.to.contains(&to) => builder = builder.to(to),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "an app's alert recipient is not an address"),
+            }
         }
         let body = format!(
             "Herald raised `{}`.\n\n{}\n",

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use herald_domain::{AddressPolicy, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger};
+use herald_domain::{
+    AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger,
+};
 use herald_store::{
     Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Store,
     Timestamp,
@@ -259,43 +261,73 @@ impl Dispatcher {
         let Some(config) = self.config.alerts else {
             return;
         };
-        let mut raised = crate::alerts::alerts(&config, &updates, &runs);
-        if let Some(rule) = config.success_rate {
-            for update in &updates {
-                if update.app_id == Some(config.operations_app) {
-                    continue;
+        // Only endpoints where something went wrong (or a success-rate drop
+        // is open) can raise anything; their apps' rules are read once.
+        let watched: Vec<&HealthUpdate> = {
+            let drops = self.rate_drops.lock().expect("rate drops");
+            updates
+                .iter()
+                .filter(|update| update.app_id != Some(config.operations_app))
+                .filter(|update| {
+                    !update.failed_types.is_empty()
+                        || update.gone
+                        || drops.contains(&update.endpoint_id)
+                        || runs.iter().any(|run| {
+                            run.endpoint_id == update.endpoint_id && run.ended_run.is_some()
+                        })
+                })
+                .collect()
+        };
+        if watched.is_empty() {
+            return;
+        }
+        let mut apps: Vec<AppId> = watched.iter().filter_map(|u| u.app_id).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        let rules: crate::alerts::AppRules = match self.store.alert_rules(apps).await {
+            Ok(rules) => rules.into_iter().collect(),
+            Err(error) => {
+                tracing::warn!(%error, "reading alert rules failed; using the defaults");
+                Default::default()
+            }
+        };
+        let mut raised = crate::alerts::alerts(&config, &rules, &updates, &runs);
+        for update in watched {
+            let Some(rule) = update
+                .app_id
+                .and_then(|app| crate::alerts::rate_rule(&config, &rules, app))
+            else {
+                continue;
+            };
+            // Checked when there were failures, or while a drop is open
+            // here (so that recovering clears it).
+            let open = self
+                .rate_drops
+                .lock()
+                .expect("rate drops")
+                .contains(&update.endpoint_id);
+            if update.failed_types.is_empty() && !open {
+                continue;
+            }
+            match self
+                .store
+                .check_success_rate(update.endpoint_id, rule, now_ms())
+                .await
+            {
+                Ok(Some(drop)) => {
+                    self.rate_drops
+                        .lock()
+                        .expect("rate drops")
+                        .insert(update.endpoint_id);
+                    raised.extend(crate::alerts::rate_alert(update, &rules, &drop, rule));
                 }
-                // Checked when there were failures, or while a drop is open
-                // here (so that recovering clears it).
-                let failed = update.buckets.values().any(|c| c.failed > 0);
-                let open = self
-                    .rate_drops
-                    .lock()
-                    .expect("rate drops")
-                    .contains(&update.endpoint_id);
-                if !failed && !open {
-                    continue;
+                Ok(None) => {
+                    self.rate_drops
+                        .lock()
+                        .expect("rate drops")
+                        .remove(&update.endpoint_id);
                 }
-                match self
-                    .store
-                    .check_success_rate(update.endpoint_id, rule, now_ms())
-                    .await
-                {
-                    Ok(Some(drop)) => {
-                        self.rate_drops
-                            .lock()
-                            .expect("rate drops")
-                            .insert(update.endpoint_id);
-                        raised.extend(crate::alerts::rate_alert(update, &drop, rule));
-                    }
-                    Ok(None) => {
-                        self.rate_drops
-                            .lock()
-                            .expect("rate drops")
-                            .remove(&update.endpoint_id);
-                    }
-                    Err(error) => tracing::warn!(%error, "checking a success rate failed"),
-                }
+                Err(error) => tracing::warn!(%error, "checking a success rate failed"),
             }
         }
         for alert in raised {
@@ -490,8 +522,17 @@ impl Dispatcher {
             );
             if result.succeeded() {
                 update.last_success_message = Some(job.message.id);
-            } else if outcome.next == NextStep::Failed && job.trigger == Trigger::Scheduled {
-                update.exhausted.get_or_insert(job.message.id);
+            } else {
+                let event_type = &job.message.event_type;
+                if !update.failed_types.contains(event_type) {
+                    update.failed_types.insert(event_type.clone());
+                }
+                if outcome.next == NextStep::Failed && job.trigger == Trigger::Scheduled {
+                    update
+                        .exhausted
+                        .entry(event_type.clone())
+                        .or_insert(job.message.id);
+                }
             }
             update.gone |= outcome.disable_endpoint;
         }

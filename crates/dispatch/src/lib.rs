@@ -8,7 +8,7 @@ mod engine;
 mod http;
 mod tasks;
 
-pub use alerts::{AlertConfig, EmailConfig};
+pub use alerts::{effective_rate_rule, AlertConfig, EmailConfig};
 pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
 pub use http::{build_body, classify, HttpSender, SendResult};
 pub use tasks::{run_recovery, RECOVERY_STEP};

@@ -3,6 +3,7 @@
 //! Values here are parsed once at the edge (`parse` constructors) and carried
 //! inward already valid, so inner layers never re-check strings.
 
+pub mod alerts;
 pub mod catalog;
 pub mod event_type;
 pub mod ids;
@@ -11,6 +12,7 @@ pub mod retry;
 pub mod signing;
 pub mod status;
 
+pub use alerts::{AlertRules, AlertRulesSpec};
 pub use event_type::{EventTypeName, FilterTypes};
 pub use ids::{AppId, AttemptId, EndpointId, MessageId, TaskId, Uid};
 pub use net::{AddressPolicy, EndpointUrl};

@@ -90,6 +90,11 @@ impl Application {
             );
         }
 
+        let alerts = AlertConfig {
+            operations_app,
+            failing_after: settings.failing_after,
+            success_rate: settings.success_rate,
+        };
         let dispatcher = Dispatcher::new(
             store.clone(),
             DispatchConfig {
@@ -102,11 +107,7 @@ impl Application {
                 policy: settings.policy,
                 auto_disable: settings.auto_disable,
                 email: settings.email.clone(),
-                alerts: Some(AlertConfig {
-                    operations_app,
-                    failing_after: settings.failing_after,
-                    success_rate: settings.success_rate,
-                }),
+                alerts: Some(alerts),
                 ..DispatchConfig::default()
             },
         )
@@ -122,6 +123,7 @@ impl Application {
                 rotation_grace: settings.rotation_grace,
                 max_concurrent_requests: settings.max_concurrent_requests,
                 test_event_wait: settings.request_timeout + Duration::from_secs(5),
+                alerts,
             }),
         };
         let listener = TcpListener::bind(settings.listen)

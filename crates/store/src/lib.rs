@@ -13,7 +13,9 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
+use herald_domain::{
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+};
 
 /// What can go wrong talking to the store, in terms the API maps to statuses.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +57,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>>;
     async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App>;
     async fn delete_app(&self, app: AppId) -> StoreResult<()>;
+    /// Sets an app's alert rules; `None` goes back to the server's defaults.
+    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()>;
+    /// The alert rules of those of `apps` that have their own.
+    async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>>;
 
     // Event types.
     /// Inserts the catalog entries that do not exist yet; returns how many were added.

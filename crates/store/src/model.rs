@@ -1,6 +1,6 @@
 //! The records the store reads and writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use herald_domain::ids::Uid;
@@ -460,12 +460,14 @@ pub struct HealthUpdate {
     pub failures_since_success: u64,
     /// The first of those failures.
     pub failing_since: Option<Timestamp>,
-    /// For operational events: the endpoint's app and URL, a message whose
-    /// delivery ran out of retries, the message of the last success, and
-    /// whether the endpoint answered 410 Gone.
+    /// For operational events: the endpoint's app and URL, the first
+    /// message of each event type whose delivery ran out of retries, the
+    /// event types of the failed attempts, the message of the last success,
+    /// and whether the endpoint answered 410 Gone.
     pub app_id: Option<AppId>,
     pub url: String,
-    pub exhausted: Option<MessageId>,
+    pub exhausted: BTreeMap<EventTypeName, MessageId>,
+    pub failed_types: BTreeSet<EventTypeName>,
     pub last_success_message: Option<MessageId>,
     pub gone: bool,
 }
@@ -494,7 +496,8 @@ impl HealthUpdate {
             failing_since: None,
             app_id: None,
             url: String::new(),
-            exhausted: None,
+            exhausted: BTreeMap::new(),
+            failed_types: BTreeSet::new(),
             last_success_message: None,
             gone: false,
         }

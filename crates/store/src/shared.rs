@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use herald_domain::{
-    AppId, AttemptId, EndpointId, EventTypeName, FilterTypes, MessageId, RetryPolicy, Secret,
-    TaskId, Trigger,
+    AlertRules, AlertRulesSpec, AppId, AttemptId, EndpointId, EventTypeName, FilterTypes,
+    MessageId, RetryPolicy, Secret, TaskId, Trigger,
 };
 
 use crate::{
@@ -200,6 +200,17 @@ pub(crate) fn decode_policy(text: Option<&str>) -> StoreResult<Option<RetryPolic
             .map_err(|e| StoreError::Internal(format!("stored retry policy unreadable: {e}")))
     })
     .transpose()
+}
+
+/// An app's alert rules as stored (JSON of [`AlertRulesSpec`]).
+pub(crate) fn encode_alert_rules(rules: Option<&AlertRules>) -> Option<String> {
+    rules.map(|r| serde_json::to_string(r.spec()).unwrap_or_default())
+}
+
+pub(crate) fn decode_alert_rules(text: &str) -> StoreResult<AlertRules> {
+    let spec: AlertRulesSpec = decode(text)?;
+    AlertRules::parse(spec)
+        .map_err(|e| StoreError::Internal(format!("stored alert rules unreadable: {e}")))
 }
 
 /// The result of storing a message: with a claim, one leased job per

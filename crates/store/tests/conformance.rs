@@ -1395,3 +1395,54 @@ async fn a_success_rate_drop_keeps_its_start_until_the_rate_recovers() {
         assert_eq!(again.map(|d| d.since), Some(later), "{name}: a new episode");
     }
 }
+
+#[tokio::test]
+async fn alert_rules_are_kept_per_app_and_reset_to_the_defaults() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let (first, second, third) = (
+            app(store, None).await,
+            app(store, None).await,
+            app(store, None).await,
+        );
+        let rules = herald_domain::AlertRules::parse(
+            serde_json::from_value(serde_json::json!({
+                "events": ["endpoint.failing"], "filterTypes": ["call.*"], "failingAfter": 3,
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        store
+            .set_alert_rules(first, Some(rules.clone()))
+            .await
+            .unwrap();
+        store
+            .set_alert_rules(third, Some(herald_domain::AlertRules::default()))
+            .await
+            .unwrap();
+
+        let mut found = store.alert_rules(vec![first, second, third]).await.unwrap();
+        found.sort_by_key(|(app, _)| *app);
+        let mut expected = vec![
+            (first, rules),
+            (third, herald_domain::AlertRules::default()),
+        ];
+        expected.sort_by_key(|(app, _)| *app);
+        assert_eq!(found, expected, "{name}: only apps with rules");
+
+        store.set_alert_rules(first, None).await.unwrap();
+        assert_eq!(
+            store.alert_rules(vec![first]).await.unwrap(),
+            Vec::new(),
+            "{name}: reset"
+        );
+        let unknown = AppId::generate();
+        assert!(
+            matches!(
+                store.set_alert_rules(unknown, None).await,
+                Err(StoreError::NotFound)
+            ),
+            "{name}: unknown app"
+        );
+    }
+}

@@ -190,6 +190,16 @@ impl TestApp {
     }
 }
 
+/// Waits until `message` has `count` attempts.
+pub async fn attempted(app: &TestApp, tenant: &str, message: &str, count: usize) {
+    eventually(
+        Duration::from_secs(10),
+        "the retries to run out",
+        || async { (app.attempts_of(tenant, message).await.len() >= count).then_some(()) },
+    )
+    .await;
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod activity;
+mod alerts;
 mod crash;
 mod delivery;
 mod helpers;

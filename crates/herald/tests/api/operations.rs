@@ -8,7 +8,7 @@ use serde_json::json;
 use herald_domain::{catalog, Secret};
 
 use crate::helpers::{
-    eventually, spawn_app, spawn_app_with, verifies, Options, Receiver, Reply, SmtpSink,
+    attempted, eventually, spawn_app, spawn_app_with, verifies, Options, Receiver, Reply, SmtpSink,
 };
 
 /// Sends a test event and waits for its attempt: the answer of `?wait=true`.
@@ -153,16 +153,6 @@ async fn a_test_event_without_waiting_is_accepted_and_bad_requests_name_the_fiel
 
 fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Waits until `message` has `count` attempts.
-async fn attempted(app: &crate::helpers::TestApp, tenant: &str, message: &str, count: usize) {
-    eventually(
-        Duration::from_secs(10),
-        "the retries to run out",
-        || async { (app.attempts_of(tenant, message).await.len() >= count).then_some(()) },
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use sqlx::{PgConnection, Row};
 
 use herald_domain::event_type::FilterPattern;
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
+use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::rows::{self, db, list, Bind, Order};
 use crate::shared::now;
@@ -98,6 +98,45 @@ pub(crate) async fn update_app(
     .map_err(db)?;
     found(changed.rows_affected())?;
     get_app(conn, &IdOrUid::Id(app)).await
+}
+
+pub(crate) async fn set_alert_rules(
+    conn: &mut PgConnection,
+    app: AppId,
+    rules: Option<&AlertRules>,
+) -> StoreResult<()> {
+    let changed = sqlx::query("UPDATE apps SET alert_rules = $1, updated_at = $2 WHERE id = $3")
+        .bind(crate::shared::encode_alert_rules(rules))
+        .bind(now())
+        .bind(app.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    found(changed.rows_affected())
+}
+
+/// The rules of those of `apps` that have their own.
+pub(crate) async fn alert_rules(
+    conn: &mut PgConnection,
+    apps: &[AppId],
+) -> StoreResult<Vec<(AppId, AlertRules)>> {
+    let ids: Vec<String> = apps.iter().map(ToString::to_string).collect();
+    let rows = sqlx::query(
+        "SELECT id, alert_rules FROM apps WHERE id = ANY($1) AND alert_rules IS NOT NULL",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(db)?;
+            let text: String = row.try_get(1).map_err(db)?;
+            let app = AppId::parse(&id)
+                .map_err(|e| StoreError::Internal(format!("stored app id: {e}")))?;
+            Ok((app, crate::shared::decode_alert_rules(&text)?))
+        })
+        .collect()
 }
 
 pub(crate) async fn delete_app(conn: &mut PgConnection, app: AppId) -> StoreResult<()> {

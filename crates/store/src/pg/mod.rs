@@ -18,7 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
+use herald_domain::{
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+};
 
 use crate::*;
 use rows::db;
@@ -57,6 +59,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_success_rate.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_alert_rules.sql"),
     ),
 ];
 
@@ -301,6 +307,14 @@ impl Store for PgStore {
     }
     async fn delete_app(&self, app: AppId) -> StoreResult<()> {
         self.transaction(async |c| admin::delete_app(c, app).await)
+            .await
+    }
+    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()> {
+        self.transaction(async |c| admin::set_alert_rules(c, app, rules.as_ref()).await)
+            .await
+    }
+    async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>> {
+        self.transaction(async |c| admin::alert_rules(c, &apps).await)
             .await
     }
 

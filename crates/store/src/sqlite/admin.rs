@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::event_type::FilterPattern;
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, EndpointId, EventTypeName, FilterTypes, Secret};
+use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, to_json, Bind, Order};
@@ -95,6 +95,45 @@ pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> Stor
         .map_err(internal)?;
     found(changed)?;
     get_app(conn, &IdOrUid::Id(app))
+}
+
+pub(crate) fn set_alert_rules(
+    conn: &Connection,
+    app: AppId,
+    rules: Option<&AlertRules>,
+) -> StoreResult<()> {
+    let changed = conn
+        .prepare_cached("UPDATE apps SET alert_rules = ?, updated_at = ? WHERE id = ?")
+        .and_then(|mut s| {
+            s.execute(params![
+                shared::encode_alert_rules(rules),
+                now(),
+                app.to_string()
+            ])
+        })
+        .map_err(internal)?;
+    found(changed)
+}
+
+/// The rules of those of `apps` that have their own.
+pub(crate) fn alert_rules(
+    conn: &Connection,
+    apps: &[AppId],
+) -> StoreResult<Vec<(AppId, AlertRules)>> {
+    let mut statement = conn
+        .prepare_cached("SELECT alert_rules FROM apps WHERE id = ? AND alert_rules IS NOT NULL")
+        .map_err(internal)?;
+    let mut found = Vec::new();
+    for app in apps {
+        let text: Option<String> = statement
+            .query_row([app.to_string()], |row| row.get(0))
+            .optional()
+            .map_err(internal)?;
+        if let Some(text) = text {
+            found.push((*app, shared::decode_alert_rules(&text)?));
+        }
+    }
+    Ok(found)
 }
 
 pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {

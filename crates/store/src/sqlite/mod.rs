@@ -14,7 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId};
+use herald_domain::{
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+};
 
 use crate::*;
 use pool::{
@@ -47,6 +49,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/sqlite/0007_success_rate.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_alert_rules.sql"),
     ),
 ];
 
@@ -158,6 +164,16 @@ impl Store for SqliteStore {
     }
     async fn delete_app(&self, app: AppId) -> StoreResult<()> {
         self.writer.write(move |c| admin::delete_app(c, app)).await
+    }
+    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::set_alert_rules(c, app, rules.as_ref()))
+            .await
+    }
+    async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>> {
+        self.readers
+            .read(move |c| admin::alert_rules(c, &apps))
+            .await
     }
 
     async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize> {

@@ -1,0 +1,102 @@
+//! An app's alert rules (Herald's addition, SPEC §5):
+//! `GET|PUT|DELETE /app/{app}/alert-rules/`. They choose which operational
+//! events the app's endpoints raise, narrow them to event types, override
+//! the server's thresholds and add e-mail recipients.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use herald_domain::alerts::OPERATIONAL_EVENTS;
+use herald_domain::{AlertRules, AlertRulesSpec};
+
+use crate::apps::resolve;
+use crate::error::ApiResult;
+use crate::extract::Body;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/app/{app}/alert-rules",
+        get(read).put(replace).delete(reset),
+    )
+}
+
+/// The rules as set (absent fields follow the server) and as applied.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AlertRulesOut {
+    rules: AlertRulesSpec,
+    effective: Effective,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Effective {
+    events: Vec<&'static str>,
+    /// `null`: every event type.
+    filter_types: Option<Vec<String>>,
+    failing_after: u64,
+    /// `null`: `endpoint.success_rate_dropped` is not raised.
+    success_rate_threshold: Option<f64>,
+    success_rate_min_attempts: Option<u64>,
+    /// The app's own recipients (the server's are added when SMTP is set up).
+    email_to: Vec<String>,
+}
+
+fn out(state: &AppState, rules: AlertRules) -> AlertRulesOut {
+    let defaults = &state.config.alerts;
+    let rate = herald_dispatch::effective_rate_rule(defaults, &rules);
+    let spec = rules.spec().clone();
+    AlertRulesOut {
+        effective: Effective {
+            events: OPERATIONAL_EVENTS
+                .into_iter()
+                .filter(|e| rules.raises(e))
+                .collect(),
+            filter_types: spec.filter_types.clone(),
+            failing_after: spec.failing_after.unwrap_or(defaults.failing_after),
+            success_rate_threshold: rate.map(|r| r.threshold),
+            success_rate_min_attempts: rate.map(|r| r.min_attempts),
+            email_to: rules.email_to().to_vec(),
+        },
+        rules: spec,
+    }
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<AlertRulesOut>> {
+    let app = resolve(&state, &app).await?;
+    let rules = state
+        .store
+        .alert_rules(vec![app])
+        .await?
+        .pop()
+        .map(|(_, rules)| rules)
+        .unwrap_or_default();
+    Ok(Json(out(&state, rules)))
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(spec): Body<AlertRulesSpec>,
+) -> ApiResult<Json<AlertRulesOut>> {
+    let app = resolve(&state, &app).await?;
+    let rules = AlertRules::parse(spec)?;
+    state
+        .store
+        .set_alert_rules(app, Some(rules.clone()))
+        .await?;
+    Ok(Json(out(&state, rules)))
+}
+
+async fn reset(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    state.store.set_alert_rules(app, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

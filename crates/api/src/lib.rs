@@ -4,6 +4,7 @@
 
 mod alert_rules;
 mod apps;
+mod attempts;
 mod endpoints;
 mod error;
 mod event_types;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(event_types::routes())
         .merge(endpoints::routes())
         .merge(messages::routes())
+        .merge(attempts::routes())
         .merge(test_events::routes())
         .merge(recovery::routes())
         .merge(alert_rules::routes())

@@ -22,9 +22,10 @@ use herald_store::{
 };
 
 use crate::apps::resolve;
+use crate::attempts::MessageAttemptOut;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
-use crate::messages::{MessageAttemptOut, MessageOut};
+use crate::messages::MessageOut;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {

@@ -38,6 +38,15 @@ macro_rules! prefixed_id {
                 Self(monotonic())
             }
 
+            /// An id as if created at `millis` (unix ms): for records whose
+            /// time is not now (benchmark seeds, imports).
+            pub fn generate_at(millis: i64) -> Self {
+                Self(Ulid::from_parts(
+                    millis.max(0) as u64,
+                    rand::random::<u128>(),
+                ))
+            }
+
             /// The smallest id created at `millis` (unix ms), for time-bounded range scans.
             pub fn lowest_at(millis: i64) -> Self {
                 Self(Ulid::from_parts(millis.max(0) as u64, 0))

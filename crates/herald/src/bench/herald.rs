@@ -55,7 +55,7 @@ pub struct HeraldUnderTest {
     processes: Vec<ChildServer>,
     database: Option<BenchDatabase>,
     env: Vec<(&'static str, String)>,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
     client: reqwest::Client,
 }
 
@@ -91,7 +91,7 @@ impl HeraldUnderTest {
             processes: Vec::new(),
             database,
             env,
-            _data_dir: data_dir,
+            data_dir,
             client: reqwest::Client::new(),
         };
         herald.spawn(args.processes, &[])?;
@@ -190,6 +190,41 @@ impl HeraldUnderTest {
             urls.push(format!("http://{}/api/v1/app/{app}/msg/", process.address));
         }
         Ok(Target { urls, token: TOKEN })
+    }
+
+    /// The API base (`http://…/api/v1`) of the first process, and the token.
+    pub fn api(&self) -> (String, &'static str) {
+        (
+            format!("http://{}/api/v1", self.processes[0].address),
+            TOKEN,
+        )
+    }
+
+    /// Stops every process gracefully, leaving the database to the caller
+    /// (see [`HeraldUnderTest::open_store`]) until [`HeraldUnderTest::resume`].
+    pub fn pause(&mut self) -> usize {
+        let count = self.processes.len();
+        for process in self.processes.drain(..) {
+            process.terminate();
+        }
+        count
+    }
+
+    pub fn resume(&mut self, processes: usize) -> anyhow::Result<()> {
+        self.spawn(processes, &[])
+    }
+
+    /// The run's database, opened directly (while paused, for SQLite).
+    pub async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn herald_store::Store>> {
+        Ok(match &self.database {
+            Some(database) => std::sync::Arc::new(
+                herald_store::PgStore::open(&herald_store::PgOptions::new(database.url.clone()))
+                    .await?,
+            ),
+            None => std::sync::Arc::new(herald_store::SqliteStore::open(
+                &herald_store::SqliteOptions::new(self.data_dir.path().join("herald.db")),
+            )?),
+        })
     }
 
     /// The largest peak RSS (VmHWM) among Herald's processes, in MiB.

@@ -6,6 +6,7 @@
 
 mod herald;
 mod load;
+mod log;
 mod sink;
 
 use std::time::Duration;
@@ -38,6 +39,9 @@ pub enum Scenario {
     /// first all healthy, then with `--timeouts` of them hanging past the
     /// timeout and `--failing` answering 500: the healthy ones' latency.
     Isolation,
+    /// `--attempts` attempts on one endpoint, then the activity log's
+    /// latest-50 listings timed, with and without each filter (one row each).
+    ActivityLog,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +84,9 @@ pub struct BenchArgs {
     /// spread over all of them and each delivers what it accepts.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
+    /// Attempts seeded (activity-log).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub attempts: usize,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +131,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Idle => idle(&args).await?,
             Scenario::Backlog => backlog(&args).await?,
             Scenario::Scheduled => scheduled(&args).await?,
+            Scenario::ActivityLog => {
+                let mut listed = log::activity_log(&args).await?;
+                let last = listed.pop().expect("one row per listing");
+                for row in listed {
+                    if !args.json {
+                        if rows.is_empty() {
+                            print_header();
+                        }
+                        print_row(&row);
+                    }
+                    rows.push(row);
+                }
+                last
+            }
             Scenario::Isolation => {
                 let baseline = isolation(&args, 0, 0).await?;
                 if !args.json {

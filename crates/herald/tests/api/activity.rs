@@ -247,14 +247,15 @@ async fn messages_can_be_listed_by_channel() {
 }
 
 #[tokio::test]
-async fn an_attempt_shows_the_request_it_made_with_the_signature_masked() {
+async fn an_attempt_shows_the_request_it_made_with_signature_and_credentials_masked() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
     let tenant = app.create_app("Acme").await;
     let (status, endpoint) = app
         .post(
             &format!("/app/{tenant}/endpoint/"),
-            json!({"url": receiver.url("/hook"), "headers": {"X-Tenant": "acme"}}),
+            json!({"url": receiver.url("/hook"),
+                   "headers": {"X-Tenant": "acme", "Authorization": "Bearer s3cr3t-value"}}),
         )
         .await;
     assert_eq!(status, 201, "{endpoint}");
@@ -294,8 +295,29 @@ async fn an_attempt_shows_the_request_it_made_with_the_signature_masked() {
     // Custom headers are kept by their lower-case names, and were sent.
     assert_eq!(headers["x-tenant"], "acme", "{headers}");
     assert_eq!(received.header("x-tenant"), "acme");
-    assert_eq!(headers["webhook-signature"], "v1,<redacted>");
+    assert_eq!(headers["webhook-signature"], "<redacted>");
     assert!(!detail
         .to_string()
         .contains(&received.header("webhook-signature")));
+    // A credential in a custom header was sent, and is masked here.
+    assert_eq!(received.header("authorization"), "Bearer s3cr3t-value");
+    assert_eq!(headers["authorization"], "<redacted>", "{headers}");
+    assert!(!detail.to_string().contains("s3cr3t"), "{detail}");
+
+    // Listings carry the same request when asked for, and none by default.
+    for path in [
+        format!("/app/{tenant}/attempt/msg/{message}/"),
+        format!(
+            "/app/{tenant}/attempt/endpoint/{}/",
+            endpoint["id"].as_str().unwrap()
+        ),
+    ] {
+        let (status, plain) = app.get(&path).await;
+        assert_eq!(status, 200, "{plain}");
+        assert!(plain["data"][0].get("request").is_none(), "{plain}");
+        let (status, listed) = app.get(&format!("{path}?with_request=true")).await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["data"][0]["request"], detail["request"], "{path}");
+        assert!(!listed.to_string().contains("s3cr3t"), "{listed}");
+    }
 }

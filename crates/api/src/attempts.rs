@@ -1,0 +1,304 @@
+//! The attempt log: attempts by endpoint and by message with filters, one
+//! attempt with the request it made, and resending one delivery.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use herald_domain::headers;
+use herald_domain::ids::IdOrUid;
+use herald_domain::{AppId, AttemptId, DeliveryStatus, EndpointId, MessageId};
+use herald_store::{Attempt, AttemptFilter, AttemptQuery, Claim, Headers, Message};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{timestamp, ListParams, ListResponse};
+use crate::messages::{event_types, optional_time};
+use crate::middleware::now_ms;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/app/{app}/attempt/endpoint/{endpoint}",
+            get(attempts_by_endpoint),
+        )
+        .route("/app/{app}/attempt/msg/{msg}", get(attempts_by_message))
+        .route("/app/{app}/msg/{msg}/attempt/{attempt}", get(attempt))
+        .route(
+            "/app/{app}/msg/{msg}/endpoint/{endpoint}/resend",
+            post(resend),
+        )
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageAttemptOut {
+    id: String,
+    msg_id: String,
+    endpoint_id: String,
+    url: String,
+    response: String,
+    response_status_code: u16,
+    response_duration_ms: u64,
+    status: i64,
+    status_text: &'static str,
+    trigger_type: i64,
+    /// Herald's addition: why the attempt failed (`timeout`, `connect`, …).
+    error_class: Option<&'static str>,
+    timestamp: String,
+}
+
+impl From<Attempt> for MessageAttemptOut {
+    fn from(attempt: Attempt) -> Self {
+        Self {
+            id: attempt.id.to_string(),
+            msg_id: attempt.message_id.to_string(),
+            endpoint_id: attempt.endpoint_id.to_string(),
+            url: attempt.url,
+            response: attempt.response,
+            response_status_code: attempt.response_status_code,
+            response_duration_ms: attempt.response_duration_ms,
+            status: attempt.status.code(),
+            status_text: attempt.status.text(),
+            trigger_type: attempt.trigger.code(),
+            error_class: attempt.error_class.map(|c| c.as_str()),
+            timestamp: timestamp(attempt.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AttemptListParams {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    status: Option<i64>,
+    status_code_class: Option<u16>,
+    /// Comma-separated.
+    event_types: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    /// Herald's addition: each entry with the request it made.
+    #[serde(default)]
+    with_request: bool,
+}
+
+impl AttemptListParams {
+    fn query(&self, filter: AttemptFilter) -> ApiResult<AttemptQuery> {
+        let status = self
+            .status
+            .map(|code| {
+                DeliveryStatus::from_code(code)
+                    .ok_or_else(|| ApiError::invalid("status", "must be 0, 1, 2 or 3"))
+            })
+            .transpose()?;
+        if self
+            .status_code_class
+            .is_some_and(|class| class > 500 || class % 100 != 0)
+        {
+            return Err(ApiError::invalid(
+                "status_code_class",
+                "must be 0, 100, 200, 300, 400 or 500",
+            ));
+        }
+        Ok(AttemptQuery {
+            status,
+            status_code_class: self.status_code_class,
+            event_types: event_types(self.event_types.as_deref())?,
+            before: optional_time("before", self.before.as_deref())?,
+            after: optional_time("after", self.after.as_deref())?,
+            ..AttemptQuery::new(
+                filter,
+                ListParams {
+                    limit: self.limit,
+                    iterator: self.iterator.clone(),
+                }
+                .page(),
+            )
+        })
+    }
+}
+
+async fn endpoint_id(
+    state: &AppState,
+    app: herald_domain::AppId,
+    segment: &str,
+) -> ApiResult<EndpointId> {
+    let reference = IdOrUid::<EndpointId>::parse(segment).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_endpoint(app, &reference).await?.id)
+}
+
+async fn message_id(
+    state: &AppState,
+    app: herald_domain::AppId,
+    segment: &str,
+) -> ApiResult<MessageId> {
+    let reference = IdOrUid::<MessageId>::parse(segment).map_err(|_| ApiError::NotFound)?;
+    Ok(state.store.get_message(app, &reference).await?.id)
+}
+
+async fn attempts_by_endpoint(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(params): Query<AttemptListParams>,
+) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+    let app = resolve(&state, &app).await?;
+    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+    let page = state
+        .store
+        .list_attempts(app, params.query(AttemptFilter::Endpoint(endpoint))?)
+        .await?;
+    entries(&state, app, page, params.with_request).await
+}
+
+async fn attempts_by_message(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    Query(params): Query<AttemptListParams>,
+) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let page = state
+        .store
+        .list_attempts(app, params.query(AttemptFilter::Message(message))?)
+        .await?;
+    entries(&state, app, page, params.with_request).await
+}
+
+/// A listed attempt, with the request it made when asked for
+/// (`with_request=true`).
+#[derive(Debug, Serialize)]
+struct AttemptEntryOut {
+    #[serde(flatten)]
+    attempt: MessageAttemptOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<RequestOut>,
+}
+
+async fn entries(
+    state: &AppState,
+    app: AppId,
+    page: herald_store::Page<Attempt>,
+    with_request: bool,
+) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+    let mut requests = HashMap::new();
+    if with_request {
+        // A page names few messages and endpoints; each is read once.
+        let mut messages: HashMap<MessageId, Message> = HashMap::new();
+        let mut endpoints: HashMap<EndpointId, Headers> = HashMap::new();
+        for attempt in &page.data {
+            if let Entry::Vacant(entry) = messages.entry(attempt.message_id) {
+                let reference = IdOrUid::Id(attempt.message_id);
+                entry.insert(state.store.get_message(app, &reference).await?);
+            }
+            if let Entry::Vacant(entry) = endpoints.entry(attempt.endpoint_id) {
+                let reference = IdOrUid::Id(attempt.endpoint_id);
+                entry.insert(state.store.get_endpoint(app, &reference).await?.headers);
+            }
+            let request = request_of(
+                &messages[&attempt.message_id],
+                &endpoints[&attempt.endpoint_id],
+                attempt,
+            )?;
+            requests.insert(attempt.id, request);
+        }
+    }
+    Ok(Json(ListResponse::from_page(page, |attempt| {
+        AttemptEntryOut {
+            request: requests.remove(&attempt.id),
+            attempt: attempt.into(),
+        }
+    })))
+}
+
+/// One attempt, with Herald's addition: the request it made.
+#[derive(Debug, Serialize)]
+struct AttemptDetailOut {
+    #[serde(flatten)]
+    attempt: MessageAttemptOut,
+    request: RequestOut,
+}
+
+/// The request an attempt made. The body is rebuilt exactly from the
+/// stored message; the headers are the standard ones with the signature
+/// masked, plus the endpoint's custom headers as they are now, with the
+/// values of those that look like credentials masked.
+#[derive(Debug, Serialize)]
+struct RequestOut {
+    headers: BTreeMap<String, String>,
+    body: Box<RawValue>,
+}
+
+fn request_of(message: &Message, custom: &Headers, attempt: &Attempt) -> ApiResult<RequestOut> {
+    let mut headers: BTreeMap<String, String> = custom
+        .iter()
+        .map(|(name, value)| (name.clone(), headers::shown(name, value).to_owned()))
+        .collect();
+    let id = message.id.to_string();
+    let seconds = (attempt.created_at / 1000).to_string();
+    for prefix in ["webhook", "svix"] {
+        headers.insert(format!("{prefix}-id"), id.clone());
+        headers.insert(format!("{prefix}-timestamp"), seconds.clone());
+        headers.insert(format!("{prefix}-signature"), headers::MASKED.to_owned());
+    }
+    headers.insert("content-type".into(), "application/json".into());
+    let body = herald_dispatch::build_body(message);
+    let body = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
+        .map_err(|e| ApiError::Internal(format!("rebuilding a request body: {e}")))?;
+    Ok(RequestOut { headers, body })
+}
+
+async fn attempt(
+    State(state): State<AppState>,
+    Path((app, msg, attempt)): Path<(String, String, String)>,
+) -> ApiResult<Json<AttemptDetailOut>> {
+    let app = resolve(&state, &app).await?;
+    let message = state
+        .store
+        .get_message(
+            app,
+            &IdOrUid::<MessageId>::parse(&msg).map_err(|_| ApiError::NotFound)?,
+        )
+        .await?;
+    let attempt = AttemptId::parse(&attempt).map_err(|_| ApiError::NotFound)?;
+    let attempt = state.store.get_attempt(app, message.id, attempt).await?;
+    let endpoint = state
+        .store
+        .get_endpoint(app, &IdOrUid::Id(attempt.endpoint_id))
+        .await?;
+    let request = request_of(&message, &endpoint.headers, &attempt)?;
+    Ok(Json(AttemptDetailOut {
+        attempt: attempt.into(),
+        request,
+    }))
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    Path((app, msg, endpoint)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+    // Without a dispatcher in this process the lease ends at once, so any
+    // worker claims the resend on its next look.
+    let claim = state
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.claim_for_new_work())
+        .unwrap_or_else(|| {
+            let now = now_ms();
+            Claim { now, until: now }
+        });
+    let job = state.store.resend(app, message, endpoint, claim).await?;
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.submit(vec![job]);
+    }
+    Ok(StatusCode::ACCEPTED)
+}

@@ -38,6 +38,15 @@ impl BenchDatabase {
         })
     }
 
+    /// What autovacuum does after a bulk load (it is off on some servers,
+    /// this machine's among them): fresh statistics for the planner.
+    async fn analyze(&self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        Ok(())
+    }
+
     async fn drop_database(self) {
         use sqlx::Connection;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.server_url).await {
@@ -212,6 +221,15 @@ impl HeraldUnderTest {
 
     pub fn resume(&mut self, processes: usize) -> anyhow::Result<()> {
         self.spawn(processes, &[])
+    }
+
+    /// Refreshes PostgreSQL's planner statistics (nothing for SQLite,
+    /// whose planner needs none for these queries).
+    pub async fn analyze(&self) -> anyhow::Result<()> {
+        match &self.database {
+            Some(database) => database.analyze().await,
+            None => Ok(()),
+        }
     }
 
     /// The run's database, opened directly (while paused, for SQLite).

@@ -76,6 +76,7 @@ pub(super) async fn activity_log(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let store = herald.open_store().await?;
     seed(store.clone(), &app, messages).await?;
     drop(store);
+    herald.analyze().await?;
     eprintln!(
         "seeded {} attempts in {:.1} s",
         messages * ATTEMPTS_PER_MESSAGE,

@@ -22,6 +22,8 @@ pub enum ApiError {
         detail: String,
     },
     Unauthorized,
+    /// 403: the token is valid but its scope does not reach this route.
+    Forbidden,
     NotFound,
     Conflict {
         detail: String,
@@ -87,6 +89,11 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 "authentication_failed",
                 "a valid `Authorization: Bearer <token>` header is required".to_owned(),
+            ),
+            Self::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token's scope does not allow this request".to_owned(),
             ),
             Self::NotFound => (
                 StatusCode::NOT_FOUND,

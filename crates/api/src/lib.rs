@@ -5,6 +5,7 @@
 mod alert_rules;
 mod apps;
 mod attempts;
+mod auth;
 mod endpoints;
 mod error;
 mod event_types;
@@ -13,6 +14,7 @@ mod messages;
 mod middleware;
 mod recovery;
 mod test_events;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,10 @@ pub struct ApiConfig {
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
+    /// Where Herald is reached from outside (portal links).
+    pub public_url: String,
+    /// How long a portal-access session lasts by default (1 h).
+    pub portal_session: Duration,
     /// The server's alert defaults, which apps' rules override.
     pub alerts: herald_dispatch::AlertConfig,
 }
@@ -88,13 +94,20 @@ pub fn router(state: AppState) -> Router {
         .merge(test_events::routes())
         .merge(recovery::routes())
         .merge(alert_rules::routes())
+        .merge(tokens::routes())
+        // Outermost first: who is asking, a replay of their earlier answer,
+        // whether the route is theirs (and the audit of what they change).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::idempotency,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::authenticate,
+            auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         // A global limit: `Router::layer` wraps every route separately, so a

@@ -1,13 +1,11 @@
-//! Cross-cutting request handling: bearer-token authentication and
-//! `Idempotency-Key` replay.
+//! Cross-cutting request handling: `Idempotency-Key` replay (who may ask
+//! is `auth`'s).
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use herald_store::{Reservation, StoredResponse};
 
@@ -21,31 +19,7 @@ const MAX_STORED_RESPONSE: usize = 4 * 1024 * 1024;
 const STALE_RESERVATION_MS: i64 = 5 * 60 * 1000;
 
 pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Rejects requests without the admin bearer token. Tokens are compared by
-/// hash in constant time.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let valid = presented
-        .is_some_and(|token| bool::from(hash_token(token).ct_eq(&state.config.admin_token_hash)));
-    if !valid {
-        return ApiError::Unauthorized.into_response();
-    }
-    next.run(request).await
+    herald_domain::token::hash(token)
 }
 
 /// A POST with `Idempotency-Key` runs once: the key is reserved before the
@@ -70,7 +44,12 @@ pub(crate) async fn idempotency(
     if key.is_empty() || key.len() > 256 {
         return ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters").into_response();
     }
-    let scope = format!("admin {}", request.uri().path().trim_end_matches('/'));
+    // Keys are per token holder: one holder's key never replays to another.
+    let actor = request
+        .extensions()
+        .get::<crate::auth::Principal>()
+        .map_or_else(|| "anonymous".to_owned(), |p| p.actor());
+    let scope = format!("{actor} {}", request.uri().path().trim_end_matches('/'));
     let now = now_ms();
     match state
         .store

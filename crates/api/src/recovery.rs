@@ -7,7 +7,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::IdOrUid;
@@ -15,6 +15,7 @@ use herald_domain::{EndpointId, TaskId};
 use herald_store::{BackgroundTask, Recovery};
 
 use crate::apps::resolve;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body};
 use crate::middleware::now_ms;
@@ -126,9 +127,12 @@ pub(crate) fn spawn(state: &AppState, task: TaskId) {
 
 async fn read_task(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(task): Path<String>,
 ) -> ApiResult<Json<TaskOut>> {
     let task = TaskId::parse(&task).map_err(|_| ApiError::NotFound)?;
     let task = state.store.get_task(task).await?;
+    // Another app's task is "not found" to an app-scoped token.
+    principal.check(task.app_id)?;
     Ok(Json(TaskOut::new(&task, true)))
 }

@@ -106,6 +106,8 @@ prefixed_id!(EndpointId, "ep_", "endpointId");
 prefixed_id!(MessageId, "msg_", "msgId");
 prefixed_id!(AttemptId, "atmpt_", "attemptId");
 prefixed_id!(TaskId, "qtask_", "taskId");
+prefixed_id!(TokenId, "tok_", "tokenId");
+prefixed_id!(AuditId, "audit_", "auditId");
 
 /// A caller-chosen identifier (`uid` of an app or endpoint, `eventId` of a
 /// message): 1–256 characters of `[A-Za-z0-9._-]`, as in Svix.

@@ -12,10 +12,11 @@ pub mod net;
 pub mod retry;
 pub mod signing;
 pub mod status;
+pub mod token;
 
 pub use alerts::{AlertRules, AlertRulesSpec};
 pub use event_type::{EventTypeName, FilterTypes};
-pub use ids::{AppId, AttemptId, EndpointId, MessageId, TaskId, Uid};
+pub use ids::{AppId, AttemptId, AuditId, EndpointId, MessageId, TaskId, TokenId, Uid};
 pub use net::{AddressPolicy, EndpointUrl};
 pub use retry::{parse_duration, RetryKind, RetryPolicy, RetryPolicySpec, RetrySchedule};
 pub use signing::{Secret, SigningKeys};

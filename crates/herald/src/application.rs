@@ -112,6 +112,10 @@ impl Application {
             },
         )
         .map_err(|e| anyhow::anyhow!("e-mail notifications: {e}"))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listening on {}", settings.listen))?;
+        let address = listener.local_addr()?;
         let state = AppState {
             store,
             // An API-only process leaves deliveries unleased for the workers.
@@ -124,12 +128,13 @@ impl Application {
                 max_concurrent_requests: settings.max_concurrent_requests,
                 test_event_wait: settings.request_timeout + Duration::from_secs(5),
                 alerts,
+                public_url: settings
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{address}")),
+                portal_session: settings.portal_session,
             }),
         };
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("listening on {}", settings.listen))?;
-        let address = listener.local_addr()?;
         Ok(Self {
             listener,
             address,

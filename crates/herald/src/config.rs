@@ -136,6 +136,16 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// How Herald is reached from outside, for portal links
+    /// (default: `http://` and the listen address).
+    #[arg(long, env = "HERALD_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// How long a portal-access link works (`1h`; at most `24h`).
+    #[arg(long, env = "HERALD_PORTAL_SESSION", value_name = "DURATION")]
+    pub portal_session: Option<String>,
+    /// How long a rotated-out signing secret keeps signing (`24h`; `0s` to `7d`).
+    #[arg(long, env = "HERALD_SECRET_ROTATION_GRACE", value_name = "DURATION")]
+    pub secret_rotation_grace: Option<String>,
     /// Log filter (`info`, `herald=debug`, …).
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -176,6 +186,9 @@ struct FileConfig {
     alert_email_to: Option<String>,
     retention: Option<String>,
     max_body_bytes: Option<usize>,
+    public_url: Option<String>,
+    portal_session: Option<String>,
+    secret_rotation_grace: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
 }
@@ -311,6 +324,9 @@ pub struct Settings {
     pub email: Option<EmailConfig>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
+    /// Where portal links point; `None`: `http://` + the bound address.
+    pub public_url: Option<String>,
+    pub portal_session: Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -350,6 +366,8 @@ impl Settings {
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
+            public_url: None,
+            portal_session: Duration::from_secs(3600),
             log: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -425,6 +443,39 @@ impl Settings {
                 bail!("HERALD_FAILING_AFTER must be at least 1");
             }
             settings.failing_after = n;
+        }
+        if let Some(url) = args
+            .public_url
+            .or(file.public_url)
+            .filter(|u| !u.is_empty())
+        {
+            let parsed = url::Url::parse(&url)
+                .map_err(|e| anyhow::anyhow!("HERALD_PUBLIC_URL `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("HERALD_PUBLIC_URL must be an http:// or https:// URL");
+            }
+            settings.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        if let Some(text) = args.portal_session.or(file.portal_session) {
+            let period = herald_domain::parse_duration(text.trim())
+                .map_err(|reason| anyhow::anyhow!("HERALD_PORTAL_SESSION: {reason}"))?;
+            if period < Duration::from_secs(60) || period > Duration::from_secs(24 * 3600) {
+                bail!("HERALD_PORTAL_SESSION must be between 1m and 24h");
+            }
+            settings.portal_session = period;
+        }
+        if let Some(text) = args.secret_rotation_grace.or(file.secret_rotation_grace) {
+            let text = text.trim();
+            let period = if text == "0" {
+                Duration::ZERO
+            } else {
+                herald_domain::parse_duration(text)
+                    .map_err(|reason| anyhow::anyhow!("HERALD_SECRET_ROTATION_GRACE: {reason}"))?
+            };
+            if period > Duration::from_secs(7 * 24 * 3600) {
+                bail!("HERALD_SECRET_ROTATION_GRACE must be at most 7d");
+            }
+            settings.rotation_grace = period;
         }
         match args.retention.or(file.retention).as_deref().map(str::trim) {
             None => {}

@@ -5,6 +5,7 @@ pub mod application;
 pub mod bench;
 pub mod child;
 pub mod config;
+pub mod tokens;
 
 pub use application::Application;
 pub use config::Settings;

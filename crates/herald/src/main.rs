@@ -30,6 +30,8 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Measure throughput and latency against a local receiver.
     Bench(BenchArgs),
+    /// Create, list and revoke app-scoped API tokens.
+    Token(herald::tokens::TokenArgs),
 }
 
 #[tokio::main]
@@ -66,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text);
             herald::bench::run(args).await
+        }
+        Command::Token(args) => {
+            init_logging("warn", LogFormat::Text);
+            herald::tokens::run(args).await
         }
     }
 }

@@ -2,11 +2,13 @@
 //! program talks to, and its SQLite implementation. A PostgreSQL
 //! implementation of the same trait follows; the SQL is kept portable.
 
+mod access;
 mod model;
 mod pg;
 mod shared;
 mod sqlite;
 
+pub use access::{AuditEntry, AuditQuery, Token, TokenInput, TokenKind};
 pub use model::*;
 pub use pg::{redact_password, PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -14,7 +16,7 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 use async_trait::async_trait;
 use herald_domain::ids::IdOrUid;
 use herald_domain::{
-    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
 
 /// What can go wrong talking to the store, in terms the API maps to statuses.
@@ -211,6 +213,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask>;
     /// Tasks still running (to resume after a restart).
     async fn running_tasks(&self) -> StoreResult<Vec<TaskId>>;
+
+    // Tokens and the audit log.
+    async fn create_token(&self, input: TokenInput) -> StoreResult<Token>;
+    /// The token with this SHA-256, valid or not (the caller checks).
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>>;
+    async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>>;
+    /// Marks one of `app`'s tokens revoked at `at`; revoking twice keeps
+    /// the first time.
+    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token>;
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
+    async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>>;
 
     // Idempotency keys.
     /// Claims `key` for a request about to run: `Reserved` means go ahead,

@@ -1446,3 +1446,123 @@ async fn alert_rules_are_kept_per_app_and_reset_to_the_defaults() {
         );
     }
 }
+
+#[tokio::test]
+async fn tokens_are_found_by_hash_scoped_to_their_app_and_revoked_once() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let (first, second) = (app(store, None).await, app(store, None).await);
+        let input = |app, byte, expires_at| TokenInput {
+            app_id: app,
+            kind: TokenKind::Api,
+            name: "ci".into(),
+            hash: [byte; 32],
+            expires_at,
+        };
+        let token = store.create_token(input(first, 1, None)).await.unwrap();
+        store.create_token(input(second, 2, Some(5))).await.unwrap();
+        assert!(
+            matches!(
+                store.create_token(input(AppId::generate(), 3, None)).await,
+                Err(StoreError::NotFound)
+            ),
+            "{name}: no token for an unknown app"
+        );
+
+        let found = store.token_by_hash([1; 32]).await.unwrap().unwrap();
+        assert_eq!(found, token, "{name}");
+        assert!(found.is_valid_at(i64::MAX - 1), "{name}: no expiry");
+        let expiring = store.token_by_hash([2; 32]).await.unwrap().unwrap();
+        assert!(
+            expiring.is_valid_at(4) && !expiring.is_valid_at(5),
+            "{name}"
+        );
+        assert_eq!(store.token_by_hash([9; 32]).await.unwrap(), None, "{name}");
+
+        // Another app cannot revoke it; its own can, once.
+        assert!(
+            matches!(
+                store.revoke_token(second, token.id, 10).await,
+                Err(StoreError::NotFound)
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .revoke_token(first, token.id, 10)
+                .await
+                .unwrap()
+                .revoked_at,
+            Some(10)
+        );
+        let again = store.revoke_token(first, token.id, 20).await.unwrap();
+        assert_eq!(
+            again.revoked_at,
+            Some(10),
+            "{name}: the first revocation stays"
+        );
+        assert!(!again.is_valid_at(11), "{name}");
+        let listed = store
+            .list_tokens(
+                first,
+                PageRequest {
+                    limit: 10,
+                    cursor: Cursor::default(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.data, vec![again], "{name}: only the app's own");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_lists_newest_first_per_app_or_all() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let (first, second) = (app(store, None).await, app(store, None).await);
+        for (n, app) in [
+            (0, Some(first)),
+            (1, Some(second)),
+            (2, Some(first)),
+            (3, None),
+        ] {
+            store
+                .record_audit(AuditEntry {
+                    id: herald_domain::AuditId::generate(),
+                    actor: "admin".into(),
+                    app_id: app,
+                    action: format!("thing.{n}"),
+                    target: format!("t{n}"),
+                    detail: None,
+                    created_at: n,
+                })
+                .await
+                .unwrap();
+        }
+        let page = |app| AuditQuery {
+            app,
+            page: PageRequest {
+                limit: 10,
+                cursor: Cursor::default(),
+            },
+        };
+        let actions = |entries: Page<AuditEntry>| {
+            entries
+                .data
+                .into_iter()
+                .map(|e| e.action)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            actions(store.list_audit(page(Some(first))).await.unwrap()),
+            ["thing.2", "thing.0"],
+            "{name}"
+        );
+        assert_eq!(
+            actions(store.list_audit(page(None)).await.unwrap()),
+            ["thing.3", "thing.2", "thing.1", "thing.0"],
+            "{name}"
+        );
+    }
+}

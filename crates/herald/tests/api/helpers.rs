@@ -122,17 +122,28 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(TOKEN);
+        let (status, text) = self.request_as(Some(TOKEN), method, path, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A request with `token` (or none); the body as text.
+    pub async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (status, response.text().await.unwrap_or_default())
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -8,6 +8,7 @@ mod alerts;
 mod crash;
 mod delivery;
 mod helpers;
+mod isolation;
 mod operations;
 mod scale_out;
 mod svix_sdk;

@@ -147,6 +147,7 @@ pub(crate) async fn delete_app(conn: &mut PgConnection, app: AppId) -> StoreResu
         "DELETE FROM messages WHERE app_id = $1",
         "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = $1)",
         "DELETE FROM endpoints WHERE app_id = $1",
+        "DELETE FROM tokens WHERE app_id = $1",
     ] {
         sqlx::query(sql).bind(&id).execute(&mut *conn).await.map_err(db)?;
     }

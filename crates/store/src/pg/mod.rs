@@ -3,6 +3,7 @@
 //! pooled connection, due work is claimed with `FOR UPDATE SKIP LOCKED`
 //! plus a lease, and `LISTEN/NOTIFY` wakes idle workers in every process.
 
+mod access;
 mod admin;
 mod batch;
 mod delivery;
@@ -19,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
 use herald_domain::{
-    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
 
 use crate::*;
@@ -63,6 +64,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations/postgres/0008_alert_rules.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_tokens_audit.sql"),
     ),
 ];
 
@@ -164,6 +169,17 @@ impl PgStore {
             .await
             .map_err(db)?;
         migrate(&pool).await?;
+        // Without autovacuum's ANALYZE the planner keeps the statistics of
+        // empty tables and scans whole tables for the log and for attempt
+        // updates (seen in benchmarks on a server with it off).
+        if let Ok(setting) = sqlx::query_scalar::<_, String>("SHOW autovacuum")
+            .fetch_one(&pool)
+            .await
+        {
+            if setting == "off" {
+                tracing::warn!("PostgreSQL autovacuum is off: run ANALYZE regularly (or enable autovacuum), or listings and deliveries slow down as tables grow");
+            }
+        }
         let work = Arc::new(Notify::new());
         let listener = listen(&pool, work.clone()).await?;
         Ok(Self {
@@ -535,6 +551,31 @@ impl Store for PgStore {
     }
     async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
         self.transaction(async |c| health::purge_health(c, before).await)
+            .await
+    }
+
+    async fn create_token(&self, input: TokenInput) -> StoreResult<Token> {
+        self.transaction(async |c| access::create_token(c, input).await)
+            .await
+    }
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>> {
+        self.transaction(async |c| access::token_by_hash(c, &hash).await)
+            .await
+    }
+    async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>> {
+        self.transaction(async |c| access::list_tokens(c, app, page).await)
+            .await
+    }
+    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token> {
+        self.transaction(async |c| access::revoke_token(c, app, token, at).await)
+            .await
+    }
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.transaction(async |c| access::record_audit(c, &entry).await)
+            .await
+    }
+    async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
+        self.transaction(async |c| access::list_audit(c, query).await)
             .await
     }
 

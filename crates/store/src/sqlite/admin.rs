@@ -145,6 +145,7 @@ pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {
         "DELETE FROM messages WHERE app_id = ?",
         "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = ?)",
         "DELETE FROM endpoints WHERE app_id = ?",
+        "DELETE FROM tokens WHERE app_id = ?",
     ] {
         conn.execute(sql, [&id]).map_err(internal)?;
     }

@@ -1,6 +1,7 @@
 //! The SQLite implementation of [`Store`]: one writer thread committing
 //! batches, a pool of readers, migrations embedded in the binary.
 
+mod access;
 mod admin;
 mod delivery;
 mod health;
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use herald_domain::{
-    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId,
+    AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
 
 use crate::*;
@@ -53,6 +54,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations/sqlite/0008_alert_rules.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_tokens_audit.sql"),
     ),
 ];
 
@@ -428,6 +433,37 @@ impl Store for SqliteStore {
     async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
         self.writer
             .write(move |c| health::purge_health(c, before))
+            .await
+    }
+
+    async fn create_token(&self, input: TokenInput) -> StoreResult<Token> {
+        self.writer
+            .write(move |c| access::create_token(c, input))
+            .await
+    }
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>> {
+        self.readers
+            .read(move |c| access::token_by_hash(c, &hash))
+            .await
+    }
+    async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>> {
+        self.readers
+            .read(move |c| access::list_tokens(c, app, page))
+            .await
+    }
+    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token> {
+        self.writer
+            .write(move |c| access::revoke_token(c, app, token, at))
+            .await
+    }
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.writer
+            .write(move |c| access::record_audit(c, &entry))
+            .await
+    }
+    async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
+        self.readers
+            .read(move |c| access::list_audit(c, query))
             .await
     }
 

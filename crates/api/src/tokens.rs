@@ -1,0 +1,270 @@
+//! App-scoped tokens (`/app/{app}/token/`), portal access links
+//! (`/auth/app-portal-access/{app}/`) and the audit log (`/audit/`,
+//! `/app/{app}/audit/`). A token is shown once, when it is made; the store
+//! keeps its SHA-256 only.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use herald_domain::token::ApiToken;
+use herald_domain::{AppId, TokenId};
+use herald_store::{AuditEntry, AuditQuery, Token, TokenInput, TokenKind};
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{timestamp, Body, ListParams, ListResponse};
+use crate::middleware::now_ms;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app/{app}/token", get(list).post(create))
+        .route("/app/{app}/token/{token}", delete(revoke))
+        .route("/auth/app-portal-access/{app}", post(portal_access))
+        .route("/audit", get(audit_all))
+        .route("/app/{app}/audit", get(audit_of_app))
+}
+
+/// The longest an API token may be made to last without "never".
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Portal sessions are short: at most a day.
+const MAX_PORTAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenIn {
+    name: String,
+    /// Seconds until the token stops working; absent: never.
+    expires_in: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenOut {
+    id: String,
+    app_id: String,
+    kind: &'static str,
+    name: String,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    /// Only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl From<Token> for TokenOut {
+    fn from(token: Token) -> Self {
+        Self {
+            id: token.id.to_string(),
+            app_id: token.app_id.to_string(),
+            kind: token.kind.as_str(),
+            name: token.name,
+            created_at: timestamp(token.created_at),
+            expires_at: token.expires_at.map(timestamp),
+            revoked_at: token.revoked_at.map(timestamp),
+            token: None,
+        }
+    }
+}
+
+fn expiry(field: &'static str, seconds: u64, max: Duration) -> ApiResult<i64> {
+    if seconds == 0 || seconds > max.as_secs() {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {} seconds", max.as_secs()),
+        ));
+    }
+    Ok(now_ms() + seconds as i64 * 1000)
+}
+
+/// Makes a token for `app` and returns it with its record.
+async fn issue(
+    state: &AppState,
+    app: AppId,
+    kind: TokenKind,
+    name: String,
+    expires_at: Option<i64>,
+) -> ApiResult<(ApiToken, Token)> {
+    let token = ApiToken::generate();
+    let record = state
+        .store
+        .create_token(TokenInput {
+            app_id: app,
+            kind,
+            name,
+            hash: token.hash(),
+            expires_at,
+        })
+        .await?;
+    Ok((token, record))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(input): Body<TokenIn>,
+) -> ApiResult<(StatusCode, Json<TokenOut>)> {
+    let app = resolve(&state, &app).await?;
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::invalid("name", "must be 1 to 256 characters"));
+    }
+    let expires_at = input
+        .expires_in
+        .map(|s| expiry("expiresIn", s, MAX_TOKEN_LIFETIME))
+        .transpose()?;
+    let (token, record) = issue(&state, app, TokenKind::Api, name, expires_at).await?;
+    let mut out = TokenOut::from(record);
+    out.token = Some(token.reveal().to_owned());
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<ListResponse<TokenOut>>> {
+    let app = resolve(&state, &app).await?;
+    let page = state.store.list_tokens(app, params.page()).await?;
+    Ok(Json(ListResponse::from_page(page, TokenOut::from)))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Path((app, token)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let token = TokenId::parse(&token).map_err(|_| ApiError::NotFound)?;
+    // Scoped to the app: another app's token id is "not found".
+    state.store.revoke_token(app, token, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Svix's `AppPortalAccessIn` (the fields Herald uses; others are accepted).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct PortalAccessIn {
+    /// Seconds the session lasts (default: the server's, 1 h).
+    expiry: Option<u64>,
+    session_id: Option<String>,
+    #[allow(dead_code)]
+    feature_flags: Option<Vec<String>>,
+    #[allow(dead_code)]
+    read_only: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct PortalAccessOut {
+    url: String,
+    token: String,
+}
+
+async fn portal_access(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<PortalAccessOut>> {
+    let app = resolve(&state, &app).await?;
+    // The SDKs send `{}`; curl users may send nothing.
+    let input: PortalAccessIn = if body.iter().all(u8::is_ascii_whitespace) {
+        PortalAccessIn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            code: "invalid_json",
+            detail: e.to_string(),
+        })?
+    };
+    let seconds = input
+        .expiry
+        .unwrap_or(state.config.portal_session.as_secs());
+    let expires_at = expiry("expiry", seconds, MAX_PORTAL_LIFETIME)?;
+    let name = format!(
+        "portal session{}",
+        input
+            .session_id
+            .map(|s| format!(" {}", s.chars().take(64).collect::<String>()))
+            .unwrap_or_default()
+    );
+    let (token, _) = issue(&state, app, TokenKind::Portal, name, Some(expires_at)).await?;
+    let url = format!(
+        "{}/portal/#token={}",
+        state.config.public_url.trim_end_matches('/'),
+        token.reveal()
+    );
+    Ok(Json(PortalAccessOut {
+        url,
+        token: token.reveal().to_owned(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditOut {
+    id: String,
+    /// `admin`, or the id of the token used.
+    actor: String,
+    app_id: Option<String>,
+    action: String,
+    target: String,
+    created_at: String,
+}
+
+impl From<AuditEntry> for AuditOut {
+    fn from(entry: AuditEntry) -> Self {
+        Self {
+            id: entry.id.to_string(),
+            actor: entry.actor,
+            app_id: entry.app_id.map(|a| a.to_string()),
+            action: entry.action,
+            target: entry.target,
+            created_at: timestamp(entry.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditParams {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    app_id: Option<String>,
+}
+
+async fn audit_all(
+    State(state): State<AppState>,
+    Query(params): Query<AuditParams>,
+) -> ApiResult<Json<ListResponse<AuditOut>>> {
+    let app = match params.app_id.as_deref() {
+        Some(segment) => Some(resolve(&state, segment).await?),
+        None => None,
+    };
+    audit(&state, app, params).await
+}
+
+async fn audit_of_app(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Query(params): Query<AuditParams>,
+) -> ApiResult<Json<ListResponse<AuditOut>>> {
+    let app = resolve(&state, &app).await?;
+    audit(&state, Some(app), params).await
+}
+
+async fn audit(
+    state: &AppState,
+    app: Option<AppId>,
+    params: AuditParams,
+) -> ApiResult<Json<ListResponse<AuditOut>>> {
+    let page = ListParams {
+        limit: params.limit,
+        iterator: params.iterator,
+    }
+    .page();
+    let entries = state.store.list_audit(AuditQuery { app, page }).await?;
+    Ok(Json(ListResponse::from_page(entries, AuditOut::from)))
+}

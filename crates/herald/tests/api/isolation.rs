@@ -1,0 +1,548 @@
+//! Tenant isolation (SPEC §4): every route, tried with every kind of token.
+//! An app-scoped token reaches its own app only; another app's data is
+//! "not found", never "forbidden", and never appears in an answer.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{eventually, spawn_app, Receiver, TestApp, TOKEN};
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Admin, or a token of the app in the path.
+    Tenant,
+    /// Admin only (server-wide or token-minting routes).
+    Admin,
+    /// Any valid token (the global event catalog, read-only).
+    Catalog,
+}
+
+/// The token kinds of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    Expired,
+    Revoked,
+    OtherApp,
+    SameApp,
+    Portal,
+    Admin,
+}
+
+impl Holder {
+    fn expected(self, rule: Rule) -> u16 {
+        match (self, rule) {
+            (Self::Nobody | Self::Expired | Self::Revoked, _) => 401,
+            (Self::Admin, _) => 200,
+            (Self::SameApp | Self::Portal, Rule::Admin) => 403,
+            (Self::SameApp | Self::Portal, _) => 200,
+            (Self::OtherApp, Rule::Tenant) => 404,
+            (Self::OtherApp, Rule::Admin) => 403,
+            (Self::OtherApp, Rule::Catalog) => 200,
+        }
+    }
+}
+
+/// One app's things, made by the admin.
+struct Tenant {
+    app: String,
+    uid: String,
+    endpoint: String,
+    message: String,
+    attempt: String,
+    task: String,
+    secret: String,
+}
+
+async fn tenant(app: &TestApp, receiver: &Receiver, uid: &str) -> Tenant {
+    let (status, created) = app.post("/app/", json!({"name": uid, "uid": uid})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let endpoint = app
+        .create_endpoint(&id, &receiver.url(&format!("/{uid}")), None)
+        .await;
+    let message = app.send(&id, "call.completed", json!({"for": uid})).await;
+    let attempt = eventually(Duration::from_secs(10), "the attempt", || async {
+        app.attempts_of(&id, &message)
+            .await
+            .first()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let (status, task) = app
+        .post(
+            &format!("/app/{id}/endpoint/{endpoint}/recover/"),
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{task}");
+    let secret = app.secret(&id, &endpoint).await;
+    Tenant {
+        app: id,
+        uid: uid.to_owned(),
+        endpoint,
+        message,
+        attempt,
+        task: task["id"].as_str().unwrap().to_owned(),
+        secret,
+    }
+}
+
+async fn token(app: &TestApp, tenant: &str, body: Value) -> (String, String) {
+    let (status, made) = app.post(&format!("/app/{tenant}/token/"), body).await;
+    assert_eq!(status, 201, "{made}");
+    (
+        made["token"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The routes, as (rule, method, path template, body). Templates name the
+/// target app's things; `{fresh_ep}` and `{fresh_token}` are made anew for
+/// each request that should succeed, so destructive routes can be tried.
+fn routes() -> Vec<(Rule, Method, &'static str, Option<Value>)> {
+    use Rule::*;
+    let since = json!({"since": "2020-01-01T00:00:00Z"});
+    vec![
+        (Admin, Method::GET, "/app/", None),
+        (Admin, Method::POST, "/app/", Some(json!({"name": "new"}))),
+        (Tenant, Method::GET, "/app/{app}/", None),
+        (Tenant, Method::GET, "/app/{uid}/", None),
+        (
+            Tenant,
+            Method::PATCH,
+            "/app/{app}/",
+            Some(json!({"name": "renamed"})),
+        ),
+        (Catalog, Method::GET, "/event-type/", None),
+        (Catalog, Method::GET, "/event-type/call.completed/", None),
+        (
+            Admin,
+            Method::POST,
+            "/event-type/",
+            Some(json!({"name": "custom.{n}", "description": "x"})),
+        ),
+        (
+            Admin,
+            Method::PATCH,
+            "/event-type/call.completed/",
+            Some(json!({"description": "Calls that completed"})),
+        ),
+        (Tenant, Method::GET, "/app/{app}/endpoint/", None),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/endpoint/",
+            Some(json!({"url": "{receiver}/new"})),
+        ),
+        (Tenant, Method::GET, "/app/{app}/endpoint/{ep}/", None),
+        (Tenant, Method::GET, "/app/{uid}/endpoint/{ep}/", None),
+        (
+            Tenant,
+            Method::PATCH,
+            "/app/{app}/endpoint/{ep}/",
+            Some(json!({"description": "d"})),
+        ),
+        (
+            Tenant,
+            Method::DELETE,
+            "/app/{app}/endpoint/{fresh_ep}/",
+            None,
+        ),
+        (
+            Tenant,
+            Method::GET,
+            "/app/{app}/endpoint/{ep}/secret/",
+            None,
+        ),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/endpoint/{fresh_ep}/secret/rotate/",
+            Some(json!({})),
+        ),
+        (
+            Tenant,
+            Method::GET,
+            "/app/{app}/endpoint/{ep}/headers/",
+            None,
+        ),
+        (
+            Tenant,
+            Method::PATCH,
+            "/app/{app}/endpoint/{ep}/headers/",
+            Some(json!({"headers": {"x-a": "b"}})),
+        ),
+        (Tenant, Method::GET, "/app/{app}/endpoint/{ep}/stats/", None),
+        (
+            Tenant,
+            Method::GET,
+            "/app/{app}/endpoint/{ep}/health/",
+            None,
+        ),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/endpoint/{ep}/recover/",
+            Some(since),
+        ),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/endpoint/{ep}/send-example/",
+            Some(json!({"eventType": "call.completed"})),
+        ),
+        (Tenant, Method::GET, "/app/{app}/msg/", None),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/msg/",
+            Some(json!({"eventType": "call.started", "payload": {}})),
+        ),
+        (Tenant, Method::GET, "/app/{app}/msg/{msg}/", None),
+        (
+            Tenant,
+            Method::GET,
+            "/app/{app}/attempt/endpoint/{ep}/",
+            None,
+        ),
+        (Tenant, Method::GET, "/app/{app}/attempt/msg/{msg}/", None),
+        (
+            Tenant,
+            Method::GET,
+            "/app/{app}/msg/{msg}/attempt/{atmpt}/",
+            None,
+        ),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/msg/{msg}/endpoint/{ep}/resend/",
+            None,
+        ),
+        (Tenant, Method::GET, "/background-task/{task}/", None),
+        (Tenant, Method::GET, "/app/{app}/alert-rules/", None),
+        (
+            Tenant,
+            Method::PUT,
+            "/app/{app}/alert-rules/",
+            Some(json!({"failingAfter": 3})),
+        ),
+        (Tenant, Method::DELETE, "/app/{app}/alert-rules/", None),
+        (Tenant, Method::GET, "/app/{app}/audit/", None),
+        (Admin, Method::GET, "/audit/", None),
+        (Admin, Method::GET, "/app/{app}/token/", None),
+        (
+            Admin,
+            Method::POST,
+            "/app/{app}/token/",
+            Some(json!({"name": "more"})),
+        ),
+        (
+            Admin,
+            Method::DELETE,
+            "/app/{app}/token/{fresh_token}/",
+            None,
+        ),
+        (
+            Admin,
+            Method::POST,
+            "/auth/app-portal-access/{app}/",
+            Some(json!({})),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let a = tenant(&app, &receiver, "tenant-a").await;
+    let b = tenant(&app, &receiver, "tenant-b").await;
+
+    let (same, _) = token(&app, &a.app, json!({"name": "same"})).await;
+    let (other, _) = token(&app, &b.app, json!({"name": "other"})).await;
+    let (revoked, revoked_id) = token(&app, &a.app, json!({"name": "revoked"})).await;
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &format!("/app/{}/token/{revoked_id}/", a.app),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (expired, _) = token(&app, &a.app, json!({"name": "brief", "expiresIn": 1})).await;
+    let (status, portal) = app
+        .post(&format!("/auth/app-portal-access/{}/", a.uid), json!({}))
+        .await;
+    assert_eq!(status, 200, "{portal}");
+    let portal = portal["token"].as_str().unwrap().to_owned();
+    assert!(!portal.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await; // `expired` runs out
+
+    let holders = [
+        (Holder::Nobody, None),
+        (Holder::Expired, Some(expired.as_str())),
+        (Holder::Revoked, Some(revoked.as_str())),
+        (Holder::OtherApp, Some(other.as_str())),
+        (Holder::SameApp, Some(same.as_str())),
+        (Holder::Portal, Some(portal.as_str())),
+        (Holder::Admin, Some(TOKEN)),
+    ];
+    let mut checked = 0;
+    for (n, (rule, method, template, body)) in routes().into_iter().enumerate() {
+        for (holder, token) in holders {
+            let expected = holder.expected(rule);
+            let mut path = template
+                .replace("{app}", &a.app)
+                .replace("{uid}", &a.uid)
+                .replace("{ep}", &a.endpoint)
+                .replace("{msg}", &a.message)
+                .replace("{atmpt}", &a.attempt)
+                .replace("{task}", &a.task);
+            if path.contains("{fresh_ep}") {
+                let fresh = app
+                    .create_endpoint(&a.app, &receiver.url("/fresh"), None)
+                    .await;
+                path = path.replace("{fresh_ep}", &fresh);
+            }
+            if path.contains("{fresh_token}") {
+                let (_, fresh) = self::token(&app, &a.app, json!({"name": "fresh"})).await;
+                path = path.replace("{fresh_token}", &fresh);
+            }
+            let body = body.as_ref().map(|b| {
+                let text = b
+                    .to_string()
+                    .replace("{receiver}", &receiver.url(""))
+                    .replace("{n}", &format!("t{n}{holder:?}").to_lowercase());
+                serde_json::from_str::<Value>(&text).unwrap()
+            });
+            let (status, text) = app.request_as(token, method.clone(), &path, body).await;
+            let what = format!("{holder:?} {method} {path} -> {status} {text}");
+            if expected == 200 {
+                assert!((200..300).contains(&status), "{what}");
+            } else {
+                assert_eq!(status, expected, "{what}");
+            }
+            // Nothing of an app the holder may not see is in the answer.
+            let foreign: &[&Tenant] = match holder {
+                Holder::Admin => &[],
+                Holder::SameApp | Holder::Portal => &[&b],
+                _ => &[&a, &b],
+            };
+            for tenant in foreign {
+                for secret in [
+                    &tenant.app,
+                    &tenant.endpoint,
+                    &tenant.message,
+                    &tenant.secret,
+                ] {
+                    assert!(!text.contains(secret.as_str()), "{what} leaks {secret}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes().len() * holders.len());
+
+    // Another app's things under one's own app are not found either.
+    for path in [
+        format!("/app/{}/endpoint/{}/", b.app, a.endpoint),
+        format!("/app/{}/endpoint/{}/secret/", b.app, a.endpoint),
+        format!("/app/{}/msg/{}/", b.app, a.message),
+        format!("/app/{}/attempt/msg/{}/", b.app, a.message),
+        format!("/app/{}/msg/{}/attempt/{}/", b.app, a.message, a.attempt),
+        format!("/background-task/{}/", a.task),
+    ] {
+        let (status, text) = app.request_as(Some(&other), Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    // An app token cannot delete another app; the admin can.
+    let (status, _) = app
+        .request_as(
+            Some(&other),
+            Method::DELETE,
+            &format!("/app/{}/", a.app),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get(&format!("/app/{}/", a.app)).await;
+    assert_eq!(status, 200, "still there");
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_listed_without_secrets_and_changes_are_audited() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, made) = app
+        .post(
+            &format!("/app/{tenant}/token/"),
+            json!({"name": "ci", "expiresIn": 3600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let secret = made["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("htk_") && secret.len() > 40, "{made}");
+    assert!(made["expiresAt"].is_string());
+
+    let (_, list) = app.get(&format!("/app/{tenant}/token/")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains(&secret), "{list}");
+    assert!(list["data"][0].get("token").is_none());
+
+    // The token works, and what it changes is recorded under its id.
+    let (status, text) = app
+        .request_as(
+            Some(&secret),
+            Method::POST,
+            &format!("/app/{tenant}/endpoint/"),
+            Some(json!({"url": receiver.url("/hook")})),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let endpoint: Value = serde_json::from_str(&text).unwrap();
+    let endpoint = endpoint["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{endpoint}/secret/rotate/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, audit) = app.get(&format!("/app/{tenant}/audit/")).await;
+    let entries: Vec<(String, String, String)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let token_id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        entries,
+        [
+            (
+                "endpoint.secret_rotated".to_owned(),
+                "admin".to_owned(),
+                endpoint.to_owned()
+            ),
+            (
+                "endpoint.created".to_owned(),
+                token_id.clone(),
+                endpoint.to_owned()
+            ),
+            (
+                "token.created".to_owned(),
+                "admin".to_owned(),
+                token_id.clone()
+            ),
+            ("app.created".to_owned(), "admin".to_owned(), tenant.clone()),
+        ],
+        "newest first"
+    );
+    let (_, all) = app.get(&format!("/audit/?app_id={tenant}")).await;
+    assert_eq!(all["data"], audit["data"]);
+    assert!(!audit.to_string().contains(&secret));
+
+    // Revoked: refused at once.
+    let (status, _) = app
+        .request(
+            Method::DELETE,
+            &format!("/app/{tenant}/token/{token_id}/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .request_as(Some(&secret), Method::GET, &format!("/app/{tenant}/"), None)
+        .await;
+    assert_eq!(status, 401);
+    let (_, list) = app.get(&format!("/app/{tenant}/token/")).await;
+    assert!(list["data"][0]["revokedAt"].is_string(), "{list}");
+
+    // Bad requests name the field.
+    for (body, field) in [
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x", "expiresIn": 0}), "expiresIn"),
+    ] {
+        let (status, error) = app.post(&format!("/app/{tenant}/token/"), body).await;
+        assert_eq!(status, 422, "{error}");
+        assert!(error["detail"].as_str().unwrap().contains(field), "{error}");
+    }
+    let (status, portal) = app
+        .post(
+            &format!("/auth/app-portal-access/{tenant}/"),
+            json!({"expiry": 999999}),
+        )
+        .await;
+    assert_eq!(status, 422, "{portal}");
+}
+
+/// Runs `herald token …` on a data directory; returns stdout.
+fn token_command(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("token")
+        .args(args)
+        .env("HERALD_DATA_DIR", data_dir)
+        .output()
+        .expect("herald token runs");
+    assert!(
+        output.status.success(),
+        "herald token {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn herald_token_create_makes_a_working_token_that_revoke_stops() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::Server::start(&crate::helpers::sqlite_env(data_dir.path()));
+    let client = reqwest::Client::new();
+    let app = server
+        .post(&client, "/app/", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    let app = app["id"].as_str().unwrap().to_owned();
+
+    let token = token_command(
+        data_dir.path(),
+        &["create", "--app", "acme", "--name", "deploy"],
+    );
+    let token = token.trim();
+    assert!(token.starts_with("htk_"), "{token}");
+    let url = format!("http://{}/api/v1/app/{app}/", server.address);
+    let status = |token: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(token.to_owned()).await, 200);
+
+    let listed = token_command(data_dir.path(), &["list", "--app", "acme"]);
+    let id = listed.split('\t').next().unwrap().to_owned();
+    assert!(
+        id.starts_with("tok_") && listed.contains("valid\tdeploy"),
+        "{listed}"
+    );
+    assert!(!listed.contains(token), "{listed}");
+    token_command(data_dir.path(), &["revoke", "--app", "acme", &id]);
+    assert_eq!(status(token.to_owned()).await, 401);
+}

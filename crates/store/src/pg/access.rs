@@ -1,0 +1,182 @@
+//! PostgreSQL SQL for tokens and the audit log.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+
+use herald_domain::{AppId, AuditId, TokenId};
+
+use super::rows::{db, list, Bind, Order};
+use crate::access::hash_text;
+use crate::{
+    AuditEntry, AuditQuery, Page, PageRequest, StoreError, StoreResult, Timestamp, Token,
+    TokenInput, TokenKind,
+};
+
+const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
+const AUDIT_COLUMNS: &str = "id, actor, app_id, action, target, detail, created_at";
+
+fn bad(column: &str, error: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: error.to_string().into(),
+    }
+}
+
+fn token(row: &PgRow) -> sqlx::Result<Token> {
+    let id: String = row.try_get("id")?;
+    let app: String = row.try_get("app_id")?;
+    let kind: String = row.try_get("kind")?;
+    Ok(Token {
+        id: TokenId::parse(&id).map_err(|e| bad("id", e))?,
+        app_id: AppId::parse(&app).map_err(|e| bad("app_id", e))?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| bad("kind", "unknown token kind"))?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn audit(row: &PgRow) -> sqlx::Result<AuditEntry> {
+    let id: String = row.try_get("id")?;
+    let app: Option<String> = row.try_get("app_id")?;
+    Ok(AuditEntry {
+        id: AuditId::parse(&id).map_err(|e| bad("id", e))?,
+        actor: row.try_get("actor")?,
+        app_id: app
+            .map(|a| AppId::parse(&a).map_err(|e| bad("app_id", e)))
+            .transpose()?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        detail: row.try_get("detail")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+pub(crate) async fn create_token(conn: &mut PgConnection, input: TokenInput) -> StoreResult<Token> {
+    let token = Token {
+        id: TokenId::generate(),
+        app_id: input.app_id,
+        kind: input.kind,
+        name: input.name,
+        created_at: crate::shared::now(),
+        expires_at: input.expires_at,
+        revoked_at: None,
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO tokens (id, app_id, kind, name, hash, created_at, expires_at)
+         SELECT $1, id, $2, $3, $4, $5, $6 FROM apps WHERE id = $7",
+    )
+    .bind(token.id.to_string())
+    .bind(token.kind.as_str())
+    .bind(&token.name)
+    .bind(hash_text(&input.hash))
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .bind(token.app_id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(token)
+}
+
+pub(crate) async fn token_by_hash(
+    conn: &mut PgConnection,
+    hash: &[u8; 32],
+) -> StoreResult<Option<Token>> {
+    let row = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
+    ))
+    .bind(hash_text(hash))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(token).transpose().map_err(db)
+}
+
+pub(crate) async fn list_tokens(
+    conn: &mut PgConnection,
+    app: AppId,
+    page: PageRequest,
+) -> StoreResult<Page<Token>> {
+    list(
+        conn,
+        TOKEN_COLUMNS,
+        "tokens",
+        "app_id = ?",
+        vec![Bind::Text(app.to_string())],
+        "id",
+        Order::Ascending,
+        &page,
+        token,
+        |t| t.id.to_string(),
+    )
+    .await
+}
+
+pub(crate) async fn revoke_token(
+    conn: &mut PgConnection,
+    app: AppId,
+    id: TokenId,
+    at: Timestamp,
+) -> StoreResult<Token> {
+    let row = sqlx::query(&format!(
+        "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND app_id = $3
+         RETURNING {TOKEN_COLUMNS}"
+    ))
+    .bind(at)
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.as_ref()
+        .map(token)
+        .transpose()
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)
+}
+
+pub(crate) async fn record_audit(conn: &mut PgConnection, entry: &AuditEntry) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, actor, app_id, action, target, detail, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(entry.id.to_string())
+    .bind(&entry.actor)
+    .bind(entry.app_id.map(|a| a.to_string()))
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(&entry.detail)
+    .bind(entry.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn list_audit(
+    conn: &mut PgConnection,
+    query: AuditQuery,
+) -> StoreResult<Page<AuditEntry>> {
+    let (filter, binds) = match query.app {
+        Some(app) => ("app_id = ?", vec![Bind::Text(app.to_string())]),
+        None => ("TRUE", vec![]),
+    };
+    list(
+        conn,
+        AUDIT_COLUMNS,
+        "audit_log",
+        filter,
+        binds,
+        "id",
+        Order::Descending,
+        &query.page,
+        audit,
+        |e| e.id.to_string(),
+    )
+    .await
+}

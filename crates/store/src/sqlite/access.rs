@@ -1,0 +1,178 @@
+//! SQLite SQL for tokens and the audit log.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use herald_domain::{AppId, AuditId, TokenId};
+
+use super::pool::internal;
+use super::rows::{list, Bind, Order};
+use crate::access::hash_text;
+use crate::{
+    AuditEntry, AuditQuery, Page, PageRequest, StoreError, StoreResult, Timestamp, Token,
+    TokenInput, TokenKind,
+};
+
+const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
+const AUDIT_COLUMNS: &str = "id, actor, app_id, action, target, detail, created_at";
+
+fn bad(index: usize, error: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        error.to_string().into(),
+    )
+}
+
+fn token(row: &Row<'_>) -> rusqlite::Result<Token> {
+    let id: String = row.get(0)?;
+    let app: String = row.get(1)?;
+    let kind: String = row.get(2)?;
+    Ok(Token {
+        id: TokenId::parse(&id).map_err(|e| bad(0, e))?,
+        app_id: AppId::parse(&app).map_err(|e| bad(1, e))?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| bad(2, "unknown token kind"))?,
+        name: row.get(3)?,
+        created_at: row.get(4)?,
+        expires_at: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
+}
+
+fn audit(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let id: String = row.get(0)?;
+    let app: Option<String> = row.get(2)?;
+    Ok(AuditEntry {
+        id: AuditId::parse(&id).map_err(|e| bad(0, e))?,
+        actor: row.get(1)?,
+        app_id: app
+            .map(|a| AppId::parse(&a).map_err(|e| bad(2, e)))
+            .transpose()?,
+        action: row.get(3)?,
+        target: row.get(4)?,
+        detail: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+pub(crate) fn create_token(conn: &Connection, input: TokenInput) -> StoreResult<Token> {
+    let token = Token {
+        id: TokenId::generate(),
+        app_id: input.app_id,
+        kind: input.kind,
+        name: input.name,
+        created_at: crate::shared::now(),
+        expires_at: input.expires_at,
+        revoked_at: None,
+    };
+    conn.prepare_cached(
+        "INSERT INTO tokens (id, app_id, kind, name, hash, created_at, expires_at)
+         SELECT ?, id, ?, ?, ?, ?, ? FROM apps WHERE id = ?",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            token.id.to_string(),
+            token.kind.as_str(),
+            token.name,
+            hash_text(&input.hash),
+            token.created_at,
+            token.expires_at,
+            token.app_id.to_string(),
+        ])
+    })
+    .map_err(internal)
+    .and_then(|rows| {
+        if rows == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(token.clone())
+        }
+    })
+}
+
+pub(crate) fn token_by_hash(conn: &Connection, hash: &[u8; 32]) -> StoreResult<Option<Token>> {
+    conn.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?"
+    ))
+    .and_then(|mut s| s.query_row([hash_text(hash)], token).optional())
+    .map_err(internal)
+}
+
+pub(crate) fn list_tokens(
+    conn: &Connection,
+    app: AppId,
+    page: PageRequest,
+) -> StoreResult<Page<Token>> {
+    list(
+        conn,
+        TOKEN_COLUMNS,
+        "tokens",
+        "app_id = ?",
+        vec![Bind::Text(app.to_string())],
+        "id",
+        Order::Ascending,
+        &page,
+        token,
+        |t| t.id.to_string(),
+    )
+}
+
+pub(crate) fn revoke_token(
+    conn: &Connection,
+    app: AppId,
+    id: TokenId,
+    at: Timestamp,
+) -> StoreResult<Token> {
+    conn.prepare_cached(
+        "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND app_id = ?",
+    )
+    .and_then(|mut s| s.execute(params![at, id.to_string(), app.to_string()]))
+    .map_err(internal)?;
+    conn.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ? AND app_id = ?"
+    ))
+    .and_then(|mut s| {
+        s.query_row([id.to_string(), app.to_string()], token)
+            .optional()
+    })
+    .map_err(internal)?
+    .ok_or(StoreError::NotFound)
+}
+
+pub(crate) fn record_audit(conn: &Connection, entry: &AuditEntry) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_log (id, actor, app_id, action, target, detail, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            entry.id.to_string(),
+            entry.actor,
+            entry.app_id.map(|a| a.to_string()),
+            entry.action,
+            entry.target,
+            entry.detail,
+            entry.created_at,
+        ])
+    })
+    .map_err(internal)?;
+    Ok(())
+}
+
+pub(crate) fn list_audit(conn: &Connection, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
+    let (filter, binds) = match query.app {
+        Some(app) => ("app_id = ?", vec![Bind::Text(app.to_string())]),
+        None => ("1 = 1", vec![]),
+    };
+    list(
+        conn,
+        AUDIT_COLUMNS,
+        "audit_log",
+        filter,
+        binds,
+        "id",
+        Order::Descending,
+        &query.page,
+        audit,
+        |e| e.id.to_string(),
+    )
+}

@@ -113,6 +113,9 @@ fn access(path: &str, method: &Method) -> Access {
     if path.starts_with("/event-type") && method == Method::GET {
         return Access::Anyone; // the catalog is global and read by portals
     }
+    if path == "/egress" {
+        return Access::Anyone; // receivers' allowlists, shown in portals
+    }
     if path.starts_with("/background-task/") {
         return Access::Anyone; // the handler checks the task's app
     }
@@ -274,6 +277,7 @@ mod tests {
                 Access::Anyone,
             ),
             ("/api/v1/audit", Method::GET, Access::Admin),
+            ("/api/v1/egress", Method::GET, Access::Anyone),
             ("/api/v1/something-new", Method::GET, Access::Admin),
         ];
         for (path, method, expected) in cases {

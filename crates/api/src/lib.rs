@@ -6,6 +6,7 @@ mod alert_rules;
 mod apps;
 mod attempts;
 mod auth;
+mod egress;
 mod endpoints;
 mod error;
 mod event_types;
@@ -33,6 +34,7 @@ use herald_dispatch::Dispatcher;
 use herald_domain::AddressPolicy;
 use herald_store::Store;
 
+pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
 pub use middleware::hash_token;
 
@@ -52,6 +54,8 @@ pub struct ApiConfig {
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
+    /// The published egress addresses.
+    pub egress: Egress,
     /// Where Herald is reached from outside (portal links).
     pub public_url: String,
     /// How long a portal-access session lasts by default (1 h).
@@ -95,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(recovery::routes())
         .merge(alert_rules::routes())
         .merge(tokens::routes())
+        .merge(egress::routes())
         // Outermost first: who is asking, a replay of their earlier answer,
         // whether the route is theirs (and the audit of what they change).
         .layer(axum::middleware::from_fn_with_state(

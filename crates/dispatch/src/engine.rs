@@ -53,6 +53,8 @@ pub struct DispatchConfig {
     /// Also e-mail each new operational event.
     pub email: Option<EmailConfig>,
     pub policy: AddressPolicy,
+    /// Resolver, proxy and source address of deliveries.
+    pub network: crate::http::Network,
 }
 
 impl Default for DispatchConfig {
@@ -74,6 +76,7 @@ impl Default for DispatchConfig {
             alerts: None,
             email: None,
             policy: AddressPolicy::default(),
+            network: crate::http::Network::default(),
         }
     }
 }
@@ -117,7 +120,12 @@ fn now_ms() -> Timestamp {
 impl Dispatcher {
     /// Fails only on an unusable e-mail configuration.
     pub fn new(store: Arc<dyn Store>, config: DispatchConfig) -> Result<Arc<Self>, String> {
-        let sender = HttpSender::new(config.policy, config.timeout, config.response_limit);
+        let sender = HttpSender::new(
+            config.policy.clone(),
+            config.timeout,
+            config.response_limit,
+            &config.network,
+        )?;
         let mailer = config
             .email
             .as_ref()

@@ -76,28 +76,112 @@ impl std::fmt::Display for DnsFailure {
 }
 impl StdError for DnsFailure {}
 
-/// Resolves names with the system resolver and drops every address the
-/// policy refuses, so the connection can only go to an allowed address.
+/// Where delivery requests go out: the resolver and the optional proxy and
+/// source address.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// DNS servers to ask instead of the system resolver (`ip:port`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// An HTTP(S) proxy for every delivery (`http://host:port`).
+    pub proxy: Option<String>,
+    /// The local address deliveries connect from.
+    pub source_address: Option<IpAddr>,
+}
+
+/// How names are looked up: the system resolver (`getaddrinfo`), or the
+/// operator's DNS servers.
+#[derive(Clone)]
+enum Lookup {
+    System,
+    Servers(Arc<hickory_resolver::TokioResolver>),
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::System => "Lookup::System",
+            Self::Servers(_) => "Lookup::Servers",
+        })
+    }
+}
+
+impl Lookup {
+    fn new(servers: &[SocketAddr]) -> Self {
+        use hickory_resolver::config::{
+            NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+        };
+        use hickory_resolver::proto::xfer::Protocol;
+        if servers.is_empty() {
+            return Self::System;
+        }
+        let mut group = NameServerConfigGroup::new();
+        for server in servers {
+            group.push(NameServerConfig::new(*server, Protocol::Udp));
+            group.push(NameServerConfig::new(*server, Protocol::Tcp));
+        }
+        let mut options = ResolverOpts::default();
+        options.timeout = Duration::from_secs(3);
+        options.attempts = 2;
+        // Every attempt looks the name up afresh (within the TTL): a cached
+        // answer could outlive a change the policy must see.
+        options.cache_size = 0;
+        let resolver = hickory_resolver::TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], group),
+            hickory_resolver::name_server::TokioConnectionProvider::default(),
+        )
+        .with_options(options)
+        .build();
+        Self::Servers(Arc::new(resolver))
+    }
+
+    async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, std::io::Error> {
+        match self {
+            Self::System => Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|a| a.ip())
+                .collect()),
+            Self::Servers(resolver) => {
+                let found = resolver
+                    .lookup_ip(host)
+                    .await
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+                Ok(found.iter().collect())
+            }
+        }
+    }
+
+    /// The addresses of `host` that the policy permits; an error when it
+    /// has none.
+    async fn permitted(
+        &self,
+        host: &str,
+        policy: &AddressPolicy,
+    ) -> Result<Vec<IpAddr>, Box<dyn StdError + Send + Sync>> {
+        let found = self.ips(host).await.map_err(|e| {
+            Box::new(DnsFailure(host.to_owned(), e)) as Box<dyn StdError + Send + Sync>
+        })?;
+        let allowed: Vec<IpAddr> = found.into_iter().filter(|ip| policy.permits(*ip)).collect();
+        if allowed.is_empty() {
+            return Err(Box::new(ForbiddenAddress(host.to_owned())));
+        }
+        Ok(allowed)
+    }
+}
+
+/// Resolves names and drops every address the policy refuses, so the
+/// connection can only go to an allowed address.
 #[derive(Debug, Clone)]
 struct PolicyResolver {
     policy: AddressPolicy,
+    lookup: Lookup,
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let this = self.clone();
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| {
-                    Box::new(DnsFailure(host.clone(), e)) as Box<dyn StdError + Send + Sync>
-                })?;
-            let allowed: Vec<SocketAddr> = found.filter(|a| policy.permits(a.ip())).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(ForbiddenAddress(host)) as Box<dyn StdError + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            let allowed = this.lookup.permitted(name.as_str(), &this.policy).await?;
+            Ok(Box::new(allowed.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs)
         })
     }
 }
@@ -107,27 +191,52 @@ impl Resolve for PolicyResolver {
 pub struct HttpSender {
     client: reqwest::Client,
     policy: AddressPolicy,
+    lookup: Lookup,
+    /// With a proxy the proxy resolves the target; Herald checks it first.
+    proxied: bool,
     response_limit: usize,
 }
 
 impl HttpSender {
-    pub fn new(policy: AddressPolicy, timeout: Duration, response_limit: usize) -> Self {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        policy: AddressPolicy,
+        timeout: Duration,
+        response_limit: usize,
+        network: &Network,
+    ) -> Result<Self, String> {
+        let lookup = Lookup::new(&network.dns_servers);
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .dns_resolver(Arc::new(PolicyResolver { policy }))
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is valid");
-        Self {
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: policy.clone(),
+                lookup: lookup.clone(),
+            }))
+            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")));
+        match &network.proxy {
+            Some(proxy) => {
+                let proxy = reqwest::Proxy::all(proxy).map_err(|e| format!("proxy URL: {e}"))?;
+                builder = builder.proxy(proxy);
+            }
+            // Never a proxy from the environment (HTTPS_PROXY and the like):
+            // only the one configured here.
+            None => builder = builder.no_proxy(),
+        }
+        if let Some(address) = network.source_address {
+            builder = builder.local_address(address);
+        }
+        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
             client,
             policy,
+            lookup,
+            proxied: network.proxy.is_some(),
             response_limit,
-        }
+        })
     }
 
     /// POSTs `job` signed at `timestamp` (unix seconds).
@@ -155,6 +264,21 @@ impl HttpSender {
                 ErrorClass::ForbiddenAddress,
                 "the endpoint's address is refused by this server's network policy".into(),
             );
+        }
+        // Through a proxy the connection's address is the proxy's; the
+        // target's name is checked here instead (the proxy resolves it
+        // again, so it should refuse internal ranges too).
+        if self.proxied && literal.is_none() {
+            if let Some(host) = url.host_str() {
+                if let Err(error) = self.lookup.permitted(host, &self.policy).await {
+                    let class = if error.is::<ForbiddenAddress>() {
+                        ErrorClass::ForbiddenAddress
+                    } else {
+                        ErrorClass::Dns
+                    };
+                    return failed(class, error.to_string());
+                }
+            }
         }
         let message_id = job.message.id.to_string();
         let signature =

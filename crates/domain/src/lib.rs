@@ -17,7 +17,7 @@ pub mod token;
 pub use alerts::{AlertRules, AlertRulesSpec};
 pub use event_type::{EventTypeName, FilterTypes};
 pub use ids::{AppId, AttemptId, AuditId, EndpointId, MessageId, TaskId, TokenId, Uid};
-pub use net::{AddressPolicy, EndpointUrl};
+pub use net::{AddressPolicy, Cidr, EndpointUrl};
 pub use retry::{parse_duration, RetryKind, RetryPolicy, RetryPolicySpec, RetrySchedule};
 pub use signing::{Secret, SigningKeys};
 pub use status::{DeliveryStatus, ErrorClass, Trigger};

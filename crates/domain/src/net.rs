@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use url::{Host, Url};
 
@@ -11,16 +12,78 @@ use crate::ParseError;
 /// Which destinations the operator allows. The check is applied twice: to IP
 /// literals when an endpoint is saved, and to every resolved address at
 /// connect time (so DNS cannot be used to reach a refused address).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressPolicy {
     pub allow_http: bool,
     pub allow_private_networks: bool,
+    /// Ranges allowed although they are not public (`HERALD_ALLOWED_CIDRS`).
+    pub allowed: Arc<[Cidr]>,
 }
 
 impl AddressPolicy {
     /// Whether a delivery may connect to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        self.allow_private_networks || is_public(ip)
+        self.allow_private_networks
+            || is_public(ip)
+            || self.allowed.iter().any(|cidr| cidr.contains(ip))
+    }
+}
+
+/// An address range, `10.0.0.0/8` or `fd00::/8` (a bare address is a
+/// range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        const FIELD: &str = "cidr";
+        let input = input.trim();
+        let (address, prefix) = match input.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (input, None),
+        };
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| ParseError::new(FIELD, format!("`{input}` is not an address range")))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(text) => text
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| ParseError::new(FIELD, format!("`{input}`: bad prefix length")))?,
+            None => max,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 
@@ -156,10 +219,9 @@ impl fmt::Debug for EndpointUrl {
 mod tests {
     use super::*;
 
-    const STRICT: AddressPolicy = AddressPolicy {
-        allow_http: false,
-        allow_private_networks: false,
-    };
+    fn strict() -> AddressPolicy {
+        AddressPolicy::default()
+    }
 
     #[test]
     fn internal_addresses_are_refused() {
@@ -185,7 +247,7 @@ mod tests {
             "2001:db8::1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert!(!STRICT.permits(ip), "{ip} must be refused");
+            assert!(!strict().permits(ip), "{ip} must be refused");
         }
     }
 
@@ -193,18 +255,18 @@ mod tests {
     fn public_addresses_are_permitted() {
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert!(STRICT.permits(ip), "{ip} must be permitted");
+            assert!(strict().permits(ip), "{ip} must be permitted");
         }
     }
 
     #[test]
     fn urls_must_be_https_unless_http_is_allowed() {
-        assert!(EndpointUrl::parse("https://example.com/hook", &STRICT).is_ok());
-        assert!(EndpointUrl::parse("http://example.com/hook", &STRICT).is_err());
-        assert!(EndpointUrl::parse("ftp://example.com/hook", &STRICT).is_err());
+        assert!(EndpointUrl::parse("https://example.com/hook", &strict()).is_ok());
+        assert!(EndpointUrl::parse("http://example.com/hook", &strict()).is_err());
+        assert!(EndpointUrl::parse("ftp://example.com/hook", &strict()).is_err());
         let lax = AddressPolicy {
             allow_http: true,
-            ..STRICT
+            ..strict()
         };
         assert!(EndpointUrl::parse("http://example.com/hook", &lax).is_ok());
         assert!(EndpointUrl::parse("ftp://example.com/hook", &lax).is_err());
@@ -221,7 +283,10 @@ mod tests {
             "https://localhost/",
             "https://api.localhost./",
         ] {
-            assert!(EndpointUrl::parse(url, &STRICT).is_err(), "{url} must fail");
+            assert!(
+                EndpointUrl::parse(url, &strict()).is_err(),
+                "{url} must fail"
+            );
         }
     }
 
@@ -230,7 +295,40 @@ mod tests {
         let lax = AddressPolicy {
             allow_http: true,
             allow_private_networks: true,
+            ..strict()
         };
         assert!(EndpointUrl::parse("http://127.0.0.1:8080/hook", &lax).is_ok());
+    }
+
+    #[test]
+    fn allowed_ranges_reopen_exactly_their_addresses() {
+        let policy = AddressPolicy {
+            allowed: vec![
+                Cidr::parse("10.1.0.0/16").unwrap(),
+                Cidr::parse("fd00::/8").unwrap(),
+                Cidr::parse("127.0.0.1").unwrap(),
+            ]
+            .into(),
+            ..strict()
+        };
+        for (ip, permitted) in [
+            ("10.1.2.3", true),
+            ("10.2.0.1", false),
+            ("fd12::1", true),
+            ("fe80::1", false),
+            ("127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("::ffff:10.1.0.9", true),
+            ("93.184.216.34", true),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(policy.permits(ip), permitted, "{ip}");
+        }
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "fd00::/129", "nonsense", "10.0.0.0/x"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
     }
 }

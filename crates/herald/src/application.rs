@@ -104,7 +104,8 @@ impl Application {
                 idle_poll: settings.poll_interval,
                 max_in_flight: settings.max_in_flight,
                 max_in_flight_per_endpoint: settings.max_in_flight_per_endpoint,
-                policy: settings.policy,
+                policy: settings.policy.clone(),
+                network: settings.network.clone(),
                 auto_disable: settings.auto_disable,
                 email: settings.email.clone(),
                 alerts: Some(alerts),
@@ -122,7 +123,11 @@ impl Application {
             dispatcher: (settings.role == Role::All).then(|| dispatcher.clone()),
             config: Arc::new(ApiConfig {
                 admin_token_hash,
-                policy: settings.policy,
+                policy: settings.policy.clone(),
+                egress: herald_api::Egress {
+                    addresses: settings.egress_addresses.clone(),
+                    proxied: settings.network.proxy.is_some(),
+                },
                 body_limit: settings.max_body_bytes,
                 rotation_grace: settings.rotation_grace,
                 max_concurrent_requests: settings.max_concurrent_requests,

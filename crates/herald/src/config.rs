@@ -11,7 +11,7 @@ use clap::builder::BoolishValueParser;
 use clap::Args;
 use serde::Deserialize;
 
-use herald_dispatch::EmailConfig;
+use herald_dispatch::{EmailConfig, Network};
 use herald_domain::{AddressPolicy, RetrySchedule};
 use herald_store::{AutoDisable, RateRule};
 
@@ -136,6 +136,29 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Address ranges deliveries may reach although they are private,
+    /// comma-separated (`10.20.0.0/16,fd00:1::/64`).
+    #[arg(long, env = "HERALD_ALLOWED_CIDRS", value_name = "CIDRS")]
+    pub allowed_cidrs: Option<String>,
+    /// DNS servers for deliveries instead of the system resolver,
+    /// comma-separated `ip:port`.
+    #[arg(long, env = "HERALD_DNS_SERVERS", value_name = "ADDRS")]
+    pub dns_servers: Option<String>,
+    /// An HTTP(S) proxy every delivery goes through (`http://host:port`).
+    #[arg(
+        long,
+        env = "HERALD_EGRESS_PROXY",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub egress_proxy: Option<String>,
+    /// The local address deliveries connect from.
+    #[arg(long, env = "HERALD_EGRESS_SOURCE_ADDRESS", value_name = "IP")]
+    pub egress_source_address: Option<std::net::IpAddr>,
+    /// The addresses receivers should allowlist, comma-separated; published
+    /// at `GET /api/v1/egress/`.
+    #[arg(long, env = "HERALD_EGRESS_ADDRESSES", value_name = "ADDRS")]
+    pub egress_addresses: Option<String>,
     /// How Herald is reached from outside, for portal links
     /// (default: `http://` and the listen address).
     #[arg(long, env = "HERALD_PUBLIC_URL", value_name = "URL")]
@@ -186,6 +209,11 @@ struct FileConfig {
     alert_email_to: Option<String>,
     retention: Option<String>,
     max_body_bytes: Option<usize>,
+    allowed_cidrs: Option<String>,
+    dns_servers: Option<String>,
+    egress_proxy: Option<String>,
+    egress_source_address: Option<std::net::IpAddr>,
+    egress_addresses: Option<String>,
     public_url: Option<String>,
     portal_session: Option<String>,
     secret_rotation_grace: Option<String>,
@@ -308,6 +336,10 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
+    /// Resolver, proxy and source address of deliveries.
+    pub network: Network,
+    /// Published egress addresses (`GET /api/v1/egress/`).
+    pub egress_addresses: Vec<String>,
     pub retry_schedule: RetrySchedule,
     pub request_timeout: Duration,
     /// When endpoints that keep failing are disabled; `None`: never.
@@ -350,6 +382,8 @@ impl Settings {
             max_concurrent_requests: 1024,
             admin_token: None,
             policy: AddressPolicy::default(),
+            network: Network::default(),
+            egress_addresses: Vec::new(),
             retry_schedule: RetrySchedule::default(),
             request_timeout: Duration::from_secs(15),
             auto_disable: Some(AutoDisable {
@@ -400,13 +434,55 @@ impl Settings {
                 bail!("HERALD_ADMIN_TOKEN must be at least 16 characters long");
             }
         }
+        let list = |text: Option<String>| -> Vec<String> {
+            text.unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let allowed = list(args.allowed_cidrs.or(file.allowed_cidrs))
+            .iter()
+            .map(|text| herald_domain::Cidr::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("HERALD_ALLOWED_CIDRS: {}", e.reason))?;
         settings.policy = AddressPolicy {
             allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
             allow_private_networks: args
                 .allow_private_networks
                 .or(file.allow_private_networks)
                 .unwrap_or(false),
+            allowed: allowed.into(),
         };
+        settings.network = Network {
+            dns_servers: list(args.dns_servers.or(file.dns_servers))
+                .iter()
+                .map(|text| {
+                    text.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            text.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| {
+                            anyhow::anyhow!("HERALD_DNS_SERVERS: `{text}` is not ip[:port]")
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            proxy: args
+                .egress_proxy
+                .or(file.egress_proxy)
+                .filter(|p| !p.is_empty()),
+            source_address: args.egress_source_address.or(file.egress_source_address),
+        };
+        if let Some(proxy) = &settings.network.proxy {
+            let url =
+                url::Url::parse(proxy).map_err(|e| anyhow::anyhow!("HERALD_EGRESS_PROXY: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bail!("HERALD_EGRESS_PROXY must be http://host:port or https://host:port");
+            }
+        }
+        settings.egress_addresses = list(args.egress_addresses.or(file.egress_addresses));
         if let Some(schedule) = args.retry_schedule.or(file.retry_schedule) {
             settings.retry_schedule = RetrySchedule::parse(&schedule)
                 .map_err(|e| anyhow::anyhow!("HERALD_RETRY_SCHEDULE: {}", e.reason))?;

@@ -121,6 +121,7 @@ fn endpoint_input(url: &str, filter: &[&str], disabled: bool) -> EndpointInput {
     let policy = AddressPolicy {
         allow_http: true,
         allow_private_networks: true,
+        ..AddressPolicy::default()
     };
     EndpointInput {
         uid: None,

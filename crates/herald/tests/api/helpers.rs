@@ -43,6 +43,8 @@ pub struct Options {
     pub operator_webhook_url: Option<String>,
     pub email: Option<herald_dispatch::EmailConfig>,
     pub allow_private_networks: bool,
+    pub allowed_cidrs: Vec<herald_domain::Cidr>,
+    pub network: herald_dispatch::Network,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
     pub max_concurrent_requests: usize,
@@ -59,6 +61,8 @@ impl Default for Options {
             operator_webhook_url: None,
             email: None,
             allow_private_networks: true,
+            allowed_cidrs: Vec::new(),
+            network: herald_dispatch::Network::default(),
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
             max_concurrent_requests: 1024,
@@ -78,7 +82,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.policy = AddressPolicy {
         allow_http: true,
         allow_private_networks: options.allow_private_networks,
+        allowed: options.allowed_cidrs.clone().into(),
     };
+    settings.network = options.network.clone();
     settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
     settings.request_timeout = options.request_timeout;
     settings.auto_disable = options.auto_disable;

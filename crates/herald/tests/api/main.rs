@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod helpers;
 mod isolation;
+mod network;
 mod operations;
 mod scale_out;
 mod svix_sdk;

@@ -1,0 +1,27 @@
+//! `GET /egress/` (Herald's addition): the addresses Herald's deliveries
+//! come from, for receivers to allowlist. Any valid token may read it.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::AppState;
+
+/// What the operator published about outbound traffic.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Egress {
+    /// Addresses or ranges deliveries come from (`HERALD_EGRESS_ADDRESSES`).
+    pub addresses: Vec<String>,
+    /// Whether deliveries leave through a proxy.
+    pub proxied: bool,
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/egress", get(read))
+}
+
+async fn read(State(state): State<AppState>) -> Json<Egress> {
+    Json(state.config.egress.clone())
+}

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,12 @@ use anyhow::Context;
 pub struct ChildServer {
     pub child: Child,
     pub address: SocketAddr,
+    /// Every line the process logged (up to [`MAX_LOG_LINES`]).
+    log: Arc<Mutex<Vec<String>>>,
 }
+
+/// Log lines kept per child process.
+pub const MAX_LOG_LINES: usize = 200_000;
 
 impl ChildServer {
     /// Runs `program serve` with `env` (JSON logs are forced so the bound
@@ -33,8 +39,15 @@ impl ChildServer {
             .with_context(|| format!("starting {}", program.display()))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let (found, address) = std::sync::mpsc::channel();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() < MAX_LOG_LINES {
+                        kept.push(line.clone());
+                    }
+                }
                 let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
@@ -46,12 +59,21 @@ impl ChildServer {
             }
         });
         match address.recv_timeout(Duration::from_secs(30)) {
-            Ok(address) => Ok(Self { child, address }),
+            Ok(address) => Ok(Self {
+                child,
+                address,
+                log,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 anyhow::bail!("herald serve did not report an address within 30 s")
             }
         }
+    }
+
+    /// What the process has logged so far (its stdout, JSON lines).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Asks the process to stop (SIGTERM: in-flight attempts finish) and

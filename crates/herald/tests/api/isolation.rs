@@ -546,3 +546,136 @@ async fn herald_token_create_makes_a_working_token_that_revoke_stops() {
     token_command(data_dir.path(), &["revoke", "--app", "acme", &id]);
     assert_eq!(status(token.to_owned()).await, 401);
 }
+
+#[tokio::test]
+async fn no_secret_or_token_ever_reaches_the_logs() {
+    use base64::Engine;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = crate::helpers::sqlite_env(data_dir.path());
+    // Everything Herald and its libraries say, at the most verbose level.
+    env.push(("HERALD_LOG", "trace".to_owned()));
+    env.push(("HERALD_RETRY_SCHEDULE", "200ms".to_owned()));
+    let server = crate::helpers::Server::start(&env);
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}/api/v1", server.address);
+    let call = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let mut request = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let first_key = [7u8; 32];
+    let second_key = [9u8; 24];
+    let standard = base64::engine::general_purpose::STANDARD;
+    let first = format!("whsec_{}", standard.encode(first_key));
+    let second = format!("whsec_{}", standard.encode(second_key));
+    let credential = "Bearer crm-credential-5f1e9a";
+
+    // Create, rotate, deliver, fail: the whole life of a secret.
+    let (_, app) = call(Method::POST, "/app/", TOKEN, Some(json!({"name": "Acme"}))).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    let (_, made) = call(
+        Method::POST,
+        &format!("/app/{app}/token/"),
+        TOKEN,
+        Some(json!({"name": "ci"})),
+    )
+    .await;
+    let api_token = made["token"].as_str().unwrap().to_owned();
+    let (status, endpoint) = call(
+        Method::POST,
+        &format!("/app/{app}/endpoint/"),
+        &api_token,
+        Some(json!({"url": receiver.url("/hook"), "secret": first,
+                    "headers": {"Authorization": credential}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    call(
+        Method::GET,
+        &format!("/app/{app}/endpoint/{endpoint}/secret/"),
+        &api_token,
+        None,
+    )
+    .await;
+    let (status, _) = call(
+        Method::POST,
+        &format!("/app/{app}/endpoint/{endpoint}/secret/rotate/"),
+        TOKEN,
+        Some(json!({"key": second})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    call(
+        Method::POST,
+        &format!("/app/{app}/msg/"),
+        &api_token,
+        Some(json!({"eventType": "call.completed", "payload": {"n": 1}})),
+    )
+    .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    receiver.always("/hook", crate::helpers::Reply::Status(500));
+    call(
+        Method::POST,
+        &format!("/app/{app}/msg/"),
+        &api_token,
+        Some(json!({"eventType": "call.completed", "payload": {"n": 2}})),
+    )
+    .await;
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    // A wrong token and a bad secret are refused without echoing them.
+    call(
+        Method::GET,
+        "/app/",
+        "htk_not-a-real-token-but-secret-ish",
+        None,
+    )
+    .await;
+    call(
+        Method::POST,
+        &format!("/app/{app}/endpoint/{endpoint}/secret/rotate/"),
+        TOKEN,
+        Some(json!({"key": "whsec_tooshort"})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the last log lines
+
+    let log = server.log_lines().join("\n");
+    for line in [
+        "Herald is listening",
+        "connection is ready",
+        "attempt failed",
+    ] {
+        assert!(log.contains(line), "the flow was logged: {log}");
+    }
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let forbidden = [
+        first.clone(),
+        second.clone(),
+        standard.encode(first_key),
+        standard.encode(second_key),
+        url_safe.encode(first_key),
+        url_safe.encode(second_key),
+        TOKEN.to_owned(),
+        api_token.clone(),
+        api_token.trim_start_matches("htk_").to_owned(),
+        "crm-credential-5f1e9a".to_owned(),
+        "htk_not-a-real-token-but-secret-ish".to_owned(),
+        "whsec_tooshort".to_owned(),
+    ];
+    for secret in &forbidden {
+        assert!(!log.contains(secret.as_str()), "the log contains {secret}");
+    }
+}

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod ids;
 pub mod net;
 pub mod retry;
+pub mod sealing;
 pub mod signing;
 pub mod status;
 pub mod token;

@@ -54,8 +54,9 @@ impl Application {
                     format!("creating the data directory {}", data_dir.display())
                 })?;
                 let lock = lock_data_dir(data_dir)?;
-                let store =
-                    SqliteStore::open(&SqliteOptions::new(path)).context("opening the database")?;
+                let mut options = SqliteOptions::new(path);
+                options.sealing = settings.database.sealing.clone();
+                let store = SqliteStore::open(&options).context("opening the database")?;
                 (Arc::new(store), Some(lock))
             }
             Database::Postgres {
@@ -68,6 +69,7 @@ impl Application {
                     "HERALD_ADMIN_TOKEN is required with PostgreSQL, so that every process accepts the same token"
                 );
                 let mut options = PgOptions::new(url.0.clone());
+                options.sealing = settings.database.sealing.clone();
                 options.max_connections = *max_connections;
                 options.acquire_timeout = *acquire_timeout;
                 let store = PgStore::open(&options).await.with_context(|| {

@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use herald_dispatch::{EmailConfig, Network};
+use herald_domain::sealing::{MasterKey, Sealing};
 use herald_domain::{AddressPolicy, RetrySchedule};
 use herald_store::{AutoDisable, RateRule};
 
@@ -39,6 +40,24 @@ pub struct DatabaseArgs {
     /// Optional TOML file with the same settings (snake_case keys).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// 32 bytes, base64: signing secrets are stored encrypted with it
+    /// (`openssl rand -base64 32`).
+    #[arg(
+        long,
+        env = "HERALD_MASTER_KEY",
+        value_name = "BASE64",
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
+    /// The key being rotated away from: secrets it opens are encrypted
+    /// again with `HERALD_MASTER_KEY` at start.
+    #[arg(
+        long,
+        env = "HERALD_PREVIOUS_MASTER_KEY",
+        value_name = "BASE64",
+        hide_env_values = true
+    )]
+    pub previous_master_key: Option<String>,
 }
 
 /// `herald serve` options. Every flag can also be set as `HERALD_<NAME>`.
@@ -193,6 +212,8 @@ struct FileConfig {
     database_url: Option<String>,
     database_max_connections: Option<u32>,
     database_acquire_timeout: Option<u64>,
+    master_key: Option<String>,
+    previous_master_key: Option<String>,
     admin_token: Option<String>,
     allow_private_networks: Option<bool>,
     allow_http: Option<bool>,
@@ -264,6 +285,8 @@ pub enum Database {
 pub struct DatabaseSettings {
     pub data_dir: PathBuf,
     pub database: Database,
+    /// How signing secrets are stored (`HERALD_MASTER_KEY`).
+    pub sealing: Sealing,
 }
 
 impl DatabaseSettings {
@@ -294,7 +317,33 @@ impl DatabaseSettings {
                 bail!("HERALD_DATABASE_URL must start with postgres://, postgresql:// or sqlite://")
             }
         };
-        Ok(Self { data_dir, database })
+        Ok(Self {
+            data_dir,
+            database,
+            sealing: Sealing::default(),
+        })
+    }
+
+    fn with_keys(
+        mut self,
+        current: Option<String>,
+        previous: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let key = |text: Option<String>| -> anyhow::Result<Option<MasterKey>> {
+            text.filter(|t| !t.trim().is_empty())
+                .map(|t| {
+                    MasterKey::parse(&t).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.reason))
+                })
+                .transpose()
+        };
+        let current = key(current)?;
+        let previous =
+            key(previous).map_err(|e| anyhow::anyhow!("HERALD_PREVIOUS_MASTER_KEY: {e}"))?;
+        if previous.is_some() && current.is_none() {
+            bail!("HERALD_PREVIOUS_MASTER_KEY needs HERALD_MASTER_KEY (the key to move to)");
+        }
+        self.sealing = Sealing { current, previous };
+        Ok(self)
     }
 
     pub fn from_args(args: &DatabaseArgs) -> anyhow::Result<Self> {
@@ -306,6 +355,12 @@ impl DatabaseSettings {
                 .or(file.database_max_connections),
             args.database_acquire_timeout
                 .or(file.database_acquire_timeout),
+        )?
+        .with_keys(
+            args.master_key.clone().or(file.master_key),
+            args.previous_master_key
+                .clone()
+                .or(file.previous_master_key),
         )
     }
 }
@@ -374,6 +429,7 @@ impl Settings {
                 database: Database::Sqlite {
                     path: data_dir.join("herald.db"),
                 },
+                sealing: Sealing::default(),
             },
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
@@ -418,6 +474,12 @@ impl Settings {
             args.database
                 .database_acquire_timeout
                 .or(file.database_acquire_timeout),
+        )?
+        .with_keys(
+            args.database.master_key.or(file.master_key),
+            args.database
+                .previous_master_key
+                .or(file.previous_master_key),
         )?;
         let mut settings = Self::for_data_dir(&database.data_dir);
         settings.database = database;

@@ -58,13 +58,15 @@ async fn open(settings: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
                 "no database at {} (run `herald migrate` or `herald serve` first)",
                 path.display()
             );
-            Arc::new(herald_store::SqliteStore::open(
-                &herald_store::SqliteOptions::new(path),
-            )?)
+            let mut options = herald_store::SqliteOptions::new(path);
+            options.sealing = settings.sealing.clone();
+            Arc::new(herald_store::SqliteStore::open(&options)?)
         }
-        Database::Postgres { url, .. } => Arc::new(
-            herald_store::PgStore::open(&herald_store::PgOptions::new(url.0.clone())).await?,
-        ),
+        Database::Postgres { url, .. } => {
+            let mut options = herald_store::PgOptions::new(url.0.clone());
+            options.sealing = settings.sealing.clone();
+            Arc::new(herald_store::PgStore::open(&options).await?)
+        }
     })
 }
 

@@ -8,6 +8,8 @@ use herald_domain::{
     MessageId, RetryPolicy, Secret, TaskId, Trigger,
 };
 
+use herald_domain::sealing::Sealing;
+
 use crate::{
     AttemptFilter, AttemptQuery, AutoDisable, BackgroundTask, Claim, CreatedMessage, Cursor,
     DeliveryJob, Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message,
@@ -98,14 +100,14 @@ pub(crate) fn matching_targets(
     event_type: &EventTypeName,
     channels: Option<&[String]>,
     only: Option<EndpointId>,
+    sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let only = only.map(|id| id.to_string());
     let mut targets: Vec<EndpointTarget> = Vec::new();
     let mut last_id: Option<&str> = None;
     let mut last_matched = false;
     for row in rows {
-        let secret = Secret::parse(&row.secret)
-            .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {}", e.reason)))?;
+        let secret = read_secret(sealing, &row.secret)?;
         if last_id == Some(row.id.as_str()) {
             if last_matched {
                 if let Some(target) = targets.last_mut() {
@@ -211,6 +213,24 @@ pub(crate) fn decode_alert_rules(text: &str) -> StoreResult<AlertRules> {
     let spec: AlertRulesSpec = decode(text)?;
     AlertRules::parse(spec)
         .map_err(|e| StoreError::Internal(format!("stored alert rules unreadable: {e}")))
+}
+
+/// Why Herald will not start on these secrets, for the operator.
+pub(crate) fn sealing_refusal(error: &herald_domain::sealing::OpenError) -> String {
+    use herald_domain::sealing::OpenError;
+    match error {
+        OpenError::NoKey => "the database holds encrypted signing secrets; set HERALD_MASTER_KEY to the key they were encrypted with".to_owned(),
+        OpenError::WrongKey => "HERALD_MASTER_KEY does not open the stored signing secrets (wrong key? while rotating, set HERALD_PREVIOUS_MASTER_KEY to the old one)".to_owned(),
+        OpenError::Malformed => "a stored signing secret is malformed".to_owned(),
+    }
+}
+
+/// A stored signing secret, opened (see `herald_domain::sealing`).
+pub(crate) fn read_secret(sealing: &Sealing, stored: &str) -> StoreResult<Secret> {
+    sealing
+        .read(stored)
+        .map(|(secret, _)| secret)
+        .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {e}")))
 }
 
 /// The result of storing a message: with a claim, one leased job per

@@ -1567,3 +1567,129 @@ async fn the_audit_log_lists_newest_first_per_app_or_all() {
         );
     }
 }
+
+#[tokio::test]
+async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
+    use herald_domain::sealing::{MasterKey, Sealing};
+    let key = |byte: u8| {
+        use base64::Engine;
+        MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap()
+    };
+    let sealed = Sealing {
+        current: Some(key(1)),
+        previous: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sealed.db");
+    let url = std::env::var("HERALD_TEST_DATABASE_URL").ok();
+    let schema = format!(
+        "herald_test_{}_sealed_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let open = |sealing: Sealing, postgres: bool| {
+        let path = path.clone();
+        let url = url.clone();
+        let schema = schema.clone();
+        async move {
+            if postgres {
+                let mut options = PgOptions::new(url.unwrap());
+                options.schema = Some(schema);
+                options.sealing = sealing;
+                PgStore::open(&options)
+                    .await
+                    .map(|s| Arc::new(s) as Arc<dyn Store>)
+            } else {
+                let mut options = SqliteOptions::new(path);
+                options.sealing = sealing;
+                SqliteStore::open(&options).map(|s| Arc::new(s) as Arc<dyn Store>)
+            }
+        }
+    };
+    let mut kinds = vec![false];
+    if url.is_some() {
+        kinds.push(true);
+    }
+    for postgres in kinds {
+        let name = if postgres { "postgres" } else { "sqlite" };
+        let store = open(sealed.clone(), postgres).await.unwrap();
+        seed(store.as_ref()).await;
+        let app = app(store.as_ref(), None).await;
+        let secret = Secret::generate();
+        let endpoint = store
+            .create_endpoint(
+                app,
+                endpoint_input("http://a.test/1", &[], false),
+                Headers::new(),
+                secret.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.endpoint_secret(app, endpoint.id).await.unwrap(),
+            secret,
+            "{name}"
+        );
+        let created = store
+            .create_message(
+                app,
+                MessageInput {
+                    event_type: EventTypeName::parse("call.started").unwrap(),
+                    event_id: None,
+                    payload: "{}".into(),
+                    channels: None,
+                    to_endpoint: None,
+                },
+                Some(Claim {
+                    now: now(),
+                    until: now() + 60_000,
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            created.jobs[0].endpoint.secrets,
+            vec![secret.clone()],
+            "{name}: signs"
+        );
+        drop(created);
+        drop(store);
+
+        let refused = open(Sealing::default(), postgres).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("HERALD_MASTER_KEY"),
+            "{name}: {refused}"
+        );
+        let wrong = Sealing {
+            current: Some(key(2)),
+            previous: None,
+        };
+        let refused = open(wrong, postgres).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("does not open"),
+            "{name}: {refused}"
+        );
+        let rotating = Sealing {
+            current: Some(key(2)),
+            previous: Some(key(1)),
+        };
+        drop(open(rotating, postgres).await.unwrap());
+        let rotated = open(
+            Sealing {
+                current: Some(key(2)),
+                previous: None,
+            },
+            postgres,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rotated.endpoint_secret(app, endpoint.id).await.unwrap(),
+            secret,
+            "{name}"
+        );
+    }
+}

@@ -435,6 +435,11 @@ impl Server {
         self.0.kill();
     }
 
+    /// Stops it gracefully (SIGTERM) and waits for it to exit.
+    pub fn terminate(self) {
+        self.0.terminate();
+    }
+
     pub async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
         let response = client
             .post(format!("http://{}/api/v1{path}", self.address))

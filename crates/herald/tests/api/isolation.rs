@@ -679,3 +679,116 @@ async fn no_secret_or_token_ever_reaches_the_logs() {
         assert!(!log.contains(secret.as_str()), "the log contains {secret}");
     }
 }
+
+/// `herald serve` on `data_dir` with `env`, expected to refuse to start:
+/// what it said.
+fn refused_start(data_dir: &std::path::Path, env: &[(&str, String)]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_DATA_DIR", data_dir)
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_ADMIN_TOKEN", TOKEN)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .output()
+        .expect("herald runs");
+    assert!(!output.status.success(), "it must not start");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn with_a_master_key_no_secret_is_in_the_database_file_and_the_key_is_required() {
+    use base64::Engine;
+    let standard = base64::engine::general_purpose::STANDARD;
+    let data_dir = tempfile::tempdir().unwrap();
+    let first_key = standard.encode([1u8; 32]);
+    let second_key = standard.encode([2u8; 32]);
+    let mut env = crate::helpers::sqlite_env(data_dir.path());
+    env.push(("HERALD_MASTER_KEY", first_key.clone()));
+    let raw_key = [42u8; 32];
+    let secret = format!("whsec_{}", standard.encode(raw_key));
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+
+    let server = crate::helpers::Server::start(&env);
+    let app = server.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    let endpoint = server
+        .post(
+            &client,
+            &format!("/app/{app}/endpoint/"),
+            json!({"url": receiver.url("/hook"), "secret": secret}),
+        )
+        .await;
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &client,
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": "call.completed", "payload": {"n": 1}}),
+        )
+        .await;
+    let delivered = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let key = herald_domain::Secret::parse(&secret).unwrap();
+    assert!(
+        crate::helpers::verifies(&delivered[0], &key),
+        "signed with the real secret"
+    );
+    let shown = server
+        .get(&client, &format!("/app/{app}/endpoint/{endpoint}/secret/"))
+        .await;
+    assert_eq!(shown["key"], secret.as_str());
+    server.terminate();
+
+    // The database files hold no form of the secret.
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(data_dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("herald.db") {
+            raw.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(raw.len() > 4096, "the database was read");
+    let raw = String::from_utf8_lossy(&raw);
+    for form in [
+        secret.clone(),
+        standard.encode(raw_key),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_key),
+    ] {
+        assert!(!raw.contains(&form), "the database file contains {form}");
+    }
+    assert!(raw.contains("hsec1:"), "sealed secrets are there");
+
+    // Without the key, or with a wrong one, Herald refuses to start and says why.
+    let without = refused_start(data_dir.path(), &[]);
+    assert!(without.contains("set HERALD_MASTER_KEY"), "{without}");
+    let wrong = refused_start(
+        data_dir.path(),
+        &[("HERALD_MASTER_KEY", second_key.clone())],
+    );
+    assert!(wrong.contains("does not open"), "{wrong}");
+
+    // Rotation: the new key with the old one as previous reseals at start;
+    // after that the new key alone is enough.
+    let mut rotating = crate::helpers::sqlite_env(data_dir.path());
+    rotating.push(("HERALD_MASTER_KEY", second_key.clone()));
+    rotating.push(("HERALD_PREVIOUS_MASTER_KEY", first_key.clone()));
+    crate::helpers::Server::start(&rotating).terminate();
+    let mut rotated = crate::helpers::sqlite_env(data_dir.path());
+    rotated.push(("HERALD_MASTER_KEY", second_key));
+    let server = crate::helpers::Server::start(&rotated);
+    let shown = server
+        .get(&client, &format!("/app/{app}/endpoint/{endpoint}/secret/"))
+        .await;
+    assert_eq!(
+        shown["key"],
+        secret.as_str(),
+        "the same secret after rotation"
+    );
+    server.terminate();
+    let old = refused_start(data_dir.path(), &[("HERALD_MASTER_KEY", first_key)]);
+    assert!(old.contains("does not open"), "{old}");
+}

@@ -4,6 +4,7 @@ use sqlx::{PgConnection, Row};
 
 use herald_domain::event_type::FilterPattern;
 use herald_domain::ids::IdOrUid;
+use herald_domain::sealing::Sealing;
 use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::rows::{self, db, list, Bind, Order};
@@ -309,7 +310,8 @@ pub(crate) async fn create_endpoint(
     app: AppId,
     input: EndpointInput,
     headers: Headers,
-    secret: Secret,
+    // The stored form (sealed when a master key is set).
+    secret: String,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
@@ -340,7 +342,7 @@ pub(crate) async fn create_endpoint(
     .map_err(db)?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
         .bind(id.to_string())
-        .bind(secret.expose())
+        .bind(&secret)
         .bind(at)
         .execute(&mut *conn)
         .await
@@ -453,6 +455,7 @@ pub(crate) async fn signing_secrets(
     conn: &mut PgConnection,
     endpoint: &str,
     at: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<Vec<Secret>> {
     let found = sqlx::query(
         "SELECT secret FROM endpoint_secrets
@@ -468,9 +471,7 @@ pub(crate) async fn signing_secrets(
         .iter()
         .map(|row| {
             let text: String = row.try_get(0).map_err(db)?;
-            Secret::parse(&text).map_err(|e| {
-                StoreError::Internal(format!("stored secret unreadable: {}", e.reason))
-            })
+            crate::shared::read_secret(sealing, &text)
         })
         .collect()
 }
@@ -479,9 +480,10 @@ pub(crate) async fn endpoint_secret(
     conn: &mut PgConnection,
     app: AppId,
     endpoint: EndpointId,
+    sealing: &Sealing,
 ) -> StoreResult<Secret> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
-    signing_secrets(conn, &endpoint.to_string(), now())
+    signing_secrets(conn, &endpoint.to_string(), now(), sealing)
         .await?
         .into_iter()
         .next()
@@ -492,7 +494,8 @@ pub(crate) async fn rotate_endpoint_secret(
     conn: &mut PgConnection,
     app: AppId,
     endpoint: EndpointId,
-    secret: Secret,
+    // The stored form (sealed when a master key is set).
+    secret: String,
     previous_valid_until: Timestamp,
 ) -> StoreResult<()> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
@@ -514,7 +517,7 @@ pub(crate) async fn rotate_endpoint_secret(
     .map_err(db)?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
         .bind(&id)
-        .bind(secret.expose())
+        .bind(&secret)
         .bind(at)
         .execute(&mut *conn)
         .await

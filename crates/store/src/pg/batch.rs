@@ -17,6 +17,7 @@ use std::sync::Arc;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use herald_domain::sealing::Sealing;
 use herald_domain::AppId;
 
 use super::rows::db;
@@ -136,6 +137,8 @@ pub(crate) struct NewMessage {
     pub app: AppId,
     pub input: MessageInput,
     pub claim: Option<Claim>,
+    /// How the endpoints' secrets are read.
+    pub sealing: Arc<Sealing>,
 }
 
 /// Enabled endpoints of several apps with their signing secrets, grouped by
@@ -276,6 +279,7 @@ async fn create_messages(
             &message.event_type,
             message.channels.as_deref(),
             input.to_endpoint,
+            &batch[index].sealing,
         )?;
         for target in &targets {
             // Strictly ordered endpoints are not leased here: a claim takes

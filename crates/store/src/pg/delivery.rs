@@ -9,6 +9,8 @@ use sqlx::{PgConnection, Row};
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, EndpointId, MessageId, Trigger};
 
+use herald_domain::sealing::Sealing;
+
 use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Order};
 use super::WORK_CHANNEL_SQL;
@@ -31,6 +33,7 @@ async fn target(
     conn: &mut PgConnection,
     endpoint: &str,
     at: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<Arc<EndpointTarget>> {
     let row =
         sqlx::query("SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = $1")
@@ -42,7 +45,7 @@ async fn target(
         id: endpoint_id(endpoint)?,
         url: row.try_get("url").map_err(db)?,
         headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
-        secrets: signing_secrets(conn, endpoint, at).await?,
+        secrets: signing_secrets(conn, endpoint, at, sealing).await?,
         retry_policy: shared::decode_policy(row.try_get("retry_policy").map_err(db)?)?
             .map(Arc::new),
         rate_limit: row
@@ -160,6 +163,7 @@ pub(crate) async fn resend(
     message: MessageId,
     endpoint: EndpointId,
     claim: Claim,
+    sealing: &Sealing,
 ) -> StoreResult<DeliveryJob> {
     let message = get_message(conn, app, &IdOrUid::Id(message)).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
@@ -184,7 +188,7 @@ pub(crate) async fn resend(
     }
     Ok(DeliveryJob {
         message: Arc::new(message),
-        endpoint: target(conn, &endpoint.to_string(), claim.now).await?,
+        endpoint: target(conn, &endpoint.to_string(), claim.now, sealing).await?,
         attempts_made: row.try_get::<i64, _>(0).map_err(db)? as u32,
         trigger: Trigger::Manual,
         lease_until: claim.until,
@@ -199,6 +203,7 @@ pub(crate) async fn claim_due(
     claim: Claim,
     limit: usize,
     skip: &[EndpointId],
+    sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
     let due = sqlx::query(&format!(
         "WITH due AS (
@@ -248,7 +253,7 @@ pub(crate) async fn claim_due(
         let target = match endpoints.get(&endpoint) {
             Some(t) => t.clone(),
             None => {
-                let t = target(conn, &endpoint, claim.now).await?;
+                let t = target(conn, &endpoint, claim.now, sealing).await?;
                 endpoints.insert(endpoint, t.clone());
                 t
             }

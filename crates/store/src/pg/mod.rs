@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
+use herald_domain::sealing::Sealing;
 use herald_domain::{
     AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
@@ -80,6 +81,8 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
     /// Use this schema (created if missing) instead of the default search path.
     pub schema: Option<String>,
+    /// How signing secrets are stored (sealed with a master key, or plain).
+    pub sealing: Sealing,
 }
 
 impl PgOptions {
@@ -89,6 +92,7 @@ impl PgOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             schema: None,
+            sealing: Sealing::default(),
         }
     }
 }
@@ -128,6 +132,7 @@ impl Drop for ListenerTask {
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    sealing: Arc<Sealing>,
     pool: PgPool,
     work: Arc<Notify>,
     _listener: Arc<ListenerTask>,
@@ -169,6 +174,7 @@ impl PgStore {
             .await
             .map_err(db)?;
         migrate(&pool).await?;
+        reseal(&pool, &options.sealing).await?;
         // Without autovacuum's ANALYZE the planner keeps the statistics of
         // empty tables and scans whole tables for the log and for attempt
         // updates (seen in benchmarks on a server with it off).
@@ -183,6 +189,7 @@ impl PgStore {
         let work = Arc::new(Notify::new());
         let listener = listen(&pool, work.clone()).await?;
         Ok(Self {
+            sealing: Arc::new(options.sealing.clone()),
             messages: Arc::new(batch::Batcher::start(&pool)),
             attempts: Arc::new(batch::Batcher::start(&pool)),
             pool,
@@ -222,6 +229,35 @@ impl PgStore {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         work(&mut conn).await
     }
+}
+
+/// Checks at start that the stored secrets open with the configured keys,
+/// and brings them to the current one (see the SQLite twin).
+async fn reseal(pool: &PgPool, sealing: &Sealing) -> StoreResult<()> {
+    use sqlx::Row;
+    let rows = sqlx::query("SELECT endpoint_id, secret FROM endpoint_secrets")
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    for row in rows {
+        let endpoint: String = row.try_get("endpoint_id").map_err(db)?;
+        let stored: String = row.try_get("secret").map_err(db)?;
+        let (secret, again) = sealing
+            .read(&stored)
+            .map_err(|e| StoreError::Internal(shared::sealing_refusal(&e)))?;
+        if again {
+            sqlx::query(
+                "UPDATE endpoint_secrets SET secret = $1 WHERE endpoint_id = $2 AND secret = $3",
+            )
+            .bind(sealing.store(&secret))
+            .bind(&endpoint)
+            .bind(&stored)
+            .execute(pool)
+            .await
+            .map_err(db)?;
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(pool: &PgPool) -> StoreResult<i64> {
@@ -379,7 +415,8 @@ impl Store for PgStore {
         headers: Headers,
         secret: Secret,
     ) -> StoreResult<Endpoint> {
-        self.transaction(async |c| admin::create_endpoint(c, app, input, headers, secret).await)
+        let stored = self.sealing.store(&secret);
+        self.transaction(async |c| admin::create_endpoint(c, app, input, headers, stored).await)
             .await
     }
     async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
@@ -404,7 +441,7 @@ impl Store for PgStore {
             .await
     }
     async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
-        self.read(async |c| admin::endpoint_secret(c, app, endpoint).await)
+        self.read(async |c| admin::endpoint_secret(c, app, endpoint, &self.sealing).await)
             .await
     }
     async fn rotate_endpoint_secret(
@@ -414,8 +451,9 @@ impl Store for PgStore {
         secret: Secret,
         previous_valid_until: Timestamp,
     ) -> StoreResult<()> {
+        let stored = self.sealing.store(&secret);
         self.transaction(async |c| {
-            admin::rotate_endpoint_secret(c, app, endpoint, secret, previous_valid_until).await
+            admin::rotate_endpoint_secret(c, app, endpoint, stored, previous_valid_until).await
         })
         .await
     }
@@ -440,7 +478,12 @@ impl Store for PgStore {
         claim: Option<Claim>,
     ) -> StoreResult<CreatedMessage> {
         self.messages
-            .submit(batch::NewMessage { app, input, claim })
+            .submit(batch::NewMessage {
+                app,
+                input,
+                claim,
+                sealing: self.sealing.clone(),
+            })
             .await
     }
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
@@ -472,8 +515,10 @@ impl Store for PgStore {
         endpoint: EndpointId,
         claim: Claim,
     ) -> StoreResult<DeliveryJob> {
-        self.transaction(async |c| delivery::resend(c, app, message, endpoint, claim).await)
-            .await
+        self.transaction(async |c| {
+            delivery::resend(c, app, message, endpoint, claim, &self.sealing).await
+        })
+        .await
     }
     async fn claim_due(
         &self,
@@ -481,7 +526,7 @@ impl Store for PgStore {
         limit: usize,
         skip: Vec<EndpointId>,
     ) -> StoreResult<Vec<DeliveryJob>> {
-        self.transaction(async |c| delivery::claim_due(c, claim, limit, &skip).await)
+        self.transaction(async |c| delivery::claim_due(c, claim, limit, &skip, &self.sealing).await)
             .await
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {

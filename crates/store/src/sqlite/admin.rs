@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::event_type::FilterPattern;
 use herald_domain::ids::IdOrUid;
+use herald_domain::sealing::Sealing;
 use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
@@ -301,7 +302,8 @@ pub(crate) fn create_endpoint(
     app: AppId,
     input: EndpointInput,
     headers: Headers,
-    secret: Secret,
+    // The stored form (sealed when a master key is set).
+    secret: String,
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
@@ -333,7 +335,7 @@ pub(crate) fn create_endpoint(
     .map_err(internal)?;
     conn.execute(
         "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
-        params![id.to_string(), secret.expose(), at],
+        params![id.to_string(), secret, at],
     )
     .map_err(internal)?;
     endpoint_written(conn, id, input_policy, input_strict, false)?;
@@ -435,6 +437,7 @@ pub(crate) fn signing_secrets(
     conn: &Connection,
     endpoint: &str,
     at: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<Vec<Secret>> {
     let mut statement = conn
         .prepare_cached(
@@ -450,11 +453,7 @@ pub(crate) fn signing_secrets(
         .map_err(internal)?;
     texts
         .iter()
-        .map(|t| {
-            Secret::parse(t).map_err(|e| {
-                StoreError::Internal(format!("stored secret unreadable: {}", e.reason))
-            })
-        })
+        .map(|t| shared::read_secret(sealing, t))
         .collect()
 }
 
@@ -462,9 +461,10 @@ pub(crate) fn endpoint_secret(
     conn: &Connection,
     app: AppId,
     endpoint: EndpointId,
+    sealing: &Sealing,
 ) -> StoreResult<Secret> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
-    signing_secrets(conn, &endpoint.to_string(), now())?
+    signing_secrets(conn, &endpoint.to_string(), now(), sealing)?
         .into_iter()
         .next()
         .ok_or(StoreError::NotFound)
@@ -474,7 +474,8 @@ pub(crate) fn rotate_endpoint_secret(
     conn: &Connection,
     app: AppId,
     endpoint: EndpointId,
-    secret: Secret,
+    // The stored form (sealed when a master key is set).
+    secret: String,
     previous_valid_until: Timestamp,
 ) -> StoreResult<()> {
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
@@ -493,7 +494,7 @@ pub(crate) fn rotate_endpoint_secret(
     .map_err(internal)?;
     conn.execute(
         "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
-        params![id, secret.expose(), at],
+        params![id, secret, at],
     )
     .map_err(internal)?;
     Ok(())

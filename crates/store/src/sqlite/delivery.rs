@@ -9,6 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
 
+use herald_domain::sealing::Sealing;
+
 use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, Order};
@@ -28,6 +30,7 @@ fn matching_targets(
     channels: Option<&[String]>,
     only: Option<EndpointId>,
     at: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let mut statement = conn
         .prepare_cached(shared::TARGET_ROWS_SQL)
@@ -49,14 +52,19 @@ fn matching_targets(
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
-    shared::matching_targets(&rows, event_type, channels, only)
+    shared::matching_targets(&rows, event_type, channels, only, sealing)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<EndpointTarget>> {
+fn target(
+    conn: &Connection,
+    endpoint: &str,
+    at: Timestamp,
+    sealing: &Sealing,
+) -> StoreResult<Arc<EndpointTarget>> {
     type Row = (String, String, Option<String>, Option<u32>, bool);
     let (url, headers, policy, rate_limit, strict_ordering): Row = conn
         .prepare_cached(
@@ -72,7 +80,7 @@ fn target(conn: &Connection, endpoint: &str, at: Timestamp) -> StoreResult<Arc<E
         id: EndpointId::parse(endpoint).map_err(|e| StoreError::Internal(e.to_string()))?,
         url,
         headers: decode(&headers)?,
-        secrets: signing_secrets(conn, endpoint, at)?,
+        secrets: signing_secrets(conn, endpoint, at, sealing)?,
         retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),
         rate_limit,
         strict_ordering,
@@ -84,6 +92,7 @@ pub(crate) fn create_message(
     app: AppId,
     input: MessageInput,
     claim: Option<Claim>,
+    sealing: &Sealing,
 ) -> StoreResult<CreatedMessage> {
     get_app(conn, &IdOrUid::Id(app))?;
     let known: Option<bool> = conn
@@ -123,6 +132,7 @@ pub(crate) fn create_message(
         message.channels.as_deref(),
         only,
         at,
+        sealing,
     )?;
     let mut insert = conn
         .prepare_cached(
@@ -250,6 +260,7 @@ pub(crate) fn resend(
     message: MessageId,
     endpoint: EndpointId,
     claim: Claim,
+    sealing: &Sealing,
 ) -> StoreResult<DeliveryJob> {
     let message = get_message(conn, app, &IdOrUid::Id(message))?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
@@ -267,7 +278,7 @@ pub(crate) fn resend(
         .map_err(internal)?;
     Ok(DeliveryJob {
         message: Arc::new(message),
-        endpoint: target(conn, &endpoint.to_string(), claim.now)?,
+        endpoint: target(conn, &endpoint.to_string(), claim.now, sealing)?,
         attempts_made,
         trigger: Trigger::Manual,
         lease_until: claim.until,
@@ -279,6 +290,7 @@ pub(crate) fn claim_due(
     claim: Claim,
     limit: usize,
     skip: &[EndpointId],
+    sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
     let skipped = skipped_endpoints(skip);
     let sql = format!(
@@ -332,7 +344,7 @@ pub(crate) fn claim_due(
         let endpoint = match endpoints.get(&endpoint_id) {
             Some(e) => e.clone(),
             None => {
-                let e = target(conn, &endpoint_id, claim.now)?;
+                let e = target(conn, &endpoint_id, claim.now, sealing)?;
                 endpoints.insert(endpoint_id, e.clone());
                 e
             }

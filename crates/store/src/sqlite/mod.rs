@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
+use herald_domain::sealing::Sealing;
 use herald_domain::{
     AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
@@ -70,6 +71,8 @@ pub struct SqliteOptions {
     /// Queued writes above which new messages are refused (503) until the
     /// writer catches up.
     pub admission_limit: usize,
+    /// How signing secrets are stored (sealed with a master key, or plain).
+    pub sealing: Sealing,
 }
 
 impl SqliteOptions {
@@ -78,12 +81,14 @@ impl SqliteOptions {
             path: path.into(),
             readers: 4,
             admission_limit: 20_000,
+            sealing: Sealing::default(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    sealing: Arc<Sealing>,
     writer: Writer,
     readers: ReadPool,
     _checkpointer: Arc<Checkpointer>,
@@ -96,8 +101,10 @@ impl SqliteStore {
         migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
             .map_err(internal)?;
+        reseal(&conn, &options.sealing)?;
         let readers = ReadPool::open(&options.path, options.readers.max(1))?;
         Ok(Self {
+            sealing: Arc::new(options.sealing.clone()),
             writer: Writer::start(conn, options.admission_limit),
             readers,
             _checkpointer: Arc::new(Checkpointer::start(&options.path)?),
@@ -109,6 +116,34 @@ impl SqliteStore {
         let mut conn = open_connection(path, false)?;
         migrate(&mut conn)
     }
+}
+
+/// Checks at start that the stored secrets open with the configured keys,
+/// and brings them to the current one: plain secrets are sealed once a
+/// master key is set, secrets sealed with the previous key are sealed again
+/// with the current one. Refuses to start (with the reason) otherwise.
+fn reseal(conn: &Connection, sealing: &Sealing) -> StoreResult<()> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT rowid, secret FROM endpoint_secrets")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(internal)?;
+    let mut update = conn
+        .prepare("UPDATE endpoint_secrets SET secret = ? WHERE rowid = ?")
+        .map_err(internal)?;
+    for (row, stored) in rows {
+        let (secret, again) = sealing
+            .read(&stored)
+            .map_err(|e| StoreError::Internal(crate::shared::sealing_refusal(&e)))?;
+        if again {
+            update
+                .execute(rusqlite::params![sealing.store(&secret), row])
+                .map_err(internal)?;
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<i64> {
@@ -233,8 +268,9 @@ impl Store for SqliteStore {
         headers: Headers,
         secret: Secret,
     ) -> StoreResult<Endpoint> {
+        let stored = self.sealing.store(&secret);
         self.writer
-            .write(move |c| admin::create_endpoint(c, app, input, headers, secret))
+            .write(move |c| admin::create_endpoint(c, app, input, headers, stored))
             .await
     }
     async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
@@ -267,8 +303,9 @@ impl Store for SqliteStore {
             .await
     }
     async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
+        let sealing = self.sealing.clone();
         self.readers
-            .read(move |c| admin::endpoint_secret(c, app, endpoint))
+            .read(move |c| admin::endpoint_secret(c, app, endpoint, &sealing))
             .await
     }
     async fn rotate_endpoint_secret(
@@ -278,9 +315,10 @@ impl Store for SqliteStore {
         secret: Secret,
         previous_valid_until: Timestamp,
     ) -> StoreResult<()> {
+        let stored = self.sealing.store(&secret);
         self.writer
             .write(move |c| {
-                admin::rotate_endpoint_secret(c, app, endpoint, secret, previous_valid_until)
+                admin::rotate_endpoint_secret(c, app, endpoint, stored, previous_valid_until)
             })
             .await
     }
@@ -306,8 +344,9 @@ impl Store for SqliteStore {
         input: MessageInput,
         claim: Option<Claim>,
     ) -> StoreResult<CreatedMessage> {
+        let sealing = self.sealing.clone();
         self.writer
-            .admit(move |c| delivery::create_message(c, app, input, claim))
+            .admit(move |c| delivery::create_message(c, app, input, claim, &sealing))
             .await
     }
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
@@ -344,8 +383,9 @@ impl Store for SqliteStore {
         endpoint: EndpointId,
         claim: Claim,
     ) -> StoreResult<DeliveryJob> {
+        let sealing = self.sealing.clone();
         self.writer
-            .write(move |c| delivery::resend(c, app, message, endpoint, claim))
+            .write(move |c| delivery::resend(c, app, message, endpoint, claim, &sealing))
             .await
     }
     async fn claim_due(
@@ -354,8 +394,9 @@ impl Store for SqliteStore {
         limit: usize,
         skip: Vec<EndpointId>,
     ) -> StoreResult<Vec<DeliveryJob>> {
+        let sealing = self.sealing.clone();
         self.writer
-            .write(move |c| delivery::claim_due(c, claim, limit, &skip))
+            .write(move |c| delivery::claim_due(c, claim, limit, &skip, &sealing))
             .await
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {

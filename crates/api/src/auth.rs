@@ -86,6 +86,14 @@ pub(crate) async fn authenticate(
             Err(error) => return ApiError::from(error).into_response(),
         }
     };
+    if let (Principal::App { token, .. }, Some(limiter)) = (principal, &state.rate_limiter) {
+        if let Err(wait) = limiter.take(token, std::time::Instant::now()) {
+            return ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            }
+            .into_response();
+        }
+    }
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

@@ -256,6 +256,25 @@ async fn create(
         None => Secret::generate(),
     };
     let headers = parse_headers(input.headers.unwrap_or_default())?;
+    // Checked before the write: concurrent creations may pass it together,
+    // so the limit can be exceeded by a few, never by many.
+    let max = state.config.max_endpoints_per_app;
+    let existing = state
+        .store
+        .list_endpoints(
+            app,
+            herald_store::PageRequest {
+                limit: max,
+                cursor: Default::default(),
+            },
+        )
+        .await?;
+    if existing.data.len() >= max {
+        return Err(ApiError::invalid(
+            "endpoints",
+            format!("this app already has the most endpoints allowed ({max})"),
+        ));
+    }
     let created = state
         .store
         .create_endpoint(app, endpoint, headers, secret)

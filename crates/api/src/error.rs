@@ -34,6 +34,10 @@ pub enum ApiError {
     /// 503 with `Retry-After`: more work is queued, or more requests are
     /// running, than Herald admits.
     Overloaded,
+    /// 429 with `Retry-After` (whole seconds): the token used up its rate.
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Internal(String),
 }
 
@@ -111,6 +115,21 @@ impl IntoResponse for ApiError {
                 "database_unavailable",
                 "the database is unavailable; retry later".to_owned(),
             ),
+            Self::RateLimited { retry_after_secs } => {
+                let body = ErrorBody {
+                    code: "rate_limited",
+                    detail: "this token is sending requests faster than its limit; retry after the indicated delay".to_owned(),
+                };
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(
+                        axum::http::header::RETRY_AFTER,
+                        retry_after_secs.max(1).to_string(),
+                    )],
+                    Json(body),
+                )
+                    .into_response();
+            }
             Self::Overloaded => {
                 let body = ErrorBody {
                     code: "overloaded",

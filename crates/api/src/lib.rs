@@ -11,6 +11,7 @@ mod endpoints;
 mod error;
 mod event_types;
 mod extract;
+mod limits;
 mod messages;
 mod middleware;
 mod recovery;
@@ -36,6 +37,7 @@ use herald_store::Store;
 
 pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
+pub use limits::RateLimiter;
 pub use middleware::hash_token;
 
 /// What the API needs to know of the configuration.
@@ -54,6 +56,8 @@ pub struct ApiConfig {
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
+    /// Endpoints one app may have.
+    pub max_endpoints_per_app: usize,
     /// The published egress addresses.
     pub egress: Egress,
     /// Where Herald is reached from outside (portal links).
@@ -85,6 +89,8 @@ pub struct AppState {
     /// are then leased to it and sent without waiting for a poll.
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub config: Arc<ApiConfig>,
+    /// Per app-scoped token; `None`: unlimited.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// The complete router (without path normalisation; see [`serve`]).

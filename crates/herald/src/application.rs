@@ -123,7 +123,11 @@ impl Application {
             store,
             // An API-only process leaves deliveries unleased for the workers.
             dispatcher: (settings.role == Role::All).then(|| dispatcher.clone()),
+            rate_limiter: settings
+                .token_rate_limit
+                .map(|rate| Arc::new(herald_api::RateLimiter::new(rate))),
             config: Arc::new(ApiConfig {
+                max_endpoints_per_app: settings.max_endpoints_per_app,
                 admin_token_hash,
                 policy: settings.policy.clone(),
                 egress: herald_api::Egress {

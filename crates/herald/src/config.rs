@@ -178,6 +178,13 @@ pub struct ServeArgs {
     /// at `GET /api/v1/egress/`.
     #[arg(long, env = "HERALD_EGRESS_ADDRESSES", value_name = "ADDRS")]
     pub egress_addresses: Option<String>,
+    /// Requests per second each app-scoped token may make (`off`: no
+    /// limit; the admin token is never limited).
+    #[arg(long, env = "HERALD_TOKEN_RATE_LIMIT", value_name = "N")]
+    pub token_rate_limit: Option<String>,
+    /// Endpoints one app may have.
+    #[arg(long, env = "HERALD_MAX_ENDPOINTS_PER_APP", value_name = "N")]
+    pub max_endpoints_per_app: Option<usize>,
     /// How Herald is reached from outside, for portal links
     /// (default: `http://` and the listen address).
     #[arg(long, env = "HERALD_PUBLIC_URL", value_name = "URL")]
@@ -235,6 +242,8 @@ struct FileConfig {
     egress_proxy: Option<String>,
     egress_source_address: Option<std::net::IpAddr>,
     egress_addresses: Option<String>,
+    token_rate_limit: Option<String>,
+    max_endpoints_per_app: Option<usize>,
     public_url: Option<String>,
     portal_session: Option<String>,
     secret_rotation_grace: Option<String>,
@@ -411,6 +420,9 @@ pub struct Settings {
     pub email: Option<EmailConfig>,
     pub max_body_bytes: usize,
     pub rotation_grace: Duration,
+    /// Requests per second per app-scoped token; `None`: unlimited.
+    pub token_rate_limit: Option<u32>,
+    pub max_endpoints_per_app: usize,
     /// Where portal links point; `None`: `http://` + the bound address.
     pub public_url: Option<String>,
     pub portal_session: Duration,
@@ -456,6 +468,8 @@ impl Settings {
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
             max_body_bytes: 1024 * 1024,
             rotation_grace: Duration::from_secs(24 * 3600),
+            token_rate_limit: Some(100),
+            max_endpoints_per_app: 100,
             public_url: None,
             portal_session: Duration::from_secs(3600),
             log: "info".into(),

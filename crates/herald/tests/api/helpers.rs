@@ -45,6 +45,8 @@ pub struct Options {
     pub allow_private_networks: bool,
     pub allowed_cidrs: Vec<herald_domain::Cidr>,
     pub network: herald_dispatch::Network,
+    pub token_rate_limit: Option<u32>,
+    pub max_endpoints_per_app: usize,
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
     pub max_concurrent_requests: usize,
@@ -63,6 +65,8 @@ impl Default for Options {
             allow_private_networks: true,
             allowed_cidrs: Vec::new(),
             network: herald_dispatch::Network::default(),
+            token_rate_limit: Some(100),
+            max_endpoints_per_app: 100,
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
             max_concurrent_requests: 1024,
@@ -85,6 +89,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         allowed: options.allowed_cidrs.clone().into(),
     };
     settings.network = options.network.clone();
+    settings.token_rate_limit = options.token_rate_limit;
+    settings.max_endpoints_per_app = options.max_endpoints_per_app;
     settings.retry_schedule = RetrySchedule::parse(options.retry_schedule).unwrap();
     settings.request_timeout = options.request_timeout;
     settings.auto_disable = options.auto_disable;

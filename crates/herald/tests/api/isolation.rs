@@ -792,3 +792,61 @@ async fn with_a_master_key_no_secret_is_in_the_database_file_and_the_key_is_requ
     let old = refused_start(data_dir.path(), &[("HERALD_MASTER_KEY", first_key)]);
     assert!(old.contains("does not open"), "{old}");
 }
+
+#[tokio::test]
+async fn an_app_token_past_its_rate_gets_429_with_retry_after_and_apps_have_an_endpoint_limit() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        token_rate_limit: Some(5),
+        max_endpoints_per_app: 2,
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (token, _) = token(&app, &tenant, json!({"name": "busy"})).await;
+    let path = format!("/app/{tenant}/");
+
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = reqwest::Client::new()
+            .get(app.url(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        statuses.push((response.status().as_u16(), retry_after));
+    }
+    assert_eq!(
+        statuses[..5],
+        vec![(200, None); 5],
+        "the burst: {statuses:?}"
+    );
+    assert_eq!(statuses[5], (429, Some("1".to_owned())), "{statuses:?}");
+    // The admin token is the platform's own: never limited.
+    for _ in 0..20 {
+        assert_eq!(app.get(&path).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = app.request_as(Some(&token), Method::GET, &path, None).await;
+    assert_eq!(status, 200, "refilled after a second");
+
+    for n in 0..2 {
+        app.create_endpoint(&tenant, &receiver.url(&format!("/{n}")), None)
+            .await;
+    }
+    let (status, error) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/third")}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+    assert!(
+        error["detail"].as_str().unwrap().contains("endpoints"),
+        "{error}"
+    );
+}

@@ -596,6 +596,29 @@ impl Settings {
             }
             settings.failing_after = n;
         }
+        match args
+            .token_rate_limit
+            .or(file.token_rate_limit)
+            .as_deref()
+            .map(str::trim)
+        {
+            None => {}
+            Some("off") => settings.token_rate_limit = None,
+            Some(text) => {
+                let rate: u32 = text
+                    .parse()
+                    .ok()
+                    .filter(|r| *r > 0)
+                    .context("HERALD_TOKEN_RATE_LIMIT must be a positive number or `off`")?;
+                settings.token_rate_limit = Some(rate);
+            }
+        }
+        if let Some(max) = args.max_endpoints_per_app.or(file.max_endpoints_per_app) {
+            if !(1..=10_000).contains(&max) {
+                bail!("HERALD_MAX_ENDPOINTS_PER_APP must be 1..=10000");
+            }
+            settings.max_endpoints_per_app = max;
+        }
         if let Some(url) = args
             .public_url
             .or(file.public_url)

@@ -818,3 +818,85 @@ mod tests {
         assert!(DatabaseSettings::resolve(None, Some("mysql://x".into()), None, None).is_err());
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn from_file(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, text)?;
+        let args = Wrapper::try_parse_from(["herald", "--config", path.to_str().unwrap()])?;
+        Settings::from_args(args.serve)
+    }
+
+    #[test]
+    fn security_and_egress_settings_are_read_from_the_file() {
+        let settings = from_file(
+            r#"
+            token_rate_limit = "off"
+            max_endpoints_per_app = 5
+            allowed_cidrs = "10.20.0.0/16, fd00::/8"
+            dns_servers = "127.0.0.1:5353,10.0.0.2"
+            egress_proxy = "http://proxy.internal:3128"
+            egress_addresses = "203.0.113.7,203.0.113.8"
+            secret_rotation_grace = "0"
+            master_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.token_rate_limit, None);
+        assert_eq!(settings.max_endpoints_per_app, 5);
+        assert!(settings.policy.permits("10.20.1.1".parse().unwrap()));
+        assert!(!settings.policy.permits("10.21.1.1".parse().unwrap()));
+        assert_eq!(
+            settings.network.dns_servers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            settings.network.proxy.as_deref(),
+            Some("http://proxy.internal:3128")
+        );
+        assert_eq!(settings.egress_addresses, ["203.0.113.7", "203.0.113.8"]);
+        assert_eq!(settings.rotation_grace, Duration::ZERO);
+        assert!(settings.database.sealing.current.is_some());
+        assert!(
+            !format!("{settings:?}").contains("AQEBAQEB"),
+            "the key stays hidden"
+        );
+    }
+
+    #[test]
+    fn bad_security_settings_are_refused_with_their_name() {
+        for (text, name) in [
+            ("token_rate_limit = \"0\"", "HERALD_TOKEN_RATE_LIMIT"),
+            ("max_endpoints_per_app = 0", "HERALD_MAX_ENDPOINTS_PER_APP"),
+            ("allowed_cidrs = \"10.0.0.0/40\"", "HERALD_ALLOWED_CIDRS"),
+            ("dns_servers = \"not-an-address\"", "HERALD_DNS_SERVERS"),
+            ("egress_proxy = \"socks5://x:1\"", "HERALD_EGRESS_PROXY"),
+            (
+                "secret_rotation_grace = \"8d\"",
+                "HERALD_SECRET_ROTATION_GRACE",
+            ),
+            ("master_key = \"c2hvcnQ=\"", "HERALD_MASTER_KEY"),
+            (
+                "previous_master_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"",
+                "HERALD_PREVIOUS_MASTER_KEY",
+            ),
+        ] {
+            let error = format!("{:#}", from_file(text).unwrap_err());
+            assert!(error.contains(name), "{text}: {error}");
+        }
+    }
+}

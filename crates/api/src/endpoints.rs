@@ -50,6 +50,9 @@ struct EndpointIn {
     version: Option<i32>,
     metadata: Option<Metadata>,
     secret: Option<String>,
+    /// Herald's addition: `hmac-sha256` (default, `v1` signatures) or
+    /// `ed25519` (`v1a`, verified with the public key) for a generated secret.
+    signing: Option<String>,
     headers: Option<Headers>,
     /// Herald's addition; absent: the server's retry schedule.
     retry_policy: Option<RetryPolicySpec>,
@@ -251,9 +254,16 @@ async fn create(
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
         strict_ordering: input.strict_ordering,
     };
-    let secret = match input.secret {
-        Some(text) => Secret::parse(&text)?,
-        None => Secret::generate(),
+    let secret = match (input.secret, input.signing.as_deref()) {
+        (Some(text), _) => Secret::parse(&text)?,
+        (None, None | Some("hmac-sha256")) => Secret::generate(),
+        (None, Some("ed25519")) => Secret::generate_ed25519(),
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "signing",
+                "must be `hmac-sha256` or `ed25519`",
+            ))
+        }
     };
     let headers = parse_headers(input.headers.unwrap_or_default())?;
     // Checked before the write: concurrent creations may pass it together,
@@ -368,8 +378,13 @@ async fn remove(
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct SecretOut {
     key: String,
+    /// Herald's addition, for `ed25519` secrets: what receivers verify
+    /// `v1a` signatures with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
 }
 
 async fn secret(
@@ -383,6 +398,7 @@ async fn secret(
         .await?;
     Ok(Json(SecretOut {
         key: secret.expose(),
+        public_key: secret.public_key(),
     }))
 }
 
@@ -408,7 +424,12 @@ async fn rotate(
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
     let secret = match input.key {
         Some(text) => Secret::parse(&text)?,
-        None => Secret::generate(),
+        // A new key of the kind the endpoint has.
+        None => state
+            .store
+            .endpoint_secret(endpoint.app_id, endpoint.id)
+            .await?
+            .generate_like(),
     };
     let grace: Duration = state.config.rotation_grace;
     state

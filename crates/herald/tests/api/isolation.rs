@@ -850,3 +850,82 @@ async fn an_app_token_past_its_rate_gets_429_with_retry_after_and_apps_have_an_e
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn an_ed25519_endpoint_gets_v1a_signatures_that_its_public_key_verifies() {
+    use base64::Engine;
+    let standard = base64::engine::general_purpose::STANDARD;
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/hook"), "signing": "ed25519"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    let secret_path = format!("/app/{tenant}/endpoint/{endpoint}/secret/");
+    let (_, secret) = app.get(&secret_path).await;
+    assert!(
+        secret["key"].as_str().unwrap().starts_with("whsk_"),
+        "{secret}"
+    );
+    let public = |secret: &Value| {
+        let text = secret["publicKey"].as_str().unwrap();
+        let bytes: [u8; 32] = standard
+            .decode(text.strip_prefix("whpk_").unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).unwrap()
+    };
+    let first = public(&secret);
+
+    // Verified by a receiver that holds only the public key.
+    let verified_by = |request: &crate::helpers::Recorded, key: &ed25519_dalek::VerifyingKey| {
+        let content = [
+            request.header("webhook-id").as_bytes(),
+            b".",
+            request.header("webhook-timestamp").as_bytes(),
+            b".",
+            &request.body,
+        ]
+        .concat();
+        request
+            .header("webhook-signature")
+            .split(' ')
+            .filter_map(|entry| entry.strip_prefix("v1a,"))
+            .filter_map(|encoded| standard.decode(encoded).ok())
+            .filter_map(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
+            .any(|signature| key.verify_strict(&content, &signature).is_ok())
+    };
+    app.send(&tenant, "call.completed", json!({"n": 1})).await;
+    let first_delivery = receiver.wait_for(1, Duration::from_secs(10)).await[0].clone();
+    assert!(first_delivery
+        .header("webhook-signature")
+        .starts_with("v1a,"));
+    assert!(verified_by(&first_delivery, &first));
+
+    // Rotation keeps the kind; both keys sign during the grace period.
+    let (status, _) = app.post(&format!("{secret_path}rotate/"), json!({})).await;
+    assert_eq!(status, 204);
+    let (_, rotated) = app.get(&secret_path).await;
+    assert!(rotated["key"].as_str().unwrap().starts_with("whsk_"));
+    let second = public(&rotated);
+    assert_ne!(first, second);
+    app.send(&tenant, "call.completed", json!({"n": 2})).await;
+    let deliveries = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let latest = &deliveries[1];
+    assert_eq!(latest.header("webhook-signature").split(' ').count(), 2);
+    assert!(verified_by(latest, &first) && verified_by(latest, &second));
+
+    let (status, error) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/x"), "signing": "rsa"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+}

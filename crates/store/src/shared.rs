@@ -215,6 +215,18 @@ pub(crate) fn decode_alert_rules(text: &str) -> StoreResult<AlertRules> {
         .map_err(|e| StoreError::Internal(format!("stored alert rules unreadable: {e}")))
 }
 
+/// Previous secrets that keep signing during their grace period, at most:
+/// with the current one, a delivery carries at most five signatures however
+/// often the secret is rotated.
+pub(crate) const MAX_PREVIOUS_SECRETS: i64 = 4;
+
+/// Drops an endpoint's ($1) previous secrets beyond the newest $2.
+pub(crate) const TRIM_PREVIOUS_SECRETS_SQL: &str =
+    "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+         AND secret NOT IN (SELECT secret FROM endpoint_secrets
+                            WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+                            ORDER BY created_at DESC LIMIT $2)";
+
 /// Why Herald will not start on these secrets, for the operator.
 pub(crate) fn sealing_refusal(error: &herald_domain::sealing::OpenError) -> String {
     use herald_domain::sealing::OpenError;

@@ -1693,3 +1693,39 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
         );
     }
 }
+
+#[tokio::test]
+async fn rotating_often_keeps_at_most_five_signing_secrets() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = store
+            .create_endpoint(
+                app,
+                endpoint_input("http://a.test/1", &[], false),
+                Headers::new(),
+                Secret::generate(),
+            )
+            .await
+            .unwrap();
+        let mut current = Secret::generate();
+        for _ in 0..7 {
+            current = Secret::generate();
+            store
+                .rotate_endpoint_secret(app, endpoint.id, current.clone(), now() + 3_600_000)
+                .await
+                .unwrap();
+        }
+        let created = store
+            .create_message(app, message("call.started", None), Some(claim(now())))
+            .await
+            .unwrap();
+        let secrets = &created.jobs[0].endpoint.secrets;
+        assert_eq!(
+            secrets.len(),
+            5,
+            "{name}: the current one and four in grace"
+        );
+        assert_eq!(secrets[0], current, "{name}: the current one signs first");
+    }
+}

@@ -515,6 +515,12 @@ pub(crate) async fn rotate_endpoint_secret(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
+    sqlx::query(crate::shared::TRIM_PREVIOUS_SECRETS_SQL)
+        .bind(&id)
+        .bind(crate::shared::MAX_PREVIOUS_SECRETS)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
         .bind(&id)
         .bind(&secret)

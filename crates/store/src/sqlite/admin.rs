@@ -493,6 +493,13 @@ pub(crate) fn rotate_endpoint_secret(
     )
     .map_err(internal)?;
     conn.execute(
+        &shared::TRIM_PREVIOUS_SECRETS_SQL
+            .replace("$1", "?1")
+            .replace("$2", "?2"),
+        params![id, shared::MAX_PREVIOUS_SECRETS],
+    )
+    .map_err(internal)?;
+    conn.execute(
         "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
         params![id, secret, at],
     )

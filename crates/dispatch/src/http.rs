@@ -86,6 +86,9 @@ pub struct Network {
     pub proxy: Option<String>,
     /// The local address deliveries connect from.
     pub source_address: Option<IpAddr>,
+    /// Extra trusted root certificates (PEM), for receivers on a private
+    /// PKI; the public roots stay trusted.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 /// How names are looked up: the system resolver (`getaddrinfo`), or the
@@ -228,6 +231,16 @@ impl HttpSender {
         }
         if let Some(address) = network.source_address {
             builder = builder.local_address(address);
+        }
+        if let Some(pem) = &network.ca_bundle {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("CA bundle: {e}"))?;
+            if roots.is_empty() {
+                return Err("CA bundle: no certificate in it".into());
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
         }
         let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self {

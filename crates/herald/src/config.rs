@@ -174,6 +174,10 @@ pub struct ServeArgs {
     /// The local address deliveries connect from.
     #[arg(long, env = "HERALD_EGRESS_SOURCE_ADDRESS", value_name = "IP")]
     pub egress_source_address: Option<std::net::IpAddr>,
+    /// A PEM file of extra root certificates to trust for deliveries
+    /// (receivers on a private PKI); the public roots stay trusted.
+    #[arg(long, env = "HERALD_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
     /// The addresses receivers should allowlist, comma-separated; published
     /// at `GET /api/v1/egress/`.
     #[arg(long, env = "HERALD_EGRESS_ADDRESSES", value_name = "ADDRS")]
@@ -242,6 +246,7 @@ struct FileConfig {
     egress_proxy: Option<String>,
     egress_source_address: Option<std::net::IpAddr>,
     egress_addresses: Option<String>,
+    ca_bundle: Option<PathBuf>,
     token_rate_limit: Option<String>,
     max_endpoints_per_app: Option<usize>,
     public_url: Option<String>,
@@ -550,6 +555,14 @@ impl Settings {
                 .or(file.egress_proxy)
                 .filter(|p| !p.is_empty()),
             source_address: args.egress_source_address.or(file.egress_source_address),
+            ca_bundle: args
+                .ca_bundle
+                .or(file.ca_bundle)
+                .map(|path| {
+                    std::fs::read(&path)
+                        .with_context(|| format!("HERALD_CA_BUNDLE: reading {}", path.display()))
+                })
+                .transpose()?,
         };
         if let Some(proxy) = &settings.network.proxy {
             let url =

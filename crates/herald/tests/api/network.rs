@@ -400,7 +400,7 @@ async fn deliveries_go_through_the_egress_proxy_and_names_are_still_checked() {
         network: herald_dispatch::Network {
             dns_servers: vec![dns.address],
             proxy: Some(proxy.url()),
-            source_address: None,
+            ..Default::default()
         },
         ..Options::default()
     })
@@ -436,4 +436,124 @@ async fn deliveries_go_through_the_egress_proxy_and_names_are_still_checked() {
         .seen()
         .iter()
         .any(|line| line.contains("internal.test")));
+}
+
+/// A private certificate authority and an HTTPS receiver on loopback whose
+/// certificate (for `localhost`) it signed. The receiver answers 200 and
+/// counts the requests it read.
+struct PrivatePki {
+    ca_pem: String,
+    address: SocketAddr,
+    received: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PrivatePki {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PrivatePki {
+    async fn start() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let received: Arc<Mutex<usize>> = Arc::default();
+        let count = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return; // the client refused the certificate
+                    };
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = tls.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        let text = String::from_utf8_lossy(&request).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    *count.lock().unwrap() += 1;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self {
+            ca_pem: ca.pem(),
+            address,
+            received,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/hook", self.address.port())
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_always_verified_and_a_private_ca_can_be_trusted() {
+    let pki = PrivatePki::start().await;
+    // Without the CA: the handshake fails and nothing is delivered.
+    let app = spawn_app_with(Options::default()).await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app.create_endpoint(&tenant, &pki.url(), None).await;
+    let refused = attempt(&app, &tenant, &endpoint).await;
+    assert_eq!(refused["errorClass"], "tls", "{refused}");
+    assert_eq!(*pki.received.lock().unwrap(), 0);
+
+    // With the CA bundle configured: delivered, over verified TLS.
+    let trusting = spawn_app_with(Options {
+        network: herald_dispatch::Network {
+            ca_bundle: Some(pki.ca_pem.clone().into_bytes()),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let tenant = trusting.create_app("Acme").await;
+    let endpoint = trusting.create_endpoint(&tenant, &pki.url(), None).await;
+    let delivered = attempt(&trusting, &tenant, &endpoint).await;
+    assert_eq!(delivered["responseStatusCode"], 200, "{delivered}");
+    assert_eq!(*pki.received.lock().unwrap(), 1);
 }

@@ -233,6 +233,7 @@ fn routes() -> Vec<(Rule, Method, &'static str, Option<Value>)> {
         (Tenant, Method::DELETE, "/app/{app}/alert-rules/", None),
         (Tenant, Method::GET, "/app/{app}/audit/", None),
         (Admin, Method::GET, "/audit/", None),
+        (Catalog, Method::GET, "/egress/", None),
         (Admin, Method::GET, "/app/{app}/token/", None),
         (
             Admin,

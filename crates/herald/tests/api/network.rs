@@ -436,6 +436,9 @@ async fn deliveries_go_through_the_egress_proxy_and_names_are_still_checked() {
         .seen()
         .iter()
         .any(|line| line.contains("internal.test")));
+    let (status, egress) = app.get("/egress/").await;
+    assert_eq!(status, 200);
+    assert_eq!(egress["proxied"], true, "{egress}");
 }
 
 /// A private certificate authority and an HTTPS receiver on loopback whose

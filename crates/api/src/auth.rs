@@ -71,20 +71,10 @@ pub(crate) async fn authenticate(
     let Some(presented) = presented else {
         return ApiError::Unauthorized.into_response();
     };
-    let hash = token::hash(presented);
-    let principal = if bool::from(hash.ct_eq(&state.config.admin_token_hash)) {
-        Principal::Admin
-    } else {
-        // Looked up by hash: the token itself is never stored, and an equal
-        // hash is only found by holding the token.
-        match state.store.token_by_hash(hash).await {
-            Ok(Some(token)) if token.is_valid_at(now_ms()) => Principal::App {
-                app: token.app_id,
-                token: token.id,
-            },
-            Ok(_) => return ApiError::Unauthorized.into_response(),
-            Err(error) => return ApiError::from(error).into_response(),
-        }
+    let principal = match principal_of(&state, presented).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return ApiError::Unauthorized.into_response(),
+        Err(error) => return error.into_response(),
     };
     if let (Principal::App { token, .. }, Some(limiter)) = (principal, &state.rate_limiter) {
         if let Err(wait) = limiter.take(token, std::time::Instant::now()) {
@@ -96,6 +86,26 @@ pub(crate) async fn authenticate(
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The holder of `presented`, if it is a valid token.
+pub(crate) async fn principal_of(
+    state: &AppState,
+    presented: &str,
+) -> ApiResult<Option<Principal>> {
+    let hash = token::hash(presented);
+    if bool::from(hash.ct_eq(&state.config.admin_token_hash)) {
+        return Ok(Some(Principal::Admin));
+    }
+    // Looked up by hash: the token itself is never stored, and an equal
+    // hash is only found by holding the token.
+    Ok(match state.store.token_by_hash(hash).await? {
+        Some(token) if token.is_valid_at(now_ms()) => Some(Principal::App {
+            app: token.app_id,
+            token: token.id,
+        }),
+        _ => None,
+    })
 }
 
 /// Who may use a route.

@@ -14,6 +14,7 @@ mod extract;
 mod limits;
 mod messages;
 mod middleware;
+mod portal;
 mod recovery;
 mod test_events;
 mod tokens;
@@ -62,6 +63,8 @@ pub struct ApiConfig {
     pub egress: Egress,
     /// Where Herald is reached from outside (portal links).
     pub public_url: String,
+    /// Who may embed the portal in a frame (CSP `frame-ancestors`).
+    pub portal_frame_ancestors: String,
     /// How long a portal-access session lasts by default (1 h).
     pub portal_session: Duration,
     /// The server's alert defaults, which apps' rules override.
@@ -136,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .nest("/api/v1", api)
+        .merge(portal::routes())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }

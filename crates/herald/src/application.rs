@@ -144,6 +144,7 @@ impl Application {
                     .clone()
                     .unwrap_or_else(|| format!("http://{address}")),
                 portal_session: settings.portal_session,
+                portal_frame_ancestors: settings.portal_frame_ancestors.clone(),
             }),
         };
         Ok(Self {

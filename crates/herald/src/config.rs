@@ -193,6 +193,10 @@ pub struct ServeArgs {
     /// (default: `http://` and the listen address).
     #[arg(long, env = "HERALD_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Who may show the portal in a frame: a CSP `frame-ancestors` source
+    /// list (`'self' https://app.example.com`; default `'self'`).
+    #[arg(long, env = "HERALD_PORTAL_FRAME_ANCESTORS", value_name = "SOURCES")]
+    pub portal_frame_ancestors: Option<String>,
     /// How long a portal-access link works (`1h`; at most `24h`).
     #[arg(long, env = "HERALD_PORTAL_SESSION", value_name = "DURATION")]
     pub portal_session: Option<String>,
@@ -251,6 +255,7 @@ struct FileConfig {
     max_endpoints_per_app: Option<usize>,
     public_url: Option<String>,
     portal_session: Option<String>,
+    portal_frame_ancestors: Option<String>,
     secret_rotation_grace: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
@@ -431,6 +436,7 @@ pub struct Settings {
     /// Where portal links point; `None`: `http://` + the bound address.
     pub public_url: Option<String>,
     pub portal_session: Duration,
+    pub portal_frame_ancestors: String,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -477,6 +483,7 @@ impl Settings {
             max_endpoints_per_app: 100,
             public_url: None,
             portal_session: Duration::from_secs(3600),
+            portal_frame_ancestors: "'self'".into(),
             log: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -643,6 +650,19 @@ impl Settings {
                 bail!("HERALD_PUBLIC_URL must be an http:// or https:// URL");
             }
             settings.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        if let Some(sources) = args
+            .portal_frame_ancestors
+            .or(file.portal_frame_ancestors)
+            .filter(|s| !s.trim().is_empty())
+        {
+            if sources
+                .chars()
+                .any(|c| c == ';' || c == ',' || c.is_control())
+            {
+                bail!("HERALD_PORTAL_FRAME_ANCESTORS is a space-separated CSP source list");
+            }
+            settings.portal_frame_ancestors = sources.trim().to_owned();
         }
         if let Some(text) = args.portal_session.or(file.portal_session) {
             let period = herald_domain::parse_duration(text.trim())

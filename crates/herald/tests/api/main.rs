@@ -11,6 +11,7 @@ mod helpers;
 mod isolation;
 mod network;
 mod operations;
+mod portal;
 mod scale_out;
 mod svix_sdk;
 mod validation;

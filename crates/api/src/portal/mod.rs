@@ -1,0 +1,305 @@
+//! The portal (SPEC §6): server-rendered pages at `/portal/` for admins
+//! (who log in with the admin token) and customers (who arrive through the
+//! app-scoped link of `POST /api/v1/auth/app-portal-access/{app}/`).
+//!
+//! The session cookie holds the token itself (`HttpOnly`, `SameSite=Strict`,
+//! `Secure` behind https), so there is no server-side session state; every
+//! form carries a CSRF token derived from the session token, and a POST
+//! without it is refused. Pages are maud templates with one small
+//! stylesheet served from the binary.
+
+mod pages;
+
+use axum::extract::{Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::AppId;
+use herald_store::PageRequest;
+
+use crate::auth::{principal_of, Principal};
+use crate::error::ApiError;
+use crate::AppState;
+
+const COOKIE_NAME: &str = "herald_session";
+
+/// A page's early answer instead of its content (a redirect to log in, a
+/// 404, a refused form), boxed: it is the rare path.
+type Refused = Box<Response>;
+const STYLESHEET: &str = include_str!("portal.css");
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal", get(home))
+        .route("/portal/login", get(login_page).post(login))
+        .route("/portal/logout", post(logout))
+        .route("/portal/app/{app}", get(endpoints))
+        .route("/portal/static/portal.css", get(stylesheet))
+}
+
+/// The logged-in holder: their token (for the CSRF token) and who they are.
+struct Session {
+    token: String,
+    principal: Principal,
+}
+
+impl Session {
+    /// The CSRF token of this session: unguessable without the session
+    /// token, and the same on every page of the session.
+    fn csrf(&self) -> String {
+        csrf_of(&self.token)
+    }
+
+    fn check_csrf(&self, presented: &str) -> Result<(), Refused> {
+        if bool::from(self.csrf().as_bytes().ct_eq(presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    "this form has expired; reload the page",
+                )
+                    .into_response(),
+            ))
+        }
+    }
+}
+
+fn csrf_of(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(format!("herald-portal-csrf:{token}")))
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The session of the request, or a redirect to the login page.
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Refused> {
+    let Some(token) = cookie_token(headers) else {
+        return Err(Box::new(Redirect::to("/portal/login").into_response()));
+    };
+    match principal_of(state, &token).await {
+        Ok(Some(principal)) => Ok(Session { token, principal }),
+        Ok(None) => Err(Box::new(
+            Redirect::to("/portal/login?expired=1").into_response(),
+        )),
+        Err(error) => Err(Box::new(error.into_response())),
+    }
+}
+
+/// Headers every portal page carries: no caching of customer data, and who
+/// may frame it.
+fn page(state: &AppState, markup: maud::Markup) -> Response {
+    let mut response = Html(markup.into_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let policy = format!(
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self'; frame-ancestors {}",
+        state.config.portal_frame_ancestors
+    );
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert("content-security-policy", value);
+    }
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/css; charset=utf-8"),
+            (CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    match session.principal {
+        Principal::App { app, .. } => Redirect::to(&format!("/portal/app/{app}")).into_response(),
+        Principal::Admin => match state
+            .store
+            .list_apps(PageRequest {
+                limit: 250,
+                cursor: Default::default(),
+            })
+            .await
+        {
+            Ok(apps) => page(&state, pages::apps(&session.csrf(), &apps.data)),
+            Err(error) => ApiError::from(error).into_response(),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    expired: Option<String>,
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<LoginQuery>,
+) -> Response {
+    page(&state, pages::login(query.expired.is_some(), None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let token = form.token.trim().to_owned();
+    match principal_of(&state, &token).await {
+        Ok(Some(_)) => {
+            let secure = headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes() == b"https")
+                || state.config.public_url.starts_with("https://");
+            let cookie = format!(
+                "{COOKIE_NAME}={token}; Path=/portal; HttpOnly; SameSite=Strict{}",
+                if secure { "; Secure" } else { "" }
+            );
+            let mut response = Redirect::to("/portal").into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(SET_COOKIE, value);
+            }
+            response
+        }
+        Ok(None) => {
+            let mut response = page(
+                &state,
+                pages::login(false, Some("That token is not valid (or has expired).")),
+            );
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    if let Err(refused) = session.check_csrf(&form.csrf) {
+        return *refused;
+    }
+    let mut response = Redirect::to("/portal/login").into_response();
+    response.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static(
+            "herald_session=; Path=/portal; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
+
+/// The app of a portal path, if the session may see it (404 otherwise, as
+/// in the API).
+async fn app_of(
+    state: &AppState,
+    session: &Session,
+    segment: &str,
+) -> Result<herald_store::App, Refused> {
+    let missing = || Box::new(not_found(state));
+    let reference = IdOrUid::<AppId>::parse(segment).map_err(|_| missing())?;
+    let app = state.store.get_app(&reference).await.map_err(|e| match e {
+        herald_store::StoreError::NotFound => missing(),
+        other => Box::new(ApiError::from(other).into_response()),
+    })?;
+    session.principal.check(app.id).map_err(|_| missing())?;
+    Ok(app)
+}
+
+fn not_found(state: &AppState) -> Response {
+    let mut response = page(state, pages::not_found());
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+async fn endpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let app = match app_of(&state, &session, &app).await {
+        Ok(app) => app,
+        Err(response) => return *response,
+    };
+    let endpoints = match state
+        .store
+        .list_endpoints(
+            app.id,
+            PageRequest {
+                limit: 250,
+                cursor: Default::default(),
+            },
+        )
+        .await
+    {
+        Ok(page) => page.data,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let now = crate::middleware::now_ms();
+    let mut rows = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let health = state
+            .store
+            .endpoint_health(app.id, endpoint.id, now)
+            .await
+            .ok();
+        rows.push((endpoint, health));
+    }
+    page(
+        &state,
+        pages::endpoints(
+            &session.csrf(),
+            session.principal == Principal::Admin,
+            &app,
+            &rows,
+        ),
+    )
+}

@@ -5,6 +5,7 @@
 
 mod activity;
 mod alerts;
+mod browser;
 mod crash;
 mod delivery;
 mod helpers;

@@ -1,0 +1,54 @@
+//! The portal in a real browser: Debian's Chromium driven by
+//! `tests/browser/portal.mjs` (Node's playwright-core, pinned). Runs when
+//! `HERALD_TEST_BROWSER` names the Chromium executable (`.ci/run` installs
+//! it and sets it); says so and skips otherwise. Screenshots go to
+//! `target/screenshots/`.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, Receiver};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[tokio::test]
+async fn a_customer_follows_a_portal_link_sees_their_endpoints_and_logs_out() {
+    let Ok(browser) = std::env::var("HERALD_TEST_BROWSER") else {
+        eprintln!("SKIPPED browser test: set HERALD_TEST_BROWSER=/usr/bin/chromium to run it");
+        return;
+    };
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (tenant, other) = (app.create_app("Acme").await, app.create_app("Other").await);
+    let endpoint = receiver.url("/crm");
+    app.create_endpoint(&tenant, &endpoint, Some(&["call.*", "contact.created"]))
+        .await;
+    let (status, access) = app
+        .post(&format!("/auth/app-portal-access/{tenant}/"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{access}");
+
+    let script = workspace().join("tests/browser/portal.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("HERALD_TEST_BROWSER", browser)
+        .env("PORTAL_LINK", access["url"].as_str().unwrap())
+        .env("ENDPOINT_URL", &endpoint)
+        .env("OTHER_APP_PATH", format!("/portal/app/{other}"))
+        .env("SCREENSHOTS", workspace().join("target/screenshots"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), output)
+        .await
+        .expect("the browser walk-through finishes within 2 minutes")
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "portal.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,60 @@
+// Walks Herald's portal in Debian's Chromium as a customer would, asserting
+// what each page shows. Run by crates/herald/tests/api/browser.rs with:
+//   HERALD_TEST_BROWSER  the Chromium executable
+//   PORTAL_LINK          a link from POST /api/v1/auth/app-portal-access/{app}/
+//   ENDPOINT_URL         the URL of the app's endpoint, expected in the list
+//   OTHER_APP_PATH       a portal path of another app, expected to be "not found"
+//   SCREENSHOTS          the folder screenshots are saved to
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+
+const screenshots = env('SCREENSHOTS');
+mkdirSync(screenshots, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: env('HERALD_TEST_BROWSER'),
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+
+  // The link logs the customer in and lands on their endpoints; the token
+  // leaves the address bar.
+  await page.goto(env('PORTAL_LINK'));
+  await page.waitForURL(/\/portal\/app\//);
+  assert.ok(!page.url().includes('token='), `the token left the URL: ${page.url()}`);
+  assert.equal(await page.locator('h1').innerText(), 'Endpoints');
+  const row = page.locator('table.endpoints tbody tr');
+  assert.equal(await row.count(), 1);
+  assert.ok((await row.first().innerText()).includes(env('ENDPOINT_URL')));
+  assert.ok((await row.first().locator('.badge').first().innerText()).includes('enabled'));
+  await page.screenshot({ path: `${screenshots}/endpoints.png`, fullPage: true });
+
+  // On a phone's width the table becomes a list, still readable.
+  await page.setViewportSize({ width: 390, height: 800 });
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `no horizontal scrolling on a phone (${width}px)`);
+  await page.screenshot({ path: `${screenshots}/endpoints-phone.png`, fullPage: true });
+  await page.setViewportSize({ width: 1200, height: 800 });
+
+  // Another app's page is not found.
+  const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
+  assert.equal(other.status(), 404);
+
+  // Logging out ends the session.
+  await page.goBack();
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.waitForURL(/\/portal\/login/);
+  await page.screenshot({ path: `${screenshots}/login.png`, fullPage: true });
+  const back = await page.goto(new URL('/portal', page.url()).href);
+  assert.ok(page.url().endsWith('/portal/login'), `logged out: ${page.url()} (${back.status()})`);
+  console.log('portal walk-through passed');
+} finally {
+  await browser.close();
+}

@@ -3,6 +3,7 @@
 //   HERALD_TEST_BROWSER  the Chromium executable
 //   PORTAL_LINK          a link from POST /api/v1/auth/app-portal-access/{app}/
 //   ENDPOINT_URL         the URL of the app's endpoint, expected in the list
+//   NEW_ENDPOINT_URL     a receiver URL to create an endpoint for (answers 200 "received")
 //   OTHER_APP_PATH       a portal path of another app, expected to be "not found"
 //   SCREENSHOTS          the folder screenshots are saved to
 import { chromium } from 'playwright-core';
@@ -43,12 +44,40 @@ try {
   await page.screenshot({ path: `${screenshots}/endpoints-phone.png`, fullPage: true });
   await page.setViewportSize({ width: 1200, height: 800 });
 
+  // Create an endpoint for call.* and contact.created; a bad URL first.
+  await page.getByRole('link', { name: 'Add endpoint' }).click();
+  await page.waitForURL(/endpoints\/new$/);
+  await page.fill('#url', 'ftp://example.com/hook');
+  await page.locator('#url').evaluate((input) => { input.type = 'text'; });
+  await page.check('#some-events');
+  await page.check('input[value="call.*"]');
+  await page.check('input[value="contact.created"]');
+  await page.getByRole('button', { name: 'Create endpoint' }).click();
+  const refusal = await page.locator('p.error').innerText();
+  assert.ok(refusal.includes('URL') && refusal.includes('ftp'), `the server's rule is shown: ${refusal}`);
+  assert.ok(await page.isChecked('input[value="call.*"]'), 'the choices are kept');
+  await page.screenshot({ path: `${screenshots}/new-endpoint.png`, fullPage: true });
+  await page.fill('#url', env('NEW_ENDPOINT_URL'));
+  await page.getByRole('button', { name: 'Create endpoint' }).click();
+  await page.waitForURL(/\/endpoint\/ep_/);
+  assert.equal(await page.locator('#events').innerText(), 'call.*, contact.created');
+
+  // Send a test call.completed and see the receiver's answer.
+  await page.selectOption('#event_type', 'call.completed');
+  await page.getByRole('button', { name: 'Send test event' }).click();
+  await page.waitForSelector('#test-result');
+  assert.equal(await page.locator('#result-status').innerText(), '200');
+  assert.equal(await page.locator('#result-body').innerText(), 'received');
+  assert.ok((await page.locator('#result-outcome').innerText()).includes('success'));
+  await page.screenshot({ path: `${screenshots}/endpoint.png`, fullPage: true });
+  const endpointPage = page.url().replace(/\/test$/, '');
+
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
   assert.equal(other.status(), 404);
 
   // Logging out ends the session.
-  await page.goBack();
+  await page.goto(endpointPage);
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.waitForURL(/\/portal\/login/);
   await page.screenshot({ path: `${screenshots}/login.png`, fullPage: true });

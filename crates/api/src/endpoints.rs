@@ -146,7 +146,7 @@ fn parse_uid(uid: Option<&str>) -> ApiResult<Option<Uid>> {
     .transpose()
 }
 
-fn parse_filter(filter: Option<&[String]>) -> ApiResult<FilterTypes> {
+pub(crate) fn parse_filter(filter: Option<&[String]>) -> ApiResult<FilterTypes> {
     match filter {
         None => Ok(FilterTypes::all()),
         Some([]) => Err(ApiError::invalid(
@@ -157,7 +157,7 @@ fn parse_filter(filter: Option<&[String]>) -> ApiResult<FilterTypes> {
     }
 }
 
-fn check_description(description: &str) -> ApiResult<()> {
+pub(crate) fn check_description(description: &str) -> ApiResult<()> {
     if description.len() > 1024 {
         return Err(ApiError::invalid(
             "description",

@@ -66,13 +66,34 @@ async fn send_example(
     let app = resolve(&state, &app).await?;
     let reference = IdOrUid::<EndpointId>::parse(&endpoint).map_err(|_| ApiError::NotFound)?;
     let endpoint = state.store.get_endpoint(app, &reference).await?;
+    let message = send(&state, &endpoint, &input.event_type, input.example_index).await?;
+    let out = MessageOut::new(&message, true);
+    if !options.wait {
+        return Ok((StatusCode::ACCEPTED, Json(out)).into_response());
+    }
+    let attempt = first_attempt(&state, app, message.id).await?;
+    Ok(Json(TestEventOut {
+        message: out,
+        attempt: attempt.map(MessageAttemptOut::from),
+    })
+    .into_response())
+}
+
+/// Sends example `index` of `event_type` to `endpoint` only, as one manual
+/// attempt (also the portal's "send test event").
+pub(crate) async fn send(
+    state: &AppState,
+    endpoint: &herald_store::Endpoint,
+    event_type: &str,
+    index: usize,
+) -> ApiResult<herald_store::Message> {
     if endpoint.disabled {
         return Err(ApiError::invalid(
             "endpoint",
             "is disabled; enable it before sending test events",
         ));
     }
-    let name = EventTypeName::parse(&input.event_type)?;
+    let name = EventTypeName::parse(event_type)?;
     let event_type = match state.store.get_event_type(&name).await {
         Err(StoreError::NotFound) => {
             return Err(ApiError::invalid(
@@ -82,7 +103,7 @@ async fn send_example(
         }
         other => other?,
     };
-    let payload = example(&event_type, input.example_index)?;
+    let payload = example(&event_type, index)?;
     let message = MessageInput {
         event_type: name,
         event_id: None,
@@ -94,25 +115,19 @@ async fn send_example(
         .dispatcher
         .as_ref()
         .and_then(|d| d.claim_for_new_work());
-    let created = state.store.create_message(app, message, claim).await?;
+    let created = state
+        .store
+        .create_message(endpoint.app_id, message, claim)
+        .await?;
     if let Some(dispatcher) = &state.dispatcher {
         dispatcher.submit(created.jobs);
     }
-    let message = MessageOut::new(&created.message, true);
-    if !options.wait {
-        return Ok((StatusCode::ACCEPTED, Json(message)).into_response());
-    }
-    let attempt = first_attempt(&state, app, created.message.id).await?;
-    Ok(Json(TestEventOut {
-        message,
-        attempt: attempt.map(MessageAttemptOut::from),
-    })
-    .into_response())
+    Ok(created.message.as_ref().clone())
 }
 
 /// Example `index` of the newest schema version of `event_type`; `{}` for a
 /// type that has no examples at all.
-fn example(event_type: &EventType, index: usize) -> ApiResult<Value> {
+pub(crate) fn example(event_type: &EventType, index: usize) -> ApiResult<Value> {
     let newest = event_type.schemas.as_ref().and_then(|schemas| {
         schemas
             .as_object()?
@@ -143,7 +158,7 @@ fn example(event_type: &EventType, index: usize) -> ApiResult<Value> {
 
 /// Waits for the one attempt of a test event, reading the log: this works
 /// whichever process sends it. Bounded by the attempt timeout plus a margin.
-async fn first_attempt(
+pub(crate) async fn first_attempt(
     state: &AppState,
     app: herald_domain::AppId,
     message: MessageId,

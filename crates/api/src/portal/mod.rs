@@ -8,6 +8,7 @@
 //! without it is refused. Pages are maud templates with one small
 //! stylesheet served from the binary.
 
+mod endpoint_pages;
 mod pages;
 
 use axum::extract::{Path, State};
@@ -43,6 +44,18 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/portal/login", get(login_page).post(login))
         .route("/portal/logout", post(logout))
         .route("/portal/app/{app}", get(endpoints))
+        .route(
+            "/portal/app/{app}/endpoints/new",
+            get(endpoint_pages::new_form).post(endpoint_pages::create),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}",
+            get(endpoint_pages::detail),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/test",
+            post(endpoint_pages::send_test),
+        )
         .route("/portal/static/portal.css", get(stylesheet))
 }
 

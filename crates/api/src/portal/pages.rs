@@ -3,7 +3,9 @@
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use herald_store::{App, Endpoint, EndpointHealth};
+use herald_store::{App, Endpoint, EndpointHealth, EventType};
+
+use super::endpoint_pages::{EndpointForm, TestResult};
 
 /// The frame of every page; `csrf` is set when someone is logged in.
 fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
@@ -118,6 +120,7 @@ pub(super) fn endpoints(
                 nav.crumbs { a href="/portal" { "Applications" } " / " (app.name) }
             }
             h1 { "Endpoints" }
+            p { a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" } }
             @if rows.is_empty() {
                 p.empty { "No endpoint yet." }
             } @else {
@@ -134,7 +137,7 @@ pub(super) fn endpoints(
                     tbody {
                         @for (endpoint, health) in rows {
                             tr data-endpoint=(endpoint.id) {
-                                td.url { (endpoint.url) @if !endpoint.description.is_empty() { br; small { (endpoint.description) } } }
+                                td.url { a href={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) } { (endpoint.url) } @if !endpoint.description.is_empty() { br; small { (endpoint.description) } } }
                                 td {
                                     @if endpoint.disabled {
                                         span.badge.off { "disabled" @if let Some(reason) = &endpoint.disabled_reason { " (" (reason) ")" } }
@@ -157,6 +160,161 @@ pub(super) fn endpoints(
                                 }
                             }
                         }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The event types by group (`call`, `contact`, …), in catalog order.
+fn groups(types: &[EventType]) -> Vec<(String, Vec<&EventType>)> {
+    let mut groups: Vec<(String, Vec<&EventType>)> = Vec::new();
+    for event_type in types {
+        let group = event_type.name.group().unwrap_or("other").to_owned();
+        match groups.iter_mut().find(|(name, _)| *name == group) {
+            Some((_, members)) => members.push(event_type),
+            None => groups.push((group, vec![event_type])),
+        }
+    }
+    groups
+}
+
+pub(super) fn new_endpoint(
+    csrf: &str,
+    app: &App,
+    types: &[EventType],
+    form: &EndpointForm,
+) -> Markup {
+    let checked = |value: &str| form.types.iter().any(|t| t == value);
+    layout(
+        "New endpoint",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / new" }
+            h1 { "New endpoint" }
+            @if let Some(error) = &form.error {
+                p.error role="alert" { (error) }
+            }
+            form #new-endpoint method="post" action={ "/portal/app/" (app.id) "/endpoints/new" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="url" { "URL" }
+                input #url type="url" name="url" value=(form.url) required placeholder="https://example.com/webhooks";
+                label for="description" { "Description" }
+                input #description type="text" name="description" value=(form.description);
+                fieldset {
+                    legend { "Events" }
+                    label.inline {
+                        input type="radio" name="events" value="all" checked[form.all_events];
+                        " All events"
+                    }
+                    label.inline {
+                        input #some-events type="radio" name="events" value="some" checked[!form.all_events];
+                        " Only these:"
+                    }
+                    @for (group, members) in groups(types) {
+                        div.group {
+                            label.inline {
+                                input type="checkbox" name="types" value={ (group) ".*" } checked[checked(&format!("{group}.*"))];
+                                " every " strong { (group) } " event (" code { (group) ".*" } ")"
+                            }
+                            @for event_type in members {
+                                label.inline.type {
+                                    input type="checkbox" name="types" value=(event_type.name) checked[checked(event_type.name.as_str())];
+                                    " " code { (event_type.name) } " — " (event_type.description)
+                                }
+                            }
+                        }
+                    }
+                }
+                label for="rate_limit" { "Rate limit (deliveries per second, optional)" }
+                input #rate_limit type="number" min="1" name="rate_limit" value=(form.rate_limit);
+                button type="submit" { "Create endpoint" }
+            }
+        },
+    )
+}
+
+fn when(at: Option<i64>) -> String {
+    at.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "never".to_owned())
+}
+
+pub(super) fn endpoint(
+    csrf: &str,
+    app: &App,
+    endpoint: &Endpoint,
+    health: &EndpointHealth,
+    examples: &[(String, String)],
+    result: Option<&TestResult>,
+) -> Markup {
+    layout(
+        "Endpoint",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / " (endpoint.id) }
+            h1 { "Endpoint" }
+            p.url { code { (endpoint.url) } }
+            dl.facts {
+                dt { "Status" }
+                dd {
+                    @if endpoint.disabled {
+                        span.badge.off { "disabled" @if let Some(reason) = &endpoint.disabled_reason { " (" (reason) ")" } }
+                    } @else {
+                        span.badge.on { "enabled" }
+                    }
+                }
+                dt { "Events" }
+                dd #events { @match &endpoint.filter_types { Some(types) => (types.join(", ")), None => "all events" } }
+                dt { "Success rate" }
+                dd { "1 h " (percent(health.last_hour.success_rate())) " · 24 h " (percent(health.last_day.success_rate())) " · 7 d " (percent(health.last_week.success_rate())) }
+                dt { "Last success" }
+                dd { (when(health.last_success_at)) }
+                dt { "Consecutive failures" }
+                dd { (health.consecutive_failures) }
+            }
+            h2 { "Send a test event" }
+            form #test-event method="post" action={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) "/test" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="event_type" { "Event type" }
+                select #event_type name="event_type" {
+                    @for (name, _) in examples {
+                        option value=(name) selected[result.is_some_and(|r| &r.event_type == name)] { (name) }
+                    }
+                }
+                @for (name, example) in examples {
+                    details.example data-type=(name) {
+                        summary { "Example payload of " code { (name) } }
+                        pre { (example) }
+                    }
+                }
+                button type="submit" { "Send test event" }
+            }
+            @if let Some(result) = result {
+                section #test-result aria-live="polite" {
+                    h3 { "Result of " code { (result.event_type) } }
+                    @if let Some(error) = &result.error {
+                        p.error { (error) }
+                    }
+                    @if let Some(attempt) = &result.attempt {
+                        dl.facts {
+                            dt { "Status code" }
+                            dd #result-status { (attempt.response_status_code) }
+                            dt { "Outcome" }
+                            dd #result-outcome {
+                                span class={ "badge " (if attempt.error_class.is_none() { "on" } else { "off" }) } {
+                                    (attempt.status.text())
+                                }
+                                @if let Some(class) = attempt.error_class { " (" (class.as_str()) ")" }
+                            }
+                            dt { "Duration" }
+                            dd { (attempt.response_duration_ms) " ms" }
+                            dt { "Response body" }
+                            dd { pre #result-body { (attempt.response) } }
+                        }
+                    } @else if result.error.is_none() {
+                        p { "No attempt was recorded in time; see the activity log." }
                     }
                 }
             }

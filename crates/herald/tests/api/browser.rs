@@ -8,14 +8,14 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, Receiver};
+use crate::helpers::{spawn_app, Receiver, Reply};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[tokio::test]
-async fn a_customer_follows_a_portal_link_sees_their_endpoints_and_logs_out() {
+async fn a_customer_follows_a_portal_link_creates_an_endpoint_tests_it_and_logs_out() {
     let Ok(browser) = std::env::var("HERALD_TEST_BROWSER") else {
         eprintln!("SKIPPED browser test: set HERALD_TEST_BROWSER=/usr/bin/chromium to run it");
         return;
@@ -24,6 +24,7 @@ async fn a_customer_follows_a_portal_link_sees_their_endpoints_and_logs_out() {
     let receiver = Receiver::start().await;
     let (tenant, other) = (app.create_app("Acme").await, app.create_app("Other").await);
     let endpoint = receiver.url("/crm");
+    receiver.always("/crm-new", Reply::Body(200, "received"));
     app.create_endpoint(&tenant, &endpoint, Some(&["call.*", "contact.created"]))
         .await;
     let (status, access) = app
@@ -37,6 +38,7 @@ async fn a_customer_follows_a_portal_link_sees_their_endpoints_and_logs_out() {
         .env("HERALD_TEST_BROWSER", browser)
         .env("PORTAL_LINK", access["url"].as_str().unwrap())
         .env("ENDPOINT_URL", &endpoint)
+        .env("NEW_ENDPOINT_URL", receiver.url("/crm-new"))
         .env("OTHER_APP_PATH", format!("/portal/app/{other}"))
         .env("SCREENSHOTS", workspace().join("target/screenshots"))
         .kill_on_drop(true)

@@ -1,0 +1,315 @@
+//! The portal's endpoint pages: creating an endpoint (URL checked by the
+//! server's rules, event types chosen as all, by group or one by one) and
+//! an endpoint's page (health, subscriptions, a test event and its result).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{EndpointId, EndpointUrl, Secret};
+use herald_store::{EndpointInput, EventType, PageRequest};
+
+use super::{app_of, page, session, Refused, Session};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A submitted form, with repeated keys (checkboxes) kept.
+pub(super) struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub(super) fn parse(body: &[u8]) -> Self {
+        Self(url::form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+}
+
+/// What the new-endpoint form shows again after a refusal.
+#[derive(Debug, Default)]
+pub(super) struct EndpointForm {
+    pub url: String,
+    pub description: String,
+    pub all_events: bool,
+    pub types: Vec<String>,
+    pub rate_limit: String,
+    pub error: Option<String>,
+}
+
+async fn catalog(state: &AppState) -> Result<Vec<EventType>, Refused> {
+    state
+        .store
+        .list_event_types(
+            PageRequest {
+                limit: 250,
+                cursor: Default::default(),
+            },
+            false,
+        )
+        .await
+        .map(|page| page.data)
+        .map_err(|e| Box::new(ApiError::from(e).into_response()))
+}
+
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+) -> Result<(Session, herald_store::App), Refused> {
+    let session = session(state, headers).await?;
+    let app = app_of(state, &session, app).await?;
+    Ok((session, app))
+}
+
+pub(super) async fn new_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let types = catalog(&state).await?;
+        let form = EndpointForm {
+            all_events: true,
+            ..EndpointForm::default()
+        };
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::new_endpoint(&session.csrf(), &app, &types, &form),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let form = EndpointForm {
+            url: fields.get("url").unwrap_or_default().trim().to_owned(),
+            description: fields
+                .get("description")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            all_events: fields.get("events") != Some("some"),
+            types: fields.all("types"),
+            rate_limit: fields
+                .get("rate_limit")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            error: None,
+        };
+        match input(&state, &form) {
+            Ok(input) => {
+                let created = state
+                    .store
+                    .create_endpoint(app.id, input, Default::default(), Secret::generate())
+                    .await;
+                match created {
+                    Ok(endpoint) => Ok(Redirect::to(&format!(
+                        "/portal/app/{}/endpoint/{}",
+                        app.id, endpoint.id
+                    ))
+                    .into_response()),
+                    Err(error) => Err(Box::new(ApiError::from(error).into_response())),
+                }
+            }
+            Err(error) => {
+                let types = catalog(&state).await?;
+                let form = EndpointForm {
+                    error: Some(error),
+                    ..form
+                };
+                let mut response = page(
+                    &state,
+                    super::pages::new_endpoint(&session.csrf(), &app, &types, &form),
+                );
+                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                Ok(response)
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// The endpoint the form describes, or what is wrong with it, in the same
+/// words as the API.
+fn input(state: &AppState, form: &EndpointForm) -> Result<EndpointInput, String> {
+    let message = |e: ApiError| match e {
+        ApiError::Invalid { field, detail } => format!("{field}: {detail}"),
+        other => format!("{other:?}"),
+    };
+    let url = EndpointUrl::parse(&form.url, &state.config.policy)
+        .map_err(|e| format!("URL: {}", e.reason))?;
+    crate::endpoints::check_description(&form.description).map_err(message)?;
+    if !form.all_events && form.types.is_empty() {
+        return Err("Events: choose at least one event type, or all events".into());
+    }
+    let filter = if form.all_events {
+        None
+    } else {
+        Some(form.types.clone())
+    };
+    let filter_types = crate::endpoints::parse_filter(filter.as_deref()).map_err(message)?;
+    let rate_limit = match form.rate_limit.as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<u32>()
+                .ok()
+                .filter(|r| *r > 0)
+                .ok_or("Rate limit: a whole number of deliveries per second, or empty")?,
+        ),
+    };
+    Ok(EndpointInput {
+        uid: None,
+        url,
+        description: form.description.clone(),
+        disabled: false,
+        filter_types,
+        channels: None,
+        rate_limit,
+        version: 1,
+        metadata: Default::default(),
+        retry_policy: None,
+        strict_ordering: false,
+    })
+}
+
+/// The result of a test event, shown on the endpoint's page.
+pub(super) struct TestResult {
+    pub event_type: String,
+    pub attempt: Option<herald_store::Attempt>,
+    pub error: Option<String>,
+}
+
+async fn detail_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: &str,
+    result: Option<TestResult>,
+) -> Result<Response, Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    let reference =
+        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
+    let endpoint = match state.store.get_endpoint(app.id, &reference).await {
+        Ok(endpoint) => endpoint,
+        Err(herald_store::StoreError::NotFound) => return Err(Box::new(super::not_found(state))),
+        Err(error) => return Err(Box::new(ApiError::from(error).into_response())),
+    };
+    let health = state
+        .store
+        .endpoint_health(app.id, endpoint.id, crate::middleware::now_ms())
+        .await
+        .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+    let types = catalog(state).await?;
+    let subscribed: Vec<&EventType> = types
+        .iter()
+        .filter(|t| {
+            herald_domain::FilterTypes::parse(endpoint.filter_types.as_deref().unwrap_or_default())
+                .map(|f| f.matches(&t.name))
+                .unwrap_or(false)
+        })
+        .collect();
+    let examples: Vec<(String, String)> = subscribed
+        .iter()
+        .map(|t| {
+            let example = crate::test_events::example(t, 0).unwrap_or_default();
+            (
+                t.name.to_string(),
+                serde_json::to_string_pretty(&example).unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok(page(
+        state,
+        super::pages::endpoint(
+            &session.csrf(),
+            &app,
+            &endpoint,
+            &health,
+            &examples,
+            result.as_ref(),
+        ),
+    ))
+}
+
+pub(super) async fn detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> Response {
+    detail_page(&state, &headers, &app, &endpoint, None)
+        .await
+        .unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn send_test(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app_record) = open(&state, &headers, &app).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let event_type = fields.get("event_type").unwrap_or_default().to_owned();
+        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let record = state
+            .store
+            .get_endpoint(app_record.id, &reference)
+            .await
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
+            Ok(message) => {
+                match crate::test_events::first_attempt(&state, app_record.id, message.id).await {
+                    Ok(attempt) => TestResult {
+                        event_type,
+                        attempt,
+                        error: None,
+                    },
+                    Err(error) => TestResult {
+                        event_type,
+                        attempt: None,
+                        error: Some(format!("{error:?}")),
+                    },
+                }
+            }
+            Err(ApiError::Invalid { field, detail }) => TestResult {
+                event_type,
+                attempt: None,
+                error: Some(format!("{field}: {detail}")),
+            },
+            Err(error) => return Err(Box::new(error.into_response())),
+        };
+        detail_page(&state, &headers, &app, &endpoint, Some(outcome)).await
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

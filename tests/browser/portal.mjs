@@ -72,6 +72,57 @@ try {
   await page.screenshot({ path: `${screenshots}/endpoint.png`, fullPage: true });
   const endpointPage = page.url().replace(/\/test$/, '');
 
+  // The receiver fails the next one: the failure shows in the activity log.
+  await page.selectOption('#event_type', 'call.completed');
+  await page.getByRole('button', { name: 'Send test event' }).click();
+  await page.waitForSelector('#test-result');
+  assert.equal(await page.locator('#result-status').innerText(), '500');
+  await page.goto(endpointPage);
+  await page.click('#activity-link');
+  await page.waitForURL(/\/activity/);
+  const newest = page.locator('li.attempt').first();
+  assert.equal(await newest.getAttribute('data-status'), 'failed');
+  assert.ok((await newest.locator('.badge').innerText()).includes('500'));
+  await newest.locator('summary').click();
+  assert.ok((await newest.locator('pre').first().innerText()).includes('"call.completed"'));
+  const headers = await newest.locator('table.headers').innerText();
+  assert.ok(headers.includes('webhook-signature') && headers.includes('<redacted>'), headers);
+  await page.screenshot({ path: `${screenshots}/activity.png`, fullPage: true });
+
+  // The receiver is fixed (it answers 200 from now on): retry, and see success.
+  await newest.getByRole('button', { name: 'Retry' }).click();
+  await page.waitForURL(/notice=retried/);
+  for (let tries = 0; ; tries++) {
+    const top = page.locator('li.attempt').first();
+    if ((await top.getAttribute('data-status')) === 'succeeded') {
+      assert.ok((await top.innerText()).includes('manual'));
+      break;
+    }
+    assert.ok(tries < 50, 'the retry succeeded within 10 s');
+    await page.waitForTimeout(200);
+    await page.reload();
+  }
+
+  // Rotate the secret: revealed before and after, and different.
+  page.on('dialog', (dialog) => dialog.accept());
+  await page.goto(endpointPage);
+  await page.click('#reveal');
+  const before = await page.locator('#secret').innerText();
+  assert.ok(before.startsWith('whsec_'), before);
+  await page.click('#rotate');
+  await page.waitForURL(/notice=rotated/);
+  await page.click('#reveal');
+  const after = await page.locator('#secret').innerText();
+  assert.ok(after.startsWith('whsec_') && after !== before, 'a new secret');
+
+  // Disable, then enable again.
+  await page.click('#disable');
+  await page.waitForURL(/notice=disabled/);
+  assert.ok((await page.locator('dl.facts .badge').first().innerText()).startsWith('disabled'));
+  await page.click('#enable');
+  await page.waitForURL(/notice=enabled/);
+  assert.equal(await page.locator('dl.facts .badge').first().innerText(), 'enabled');
+
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
   assert.equal(other.status(), 404);

@@ -230,12 +230,16 @@ struct AttemptDetailOut {
 /// masked, plus the endpoint's custom headers as they are now, with the
 /// values of those that look like credentials masked.
 #[derive(Debug, Serialize)]
-struct RequestOut {
-    headers: BTreeMap<String, String>,
-    body: Box<RawValue>,
+pub(crate) struct RequestOut {
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) body: Box<RawValue>,
 }
 
-fn request_of(message: &Message, custom: &Headers, attempt: &Attempt) -> ApiResult<RequestOut> {
+pub(crate) fn request_of(
+    message: &Message,
+    custom: &Headers,
+    attempt: &Attempt,
+) -> ApiResult<RequestOut> {
     let mut headers: BTreeMap<String, String> = custom
         .iter()
         .map(|(name, value)| (name.clone(), headers::shown(name, value).to_owned()))

@@ -329,6 +329,24 @@ async fn replace(
     Ok(Json(updated.into()))
 }
 
+/// An endpoint's current settings as input for an update (the portal's
+/// enable/disable).
+pub(crate) fn input_of(current: &Endpoint, state: &AppState) -> ApiResult<EndpointInput> {
+    Ok(EndpointInput {
+        uid: current.uid.clone(),
+        url: EndpointUrl::parse(&current.url, &state.config.policy)?,
+        description: current.description.clone(),
+        disabled: current.disabled,
+        filter_types: parse_filter(current.filter_types.as_deref())?,
+        channels: current.channels.clone(),
+        rate_limit: current.rate_limit,
+        version: current.version,
+        metadata: current.metadata.clone(),
+        retry_policy: current.retry_policy.clone(),
+        strict_ordering: current.strict_ordering,
+    })
+}
+
 async fn patch(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,

@@ -65,7 +65,7 @@ async fn catalog(state: &AppState) -> Result<Vec<EventType>, Refused> {
         .map_err(|e| Box::new(ApiError::from(e).into_response()))
 }
 
-async fn open(
+pub(super) async fn open(
     state: &AppState,
     headers: &HeaderMap,
     app: &str,
@@ -199,6 +199,16 @@ fn input(state: &AppState, form: &EndpointForm) -> Result<EndpointInput, String>
     })
 }
 
+/// What an endpoint's page shows besides the endpoint: a test event's
+/// result, the secret once revealed, a notice after an action.
+#[derive(Default)]
+pub(super) struct Extras {
+    pub result: Option<TestResult>,
+    /// The secret and, for ed25519, its public key.
+    pub secret: Option<(String, Option<String>)>,
+    pub notice: Option<&'static str>,
+}
+
 /// The result of a test event, shown on the endpoint's page.
 pub(super) struct TestResult {
     pub event_type: String,
@@ -206,12 +216,12 @@ pub(super) struct TestResult {
     pub error: Option<String>,
 }
 
-async fn detail_page(
+pub(super) async fn detail_page(
     state: &AppState,
     headers: &HeaderMap,
     app: &str,
     endpoint: &str,
-    result: Option<TestResult>,
+    extras: Extras,
 ) -> Result<Response, Refused> {
     let (session, app) = open(state, headers, app).await?;
     let reference =
@@ -253,17 +263,39 @@ async fn detail_page(
             &endpoint,
             &health,
             &examples,
-            result.as_ref(),
+            &extras,
         ),
     ))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct NoticeQuery {
+    notice: Option<String>,
 }
 
 pub(super) async fn detail(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<NoticeQuery>,
 ) -> Response {
-    detail_page(&state, &headers, &app, &endpoint, None)
+    let notice = match query.notice.as_deref() {
+        Some("rotated") => {
+            Some("The secret was rotated; the previous one keeps signing during the grace period.")
+        }
+        Some("disabled") => {
+            Some("The endpoint is disabled: nothing is sent to it until it is enabled again.")
+        }
+        Some("enabled") => {
+            Some("The endpoint is enabled again; recover what it missed from the activity log.")
+        }
+        _ => None,
+    };
+    let extras = Extras {
+        notice,
+        ..Extras::default()
+    };
+    detail_page(&state, &headers, &app, &endpoint, extras)
         .await
         .unwrap_or_else(|refused| *refused)
 }
@@ -308,7 +340,11 @@ pub(super) async fn send_test(
             },
             Err(error) => return Err(Box::new(error.into_response())),
         };
-        detail_page(&state, &headers, &app, &endpoint, Some(outcome)).await
+        let extras = Extras {
+            result: Some(outcome),
+            ..Extras::default()
+        };
+        detail_page(&state, &headers, &app, &endpoint, extras).await
     }
     .await;
     result.unwrap_or_else(|refused| *refused)

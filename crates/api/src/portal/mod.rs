@@ -8,6 +8,8 @@
 //! without it is refused. Pages are maud templates with one small
 //! stylesheet served from the binary.
 
+mod activity;
+mod endpoint_actions;
 mod endpoint_pages;
 mod pages;
 
@@ -55,6 +57,30 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/portal/app/{app}/endpoint/{endpoint}/test",
             post(endpoint_pages::send_test),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/secret",
+            post(endpoint_actions::reveal),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/rotate",
+            post(endpoint_actions::rotate),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/toggle",
+            post(endpoint_actions::toggle),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/delete",
+            post(endpoint_actions::delete),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/activity",
+            get(activity::log),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/activity/retry",
+            post(activity::retry),
         )
         .route("/portal/static/portal.css", get(stylesheet))
 }

@@ -5,7 +5,8 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use herald_store::{App, Endpoint, EndpointHealth, EventType};
 
-use super::endpoint_pages::{EndpointForm, TestResult};
+use super::activity::Entry;
+use super::endpoint_pages::{EndpointForm, Extras};
 
 /// The frame of every page; `csrf` is set when someone is logged in.
 fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
@@ -247,14 +248,19 @@ pub(super) fn endpoint(
     endpoint: &Endpoint,
     health: &EndpointHealth,
     examples: &[(String, String)],
-    result: Option<&TestResult>,
+    extras: &Extras,
 ) -> Markup {
+    let result = extras.result.as_ref();
+    let base = format!("/portal/app/{}/endpoint/{}", app.id, endpoint.id);
     layout(
         "Endpoint",
         Some(csrf),
         html! {
             nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / " (endpoint.id) }
             h1 { "Endpoint" }
+            @if let Some(notice) = extras.notice {
+                p.notice role="status" { (notice) }
+            }
             p.url { code { (endpoint.url) } }
             dl.facts {
                 dt { "Status" }
@@ -273,6 +279,37 @@ pub(super) fn endpoint(
                 dd { (when(health.last_success_at)) }
                 dt { "Consecutive failures" }
                 dd { (health.consecutive_failures) }
+            }
+            div.actions {
+                form method="post" action={ (base) "/toggle" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    @if endpoint.disabled {
+                        button #enable type="submit" { "Enable" }
+                    } @else {
+                        button #disable type="submit" { "Disable" }
+                    }
+                }
+                form method="post" action={ (base) "/delete" } onsubmit="return confirm('Delete this endpoint? Its deliveries stop at once.')" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button.danger type="submit" { "Delete" }
+                }
+            }
+            p { a #activity-link href={ (base) "/activity" } { "Activity log" } }
+            h2 { "Signing secret" }
+            @if let Some((secret, public_key)) = &extras.secret {
+                p { code #secret { (secret) } " " button type="button" onclick="navigator.clipboard.writeText(document.getElementById('secret').textContent)" { "Copy" } }
+                @if let Some(public_key) = public_key {
+                    p { "Public key for receivers: " code #public-key { (public_key) } }
+                }
+            } @else {
+                form method="post" action={ (base) "/secret" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button #reveal type="submit" { "Reveal secret" }
+                }
+            }
+            form method="post" action={ (base) "/rotate" } onsubmit="return confirm('Rotate the signing secret? The current one keeps signing during the grace period.')" {
+                input type="hidden" name="csrf" value=(csrf);
+                button #rotate type="submit" { "Rotate secret" }
             }
             h2 { "Send a test event" }
             form #test-event method="post" action={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) "/test" } {
@@ -317,6 +354,84 @@ pub(super) fn endpoint(
                         p { "No attempt was recorded in time; see the activity log." }
                     }
                 }
+            }
+        },
+    )
+}
+
+pub(super) fn activity(
+    csrf: &str,
+    app: &App,
+    endpoint: &Endpoint,
+    status: Option<&str>,
+    entries: &[Entry],
+    older: Option<String>,
+    notice: Option<&str>,
+) -> Markup {
+    let base = format!("/portal/app/{}/endpoint/{}", app.id, endpoint.id);
+    layout(
+        "Activity",
+        Some(csrf),
+        html! {
+            nav.crumbs {
+                a href={ "/portal/app/" (app.id) } { "Endpoints" } " / "
+                a href=(base) { (endpoint.url) } " / activity"
+            }
+            h1 { "Activity" }
+            @if let Some(notice) = notice {
+                p.notice role="status" { (notice) }
+            }
+            form.filters method="get" action={ (base) "/activity" } {
+                label for="status" { "Outcome" }
+                select #status name="status" {
+                    option value="" selected[status.is_none()] { "all" }
+                    option value="succeeded" selected[status == Some("succeeded")] { "succeeded" }
+                    option value="failed" selected[status == Some("failed")] { "failed" }
+                }
+                button type="submit" { "Filter" }
+            }
+            @if entries.is_empty() {
+                p.empty { "No attempt yet." }
+            }
+            ol.attempts {
+                @for entry in entries {
+                    @let attempt = &entry.attempt;
+                    @let ok = attempt.error_class.is_none();
+                    li.attempt data-status=(if ok { "succeeded" } else { "failed" }) {
+                        div.summary {
+                            span class={ "badge " (if ok { "on" } else { "off" }) } {
+                                (attempt.status.text())
+                                @if attempt.response_status_code > 0 { " " (attempt.response_status_code) }
+                                @if let Some(class) = attempt.error_class { " · " (class.as_str()) }
+                            }
+                            " " code { (entry.event_type) }
+                            " " small { (when(Some(attempt.created_at))) " · " (attempt.response_duration_ms) " ms · " (if attempt.trigger == herald_domain::Trigger::Manual { "manual" } else { "scheduled" }) }
+                            @if !ok {
+                                form.retry method="post" action={ (base) "/activity/retry" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="message" value=(attempt.message_id);
+                                    button type="submit" { "Retry" }
+                                }
+                            }
+                        }
+                        details {
+                            summary { "Request and response" }
+                            h3 { "Payload" }
+                            pre { (entry.payload) }
+                            h3 { "Headers" }
+                            table.headers {
+                                @for (name, value) in &entry.headers {
+                                    tr { th scope="row" { (name) } td { code { (value) } } }
+                                }
+                            }
+                            h3 { "Response" }
+                            pre.response { (attempt.response) }
+                        }
+                    }
+                }
+            }
+            @if let Some(older) = older {
+                p { a href={ (base) "/activity?before=" (older) @if let Some(status) = status { "&status=" (status) } } { "Older attempts" } }
             }
         },
     )

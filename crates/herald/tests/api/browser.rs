@@ -15,7 +15,7 @@ fn workspace() -> PathBuf {
 }
 
 #[tokio::test]
-async fn a_customer_follows_a_portal_link_creates_an_endpoint_tests_it_and_logs_out() {
+async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
     let Ok(browser) = std::env::var("HERALD_TEST_BROWSER") else {
         eprintln!("SKIPPED browser test: set HERALD_TEST_BROWSER=/usr/bin/chromium to run it");
         return;
@@ -24,6 +24,11 @@ async fn a_customer_follows_a_portal_link_creates_an_endpoint_tests_it_and_logs_
     let receiver = Receiver::start().await;
     let (tenant, other) = (app.create_app("Acme").await, app.create_app("Other").await);
     let endpoint = receiver.url("/crm");
+    // The first test event succeeds, the second fails, then it is fixed.
+    receiver.script(
+        "/crm-new",
+        &[Reply::Body(200, "received"), Reply::Status(500)],
+    );
     receiver.always("/crm-new", Reply::Body(200, "received"));
     app.create_endpoint(&tenant, &endpoint, Some(&["call.*", "contact.created"]))
         .await;

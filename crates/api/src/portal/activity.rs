@@ -1,0 +1,162 @@
+//! An endpoint's activity log in the portal: its attempts, newest first,
+//! filtered by outcome, each with the request it made (payload, headers
+//! with secrets masked) and the response; failed deliveries can be retried.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::{DeliveryStatus, EndpointId, MessageId};
+use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
+
+use super::endpoint_pages::{open, Fields};
+use super::{page, Refused};
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ActivityQuery {
+    /// `succeeded`, `failed`, or nothing for all.
+    status: Option<String>,
+    /// Older than this attempt (the "older" link).
+    before: Option<String>,
+    notice: Option<String>,
+}
+
+/// One row of the log: the attempt and the request it made.
+pub(super) struct Entry {
+    pub attempt: herald_store::Attempt,
+    pub event_type: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+fn failed(error: impl Into<ApiError>) -> Refused {
+    Box::new(error.into().into_response())
+}
+
+pub(super) async fn log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(query): Query<ActivityQuery>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let endpoint = state
+            .store
+            .get_endpoint(app.id, &reference)
+            .await
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let status = match query.status.as_deref() {
+            Some("succeeded") => Some(DeliveryStatus::Succeeded),
+            Some("failed") => Some(DeliveryStatus::Failed),
+            _ => None,
+        };
+        let cursor = match &query.before {
+            Some(before) => Cursor::parse(Some(before)),
+            None => Cursor::Start,
+        };
+        let mut attempts_query = AttemptQuery::new(
+            AttemptFilter::Endpoint(endpoint.id),
+            PageRequest { limit: 25, cursor },
+        );
+        attempts_query.status = status;
+        let attempts = state
+            .store
+            .list_attempts(app.id, attempts_query)
+            .await
+            .map_err(failed)?;
+        let mut entries = Vec::with_capacity(attempts.data.len());
+        for attempt in attempts.data {
+            let message = state
+                .store
+                .get_message(app.id, &IdOrUid::Id(attempt.message_id))
+                .await
+                .map_err(failed)?;
+            let request = crate::attempts::request_of(&message, &endpoint.headers, &attempt)
+                .map_err(|e| Box::new(e.into_response()))?;
+            let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                .unwrap_or_else(|_| request.body.get().to_owned());
+            entries.push(Entry {
+                event_type: message.event_type.to_string(),
+                payload,
+                headers: request.headers.into_iter().collect(),
+                attempt,
+            });
+        }
+        let notice = match query.notice.as_deref() {
+            Some("retried") => Some("Sent again; the new attempt appears at the top."),
+            _ => None,
+        };
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::activity(
+                &session.csrf(),
+                &app,
+                &endpoint,
+                query.status.as_deref(),
+                &entries,
+                attempts.iterator.filter(|_| !attempts.done),
+                notice,
+            ),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// Sends one message to the endpoint again (a manual attempt), then shows
+/// the log.
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let endpoint = state
+            .store
+            .get_endpoint(app.id, &reference)
+            .await
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let message = MessageId::parse(fields.get("message").unwrap_or_default())
+            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let claim = state
+            .dispatcher
+            .as_ref()
+            .and_then(|d| d.claim_for_new_work())
+            .unwrap_or_else(|| {
+                let now = crate::middleware::now_ms();
+                herald_store::Claim { now, until: now }
+            });
+        let job = state
+            .store
+            .resend(app.id, message, endpoint.id, claim)
+            .await
+            .map_err(failed)?;
+        if let Some(dispatcher) = &state.dispatcher {
+            dispatcher.submit(vec![job]);
+        }
+        Ok::<_, Refused>(
+            Redirect::to(&format!(
+                "/portal/app/{}/endpoint/{}/activity?notice=retried",
+                app.id, endpoint.id
+            ))
+            .into_response(),
+        )
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

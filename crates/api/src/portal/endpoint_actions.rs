@@ -1,0 +1,150 @@
+//! What the endpoint page's buttons do: reveal and rotate the signing
+//! secret, disable or enable the endpoint, delete it. Every one is a POST
+//! with the session's CSRF token.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use herald_domain::ids::IdOrUid;
+use herald_domain::EndpointId;
+use herald_store::Endpoint;
+
+use super::endpoint_pages::{detail_page, open, Extras, Fields};
+use super::Refused;
+use crate::error::ApiError;
+use crate::middleware::now_ms;
+use crate::AppState;
+
+/// The endpoint of an action, after the session, the app and the CSRF token
+/// were checked.
+async fn target(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: &str,
+    body: &[u8],
+) -> Result<Endpoint, Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
+    let reference =
+        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
+    state
+        .store
+        .get_endpoint(app.id, &reference)
+        .await
+        .map_err(|_| Box::new(super::not_found(state)))
+}
+
+fn failed(error: impl Into<ApiError>) -> Refused {
+    Box::new(error.into().into_response())
+}
+
+fn back_to(endpoint: &Endpoint, notice: &str) -> Response {
+    Redirect::to(&format!(
+        "/portal/app/{}/endpoint/{}?notice={notice}",
+        endpoint.app_id, endpoint.id
+    ))
+    .into_response()
+}
+
+pub(super) async fn reveal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let record = target(&state, &headers, &app, &endpoint, &body).await?;
+        let secret = state
+            .store
+            .endpoint_secret(record.app_id, record.id)
+            .await
+            .map_err(failed)?;
+        let extras = Extras {
+            secret: Some((secret.expose(), secret.public_key())),
+            ..Extras::default()
+        };
+        detail_page(&state, &headers, &app, &endpoint, extras).await
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let record = target(&state, &headers, &app, &endpoint, &body).await?;
+        let current = state
+            .store
+            .endpoint_secret(record.app_id, record.id)
+            .await
+            .map_err(failed)?;
+        let grace = state.config.rotation_grace.as_millis() as i64;
+        state
+            .store
+            .rotate_endpoint_secret(
+                record.app_id,
+                record.id,
+                current.generate_like(),
+                now_ms() + grace,
+            )
+            .await
+            .map_err(failed)?;
+        Ok::<_, Refused>(back_to(&record, "rotated"))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn toggle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let record = target(&state, &headers, &app, &endpoint, &body).await?;
+        let mut input = crate::endpoints::input_of(&record, &state).map_err(failed)?;
+        input.disabled = !record.disabled;
+        state
+            .store
+            .update_endpoint(record.app_id, record.id, input)
+            .await
+            .map_err(failed)?;
+        Ok::<_, Refused>(back_to(
+            &record,
+            if record.disabled {
+                "enabled"
+            } else {
+                "disabled"
+            },
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let record = target(&state, &headers, &app, &endpoint, &body).await?;
+        state
+            .store
+            .delete_endpoint(record.app_id, record.id)
+            .await
+            .map_err(failed)?;
+        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}", record.app_id)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

@@ -123,6 +123,24 @@ try {
   await page.waitForURL(/notice=enabled/);
   assert.equal(await page.locator('dl.facts .badge').first().innerText(), 'enabled');
 
+  // Recover what failed in the last hour.
+  await page.goto(endpointPage);
+  const hourAgo = new Date(Date.now() - 3600 * 1000);
+  const local = new Date(hourAgo.getTime() - hourAgo.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  await page.fill('#since', local);
+  await page.getByRole('button', { name: 'Recover' }).click();
+  await page.waitForURL(/notice=recovering/);
+  assert.ok((await page.locator('p.notice').innerText()).includes('Recovery started'));
+
+  // The event catalog: every type with its description, example and schema.
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/catalog'));
+  const completed = page.locator('section.event-type[id="call.completed"]');
+  await completed.locator('summary', { hasText: 'Example payload' }).click();
+  assert.ok((await completed.locator('pre.example').innerText()).includes('callId'));
+  await completed.locator('summary', { hasText: 'JSON Schema' }).click();
+  assert.ok((await completed.locator('pre.schema').innerText()).includes('"properties"'));
+  await page.screenshot({ path: `${screenshots}/catalog.png`, fullPage: true });
+
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
   assert.equal(other.status(), 404);

@@ -148,3 +148,47 @@ pub(super) async fn delete(
     .await;
     result.unwrap_or_else(|refused| *refused)
 }
+
+/// Re-sends the endpoint's failed deliveries of messages since a time (a
+/// background task, as `POST …/recover/`).
+pub(super) async fn recover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let record = target(&state, &headers, &app, &endpoint, &body).await?;
+        let fields = Fields::parse(&body);
+        // `datetime-local` gives `2026-11-26T09:30` in the browser's zone;
+        // the form sends its UTC offset in minutes alongside.
+        let since = fields.get("since").unwrap_or_default();
+        let offset: i64 = fields
+            .get("offset")
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let Ok(local) = chrono::NaiveDateTime::parse_from_str(since, "%Y-%m-%dT%H:%M") else {
+            return Ok(back_to(&record, "bad-since"));
+        };
+        let since = local.and_utc().timestamp_millis() + offset * 60_000;
+        if since > now_ms() {
+            return Ok(back_to(&record, "bad-since"));
+        }
+        let task = state
+            .store
+            .start_recovery(
+                record.app_id,
+                herald_store::Recovery {
+                    endpoint_id: record.id,
+                    since,
+                    until: None,
+                },
+            )
+            .await
+            .map_err(failed)?;
+        crate::recovery::spawn(&state, task.id);
+        Ok::<_, Refused>(back_to(&record, "recovering"))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

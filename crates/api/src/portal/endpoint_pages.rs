@@ -286,9 +286,11 @@ pub(super) async fn detail(
         Some("disabled") => {
             Some("The endpoint is disabled: nothing is sent to it until it is enabled again.")
         }
-        Some("enabled") => {
-            Some("The endpoint is enabled again; recover what it missed from the activity log.")
+        Some("enabled") => Some("The endpoint is enabled again; recover what it missed below."),
+        Some("recovering") => {
+            Some("Recovery started: the failed deliveries since then are being sent again.")
         }
+        Some("bad-since") => Some("Choose a time in the past to recover from."),
         _ => None,
     };
     let extras = Extras {
@@ -345,6 +347,49 @@ pub(super) async fn send_test(
             ..Extras::default()
         };
         detail_page(&state, &headers, &app, &endpoint, extras).await
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn event_catalog(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let types = catalog(&state).await?;
+        let described: Vec<(EventType, String, String)> = types
+            .into_iter()
+            .map(|t| {
+                let example = crate::test_events::example(&t, 0).unwrap_or_default();
+                let schema = t
+                    .schemas
+                    .as_ref()
+                    .and_then(|s| s.as_object())
+                    .and_then(|versions| {
+                        // The newest schema version, as test events use.
+                        versions
+                            .iter()
+                            .max_by_key(|(version, _)| version.parse::<u32>().unwrap_or(0))
+                            .map(|(_, schema)| schema.clone())
+                    })
+                    .map(|mut schema| {
+                        if let Some(object) = schema.as_object_mut() {
+                            object.remove("examples");
+                        }
+                        serde_json::to_string_pretty(&schema).unwrap_or_default()
+                    })
+                    .unwrap_or_else(|| "(no schema)".to_owned());
+                let example = serde_json::to_string_pretty(&example).unwrap_or_default();
+                (t, schema, example)
+            })
+            .collect();
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::catalog(&session.csrf(), &app, &described),
+        ))
     }
     .await;
     result.unwrap_or_else(|refused| *refused)

@@ -47,6 +47,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/portal/logout", post(logout))
         .route("/portal/app/{app}", get(endpoints))
         .route(
+            "/portal/app/{app}/catalog",
+            get(endpoint_pages::event_catalog),
+        )
+        .route(
             "/portal/app/{app}/endpoints/new",
             get(endpoint_pages::new_form).post(endpoint_pages::create),
         )
@@ -69,6 +73,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/portal/app/{app}/endpoint/{endpoint}/toggle",
             post(endpoint_actions::toggle),
+        )
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/recover",
+            post(endpoint_actions::recover),
         )
         .route(
             "/portal/app/{app}/endpoint/{endpoint}/delete",

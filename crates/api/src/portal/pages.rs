@@ -121,7 +121,11 @@ pub(super) fn endpoints(
                 nav.crumbs { a href="/portal" { "Applications" } " / " (app.name) }
             }
             h1 { "Endpoints" }
-            p { a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" } }
+            p {
+                a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" }
+                " "
+                a href={ "/portal/app/" (app.id) "/catalog" } { "Event catalog" }
+            }
             @if rows.is_empty() {
                 p.empty { "No endpoint yet." }
             } @else {
@@ -311,6 +315,16 @@ pub(super) fn endpoint(
                 input type="hidden" name="csrf" value=(csrf);
                 button #rotate type="submit" { "Rotate secret" }
             }
+            h2 { "Recover failed messages" }
+            form #recover method="post" action={ (base) "/recover" } {
+                input type="hidden" name="csrf" value=(csrf);
+                input #offset type="hidden" name="offset" value="0";
+                label for="since" { "Failed since" }
+                input #since type="datetime-local" name="since" required;
+                button type="submit" { "Recover" }
+            }
+            // The browser's offset from UTC, for the time it shows.
+            script { (PreEscaped("document.getElementById('offset').value = new Date().getTimezoneOffset();")) }
             h2 { "Send a test event" }
             form #test-event method="post" action={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) "/test" } {
                 input type="hidden" name="csrf" value=(csrf);
@@ -432,6 +446,37 @@ pub(super) fn activity(
             }
             @if let Some(older) = older {
                 p { a href={ (base) "/activity?before=" (older) @if let Some(status) = status { "&status=" (status) } } { "Older attempts" } }
+            }
+        },
+    )
+}
+
+pub(super) fn catalog(csrf: &str, app: &App, types: &[(EventType, String, String)]) -> Markup {
+    layout(
+        "Event catalog",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / event catalog" }
+            h1 { "Event catalog" }
+            p { "Every event your endpoints can subscribe to, with its JSON Schema and an example." }
+            @for (group, members) in groups(&types.iter().map(|(t, _, _)| t.clone()).collect::<Vec<_>>()) {
+                h2 { (group) " events " small { code { (group) ".*" } } }
+                @for member in members {
+                    @if let Some((event_type, schema, example)) = types.iter().find(|(t, _, _)| t.name == member.name) {
+                        section.event-type id=(event_type.name) {
+                            h3 { code { (event_type.name) } }
+                            p { (event_type.description) }
+                            details {
+                                summary { "Example payload" }
+                                pre.example { (example) }
+                            }
+                            details {
+                                summary { "JSON Schema" }
+                                pre.schema { (schema) }
+                            }
+                        }
+                    }
+                }
             }
         },
     )

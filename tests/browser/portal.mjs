@@ -103,6 +103,19 @@ try {
     await page.reload();
   }
 
+  // The endpoint's chart of the last 24 hours counts the three attempts
+  // (health is aggregated once a second).
+  for (let tries = 0; ; tries++) {
+    await page.goto(endpointPage);
+    const label = await page.locator('#day-chart').getAttribute('aria-label');
+    if (label.includes('3 in all, 1 failed')) break;
+    assert.ok(tries < 25, `the chart caught up within 5 s: ${label}`);
+    await page.waitForTimeout(200);
+  }
+  assert.equal(await page.locator('p.recent .dot').count(), 3);
+  assert.equal(await page.locator('p.recent .dot.off').count(), 1);
+  await page.screenshot({ path: `${screenshots}/endpoint-health.png`, fullPage: true });
+
   // Rotate the secret: revealed before and after, and different.
   page.on('dialog', (dialog) => dialog.accept());
   await page.goto(endpointPage);

@@ -528,6 +528,8 @@ pub struct EndpointHealth {
     pub last_hour: HealthCounts,
     pub last_day: HealthCounts,
     pub last_week: HealthCounts,
+    /// The last 24 hours hour by hour, oldest first.
+    pub last_day_by_hour: Vec<HealthCounts>,
     /// Newest first, at most 20.
     pub recent: Vec<Attempt>,
     pub consecutive_failures: u64,

@@ -643,6 +643,23 @@ pub(crate) fn health_windows(
     windows
 }
 
+/// The last 24 hours hour by hour, oldest first (for the portal's chart):
+/// hour `i` covers the buckets from `now - (24 - i) h` up to the next.
+pub(crate) fn last_day_by_hour(
+    buckets: &[(Timestamp, HealthCounts)],
+    now: Timestamp,
+) -> Vec<HealthCounts> {
+    let start = bucket_of(now - 24 * HOUR_MS);
+    let mut hours = vec![HealthCounts::default(); 24];
+    for (bucket, counts) in buckets {
+        if *bucket >= start {
+            let hour = ((bucket - start) / HOUR_MS).clamp(0, 23) as usize;
+            hours[hour].add(counts);
+        }
+    }
+    hours
+}
+
 /// The values bound to [`HEALTH_UPSERT_SQL`] after the endpoint id.
 pub(crate) fn health_values(bucket: Timestamp, counts: &HealthCounts) -> [i64; 16] {
     let mut values = [0; 16];

@@ -1016,6 +1016,20 @@ async fn health_reports_add_up_by_window_and_carry_the_run_of_failures() {
         assert_eq!(summary(&health.last_day), (1, 4, 327), "{name}");
         assert_eq!(summary(&health.last_week), (2, 4, 367), "{name}");
         assert_eq!(health.last_week.p95_ms(), Some(500), "{name}");
+        // Hour by hour, the day adds up to the day's window, and the last
+        // column is the last hour's window (both start on a bucket 23 h
+        // after the day's).
+        assert_eq!(health.last_day_by_hour.len(), 24, "{name}");
+        let mut day = HealthCounts::default();
+        for hour in &health.last_day_by_hour {
+            day.add(hour);
+        }
+        assert_eq!(summary(&day), summary(&health.last_day), "{name}");
+        assert_eq!(
+            summary(&health.last_day_by_hour[23]),
+            summary(&health.last_hour),
+            "{name}: the last column is the last hour"
+        );
         assert_eq!(
             health.consecutive_failures, 3,
             "{name}: one from the first report, two after"

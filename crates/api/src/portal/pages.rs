@@ -240,6 +240,34 @@ pub(super) fn new_endpoint(
     )
 }
 
+/// The last 24 hours as stacked bars (succeeded below, failed above), one
+/// per hour, drawn as inline SVG.
+fn day_chart(hours: &[herald_store::HealthCounts]) -> Markup {
+    const WIDTH: u64 = 20;
+    const HEIGHT: u64 = 100;
+    let most = hours.iter().map(|h| h.attempts()).max().unwrap_or(0).max(1);
+    let total: u64 = hours.iter().map(|h| h.attempts()).sum();
+    let failed: u64 = hours.iter().map(|h| h.failed).sum();
+    let label =
+        format!("Attempts in the last 24 hours, hour by hour: {total} in all, {failed} failed");
+    html! {
+        svg.chart #day-chart role="img" aria-label=(label) viewBox={ "0 0 " (WIDTH * 24) " " (HEIGHT + 2) } width="100%" height="120" preserveAspectRatio="none" {
+            @for (hour, counts) in hours.iter().enumerate() {
+                @let ok = counts.succeeded * HEIGHT / most;
+                @let bad = counts.failed * HEIGHT / most;
+                @let x = hour as u64 * WIDTH + 2;
+                g {
+                    title { (24 - hour) " h ago: " (counts.succeeded) " succeeded, " (counts.failed) " failed" }
+                    rect.ok x=(x) y=(HEIGHT - ok) width=(WIDTH - 4) height=(ok) {}
+                    rect.bad x=(x) y=(HEIGHT - ok - bad) width=(WIDTH - 4) height=(bad) {}
+                }
+            }
+            line x1="0" y1=(HEIGHT) x2=(WIDTH * 24) y2=(HEIGHT) {}
+        }
+        p.hint { (label) "." }
+    }
+}
+
 fn when(at: Option<i64>) -> String {
     at.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -283,6 +311,21 @@ pub(super) fn endpoint(
                 dd { (when(health.last_success_at)) }
                 dt { "Consecutive failures" }
                 dd { (health.consecutive_failures) }
+                dt { "Average / p95 (24 h)" }
+                dd {
+                    @match health.last_day.average_ms() { Some(avg) => (format!("{avg:.0} ms")), None => "—" }
+                    " / "
+                    @match health.last_day.p95_ms() { Some(p95) => { "≤ " (p95) " ms" }, None => "—" }
+                }
+            }
+            h2 { "Last 24 hours" }
+            (day_chart(&health.last_day_by_hour))
+            @if !health.recent.is_empty() {
+                p.recent aria-label="The last attempts, newest first" {
+                    @for attempt in &health.recent {
+                        span class={ "dot " (if attempt.error_class.is_none() { "on" } else { "off" }) } title=(attempt.response_status_code) {}
+                    }
+                }
             }
             div.actions {
                 form method="post" action={ (base) "/toggle" } {

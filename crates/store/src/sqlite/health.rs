@@ -114,6 +114,7 @@ pub(crate) fn endpoint_health(
         last_hour,
         last_day,
         last_week,
+        last_day_by_hour: shared::last_day_by_hour(&buckets, now),
         recent,
         consecutive_failures: consecutive.max(0) as u64,
         last_success_at,

@@ -154,6 +154,26 @@ try {
   assert.ok((await completed.locator('pre.schema').innerText()).includes('"properties"'));
   await page.screenshot({ path: `${screenshots}/catalog.png`, fullPage: true });
 
+  // Alert rules: a bad address is refused with the field named; then
+  // only failures of call.completed, after 3 in a row, also e-mailed.
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/alerts'));
+  await page.fill('#email_to', 'nobody');
+  await page.getByRole('button', { name: 'Save alert rules' }).click();
+  assert.ok((await page.locator('p.error').innerText()).includes('emailTo'));
+  for (const event of ['endpoint.disabled', 'endpoint.success_rate_dropped', 'message.attempt.recovered']) {
+    await page.uncheck(`input[value="${event}"]`);
+  }
+  await page.fill('#filter_types', 'call.completed');
+  await page.fill('#failing_after', '3');
+  await page.fill('#email_to', 'crm-team@example.com');
+  await page.getByRole('button', { name: 'Save alert rules' }).click();
+  await page.waitForURL(/saved=1/);
+  assert.equal(await page.inputValue('#failing_after'), '3');
+  assert.ok(!(await page.isChecked('input[value="endpoint.disabled"]')));
+  await page.screenshot({ path: `${screenshots}/alerts.png`, fullPage: true });
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/egress'));
+  assert.ok(await page.locator('#egress-none').isVisible());
+
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
   assert.equal(other.status(), 404);

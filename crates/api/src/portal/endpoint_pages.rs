@@ -30,7 +30,7 @@ impl Fields {
             .map(|(_, value)| value.as_str())
     }
 
-    fn all(&self, name: &str) -> Vec<String> {
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(key, _)| key == name)

@@ -12,6 +12,7 @@ mod activity;
 mod endpoint_actions;
 mod endpoint_pages;
 mod pages;
+mod settings;
 
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, SET_COOKIE};
@@ -46,6 +47,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/portal/login", get(login_page).post(login))
         .route("/portal/logout", post(logout))
         .route("/portal/app/{app}", get(endpoints))
+        .route(
+            "/portal/app/{app}/alerts",
+            get(settings::alerts).post(settings::save_alerts),
+        )
+        .route("/portal/app/{app}/egress", get(settings::egress))
         .route(
             "/portal/app/{app}/catalog",
             get(endpoint_pages::event_catalog),

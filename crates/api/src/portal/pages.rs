@@ -5,8 +5,11 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use herald_store::{App, Endpoint, EndpointHealth, EventType};
 
+use herald_domain::alerts::OPERATIONAL_EVENTS;
+
 use super::activity::Entry;
 use super::endpoint_pages::{EndpointForm, Extras};
+use super::settings::{AlertForm, Defaults};
 
 /// The frame of every page; `csrf` is set when someone is logged in.
 fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
@@ -125,6 +128,10 @@ pub(super) fn endpoints(
                 a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" }
                 " "
                 a href={ "/portal/app/" (app.id) "/catalog" } { "Event catalog" }
+                " · "
+                a href={ "/portal/app/" (app.id) "/alerts" } { "Alerts" }
+                " · "
+                a href={ "/portal/app/" (app.id) "/egress" } { "Egress addresses" }
             }
             @if rows.is_empty() {
                 p.empty { "No endpoint yet." }
@@ -520,6 +527,75 @@ pub(super) fn catalog(csrf: &str, app: &App, types: &[(EventType, String, String
                         }
                     }
                 }
+            }
+        },
+    )
+}
+
+pub(super) fn alerts(
+    csrf: &str,
+    app: &App,
+    form: &AlertForm,
+    defaults: &Defaults,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    let default_threshold = defaults
+        .threshold_percent
+        .map_or_else(|| "off".to_owned(), |t| format!("{t:.0} %"));
+    layout(
+        "Alerts",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / alerts" }
+            h1 { "Alerts" }
+            p { "When your endpoints fail, Herald raises these notifications to its operators' endpoints (and by e-mail when configured)." }
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            form #alerts method="post" action={ "/portal/app/" (app.id) "/alerts" } {
+                input type="hidden" name="csrf" value=(csrf);
+                fieldset {
+                    legend { "Notifications" }
+                    @for event in OPERATIONAL_EVENTS {
+                        label.inline {
+                            input type="checkbox" name="events" value=(event) checked[form.events.iter().any(|e| e == event)];
+                            " " code { (event) }
+                        }
+                    }
+                }
+                label for="filter_types" { "Only for these event types (comma-separated, e.g. call.completed, call.*; empty: all)" }
+                input #filter_types type="text" name="filter_types" value=(form.filter_types);
+                label for="failing_after" { "Consecutive failures before endpoint.failing (server default " (defaults.failing_after) ")" }
+                input #failing_after type="number" min="1" name="failing_after" value=(form.failing_after);
+                label for="threshold" { "Success rate threshold in % (server default " (default_threshold) ")" }
+                input #threshold type="number" min="1" max="100" step="any" name="threshold" value=(form.threshold_percent);
+                label for="min_attempts" { "Minimum attempts in the hour (server default " (defaults.min_attempts.map_or_else(|| "20".to_owned(), |n| n.to_string())) ")" }
+                input #min_attempts type="number" min="1" name="min_attempts" value=(form.min_attempts);
+                label for="email_to" { "Also e-mail (comma-separated addresses)" }
+                input #email_to type="text" name="email_to" value=(form.email_to);
+                button type="submit" { "Save alert rules" }
+            }
+        },
+    )
+}
+
+pub(super) fn egress(csrf: &str, app: &App, egress: &crate::Egress) -> Markup {
+    layout(
+        "Egress addresses",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / egress" }
+            h1 { "Egress addresses" }
+            @if egress.addresses.is_empty() {
+                p #egress-none { "This server publishes no fixed egress addresses; ask its operator before allowlisting." }
+            } @else {
+                p { "Webhooks come from these addresses; allow them in your firewall:" }
+                ul #egress-addresses {
+                    @for address in &egress.addresses { li { code { (address) } } }
+                }
+            }
+            @if egress.proxied {
+                p.hint { "Deliveries leave through the operator's proxy." }
             }
         },
     )

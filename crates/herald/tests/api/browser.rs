@@ -58,4 +58,13 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // What the pages saved is what the API reads.
+    let (_, rules) = app.get(&format!("/app/{tenant}/alert-rules/")).await;
+    assert_eq!(
+        rules["rules"],
+        json!({"events": ["endpoint.failing", "message.attempt.exhausted"],
+               "filterTypes": ["call.completed"], "failingAfter": 3,
+               "emailTo": ["crm-team@example.com"]}),
+        "{rules}"
+    );
 }

@@ -1,0 +1,216 @@
+//! The app's settings pages: its alert rules (which failure notifications
+//! it raises, for which event types, with which thresholds and extra
+//! recipients) and the egress addresses receivers allowlist.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use herald_domain::alerts::OPERATIONAL_EVENTS;
+use herald_domain::{AlertRules, AlertRulesSpec};
+
+use super::endpoint_pages::{open, Fields};
+use super::{page, Refused};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The alert form's fields as typed, for showing them again.
+#[derive(Debug, Default, Clone)]
+pub(super) struct AlertForm {
+    pub events: Vec<String>,
+    pub filter_types: String,
+    pub failing_after: String,
+    pub threshold_percent: String,
+    pub min_attempts: String,
+    pub email_to: String,
+}
+
+impl AlertForm {
+    fn of(rules: &AlertRules) -> Self {
+        let spec = rules.spec();
+        Self {
+            events: OPERATIONAL_EVENTS
+                .iter()
+                .filter(|e| rules.raises(e))
+                .map(|e| (*e).to_owned())
+                .collect(),
+            filter_types: spec.filter_types.clone().unwrap_or_default().join(", "),
+            failing_after: spec
+                .failing_after
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            threshold_percent: spec
+                .success_rate_threshold
+                .map(|t| format!("{}", (t * 100.0 * 100.0).round() / 100.0))
+                .unwrap_or_default(),
+            min_attempts: spec
+                .success_rate_min_attempts
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            email_to: spec.email_to.clone().unwrap_or_default().join(", "),
+        }
+    }
+
+    /// The rules the form describes, or what is wrong, in the API's words.
+    fn rules(&self) -> Result<AlertRules, String> {
+        let list = |text: &str| -> Option<Vec<String>> {
+            let items: Vec<String> = text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (!items.is_empty()).then_some(items)
+        };
+        let number = |field: &str, text: &str| -> Result<Option<u64>, String> {
+            match text.trim() {
+                "" => Ok(None),
+                text => text
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("{field}: a whole number, or empty for the server's")),
+            }
+        };
+        let threshold = match self.threshold_percent.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<f64>()
+                    .map_err(|_| "Success rate threshold: a percentage such as 90".to_owned())?
+                    / 100.0,
+            ),
+        };
+        let spec = AlertRulesSpec {
+            events: (self.events.len() != OPERATIONAL_EVENTS.len()).then(|| self.events.clone()),
+            filter_types: list(&self.filter_types),
+            failing_after: number("Consecutive failures", &self.failing_after)?,
+            success_rate_threshold: threshold,
+            success_rate_min_attempts: number("Minimum attempts", &self.min_attempts)?,
+            email_to: list(&self.email_to),
+        };
+        AlertRules::parse(spec).map_err(|e| format!("{}: {}", e.field, e.reason))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SavedQuery {
+    saved: Option<String>,
+}
+
+pub(super) async fn alerts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    Query(query): Query<SavedQuery>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let rules = state
+            .store
+            .alert_rules(vec![app.id])
+            .await
+            .map_err(|e| Box::new(ApiError::from(e).into_response()))?
+            .pop()
+            .map(|(_, rules)| rules)
+            .unwrap_or_default();
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::alerts(
+                &session.csrf(),
+                &app,
+                &AlertForm::of(&rules),
+                &defaults(&state),
+                query
+                    .saved
+                    .is_some()
+                    .then_some("The alert rules are saved."),
+                None,
+            ),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// The server's defaults, shown beside the fields that override them.
+pub(super) struct Defaults {
+    pub failing_after: u64,
+    pub threshold_percent: Option<f64>,
+    pub min_attempts: Option<u64>,
+}
+
+fn defaults(state: &AppState) -> Defaults {
+    let alerts = &state.config.alerts;
+    Defaults {
+        failing_after: alerts.failing_after,
+        threshold_percent: alerts.success_rate.map(|r| r.threshold * 100.0),
+        min_attempts: alerts.success_rate.map(|r| r.min_attempts),
+    }
+}
+
+pub(super) async fn save_alerts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let form = AlertForm {
+            events: fields.all("events"),
+            filter_types: fields.get("filter_types").unwrap_or_default().to_owned(),
+            failing_after: fields.get("failing_after").unwrap_or_default().to_owned(),
+            threshold_percent: fields.get("threshold").unwrap_or_default().to_owned(),
+            min_attempts: fields.get("min_attempts").unwrap_or_default().to_owned(),
+            email_to: fields.get("email_to").unwrap_or_default().to_owned(),
+        };
+        match form.rules() {
+            Ok(rules) => {
+                state
+                    .store
+                    .set_alert_rules(app.id, Some(rules))
+                    .await
+                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+                Ok::<_, Refused>(
+                    Redirect::to(&format!("/portal/app/{}/alerts?saved=1", app.id)).into_response(),
+                )
+            }
+            Err(error) => {
+                let mut response = page(
+                    &state,
+                    super::pages::alerts(
+                        &session.csrf(),
+                        &app,
+                        &form,
+                        &defaults(&state),
+                        None,
+                        Some(&error),
+                    ),
+                );
+                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                Ok(response)
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn egress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::egress(&session.csrf(), &app, &state.config.egress),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

@@ -136,6 +136,16 @@ try {
   await page.waitForURL(/notice=enabled/);
   assert.equal(await page.locator('dl.facts .badge').first().innerText(), 'enabled');
 
+  // Edit: a description and a rate limit; the events stay as chosen.
+  await page.click('#edit-link');
+  await page.waitForURL(/\/edit$/);
+  assert.ok(await page.isChecked('input[value="contact.created"]'), 'the form shows the current events');
+  await page.fill('#description', 'CRM updates');
+  await page.fill('#rate_limit', '10');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.waitForURL(/notice=saved/);
+  assert.equal(await page.locator('#events').innerText(), 'call.*, contact.created');
+
   // Recover what failed in the last hour.
   await page.goto(endpointPage);
   const hourAgo = new Date(Date.now() - 3600 * 1000);
@@ -173,6 +183,10 @@ try {
   await page.screenshot({ path: `${screenshots}/alerts.png`, fullPage: true });
   await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/egress'));
   assert.ok(await page.locator('#egress-none').isVisible());
+
+  // The list shows the description under the URL.
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, ''));
+  assert.ok((await page.locator('table.endpoints').innerText()).includes('CRM updates'));
 
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);

@@ -89,7 +89,7 @@ pub(super) async fn new_form(
         };
         Ok::<_, Refused>(page(
             &state,
-            super::pages::new_endpoint(&session.csrf(), &app, &types, &form),
+            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
         ))
     }
     .await;
@@ -106,22 +106,7 @@ pub(super) async fn create(
         let (session, app) = open(&state, &headers, &app).await?;
         let fields = Fields::parse(&body);
         session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let form = EndpointForm {
-            url: fields.get("url").unwrap_or_default().trim().to_owned(),
-            description: fields
-                .get("description")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            all_events: fields.get("events") != Some("some"),
-            types: fields.all("types"),
-            rate_limit: fields
-                .get("rate_limit")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            error: None,
-        };
+        let form = form_of(&fields);
         match input(&state, &form) {
             Ok(input) => {
                 let created = state
@@ -145,7 +130,7 @@ pub(super) async fn create(
                 };
                 let mut response = page(
                     &state,
-                    super::pages::new_endpoint(&session.csrf(), &app, &types, &form),
+                    super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
                 );
                 *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
                 Ok(response)
@@ -291,6 +276,7 @@ pub(super) async fn detail(
             Some("Recovery started: the failed deliveries since then are being sent again.")
         }
         Some("bad-since") => Some("Choose a time in the past to recover from."),
+        Some("saved") => Some("The endpoint is saved."),
         _ => None,
     };
     let extras = Extras {
@@ -390,6 +376,132 @@ pub(super) async fn event_catalog(
             &state,
             super::pages::catalog(&session.csrf(), &app, &described),
         ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// The form's fields read from a submitted body.
+fn form_of(fields: &Fields) -> EndpointForm {
+    EndpointForm {
+        url: fields.get("url").unwrap_or_default().trim().to_owned(),
+        description: fields
+            .get("description")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        all_events: fields.get("events") != Some("some"),
+        types: fields.all("types"),
+        rate_limit: fields
+            .get("rate_limit")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        error: None,
+    }
+}
+
+async fn editable(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: &str,
+) -> Result<(Session, herald_store::App, herald_store::Endpoint), Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    let reference =
+        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
+    let endpoint = state
+        .store
+        .get_endpoint(app.id, &reference)
+        .await
+        .map_err(|_| Box::new(super::not_found(state)))?;
+    Ok((session, app, endpoint))
+}
+
+pub(super) async fn edit_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> Response {
+    let result = async {
+        let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
+        let types = catalog(&state).await?;
+        let form = EndpointForm {
+            url: endpoint.url.clone(),
+            description: endpoint.description.clone(),
+            all_events: endpoint.filter_types.is_none(),
+            types: endpoint.filter_types.clone().unwrap_or_default(),
+            rate_limit: endpoint
+                .rate_limit
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            error: None,
+        };
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, Some(&endpoint)),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn save(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let form = form_of(&fields);
+        let changed = input(&state, &form).and_then(|changed| {
+            // What the form does not show is kept.
+            let mut update =
+                crate::endpoints::input_of(&endpoint, &state).map_err(|e| format!("{e:?}"))?;
+            update.url = changed.url;
+            update.description = changed.description;
+            update.filter_types = changed.filter_types;
+            update.rate_limit = changed.rate_limit;
+            Ok(update)
+        });
+        match changed {
+            Ok(update) => {
+                state
+                    .store
+                    .update_endpoint(app.id, endpoint.id, update)
+                    .await
+                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+                Ok::<_, Refused>(
+                    Redirect::to(&format!(
+                        "/portal/app/{}/endpoint/{}?notice=saved",
+                        app.id, endpoint.id
+                    ))
+                    .into_response(),
+                )
+            }
+            Err(error) => {
+                let types = catalog(&state).await?;
+                let form = EndpointForm {
+                    error: Some(error),
+                    ..form
+                };
+                let mut response = page(
+                    &state,
+                    super::pages::new_endpoint(
+                        &session.csrf(),
+                        &app,
+                        &types,
+                        &form,
+                        Some(&endpoint),
+                    ),
+                );
+                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                Ok(response)
+            }
+        }
     }
     .await;
     result.unwrap_or_else(|refused| *refused)

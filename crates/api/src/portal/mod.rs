@@ -65,6 +65,10 @@ pub(crate) fn routes() -> Router<AppState> {
             get(endpoint_pages::detail),
         )
         .route(
+            "/portal/app/{app}/endpoint/{endpoint}/edit",
+            get(endpoint_pages::edit_form).post(endpoint_pages::save),
+        )
+        .route(
             "/portal/app/{app}/endpoint/{endpoint}/test",
             post(endpoint_pages::send_test),
         )

@@ -192,23 +192,37 @@ fn groups(types: &[EventType]) -> Vec<(String, Vec<&EventType>)> {
     groups
 }
 
+/// The endpoint form: a new endpoint, or `editing` one.
 pub(super) fn new_endpoint(
     csrf: &str,
     app: &App,
     types: &[EventType],
     form: &EndpointForm,
+    editing: Option<&Endpoint>,
 ) -> Markup {
     let checked = |value: &str| form.types.iter().any(|t| t == value);
+    let (title, action, button) = match editing {
+        Some(endpoint) => (
+            "Edit endpoint",
+            format!("/portal/app/{}/endpoint/{}/edit", app.id, endpoint.id),
+            "Save changes",
+        ),
+        None => (
+            "New endpoint",
+            format!("/portal/app/{}/endpoints/new", app.id),
+            "Create endpoint",
+        ),
+    };
     layout(
-        "New endpoint",
+        title,
         Some(csrf),
         html! {
-            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / new" }
-            h1 { "New endpoint" }
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / " (title.to_lowercase()) }
+            h1 { (title) }
             @if let Some(error) = &form.error {
                 p.error role="alert" { (error) }
             }
-            form #new-endpoint method="post" action={ "/portal/app/" (app.id) "/endpoints/new" } {
+            form #endpoint-form method="post" action=(action) {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="url" { "URL" }
                 input #url type="url" name="url" value=(form.url) required placeholder="https://example.com/webhooks";
@@ -241,7 +255,7 @@ pub(super) fn new_endpoint(
                 }
                 label for="rate_limit" { "Rate limit (deliveries per second, optional)" }
                 input #rate_limit type="number" min="1" name="rate_limit" value=(form.rate_limit);
-                button type="submit" { "Create endpoint" }
+                button type="submit" { (button) }
             }
         },
     )
@@ -348,7 +362,11 @@ pub(super) fn endpoint(
                     button.danger type="submit" { "Delete" }
                 }
             }
-            p { a #activity-link href={ (base) "/activity" } { "Activity log" } }
+            p {
+                a #activity-link href={ (base) "/activity" } { "Activity log" }
+                " · "
+                a #edit-link href={ (base) "/edit" } { "Edit" }
+            }
             h2 { "Signing secret" }
             @if let Some((secret, public_key)) = &extras.secret {
                 p { code #secret { (secret) } " " button type="button" onclick="navigator.clipboard.writeText(document.getElementById('secret').textContent)" { "Copy" } }

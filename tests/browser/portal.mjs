@@ -17,6 +17,30 @@ const env = (name) => {
 };
 
 const screenshots = env('SCREENSHOTS');
+
+// Every page: under 100 KB, every visible field labelled, one h1, and the
+// stylesheet loaded from the binary.
+const checked = new Set();
+async function checkPage(page) {
+  const path = new URL(page.url()).pathname.replace(/(app|ep)_[0-9A-Z]+/g, '$1_*');
+  const report = await page.evaluate(() => {
+    const unlabelled = [...document.querySelectorAll('input, select, textarea')]
+      .filter((field) => field.type !== 'hidden')
+      .filter((field) => !(field.labels && field.labels.length) && !field.getAttribute('aria-label'))
+      .map((field) => field.name || field.id);
+    return {
+      bytes: new TextEncoder().encode(document.documentElement.outerHTML).length,
+      unlabelled,
+      headings: document.querySelectorAll('h1').length,
+      styled: getComputedStyle(document.body).fontFamily.includes('system-ui'),
+    };
+  });
+  assert.ok(report.bytes < 100 * 1024, `${path} is ${report.bytes} bytes`);
+  assert.deepEqual(report.unlabelled, [], `${path}: fields without a label`);
+  assert.equal(report.headings, 1, `${path}: one h1`);
+  assert.ok(report.styled, `${path}: the stylesheet applies`);
+  checked.add(path);
+}
 mkdirSync(screenshots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: env('HERALD_TEST_BROWSER'),
@@ -24,6 +48,13 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  // Each page is checked as it loads; a page that navigates on at once
+  // (the login page posting a link's token) is checked at its next load.
+  page.on('load', () => {
+    page.pendingCheck = checkPage(page).catch((e) => {
+      if (!String(e).includes('Execution context was destroyed')) page.failedCheck ??= e;
+    });
+  });
 
   // The link logs the customer in and lands on their endpoints; the token
   // leaves the address bar.
@@ -199,7 +230,10 @@ try {
   await page.screenshot({ path: `${screenshots}/login.png`, fullPage: true });
   const back = await page.goto(new URL('/portal', page.url()).href);
   assert.ok(page.url().endsWith('/portal/login'), `logged out: ${page.url()} (${back.status()})`);
-  console.log('portal walk-through passed');
+  await page.pendingCheck;
+  if (page.failedCheck) throw page.failedCheck;
+  assert.ok(checked.size >= 9, `pages checked: ${[...checked].join(', ')}`);
+  console.log(`portal walk-through passed; pages checked: ${[...checked].sort().join(', ')}`);
 } finally {
   await browser.close();
 }

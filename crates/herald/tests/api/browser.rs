@@ -58,6 +58,7 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
     // What the pages saved is what the API reads.
     let (_, rules) = app.get(&format!("/app/{tenant}/alert-rules/")).await;
     assert_eq!(

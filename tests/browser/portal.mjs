@@ -134,6 +134,19 @@ try {
     await page.reload();
   }
 
+  // Filters: failed call.completed attempts are one; contact.created none.
+  await page.selectOption('#status', 'failed');
+  await page.fill('#event_type_filter', 'call.completed');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.waitForURL(/status=failed/);
+  assert.equal(await page.locator('li.attempt').count(), 1);
+  await page.selectOption('#status', '');
+  await page.fill('#event_type_filter', 'contact.created');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.waitForURL(/event_type=contact.created/);
+  assert.equal(await page.locator('li.attempt').count(), 0);
+  assert.ok(await page.locator('p.empty').isVisible());
+
   // The endpoint's chart of the last 24 hours counts the three attempts
   // (health is aggregated once a second).
   for (let tries = 0; ; tries++) {

@@ -23,6 +23,10 @@ pub(super) struct ActivityQuery {
     status: Option<String>,
     /// Older than this attempt (the "older" link).
     before: Option<String>,
+    /// Only attempts of messages of this event type.
+    event_type: Option<String>,
+    /// Only attempts made after this time (`datetime-local`, UTC).
+    after: Option<String>,
     notice: Option<String>,
 }
 
@@ -67,6 +71,19 @@ pub(super) async fn log(
             PageRequest { limit: 25, cursor },
         );
         attempts_query.status = status;
+        let event_type = query
+            .event_type
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| herald_domain::EventTypeName::parse(t).ok());
+        attempts_query.event_types = event_type.iter().cloned().collect();
+        let after = query
+            .after
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").ok())
+            .map(|t| t.and_utc().timestamp_millis());
+        attempts_query.after = after;
         let attempts = state
             .store
             .list_attempts(app.id, attempts_query)
@@ -101,7 +118,11 @@ pub(super) async fn log(
                 &session.csrf(),
                 &app,
                 &endpoint,
-                query.status.as_deref(),
+                &super::pages::ActivityFilters {
+                    status: query.status.as_deref(),
+                    event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
+                    after: query.after.as_deref().filter(|t| !t.is_empty()),
+                },
                 &entries,
                 attempts.iterator.filter(|_| !attempts.done),
                 notice,

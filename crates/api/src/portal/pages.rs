@@ -106,6 +106,10 @@ pub(super) fn apps(csrf: &str, apps: &[App]) -> Markup {
     )
 }
 
+fn url_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
 fn percent(rate: Option<f64>) -> String {
     rate.map_or_else(|| "—".to_owned(), |r| format!("{:.1} %", r * 100.0))
 }
@@ -441,16 +445,34 @@ pub(super) fn endpoint(
     )
 }
 
+/// The activity log's filters as chosen.
+pub(super) struct ActivityFilters<'a> {
+    pub status: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub after: Option<&'a str>,
+}
+
 pub(super) fn activity(
     csrf: &str,
     app: &App,
     endpoint: &Endpoint,
-    status: Option<&str>,
+    filters: &ActivityFilters<'_>,
     entries: &[Entry],
     older: Option<String>,
     notice: Option<&str>,
 ) -> Markup {
     let base = format!("/portal/app/{}/endpoint/{}", app.id, endpoint.id);
+    let status = filters.status;
+    let mut keep = String::new();
+    for (name, value) in [
+        ("status", filters.status),
+        ("event_type", filters.event_type),
+        ("after", filters.after),
+    ] {
+        if let Some(value) = value {
+            keep.push_str(&format!("&{name}={}", url_encode(value)));
+        }
+    }
     layout(
         "Activity",
         Some(csrf),
@@ -470,6 +492,10 @@ pub(super) fn activity(
                     option value="succeeded" selected[status == Some("succeeded")] { "succeeded" }
                     option value="failed" selected[status == Some("failed")] { "failed" }
                 }
+                label for="event_type_filter" { "Event type" }
+                input #event_type_filter type="text" name="event_type" value=(filters.event_type.unwrap_or_default()) placeholder="call.completed";
+                label for="after" { "After (UTC)" }
+                input #after type="datetime-local" name="after" value=(filters.after.unwrap_or_default());
                 button type="submit" { "Filter" }
             }
             @if entries.is_empty() {
@@ -513,7 +539,7 @@ pub(super) fn activity(
                 }
             }
             @if let Some(older) = older {
-                p { a href={ (base) "/activity?before=" (older) @if let Some(status) = status { "&status=" (status) } } { "Older attempts" } }
+                p { a href={ (base) "/activity?before=" (older) (keep) } { "Older attempts" } }
             }
         },
     )

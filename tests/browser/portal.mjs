@@ -89,6 +89,10 @@ try {
   assert.ok(await page.isChecked('input[value="call.*"]'), 'the choices are kept');
   await page.screenshot({ path: `${screenshots}/new-endpoint.png`, fullPage: true });
   await page.fill('#url', env('NEW_ENDPOINT_URL'));
+  await page.getByRole('button', { name: 'Check URL' }).click();
+  await page.waitForSelector('#url-check');
+  assert.ok((await page.locator('#url-check').innerText()).includes('answered 200'));
+  assert.ok(await page.isChecked('input[value="contact.created"]'), 'the choices are kept');
   await page.getByRole('button', { name: 'Create endpoint' }).click();
   await page.waitForURL(/\/endpoint\/ep_/);
   assert.equal(await page.locator('#events').innerText(), 'call.*, contact.created');

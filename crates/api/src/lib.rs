@@ -18,6 +18,7 @@ mod portal;
 mod recovery;
 mod test_events;
 mod tokens;
+mod url_check;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .merge(alert_rules::routes())
         .merge(tokens::routes())
         .merge(egress::routes())
+        .merge(url_check::routes())
         // Outermost first: who is asking, a replay of their earlier answer,
         // whether the route is theirs (and the audit of what they change).
         .layer(axum::middleware::from_fn_with_state(

@@ -241,6 +241,40 @@ impl Dispatcher {
         }
     }
 
+    /// Checks a URL before an endpoint is saved: one signed POST of a
+    /// `herald.url_check` event (with a throwaway secret), through the same
+    /// address policy, resolver, proxy and TLS checks as deliveries. Nothing
+    /// is stored.
+    pub async fn check_url(&self, app: AppId, url: &str) -> crate::SendResult {
+        let now = now_ms();
+        let job = DeliveryJob {
+            message: Arc::new(herald_store::Message {
+                id: herald_domain::MessageId::generate(),
+                app_id: app,
+                event_id: None,
+                event_type: herald_domain::EventTypeName::parse("herald.url_check")
+                    .expect("a valid name"),
+                payload: "{\"check\":true}".to_owned(),
+                channels: None,
+                created_at: now,
+            }),
+            endpoint: Arc::new(herald_store::EndpointTarget {
+                id: EndpointId::generate(),
+                url: url.to_owned(),
+                headers: Default::default(),
+                secrets: vec![herald_domain::Secret::generate()],
+                retry_policy: None,
+                rate_limit: None,
+                strict_ordering: false,
+            }),
+            attempts_made: 0,
+            trigger: Trigger::Manual,
+            lease_until: now,
+        };
+        let body = crate::build_body(&job.message);
+        self.sender.send(&job, &body, now / 1000).await
+    }
+
     /// Adds the health counts gathered since the last flush to the store.
     pub async fn flush_health(self: &Arc<Self>) {
         let updates: Vec<HealthUpdate> = {

@@ -48,6 +48,8 @@ pub(super) struct EndpointForm {
     pub types: Vec<String>,
     pub rate_limit: String,
     pub error: Option<String>,
+    /// The result of "Check URL".
+    pub check: Option<crate::url_check::CheckOut>,
 }
 
 async fn catalog(state: &AppState) -> Result<Vec<EventType>, Refused> {
@@ -398,6 +400,7 @@ fn form_of(fields: &Fields) -> EndpointForm {
             .trim()
             .to_owned(),
         error: None,
+        check: None,
     }
 }
 
@@ -436,6 +439,7 @@ pub(super) async fn edit_form(
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
             error: None,
+            check: None,
         };
         Ok::<_, Refused>(page(
             &state,
@@ -502,6 +506,47 @@ pub(super) async fn save(
                 Ok(response)
             }
         }
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// "Check URL": the form again, with what a test POST to the URL got.
+pub(super) async fn check_url(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let fields = Fields::parse(&body);
+        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
+            Some(id) => {
+                let reference = IdOrUid::<EndpointId>::parse(id)
+                    .map_err(|_| Box::new(super::not_found(&state)))?;
+                Some(
+                    state
+                        .store
+                        .get_endpoint(app.id, &reference)
+                        .await
+                        .map_err(|_| Box::new(super::not_found(&state)))?,
+                )
+            }
+            None => None,
+        };
+        let mut form = form_of(&fields);
+        match crate::url_check::run(&state, app.id, &form.url).await {
+            Ok(check) => form.check = Some(check),
+            Err(ApiError::Invalid { detail, .. }) => form.error = Some(format!("URL: {detail}")),
+            Err(error) => return Err(Box::new(error.into_response())),
+        }
+        let types = catalog(&state).await?;
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, editing.as_ref()),
+        ))
     }
     .await;
     result.unwrap_or_else(|refused| *refused)

@@ -48,6 +48,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/portal/logout", post(logout))
         .route("/portal/app/{app}", get(endpoints))
         .route(
+            "/portal/app/{app}/url-check",
+            post(endpoint_pages::check_url),
+        )
+        .route(
             "/portal/app/{app}/alerts",
             get(settings::alerts).post(settings::save_alerts),
         )

@@ -230,6 +230,31 @@ pub(super) fn new_endpoint(
                 input type="hidden" name="csrf" value=(csrf);
                 label for="url" { "URL" }
                 input #url type="url" name="url" value=(form.url) required placeholder="https://example.com/webhooks";
+                input type="hidden" name="editing" value=(editing.map(|e| e.id.to_string()).unwrap_or_default());
+                button #check-url type="submit" formaction={ "/portal/app/" (app.id) "/url-check" } formnovalidate { "Check URL" }
+                @if let Some(check) = &form.check {
+                    section #url-check aria-live="polite" {
+                        @if check.ok {
+                            p { span.badge.on { "reachable" } " The URL answered " (check.status_code) " in " (check.duration_ms) " ms." }
+                        } @else {
+                            p {
+                                span.badge.off { "not reachable" }
+                                " "
+                                @match check.error_class {
+                                    Some("forbidden_address") => "It resolves to an address this server refuses (private, loopback or reserved).",
+                                    Some("dns") => "Its name does not resolve.",
+                                    Some("tls") => "Its TLS certificate does not verify.",
+                                    Some("connect") => "Nothing accepts connections there.",
+                                    Some("timeout") => "It did not answer in time.",
+                                    _ => { "It answered " (check.status_code) "." },
+                                }
+                            }
+                        }
+                        @if !check.response.is_empty() {
+                            pre #url-check-body { (check.response) }
+                        }
+                    }
+                }
                 label for="description" { "Description" }
                 input #description type="text" name="description" value=(form.description);
                 fieldset {

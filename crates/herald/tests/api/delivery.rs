@@ -462,3 +462,38 @@ async fn a_repeat_of_a_running_idempotent_request_gets_409_and_does_not_run() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn a_url_check_posts_one_signed_test_event_and_stores_nothing() {
+    let app = crate::helpers::spawn_app().await;
+    let receiver = crate::helpers::Receiver::start().await;
+    receiver.always("/new", crate::helpers::Reply::Body(200, "hello"));
+    let tenant = app.create_app("Acme").await;
+
+    let (status, check) = app
+        .post(
+            &format!("/app/{tenant}/url-check/"),
+            serde_json::json!({"url": receiver.url("/new")}),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["statusCode"], 200);
+    assert_eq!(check["response"], "hello");
+    let received = receiver.requests_to("/new");
+    assert_eq!(received.len(), 1);
+    assert!(received[0].header("webhook-signature").starts_with("v1,"));
+    assert_eq!(received[0].json()["type"], "herald.url_check");
+    let (_, endpoints) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    assert_eq!(endpoints["data"], serde_json::json!([]), "nothing saved");
+    let (_, messages) = app.get(&format!("/app/{tenant}/msg/")).await;
+    assert_eq!(messages["data"], serde_json::json!([]), "nothing logged");
+    let (status, error) = app
+        .post(
+            &format!("/app/{tenant}/url-check/"),
+            serde_json::json!({"url": "ftp://example.com/"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+}

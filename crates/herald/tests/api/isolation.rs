@@ -234,6 +234,12 @@ fn routes() -> Vec<(Rule, Method, &'static str, Option<Value>)> {
         (Tenant, Method::GET, "/app/{app}/audit/", None),
         (Admin, Method::GET, "/audit/", None),
         (Catalog, Method::GET, "/egress/", None),
+        (
+            Tenant,
+            Method::POST,
+            "/app/{app}/url-check/",
+            Some(json!({"url": "{receiver}/check"})),
+        ),
         (Admin, Method::GET, "/app/{app}/token/", None),
         (
             Admin,

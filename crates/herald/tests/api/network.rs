@@ -351,6 +351,16 @@ async fn names_resolving_to_refused_addresses_are_refused_at_connect_time_even_w
             "{name}: {attempt}"
         );
     }
+    // The URL check says so before anything is saved.
+    let (status, check) = app
+        .post(
+            &format!("/app/{tenant}/url-check/"),
+            json!({"url": format!("http://metadata.test:{port}/hook")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["ok"], false, "{check}");
+    assert_eq!(check["errorClass"], "forbidden_address", "{check}");
     let endpoint = app
         .create_endpoint(&tenant, &format!("http://rebind.test:{port}/hook"), None)
         .await;

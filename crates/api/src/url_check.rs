@@ -1,0 +1,72 @@
+//! `POST /app/{app}/url-check/` (Herald's addition): before an endpoint is
+//! saved, check its URL the way deliveries will use it — the server's URL
+//! rules, the resolved addresses against the network policy, TLS, and what
+//! one signed test POST gets back. Nothing is stored.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use herald_domain::EndpointUrl;
+
+use crate::apps::resolve;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/app/{app}/url-check", post(check))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CheckIn {
+    url: String,
+}
+
+/// What the check found.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CheckOut {
+    pub url: String,
+    /// The receiver answered 2xx.
+    pub ok: bool,
+    /// 0 when no HTTP answer came.
+    pub status_code: u16,
+    pub response: String,
+    pub duration_ms: u64,
+    /// `forbidden_address`, `dns`, `tls`, `connect`, `timeout`, … when it failed.
+    pub error_class: Option<&'static str>,
+}
+
+/// Runs the check; the URL must pass the server's rules first (422).
+pub(crate) async fn run(
+    state: &AppState,
+    app: herald_domain::AppId,
+    url: &str,
+) -> ApiResult<CheckOut> {
+    let url = EndpointUrl::parse(url, &state.config.policy)?;
+    let Some(dispatcher) = &state.dispatcher else {
+        // An API-only process has no delivery client to check with.
+        return Err(ApiError::Unavailable);
+    };
+    let result = dispatcher.check_url(app, url.as_str()).await;
+    Ok(CheckOut {
+        url: url.to_string(),
+        ok: result.succeeded(),
+        status_code: result.status,
+        response: result.body,
+        duration_ms: result.duration.as_millis() as u64,
+        error_class: result.error.map(|c| c.as_str()),
+    })
+}
+
+async fn check(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(input): Body<CheckIn>,
+) -> ApiResult<Json<CheckOut>> {
+    let app = resolve(&state, &app).await?;
+    Ok(Json(run(&state, app, &input.url).await?))
+}

@@ -135,6 +135,44 @@ async fn a_portal_link_opens_its_own_app_only_and_forms_need_their_csrf_token() 
         );
         assert!(refused.headers().get("set-cookie").is_none(), "{form:?}");
     }
+    // Every other form too: nothing changes without the token.
+    let endpoint_id = {
+        let (_, list) = app.get(&format!("/app/{a}/endpoint/")).await;
+        list["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+    let ep = format!("/portal/app/{a}/endpoint/{endpoint_id}");
+    for path in [
+        format!("/portal/app/{a}/endpoints/new"),
+        format!("/portal/app/{a}/url-check"),
+        format!("/portal/app/{a}/alerts"),
+        format!("{ep}/edit"),
+        format!("{ep}/test"),
+        format!("{ep}/secret"),
+        format!("{ep}/rotate"),
+        format!("{ep}/toggle"),
+        format!("{ep}/recover"),
+        format!("{ep}/delete"),
+        format!("{ep}/activity/retry"),
+    ] {
+        let refused = client()
+            .post(format!("{}{path}", base(&app)))
+            .header("cookie", &cookie)
+            .form(&[("csrf", "forged"), ("url", "https://example.com/x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 403, "{path}");
+        assert!(!refused.text().await.unwrap().contains("whsec_"), "{path}");
+    }
+    let (_, still) = app.get(&format!("/app/{a}/endpoint/{endpoint_id}/")).await;
+    assert_eq!(still["disabled"], false, "not toggled");
+    let (_, list) = app.get(&format!("/app/{a}/endpoint/")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "none added or deleted"
+    );
+
     let out = client()
         .post(format!("{}/portal/logout", base(&app)))
         .header("cookie", &cookie)

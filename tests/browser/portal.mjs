@@ -190,9 +190,26 @@ try {
   assert.ok(await page.isChecked('input[value="contact.created"]'), 'the form shows the current events');
   await page.fill('#description', 'CRM updates');
   await page.fill('#rate_limit', '10');
+  await page.selectOption('#retry_kind', 'exponential');
+  await page.fill('#retry_initial', '5s');
+  await page.fill('#retry_factor', '2');
+  await page.fill('#retry_max_attempts', '4');
+  await page.fill('#headers', 'Authorization: Bearer crm-token-77\nX-Tenant: acme');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  const missing = await page.locator('p.error').innerText();
+  assert.ok(missing.includes('maxDelay'), `the policy's missing field is named: ${missing}`);
+  await page.fill('#retry_max_delay', '1h');
   await page.getByRole('button', { name: 'Save changes' }).click();
   await page.waitForURL(/notice=saved/);
   assert.equal(await page.locator('#events').innerText(), 'call.*, contact.created');
+  // Editing again shows the credential masked; saving keeps it.
+  await page.click('#edit-link');
+  const shown = await page.inputValue('#headers');
+  assert.ok(shown.includes('authorization: <redacted>') && shown.includes('x-tenant: acme'), shown);
+  assert.ok(!(await page.content()).includes('crm-token-77'), 'the credential never reaches the page');
+  assert.equal(await page.inputValue('#retry_kind'), 'exponential');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.waitForURL(/notice=saved/);
 
   // Recover what failed in the last hour.
   await page.goto(endpointPage);

@@ -129,7 +129,7 @@ impl From<Endpoint> for EndpointOut {
     }
 }
 
-fn parse_policy(spec: Option<&RetryPolicySpec>) -> ApiResult<Option<RetryPolicy>> {
+pub(crate) fn parse_policy(spec: Option<&RetryPolicySpec>) -> ApiResult<Option<RetryPolicy>> {
     Ok(spec.map(RetryPolicy::from_spec).transpose()?)
 }
 
@@ -183,7 +183,7 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-fn parse_headers(headers: Headers) -> ApiResult<Headers> {
+pub(crate) fn parse_headers(headers: Headers) -> ApiResult<Headers> {
     if headers.len() > 32 {
         return Err(ApiError::invalid("headers", "at most 32 custom headers"));
     }

@@ -47,6 +47,17 @@ pub(super) struct EndpointForm {
     pub all_events: bool,
     pub types: Vec<String>,
     pub rate_limit: String,
+    /// `""` (the server's schedule), `exponential` or `schedule`.
+    pub retry_kind: String,
+    pub retry_schedule: String,
+    pub retry_initial: String,
+    pub retry_factor: String,
+    pub retry_max_delay: String,
+    pub retry_max_attempts: String,
+    pub retry_max_age: String,
+    /// Custom headers, one `Name: value` per line; a credential's value is
+    /// shown masked and kept when left masked.
+    pub headers: String,
     pub error: Option<String>,
     /// The result of "Check URL".
     pub check: Option<crate::url_check::CheckOut>,
@@ -109,11 +120,13 @@ pub(super) async fn create(
         let fields = Fields::parse(&body);
         session.check_csrf(fields.get("csrf").unwrap_or_default())?;
         let form = form_of(&fields);
-        match input(&state, &form) {
-            Ok(input) => {
+        let described = input(&state, &form)
+            .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
+        match described {
+            Ok((input, custom)) => {
                 let created = state
                     .store
-                    .create_endpoint(app.id, input, Default::default(), Secret::generate())
+                    .create_endpoint(app.id, input, custom, Secret::generate())
                     .await;
                 match created {
                     Ok(endpoint) => Ok(Redirect::to(&format!(
@@ -181,7 +194,7 @@ fn input(state: &AppState, form: &EndpointForm) -> Result<EndpointInput, String>
         rate_limit,
         version: 1,
         metadata: Default::default(),
-        retry_policy: None,
+        retry_policy: retry_policy(form)?,
         strict_ordering: false,
     })
 }
@@ -385,6 +398,7 @@ pub(super) async fn event_catalog(
 
 /// The form's fields read from a submitted body.
 fn form_of(fields: &Fields) -> EndpointForm {
+    let text = |name: &str| fields.get(name).unwrap_or_default().trim().to_owned();
     EndpointForm {
         url: fields.get("url").unwrap_or_default().trim().to_owned(),
         description: fields
@@ -399,9 +413,116 @@ fn form_of(fields: &Fields) -> EndpointForm {
             .unwrap_or_default()
             .trim()
             .to_owned(),
+        retry_kind: text("retry_kind"),
+        retry_schedule: text("retry_schedule"),
+        retry_initial: text("retry_initial"),
+        retry_factor: text("retry_factor"),
+        retry_max_delay: text("retry_max_delay"),
+        retry_max_attempts: text("retry_max_attempts"),
+        retry_max_age: text("retry_max_age"),
+        headers: fields.get("headers").unwrap_or_default().to_owned(),
         error: None,
         check: None,
     }
+}
+
+/// The retry policy the form describes (`None`: the server's schedule).
+fn retry_policy(form: &EndpointForm) -> Result<Option<herald_domain::RetryPolicy>, String> {
+    let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    let spec = match form.retry_kind.as_str() {
+        "" => return Ok(None),
+        kind => herald_domain::RetryPolicySpec {
+            kind: kind.to_owned(),
+            schedule: (kind == "schedule").then(|| {
+                form.retry_schedule
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
+            initial_delay: optional(&form.retry_initial),
+            factor: match form.retry_factor.as_str() {
+                "" => None,
+                text => Some(
+                    text.parse()
+                        .map_err(|_| "Retry factor: a number such as 2".to_owned())?,
+                ),
+            },
+            max_delay: optional(&form.retry_max_delay),
+            max_attempts: match form.retry_max_attempts.as_str() {
+                "" => None,
+                text => Some(
+                    text.parse()
+                        .map_err(|_| "Retry attempts: a whole number".to_owned())?,
+                ),
+            },
+            max_age: optional(&form.retry_max_age),
+        },
+    };
+    crate::endpoints::parse_policy(Some(&spec)).map_err(|e| match e {
+        ApiError::Invalid { field, detail } => format!("retryPolicy {field}: {detail}"),
+        other => format!("{other:?}"),
+    })
+}
+
+/// The custom headers the form describes; a credential left masked keeps
+/// its current value.
+fn custom_headers(
+    form: &EndpointForm,
+    current: &herald_store::Headers,
+) -> Result<herald_store::Headers, String> {
+    let mut headers = herald_store::Headers::new();
+    for line in form
+        .headers
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("Headers: `{line}` is not `Name: value`"));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let value = if value == herald_domain::headers::MASKED {
+            match current.get(&name.to_ascii_lowercase()) {
+                Some(kept) => kept.clone(),
+                None => return Err(format!("Headers: give `{name}` a value")),
+            }
+        } else {
+            value.to_owned()
+        };
+        headers.insert(name.to_owned(), value);
+    }
+    crate::endpoints::parse_headers(headers).map_err(|e| match e {
+        ApiError::Invalid { detail, .. } => format!("Headers: {detail}"),
+        other => format!("{other:?}"),
+    })
+}
+
+/// The retry fields of the form for an endpoint's policy.
+fn retry_fields(policy: Option<&herald_domain::RetryPolicy>) -> EndpointForm {
+    let Some(spec) = policy.map(herald_domain::RetryPolicy::to_spec) else {
+        return EndpointForm::default();
+    };
+    EndpointForm {
+        retry_kind: spec.kind,
+        retry_schedule: spec.schedule.unwrap_or_default().join(", "),
+        retry_initial: spec.initial_delay.unwrap_or_default(),
+        retry_factor: spec.factor.map(|f| f.to_string()).unwrap_or_default(),
+        retry_max_delay: spec.max_delay.unwrap_or_default(),
+        retry_max_attempts: spec.max_attempts.map(|n| n.to_string()).unwrap_or_default(),
+        retry_max_age: spec.max_age.unwrap_or_default(),
+        ..EndpointForm::default()
+    }
+}
+
+/// The form's text for an endpoint's headers, credentials masked.
+fn headers_text(headers: &herald_store::Headers) -> String {
+    headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {}", herald_domain::headers::shown(name, value)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn editable(
@@ -438,8 +559,10 @@ pub(super) async fn edit_form(
                 .rate_limit
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
+            headers: headers_text(&endpoint.headers),
             error: None,
             check: None,
+            ..retry_fields(endpoint.retry_policy.as_ref())
         };
         Ok::<_, Refused>(page(
             &state,
@@ -469,13 +592,19 @@ pub(super) async fn save(
             update.description = changed.description;
             update.filter_types = changed.filter_types;
             update.rate_limit = changed.rate_limit;
-            Ok(update)
+            update.retry_policy = changed.retry_policy;
+            Ok((update, custom_headers(&form, &endpoint.headers)?))
         });
         match changed {
-            Ok(update) => {
+            Ok((update, custom)) => {
                 state
                     .store
                     .update_endpoint(app.id, endpoint.id, update)
+                    .await
+                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+                state
+                    .store
+                    .set_endpoint_headers(app.id, endpoint.id, custom)
                     .await
                     .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
                 Ok::<_, Refused>(

@@ -284,6 +284,29 @@ pub(super) fn new_endpoint(
                 }
                 label for="rate_limit" { "Rate limit (deliveries per second, optional)" }
                 input #rate_limit type="number" min="1" name="rate_limit" value=(form.rate_limit);
+                fieldset {
+                    legend { "Retries" }
+                    label for="retry_kind" { "Policy" }
+                    select #retry_kind name="retry_kind" {
+                        option value="" selected[form.retry_kind.is_empty()] { "the server's schedule" }
+                        option value="exponential" selected[form.retry_kind == "exponential"] { "exponential backoff" }
+                        option value="schedule" selected[form.retry_kind == "schedule"] { "a fixed schedule" }
+                    }
+                    label for="retry_schedule" { "Schedule (fixed: delays such as 1m, 10m, 1h)" }
+                    input #retry_schedule type="text" name="retry_schedule" value=(form.retry_schedule);
+                    label for="retry_initial" { "First delay (exponential, e.g. 5s)" }
+                    input #retry_initial type="text" name="retry_initial" value=(form.retry_initial);
+                    label for="retry_factor" { "Factor (exponential, e.g. 2)" }
+                    input #retry_factor type="text" name="retry_factor" value=(form.retry_factor);
+                    label for="retry_max_delay" { "Longest delay (exponential, e.g. 1h)" }
+                    input #retry_max_delay type="text" name="retry_max_delay" value=(form.retry_max_delay);
+                    label for="retry_max_attempts" { "Attempts at most (exponential)" }
+                    input #retry_max_attempts type="number" min="1" name="retry_max_attempts" value=(form.retry_max_attempts);
+                    label for="retry_max_age" { "Give up after (e.g. 3d)" }
+                    input #retry_max_age type="text" name="retry_max_age" value=(form.retry_max_age);
+                }
+                label for="headers" { "Custom headers (one `Name: value` per line; credentials stay hidden)" }
+                textarea #headers name="headers" rows="3" { (form.headers) }
                 button type="submit" { (button) }
             }
         },

@@ -65,6 +65,26 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
     );
     eprintln!("{}", String::from_utf8_lossy(&output.stdout));
     // What the pages saved is what the API reads.
+    let (_, endpoints) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    let edited = endpoints["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["description"] == "CRM updates")
+        .expect("the edited endpoint")
+        .clone();
+    assert_eq!(edited["rateLimit"], 10, "{edited}");
+    assert_eq!(edited["retryPolicy"]["type"], "exponential", "{edited}");
+    assert_eq!(edited["retryPolicy"]["maxAttempts"], 4, "{edited}");
+    let id = edited["id"].as_str().unwrap();
+    let (_, headers) = app
+        .get(&format!("/app/{tenant}/endpoint/{id}/headers/"))
+        .await;
+    assert_eq!(
+        headers["headers"],
+        json!({"authorization": "Bearer crm-token-77", "x-tenant": "acme"}),
+        "the masked credential was kept: {headers}"
+    );
     let (_, rules) = app.get(&format!("/app/{tenant}/alert-rules/")).await;
     assert_eq!(
         rules["rules"],

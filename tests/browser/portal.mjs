@@ -165,13 +165,15 @@ try {
   await page.screenshot({ path: `${screenshots}/endpoint-health.png`, fullPage: true });
 
   // Rotate the secret: revealed before and after, and different.
-  page.on('dialog', (dialog) => dialog.accept());
+  let confirmations = 0;
+  page.on('dialog', (dialog) => { confirmations += 1; dialog.accept(); });
   await page.goto(endpointPage);
   await page.click('#reveal');
   const before = await page.locator('#secret').innerText();
   assert.ok(before.startsWith('whsec_'), before);
   await page.click('#rotate');
   await page.waitForURL(/notice=rotated/);
+  assert.equal(confirmations, 1, 'rotating asked first');
   await page.click('#reveal');
   const after = await page.locator('#secret').innerText();
   assert.ok(after.startsWith('whsec_') && after !== before, 'a new secret');

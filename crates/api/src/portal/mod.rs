@@ -40,6 +40,7 @@ const COOKIE_NAME: &str = "herald_session";
 /// 404, a refused form), boxed: it is the rare path.
 type Refused = Box<Response>;
 const STYLESHEET: &str = include_str!("portal.css");
+const SCRIPT: &str = include_str!("portal.js");
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -105,6 +106,7 @@ pub(crate) fn routes() -> Router<AppState> {
             post(activity::retry),
         )
         .route("/portal/static/portal.css", get(stylesheet))
+        .route("/portal/static/portal.js", get(script))
 }
 
 /// The logged-in holder: their token (for the CSRF token) and who they are.
@@ -171,7 +173,7 @@ fn page(state: &AppState, markup: maud::Markup) -> Response {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let policy = format!(
-        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self'; frame-ancestors {}",
+        "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors {}",
         state.config.portal_frame_ancestors
     );
     if let Ok(value) = HeaderValue::from_str(&policy) {
@@ -191,6 +193,17 @@ async fn stylesheet() -> Response {
             (CACHE_CONTROL, "public, max-age=3600"),
         ],
         STYLESHEET,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SCRIPT,
     )
         .into_response()
 }

@@ -1,7 +1,7 @@
 //! The portal's pages, as maud templates: one layout, and a function per
 //! page that takes exactly what the page shows.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use herald_store::{App, Endpoint, EndpointHealth, EventType};
 
@@ -21,6 +21,7 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Herald" }
                 link rel="stylesheet" href="/portal/static/portal.css";
+                script src="/portal/static/portal.js" defer {}
             }
             body {
                 header.top {
@@ -56,21 +57,6 @@ pub(super) fn login(expired: bool, error: Option<&str>) -> Markup {
                 button type="submit" { "Log in" }
             }
             p.hint { "Customers arrive through the link their platform gives them." }
-            // A portal link carries its token in the fragment (#token=…),
-            // which browsers never send to servers or in Referer headers;
-            // it is posted once and removed from the address bar.
-            script {
-                (PreEscaped(r#"
-(function () {
-  var match = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
-  if (!match) return;
-  history.replaceState(null, '', location.pathname + location.search);
-  var form = document.getElementById('login');
-  form.token.value = decodeURIComponent(match[1]);
-  form.submit();
-})();
-"#))
-            }
         },
     )
 }
@@ -409,7 +395,7 @@ pub(super) fn endpoint(
                         button #disable type="submit" { "Disable" }
                     }
                 }
-                form method="post" action={ (base) "/delete" } onsubmit="return confirm('Delete this endpoint? Its deliveries stop at once.')" {
+                form method="post" action={ (base) "/delete" } data-confirm="Delete this endpoint? Its deliveries stop at once." {
                     input type="hidden" name="csrf" value=(csrf);
                     button.danger type="submit" { "Delete" }
                 }
@@ -421,7 +407,7 @@ pub(super) fn endpoint(
             }
             h2 { "Signing secret" }
             @if let Some((secret, public_key)) = &extras.secret {
-                p { code #secret { (secret) } " " button type="button" onclick="navigator.clipboard.writeText(document.getElementById('secret').textContent)" { "Copy" } }
+                p { code #secret { (secret) } " " button type="button" data-copy="#secret" { "Copy" } }
                 @if let Some(public_key) = public_key {
                     p { "Public key for receivers: " code #public-key { (public_key) } }
                 }
@@ -431,7 +417,7 @@ pub(super) fn endpoint(
                     button #reveal type="submit" { "Reveal secret" }
                 }
             }
-            form method="post" action={ (base) "/rotate" } onsubmit="return confirm('Rotate the signing secret? The current one keeps signing during the grace period.')" {
+            form method="post" action={ (base) "/rotate" } data-confirm="Rotate the signing secret? The current one keeps signing during the grace period." {
                 input type="hidden" name="csrf" value=(csrf);
                 button #rotate type="submit" { "Rotate secret" }
             }
@@ -443,8 +429,6 @@ pub(super) fn endpoint(
                 input #since type="datetime-local" name="since" required;
                 button type="submit" { "Recover" }
             }
-            // The browser's offset from UTC, for the time it shows.
-            script { (PreEscaped("document.getElementById('offset').value = new Date().getTimezoneOffset();")) }
             h2 { "Send a test event" }
             form #test-event method="post" action={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) "/test" } {
                 input type="hidden" name="csrf" value=(csrf);

@@ -104,8 +104,14 @@ async fn a_portal_link_opens_its_own_app_only_and_forms_need_their_csrf_token() 
     assert!(!page.contains("b-secret-hook"), "{page}");
     let policy = headers["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("frame-ancestors 'self'"), "{policy}");
-    assert!(policy.contains("script-src 'self';"), "no inline script: {policy}");
-    assert!(!page.contains("<script>"), "scripts come from the binary's file");
+    assert!(
+        policy.contains("script-src 'self';"),
+        "no inline script: {policy}"
+    );
+    assert!(
+        !page.contains("<script>"),
+        "scripts come from the binary's file"
+    );
     assert_eq!(headers["cache-control"], "no-store");
     assert!(page.len() < 100 * 1024, "a page stays small");
     let (status, _, other) = get(&app, &format!("/portal/app/{b}"), Some(&cookie)).await;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod child;
 pub mod config;
 pub mod tokens;
+pub mod verify;
 
 pub use application::Application;
 pub use config::Settings;

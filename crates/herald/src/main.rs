@@ -32,6 +32,8 @@ enum Command {
     Bench(BenchArgs),
     /// Create, list and revoke app-scoped API tokens.
     Token(herald::tokens::TokenArgs),
+    /// Check a saved webhook request's signature with a secret.
+    Verify(herald::verify::VerifyArgs),
 }
 
 #[tokio::main]
@@ -73,6 +75,16 @@ async fn main() -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             herald::tokens::run(args).await
         }
+        Command::Verify(args) => match herald::verify::check(&args)? {
+            Ok(valid) => {
+                println!("{valid}");
+                Ok(())
+            }
+            Err(invalid) => {
+                println!("{invalid}");
+                std::process::exit(1)
+            }
+        },
     }
 }
 

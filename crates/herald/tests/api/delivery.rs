@@ -497,3 +497,75 @@ async fn a_url_check_posts_one_signed_test_event_and_stores_nothing() {
         .await;
     assert_eq!(status, 422, "{error}");
 }
+
+/// Runs `herald verify` on a saved request; (exit success, what it printed).
+fn herald_verify(secret: &str, headers: &str, body: &[u8], extra: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (headers_file, body_file) = (dir.path().join("headers"), dir.path().join("body"));
+    std::fs::write(&headers_file, headers).unwrap();
+    std::fs::write(&body_file, body).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["verify", "--secret", secret, "--headers"])
+        .arg(&headers_file)
+        .arg("--body")
+        .arg(&body_file)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn herald_verify_checks_a_saved_delivery_against_its_secret() {
+    let app = crate::helpers::spawn_app().await;
+    let receiver = crate::helpers::Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/saved"), None)
+        .await;
+    let secret = app.secret(&tenant, &endpoint).await;
+    app.send(&tenant, "call.completed", serde_json::json!({"n": 1}))
+        .await;
+    let request = receiver
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await[0]
+        .clone();
+    let headers: String = [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "content-type",
+    ]
+    .iter()
+    .map(|name| format!("{name}: {}\n", request.header(name)))
+    .collect();
+
+    let (valid, said) = herald_verify(&secret, &headers, &request.body, &["--tolerance", "5m"]);
+    assert!(valid, "{said}");
+    assert!(said.starts_with("signature valid"), "{said}");
+
+    let other = herald_domain::Secret::generate().expose();
+    let (valid, said) = herald_verify(&other, &headers, &request.body, &[]);
+    assert!(!valid, "{said}");
+    assert!(said.starts_with("signature invalid"), "{said}");
+
+    let mut tampered = request.body.to_vec();
+    tampered.push(b' ');
+    let (valid, _) = herald_verify(&secret, &headers, &tampered, &[]);
+    assert!(!valid, "a changed body does not verify");
+
+    let svix_only = headers.replace("webhook-", "svix-");
+    assert!(
+        herald_verify(&secret, &svix_only, &request.body, &[]).0,
+        "svix-* headers work too"
+    );
+    let stale = headers.replace(
+        &request.header("webhook-timestamp"),
+        &(request.header("webhook-timestamp").parse::<i64>().unwrap() - 3600).to_string(),
+    );
+    let (valid, said) = herald_verify(&secret, &stale, &request.body, &["--tolerance", "5m"]);
+    assert!(!valid && said.contains("tolerance"), "{said}");
+}

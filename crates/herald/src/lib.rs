@@ -5,6 +5,7 @@ pub mod application;
 pub mod bench;
 pub mod child;
 pub mod config;
+pub mod listen;
 pub mod tokens;
 pub mod verify;
 

@@ -34,6 +34,8 @@ enum Command {
     Token(herald::tokens::TokenArgs),
     /// Check a saved webhook request's signature with a secret.
     Verify(herald::verify::VerifyArgs),
+    /// Receive webhooks locally: print each one and check its signature.
+    Listen(herald::listen::ListenArgs),
 }
 
 #[tokio::main]
@@ -74,6 +76,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => {
             init_logging("warn", LogFormat::Text);
             herald::tokens::run(args).await
+        }
+        Command::Listen(args) => {
+            init_logging("warn", LogFormat::Text);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            herald::listen::run(args, shutdown).await
         }
         Command::Verify(args) => match herald::verify::check(&args)? {
             Ok(valid) => {

@@ -569,3 +569,134 @@ async fn herald_verify_checks_a_saved_delivery_against_its_secret() {
     let (valid, said) = herald_verify(&secret, &stale, &request.body, &["--tolerance", "5m"]);
     assert!(!valid && said.contains("tolerance"), "{said}");
 }
+
+/// `herald listen` as a child process: its address, and its output lines.
+struct Listen {
+    child: std::process::Child,
+    address: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Listen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Listen {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["listen", "--port", "0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let address = first
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            child,
+            address,
+            lines,
+        }
+    }
+
+    /// Output lines until one contains `text` (or 10 s pass).
+    fn until(&self, text: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("`{text}` not printed; got: {seen:#?}");
+    }
+}
+
+#[tokio::test]
+async fn herald_listen_prints_deliveries_and_says_whether_they_verify() {
+    let app = crate::helpers::spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let secret = herald_domain::Secret::generate().expose();
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            serde_json::json!({"url": "http://127.0.0.1:9/placeholder", "secret": secret}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // Right secret, relaying to the app behind it.
+    let receiver = crate::helpers::Receiver::start().await;
+    receiver.always("/app", crate::helpers::Reply::Body(202, "queued"));
+    let forward = receiver.url("/app");
+    let listen = Listen::start(&["--secret", &secret, "--forward", &forward]);
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            serde_json::json!({"url": format!("http://{}/hooks", listen.address), "secret": secret}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    let (_, result) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/{endpoint}/send-example/?wait=true"),
+            serde_json::json!({"eventType": "call.completed"}),
+        )
+        .await;
+    let printed = listen.until("relayed to").join("\n");
+    assert!(printed.contains("call.completed"), "{printed}");
+    assert!(printed.contains("signature valid"), "{printed}");
+    assert!(
+        printed.contains("\"callId\""),
+        "the body, pretty-printed: {printed}"
+    );
+    assert_eq!(result["attempt"]["responseStatusCode"], 202, "{result}");
+    assert_eq!(receiver.requests_to("/app").len(), 1, "relayed");
+
+    // A wrong secret: said so.
+    let wrong = Listen::start(&["--secret", &herald_domain::Secret::generate().expose()]);
+    let (_, other) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            serde_json::json!({"url": format!("http://{}/", wrong.address), "secret": secret}),
+        )
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/app/{tenant}/endpoint/{other}/send-example/?wait=true"),
+        serde_json::json!({"eventType": "contact.created"}),
+    )
+    .await;
+    let printed = wrong.until("   signature ").join("\n");
+    assert!(printed.contains("signature invalid"), "{printed}");
+}

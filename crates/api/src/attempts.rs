@@ -283,13 +283,15 @@ async fn attempt(
     }))
 }
 
-async fn resend(
-    State(state): State<AppState>,
-    Path((app, msg, endpoint)): Path<(String, String, String)>,
-) -> ApiResult<StatusCode> {
-    let app = resolve(&state, &app).await?;
-    let message = message_id(&state, app, &msg).await?;
-    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+/// Queues one manual attempt of (message, endpoint), leased to this
+/// process's dispatcher when there is one (the API's resend, the portal's
+/// retry).
+pub(crate) async fn resend_one(
+    state: &AppState,
+    app: AppId,
+    message: MessageId,
+    endpoint: EndpointId,
+) -> ApiResult<()> {
     // Without a dispatcher in this process the lease ends at once, so any
     // worker claims the resend on its next look.
     let claim = state
@@ -304,5 +306,16 @@ async fn resend(
     if let Some(dispatcher) = &state.dispatcher {
         dispatcher.submit(vec![job]);
     }
+    Ok(())
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    Path((app, msg, endpoint)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let endpoint = endpoint_id(&state, app, &endpoint).await?;
+    resend_one(&state, app, message, endpoint).await?;
     Ok(StatusCode::ACCEPTED)
 }

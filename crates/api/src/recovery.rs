@@ -96,23 +96,36 @@ async fn recover(
     if since > now_ms() {
         return Err(ApiError::invalid("since", "is in the future"));
     }
+    let task = start(&state, app, endpoint.id, since, until).await?;
+    Ok((StatusCode::ACCEPTED, Json(TaskOut::new(&task, false))))
+}
+
+/// Records a recovery of `endpoint` and runs it in this process (the API's
+/// recover, the portal's).
+pub(crate) async fn start(
+    state: &AppState,
+    app: herald_domain::AppId,
+    endpoint: EndpointId,
+    since: i64,
+    until: Option<i64>,
+) -> ApiResult<BackgroundTask> {
     let task = state
         .store
         .start_recovery(
             app,
             Recovery {
-                endpoint_id: endpoint.id,
+                endpoint_id: endpoint,
                 since,
                 until,
             },
         )
         .await?;
-    spawn(&state, task.id);
-    Ok((StatusCode::ACCEPTED, Json(TaskOut::new(&task, false))))
+    spawn(state, task.id);
+    Ok(task)
 }
 
 /// Runs `task` in this process, waking the local dispatcher as work is queued.
-pub(crate) fn spawn(state: &AppState, task: TaskId) {
+fn spawn(state: &AppState, task: TaskId) {
     let dispatcher = state.dispatcher.clone();
     tokio::spawn(herald_dispatch::run_recovery(
         state.store.clone(),

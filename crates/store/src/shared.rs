@@ -227,6 +227,10 @@ pub(crate) const TRIM_PREVIOUS_SECRETS_SQL: &str =
                             WHERE endpoint_id = $1 AND expires_at IS NOT NULL
                             ORDER BY created_at DESC LIMIT $2)";
 
+/// One sealed secret, if any (a store opened without a key must have none).
+pub(crate) const ANY_SEALED_SECRET_SQL: &str =
+    "SELECT secret FROM endpoint_secrets WHERE secret LIKE 'hsec1:%' LIMIT 1";
+
 /// Why Herald will not start on these secrets, for the operator.
 pub(crate) fn sealing_refusal(error: &herald_domain::sealing::OpenError) -> String {
     use herald_domain::sealing::OpenError;

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{DeliveryStatus, EndpointId, MessageId};
+use herald_domain::{DeliveryStatus, MessageId};
 use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
 
-use super::endpoint_pages::{open, Fields};
+use super::endpoint_pages::{endpoint_of, open, Fields};
 use super::{page, Refused};
 use crate::error::ApiError;
 use crate::AppState;
@@ -50,13 +50,7 @@ pub(super) async fn log(
 ) -> Response {
     let result = async {
         let (session, app) = open(&state, &headers, &app).await?;
-        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
-            .map_err(|_| Box::new(super::not_found(&state)))?;
-        let endpoint = state
-            .store
-            .get_endpoint(app.id, &reference)
-            .await
-            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
         let status = match query.status.as_deref() {
             Some("succeeded") => Some(DeliveryStatus::Succeeded),
             Some("failed") => Some(DeliveryStatus::Failed),
@@ -145,31 +139,12 @@ pub(super) async fn retry(
         let (session, app) = open(&state, &headers, &app).await?;
         let fields = Fields::parse(&body);
         session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
-            .map_err(|_| Box::new(super::not_found(&state)))?;
-        let endpoint = state
-            .store
-            .get_endpoint(app.id, &reference)
-            .await
-            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
         let message = MessageId::parse(fields.get("message").unwrap_or_default())
             .map_err(|_| Box::new(super::not_found(&state)))?;
-        let claim = state
-            .dispatcher
-            .as_ref()
-            .and_then(|d| d.claim_for_new_work())
-            .unwrap_or_else(|| {
-                let now = crate::middleware::now_ms();
-                herald_store::Claim { now, until: now }
-            });
-        let job = state
-            .store
-            .resend(app.id, message, endpoint.id, claim)
+        crate::attempts::resend_one(&state, app.id, message, endpoint.id)
             .await
             .map_err(failed)?;
-        if let Some(dispatcher) = &state.dispatcher {
-            dispatcher.submit(vec![job]);
-        }
         Ok::<_, Refused>(
             Redirect::to(&format!(
                 "/portal/app/{}/endpoint/{}/activity?notice=retried",

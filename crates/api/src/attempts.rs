@@ -312,10 +312,11 @@ pub(crate) async fn resend_one(
 async fn resend(
     State(state): State<AppState>,
     Path((app, msg, endpoint)): Path<(String, String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let app = resolve(&state, &app).await?;
     let message = message_id(&state, app, &msg).await?;
     let endpoint = endpoint_id(&state, app, &endpoint).await?;
     resend_one(&state, app, message, endpoint).await?;
-    Ok(StatusCode::ACCEPTED)
+    // Svix answers `{}` (its SDKs parse the body as an empty object).
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
 }

@@ -40,6 +40,7 @@ struct TaskOut {
     id: String,
     status: &'static str,
     task: &'static str,
+    updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<TaskData>,
 }
@@ -63,6 +64,7 @@ impl TaskOut {
             id: task.id.to_string(),
             status: task.status.as_str(),
             task: BackgroundTask::RECOVER,
+            updated_at: timestamp(task.updated_at),
             data: with_data.then(|| TaskData {
                 app_id: task.app_id.to_string(),
                 endpoint_id: task.recovery.endpoint_id.to_string(),

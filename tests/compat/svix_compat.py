@@ -1,0 +1,203 @@
+"""Drives a running Herald with the official Svix Python SDK, unchanged, and
+verifies the deliveries it receives with the `standardwebhooks` package and
+the Svix SDK's own verifier. Every call the compatibility promise names is
+made here and its answer parsed by the SDK's own models. Reads HERALD_URL and
+HERALD_TOKEN; prints "svix compatibility suite passed" at the end."""
+
+import datetime
+import http.server
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+
+import standardwebhooks
+from svix.api import (
+    AppPortalAccessIn,
+    ApplicationIn,
+    ApplicationListOptions,
+    EndpointIn,
+    EndpointListOptions,
+    EndpointSecretRotateIn,
+    EndpointUpdate,
+    EventTypeIn,
+    MessageAttemptListByEndpointOptions,
+    MessageAttemptListByMsgOptions,
+    MessageCreateOptions,
+    MessageIn,
+    MessageListOptions,
+    RecoverIn,
+    Svix,
+    SvixOptions,
+)
+from svix.webhooks import Webhook
+
+received = queue.Queue()
+# Path -> status the receiver answers; anything else gets 204.
+answers = {}
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        received.put((self.path, dict(self.headers), body))
+        self.send_response(answers.get(self.path, 204))
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def wait_for(what, check, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def next_delivery(path):
+    while True:
+        got_path, headers, body = received.get(timeout=20)
+        if got_path == path:
+            return headers, body
+
+
+def main():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    svix = Svix(os.environ["HERALD_TOKEN"], SvixOptions(server_url=os.environ["HERALD_URL"]))
+    suffix = uuid.uuid4().hex[:8]
+
+    # Applications: create, get (by id and by uid), list, update, delete.
+    app = svix.application.create(ApplicationIn(name="Acme Telephony", uid=f"acme-{suffix}"))
+    assert app.id.startswith("app_"), app
+    assert svix.application.get(app.uid).id == app.id
+    other = svix.application.create(ApplicationIn(name="Scratch", metadata={"team": "ops"}))
+    listed = svix.application.list(ApplicationListOptions(limit=50))
+    assert {app.id, other.id} <= {a.id for a in listed.data}, listed
+    renamed = svix.application.update(other.id, ApplicationIn(name="Scratch 2", metadata={"team": "sre"}))
+    assert renamed.name == "Scratch 2" and renamed.metadata == {"team": "sre"}, renamed
+    svix.application.delete(other.id)
+    assert other.id not in {a.id for a in svix.application.list().data}
+
+    # Event types: create, get, list.
+    created_type = svix.event_type.create(
+        EventTypeIn(name=f"campaign.finished{suffix}", description="A campaign ran to its end")
+    )
+    assert created_type.name == f"campaign.finished{suffix}", created_type
+    assert svix.event_type.get(created_type.name).description == "A campaign ran to its end"
+    event_types = svix.event_type.list()
+    names = {t.name for t in event_types.data}
+    assert "call.completed" in names and created_type.name in names, names
+
+    # Endpoints: create with filter types, get, list, update, secret, delete.
+    endpoint = svix.endpoint.create(
+        app.id, EndpointIn(url=f"{base}/hook", filter_types=["call.*"], description="CRM")
+    )
+    assert endpoint.filter_types == ["call.*"], endpoint
+    failing = svix.endpoint.create(app.id, EndpointIn(url=f"{base}/down", description="Flaky"))
+    answers["/down"] = 500
+    assert svix.endpoint.get(app.id, endpoint.id).url == f"{base}/hook"
+    endpoints = svix.endpoint.list(app.id, EndpointListOptions(limit=10))
+    assert {endpoint.id, failing.id} == {e.id for e in endpoints.data}, endpoints
+    updated = svix.endpoint.update(
+        app.id,
+        endpoint.id,
+        EndpointUpdate(url=f"{base}/hook", filter_types=["call.*", created_type.name], description="CRM v2"),
+    )
+    assert sorted(updated.filter_types) == sorted(["call.*", created_type.name]), updated
+    assert updated.description == "CRM v2"
+    secret = svix.endpoint.get_secret(app.id, endpoint.id).key
+    assert secret.startswith("whsec_")
+
+    # Messages: create with eventId and an idempotency key, replay, list, get.
+    payload = {"callId": "call_1", "durationSeconds": 395}
+    message = svix.message.create(
+        app.id,
+        MessageIn(event_type="call.completed", payload=payload, event_id=f"evt-{suffix}"),
+        MessageCreateOptions(idempotency_key=f"idem-{suffix}"),
+    )
+    assert message.id.startswith("msg_") and message.event_id == f"evt-{suffix}", message
+    again = svix.message.create(
+        app.id,
+        MessageIn(event_type="call.completed", payload=payload, event_id=f"evt-{suffix}"),
+        MessageCreateOptions(idempotency_key=f"idem-{suffix}"),
+    )
+    assert again.id == message.id, "the idempotency key replays the first answer"
+    listed = svix.message.list(app.id, MessageListOptions(limit=10))
+    assert [m.id for m in listed.data] == [message.id], listed
+    assert svix.message.get(app.id, message.id).payload == payload
+
+    # Receiver side: both verifiers accept Herald's signature.
+    headers, body = next_delivery("/hook")
+    standardwebhooks.Webhook(secret).verify(body, headers)
+    Webhook(secret).verify(body, headers)
+    assert json.loads(body)["data"]["callId"] == "call_1"
+
+    # Attempts: by message, by endpoint, one by id.
+    attempts = wait_for(
+        "the attempts to be recorded",
+        lambda: [
+            a
+            for a in svix.message_attempt.list_by_msg(app.id, message.id, MessageAttemptListByMsgOptions(limit=10)).data
+            if a.endpoint_id == endpoint.id
+        ],
+    )
+    assert attempts[0].response_status_code == 204, attempts
+    by_endpoint = svix.message_attempt.list_by_endpoint(
+        app.id, endpoint.id, MessageAttemptListByEndpointOptions(limit=10)
+    )
+    assert by_endpoint.data[0].msg_id == message.id, by_endpoint
+    assert svix.message_attempt.get(app.id, message.id, attempts[0].id).id == attempts[0].id
+
+    # Resend to the endpoint: a second signed delivery of the same message.
+    svix.message_attempt.resend(app.id, message.id, endpoint.id)
+    headers, body = next_delivery("/hook")
+    Webhook(secret).verify(body, headers)
+    assert headers.get("webhook-id", headers.get("Webhook-Id")) == message.id
+
+    # Recover the failing endpoint once it answers again.
+    wait_for(
+        "a failed attempt at the failing endpoint",
+        lambda: svix.message_attempt.list_by_endpoint(app.id, failing.id).data,
+    )
+    answers["/down"] = 200
+    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    recovery = svix.endpoint.recover(app.id, failing.id, RecoverIn(since=since))
+    assert recovery.id and recovery.status is not None, recovery
+    next_delivery("/down")
+
+    # Stats, rotation, portal access.
+    # Stats count messages by their state at the endpoint (resends included).
+    stats = svix.endpoint.get_stats(app.id, endpoint.id)
+    assert (stats.success, stats.fail) == (1, 0), stats
+    recovered = wait_for(
+        "the recovered message to count as delivered",
+        lambda: (lambda s: s if s.success == 1 else None)(svix.endpoint.get_stats(app.id, failing.id)),
+    )
+    assert recovered.fail == 0, recovered
+    svix.endpoint.rotate_secret(app.id, endpoint.id, EndpointSecretRotateIn())
+    rotated = svix.endpoint.get_secret(app.id, endpoint.id).key
+    assert rotated != secret and rotated.startswith("whsec_")
+    access = svix.authentication.app_portal_access(app.id, AppPortalAccessIn())
+    assert access.url.startswith("http") and access.token, access
+    portal = Svix(access.token, SvixOptions(server_url=os.environ["HERALD_URL"]))
+    assert portal.endpoint.get(app.id, endpoint.id).id == endpoint.id, "the portal token reads its app"
+
+    svix.endpoint.delete(app.id, failing.id)
+    svix.endpoint.delete(app.id, endpoint.id)
+    assert svix.endpoint.list(app.id).data == []
+    svix.application.delete(app.id)
+    print("svix compatibility suite passed")
+
+
+if __name__ == "__main__":
+    main()

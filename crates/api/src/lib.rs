@@ -95,6 +95,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Per app-scoped token; `None`: unlimited.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Shared with the dispatcher; rendered at `/metrics`.
+    pub metrics: Arc<herald_dispatch::Metrics>,
 }
 
 /// The complete router (without path normalisation; see [`serve`]).
@@ -140,9 +142,15 @@ pub fn router(state: AppState) -> Router {
         );
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(portal::routes())
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(state)
 }
 
@@ -150,6 +158,7 @@ pub fn router(state: AppState) -> Router {
 pub fn health_router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }
@@ -165,6 +174,34 @@ pub async fn serve(
     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `GET /metrics`: Prometheus text format, open like the health route (no
+/// label names a tenant).
+async fn metrics(State(state): State<AppState>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let now = middleware::now_ms();
+    let queue = state.store.queue_gauges(now).await?;
+    let body = state.metrics.render(queue, state.store.pool_usage());
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            herald_dispatch::Metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Counts every answer by status class for `herald_http_requests_total`.
+async fn count_responses(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    state.metrics.http_response(response.status().as_u16());
+    response
 }
 
 /// `GET /api/v1/health/`: open to load balancers, no token needed.

@@ -111,6 +111,7 @@ async fn create(
         .as_ref()
         .and_then(|d| d.claim_for_new_work());
     let created = state.store.create_message(app, message, claim).await?;
+    state.metrics.message_accepted();
     let out = MessageOut::new(&created.message, options.with_content.unwrap_or(true));
     if let Some(dispatcher) = &state.dispatcher {
         // Deliveries not leased here (strictly ordered endpoints) are

@@ -114,3 +114,34 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+/// `X-Request-Id`: the caller's (up to 128 visible ASCII characters) or a
+/// new `req_<ulid>`; echoed in the answer and recorded on the request's
+/// span, which the deliveries it starts in this process carry on (their log
+/// lines show it).
+pub(crate) async fn request_id(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    const HEADER: &str = "x-request-id";
+    let given = request.headers().get(HEADER).filter(|v| {
+        !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    });
+    let id = match given {
+        Some(id) => id.clone(),
+        None => {
+            axum::http::HeaderValue::try_from(format!("req_{}", ulid::Ulid::new())).expect("ASCII")
+        }
+    };
+    request.headers_mut().insert(HEADER, id.clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = request.uri().path(),
+    );
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert(HEADER, id);
+    response
+}

@@ -22,6 +22,7 @@ use herald_store::{
 
 use crate::alerts::{AlertConfig, EmailConfig, Mailer};
 use crate::http::{build_body, HttpSender, SendResult};
+use crate::metrics::{AttemptRecord, Metrics};
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -55,6 +56,8 @@ pub struct DispatchConfig {
     pub policy: AddressPolicy,
     /// Resolver, proxy and source address of deliveries.
     pub network: crate::http::Network,
+    /// Where attempts are counted (shared with the API's `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for DispatchConfig {
@@ -77,6 +80,7 @@ impl Default for DispatchConfig {
             email: None,
             policy: AddressPolicy::default(),
             network: crate::http::Network::default(),
+            metrics: Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"))),
         }
     }
 }
@@ -160,16 +164,19 @@ impl Dispatcher {
     }
 
     /// Sends jobs leased to this process (fresh messages, manual resends).
+    /// Their log lines carry the caller's span (the API request's id).
     pub fn submit(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
+        let span = tracing::Span::current();
         for (job, body) in with_bodies(jobs) {
+            let span = span.clone();
             match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => self.start(job, body, permit),
+                Ok(permit) => self.start(job, body, permit, span),
                 Err(_) => {
                     // Room was there when the lease was taken; wait for it.
                     let this = self.clone();
                     self.tasks.spawn(async move {
                         if let Ok(permit) = this.slots.clone().acquire_owned().await {
-                            this.start(job, body, permit);
+                            this.start(job, body, permit, span);
                         }
                     });
                 }
@@ -197,7 +204,7 @@ impl Dispatcher {
         let claimed = jobs.len();
         for (job, body) in with_bodies(jobs) {
             let permit = permits.split(1).expect("one permit per claimed job");
-            self.start(job, body, permit);
+            self.start(job, body, permit, tracing::Span::none());
         }
         Ok(StepOutcome::Claimed(claimed))
     }
@@ -298,6 +305,7 @@ impl Dispatcher {
             }
         };
         for run in runs.iter().filter(|run| run.disabled) {
+            self.config.metrics.endpoint_auto_disabled();
             tracing::warn!(endpoint = %run.endpoint_id, "disabled an endpoint whose every attempt has failed");
         }
         let Some(config) = self.config.alerts else {
@@ -437,7 +445,13 @@ impl Dispatcher {
     /// it waits in the endpoint's queue (as long as the limit again, keeping
     /// its global slot), and past that goes back to the database still due,
     /// for a later claim.
-    fn start(self: &Arc<Self>, job: DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
+    fn start(
+        self: &Arc<Self>,
+        job: DeliveryJob,
+        body: Bytes,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) {
         let limit = self.endpoint_limit(job.endpoint.rate_limit);
         let decision = {
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
@@ -445,9 +459,9 @@ impl Dispatcher {
             load.limit = limit;
             if load.in_flight < limit {
                 load.in_flight += 1;
-                Admission::Send(job, body, permit)
+                Admission::Send(Waiting(job, body, permit, span))
             } else if load.waiting.len() < limit {
-                load.waiting.push_back((job, body, permit));
+                load.waiting.push_back(Waiting(job, body, permit, span));
                 Admission::Queued
             } else {
                 Admission::GiveBack(job)
@@ -455,9 +469,9 @@ impl Dispatcher {
         };
         let this = self.clone();
         match decision {
-            Admission::Send(job, body, permit) => {
+            Admission::Send(first) => {
                 self.tasks
-                    .spawn(async move { this.run_for_endpoint(job, body, permit).await });
+                    .spawn(async move { this.run_for_endpoint(first).await });
             }
             Admission::Queued => {}
             Admission::GiveBack(job) => {
@@ -511,17 +525,13 @@ impl Dispatcher {
 
     /// Delivers `job`, then the endpoint's waiting jobs one after another on
     /// the same per-endpoint slot, then gives the slot back.
-    async fn run_for_endpoint(
-        self: Arc<Self>,
-        job: DeliveryJob,
-        body: Bytes,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let endpoint = job.endpoint.id;
-        let mut next = Some((job, body, permit));
-        while let Some((job, body, permit)) = next.take() {
+    async fn run_for_endpoint(self: Arc<Self>, first: Waiting) {
+        use tracing::Instrument;
+        let endpoint = first.0.endpoint.id;
+        let mut next = Some(first);
+        while let Some(Waiting(job, body, permit, span)) = next.take() {
             self.pace(endpoint, job.endpoint.rate_limit).await;
-            self.deliver(&job, body, permit).await;
+            self.deliver(&job, body, permit).instrument(span).await;
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let Some(load) = per_endpoint.get_mut(&endpoint) else {
                 break;
@@ -549,6 +559,13 @@ impl Dispatcher {
         let result = self.sender.send(job, &body, started_at / 1000).await;
         let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
+        self.config.metrics.attempt(AttemptRecord {
+            error: result.error,
+            duration: result.duration,
+            manual: job.trigger == Trigger::Manual,
+            retry_scheduled: retry,
+            exhausted: outcome.next == NextStep::Failed && job.trigger == Trigger::Scheduled,
+        });
         {
             let mut health = self.health.lock().expect("health counts");
             let update = health.entry(job.endpoint.id).or_insert_with(|| {
@@ -617,10 +634,20 @@ impl Dispatcher {
                 }
             }
         };
-        if let Some(class) = result.error {
-            tracing::debug!(message = %job.message.id, endpoint = %job.endpoint.id,
-                status = result.status, error = class.as_str(), "attempt failed");
-        }
+        tracing::debug!(
+            message_id = %job.message.id,
+            endpoint_id = %job.endpoint.id,
+            attempt = attempts_made,
+            status = result.status,
+            error = result.error.map_or("none", |class| class.as_str()),
+            duration_ms = result.duration.as_millis() as u64,
+            next = match next {
+                NextStep::Succeeded => "done",
+                NextStep::RetryAt(_) => "retry",
+                NextStep::Failed => "failed",
+            },
+            "attempt"
+        );
         AttemptOutcome {
             lease_until: job.lease_until,
             attempt: Attempt {
@@ -649,19 +676,23 @@ impl Dispatcher {
 
 /// What happens to a job given to [`Dispatcher::start`].
 enum Admission {
-    Send(DeliveryJob, Bytes, OwnedSemaphorePermit),
+    Send(Waiting),
     Queued,
     /// The endpoint's share is full: back to the database (the global slot
     /// is freed as the permit drops).
     GiveBack(DeliveryJob),
 }
 
+/// A job with its body, its global slot and the span it was started in.
+#[derive(Debug)]
+struct Waiting(DeliveryJob, Bytes, OwnedSemaphorePermit, tracing::Span);
+
 /// Per-endpoint share of the dispatcher: attempts in flight and jobs
 /// waiting for one of them to end.
 #[derive(Debug, Default)]
 struct EndpointLoad {
     in_flight: usize,
-    waiting: VecDeque<(DeliveryJob, Bytes, OwnedSemaphorePermit)>,
+    waiting: VecDeque<Waiting>,
     /// Deliveries in flight at once, at most (as many again may wait).
     limit: usize,
     /// With a rate limit: when the next attempt may start.

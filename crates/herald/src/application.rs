@@ -97,9 +97,11 @@ impl Application {
             failing_after: settings.failing_after,
             success_rate: settings.success_rate,
         };
+        let metrics = Arc::new(herald_dispatch::Metrics::new(crate::VERSION));
         let dispatcher = Dispatcher::new(
             store.clone(),
             DispatchConfig {
+                metrics: metrics.clone(),
                 retry_schedule: settings.retry_schedule.clone(),
                 timeout: settings.request_timeout,
                 lease: settings.lease,
@@ -121,6 +123,7 @@ impl Application {
         let address = listener.local_addr()?;
         let state = AppState {
             store,
+            metrics,
             // An API-only process leaves deliveries unleased for the workers.
             dispatcher: (settings.role == Role::All).then(|| dispatcher.clone()),
             rate_limiter: settings

@@ -10,4 +10,12 @@ pub mod tokens;
 pub mod verify;
 
 pub use application::Application;
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the version and the commit built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HERALD_GIT_COMMIT"),
+    ")"
+);
 pub use config::Settings;

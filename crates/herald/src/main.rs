@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Svix-compatible API, signs them (Standard Webhooks), delivers, retries
 /// and logs every attempt — one binary, embedded database.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, propagate_version = true)]
+#[command(name = "herald", version = herald::VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -52,6 +52,10 @@ pub type MessageRef = IdOrUid<MessageId>;
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip that proves the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Deliveries waiting and endpoints in trouble, for `/metrics`.
+    async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges>;
+    /// The connection pool's use, for `/metrics`.
+    fn pool_usage(&self) -> PoolUsage;
 
     // Applications.
     async fn create_app(&self, input: AppInput) -> StoreResult<App>;

@@ -562,3 +562,28 @@ pub struct RateDrop {
     pub since: Timestamp,
     pub last_hour: HealthCounts,
 }
+
+/// The store's side of `/metrics`, counted when scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    /// Pending deliveries due now and not leased.
+    pub due: u64,
+    /// Pending deliveries due later: retries scheduled and leases running.
+    pub scheduled: u64,
+    pub disabled_endpoints: u64,
+    /// Endpoints whose latest attempt failed.
+    pub failing_endpoints: u64,
+}
+
+/// How the store's connections are used right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open (SQLite: the read pool; PostgreSQL: the pool).
+    pub connections: u64,
+    /// Of those, not in use.
+    pub idle: u64,
+    /// The pool's size limit.
+    pub max: u64,
+    /// Writes waiting for the SQLite writer thread (0 on PostgreSQL).
+    pub queued_writes: u64,
+}

@@ -25,6 +25,13 @@ pub(crate) fn now() -> Timestamp {
         .unwrap_or_default()
 }
 
+/// Due and scheduled deliveries, disabled and failing endpoints (`$1`: now).
+pub(crate) const QUEUE_GAUGES: &str = "SELECT
+    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at <= $1),
+    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at > $1),
+    (SELECT count(*) FROM endpoints WHERE disabled),
+    (SELECT count(*) FROM endpoint_status WHERE consecutive_failures > 0)";
+
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
 pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering";

@@ -1743,3 +1743,83 @@ async fn rotating_often_keeps_at_most_five_signing_secrets() {
         assert_eq!(secrets[0], current, "{name}: the current one signs first");
     }
 }
+
+#[tokio::test]
+async fn queue_gauges_count_due_and_scheduled_deliveries_and_endpoints_in_trouble() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/1").await;
+        store
+            .create_endpoint(
+                app,
+                endpoint_input("http://a.test/off", &[], true),
+                Headers::new(),
+                Secret::generate(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            store
+                .create_message(app, message("call.started", None), None)
+                .await
+                .unwrap();
+        }
+        let at = now() + 1;
+        let gauges = store.queue_gauges(at).await.unwrap();
+        assert_eq!(
+            (gauges.due, gauges.scheduled, gauges.disabled_endpoints),
+            (3, 0, 1),
+            "{name}: three due, the disabled endpoint gets nothing"
+        );
+
+        // One claimed (leased: due when the lease ends), one failed and
+        // scheduled for a retry, one left due.
+        let jobs = store.claim_due(claim(at), 2, vec![]).await.unwrap();
+        assert_eq!(jobs.len(), 2, "{name}");
+        let failed = &jobs[0];
+        store
+            .record_attempt(AttemptOutcome {
+                lease_until: failed.lease_until,
+                attempt: Attempt {
+                    id: AttemptId::generate(),
+                    app_id: app,
+                    message_id: failed.message.id,
+                    endpoint_id: failed.endpoint.id,
+                    url: failed.endpoint.url.clone(),
+                    status: DeliveryStatus::Failed,
+                    response_status_code: 503,
+                    response: String::new(),
+                    response_duration_ms: 3,
+                    error_class: Some(herald_domain::ErrorClass::HttpStatus),
+                    trigger: Trigger::Scheduled,
+                    created_at: at,
+                },
+                next: NextStep::RetryAt(at + 60_000),
+                disable_endpoint: false,
+            })
+            .await
+            .unwrap();
+        let mut update = HealthUpdate::new(failed.endpoint.id);
+        update.observe(at, false, 3);
+        store.record_health(vec![update], None).await.unwrap();
+        let gauges = store.queue_gauges(at + 1).await.unwrap();
+        assert_eq!(
+            gauges,
+            QueueGauges {
+                due: 1,
+                scheduled: 2,
+                disabled_endpoints: 1,
+                failing_endpoints: 1,
+            },
+            "{name}"
+        );
+
+        let pool = store.pool_usage();
+        assert!(
+            pool.max > 0 && pool.connections <= pool.max,
+            "{name}: {pool:?}"
+        );
+        assert!(pool.idle <= pool.connections, "{name}: {pool:?}");
+    }
+}

@@ -660,7 +660,7 @@ async fn no_secret_or_token_ever_reaches_the_logs() {
     for line in [
         "Herald is listening",
         "connection is ready",
-        "attempt failed",
+        "\"next\":\"retry\"",
     ] {
         assert!(log.contains(line), "the flow was logged: {log}");
     }

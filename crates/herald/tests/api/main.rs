@@ -11,6 +11,7 @@ mod delivery;
 mod helpers;
 mod isolation;
 mod network;
+mod observability;
 mod operations;
 mod portal;
 mod scale_out;

@@ -349,6 +349,37 @@ async fn listen(pool: &PgPool, work: Arc<Notify>) -> StoreResult<tokio::task::Jo
 
 #[async_trait]
 impl Store for PgStore {
+    async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
+        self.read(async |c| {
+            let row = sqlx::query(crate::shared::QUEUE_GAUGES)
+                .bind(now)
+                .fetch_one(c)
+                .await
+                .map_err(db)?;
+            let count = |i: usize| {
+                sqlx::Row::try_get::<i64, _>(&row, i)
+                    .map(|n| n.max(0) as u64)
+                    .map_err(db)
+            };
+            Ok(QueueGauges {
+                due: count(0)?,
+                scheduled: count(1)?,
+                disabled_endpoints: count(2)?,
+                failing_endpoints: count(3)?,
+            })
+        })
+        .await
+    }
+
+    fn pool_usage(&self) -> PoolUsage {
+        PoolUsage {
+            connections: u64::from(self.pool.size()),
+            idle: self.pool.num_idle() as u64,
+            max: u64::from(self.pool.options().get_max_connections()),
+            queued_writes: 0,
+        }
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(async |c| {
             sqlx::query("SELECT 1").execute(c).await.map_err(db)?;

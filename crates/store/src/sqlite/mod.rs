@@ -203,6 +203,33 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
+        self.readers
+            .read(move |c| {
+                c.query_row(crate::shared::QUEUE_GAUGES, [now], |row| {
+                    let count = |i| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+                    Ok(QueueGauges {
+                        due: count(0)?,
+                        scheduled: count(1)?,
+                        disabled_endpoints: count(2)?,
+                        failing_endpoints: count(3)?,
+                    })
+                })
+                .map_err(internal)
+            })
+            .await
+    }
+
+    fn pool_usage(&self) -> PoolUsage {
+        let (connections, idle) = self.readers.usage();
+        PoolUsage {
+            connections: connections as u64,
+            idle: idle as u64,
+            max: connections as u64,
+            queued_writes: self.writer.queued() as u64,
+        }
+    }
+
     async fn create_app(&self, input: AppInput) -> StoreResult<App> {
         self.writer
             .write(move |c| admin::create_app(c, input))

@@ -54,6 +54,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Jobs waiting for the writer thread.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     pub(crate) fn start(conn: Connection, admission_limit: usize) -> Self {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -212,6 +217,7 @@ impl Checkpointer {
 pub(crate) struct ReadPool {
     connections: Arc<Mutex<Vec<Connection>>>,
     available: Arc<Semaphore>,
+    size: usize,
 }
 
 impl ReadPool {
@@ -222,7 +228,13 @@ impl ReadPool {
         Ok(Self {
             connections: Arc::new(Mutex::new(connections)),
             available: Arc::new(Semaphore::new(size)),
+            size,
         })
+    }
+
+    /// (connections, of which idle).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.size, self.available.available_permits())
     }
 
     pub(crate) async fn read<T, F>(&self, work: F) -> StoreResult<T>

@@ -1,0 +1,237 @@
+//! Prometheus metrics (`/metrics`). One registry per running Herald, so that
+//! several servers in one process (the tests) keep their own counts. The
+//! counters are this process's; the queue, endpoint and pool gauges are read
+//! from the store when scraped, so they are the same from every process.
+//! No label carries an app, endpoint or URL: the numbers describe the
+//! service, not its tenants.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use herald_domain::ErrorClass;
+use herald_store::{PoolUsage, QueueGauges};
+
+/// Attempt durations, in seconds: 5 ms to the longest timeout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    messages_accepted: IntCounter,
+    attempts: IntCounterVec,
+    attempt_duration: Histogram,
+    retries_scheduled: IntCounter,
+    deliveries_exhausted: IntCounter,
+    manual_attempts: IntCounter,
+    endpoints_auto_disabled: IntCounter,
+    api_requests: IntCounterVec,
+    queue: IntGaugeVec,
+    endpoints: IntGaugeVec,
+    db_connections: IntGaugeVec,
+    db_max_connections: IntGauge,
+    db_queued_writes: IntGauge,
+}
+
+/// What one attempt came to, for the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRecord {
+    pub error: Option<ErrorClass>,
+    pub duration: std::time::Duration,
+    pub manual: bool,
+    pub retry_scheduled: bool,
+    pub exhausted: bool,
+}
+
+impl Metrics {
+    /// A fresh registry; `version` labels `herald_build_info`.
+    pub fn new(version: &str) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("registered once");
+            counter
+        };
+        let messages_accepted = counter(
+            "herald_messages_accepted_total",
+            "Messages stored (not counting eventId duplicates and idempotent replays).",
+        );
+        let retries_scheduled = counter(
+            "herald_retries_scheduled_total",
+            "Failed attempts after which another attempt was scheduled.",
+        );
+        let deliveries_exhausted = counter(
+            "herald_deliveries_exhausted_total",
+            "Deliveries that failed for good: retries exhausted or the endpoint answered 410.",
+        );
+        let manual_attempts = counter(
+            "herald_manual_attempts_total",
+            "Attempts asked for by hand (resend, recover, test events).",
+        );
+        let endpoints_auto_disabled = counter(
+            "herald_endpoints_auto_disabled_total",
+            "Endpoints this process disabled because every attempt failed.",
+        );
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "herald_attempts_total",
+                "Delivery attempts by outcome (success, failure) and error class (none for successes).",
+            ),
+            &["outcome", "error_class"],
+        )
+        .expect("valid metric");
+        let attempt_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_attempt_duration_seconds",
+                "From the start of an attempt to its answer or error.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "herald_http_requests_total",
+                "Requests answered by the API and portal, by status class (2xx, 4xx, 5xx …).",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let queue = IntGaugeVec::new(
+            Opts::new(
+                "herald_queue_deliveries",
+                "Pending deliveries: due now, or scheduled later (retries waiting, attempts in flight).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let endpoints = IntGaugeVec::new(
+            Opts::new(
+                "herald_endpoints",
+                "Endpoints disabled, and endpoints whose latest attempt failed.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let db_connections = IntGaugeVec::new(
+            Opts::new(
+                "herald_db_connections",
+                "Database connections of this process, idle or in use.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let db_max_connections = IntGauge::new(
+            "herald_db_max_connections",
+            "The database pool's size limit.",
+        )
+        .expect("valid metric");
+        let db_queued_writes = IntGauge::new(
+            "herald_db_queued_writes",
+            "Writes waiting for the SQLite writer thread (0 on PostgreSQL).",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("herald_build_info", "Always 1; labelled with the version."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[version]).set(1);
+        for collector in [
+            Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(attempt_duration.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(queue.clone()),
+            Box::new(endpoints.clone()),
+            Box::new(db_connections.clone()),
+            Box::new(db_max_connections.clone()),
+            Box::new(db_queued_writes.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
+        Self {
+            registry,
+            messages_accepted,
+            attempts,
+            attempt_duration,
+            retries_scheduled,
+            deliveries_exhausted,
+            manual_attempts,
+            endpoints_auto_disabled,
+            api_requests,
+            queue,
+            endpoints,
+            db_connections,
+            db_max_connections,
+            db_queued_writes,
+        }
+    }
+
+    pub fn message_accepted(&self) {
+        self.messages_accepted.inc();
+    }
+
+    pub fn attempt(&self, record: AttemptRecord) {
+        let (outcome, class) = match record.error {
+            None => ("success", "none"),
+            Some(class) => ("failure", class.as_str()),
+        };
+        self.attempts.with_label_values(&[outcome, class]).inc();
+        self.attempt_duration.observe(record.duration.as_secs_f64());
+        if record.manual {
+            self.manual_attempts.inc();
+        }
+        if record.retry_scheduled {
+            self.retries_scheduled.inc();
+        }
+        if record.exhausted {
+            self.deliveries_exhausted.inc();
+        }
+    }
+
+    pub fn endpoint_auto_disabled(&self) {
+        self.endpoints_auto_disabled.inc();
+    }
+
+    /// Counts an answer by its status class.
+    pub fn http_response(&self, status: u16) {
+        const CLASSES: [&str; 6] = ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = CLASSES.get(usize::from(status / 100)).unwrap_or(&"5xx");
+        self.api_requests.with_label_values(&[class]).inc();
+    }
+
+    /// The text exposition (format 0.0.4), with the store's gauges as given.
+    pub fn render(&self, queue: QueueGauges, pool: PoolUsage) -> String {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue.with_label_values(&["due"]).set(gauge(queue.due));
+        self.queue
+            .with_label_values(&["scheduled"])
+            .set(gauge(queue.scheduled));
+        self.endpoints
+            .with_label_values(&["disabled"])
+            .set(gauge(queue.disabled_endpoints));
+        self.endpoints
+            .with_label_values(&["failing"])
+            .set(gauge(queue.failing_endpoints));
+        self.db_connections
+            .with_label_values(&["idle"])
+            .set(gauge(pool.idle));
+        self.db_connections
+            .with_label_values(&["in_use"])
+            .set(gauge(pool.connections.saturating_sub(pool.idle)));
+        self.db_max_connections.set(gauge(pool.max));
+        self.db_queued_writes.set(gauge(pool.queued_writes));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+}

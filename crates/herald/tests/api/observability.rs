@@ -1,0 +1,261 @@
+//! `/metrics`: Prometheus text format, and counters that move as a scripted
+//! flow says they should.
+
+use std::time::Duration;
+
+use prometheus_parse::{LineInfo, Scrape, Value};
+use serde_json::json;
+
+use crate::helpers::{
+    attempted, eventually, spawn_app, sqlite_env, Receiver, Reply, Server, TestApp, TOKEN,
+};
+
+/// Fetches `/metrics` (no token needed), checks every line is a HELP, TYPE
+/// or sample line of the text format, and parses it.
+async fn scrape(app: &TestApp) -> Scrape {
+    let url = format!("http://{}/metrics", app.address);
+    let response = app.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.unwrap();
+    for line in text.lines() {
+        assert!(
+            !matches!(LineInfo::parse(line), LineInfo::Ignored),
+            "not Prometheus text format: {line:?}"
+        );
+    }
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+/// The value of `metric` with exactly these labels (0 when absent: a
+/// labelled counter appears at its first increment).
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| {
+            s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            Value::Summary(_) => panic!("no summaries here"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{metric} {labels:?} twice");
+    found.first().copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_a_scripted_flow() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always("/down", Reply::Status(503));
+
+    let before = scrape(&app).await;
+    assert_eq!(value(&before, "herald_messages_accepted_total", &[]), 0.0);
+    assert_eq!(
+        value(
+            &before,
+            "herald_attempts_total",
+            &[("outcome", "success"), ("error_class", "none")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&before, "herald_queue_deliveries", &[("state", "due")]),
+        0.0
+    );
+    assert_eq!(value(&before, "herald_db_max_connections", &[]), 4.0);
+    assert_eq!(
+        before
+            .samples
+            .iter()
+            .find(|s| s.metric == "herald_build_info")
+            .map(|s| s
+                .labels
+                .get("version")
+                .unwrap_or("")
+                .starts_with("0.1.0 (commit ")),
+        Some(true)
+    );
+
+    // Two messages to a healthy endpoint and to one that answers 503 to
+    // every attempt (the test schedule: 3 retries, so 4 attempts each).
+    let tenant = app.create_app("Acme").await;
+    let up = app
+        .create_endpoint(&tenant, &receiver.url("/up"), None)
+        .await;
+    app.create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+    let first = app.send(&tenant, "call.completed", json!({"n": 1})).await;
+    let second = app.send(&tenant, "call.completed", json!({"n": 2})).await;
+    // An eventId duplicate is refused and not counted as accepted.
+    let body = json!({"eventType": "call.completed", "payload": {"n": 3}, "eventId": "once"});
+    assert_eq!(
+        app.post(&format!("/app/{tenant}/msg/"), body.clone())
+            .await
+            .0,
+        202
+    );
+    let (status, _) = app.post(&format!("/app/{tenant}/msg/"), body).await;
+    assert_eq!(status, 409);
+    let third = {
+        let (_, page) = app.get(&format!("/app/{tenant}/msg/?limit=1")).await;
+        page["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+    for message in [&first, &second, &third] {
+        attempted(&app, &tenant, message, 5).await;
+    }
+    // A resend by hand to the healthy endpoint.
+    let (status, _) = app
+        .post(
+            &format!("/app/{tenant}/msg/{first}/endpoint/{up}/resend/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    attempted(&app, &tenant, &first, 6).await;
+    // Unknown app: a 404 for the request counter.
+    assert_eq!(app.get("/app/app_unknown/").await.0, 404);
+
+    let after = eventually(Duration::from_secs(10), "the queue to drain", || async {
+        let scrape = scrape(&app).await;
+        // Endpoint health reaches the store within a second.
+        let settled = value(&scrape, "herald_queue_deliveries", &[("state", "due")]) == 0.0
+            && value(
+                &scrape,
+                "herald_queue_deliveries",
+                &[("state", "scheduled")],
+            ) == 0.0
+            && value(&scrape, "herald_endpoints", &[("state", "failing")]) == 1.0;
+        settled.then_some(scrape)
+    })
+    .await;
+    assert_eq!(value(&after, "herald_messages_accepted_total", &[]), 3.0);
+    assert_eq!(
+        value(
+            &after,
+            "herald_attempts_total",
+            &[("outcome", "success"), ("error_class", "none")]
+        ),
+        4.0,
+        "3 first attempts at /up and the resend"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "herald_attempts_total",
+            &[("outcome", "failure"), ("error_class", "http_status")]
+        ),
+        12.0,
+        "4 attempts of each message at /down"
+    );
+    assert_eq!(value(&after, "herald_retries_scheduled_total", &[]), 9.0);
+    assert_eq!(value(&after, "herald_deliveries_exhausted_total", &[]), 3.0);
+    assert_eq!(value(&after, "herald_manual_attempts_total", &[]), 1.0);
+    assert_eq!(
+        value(&after, "herald_attempt_duration_seconds_count", &[]),
+        16.0
+    );
+    assert_eq!(
+        value(&after, "herald_endpoints", &[("state", "failing")]),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "herald_endpoints", &[("state", "disabled")]),
+        0.0
+    );
+    assert!(value(&after, "herald_http_requests_total", &[("class", "2xx")]) >= 10.0);
+    assert_eq!(
+        value(&after, "herald_http_requests_total", &[("class", "4xx")]),
+        2.0,
+        "the eventId conflict and the unknown app"
+    );
+}
+
+/// A request id (the caller's, or a new one) is echoed, and the delivery the
+/// request starts logs it: JSON log lines of a real `herald serve`.
+#[tokio::test]
+async fn request_ids_are_echoed_and_carried_into_delivery_logs() {
+    let receiver = Receiver::start().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = sqlite_env(data_dir.path());
+    env.push((
+        "HERALD_LOG",
+        "warn,herald=info,herald_dispatch=debug".into(),
+    ));
+    let server = Server::start(&env);
+    let client = reqwest::Client::new();
+    let tenant = server.post(&client, "/app/", json!({"name": "Acme"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .post(
+            &client,
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": receiver.url("/hook")}),
+        )
+        .await;
+
+    let send = |request_id: Option<&'static str>| {
+        let mut request = client
+            .post(format!(
+                "http://{}/api/v1/app/{tenant}/msg/",
+                server.address
+            ))
+            .bearer_auth(TOKEN)
+            .json(&json!({"eventType": "call.completed", "payload": {"callId": "c1"}}));
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let given = send(Some("crm-sync-4711")).await.unwrap();
+    assert_eq!(given.status(), 202);
+    assert_eq!(given.headers()["x-request-id"], "crm-sync-4711");
+    let given_message = given.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let made = send(None).await.unwrap();
+    let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        made_id.starts_with("req_") && made_id.len() == 30,
+        "{made_id}"
+    );
+    let made_message = made.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+
+    // Each delivery's attempt line names its own request.
+    for (message, request_id) in [
+        (&given_message, "crm-sync-4711"),
+        (&made_message, made_id.as_str()),
+    ] {
+        let line = eventually(Duration::from_secs(5), "the attempt's log line", || {
+            let line = server
+                .log_lines()
+                .into_iter()
+                .find(|line| line.contains("\"attempt\"") && line.contains(message.as_str()));
+            async move { line }
+        })
+        .await;
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert_eq!(parsed["span"]["request_id"], request_id, "{line}");
+        assert_eq!(parsed["fields"]["next"], "done", "{line}");
+    }
+    server.terminate();
+}

@@ -268,6 +268,21 @@ try {
   assert.ok(page.url().endsWith('/portal/login'), `logged out: ${page.url()} (${back.status()})`);
   await page.pendingCheck;
   if (page.failedCheck) throw page.failedCheck;
+
+  // The API reference renders from the vendored Redoc, with nothing
+  // refused by its content security policy and no script error.
+  const docs = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  const problems = [];
+  docs.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
+  docs.on('pageerror', (e) => problems.push(String(e)));
+  docs.on('requestfailed', (r) => problems.push(`${r.url()}: ${r.failure()?.errorText}`));
+  await docs.goto(new URL('/docs', page.url()).href);
+  await docs.getByRole('heading', { name: 'Create an endpoint.' }).waitFor({ timeout: 20000 });
+  assert.equal(await docs.title(), 'Herald API');
+  assert.ok(await docs.getByRole('heading', { name: 'Send a message: it fans out to every matching endpoint.' }).isVisible());
+  assert.deepEqual(problems, [], 'the docs page loads cleanly');
+  await docs.screenshot({ path: `${screenshots}/docs.png` });
+
   assert.ok(checked.size >= 9, `pages checked: ${[...checked].join(', ')}`);
   console.log(`portal walk-through passed; pages checked: ${[...checked].sort().join(', ')}`);
 } finally {

@@ -3,7 +3,8 @@
 //! events the app's endpoints raise, narrow them to event types, override
 //! the server's thresholds and add e-mail recipients.
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,6 +16,7 @@ use herald_domain::{AlertRules, AlertRulesSpec};
 use crate::apps::resolve;
 use crate::error::ApiResult;
 use crate::extract::Body;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -25,16 +27,16 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// The rules as set (absent fields follow the server) and as applied.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AlertRulesOut {
+pub(crate) struct AlertRulesOut {
     rules: AlertRulesSpec,
     effective: Effective,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Effective {
+pub(crate) struct Effective {
     events: Vec<&'static str>,
     /// `null`: every event type.
     filter_types: Option<Vec<String>>,
@@ -66,7 +68,16 @@ fn out(state: &AppState, rules: AlertRules) -> AlertRulesOut {
     }
 }
 
-async fn read(
+/// Get the app's alert rules, as set and as applied.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/alert-rules",
+    tag = "Alert Rules",
+    operation_id = "v1.alert-rules.get",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    responses((status = 200, body = AlertRulesOut), Errors)
+)]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<AlertRulesOut>> {
@@ -81,7 +92,17 @@ async fn read(
     Ok(Json(out(&state, rules)))
 }
 
-async fn replace(
+/// Set the app's alert rules.
+#[utoipa::path(
+    put,
+    path = "/api/v1/app/{app}/alert-rules",
+    tag = "Alert Rules",
+    operation_id = "v1.alert-rules.update",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    request_body = AlertRulesSpec,
+    responses((status = 200, body = AlertRulesOut), Errors)
+)]
+pub(crate) async fn replace(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(spec): Body<AlertRulesSpec>,
@@ -95,7 +116,19 @@ async fn replace(
     Ok(Json(out(&state, rules)))
 }
 
-async fn reset(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<StatusCode> {
+/// Back to the server's defaults.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/app/{app}/alert-rules",
+    tag = "Alert Rules",
+    operation_id = "v1.alert-rules.delete",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    responses((status = 204, description = "Reset"), Errors)
+)]
+pub(crate) async fn reset(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<StatusCode> {
     let app = resolve(&state, &app).await?;
     state.store.set_alert_rules(app, None).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,6 +1,7 @@
 //! `/app/`: applications (tenants).
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,6 +13,7 @@ use herald_store::{App, AppInput, Metadata, StoreError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
+use crate::openapi::{AppParam, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -21,27 +23,29 @@ pub(crate) fn routes() -> Router<AppState> {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ApplicationIn {
+pub(crate) struct ApplicationIn {
     name: String,
     uid: Option<String>,
     rate_limit: Option<u32>,
     metadata: Option<Metadata>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ApplicationPatch {
+pub(crate) struct ApplicationPatch {
     name: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
     uid: Option<Option<String>>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u32>)]
     rate_limit: Option<Option<u32>>,
     metadata: Option<Metadata>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ApplicationOut {
     id: String,
@@ -109,7 +113,10 @@ pub(crate) async fn resolve(state: &AppState, segment: &str) -> ApiResult<AppId>
     Ok(state.store.get_app(&reference).await?.id)
 }
 
-async fn list(
+/// List apps.
+#[utoipa::path(get, path = "/api/v1/app", tag = "Application", operation_id = "v1.application.list", params(ListParams),
+    responses((status = 200, body = ListResponse<ApplicationOut>), Errors))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ListResponse<ApplicationOut>>> {
@@ -117,13 +124,19 @@ async fn list(
     Ok(Json(ListResponse::from_page(page, ApplicationOut::from)))
 }
 
-#[derive(Debug, Deserialize)]
-struct CreateParams {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CreateParams {
+    /// With a `uid` that exists: answer that app (200) instead of a conflict.
     #[serde(default)]
     get_if_exists: bool,
 }
 
-async fn create(
+/// Create an app.
+#[utoipa::path(post, path = "/api/v1/app", tag = "Application", operation_id = "v1.application.create", params(CreateParams),
+    request_body = ApplicationIn,
+    responses((status = 201, body = ApplicationOut), (status = 200, body = ApplicationOut, description = "`get_if_exists`: the existing app"), Errors))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Query(params): Query<CreateParams>,
     Body(input): Body<ApplicationIn>,
@@ -142,7 +155,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(app.into())))
 }
 
-async fn read(
+/// Get an app.
+#[utoipa::path(get, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.get", params(AppParam),
+    responses((status = 200, body = ApplicationOut), Errors))]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<ApplicationOut>> {
@@ -150,7 +166,10 @@ async fn read(
     Ok(Json(state.store.get_app(&reference).await?.into()))
 }
 
-async fn replace(
+/// Update an app.
+#[utoipa::path(put, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.update", params(AppParam),
+    request_body = ApplicationIn, responses((status = 200, body = ApplicationOut), Errors))]
+pub(crate) async fn replace(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(input): Body<ApplicationIn>,
@@ -160,7 +179,10 @@ async fn replace(
     Ok(Json(app.into()))
 }
 
-async fn patch(
+/// Patch an app.
+#[utoipa::path(patch, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.patch", params(AppParam),
+    request_body = ApplicationPatch, responses((status = 200, body = ApplicationOut), Errors))]
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(changes): Body<ApplicationPatch>,
@@ -184,7 +206,13 @@ async fn patch(
     ))
 }
 
-async fn remove(State(state): State<AppState>, Path(app): Path<String>) -> ApiResult<StatusCode> {
+/// Delete an app, its endpoints, messages and attempts.
+#[utoipa::path(delete, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.delete", params(AppParam),
+    responses((status = 204, description = "Deleted"), Errors))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<StatusCode> {
     let id = resolve(&state, &app).await?;
     state.store.delete_app(id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -4,7 +4,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +22,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, ListParams, ListResponse};
 use crate::messages::{event_types, optional_time};
 use crate::middleware::now_ms;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -37,7 +39,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageAttemptOut {
     id: String,
@@ -74,8 +76,9 @@ impl From<Attempt> for MessageAttemptOut {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct AttemptListParams {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AttemptListParams {
     limit: Option<usize>,
     iterator: Option<String>,
     status: Option<i64>,
@@ -125,7 +128,7 @@ impl AttemptListParams {
     }
 }
 
-async fn endpoint_id(
+pub(crate) async fn endpoint_id(
     state: &AppState,
     app: herald_domain::AppId,
     segment: &str,
@@ -134,7 +137,7 @@ async fn endpoint_id(
     Ok(state.store.get_endpoint(app, &reference).await?.id)
 }
 
-async fn message_id(
+pub(crate) async fn message_id(
     state: &AppState,
     app: herald_domain::AppId,
     segment: &str,
@@ -143,7 +146,16 @@ async fn message_id(
     Ok(state.store.get_message(app, &reference).await?.id)
 }
 
-async fn attempts_by_endpoint(
+/// List an endpoint's attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/attempt/endpoint/{endpoint}",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.list-by-endpoint",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid"), AttemptListParams),
+    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
+)]
+pub(crate) async fn attempts_by_endpoint(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Query(params): Query<AttemptListParams>,
@@ -157,7 +169,16 @@ async fn attempts_by_endpoint(
     entries(&state, app, page, params.with_request).await
 }
 
-async fn attempts_by_message(
+/// List a message's attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/attempt/msg/{msg}",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.list-by-msg",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), AttemptListParams),
+    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
+)]
+pub(crate) async fn attempts_by_message(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
     Query(params): Query<AttemptListParams>,
@@ -173,15 +194,15 @@ async fn attempts_by_message(
 
 /// A listed attempt, with the request it made when asked for
 /// (`with_request=true`).
-#[derive(Debug, Serialize)]
-struct AttemptEntryOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptEntryOut {
     #[serde(flatten)]
     attempt: MessageAttemptOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<RequestOut>,
 }
 
-async fn entries(
+pub(crate) async fn entries(
     state: &AppState,
     app: AppId,
     page: herald_store::Page<Attempt>,
@@ -218,8 +239,8 @@ async fn entries(
 }
 
 /// One attempt, with Herald's addition: the request it made.
-#[derive(Debug, Serialize)]
-struct AttemptDetailOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptDetailOut {
     #[serde(flatten)]
     attempt: MessageAttemptOut,
     request: RequestOut,
@@ -229,9 +250,10 @@ struct AttemptDetailOut {
 /// stored message; the headers are the standard ones with the signature
 /// masked, plus the endpoint's custom headers as they are now, with the
 /// values of those that look like credentials masked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct RequestOut {
     pub(crate) headers: BTreeMap<String, String>,
+    #[schema(value_type = Object)]
     pub(crate) body: Box<RawValue>,
 }
 
@@ -258,7 +280,16 @@ pub(crate) fn request_of(
     Ok(RequestOut { headers, body })
 }
 
-async fn attempt(
+/// Get an attempt, with the request it made.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/msg/{msg}/attempt/{attempt}",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.get",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ("attempt" = String, Path, description = "Attempt id (`atmpt_…`)")),
+    responses((status = 200, body = AttemptDetailOut), Errors)
+)]
+pub(crate) async fn attempt(
     State(state): State<AppState>,
     Path((app, msg, attempt)): Path<(String, String, String)>,
 ) -> ApiResult<Json<AttemptDetailOut>> {
@@ -309,7 +340,16 @@ pub(crate) async fn resend_one(
     Ok(())
 }
 
-async fn resend(
+/// Send the message to the endpoint again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/msg/{msg}/endpoint/{endpoint}/resend",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.resend",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 202, body = Object, description = "Queued (an empty object)"), Errors)
+)]
+pub(crate) async fn resend(
     State(state): State<AppState>,
     Path((app, msg, endpoint)): Path<(String, String, String)>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {

@@ -6,10 +6,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::openapi::Errors;
 use crate::AppState;
 
 /// What the operator published about outbound traffic.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Egress {
     /// Addresses or ranges deliveries come from (`HERALD_EGRESS_ADDRESSES`).
@@ -22,6 +23,14 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/egress", get(read))
 }
 
-async fn read(State(state): State<AppState>) -> Json<Egress> {
+/// The addresses deliveries come from (for receivers' allow-lists).
+#[utoipa::path(
+    get,
+    path = "/api/v1/egress",
+    tag = "Egress",
+    operation_id = "v1.egress.get",
+    responses((status = 200, body = Egress), Errors)
+)]
+pub(crate) async fn read(State(state): State<AppState>) -> Json<Egress> {
     Json(state.config.egress.clone())
 }

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::extract::{Path, Query};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +18,7 @@ use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -36,9 +38,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/app/{app}/endpoint/{endpoint}/health", get(health))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EndpointIn {
+pub(crate) struct EndpointIn {
     url: String,
     uid: Option<String>,
     description: Option<String>,
@@ -61,30 +63,35 @@ struct EndpointIn {
     strict_ordering: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EndpointPatch {
+pub(crate) struct EndpointPatch {
     url: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
     uid: Option<Option<String>>,
     description: Option<String>,
     disabled: Option<bool>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<String>>)]
     filter_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<String>>)]
     channels: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u32>)]
     rate_limit: Option<Option<u32>>,
     version: Option<i32>,
     metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<RetryPolicySpec>)]
     retry_policy: Option<Option<RetryPolicySpec>>,
     strict_ordering: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EndpointOut {
+pub(crate) struct EndpointOut {
     id: String,
     uid: Option<String>,
     url: String,
@@ -217,13 +224,26 @@ pub(crate) fn parse_headers(headers: Headers) -> ApiResult<Headers> {
 }
 
 /// Resolves `{app}` and `{endpoint}` path segments to an existing endpoint.
-async fn resolve_endpoint(state: &AppState, app: &str, endpoint: &str) -> ApiResult<Endpoint> {
+pub(crate) async fn resolve_endpoint(
+    state: &AppState,
+    app: &str,
+    endpoint: &str,
+) -> ApiResult<Endpoint> {
     let app = resolve(state, app).await?;
     let reference = IdOrUid::<EndpointId>::parse(endpoint).map_err(|_| ApiError::NotFound)?;
     Ok(state.store.get_endpoint(app, &reference).await?)
 }
 
-async fn list(
+/// List an app's endpoints.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.list",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ListParams),
+    responses((status = 200, body = ListResponse<EndpointOut>), Errors)
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(params): Query<ListParams>,
@@ -233,7 +253,17 @@ async fn list(
     Ok(Json(ListResponse::from_page(page, EndpointOut::from)))
 }
 
-async fn create(
+/// Create an endpoint.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/endpoint",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.create",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    request_body = EndpointIn,
+    responses((status = 201, body = EndpointOut), Errors)
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(input): Body<EndpointIn>,
@@ -292,7 +322,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
-async fn read(
+/// Get an endpoint.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 200, body = EndpointOut), Errors)
+)]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<EndpointOut>> {
@@ -301,7 +340,17 @@ async fn read(
     ))
 }
 
-async fn replace(
+/// Update an endpoint.
+#[utoipa::path(
+    put,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.update",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = EndpointIn,
+    responses((status = 200, body = EndpointOut), Errors)
+)]
+pub(crate) async fn replace(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<EndpointIn>,
@@ -347,7 +396,17 @@ pub(crate) fn input_of(current: &Endpoint, state: &AppState) -> ApiResult<Endpoi
     })
 }
 
-async fn patch(
+/// Patch an endpoint.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.patch",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = EndpointPatch,
+    responses((status = 200, body = EndpointOut), Errors)
+)]
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(changes): Body<EndpointPatch>,
@@ -383,7 +442,16 @@ async fn patch(
     Ok(Json(updated.into()))
 }
 
-async fn remove(
+/// Delete an endpoint.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.delete",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 204, description = "Deleted"), Errors)
+)]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -395,9 +463,9 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SecretOut {
+pub(crate) struct SecretOut {
     key: String,
     /// Herald's addition, for `ed25519` secrets: what receivers verify
     /// `v1a` signatures with.
@@ -405,7 +473,16 @@ struct SecretOut {
     public_key: Option<String>,
 }
 
-async fn secret(
+/// Get the endpoint's signing secret.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/secret",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get-secret",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 200, body = SecretOut), Errors)
+)]
+pub(crate) async fn secret(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<SecretOut>> {
@@ -420,13 +497,23 @@ async fn secret(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RotateIn {
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RotateIn {
     key: Option<String>,
 }
 
 /// The body is optional: an empty POST generates a new secret.
-async fn rotate(
+/// Rotate the signing secret (the old one keeps signing for the grace period).
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/secret/rotate",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.rotate-secret",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = RotateIn,
+    responses((status = 204, description = "Rotated"), Errors)
+)]
+pub(crate) async fn rotate(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
@@ -462,21 +549,30 @@ async fn rotate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
-struct HeadersOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct HeadersOut {
     headers: Headers,
     sensitive: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct HeadersIn {
+pub(crate) struct HeadersIn {
     headers: std::collections::BTreeMap<String, Option<String>>,
     #[serde(default)]
     delete_headers: Vec<String>,
 }
 
-async fn headers(
+/// Get the custom headers (credential-like ones masked).
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get-headers",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 200, body = HeadersOut), Errors)
+)]
+pub(crate) async fn headers(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<HeadersOut>> {
@@ -487,7 +583,17 @@ async fn headers(
     }))
 }
 
-async fn replace_headers(
+/// Set the custom headers.
+#[utoipa::path(
+    put,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.update-headers",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = HeadersIn,
+    responses((status = 204, description = "Set"), Errors)
+)]
+pub(crate) async fn replace_headers(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<HeadersIn>,
@@ -507,7 +613,17 @@ async fn replace_headers(
 }
 
 /// Merges: a `null` value or a name in `deleteHeaders` removes the header.
-async fn patch_headers(
+/// Add, change or (with null) remove custom headers.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.patch-headers",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = HeadersIn,
+    responses((status = 204, description = "Changed"), Errors)
+)]
+pub(crate) async fn patch_headers(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<HeadersIn>,
@@ -532,8 +648,8 @@ async fn patch_headers(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
-struct StatsOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StatsOut {
     success: u64,
     pending: u64,
     sending: u64,
@@ -541,7 +657,16 @@ struct StatsOut {
     canceled: u64,
 }
 
-async fn stats(
+/// Deliveries of the endpoint by state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/stats",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get-stats",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 200, body = StatsOut), Errors)
+)]
+pub(crate) async fn stats(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<StatsOut>> {
@@ -563,9 +688,9 @@ async fn stats(
 /// hour, day and week (from aggregates kept in 5-minute buckets, so each
 /// window reaches back to the start of its first bucket), the last 20
 /// attempts, and the endpoint's current run of failures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct HealthOut {
+pub(crate) struct HealthOut {
     endpoint_id: String,
     disabled: bool,
     windows: HealthWindows,
@@ -576,8 +701,8 @@ struct HealthOut {
     failing_since: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct HealthWindows {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct HealthWindows {
     #[serde(rename = "1h")]
     hour: WindowOut,
     #[serde(rename = "24h")]
@@ -586,9 +711,9 @@ struct HealthWindows {
     week: WindowOut,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct WindowOut {
+pub(crate) struct WindowOut {
     attempts: u64,
     succeeded: u64,
     failed: u64,
@@ -612,9 +737,9 @@ impl From<&herald_store::HealthCounts> for WindowOut {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RecentAttempt {
+pub(crate) struct RecentAttempt {
     id: String,
     msg_id: String,
     status: i64,
@@ -624,7 +749,16 @@ struct RecentAttempt {
     timestamp: String,
 }
 
-async fn health(
+/// Herald's endpoint health: success rate and latency over 1 h, 24 h, 7 d; recent attempts; the current run of failures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/health",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get-health",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    responses((status = 200, body = HealthOut), Errors)
+)]
+pub(crate) async fn health(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<HealthOut>> {

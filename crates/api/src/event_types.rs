@@ -1,6 +1,7 @@
 //! `/event-type/`: the global event catalog.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,6 +13,7 @@ use herald_store::{EventType, EventTypeInput};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -23,17 +25,17 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventTypeIn {
+pub(crate) struct EventTypeIn {
     name: String,
     #[serde(flatten)]
     fields: EventTypeUpdate,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventTypeUpdate {
+pub(crate) struct EventTypeUpdate {
     description: String,
     schemas: Option<Value>,
     #[serde(default)]
@@ -44,23 +46,26 @@ struct EventTypeUpdate {
     group_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventTypePatch {
+pub(crate) struct EventTypePatch {
     description: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Value>)]
     schemas: Option<Option<Value>>,
     archived: Option<bool>,
     deprecated: Option<bool>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
     feature_flag: Option<Option<String>>,
     #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
     group_name: Option<Option<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventTypeOut {
+pub(crate) struct EventTypeOut {
     name: String,
     description: String,
     archived: bool,
@@ -117,8 +122,9 @@ fn parse_name(name: &str) -> ApiResult<EventTypeName> {
     EventTypeName::parse(name).map_err(|_| ApiError::NotFound)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListOptions {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListOptions {
     limit: Option<usize>,
     iterator: Option<String>,
     #[serde(default)]
@@ -126,7 +132,16 @@ struct ListOptions {
     with_content: Option<bool>,
 }
 
-async fn list(
+/// List event types.
+#[utoipa::path(
+    get,
+    path = "/api/v1/event-type",
+    tag = "Event Type",
+    operation_id = "v1.event-type.list",
+    params(ListOptions),
+    responses((status = 200, body = ListResponse<EventTypeOut>), Errors)
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Query(options): Query<ListOptions>,
 ) -> ApiResult<Json<ListResponse<EventTypeOut>>> {
@@ -147,7 +162,16 @@ async fn list(
     })))
 }
 
-async fn create(
+/// Create an event type (or unarchive one).
+#[utoipa::path(
+    post,
+    path = "/api/v1/event-type",
+    tag = "Event Type",
+    operation_id = "v1.event-type.create",
+    request_body = EventTypeIn,
+    responses((status = 201, body = EventTypeOut), Errors)
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Body(input): Body<EventTypeIn>,
 ) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
@@ -160,7 +184,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(EventTypeOut::new(created, true))))
 }
 
-async fn read(
+/// Get an event type.
+#[utoipa::path(
+    get,
+    path = "/api/v1/event-type/{name}",
+    tag = "Event Type",
+    operation_id = "v1.event-type.get",
+    params(("name" = String, Path, description = "Event type name")),
+    responses((status = 200, body = EventTypeOut), Errors)
+)]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<EventTypeOut>> {
@@ -168,7 +201,17 @@ async fn read(
     Ok(Json(EventTypeOut::new(found, true)))
 }
 
-async fn replace(
+/// Update (or create) an event type.
+#[utoipa::path(
+    put,
+    path = "/api/v1/event-type/{name}",
+    tag = "Event Type",
+    operation_id = "v1.event-type.update",
+    params(("name" = String, Path, description = "Event type name")),
+    request_body = EventTypeUpdate,
+    responses((status = 200, body = EventTypeOut), Errors)
+)]
+pub(crate) async fn replace(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Body(input): Body<EventTypeUpdate>,
@@ -181,7 +224,17 @@ async fn replace(
     Ok(Json(EventTypeOut::new(updated, true)))
 }
 
-async fn patch(
+/// Patch an event type.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/event-type/{name}",
+    tag = "Event Type",
+    operation_id = "v1.event-type.patch",
+    params(("name" = String, Path, description = "Event type name")),
+    request_body = EventTypePatch,
+    responses((status = 200, body = EventTypeOut), Errors)
+)]
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Body(changes): Body<EventTypePatch>,
@@ -202,13 +255,23 @@ async fn patch(
     Ok(Json(EventTypeOut::new(updated, true)))
 }
 
-#[derive(Debug, Deserialize)]
-struct DeleteOptions {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeleteOptions {
     #[serde(default)]
     expunge: bool,
 }
 
-async fn remove(
+/// Archive (or with `expunge`, delete) an event type.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/event-type/{name}",
+    tag = "Event Type",
+    operation_id = "v1.event-type.delete",
+    params(("name" = String, Path, description = "Event type name"), DeleteOptions),
+    responses((status = 204, description = "Archived or deleted"), Errors)
+)]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(options): Query<DeleteOptions>,

@@ -64,10 +64,65 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Query parameters whose failures become `{code, detail}` errors (axum's
+/// own rejection is plain text).
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::BadRequest {
+                code: "invalid_query",
+                detail: rejection.body_text(),
+            }),
+        }
+    }
+}
+
+/// Path segments whose failures (bad percent-encoding) become `{code,
+/// detail}` errors.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::BadRequest {
+                code: "invalid_path",
+                detail: rejection.body_text(),
+            }),
+        }
+    }
+}
+
 /// `?limit=&iterator=` as every Svix list route takes them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Items per page, 1 to 250 (default 50; out of range is clamped).
     pub limit: Option<usize>,
+    /// Where the page starts: a list answer's `iterator` or `prevIterator`.
     pub iterator: Option<String>,
 }
 
@@ -81,7 +136,7 @@ impl ListParams {
 }
 
 /// The Svix list shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListResponse<T> {
     pub data: Vec<T>,

@@ -14,6 +14,7 @@ mod extract;
 mod limits;
 mod messages;
 mod middleware;
+mod openapi;
 mod portal;
 mod recovery;
 mod test_events;
@@ -41,6 +42,7 @@ pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
 pub use limits::RateLimiter;
 pub use middleware::hash_token;
+pub use openapi::document as openapi_document;
 
 /// What the API needs to know of the configuration.
 #[derive(Clone)]
@@ -142,6 +144,9 @@ pub fn router(state: AppState) -> Router {
         );
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi::serve_document))
+        .route("/docs", get(openapi::docs_page))
+        .route("/docs/redoc.standalone.js", get(openapi::redoc_script))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(portal::routes())
@@ -204,7 +209,9 @@ async fn count_responses(
     response
 }
 
-/// `GET /api/v1/health/`: open to load balancers, no token needed.
+/// Health: the database answers. No token needed.
+#[utoipa::path(get, path = "/api/v1/health", tag = "Health", operation_id = "v1.health.get", security(()),
+    responses((status = 200, description = "Up, database reachable", body = Object), (status = 503, description = "Database unavailable", body = openapi::ErrorOut)))]
 async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     state.store.ping().await?;
     Ok(Json(serde_json::json!({"status": "ok", "database": "ok"})))

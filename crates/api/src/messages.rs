@@ -1,7 +1,8 @@
 //! `/app/{app}/msg/`: accepting events (fan-out happens in the store, in
 //! the same transaction) and reading them back.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,6 +16,7 @@ use herald_store::{Message, MessageInput, MessageQuery};
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body, ListParams, ListResponse};
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -23,22 +25,24 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/app/{app}/msg/{msg}", get(read))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct MessageIn {
+pub(crate) struct MessageIn {
     event_type: String,
     /// Kept as the sender wrote it: key order and numbers reach receivers unchanged.
+    #[schema(value_type = Object)]
     payload: Box<RawValue>,
     event_id: Option<String>,
     channels: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageOut {
     id: String,
     event_id: Option<String>,
     event_type: String,
+    #[schema(value_type = Object)]
     payload: Box<RawValue>,
     channels: Option<Vec<String>>,
     timestamp: String,
@@ -63,8 +67,9 @@ impl MessageOut {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ContentOption {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ContentOption {
     with_content: Option<bool>,
 }
 
@@ -80,7 +85,17 @@ fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>
     Ok(channels)
 }
 
-async fn create(
+/// Send a message: it fans out to every matching endpoint.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/msg",
+    tag = "Message",
+    operation_id = "v1.message.create",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ContentOption),
+    request_body = MessageIn,
+    responses((status = 202, body = MessageOut), Errors)
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(options): Query<ContentOption>,
@@ -124,8 +139,9 @@ async fn create(
     Ok((StatusCode::ACCEPTED, Json(out)))
 }
 
-#[derive(Debug, Deserialize)]
-struct MessageListParams {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct MessageListParams {
     limit: Option<usize>,
     iterator: Option<String>,
     with_content: Option<bool>,
@@ -156,7 +172,16 @@ pub(crate) fn optional_time(
     text.map(|t| parse_time(field, t)).transpose()
 }
 
-async fn list(
+/// List an app's messages, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/msg",
+    tag = "Message",
+    operation_id = "v1.message.list",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), MessageListParams),
+    responses((status = 200, body = ListResponse<MessageOut>), Errors)
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(params): Query<MessageListParams>,
@@ -183,7 +208,16 @@ async fn list(
     })))
 }
 
-async fn read(
+/// Get a message.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/msg/{msg}",
+    tag = "Message",
+    operation_id = "v1.message.get",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ContentOption),
+    responses((status = 200, body = MessageOut), Errors)
+)]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
     Query(options): Query<ContentOption>,

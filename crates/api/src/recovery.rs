@@ -4,7 +4,8 @@
 //! was created in a window, as one manual attempt each; it runs in the
 //! background in short steps, and its progress can be read.
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -19,6 +20,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body};
 use crate::middleware::now_ms;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -27,16 +29,16 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/background-task/{task}", get(read_task))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RecoverIn {
+pub(crate) struct RecoverIn {
     since: String,
     until: Option<String>,
 }
 
 /// Svix's `RecoverOut` (and `BackgroundTaskOut` with `data`).
-#[derive(Debug, Serialize)]
-struct TaskOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TaskOut {
     id: String,
     status: &'static str,
     task: &'static str,
@@ -45,9 +47,9 @@ struct TaskOut {
     data: Option<TaskData>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskData {
+pub(crate) struct TaskData {
     app_id: String,
     endpoint_id: String,
     since: String,
@@ -78,7 +80,17 @@ impl TaskOut {
     }
 }
 
-async fn recover(
+/// Resend the endpoint's failed (and missed) messages since a time.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/recover",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.recover",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    request_body = RecoverIn,
+    responses((status = 202, body = TaskOut), Errors)
+)]
+pub(crate) async fn recover(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<RecoverIn>,
@@ -140,7 +152,16 @@ fn spawn(state: &AppState, task: TaskId) {
     ));
 }
 
-async fn read_task(
+/// Get a background task (a recovery) and its progress.
+#[utoipa::path(
+    get,
+    path = "/api/v1/background-task/{task}",
+    tag = "Background Task",
+    operation_id = "v1.background-task.get",
+    params(("task" = String, Path, description = "Task id (`qtask_…`)")),
+    responses((status = 200, body = TaskOut), Errors)
+)]
+pub(crate) async fn read_task(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(task): Path<String>,

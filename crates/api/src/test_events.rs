@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -26,6 +27,7 @@ use crate::attempts::MessageAttemptOut;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::messages::MessageOut;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -35,29 +37,40 @@ pub(crate) fn routes() -> Router<AppState> {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventExampleIn {
+pub(crate) struct EventExampleIn {
     event_type: String,
     #[serde(default)]
     example_index: usize,
 }
 
-#[derive(Debug, Deserialize)]
-struct WaitOption {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WaitOption {
     #[serde(default)]
     wait: bool,
 }
 
 /// The answer of `?wait=true`: the message, and the attempt once it is
 /// recorded (`null` if it was not within the wait).
-#[derive(Debug, Serialize)]
-struct TestEventOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TestEventOut {
     message: MessageOut,
     attempt: Option<MessageAttemptOut>,
 }
 
-async fn send_example(
+/// Send an example event to this endpoint only; with `wait=true`, answer with its first attempt.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/send-example",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.send-example",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid"), WaitOption),
+    request_body = EventExampleIn,
+    responses((status = 202, body = MessageOut), (status = 200, body = TestEventOut, description = "`wait=true`: the message and its first attempt"), Errors)
+)]
+pub(crate) async fn send_example(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
     Query(options): Query<WaitOption>,

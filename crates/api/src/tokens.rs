@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -19,6 +20,7 @@ use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -35,17 +37,17 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Portal sessions are short: at most a day.
 const MAX_PORTAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenIn {
+pub(crate) struct TokenIn {
     name: String,
     /// Seconds until the token stops working; absent: never.
     expires_in: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenOut {
+pub(crate) struct TokenOut {
     id: String,
     app_id: String,
     kind: &'static str,
@@ -84,7 +86,7 @@ fn expiry(field: &'static str, seconds: u64, max: Duration) -> ApiResult<i64> {
 }
 
 /// Makes a token for `app` and returns it with its record.
-async fn issue(
+pub(crate) async fn issue(
     state: &AppState,
     app: AppId,
     kind: TokenKind,
@@ -105,7 +107,17 @@ async fn issue(
     Ok((token, record))
 }
 
-async fn create(
+/// Create an app-scoped API token (shown in this answer only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/token",
+    tag = "Token",
+    operation_id = "v1.token.create",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    request_body = TokenIn,
+    responses((status = 201, body = TokenOut), Errors)
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(input): Body<TokenIn>,
@@ -125,7 +137,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-async fn list(
+/// List the app's tokens (never the tokens themselves).
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/token",
+    tag = "Token",
+    operation_id = "v1.token.list",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ListParams),
+    responses((status = 200, body = ListResponse<TokenOut>), Errors)
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(params): Query<ListParams>,
@@ -135,7 +156,16 @@ async fn list(
     Ok(Json(ListResponse::from_page(page, TokenOut::from)))
 }
 
-async fn revoke(
+/// Revoke a token.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/app/{app}/token/{token}",
+    tag = "Token",
+    operation_id = "v1.token.revoke",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("token" = String, Path, description = "Token id (`tok_…`)")),
+    responses((status = 204, description = "Revoked"), Errors)
+)]
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     Path((app, token)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -147,9 +177,9 @@ async fn revoke(
 }
 
 /// Svix's `AppPortalAccessIn` (the fields Herald uses; others are accepted).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
-struct PortalAccessIn {
+pub(crate) struct PortalAccessIn {
     /// Seconds the session lasts (default: the server's, 1 h).
     expiry: Option<u64>,
     session_id: Option<String>,
@@ -159,13 +189,23 @@ struct PortalAccessIn {
     read_only: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
-struct PortalAccessOut {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PortalAccessOut {
     url: String,
     token: String,
 }
 
-async fn portal_access(
+/// A portal link and token for the app.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/app-portal-access/{app}",
+    tag = "Authentication",
+    operation_id = "v1.authentication.app-portal-access",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    request_body = PortalAccessIn,
+    responses((status = 200, body = PortalAccessOut), Errors)
+)]
+pub(crate) async fn portal_access(
     State(state): State<AppState>,
     Path(app): Path<String>,
     body: axum::body::Bytes,
@@ -203,9 +243,9 @@ async fn portal_access(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AuditOut {
+pub(crate) struct AuditOut {
     id: String,
     /// `admin`, or the id of the token used.
     actor: String,
@@ -228,14 +268,24 @@ impl From<AuditEntry> for AuditOut {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditParams {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditParams {
     limit: Option<usize>,
     iterator: Option<String>,
     app_id: Option<String>,
 }
 
-async fn audit_all(
+/// The audit log, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "Audit",
+    operation_id = "v1.audit.list",
+    params(AuditParams),
+    responses((status = 200, body = ListResponse<AuditOut>), Errors)
+)]
+pub(crate) async fn audit_all(
     State(state): State<AppState>,
     Query(params): Query<AuditParams>,
 ) -> ApiResult<Json<ListResponse<AuditOut>>> {
@@ -246,7 +296,16 @@ async fn audit_all(
     audit(&state, app, params).await
 }
 
-async fn audit_of_app(
+/// The app's audit log, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/audit",
+    tag = "Audit",
+    operation_id = "v1.audit.list-by-app",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid"), AuditParams),
+    responses((status = 200, body = ListResponse<AuditOut>), Errors)
+)]
+pub(crate) async fn audit_of_app(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(params): Query<AuditParams>,
@@ -255,7 +314,7 @@ async fn audit_of_app(
     audit(&state, Some(app), params).await
 }
 
-async fn audit(
+pub(crate) async fn audit(
     state: &AppState,
     app: Option<AppId>,
     params: AuditParams,

@@ -3,7 +3,8 @@
 //! rules, the resolved addresses against the network policy, TLS, and what
 //! one signed test POST gets back. Nothing is stored.
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -13,20 +14,21 @@ use herald_domain::EndpointUrl;
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
+use crate::openapi::Errors;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/app/{app}/url-check", post(check))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CheckIn {
+pub(crate) struct CheckIn {
     url: String,
 }
 
 /// What the check found.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CheckOut {
     pub url: String,
@@ -62,7 +64,17 @@ pub(crate) async fn run(
     })
 }
 
-async fn check(
+/// Check a URL before saving an endpoint: rules, addresses, TLS and one signed test POST.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/url-check",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.url-check",
+    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    request_body = CheckIn,
+    responses((status = 200, body = CheckOut), Errors)
+)]
+pub(crate) async fn check(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Body(input): Body<CheckIn>,

@@ -18,7 +18,7 @@ pub const OPERATIONAL_EVENTS: [&str; 5] = [
 /// The stored and API form. Every field is optional: `None` means the
 /// server's default (all events, all event types, the configured
 /// thresholds, the configured recipients only).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AlertRulesSpec {
     /// The operational events raised for this app; empty: none.

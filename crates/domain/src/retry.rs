@@ -104,7 +104,7 @@ pub enum RetryKind {
 
 /// The JSON form of a [`RetryPolicy`] (`retryPolicy` on endpoints), with
 /// durations written like `5s`, `10m`, `2h`, `3d`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicySpec {
     /// `schedule` or `exponential`.

@@ -36,11 +36,17 @@ enum Command {
     Verify(herald::verify::VerifyArgs),
     /// Receive webhooks locally: print each one and check its signature.
     Listen(herald::listen::ListenArgs),
+    /// Print the API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
+    Openapi,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Openapi => {
+            print!("{}", herald_api::openapi_document());
+            Ok(())
+        }
         Command::Serve(args) => {
             let settings = Settings::from_args(*args)?;
             init_logging(&settings.log, settings.log_format);

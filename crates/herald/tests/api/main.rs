@@ -12,6 +12,7 @@ mod helpers;
 mod isolation;
 mod network;
 mod observability;
+mod openapi;
 mod operations;
 mod portal;
 mod scale_out;

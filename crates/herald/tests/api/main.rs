@@ -15,6 +15,7 @@ mod observability;
 mod openapi;
 mod operations;
 mod portal;
+mod receiver_crate;
 mod scale_out;
 mod svix_sdk;
 mod validation;

@@ -251,6 +251,26 @@ try {
   await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/egress'));
   assert.ok(await page.locator('#egress-none').isVisible());
 
+  // The test inspector: create an address, send it a request, see it.
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '/inspector'));
+  await page.getByRole('button', { name: 'Create an inspector address' }).click();
+  const inspectorUrl = await page.locator('#inspector-url').innerText();
+  assert.match(inspectorUrl, /\/inspect\/[A-Za-z0-9_-]{43}$/);
+  assert.ok(await page.locator('#inspector-empty').isVisible());
+  const sent = await page.request.post(`${inspectorUrl}/crm?via=browser-test`, {
+    data: { type: 'contact.created', data: { contactId: 'ct_9' } },
+  });
+  assert.equal(sent.status(), 200);
+  await page.getByRole('link', { name: 'Refresh' }).click();
+  const inspected = page.locator('#inspected tbody tr').first();
+  assert.match(await inspected.innerText(), /POST \/crm\?via=browser-test/);
+  assert.match(await inspected.locator('td.signature').innerText(), /unsigned/);
+  await inspected.getByText('Body').click();
+  assert.match(await inspected.locator('pre').innerText(), /"contactId": "ct_9"/);
+  await page.screenshot({ path: `${screenshots}/inspector.png`, fullPage: true });
+  await page.getByRole('link', { name: 'Add an endpoint pointing here' }).click();
+  assert.equal(await page.inputValue('#url'), inspectorUrl);
+
   // The list shows the description under the URL.
   await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, ''));
   assert.ok((await page.locator('table.endpoints').innerText()).includes('CRM updates'));

@@ -11,6 +11,7 @@ mod endpoints;
 mod error;
 mod event_types;
 mod extract;
+mod inspector;
 mod limits;
 mod messages;
 mod middleware;
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::routes())
         .merge(egress::routes())
         .merge(url_check::routes())
+        .merge(inspector::routes())
         // Outermost first: who is asking, a replay of their earlier answer,
         // whether the route is theirs (and the audit of what they change).
         .layer(axum::middleware::from_fn_with_state(
@@ -150,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(portal::routes())
+        .merge(inspector::receiving_routes(state.config.body_limit))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -149,6 +149,10 @@ impl Modify for BearerAuth {
         crate::tokens::audit_of_app,
         crate::egress::read,
         crate::url_check::check,
+        crate::inspector::read,
+        crate::inspector::open,
+        crate::inspector::close,
+        crate::inspector::requests,
     ),
     components(schemas(ErrorOut)),
 )]

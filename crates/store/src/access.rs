@@ -101,3 +101,33 @@ pub struct AuditQuery {
     pub app: Option<AppId>,
     pub page: PageRequest,
 }
+
+/// An app's test inspector: a receiving address (`/inspect/{token}`) that
+/// keeps the last requests it gets, for trying endpoints before the
+/// receiver exists. The token is in the address the app owner sees, so it
+/// is kept as it is; it only lets one write into this inspector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspector {
+    pub app_id: AppId,
+    pub token: String,
+    pub created_at: Timestamp,
+}
+
+/// One request an inspector received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InspectedRequest {
+    pub id: String,
+    pub app_id: AppId,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// In the order received, names lower-case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body was longer than what is kept.
+    pub body_truncated: bool,
+    pub received_at: Timestamp,
+}
+
+/// Requests kept per inspector.
+pub const INSPECTED_KEPT: usize = 100;

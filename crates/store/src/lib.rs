@@ -8,7 +8,10 @@ mod pg;
 mod shared;
 mod sqlite;
 
-pub use access::{AuditEntry, AuditQuery, Token, TokenInput, TokenKind};
+pub use access::{
+    AuditEntry, AuditQuery, InspectedRequest, Inspector, Token, TokenInput, TokenKind,
+    INSPECTED_KEPT,
+};
 pub use model::*;
 pub use pg::{redact_password, PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -228,6 +231,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token>;
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
     async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>>;
+
+    /// The app's inspector, made with `token` unless it has one already.
+    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector>;
+    async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>>;
+    async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>>;
+    /// Removes the inspector and what it received (`NotFound` without one).
+    async fn close_inspector(&self, app: AppId) -> StoreResult<()>;
+    /// Keeps `request`, and only the newest [`INSPECTED_KEPT`] of its app's.
+    async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()>;
+    /// Newest first, at most `limit`.
+    async fn list_inspected(&self, app: AppId, limit: usize) -> StoreResult<Vec<InspectedRequest>>;
 
     // Idempotency keys.
     /// Claims `key` for a request about to run: `Reserved` means go ahead,

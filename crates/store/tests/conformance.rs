@@ -1823,3 +1823,55 @@ async fn queue_gauges_count_due_and_scheduled_deliveries_and_endpoints_in_troubl
         assert!(pool.idle <= pool.connections, "{name}: {pool:?}");
     }
 }
+
+#[tokio::test]
+async fn an_inspector_keeps_the_newest_hundred_requests_until_closed() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let opened = store.open_inspector(app, "tok-a".into()).await.unwrap();
+        let again = store.open_inspector(app, "tok-b".into()).await.unwrap();
+        assert_eq!(again, opened, "{name}: an app has one inspector");
+        assert_eq!(
+            store.inspector_by_token("tok-a".into()).await.unwrap(),
+            Some(opened.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            store.inspector_by_token("tok-b".into()).await.unwrap(),
+            None
+        );
+
+        let request = |n: i64| InspectedRequest {
+            id: format!("ireq_{n:04}"),
+            app_id: app,
+            method: "POST".into(),
+            path: "/inspect/tok-a".into(),
+            query: (n % 2 == 0).then(|| format!("n={n}")),
+            headers: vec![("webhook-id".into(), format!("msg_{n}"))],
+            body: vec![0, 159, 146, 150, n as u8],
+            body_truncated: n == 104,
+            received_at: 1_000 + n,
+        };
+        for n in 0..105 {
+            store.record_inspected(request(n)).await.unwrap();
+        }
+        let kept = store.list_inspected(app, 500).await.unwrap();
+        assert_eq!(kept.len(), INSPECTED_KEPT, "{name}");
+        assert_eq!(kept[0], request(104), "{name}: newest first, bytes intact");
+        assert_eq!(kept[99].id, "ireq_0005", "{name}: the oldest five are gone");
+        assert_eq!(store.list_inspected(app, 3).await.unwrap().len(), 3);
+
+        store.close_inspector(app).await.unwrap();
+        assert_eq!(store.inspector(app).await.unwrap(), None, "{name}");
+        assert!(store.list_inspected(app, 500).await.unwrap().is_empty());
+        assert!(matches!(
+            store.record_inspected(request(200)).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.close_inspector(app).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}

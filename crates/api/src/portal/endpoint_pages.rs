@@ -104,15 +104,24 @@ pub(super) async fn open(
     Ok((session, app))
 }
 
+/// `?url=` fills the URL in (the test inspector's "add an endpoint
+/// pointing here").
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct NewFormParams {
+    url: Option<String>,
+}
+
 pub(super) async fn new_form(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(app): Path<String>,
+    axum::extract::Query(params): axum::extract::Query<NewFormParams>,
 ) -> Response {
     let result = async {
         let (session, app) = open(&state, &headers, &app).await?;
         let types = catalog(&state).await?;
         let form = EndpointForm {
+            url: params.url.unwrap_or_default(),
             all_events: true,
             ..EndpointForm::default()
         };

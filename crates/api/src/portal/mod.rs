@@ -58,6 +58,14 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/portal/app/{app}/egress", get(settings::egress))
         .route(
+            "/portal/app/{app}/inspector",
+            get(settings::inspector).post(settings::open_inspector),
+        )
+        .route(
+            "/portal/app/{app}/inspector/delete",
+            post(settings::close_inspector),
+        )
+        .route(
             "/portal/app/{app}/catalog",
             get(endpoint_pages::event_catalog),
         )

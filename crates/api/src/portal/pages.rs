@@ -122,6 +122,8 @@ pub(super) fn endpoints(
                 a href={ "/portal/app/" (app.id) "/alerts" } { "Alerts" }
                 " · "
                 a href={ "/portal/app/" (app.id) "/egress" } { "Egress addresses" }
+                " · "
+                a href={ "/portal/app/" (app.id) "/inspector" } { "Test inspector" }
             }
             @if rows.is_empty() {
                 p.empty { "No endpoint yet." }
@@ -672,6 +674,85 @@ pub(super) fn egress(csrf: &str, app: &App, egress: &crate::Egress) -> Markup {
             }
             @if egress.proxied {
                 p.hint { "Deliveries leave through the operator's proxy." }
+            }
+        },
+    )
+}
+
+/// The test inspector: its address, and what it received.
+pub(super) fn inspector(
+    csrf: &str,
+    app: &App,
+    inspector: Option<&crate::inspector::InspectorOut>,
+    requests: &[crate::inspector::InspectedRequestOut],
+) -> Markup {
+    layout(
+        "Test inspector",
+        Some(csrf),
+        html! {
+            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / test inspector" }
+            h1 { "Test inspector" }
+            p { "A receiving address that keeps the last 100 requests it gets: point an endpoint at it to see what your receiver will get, before it exists." }
+            @match inspector {
+                None => {
+                    form method="post" action={ "/portal/app/" (app.id) "/inspector" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button type="submit" { "Create an inspector address" }
+                    }
+                }
+                Some(inspector) => {
+                    p {
+                        "Address: " code #inspector-url { (inspector.url()) }
+                        " " button type="button" data-copy="#inspector-url" { "Copy" }
+                    }
+                    p {
+                        a.button href={ "/portal/app/" (app.id) "/endpoints/new?url=" (inspector.url()) } { "Add an endpoint pointing here" }
+                        " "
+                        a href={ "/portal/app/" (app.id) "/inspector" } { "Refresh" }
+                    }
+                    @if requests.is_empty() {
+                        p.empty #inspector-empty { "Nothing received yet." }
+                    } @else {
+                        table #inspected {
+                            thead {
+                                tr {
+                                    th scope="col" { "Received" }
+                                    th scope="col" { "Request" }
+                                    th scope="col" { "Signature" }
+                                    th scope="col" { "Details" }
+                                }
+                            }
+                            tbody {
+                                @for request in requests {
+                                    tr {
+                                        td { time { (request.received_at()) } }
+                                        td { code { (request.method()) " " (request.path()) } }
+                                        td.signature { (request.signature_text()) }
+                                        td {
+                                            details {
+                                                summary { "Headers" }
+                                                dl {
+                                                    @for (name, value) in request.headers() {
+                                                        dt { code { (name) } }
+                                                        dd { code { (value) } }
+                                                    }
+                                                }
+                                            }
+                                            details {
+                                                summary { "Body" @if request.body_truncated() { " (first 64 KiB)" } }
+                                                pre { (request.pretty_body()) }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    form method="post" action={ "/portal/app/" (app.id) "/inspector/delete" } data-confirm="Delete the inspector and what it received? Its address stops working." {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button.danger type="submit" { "Delete inspector" }
+                    }
+                }
             }
         },
     )

@@ -214,3 +214,71 @@ pub(super) async fn egress(
     .await;
     result.unwrap_or_else(|refused| *refused)
 }
+
+pub(super) async fn inspector(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        let failed = |e: ApiError| Box::new(e.into_response());
+        let found = state
+            .store
+            .inspector(app.id)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let (out, requests) = match found {
+            Some(found) => (
+                Some(crate::inspector::inspector_out(&state, &found)),
+                crate::inspector::describe(&state, &found, herald_store::INSPECTED_KEPT)
+                    .await
+                    .map_err(failed)?,
+            ),
+            None => (None, Vec::new()),
+        };
+        Ok::<_, Refused>(page(
+            &state,
+            super::pages::inspector(&session.csrf(), &app, out.as_ref(), &requests),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn open_inspector(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        session.check_csrf(Fields::parse(&body).get("csrf").unwrap_or_default())?;
+        crate::inspector::open_for(&state, app.id)
+            .await
+            .map_err(|e| Box::new(e.into_response()))?;
+        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+pub(super) async fn close_inspector(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (session, app) = open(&state, &headers, &app).await?;
+        session.check_csrf(Fields::parse(&body).get("csrf").unwrap_or_default())?;
+        match state.store.close_inspector(app.id).await {
+            Ok(()) | Err(herald_store::StoreError::NotFound) => {}
+            Err(error) => return Err(Box::new(ApiError::from(error).into_response())),
+        }
+        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}

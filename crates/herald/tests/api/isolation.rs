@@ -259,6 +259,15 @@ fn routes() -> Vec<(Rule, Method, &'static str, Option<Value>)> {
             "/auth/app-portal-access/{app}/",
             Some(json!({})),
         ),
+        (Tenant, Method::POST, "/app/{app}/inspector/", None),
+        (Tenant, Method::GET, "/app/{app}/inspector/", None),
+        (Tenant, Method::GET, "/app/{app}/inspector/request/", None),
+        (
+            Tenant,
+            Method::DELETE,
+            "/app/{app}/inspector/{open_inspector}",
+            None,
+        ),
     ]
 }
 
@@ -313,6 +322,13 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
                     .create_endpoint(&a.app, &receiver.url("/fresh"), None)
                     .await;
                 path = path.replace("{fresh_ep}", &fresh);
+            }
+            if path.contains("{open_inspector}") {
+                let (status, _) = app
+                    .post(&format!("/app/{}/inspector/", a.app), json!({}))
+                    .await;
+                assert!(status == 200 || status == 201, "{status}");
+                path = path.replace("{open_inspector}", "");
             }
             if path.contains("{fresh_token}") {
                 let (_, fresh) = self::token(&app, &a.app, json!({"name": "fresh"})).await;

@@ -9,6 +9,7 @@ mod browser;
 mod crash;
 mod delivery;
 mod helpers;
+mod inspector;
 mod isolation;
 mod network;
 mod observability;

@@ -161,6 +161,8 @@ async fn a_portal_link_opens_its_own_app_only_and_forms_need_their_csrf_token() 
         format!("{ep}/recover"),
         format!("{ep}/delete"),
         format!("{ep}/activity/retry"),
+        format!("/portal/app/{a}/inspector"),
+        format!("/portal/app/{a}/inspector/delete"),
     ] {
         let refused = client()
             .post(format!("{}{path}", base(&app)))

@@ -8,8 +8,8 @@ use herald_domain::{AppId, AuditId, TokenId};
 use super::rows::{db, list, Bind, Order};
 use crate::access::hash_text;
 use crate::{
-    AuditEntry, AuditQuery, Page, PageRequest, StoreError, StoreResult, Timestamp, Token,
-    TokenInput, TokenKind,
+    AuditEntry, AuditQuery, InspectedRequest, Inspector, Page, PageRequest, StoreError,
+    StoreResult, Timestamp, Token, TokenInput, TokenKind, INSPECTED_KEPT,
 };
 
 const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
@@ -179,4 +179,147 @@ pub(crate) async fn list_audit(
         |e| e.id.to_string(),
     )
     .await
+}
+
+const INSPECTED_COLUMNS: &str =
+    "id, app_id, method, path, query, headers, body, body_truncated, received_at";
+
+fn inspector(row: &PgRow) -> sqlx::Result<Inspector> {
+    let app: String = row.try_get("app_id")?;
+    Ok(Inspector {
+        app_id: AppId::parse(&app).map_err(|e| bad("app_id", e))?,
+        token: row.try_get("token")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn inspected(row: &PgRow) -> sqlx::Result<InspectedRequest> {
+    let app: String = row.try_get("app_id")?;
+    let headers: String = row.try_get("headers")?;
+    Ok(InspectedRequest {
+        id: row.try_get("id")?,
+        app_id: AppId::parse(&app).map_err(|e| bad("app_id", e))?,
+        method: row.try_get("method")?,
+        path: row.try_get("path")?,
+        query: row.try_get("query")?,
+        headers: serde_json::from_str(&headers).map_err(|e| bad("headers", e))?,
+        body: row.try_get("body")?,
+        body_truncated: row.try_get("body_truncated")?,
+        received_at: row.try_get("received_at")?,
+    })
+}
+
+pub(crate) async fn open_inspector(
+    conn: &mut PgConnection,
+    app: AppId,
+    token: String,
+    now: Timestamp,
+) -> StoreResult<Inspector> {
+    sqlx::query(
+        "INSERT INTO inspectors (app_id, token, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (app_id) DO NOTHING",
+    )
+    .bind(app.to_string())
+    .bind(token)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    inspector_of(conn, app).await?.ok_or(StoreError::NotFound)
+}
+
+pub(crate) async fn inspector_of(
+    conn: &mut PgConnection,
+    app: AppId,
+) -> StoreResult<Option<Inspector>> {
+    let row = sqlx::query("SELECT app_id, token, created_at FROM inspectors WHERE app_id = $1")
+        .bind(app.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(inspector).transpose().map_err(db)
+}
+
+pub(crate) async fn inspector_by_token(
+    conn: &mut PgConnection,
+    token: &str,
+) -> StoreResult<Option<Inspector>> {
+    let row = sqlx::query("SELECT app_id, token, created_at FROM inspectors WHERE token = $1")
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(inspector).transpose().map_err(db)
+}
+
+pub(crate) async fn close_inspector(conn: &mut PgConnection, app: AppId) -> StoreResult<()> {
+    let done = sqlx::query("DELETE FROM inspectors WHERE app_id = $1")
+        .bind(app.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub(crate) async fn record_inspected(
+    conn: &mut PgConnection,
+    request: InspectedRequest,
+) -> StoreResult<()> {
+    let app = request.app_id.to_string();
+    let headers =
+        serde_json::to_string(&request.headers).map_err(|e| StoreError::Internal(e.to_string()))?;
+    sqlx::query(&format!(
+        "INSERT INTO inspected_requests ({INSPECTED_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(&request.id)
+    .bind(&app)
+    .bind(&request.method)
+    .bind(&request.path)
+    .bind(&request.query)
+    .bind(headers)
+    .bind(&request.body)
+    .bind(request.body_truncated)
+    .bind(request.received_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| match &e {
+        // The inspector was closed meanwhile (foreign key).
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => StoreError::NotFound,
+        _ => db(e),
+    })?;
+    sqlx::query(
+        "DELETE FROM inspected_requests WHERE app_id = $1 AND id NOT IN (
+             SELECT id FROM inspected_requests WHERE app_id = $1
+             ORDER BY received_at DESC, id DESC LIMIT $2)",
+    )
+    .bind(&app)
+    .bind(INSPECTED_KEPT as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn list_inspected(
+    conn: &mut PgConnection,
+    app: AppId,
+    limit: usize,
+) -> StoreResult<Vec<InspectedRequest>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INSPECTED_COLUMNS} FROM inspected_requests WHERE app_id = $1
+         ORDER BY received_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(app.to_string())
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(inspected)
+        .collect::<sqlx::Result<_>>()
+        .map_err(db)
 }

@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/postgres/0009_tokens_audit.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_inspector.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -666,6 +670,32 @@ impl Store for PgStore {
     }
     async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
         self.transaction(async |c| access::list_audit(c, query).await)
+            .await
+    }
+
+    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector> {
+        let now = crate::shared::now();
+        self.transaction(async |c| access::open_inspector(c, app, token, now).await)
+            .await
+    }
+    async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>> {
+        self.read(async |c| access::inspector_of(c, app).await)
+            .await
+    }
+    async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>> {
+        self.read(async |c| access::inspector_by_token(c, &token).await)
+            .await
+    }
+    async fn close_inspector(&self, app: AppId) -> StoreResult<()> {
+        self.transaction(async |c| access::close_inspector(c, app).await)
+            .await
+    }
+    async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()> {
+        self.transaction(async |c| access::record_inspected(c, request).await)
+            .await
+    }
+    async fn list_inspected(&self, app: AppId, limit: usize) -> StoreResult<Vec<InspectedRequest>> {
+        self.read(async |c| access::list_inspected(c, app, limit).await)
             .await
     }
 

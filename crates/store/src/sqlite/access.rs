@@ -8,8 +8,8 @@ use super::pool::internal;
 use super::rows::{list, Bind, Order};
 use crate::access::hash_text;
 use crate::{
-    AuditEntry, AuditQuery, Page, PageRequest, StoreError, StoreResult, Timestamp, Token,
-    TokenInput, TokenKind,
+    AuditEntry, AuditQuery, InspectedRequest, Inspector, Page, PageRequest, StoreError,
+    StoreResult, Timestamp, Token, TokenInput, TokenKind, INSPECTED_KEPT,
 };
 
 const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
@@ -175,4 +175,126 @@ pub(crate) fn list_audit(conn: &Connection, query: AuditQuery) -> StoreResult<Pa
         audit,
         |e| e.id.to_string(),
     )
+}
+
+const INSPECTED_COLUMNS: &str =
+    "id, app_id, method, path, query, headers, body, body_truncated, received_at";
+
+fn inspector(row: &Row<'_>) -> rusqlite::Result<Inspector> {
+    let app: String = row.get(0)?;
+    Ok(Inspector {
+        app_id: AppId::parse(&app).map_err(|e| bad(0, e))?,
+        token: row.get(1)?,
+        created_at: row.get(2)?,
+    })
+}
+
+fn inspected(row: &Row<'_>) -> rusqlite::Result<InspectedRequest> {
+    let app: String = row.get(1)?;
+    let headers: String = row.get(5)?;
+    Ok(InspectedRequest {
+        id: row.get(0)?,
+        app_id: AppId::parse(&app).map_err(|e| bad(1, e))?,
+        method: row.get(2)?,
+        path: row.get(3)?,
+        query: row.get(4)?,
+        headers: serde_json::from_str(&headers).map_err(|e| bad(5, e))?,
+        body: row.get(6)?,
+        body_truncated: row.get(7)?,
+        received_at: row.get(8)?,
+    })
+}
+
+pub(crate) fn open_inspector(
+    conn: &Connection,
+    app: AppId,
+    token: String,
+    now: Timestamp,
+) -> StoreResult<Inspector> {
+    conn.prepare_cached(
+        "INSERT INTO inspectors (app_id, token, created_at) VALUES (?, ?, ?)
+         ON CONFLICT (app_id) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute(params![app.to_string(), token, now]))
+    .map_err(internal)?;
+    inspector_of(conn, app)?.ok_or(StoreError::NotFound)
+}
+
+pub(crate) fn inspector_of(conn: &Connection, app: AppId) -> StoreResult<Option<Inspector>> {
+    conn.prepare_cached("SELECT app_id, token, created_at FROM inspectors WHERE app_id = ?")
+        .and_then(|mut s| s.query_row([app.to_string()], inspector).optional())
+        .map_err(internal)
+}
+
+pub(crate) fn inspector_by_token(conn: &Connection, token: &str) -> StoreResult<Option<Inspector>> {
+    conn.prepare_cached("SELECT app_id, token, created_at FROM inspectors WHERE token = ?")
+        .and_then(|mut s| s.query_row([token], inspector).optional())
+        .map_err(internal)
+}
+
+pub(crate) fn close_inspector(conn: &Connection, app: AppId) -> StoreResult<()> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM inspectors WHERE app_id = ?")
+        .and_then(|mut s| s.execute([app.to_string()]))
+        .map_err(internal)?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub(crate) fn record_inspected(conn: &Connection, request: InspectedRequest) -> StoreResult<()> {
+    let app = request.app_id.to_string();
+    let headers =
+        serde_json::to_string(&request.headers).map_err(|e| StoreError::Internal(e.to_string()))?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO inspected_requests ({INSPECTED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            request.id,
+            app,
+            request.method,
+            request.path,
+            request.query,
+            headers,
+            request.body,
+            request.body_truncated,
+            request.received_at
+        ])
+    })
+    .map_err(|e| match e {
+        // The inspector was closed meanwhile.
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::NotFound
+        }
+        other => internal(other),
+    })?;
+    conn.prepare_cached(
+        "DELETE FROM inspected_requests WHERE app_id = ?1 AND id NOT IN (
+             SELECT id FROM inspected_requests WHERE app_id = ?1
+             ORDER BY received_at DESC, id DESC LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![app, INSPECTED_KEPT as i64]))
+    .map_err(internal)?;
+    Ok(())
+}
+
+pub(crate) fn list_inspected(
+    conn: &Connection,
+    app: AppId,
+    limit: usize,
+) -> StoreResult<Vec<InspectedRequest>> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {INSPECTED_COLUMNS} FROM inspected_requests WHERE app_id = ?
+             ORDER BY received_at DESC, id DESC LIMIT ?"
+        ))
+        .map_err(internal)?;
+    let rows = statement
+        .query_map(params![app.to_string(), limit as i64], inspected)
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
 }

@@ -60,6 +60,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_tokens_audit.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_inspector.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -550,6 +554,38 @@ impl Store for SqliteStore {
     async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
         self.readers
             .read(move |c| access::list_audit(c, query))
+            .await
+    }
+
+    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector> {
+        let now = crate::shared::now();
+        self.writer
+            .write(move |c| access::open_inspector(c, app, token, now))
+            .await
+    }
+    async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>> {
+        self.readers
+            .read(move |c| access::inspector_of(c, app))
+            .await
+    }
+    async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>> {
+        self.readers
+            .read(move |c| access::inspector_by_token(c, &token))
+            .await
+    }
+    async fn close_inspector(&self, app: AppId) -> StoreResult<()> {
+        self.writer
+            .write(move |c| access::close_inspector(c, app))
+            .await
+    }
+    async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()> {
+        self.writer
+            .admit(move |c| access::record_inspected(c, request))
+            .await
+    }
+    async fn list_inspected(&self, app: AppId, limit: usize) -> StoreResult<Vec<InspectedRequest>> {
+        self.readers
+            .read(move |c| access::list_inspected(c, app, limit))
             .await
     }
 

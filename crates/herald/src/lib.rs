@@ -4,6 +4,7 @@
 pub mod application;
 pub mod bench;
 pub mod child;
+pub mod client;
 pub mod config;
 pub mod listen;
 pub mod tokens;

@@ -36,6 +36,12 @@ enum Command {
     Verify(herald::verify::VerifyArgs),
     /// Receive webhooks locally: print each one and check its signature.
     Listen(herald::listen::ListenArgs),
+    /// Manage apps on a running Herald (a thin API client).
+    App(herald::client::AppArgs),
+    /// Manage endpoints on a running Herald (a thin API client).
+    Endpoint(herald::client::EndpointArgs),
+    /// Send a message (an event) through a running Herald.
+    Send(herald::client::SendArgs),
     /// Print the API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
     Openapi,
 }
@@ -43,6 +49,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::App(args) => herald::client::app(args).await,
+        Command::Endpoint(args) => herald::client::endpoint(args).await,
+        Command::Send(args) => herald::client::send(args).await,
         Command::Openapi => {
             print!("{}", herald_api::openapi_document());
             Ok(())

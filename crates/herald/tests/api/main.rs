@@ -6,6 +6,7 @@
 mod activity;
 mod alerts;
 mod browser;
+mod cli;
 mod crash;
 mod delivery;
 mod helpers;

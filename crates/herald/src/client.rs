@@ -1,0 +1,343 @@
+//! `herald app|endpoint|send`: a thin client over a running Herald's API,
+//! for scripts. Each command makes one API call and prints the answer's JSON
+//! (pretty, on stdout); an error answer is printed on stderr as
+//! `404 not_found: …` with exit status 1.
+
+use std::io::Read;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the API is and the token to use.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The Herald server's address.
+    #[arg(
+        long = "server",
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// An admin or app-scoped API token (`HERALD_TOKEN`, else `HERALD_ADMIN_TOKEN`).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AppCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AppCommand {
+    /// List apps.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Create an app.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Your own id for it (usable wherever an app id is).
+        #[arg(long)]
+        uid: Option<String>,
+    },
+    /// Show an app (id or uid).
+    Get { app: String },
+    /// Delete an app with its endpoints, messages and attempts.
+    Delete { app: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EndpointArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: EndpointCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointCommand {
+    /// List an app's endpoints.
+    List {
+        #[arg(long)]
+        app: String,
+    },
+    /// Create an endpoint.
+    Create {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        url: String,
+        /// Event types it receives (`call.completed`, `call.*`); repeat the
+        /// flag for more; none: all.
+        #[arg(long = "event-type", value_name = "TYPE")]
+        event_types: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show an endpoint.
+    Get {
+        #[arg(long)]
+        app: String,
+        endpoint: String,
+    },
+    /// Print the endpoint's signing secret.
+    Secret {
+        #[arg(long)]
+        app: String,
+        endpoint: String,
+    },
+    /// Delete an endpoint.
+    Delete {
+        #[arg(long)]
+        app: String,
+        endpoint: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The app (id or uid).
+    #[arg(long)]
+    pub app: String,
+    /// The event type, e.g. `call.completed`.
+    #[arg(long = "type", value_name = "EVENT_TYPE")]
+    pub event_type: String,
+    /// The payload: a JSON object, `@file.json`, or `-` for stdin.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Your id for the event: sending it again is refused (409).
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// Makes a retried command safe: the same key gets the first answer.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let token = args
+            .token
+            .clone()
+            .or_else(|| std::env::var("HERALD_ADMIN_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+            .context("no token: pass --token or set HERALD_TOKEN")?;
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1", args.server.trim_end_matches('/')),
+            token,
+        })
+    }
+
+    /// One call; the parsed answer, or an error that says what came back.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            anyhow::bail!(
+                "{} {}: {}",
+                status.as_u16(),
+                value["code"].as_str().unwrap_or("error"),
+                value["detail"].as_str().unwrap_or(&value.to_string())
+            );
+        }
+        Ok(value)
+    }
+}
+
+fn segment(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn print(value: &Value) {
+    if !value.is_null() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    }
+}
+
+pub async fn app(args: AppArgs) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let client = Client::new(&args.client)?;
+    let answer = match args.command {
+        AppCommand::List { limit } => {
+            client
+                .call(Method::GET, &format!("/app/?limit={limit}"), None, None)
+                .await?
+        }
+        AppCommand::Create { name, uid } => {
+            client
+                .call(
+                    Method::POST,
+                    "/app/",
+                    Some(json!({"name": name, "uid": uid})),
+                    None,
+                )
+                .await?
+        }
+        AppCommand::Get { app } => {
+            client
+                .call(Method::GET, &format!("/app/{}/", segment(&app)), None, None)
+                .await?
+        }
+        AppCommand::Delete { app } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/app/{}/", segment(&app)),
+                    None,
+                    None,
+                )
+                .await?
+        }
+    };
+    print(&answer);
+    Ok(())
+}
+
+pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let client = Client::new(&args.client)?;
+    let answer = match args.command {
+        EndpointCommand::List { app } => {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/app/{}/endpoint/", segment(&app)),
+                    None,
+                    None,
+                )
+                .await?
+        }
+        EndpointCommand::Create {
+            app,
+            url,
+            event_types,
+            description,
+        } => {
+            let mut body = json!({"url": url, "description": description});
+            if !event_types.is_empty() {
+                body["filterTypes"] = json!(event_types);
+            }
+            client
+                .call(
+                    Method::POST,
+                    &format!("/app/{}/endpoint/", segment(&app)),
+                    Some(body),
+                    None,
+                )
+                .await?
+        }
+        EndpointCommand::Get { app, endpoint } => {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/app/{}/endpoint/{}/", segment(&app), segment(&endpoint)),
+                    None,
+                    None,
+                )
+                .await?
+        }
+        EndpointCommand::Secret { app, endpoint } => {
+            let secret = client
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/app/{}/endpoint/{}/secret/",
+                        segment(&app),
+                        segment(&endpoint)
+                    ),
+                    None,
+                    None,
+                )
+                .await?;
+            // Just the key: `SECRET=$(herald endpoint secret …)`.
+            println!("{}", secret["key"].as_str().unwrap_or_default());
+            return Ok(());
+        }
+        EndpointCommand::Delete { app, endpoint } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/app/{}/endpoint/{}/", segment(&app), segment(&endpoint)),
+                    None,
+                    None,
+                )
+                .await?
+        }
+    };
+    print(&answer);
+    Ok(())
+}
+
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.client)?;
+    let text = match args.payload.as_str() {
+        "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        }
+        path if path.starts_with('@') => std::fs::read_to_string(&path[1..])
+            .with_context(|| format!("reading {}", &path[1..]))?,
+        inline => inline.to_owned(),
+    };
+    let payload: Value = serde_json::from_str(&text).context("the payload is not JSON")?;
+    anyhow::ensure!(payload.is_object(), "the payload must be a JSON object");
+    let mut body = json!({"eventType": args.event_type, "payload": payload});
+    if let Some(event_id) = args.event_id {
+        body["eventId"] = json!(event_id);
+    }
+    let answer = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/app/{}/msg/", segment(&args.app)),
+            Some(body),
+            args.idempotency_key.as_deref(),
+        )
+        .await?;
+    print(&answer);
+    Ok(())
+}

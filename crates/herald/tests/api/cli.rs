@@ -1,0 +1,154 @@
+//! `herald app|endpoint|send`, the thin API client, driven as a child
+//! process against a running Herald.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, Receiver, TOKEN};
+
+async fn herald(server: &str, args: &[&str], token: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .args(args)
+        .env("HERALD_URL", server)
+        .env_remove("HERALD_TOKEN")
+        .env_remove("HERALD_ADMIN_TOKEN");
+    if let Some(token) = token {
+        command.env("HERALD_TOKEN", token);
+    }
+    tokio::task::spawn_blocking(move || command.output().expect("herald runs"))
+        .await
+        .unwrap()
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn the_cli_creates_an_app_and_endpoint_and_sends_a_message() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let server = format!("http://{}", app.address);
+    let t = Some(TOKEN);
+
+    let created = json(
+        &herald(
+            &server,
+            &["app", "create", "--name", "Acme", "--uid", "acme"],
+            t,
+        )
+        .await,
+    );
+    assert_eq!(created["uid"], "acme");
+    let listed = json(&herald(&server, &["app", "list"], t).await);
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["id"] == created["id"]));
+    assert_eq!(
+        json(&herald(&server, &["app", "get", "acme"], t).await)["name"],
+        "Acme"
+    );
+
+    let hook = receiver.url("/hook");
+    let endpoint = json(
+        &herald(
+            &server,
+            &[
+                "endpoint",
+                "create",
+                "--app",
+                "acme",
+                "--url",
+                &hook,
+                "--event-type",
+                "call.*",
+            ],
+            t,
+        )
+        .await,
+    );
+    assert_eq!(endpoint["filterTypes"], serde_json::json!(["call.*"]));
+    let id = endpoint["id"].as_str().unwrap();
+    let secret = herald(&server, &["endpoint", "secret", "--app", "acme", id], t).await;
+    let secret = String::from_utf8(secret.stdout).unwrap();
+    assert!(secret.trim().starts_with("whsec_"), "{secret}");
+    let listed = json(&herald(&server, &["endpoint", "list", "--app", "acme"], t).await);
+    assert_eq!(listed["data"][0]["id"], id);
+
+    let payload_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(payload_file.path(), r#"{"callId": "c-7"}"#).unwrap();
+    let file_arg = format!("@{}", payload_file.path().display());
+    let sent = json(
+        &herald(
+            &server,
+            &[
+                "send",
+                "--app",
+                "acme",
+                "--type",
+                "call.completed",
+                "--payload",
+                &file_arg,
+                "--event-id",
+                "evt-7",
+            ],
+            t,
+        )
+        .await,
+    );
+    assert!(sent["id"].as_str().unwrap().starts_with("msg_"));
+    let delivered = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(delivered[0].json()["data"]["callId"], "c-7");
+
+    // Errors: the API's answer on stderr, exit status 1.
+    let again = herald(
+        &server,
+        &[
+            "send",
+            "--app",
+            "acme",
+            "--type",
+            "call.completed",
+            "--event-id",
+            "evt-7",
+        ],
+        t,
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409 conflict"));
+    let unauthorised = herald(
+        &server,
+        &["app", "list"],
+        Some("wrong-token-of-enough-length"),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&unauthorised.stderr).contains("401"));
+    let no_token = herald(&server, &["app", "list"], None).await;
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("no token"));
+
+    let deleted = herald(&server, &["endpoint", "delete", "--app", "acme", id], t).await;
+    assert!(deleted.status.success());
+    assert!(herald(&server, &["app", "delete", "acme"], t)
+        .await
+        .status
+        .success());
+    let gone = herald(&server, &["app", "get", "acme"], t).await;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("404 not_found"));
+}

@@ -341,3 +341,31 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     print(&answer);
     Ok(())
 }
+
+/// `herald health`: exit status 0 when the server answers its health route
+/// (the database reachable), 1 otherwise; for container health checks.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The Herald server's address.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/health", args.server.trim_end_matches('/'));
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(args.timeout))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("reaching {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{url}: {} {body}", status.as_u16());
+    println!("{body}");
+    Ok(())
+}

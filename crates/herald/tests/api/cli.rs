@@ -151,4 +151,17 @@ async fn the_cli_creates_an_app_and_endpoint_and_sends_a_message() {
         .success());
     let gone = herald(&server, &["app", "get", "acme"], t).await;
     assert!(String::from_utf8_lossy(&gone.stderr).contains("404 not_found"));
+
+    // The container health check: up, and a port nobody listens on.
+    let up = herald(&server, &["health"], None).await;
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let down = herald(&nobody, &["health", "--timeout", "2"], None).await;
+    assert_eq!(down.status.code(), Some(1));
 }

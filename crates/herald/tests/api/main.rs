@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod crash;
 mod delivery;
+mod examples;
 mod helpers;
 mod inspector;
 mod isolation;

@@ -64,57 +64,49 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// Query parameters whose failures become `{code, detail}` errors (axum's
-/// own rejection is plain text).
-#[derive(Debug)]
-pub struct Query<T>(pub T);
+/// An axum extractor of request parts whose rejection (plain text in axum)
+/// becomes a `400 {code, detail}` like every other error.
+macro_rules! with_json_errors {
+    ($(#[$doc:meta])* $name:ident, $inner:ident, $code:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name<T>(pub T);
 
-impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S, T> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::BadRequest {
-                code: "invalid_query",
-                detail: rejection.body_text(),
-            }),
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                match axum::extract::$inner::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$inner(value)) => Ok(Self(value)),
+                    Err(rejection) => Err(ApiError::BadRequest {
+                        code: $code,
+                        detail: rejection.body_text(),
+                    }),
+                }
+            }
         }
-    }
+    };
 }
 
-/// Path segments whose failures (bad percent-encoding) become `{code,
-/// detail}` errors.
-#[derive(Debug)]
-pub struct Path<T>(pub T);
-
-impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::BadRequest {
-                code: "invalid_path",
-                detail: rejection.body_text(),
-            }),
-        }
-    }
-}
+with_json_errors!(
+    /// Query parameters (`invalid_query` when they do not parse).
+    Query,
+    Query,
+    "invalid_query"
+);
+with_json_errors!(
+    /// Path segments (`invalid_path` on bad percent-encoding).
+    Path,
+    Path,
+    "invalid_path"
+);
 
 /// `?limit=&iterator=` as every Svix list route takes them.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -252,16 +252,7 @@ pub(super) async fn open_inspector(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        session.check_csrf(Fields::parse(&body).get("csrf").unwrap_or_default())?;
-        crate::inspector::open_for(&state, app.id)
-            .await
-            .map_err(|e| Box::new(e.into_response()))?;
-        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+    inspector_form(&state, &headers, &app, &body, false).await
 }
 
 pub(super) async fn close_inspector(
@@ -270,13 +261,29 @@ pub(super) async fn close_inspector(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Response {
+    inspector_form(&state, &headers, &app, &body, true).await
+}
+
+/// Opens (or with `close`, deletes) the inspector, then shows its page.
+async fn inspector_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    body: &[u8],
+    close: bool,
+) -> Response {
     let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        session.check_csrf(Fields::parse(&body).get("csrf").unwrap_or_default())?;
-        match state.store.close_inspector(app.id).await {
-            Ok(()) | Err(herald_store::StoreError::NotFound) => {}
-            Err(error) => return Err(Box::new(ApiError::from(error).into_response())),
-        }
+        let (session, app) = open(state, headers, app).await?;
+        session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
+        let done = if close {
+            match state.store.close_inspector(app.id).await {
+                Err(herald_store::StoreError::NotFound) => Ok(()),
+                other => other.map_err(ApiError::from),
+            }
+        } else {
+            crate::inspector::open_for(state, app.id).await.map(|_| ())
+        };
+        done.map_err(|e| Box::new(e.into_response()))?;
         Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
     }
     .await;

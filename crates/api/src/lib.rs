@@ -188,8 +188,14 @@ pub async fn serve(
 /// label names a tenant).
 async fn metrics(State(state): State<AppState>) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    let now = middleware::now_ms();
-    let queue = state.store.queue_gauges(now).await?;
+    let queue = match state.metrics.recent_queue() {
+        Some(queue) => queue,
+        None => {
+            let queue = state.store.queue_gauges(middleware::now_ms()).await?;
+            state.metrics.remember_queue(queue);
+            queue
+        }
+    };
     let body = state.metrics.render(queue, state.store.pool_usage());
     Ok((
         [(

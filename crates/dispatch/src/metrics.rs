@@ -34,7 +34,14 @@ pub struct Metrics {
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
     db_queued_writes: IntGauge,
+    /// The store's counts from the last scrape, reused for a second: the
+    /// route needs no token, so scrapes in a loop must not become queries
+    /// in a loop.
+    queue_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, QueueGauges)>>>,
 }
+
+/// How long the store's counts are reused between scrapes.
+const QUEUE_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one attempt came to, for the counters.
 #[derive(Debug, Clone, Copy)]
@@ -169,7 +176,18 @@ impl Metrics {
             db_connections,
             db_max_connections,
             db_queued_writes,
+            queue_cache: Default::default(),
         }
+    }
+
+    /// The store's counts if the last scrape read them under a second ago.
+    pub fn recent_queue(&self) -> Option<QueueGauges> {
+        let cache = self.queue_cache.lock().expect("queue cache");
+        cache.and_then(|(at, gauges)| (at.elapsed() < QUEUE_CACHE).then_some(gauges))
+    }
+
+    pub fn remember_queue(&self, gauges: QueueGauges) {
+        *self.queue_cache.lock().expect("queue cache") = Some((std::time::Instant::now(), gauges));
     }
 
     pub fn message_accepted(&self) {

@@ -213,7 +213,18 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = resolve(&state, &app).await?;
-    state.store.delete_app(id).await?;
+    let reference = IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)?;
+    let found = state.store.get_app(&reference).await?;
+    // Herald raises its operational events there; without it they would
+    // fail until the next start re-creates it.
+    if found.uid.as_ref().map(|u| u.as_str()) == Some(herald_domain::catalog::OPERATIONS_APP_UID) {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "`{}` is built in: Herald's failure notifications go there (remove its endpoints instead)",
+                herald_domain::catalog::OPERATIONS_APP_UID
+            ),
+        });
+    }
+    state.store.delete_app(found.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -480,3 +480,20 @@ fn customer_apps(listing: &Value) -> usize {
         .filter(|app| app["uid"] != "herald-operations")
         .count()
 }
+
+#[tokio::test]
+async fn the_built_in_operations_app_cannot_be_deleted() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .request(Method::DELETE, "/app/herald-operations/", None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "conflict");
+    assert_eq!(app.get("/app/herald-operations/").await.0, 200);
+    // Other apps still can be.
+    let other = app.create_app("Scratch").await;
+    let (status, _) = app
+        .request(Method::DELETE, &format!("/app/{other}/"), None)
+        .await;
+    assert_eq!(status, 204);
+}

@@ -105,7 +105,12 @@ try {
   assert.equal(await page.locator('#result-body').innerText(), 'received');
   assert.ok((await page.locator('#result-outcome').innerText()).includes('success'));
   await page.screenshot({ path: `${screenshots}/endpoint.png`, fullPage: true });
-  const endpointPage = page.url().replace(/\/test$/, '');
+  // The result has an address of its own: reloading shows it again and
+  // sends nothing (the receiver's next scripted answer is still the 500).
+  assert.match(page.url(), /\?test=msg_/);
+  await page.reload();
+  assert.equal(await page.locator('#result-status').innerText(), '200');
+  const endpointPage = page.url().replace(/[?#].*$/, '');
 
   // The receiver fails the next one: the failure shows in the activity log.
   await page.selectOption('#event_type', 'call.completed');

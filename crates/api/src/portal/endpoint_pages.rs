@@ -290,6 +290,9 @@ pub(super) async fn detail_page(
 #[derive(serde::Deserialize)]
 pub(super) struct NoticeQuery {
     notice: Option<String>,
+    /// A test event sent from this page: its result is shown (a GET after
+    /// the POST, so reloading shows it again instead of sending again).
+    test: Option<String>,
 }
 
 pub(super) async fn detail(
@@ -313,13 +316,65 @@ pub(super) async fn detail(
         Some("saved") => Some("The endpoint is saved."),
         _ => None,
     };
-    let extras = Extras {
-        notice,
-        ..Extras::default()
-    };
-    detail_page(&state, &headers, &app, &endpoint, extras)
+    let result = async {
+        let test = match query.test.as_deref() {
+            Some(message) => Some(test_result(&state, &headers, &app, &endpoint, message).await?),
+            None => None,
+        };
+        let extras = Extras {
+            notice,
+            result: test,
+            ..Extras::default()
+        };
+        detail_page(&state, &headers, &app, &endpoint, extras).await
+    }
+    .await;
+    result.unwrap_or_else(|refused| *refused)
+}
+
+/// The test message `message` of this endpoint and its attempt here, as
+/// recorded (no waiting: the POST waited before redirecting).
+async fn test_result(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: &str,
+    message: &str,
+) -> Result<TestResult, Refused> {
+    let (_, app) = open(state, headers, app).await?;
+    let endpoint = endpoint_of(state, app.id, endpoint).await?;
+    let failed = |e: herald_store::StoreError| Box::new(ApiError::from(e).into_response());
+    let reference = herald_domain::ids::IdOrUid::<herald_domain::MessageId>::parse(message)
+        .map_err(|_| Box::new(ApiError::NotFound.into_response()))?;
+    let message = state
+        .store
+        .get_message(app.id, &reference)
         .await
-        .unwrap_or_else(|refused| *refused)
+        .map_err(failed)?;
+    let attempts = state
+        .store
+        .list_attempts(
+            app.id,
+            herald_store::AttemptQuery::new(
+                herald_store::AttemptFilter::Message(message.id),
+                herald_store::PageRequest {
+                    limit: 50,
+                    cursor: herald_store::Cursor::Start,
+                },
+            ),
+        )
+        .await
+        .map_err(failed)?;
+    Ok(TestResult {
+        event_type: message.event_type.to_string(),
+        // The first attempt at this endpoint (the list is newest first).
+        attempt: attempts
+            .data
+            .into_iter()
+            .filter(|a| a.endpoint_id == endpoint.id)
+            .last(),
+        error: None,
+    })
 }
 
 pub(super) async fn send_test(
@@ -336,18 +391,16 @@ pub(super) async fn send_test(
         let record = endpoint_of(&state, app_record.id, &endpoint).await?;
         let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
             Ok(message) => {
-                match crate::test_events::first_attempt(&state, app_record.id, message.id).await {
-                    Ok(attempt) => TestResult {
-                        event_type,
-                        attempt,
-                        error: None,
-                    },
-                    Err(error) => TestResult {
-                        event_type,
-                        attempt: None,
-                        error: Some(format!("{error:?}")),
-                    },
-                }
+                // Wait for the attempt here, then show it at a URL of its
+                // own (post/redirect/get: a reload does not send again).
+                crate::test_events::first_attempt(&state, app_record.id, message.id)
+                    .await
+                    .map_err(|e| Box::new(e.into_response()))?;
+                return Ok(Redirect::to(&format!(
+                    "/portal/app/{}/endpoint/{}?test={}#test-result",
+                    app_record.id, record.id, message.id
+                ))
+                .into_response());
             }
             Err(ApiError::Invalid { field, detail }) => TestResult {
                 event_type,

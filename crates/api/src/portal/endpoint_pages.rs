@@ -371,8 +371,8 @@ async fn test_result(
         attempt: attempts
             .data
             .into_iter()
-            .filter(|a| a.endpoint_id == endpoint.id)
-            .last(),
+            .rev()
+            .find(|a| a.endpoint_id == endpoint.id),
         error: None,
     })
 }

@@ -156,6 +156,20 @@ try {
   assert.equal(await page.locator('li.attempt').count(), 0);
   assert.ok(await page.locator('p.empty').isVisible());
 
+  // The app-wide log has the same attempts, each naming its endpoint, and
+  // keeps its own filters.
+  await page.goto(new URL(endpointPage).href.replace(/\/endpoint\/.*$/, ''));
+  await page.click('#app-activity-link');
+  await page.waitForURL(/\/portal\/app\/app_[^/]+\/activity$/);
+  assert.equal(await page.locator('li.attempt').count(), 3);
+  // Each names the URL it went to (the endpoint's, which the walk-through
+  // edits at one point).
+  assert.ok((await page.locator('li.attempt a.endpoint').first().innerText()).startsWith(env('ENDPOINT_URL')));
+  await page.selectOption('#status', 'failed');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.waitForURL(/\/activity\?status=failed/);
+  assert.equal(await page.locator('li.attempt').count(), 1);
+
   // The endpoint's chart of the last 24 hours counts the three attempts
   // (health is aggregated once a second).
   for (let tries = 0; ; tries++) {

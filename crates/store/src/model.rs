@@ -209,6 +209,8 @@ pub struct Attempt {
 pub enum AttemptFilter {
     Endpoint(EndpointId),
     Message(MessageId),
+    /// Every attempt of the app, across its endpoints.
+    App,
 }
 
 #[derive(Debug, Clone)]

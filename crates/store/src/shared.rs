@@ -386,6 +386,7 @@ pub(crate) fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<B
             filter.push_str(" AND message_id = ?");
             binds.push(Bind::Text(message.to_string()));
         }
+        AttemptFilter::App => {}
     }
     if let Some(status) = query.status {
         filter.push_str(" AND status = ?");

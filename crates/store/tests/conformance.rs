@@ -1875,3 +1875,65 @@ async fn an_inspector_keeps_the_newest_hundred_requests_until_closed() {
         ));
     }
 }
+
+#[tokio::test]
+async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let other = self::app(store, Some("other")).await;
+        endpoint(store, app, "http://a.test/1").await;
+        endpoint(store, app, "http://a.test/2").await;
+        endpoint(store, other, "http://b.test/1").await;
+        let mut mine = Vec::new();
+        for (tenant, count) in [(app, 2), (other, 1)] {
+            for _ in 0..count {
+                let created = store
+                    .create_message(tenant, message("call.started", None), Some(claim(now())))
+                    .await
+                    .unwrap();
+                for job in &created.jobs {
+                    finish(store, job, tenant == app).await;
+                }
+                if tenant == app {
+                    mine.push(created.message.id);
+                }
+            }
+        }
+        let page = |limit| {
+            AttemptQuery::new(
+                AttemptFilter::App,
+                PageRequest {
+                    limit,
+                    cursor: Cursor::Start,
+                },
+            )
+        };
+        let listed = store.list_attempts(app, page(10)).await.unwrap();
+        assert_eq!(listed.data.len(), 4, "{name}: two messages × two endpoints");
+        assert!(listed.data.iter().all(|a| a.app_id == app), "{name}");
+        assert!(
+            listed.data.windows(2).all(|w| w[0].id > w[1].id),
+            "{name}: newest first"
+        );
+        let endpoints: std::collections::HashSet<_> =
+            listed.data.iter().map(|a| a.endpoint_id).collect();
+        assert_eq!(endpoints.len(), 2, "{name}");
+        let first = store.list_attempts(app, page(3)).await.unwrap();
+        assert!(!first.done, "{name}");
+        let mut next = page(3);
+        next.page.cursor = Cursor::parse(first.iterator.as_deref());
+        let rest = store.list_attempts(app, next).await.unwrap();
+        assert_eq!(rest.data.len(), 1, "{name}: the page after");
+        assert_eq!(rest.data[0].id, listed.data[3].id, "{name}");
+        let mut failed = page(10);
+        failed.status = Some(DeliveryStatus::Failed);
+        assert!(store
+            .list_attempts(app, failed)
+            .await
+            .unwrap()
+            .data
+            .is_empty());
+        assert_eq!(mine.len(), 2);
+    }
+}

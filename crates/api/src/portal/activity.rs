@@ -1,6 +1,7 @@
-//! An endpoint's activity log in the portal: its attempts, newest first,
-//! filtered by outcome, each with the request it made (payload, headers
-//! with secrets masked) and the response; failed deliveries can be retried.
+//! The activity log in the portal, of one endpoint or of the whole app:
+//! attempts newest first, filtered by outcome, event type and time, each
+//! with the request it made (payload, headers with secrets masked) and the
+//! response; failed deliveries can be retried.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -9,7 +10,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{DeliveryStatus, MessageId};
+use std::collections::HashMap;
+
+use herald_domain::{DeliveryStatus, EndpointId, MessageId};
 use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
 
 use super::endpoint_pages::{endpoint_of, open, Fields};
@@ -48,9 +51,32 @@ pub(super) async fn log(
     Path((app, endpoint)): Path<(String, String)>,
     Query(query): Query<ActivityQuery>,
 ) -> Response {
+    render(&state, &headers, &app, Some(&endpoint), query).await
+}
+
+/// The app-wide log: every endpoint's attempts together.
+pub(super) async fn app_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    Query(query): Query<ActivityQuery>,
+) -> Response {
+    render(&state, &headers, &app, None, query).await
+}
+
+async fn render(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: Option<&str>,
+    query: ActivityQuery,
+) -> Response {
     let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
+        let (session, app) = open(state, headers, app).await?;
+        let endpoint = match endpoint {
+            Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
+            None => None,
+        };
         let status = match query.status.as_deref() {
             Some("succeeded") => Some(DeliveryStatus::Succeeded),
             Some("failed") => Some(DeliveryStatus::Failed),
@@ -60,10 +86,11 @@ pub(super) async fn log(
             Some(before) => Cursor::parse(Some(before)),
             None => Cursor::Start,
         };
-        let mut attempts_query = AttemptQuery::new(
-            AttemptFilter::Endpoint(endpoint.id),
-            PageRequest { limit: 25, cursor },
-        );
+        let filter = match &endpoint {
+            Some(endpoint) => AttemptFilter::Endpoint(endpoint.id),
+            None => AttemptFilter::App,
+        };
+        let mut attempts_query = AttemptQuery::new(filter, PageRequest { limit: 25, cursor });
         attempts_query.status = status;
         let event_type = query
             .event_type
@@ -83,14 +110,37 @@ pub(super) async fn log(
             .list_attempts(app.id, attempts_query)
             .await
             .map_err(failed)?;
+        // The endpoints the attempts went to, each read once (their custom
+        // headers are part of the request shown).
+        let mut endpoints: HashMap<EndpointId, Option<herald_store::Endpoint>> = HashMap::new();
+        if let Some(endpoint) = &endpoint {
+            endpoints.insert(endpoint.id, Some(endpoint.clone()));
+        }
         let mut entries = Vec::with_capacity(attempts.data.len());
         for attempt in attempts.data {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                endpoints.entry(attempt.endpoint_id)
+            {
+                let found = match state
+                    .store
+                    .get_endpoint(app.id, &IdOrUid::Id(attempt.endpoint_id))
+                    .await
+                {
+                    Ok(found) => Some(found),
+                    Err(herald_store::StoreError::NotFound) => None,
+                    Err(error) => return Err(failed(error)),
+                };
+                slot.insert(found);
+            }
+            let Some(Some(target)) = endpoints.get(&attempt.endpoint_id) else {
+                continue; // deleted since
+            };
             let message = state
                 .store
                 .get_message(app.id, &IdOrUid::Id(attempt.message_id))
                 .await
                 .map_err(failed)?;
-            let request = crate::attempts::request_of(&message, &endpoint.headers, &attempt)
+            let request = crate::attempts::request_of(&message, &target.headers, &attempt)
                 .map_err(|e| Box::new(e.into_response()))?;
             let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
                 .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
@@ -107,11 +157,11 @@ pub(super) async fn log(
             _ => None,
         };
         Ok::<_, Refused>(page(
-            &state,
+            state,
             super::pages::activity(
                 &session.csrf(),
                 &app,
-                &endpoint,
+                endpoint.as_ref(),
                 &super::pages::ActivityFilters {
                     status: query.status.as_deref(),
                     event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
@@ -145,13 +195,13 @@ pub(super) async fn retry(
         crate::attempts::resend_one(&state, app.id, message, endpoint.id)
             .await
             .map_err(failed)?;
-        Ok::<_, Refused>(
-            Redirect::to(&format!(
-                "/portal/app/{}/endpoint/{}/activity?notice=retried",
-                app.id, endpoint.id
-            ))
-            .into_response(),
-        )
+        // Back to the log the retry was asked from.
+        let log = if fields.get("from") == Some("app") {
+            format!("/portal/app/{}/activity", app.id)
+        } else {
+            format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id)
+        };
+        Ok::<_, Refused>(Redirect::to(&format!("{log}?notice=retried")).into_response())
     }
     .await;
     result.unwrap_or_else(|refused| *refused)

@@ -57,6 +57,7 @@ pub(crate) fn routes() -> Router<AppState> {
             get(settings::alerts).post(settings::save_alerts),
         )
         .route("/portal/app/{app}/egress", get(settings::egress))
+        .route("/portal/app/{app}/activity", get(activity::app_log))
         .route(
             "/portal/app/{app}/inspector",
             get(settings::inspector).post(settings::open_inspector),

@@ -124,6 +124,8 @@ pub(super) fn endpoints(
                 a href={ "/portal/app/" (app.id) "/egress" } { "Egress addresses" }
                 " · "
                 a href={ "/portal/app/" (app.id) "/inspector" } { "Test inspector" }
+                " · "
+                a #app-activity-link href={ "/portal/app/" (app.id) "/activity" } { "Activity of all endpoints" }
             }
             @if rows.is_empty() {
                 p.empty { "No endpoint yet." }
@@ -489,13 +491,17 @@ pub(super) struct ActivityFilters<'a> {
 pub(super) fn activity(
     csrf: &str,
     app: &App,
-    endpoint: &Endpoint,
+    endpoint: Option<&Endpoint>,
     filters: &ActivityFilters<'_>,
     entries: &[Entry],
     older: Option<String>,
     notice: Option<&str>,
 ) -> Markup {
-    let base = format!("/portal/app/{}/endpoint/{}", app.id, endpoint.id);
+    // The log's own address (its filters and pages stay on it).
+    let log = match endpoint {
+        Some(endpoint) => format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id),
+        None => format!("/portal/app/{}/activity", app.id),
+    };
     let status = filters.status;
     let mut keep = String::new();
     for (name, value) in [
@@ -513,13 +519,17 @@ pub(super) fn activity(
         html! {
             nav.crumbs {
                 a href={ "/portal/app/" (app.id) } { "Endpoints" } " / "
-                a href=(base) { (endpoint.url) } " / activity"
+                @if let Some(endpoint) = endpoint {
+                    a href={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) } { (endpoint.url) } " / activity"
+                } @else {
+                    "activity of all endpoints"
+                }
             }
             h1 { "Activity" }
             @if let Some(notice) = notice {
                 p.notice role="status" { (notice) }
             }
-            form.filters method="get" action={ (base) "/activity" } {
+            form.filters method="get" action=(log) {
                 label for="status" { "Outcome" }
                 select #status name="status" {
                     option value="" selected[status.is_none()] { "all" }
@@ -547,11 +557,15 @@ pub(super) fn activity(
                                 @if let Some(class) = attempt.error_class { " · " (class.as_str()) }
                             }
                             " " code { (entry.event_type) }
+                            @if endpoint.is_none() {
+                                " → " a.endpoint href={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) } { (attempt.url) }
+                            }
                             " " small { (when(Some(attempt.created_at))) " · " (attempt.response_duration_ms) " ms · " (if attempt.trigger == herald_domain::Trigger::Manual { "manual" } else { "scheduled" }) }
                             @if !ok {
-                                form.retry method="post" action={ (base) "/activity/retry" } {
+                                form.retry method="post" action={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) "/activity/retry" } {
                                     input type="hidden" name="csrf" value=(csrf);
                                     input type="hidden" name="message" value=(attempt.message_id);
+                                    @if endpoint.is_none() { input type="hidden" name="from" value="app"; }
                                     button type="submit" { "Retry" }
                                 }
                             }
@@ -573,7 +587,7 @@ pub(super) fn activity(
                 }
             }
             @if let Some(older) = older {
-                p { a href={ (base) "/activity?before=" (older) (keep) } { "Older attempts" } }
+                p { a href={ (log) "?before=" (older) (keep) } { "Older attempts" } }
             }
         },
     )

@@ -121,6 +121,9 @@ pub(crate) async fn list_attempts(
         AttemptFilter::Message(message) => {
             get_message(conn, app, &IdOrUid::Id(*message)).await?;
         }
+        AttemptFilter::App => {
+            get_app(conn, &IdOrUid::Id(app)).await?;
+        }
     }
     let (filter, binds) = shared::attempt_filter(app, &query);
     list(

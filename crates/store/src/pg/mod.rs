@@ -74,6 +74,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_inspector.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_attempts_by_app.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -219,6 +219,7 @@ pub(crate) fn list_attempts(
         AttemptFilter::Message(message) => {
             get_message(conn, app, &IdOrUid::Id(*message)).map(|_| ())?
         }
+        AttemptFilter::App => get_app(conn, &IdOrUid::Id(app)).map(|_| ())?,
     }
     let (filter, params) = shared::attempt_filter(app, &query);
     list(

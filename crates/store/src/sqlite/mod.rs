@@ -64,6 +64,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_inspector.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_attempts_by_app.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -73,6 +73,8 @@ pub struct ApiConfig {
     pub portal_session: Duration,
     /// The server's alert defaults, which apps' rules override.
     pub alerts: herald_dispatch::AlertConfig,
+    /// Per-endpoint series on `/metrics`.
+    pub metrics_per_endpoint: bool,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -188,15 +190,25 @@ pub async fn serve(
 /// label names a tenant).
 async fn metrics(State(state): State<AppState>) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    let queue = match state.metrics.recent_queue() {
-        Some(queue) => queue,
+    let snapshot = match state.metrics.recent_snapshot() {
+        Some(snapshot) => snapshot,
         None => {
             let queue = state.store.queue_gauges(middleware::now_ms()).await?;
-            state.metrics.remember_queue(queue);
-            queue
+            let endpoints = if state.config.metrics_per_endpoint {
+                Some(state.store.endpoint_gauges().await?.into())
+            } else {
+                None
+            };
+            let snapshot = herald_dispatch::StoreSnapshot { queue, endpoints };
+            state.metrics.remember_snapshot(snapshot.clone());
+            snapshot
         }
     };
-    let body = state.metrics.render(queue, state.store.pool_usage());
+    let body = state.metrics.render(
+        snapshot.queue,
+        state.store.pool_usage(),
+        snapshot.endpoints.as_deref(),
+    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -12,5 +12,5 @@ mod tasks;
 pub use alerts::{effective_rate_rule, AlertConfig, EmailConfig};
 pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
 pub use http::{build_body, classify, HttpSender, Network, SendResult};
-pub use metrics::{AttemptRecord, Metrics};
+pub use metrics::{AttemptRecord, Metrics, StoreSnapshot};
 pub use tasks::{run_recovery, RECOVERY_STEP};

@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 use herald_domain::ErrorClass;
-use herald_store::{PoolUsage, QueueGauges};
+use herald_store::{EndpointGauge, PoolUsage, QueueGauges};
 
 /// Attempt durations, in seconds: 5 ms to the longest timeout.
 const DURATION_BUCKETS: &[f64] = &[
@@ -34,10 +34,20 @@ pub struct Metrics {
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
     db_queued_writes: IntGauge,
+    endpoint_failures: IntGaugeVec,
+    endpoint_disabled: IntGaugeVec,
     /// The store's counts from the last scrape, reused for a second: the
     /// route needs no token, so scrapes in a loop must not become queries
     /// in a loop.
-    queue_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, QueueGauges)>>>,
+    store_cache: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, StoreSnapshot)>>>,
+}
+
+/// What a scrape reads from the store.
+#[derive(Debug, Clone)]
+pub struct StoreSnapshot {
+    pub queue: QueueGauges,
+    /// With per-endpoint series on.
+    pub endpoints: Option<std::sync::Arc<[EndpointGauge]>>,
 }
 
 /// How long the store's counts are reused between scrapes.
@@ -142,6 +152,22 @@ impl Metrics {
             "Writes waiting for the SQLite writer thread (0 on PostgreSQL).",
         )
         .expect("valid metric");
+        let endpoint_failures = IntGaugeVec::new(
+            Opts::new(
+                "herald_endpoint_consecutive_failures",
+                "Attempts failed in a row at each endpoint (HERALD_METRICS_PER_ENDPOINT).",
+            ),
+            &["app_id", "endpoint_id"],
+        )
+        .expect("valid metric");
+        let endpoint_disabled = IntGaugeVec::new(
+            Opts::new(
+                "herald_endpoint_disabled",
+                "1 for a disabled endpoint (HERALD_METRICS_PER_ENDPOINT).",
+            ),
+            &["app_id", "endpoint_id"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("herald_build_info", "Always 1; labelled with the version."),
             &["version"],
@@ -158,6 +184,8 @@ impl Metrics {
             Box::new(db_max_connections.clone()),
             Box::new(db_queued_writes.clone()),
             Box::new(build_info),
+            Box::new(endpoint_failures.clone()),
+            Box::new(endpoint_disabled.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -176,18 +204,24 @@ impl Metrics {
             db_connections,
             db_max_connections,
             db_queued_writes,
-            queue_cache: Default::default(),
+            endpoint_failures,
+            endpoint_disabled,
+            store_cache: Default::default(),
         }
     }
 
-    /// The store's counts if the last scrape read them under a second ago.
-    pub fn recent_queue(&self) -> Option<QueueGauges> {
-        let cache = self.queue_cache.lock().expect("queue cache");
-        cache.and_then(|(at, gauges)| (at.elapsed() < QUEUE_CACHE).then_some(gauges))
+    /// What the last scrape read from the store, if under a second ago.
+    pub fn recent_snapshot(&self) -> Option<StoreSnapshot> {
+        let cache = self.store_cache.lock().expect("store cache");
+        cache
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < QUEUE_CACHE)
+            .map(|(_, snapshot)| snapshot.clone())
     }
 
-    pub fn remember_queue(&self, gauges: QueueGauges) {
-        *self.queue_cache.lock().expect("queue cache") = Some((std::time::Instant::now(), gauges));
+    pub fn remember_snapshot(&self, snapshot: StoreSnapshot) {
+        *self.store_cache.lock().expect("store cache") =
+            Some((std::time::Instant::now(), snapshot));
     }
 
     pub fn message_accepted(&self) {
@@ -223,8 +257,30 @@ impl Metrics {
         self.api_requests.with_label_values(&[class]).inc();
     }
 
-    /// The text exposition (format 0.0.4), with the store's gauges as given.
-    pub fn render(&self, queue: QueueGauges, pool: PoolUsage) -> String {
+    /// The text exposition (format 0.0.4), with the store's gauges as given;
+    /// per-endpoint series only when `endpoints` is given (a family with no
+    /// series is left out of the text).
+    pub fn render(
+        &self,
+        queue: QueueGauges,
+        pool: PoolUsage,
+        endpoints: Option<&[EndpointGauge]>,
+    ) -> String {
+        self.endpoint_failures.reset();
+        self.endpoint_disabled.reset();
+        for endpoint in endpoints.unwrap_or_default() {
+            let labels = [
+                endpoint.app_id.to_string(),
+                endpoint.endpoint_id.to_string(),
+            ];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            self.endpoint_failures
+                .with_label_values(&labels)
+                .set(i64::try_from(endpoint.consecutive_failures).unwrap_or(i64::MAX));
+            self.endpoint_disabled
+                .with_label_values(&labels)
+                .set(i64::from(endpoint.disabled));
+        }
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.queue.with_label_values(&["due"]).set(gauge(queue.due));
         self.queue

@@ -148,6 +148,7 @@ impl Application {
                     .unwrap_or_else(|| format!("http://{address}")),
                 portal_session: settings.portal_session,
                 portal_frame_ancestors: settings.portal_frame_ancestors.clone(),
+                metrics_per_endpoint: settings.metrics_per_endpoint,
             }),
         };
         Ok(Self {

@@ -197,6 +197,11 @@ pub struct ServeArgs {
     /// list (`'self' https://app.example.com`; default `'self'`).
     #[arg(long, env = "HERALD_PORTAL_FRAME_ANCESTORS", value_name = "SOURCES")]
     pub portal_frame_ancestors: Option<String>,
+    /// Also export each endpoint's run of failures and state on /metrics,
+    /// labelled with app and endpoint ids (one series per endpoint).
+    #[arg(long, env = "HERALD_METRICS_PER_ENDPOINT", value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub metrics_per_endpoint: Option<bool>,
     /// How long a portal-access link works (`1h`; at most `24h`).
     #[arg(long, env = "HERALD_PORTAL_SESSION", value_name = "DURATION")]
     pub portal_session: Option<String>,
@@ -256,6 +261,7 @@ struct FileConfig {
     public_url: Option<String>,
     portal_session: Option<String>,
     portal_frame_ancestors: Option<String>,
+    metrics_per_endpoint: Option<bool>,
     secret_rotation_grace: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
@@ -437,6 +443,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub portal_session: Duration,
     pub portal_frame_ancestors: String,
+    /// Per-endpoint series on /metrics (off by default: they name tenants
+    /// and grow with the number of endpoints).
+    pub metrics_per_endpoint: bool,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -484,6 +493,7 @@ impl Settings {
             public_url: None,
             portal_session: Duration::from_secs(3600),
             portal_frame_ancestors: "'self'".into(),
+            metrics_per_endpoint: false,
             log: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -535,6 +545,10 @@ impl Settings {
             .map(|text| herald_domain::Cidr::parse(text))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("HERALD_ALLOWED_CIDRS: {}", e.reason))?;
+        settings.metrics_per_endpoint = args
+            .metrics_per_endpoint
+            .or(file.metrics_per_endpoint)
+            .unwrap_or(false);
         settings.policy = AddressPolicy {
             allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
             allow_private_networks: args

@@ -59,6 +59,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges>;
     /// The connection pool's use, for `/metrics`.
     fn pool_usage(&self) -> PoolUsage;
+    /// Every endpoint's state, for `/metrics` when per-endpoint series are on.
+    async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>>;
 
     // Applications.
     async fn create_app(&self, input: AppInput) -> StoreResult<App>;

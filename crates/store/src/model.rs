@@ -589,3 +589,13 @@ pub struct PoolUsage {
     /// Writes waiting for the SQLite writer thread (0 on PostgreSQL).
     pub queued_writes: u64,
 }
+
+/// One endpoint's state for the per-endpoint series of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointGauge {
+    pub app_id: AppId,
+    pub endpoint_id: EndpointId,
+    pub disabled: bool,
+    /// Attempts failed in a row since the last success.
+    pub consecutive_failures: u64,
+}

@@ -32,6 +32,12 @@ pub(crate) const QUEUE_GAUGES: &str = "SELECT
     (SELECT count(*) FROM endpoints WHERE disabled),
     (SELECT count(*) FROM endpoint_status WHERE consecutive_failures > 0)";
 
+/// Each endpoint's app, id, disabled flag and run of failures.
+pub(crate) const ENDPOINT_GAUGES: &str = "SELECT e.app_id, e.id, e.disabled,
+        COALESCE(s.consecutive_failures, 0)
+    FROM endpoints e LEFT JOIN endpoint_status s ON s.endpoint_id = e.id
+    ORDER BY e.app_id, e.id";
+
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
 pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering";

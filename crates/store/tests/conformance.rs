@@ -1815,6 +1815,23 @@ async fn queue_gauges_count_due_and_scheduled_deliveries_and_endpoints_in_troubl
             "{name}"
         );
 
+        let gauges = store.endpoint_gauges().await.unwrap();
+        assert_eq!(gauges.len(), 2, "{name}: {gauges:?}");
+        assert_eq!(
+            gauges.iter().filter(|g| g.disabled).count(),
+            1,
+            "{name}: the disabled one"
+        );
+        let failing = gauges
+            .iter()
+            .find(|g| g.endpoint_id == failed.endpoint.id)
+            .unwrap();
+        assert_eq!(
+            (failing.app_id, failing.consecutive_failures),
+            (app, 1),
+            "{name}"
+        );
+
         let pool = store.pool_usage();
         assert!(
             pool.max > 0 && pool.connections <= pool.max,

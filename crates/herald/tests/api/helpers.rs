@@ -50,6 +50,7 @@ pub struct Options {
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
     pub max_concurrent_requests: usize,
+    pub metrics_per_endpoint: bool,
 }
 
 impl Default for Options {
@@ -70,6 +71,7 @@ impl Default for Options {
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
             max_concurrent_requests: 1024,
+            metrics_per_endpoint: false,
         }
     }
 }
@@ -101,6 +103,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.max_in_flight = options.max_in_flight;
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     settings.max_concurrent_requests = options.max_concurrent_requests;
+    settings.metrics_per_endpoint = options.metrics_per_endpoint;
     let application = Application::build(settings).await.expect("Herald starts");
     let address = application.address();
     let shutdown = CancellationToken::new();

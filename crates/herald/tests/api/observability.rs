@@ -7,7 +7,8 @@ use prometheus_parse::{LineInfo, Scrape, Value};
 use serde_json::json;
 
 use crate::helpers::{
-    attempted, eventually, spawn_app, sqlite_env, Receiver, Reply, Server, TestApp, TOKEN,
+    attempted, eventually, spawn_app, spawn_app_with, sqlite_env, Options, Receiver, Reply, Server,
+    TestApp, TOKEN,
 };
 
 /// Fetches `/metrics` (no token needed), checks every line is a HELP, TYPE
@@ -76,6 +77,13 @@ async fn metrics_parse_and_count_a_scripted_flow() {
         0.0
     );
     assert_eq!(value(&before, "herald_db_max_connections", &[]), 4.0);
+    assert!(
+        !before
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("herald_endpoint_")),
+        "per-endpoint series are off by default"
+    );
     assert_eq!(
         before
             .samples
@@ -258,4 +266,65 @@ async fn request_ids_are_echoed_and_carried_into_delivery_logs() {
         assert_eq!(parsed["fields"]["next"], "done", "{line}");
     }
     server.terminate();
+}
+
+#[tokio::test]
+async fn per_endpoint_series_follow_each_endpoints_failures_when_enabled() {
+    let app = spawn_app_with(Options {
+        metrics_per_endpoint: true,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always("/down", Reply::Status(503));
+    let tenant = app.create_app("Acme").await;
+    let up = app
+        .create_endpoint(&tenant, &receiver.url("/up"), None)
+        .await;
+    let down = app
+        .create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+    let message = app.send(&tenant, "call.completed", json!({"n": 1})).await;
+    attempted(&app, &tenant, &message, 5).await;
+    let (status, _) = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/app/{tenant}/endpoint/{up}/"),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let down_labels = [("app_id", tenant.as_str()), ("endpoint_id", down.as_str())];
+    let up_labels = [("app_id", tenant.as_str()), ("endpoint_id", up.as_str())];
+    let scrape = eventually(
+        Duration::from_secs(10),
+        "the per-endpoint series",
+        || async {
+            let scrape = scrape(&app).await;
+            (value(
+                &scrape,
+                "herald_endpoint_consecutive_failures",
+                &down_labels,
+            ) == 4.0
+                && value(&scrape, "herald_endpoint_disabled", &up_labels) == 1.0)
+                .then_some(scrape)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&scrape, "herald_endpoint_consecutive_failures", &up_labels),
+        0.0
+    );
+    assert_eq!(
+        value(&scrape, "herald_endpoint_disabled", &down_labels),
+        0.0
+    );
+    // The built-in operations app's endpoints are none; only these two.
+    let series = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "herald_endpoint_disabled")
+        .count();
+    assert_eq!(series, 2);
 }

@@ -379,6 +379,32 @@ impl Store for PgStore {
         .await
     }
 
+    async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>> {
+        self.read(async |c| {
+            let rows = sqlx::query(crate::shared::ENDPOINT_GAUGES)
+                .fetch_all(c)
+                .await
+                .map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    use sqlx::Row;
+                    let app: String = row.try_get(0).map_err(db)?;
+                    let endpoint: String = row.try_get(1).map_err(db)?;
+                    let failures: i64 = row.try_get(3).map_err(db)?;
+                    Ok(EndpointGauge {
+                        app_id: AppId::parse(&app)
+                            .map_err(|e| StoreError::Internal(e.to_string()))?,
+                        endpoint_id: EndpointId::parse(&endpoint)
+                            .map_err(|e| StoreError::Internal(e.to_string()))?,
+                        disabled: row.try_get(2).map_err(db)?,
+                        consecutive_failures: failures.max(0) as u64,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     fn pool_usage(&self) -> PoolUsage {
         PoolUsage {
             connections: u64::from(self.pool.size()),

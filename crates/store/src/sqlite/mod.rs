@@ -228,6 +228,37 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>> {
+        self.readers
+            .read(|c| {
+                let mut statement = c
+                    .prepare_cached(crate::shared::ENDPOINT_GAUGES)
+                    .map_err(internal)?;
+                let rows = statement
+                    .query_map([], |row| {
+                        let app: String = row.get(0)?;
+                        let endpoint: String = row.get(1)?;
+                        let failures: i64 = row.get(3)?;
+                        Ok((app, endpoint, row.get::<_, bool>(2)?, failures))
+                    })
+                    .map_err(internal)?;
+                let mut gauges = Vec::new();
+                for row in rows {
+                    let (app, endpoint, disabled, failures) = row.map_err(internal)?;
+                    gauges.push(EndpointGauge {
+                        app_id: AppId::parse(&app)
+                            .map_err(|e| StoreError::Internal(e.to_string()))?,
+                        endpoint_id: EndpointId::parse(&endpoint)
+                            .map_err(|e| StoreError::Internal(e.to_string()))?,
+                        disabled,
+                        consecutive_failures: failures.max(0) as u64,
+                    });
+                }
+                Ok(gauges)
+            })
+            .await
+    }
+
     fn pool_usage(&self) -> PoolUsage {
         let (connections, idle) = self.readers.usage();
         PoolUsage {

@@ -26,7 +26,10 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ApplicationIn {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     name: String,
+    /// Your own id for the app, usable wherever its id is.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._-]+$")]
     uid: Option<String>,
     rate_limit: Option<u32>,
     metadata: Option<Metadata>,

@@ -41,7 +41,9 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EndpointIn {
+    #[schema(format = "uri", min_length = 1)]
     url: String,
+    #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._-]+$")]
     uid: Option<String>,
     description: Option<String>,
     #[serde(default)]

@@ -28,6 +28,11 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EventTypeIn {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[A-Za-z0-9_-]([A-Za-z0-9._-]*[A-Za-z0-9_-])?$"
+    )]
     name: String,
     #[serde(flatten)]
     fields: EventTypeUpdate,

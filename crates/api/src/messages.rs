@@ -28,10 +28,17 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageIn {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[A-Za-z0-9_-]([A-Za-z0-9._-]*[A-Za-z0-9_-])?$"
+    )]
     event_type: String,
     /// Kept as the sender wrote it: key order and numbers reach receivers unchanged.
     #[schema(value_type = Object)]
     payload: Box<RawValue>,
+    /// Your id for the event: a second message with it is refused (409).
+    #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._-]+$")]
     event_id: Option<String>,
     channels: Option<Vec<String>>,
 }

@@ -40,6 +40,7 @@ const MAX_PORTAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct TokenIn {
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
     /// Seconds until the token stops working; absent: never.
     expires_in: Option<u64>,

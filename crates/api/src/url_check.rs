@@ -24,6 +24,7 @@ pub(crate) fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct CheckIn {
+    #[schema(format = "uri", min_length = 1)]
     url: String,
 }
 

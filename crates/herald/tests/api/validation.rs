@@ -497,3 +497,35 @@ async fn the_built_in_operations_app_cannot_be_deleted() {
         .await;
     assert_eq!(status, 204);
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/app/{tenant}/alert-rules/"),
+            "[null, null]",
+        ),
+        (
+            Method::POST,
+            format!("/app/{tenant}/msg/"),
+            "\"call.completed\"",
+        ),
+        (Method::POST, "/app/".to_owned(), "42"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{method} {path} {body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["detail"], "body: must be a JSON object", "{error}");
+    }
+}

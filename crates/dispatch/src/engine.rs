@@ -16,8 +16,8 @@ use herald_domain::{
     AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger,
 };
 use herald_store::{
-    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Store,
-    Timestamp,
+    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, SendSlot,
+    Store, Timestamp,
 };
 
 use crate::alerts::{AlertConfig, EmailConfig, Mailer};
@@ -504,23 +504,50 @@ impl Dispatcher {
         }
     }
 
-    /// With a rate limit, waits for the endpoint's next send time (and
-    /// books the one after): attempts start at most `rate` per second.
-    async fn pace(&self, endpoint: EndpointId, rate: Option<u32>) {
-        let Some(rate) = rate.filter(|r| *r > 0) else {
-            return;
+    /// With a rate limit, waits for the endpoint's next send time: on a
+    /// store shared by processes (PostgreSQL) the slot is reserved in the
+    /// database, so the limit holds across all of them; on SQLite this
+    /// process's own schedule is the only one. `Err(at)`: no slot before the
+    /// job's lease would run out; give it back, due `at`, when one frees.
+    async fn pace(&self, job: &DeliveryJob) -> Result<(), Timestamp> {
+        let Some(rate) = job.endpoint.rate_limit.filter(|r| *r > 0) else {
+            return Ok(());
         };
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let now = now_ms();
+        // The attempt must end within the lease: start by its end less the
+        // timeout and a margin.
+        let deadline = job.lease_until - (self.config.timeout.as_millis() as i64) - 2_000;
+        let interval_ms = (interval.as_millis() as i64).max(1);
+        match self
+            .store
+            .reserve_send(job.endpoint.id, interval_ms, now, deadline)
+            .await
+        {
+            Ok(SendSlot::At(at)) => {
+                let wait = (at - now_ms()).max(0) as u64;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                return Ok(());
+            }
+            Ok(SendSlot::NotBefore(at)) => return Err(at),
+            Ok(SendSlot::Local) => {}
+            Err(error) => {
+                // Paced here alone rather than not sent.
+                tracing::warn!(%error, endpoint = %job.endpoint.id, "reserving a send slot failed");
+            }
+        }
         let at = {
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
-            let Some(load) = per_endpoint.get_mut(&endpoint) else {
-                return;
+            let Some(load) = per_endpoint.get_mut(&job.endpoint.id) else {
+                return Ok(());
             };
             let now = Instant::now();
             let at = load.next_send.map_or(now, |next| next.max(now));
-            load.next_send = Some(at + Duration::from_secs_f64(1.0 / f64::from(rate)));
+            load.next_send = Some(at + interval);
             at
         };
         tokio::time::sleep_until(at).await;
+        Ok(())
     }
 
     /// Delivers `job`, then the endpoint's waiting jobs one after another on
@@ -530,8 +557,21 @@ impl Dispatcher {
         let endpoint = first.0.endpoint.id;
         let mut next = Some(first);
         while let Some(Waiting(job, body, permit, span)) = next.take() {
-            self.pace(endpoint, job.endpoint.rate_limit).await;
-            self.deliver(&job, body, permit).instrument(span).await;
+            match self.pace(&job).await {
+                Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
+                Err(free_at) => {
+                    // Other processes hold the endpoint's slots until past
+                    // this lease: back to the database, due when one frees.
+                    if let Err(error) = self
+                        .store
+                        .release_until(job.message.id, job.endpoint.id, free_at)
+                        .await
+                    {
+                        tracing::warn!(%error, "giving back a paced delivery failed");
+                    }
+                    drop(permit);
+                }
+            }
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let Some(load) = per_endpoint.get_mut(&endpoint) else {
                 break;

@@ -195,6 +195,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Gives a leased, unattempted delivery back (its endpoint is busy here);
     /// it is due now and any worker may claim it.
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()>;
+    /// Like [`Store::release`], due at `at` instead of now.
+    async fn release_until(
+        &self,
+        message: MessageId,
+        endpoint: EndpointId,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+    /// Reserves the next send to a rate-limited endpoint, one every
+    /// `interval_ms`, shared by every process: the slot if it starts by
+    /// `deadline`. SQLite answers [`SendSlot::Local`].
+    async fn reserve_send(
+        &self,
+        endpoint: EndpointId,
+        interval_ms: i64,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> StoreResult<SendSlot> {
+        let _ = (endpoint, interval_ms, now, deadline);
+        Ok(SendSlot::Local)
+    }
     /// Records one attempt and moves its delivery to the next state.
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()>;
     /// When the earliest pending delivery falls due (for a leased one: when

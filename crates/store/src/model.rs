@@ -599,3 +599,15 @@ pub struct EndpointGauge {
     /// Attempts failed in a row since the last success.
     pub consecutive_failures: u64,
 }
+
+/// The answer to reserving a rate-limited endpoint's next send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendSlot {
+    /// The backend serves one process, which paces in memory.
+    Local,
+    /// Reserved: the send may start at this time.
+    At(Timestamp),
+    /// Not reserved: the endpoint's next free moment is past the caller's
+    /// deadline; try again from this time.
+    NotBefore(Timestamp),
+}

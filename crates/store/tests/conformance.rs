@@ -1954,3 +1954,39 @@ async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
         assert_eq!(mine.len(), 2);
     }
 }
+
+#[tokio::test]
+async fn send_slots_are_shared_on_postgresql_and_local_on_sqlite() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let endpoint = endpoint(store, app, "http://a.test/paced").await;
+        let at = 1_000_000;
+        let first = store
+            .reserve_send(endpoint.id, 250, at, at + 10_000)
+            .await
+            .unwrap();
+        if name == "sqlite" {
+            assert_eq!(first, SendSlot::Local, "{name}");
+            continue;
+        }
+        assert_eq!(first, SendSlot::At(at), "{name}: free now");
+        let second = store.reserve_send(endpoint.id, 250, at, at + 10_000).await;
+        assert_eq!(
+            second.unwrap(),
+            SendSlot::At(at + 250),
+            "{name}: the next slot"
+        );
+        // A caller whose deadline comes before the next free slot gets none,
+        // and the slot stays free for others.
+        let late = store.reserve_send(endpoint.id, 250, at, at + 100).await;
+        assert_eq!(late.unwrap(), SendSlot::NotBefore(at + 500), "{name}");
+        let third = store.reserve_send(endpoint.id, 250, at, at + 10_000).await;
+        assert_eq!(third.unwrap(), SendSlot::At(at + 500), "{name}");
+        // Later than the schedule: the slot is now.
+        let idle = store
+            .reserve_send(endpoint.id, 250, at + 60_000, at + 70_000)
+            .await;
+        assert_eq!(idle.unwrap(), SendSlot::At(at + 60_000), "{name}");
+    }
+}

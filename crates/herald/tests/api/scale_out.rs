@@ -371,3 +371,64 @@ async fn an_api_only_process_hands_new_messages_to_a_worker_process_at_once() {
     drop((api, worker));
     database.drop_database().await;
 }
+
+/// An endpoint's rate limit holds across processes: two workers share its
+/// send slots through the database instead of each sending at the full rate.
+#[tokio::test]
+async fn a_rate_limit_holds_across_worker_processes() {
+    let _shared = POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("the shared rate limit test").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let env = |role: &str| {
+        let mut env = database.env();
+        env.push(("HERALD_ROLE", role.to_owned()));
+        // Room within a lease for several paced sends per worker.
+        env.push(("HERALD_LEASE_SECONDS", "10".into()));
+        env.push(("HERALD_REQUEST_TIMEOUT", "2".into()));
+        env
+    };
+    let api = Server::start(&env("api"));
+    let workers = [Server::start(&env("worker")), Server::start(&env("worker"))];
+    let app = api.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    api.post(
+        &client,
+        &format!("/app/{app}/endpoint/"),
+        json!({"url": receiver.url("/paced"), "rateLimit": 4}),
+    )
+    .await;
+    for n in 0..40 {
+        api.post(
+            &client,
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": "call.started", "payload": {"n": n}}),
+        )
+        .await;
+    }
+
+    let first = receiver.wait_for(1, Duration::from_secs(30)).await[0].at;
+    tokio::time::sleep_until((first + Duration::from_secs(5)).into()).await;
+    let in_five_seconds = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.at < first + Duration::from_secs(5))
+        .count();
+    // 4 per second in all (each worker alone would send 4 per second).
+    assert!(
+        (17..=23).contains(&in_five_seconds),
+        "{in_five_seconds} in 5 s at 4/s"
+    );
+    // Everything arrives, once.
+    let all = receiver.wait_for(40, Duration::from_secs(30)).await;
+    let mut ids: Vec<String> = all.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "each message once");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests().len(), 40, "no duplicates");
+    drop((api, workers));
+    database.drop_database().await;
+}

@@ -15,6 +15,7 @@ use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Order};
 use super::WORK_CHANNEL_SQL;
 use crate::shared;
+use crate::SendSlot;
 use crate::{
     Attempt, AttemptFilter, AttemptQuery, Claim, DeliveryJob, EndpointTarget, Message,
     MessageQuery, MessageRef, Page, Reservation, StoreError, StoreResult, StoredResponse,
@@ -276,11 +277,12 @@ pub(crate) async fn release(
     conn: &mut PgConnection,
     message: MessageId,
     endpoint: EndpointId,
+    at: Timestamp,
 ) -> StoreResult<()> {
     sqlx::query("UPDATE deliveries SET lease_until = NULL, next_attempt_at = $3 WHERE message_id = $1 AND endpoint_id = $2 AND status = 1")
         .bind(message.to_string())
         .bind(endpoint.to_string())
-        .bind(crate::shared::now())
+        .bind(at)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -415,4 +417,40 @@ pub(crate) async fn purge_messages(
         .await
         .map_err(db)?;
     Ok(done.rows_affected())
+}
+
+/// Takes the endpoint's next send slot if it starts by `deadline` (the row
+/// is locked for the moment of the update, so processes queue up on it).
+pub(crate) async fn reserve_send(
+    conn: &mut PgConnection,
+    endpoint: EndpointId,
+    interval_ms: i64,
+    now: Timestamp,
+    deadline: Timestamp,
+) -> StoreResult<SendSlot> {
+    let endpoint = endpoint.to_string();
+    let reserved: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO endpoint_pacing (endpoint_id, next_send_at) VALUES ($1, $2 + $3)
+         ON CONFLICT (endpoint_id) DO UPDATE
+            SET next_send_at = GREATEST(endpoint_pacing.next_send_at, $2) + $3
+            WHERE GREATEST(endpoint_pacing.next_send_at, $2) <= $4
+         RETURNING next_send_at - $3",
+    )
+    .bind(&endpoint)
+    .bind(now)
+    .bind(interval_ms)
+    .bind(deadline)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    if let Some(at) = reserved {
+        return Ok(SendSlot::At(at));
+    }
+    let next: Option<i64> =
+        sqlx::query_scalar("SELECT next_send_at FROM endpoint_pacing WHERE endpoint_id = $1")
+            .bind(&endpoint)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+    Ok(SendSlot::NotBefore(next.unwrap_or(now)))
 }

@@ -78,6 +78,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../../migrations/postgres/0011_attempts_by_app.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_endpoint_pacing.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -609,8 +613,29 @@ impl Store for PgStore {
             .await
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
-        self.transaction(async |c| delivery::release(c, message, endpoint).await)
+        self.release_until(message, endpoint, crate::shared::now())
             .await
+    }
+    async fn release_until(
+        &self,
+        message: MessageId,
+        endpoint: EndpointId,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.transaction(async |c| delivery::release(c, message, endpoint, at).await)
+            .await
+    }
+    async fn reserve_send(
+        &self,
+        endpoint: EndpointId,
+        interval_ms: i64,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> StoreResult<SendSlot> {
+        self.transaction(async |c| {
+            delivery::reserve_send(c, endpoint, interval_ms, now, deadline).await
+        })
+        .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
         self.attempts.submit(outcome).await

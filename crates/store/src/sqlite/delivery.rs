@@ -365,11 +365,12 @@ pub(crate) fn release(
     conn: &Connection,
     message: MessageId,
     endpoint: EndpointId,
+    at: Timestamp,
 ) -> StoreResult<()> {
     conn.prepare_cached(
         "UPDATE deliveries SET lease_until = NULL, next_attempt_at = ? WHERE message_id = ? AND endpoint_id = ? AND status = 1",
     )
-    .and_then(|mut s| s.execute(params![now(), message.to_string(), endpoint.to_string()]))
+    .and_then(|mut s| s.execute(params![at, message.to_string(), endpoint.to_string()]))
     .map_err(internal)?;
     Ok(())
 }

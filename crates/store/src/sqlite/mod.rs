@@ -68,6 +68,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../../migrations/sqlite/0011_attempts_by_app.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_endpoint_pacing.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -484,8 +488,17 @@ impl Store for SqliteStore {
             .await
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
+        self.release_until(message, endpoint, crate::shared::now())
+            .await
+    }
+    async fn release_until(
+        &self,
+        message: MessageId,
+        endpoint: EndpointId,
+        at: Timestamp,
+    ) -> StoreResult<()> {
         self.writer
-            .write(move |c| delivery::release(c, message, endpoint))
+            .write(move |c| delivery::release(c, message, endpoint, at))
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {

@@ -16,7 +16,7 @@ use herald_domain::{AlertRules, AlertRulesSpec};
 use crate::apps::resolve;
 use crate::error::ApiResult;
 use crate::extract::Body;
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -74,7 +74,7 @@ fn out(state: &AppState, rules: AlertRules) -> AlertRulesOut {
     path = "/api/v1/app/{app}/alert-rules",
     tag = "Alert Rules",
     operation_id = "v1.alert-rules.get",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     responses((status = 200, body = AlertRulesOut), Errors)
 )]
 pub(crate) async fn read(
@@ -98,7 +98,7 @@ pub(crate) async fn read(
     path = "/api/v1/app/{app}/alert-rules",
     tag = "Alert Rules",
     operation_id = "v1.alert-rules.update",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     request_body = AlertRulesSpec,
     responses((status = 200, body = AlertRulesOut), Errors)
 )]
@@ -122,7 +122,7 @@ pub(crate) async fn replace(
     path = "/api/v1/app/{app}/alert-rules",
     tag = "Alert Rules",
     operation_id = "v1.alert-rules.delete",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     responses((status = 204, description = "Reset"), Errors)
 )]
 pub(crate) async fn reset(

@@ -13,7 +13,7 @@ use herald_store::{App, AppInput, Metadata, StoreError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
-use crate::openapi::{AppParam, Errors};
+use crate::openapi::{AppPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -159,7 +159,7 @@ pub(crate) async fn create(
 }
 
 /// Get an app.
-#[utoipa::path(get, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.get", params(AppParam),
+#[utoipa::path(get, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.get", params(AppPath),
     responses((status = 200, body = ApplicationOut), Errors))]
 pub(crate) async fn read(
     State(state): State<AppState>,
@@ -170,7 +170,7 @@ pub(crate) async fn read(
 }
 
 /// Update an app.
-#[utoipa::path(put, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.update", params(AppParam),
+#[utoipa::path(put, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.update", params(AppPath),
     request_body = ApplicationIn, responses((status = 200, body = ApplicationOut), Errors))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
@@ -183,7 +183,7 @@ pub(crate) async fn replace(
 }
 
 /// Patch an app.
-#[utoipa::path(patch, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.patch", params(AppParam),
+#[utoipa::path(patch, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.patch", params(AppPath),
     request_body = ApplicationPatch, responses((status = 200, body = ApplicationOut), Errors))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
@@ -210,7 +210,7 @@ pub(crate) async fn patch(
 }
 
 /// Delete an app, its endpoints, messages and attempts.
-#[utoipa::path(delete, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.delete", params(AppParam),
+#[utoipa::path(delete, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.delete", params(AppPath),
     responses((status = 204, description = "Deleted"), Errors))]
 pub(crate) async fn remove(
     State(state): State<AppState>,

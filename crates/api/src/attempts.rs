@@ -22,7 +22,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, ListParams, ListResponse};
 use crate::messages::{event_types, optional_time};
 use crate::middleware::now_ms;
-use crate::openapi::Errors;
+use crate::openapi::{AttemptPath, EndpointPath, Errors, MessagePath, ResendPath};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -152,7 +152,7 @@ pub(crate) async fn message_id(
     path = "/api/v1/app/{app}/attempt/endpoint/{endpoint}",
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.list-by-endpoint",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid"), AttemptListParams),
+    params(EndpointPath, AttemptListParams),
     responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
 )]
 pub(crate) async fn attempts_by_endpoint(
@@ -175,7 +175,7 @@ pub(crate) async fn attempts_by_endpoint(
     path = "/api/v1/app/{app}/attempt/msg/{msg}",
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.list-by-msg",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), AttemptListParams),
+    params(MessagePath, AttemptListParams),
     responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
 )]
 pub(crate) async fn attempts_by_message(
@@ -286,7 +286,7 @@ pub(crate) fn request_of(
     path = "/api/v1/app/{app}/msg/{msg}/attempt/{attempt}",
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.get",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ("attempt" = String, Path, description = "Attempt id (`atmpt_…`)")),
+    params(AttemptPath),
     responses((status = 200, body = AttemptDetailOut), Errors)
 )]
 pub(crate) async fn attempt(
@@ -346,7 +346,7 @@ pub(crate) async fn resend_one(
     path = "/api/v1/app/{app}/msg/{msg}/endpoint/{endpoint}/resend",
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.resend",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(ResendPath),
     responses((status = 202, body = Object, description = "Queued (an empty object)"), Errors)
 )]
 pub(crate) async fn resend(

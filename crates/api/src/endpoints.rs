@@ -18,7 +18,7 @@ use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, EndpointPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -242,7 +242,7 @@ pub(crate) async fn resolve_endpoint(
     path = "/api/v1/app/{app}/endpoint",
     tag = "Endpoint",
     operation_id = "v1.endpoint.list",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ListParams),
+    params(AppPath, ListParams),
     responses((status = 200, body = ListResponse<EndpointOut>), Errors)
 )]
 pub(crate) async fn list(
@@ -261,7 +261,7 @@ pub(crate) async fn list(
     path = "/api/v1/app/{app}/endpoint",
     tag = "Endpoint",
     operation_id = "v1.endpoint.create",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     request_body = EndpointIn,
     responses((status = 201, body = EndpointOut), Errors)
 )]
@@ -330,7 +330,7 @@ pub(crate) async fn create(
     path = "/api/v1/app/{app}/endpoint/{endpoint}",
     tag = "Endpoint",
     operation_id = "v1.endpoint.get",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 200, body = EndpointOut), Errors)
 )]
 pub(crate) async fn read(
@@ -348,7 +348,7 @@ pub(crate) async fn read(
     path = "/api/v1/app/{app}/endpoint/{endpoint}",
     tag = "Endpoint",
     operation_id = "v1.endpoint.update",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = EndpointIn,
     responses((status = 200, body = EndpointOut), Errors)
 )]
@@ -404,7 +404,7 @@ pub(crate) fn input_of(current: &Endpoint, state: &AppState) -> ApiResult<Endpoi
     path = "/api/v1/app/{app}/endpoint/{endpoint}",
     tag = "Endpoint",
     operation_id = "v1.endpoint.patch",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = EndpointPatch,
     responses((status = 200, body = EndpointOut), Errors)
 )]
@@ -450,7 +450,7 @@ pub(crate) async fn patch(
     path = "/api/v1/app/{app}/endpoint/{endpoint}",
     tag = "Endpoint",
     operation_id = "v1.endpoint.delete",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 204, description = "Deleted"), Errors)
 )]
 pub(crate) async fn remove(
@@ -481,7 +481,7 @@ pub(crate) struct SecretOut {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/secret",
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-secret",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 200, body = SecretOut), Errors)
 )]
 pub(crate) async fn secret(
@@ -511,7 +511,7 @@ pub(crate) struct RotateIn {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/secret/rotate",
     tag = "Endpoint",
     operation_id = "v1.endpoint.rotate-secret",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = RotateIn,
     responses((status = 204, description = "Rotated"), Errors)
 )]
@@ -571,7 +571,7 @@ pub(crate) struct HeadersIn {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-headers",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 200, body = HeadersOut), Errors)
 )]
 pub(crate) async fn headers(
@@ -591,7 +591,7 @@ pub(crate) async fn headers(
     path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
     tag = "Endpoint",
     operation_id = "v1.endpoint.update-headers",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = HeadersIn,
     responses((status = 204, description = "Set"), Errors)
 )]
@@ -621,7 +621,7 @@ pub(crate) async fn replace_headers(
     path = "/api/v1/app/{app}/endpoint/{endpoint}/headers",
     tag = "Endpoint",
     operation_id = "v1.endpoint.patch-headers",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = HeadersIn,
     responses((status = 204, description = "Changed"), Errors)
 )]
@@ -665,7 +665,7 @@ pub(crate) struct StatsOut {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/stats",
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-stats",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 200, body = StatsOut), Errors)
 )]
 pub(crate) async fn stats(
@@ -757,7 +757,7 @@ pub(crate) struct RecentAttempt {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/health",
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-health",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     responses((status = 200, body = HealthOut), Errors)
 )]
 pub(crate) async fn health(

@@ -21,7 +21,7 @@ use herald_store::{InspectedRequest, Inspector, PageRequest, StoreError, INSPECT
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, ListResponse, Path, Query};
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, Errors};
 use crate::AppState;
 
 /// Body bytes kept per request; the rest is cut (and flagged).
@@ -141,20 +141,21 @@ pub(crate) struct RequestListParams {
     path = "/api/v1/app/{app}/inspector",
     tag = "Inspector",
     operation_id = "v1.inspector.get",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     responses((status = 200, body = InspectorOut), Errors)
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<InspectorOut>> {
-    let app = resolve(&state, &app).await?;
-    let inspector = state
-        .store
-        .inspector(app)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let inspector = existing(&state, &app).await?;
     Ok(Json(inspector_out(&state, &inspector)))
+}
+
+/// The inspector of the app a path segment names (404 without one).
+async fn existing(state: &AppState, app: &str) -> ApiResult<Inspector> {
+    let app = resolve(state, app).await?;
+    state.store.inspector(app).await?.ok_or(ApiError::NotFound)
 }
 
 /// Create the app's inspector (or get the one it has).
@@ -163,7 +164,7 @@ pub(crate) async fn read(
     path = "/api/v1/app/{app}/inspector",
     tag = "Inspector",
     operation_id = "v1.inspector.create",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     responses((status = 201, body = InspectorOut), (status = 200, body = InspectorOut, description = "The app's existing inspector"), Errors)
 )]
 pub(crate) async fn open(
@@ -201,7 +202,7 @@ fn new_token() -> String {
     path = "/api/v1/app/{app}/inspector",
     tag = "Inspector",
     operation_id = "v1.inspector.delete",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     responses((status = 204, description = "Deleted"), Errors)
 )]
 pub(crate) async fn close(
@@ -219,7 +220,7 @@ pub(crate) async fn close(
     path = "/api/v1/app/{app}/inspector/request",
     tag = "Inspector",
     operation_id = "v1.inspector.list-requests",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), RequestListParams),
+    params(AppPath, RequestListParams),
     responses((status = 200, body = ListResponse<InspectedRequestOut>), Errors)
 )]
 pub(crate) async fn requests(
@@ -227,12 +228,7 @@ pub(crate) async fn requests(
     Path(app): Path<String>,
     Query(params): Query<RequestListParams>,
 ) -> ApiResult<Json<ListResponse<InspectedRequestOut>>> {
-    let app = resolve(&state, &app).await?;
-    let inspector = state
-        .store
-        .inspector(app)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let inspector = existing(&state, &app).await?;
     let limit = params
         .limit
         .unwrap_or(INSPECTED_KEPT)

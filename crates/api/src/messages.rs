@@ -16,7 +16,7 @@ use herald_store::{Message, MessageInput, MessageQuery};
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body, ListParams, ListResponse};
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, Errors, MessagePath};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -98,7 +98,7 @@ fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>
     path = "/api/v1/app/{app}/msg",
     tag = "Message",
     operation_id = "v1.message.create",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ContentOption),
+    params(AppPath, ContentOption),
     request_body = MessageIn,
     responses((status = 202, body = MessageOut), Errors)
 )]
@@ -185,7 +185,7 @@ pub(crate) fn optional_time(
     path = "/api/v1/app/{app}/msg",
     tag = "Message",
     operation_id = "v1.message.list",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), MessageListParams),
+    params(AppPath, MessageListParams),
     responses((status = 200, body = ListResponse<MessageOut>), Errors)
 )]
 pub(crate) async fn list(
@@ -221,7 +221,7 @@ pub(crate) async fn list(
     path = "/api/v1/app/{app}/msg/{msg}",
     tag = "Message",
     operation_id = "v1.message.get",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("msg" = String, Path, description = "Message id (`msg_…`) or eventId"), ContentOption),
+    params(MessagePath, ContentOption),
     responses((status = 200, body = MessageOut), Errors)
 )]
 pub(crate) async fn read(

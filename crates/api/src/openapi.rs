@@ -64,13 +64,42 @@ impl utoipa::IntoResponses for Errors {
     }
 }
 
-/// `{app}`: an app's id (`app_…`) or uid.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub(crate) struct AppParam {
-    /// The app's id (`app_…`) or uid.
-    #[allow(dead_code)]
-    app: String,
+/// Path parameters, documented once for every route that takes them.
+macro_rules! path_params {
+    ($($name:ident { $($field:ident: $text:literal),+ })+) => {$(
+        #[derive(Debug, Deserialize, IntoParams)]
+        #[into_params(parameter_in = Path)]
+        #[allow(dead_code)]
+        pub(crate) struct $name {
+            $(#[doc = $text] $field: String,)+
+        }
+    )+};
+}
+
+path_params! {
+    AppPath { app: "App id (`app_…`) or uid" }
+    EndpointPath {
+        app: "App id (`app_…`) or uid",
+        endpoint: "Endpoint id (`ep_…`) or uid"
+    }
+    MessagePath {
+        app: "App id (`app_…`) or uid",
+        msg: "Message id (`msg_…`) or eventId"
+    }
+    AttemptPath {
+        app: "App id (`app_…`) or uid",
+        msg: "Message id (`msg_…`) or eventId",
+        attempt: "Attempt id (`atmpt_…`)"
+    }
+    ResendPath {
+        app: "App id (`app_…`) or uid",
+        msg: "Message id (`msg_…`) or eventId",
+        endpoint: "Endpoint id (`ep_…`) or uid"
+    }
+    TokenPath {
+        app: "App id (`app_…`) or uid",
+        token: "Token id (`tok_…`)"
+    }
 }
 
 struct BearerAuth;

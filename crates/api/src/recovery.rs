@@ -20,7 +20,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body};
 use crate::middleware::now_ms;
-use crate::openapi::Errors;
+use crate::openapi::{EndpointPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -86,7 +86,7 @@ impl TaskOut {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/recover",
     tag = "Endpoint",
     operation_id = "v1.endpoint.recover",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid")),
+    params(EndpointPath),
     request_body = RecoverIn,
     responses((status = 202, body = TaskOut), Errors)
 )]

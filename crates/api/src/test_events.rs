@@ -27,7 +27,7 @@ use crate::attempts::MessageAttemptOut;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::messages::MessageOut;
-use crate::openapi::Errors;
+use crate::openapi::{EndpointPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -66,7 +66,7 @@ pub(crate) struct TestEventOut {
     path = "/api/v1/app/{app}/endpoint/{endpoint}/send-example",
     tag = "Endpoint",
     operation_id = "v1.endpoint.send-example",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("endpoint" = String, Path, description = "Endpoint id (`ep_…`) or uid"), WaitOption),
+    params(EndpointPath, WaitOption),
     request_body = EventExampleIn,
     responses((status = 202, body = MessageOut), (status = 200, body = TestEventOut, description = "`wait=true`: the message and its first attempt"), Errors)
 )]

@@ -20,7 +20,7 @@ use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, Errors, TokenPath};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -114,7 +114,7 @@ pub(crate) async fn issue(
     path = "/api/v1/app/{app}/token",
     tag = "Token",
     operation_id = "v1.token.create",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     request_body = TokenIn,
     responses((status = 201, body = TokenOut), Errors)
 )]
@@ -144,7 +144,7 @@ pub(crate) async fn create(
     path = "/api/v1/app/{app}/token",
     tag = "Token",
     operation_id = "v1.token.list",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ListParams),
+    params(AppPath, ListParams),
     responses((status = 200, body = ListResponse<TokenOut>), Errors)
 )]
 pub(crate) async fn list(
@@ -163,7 +163,7 @@ pub(crate) async fn list(
     path = "/api/v1/app/{app}/token/{token}",
     tag = "Token",
     operation_id = "v1.token.revoke",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), ("token" = String, Path, description = "Token id (`tok_…`)")),
+    params(TokenPath),
     responses((status = 204, description = "Revoked"), Errors)
 )]
 pub(crate) async fn revoke(
@@ -202,7 +202,7 @@ pub(crate) struct PortalAccessOut {
     path = "/api/v1/auth/app-portal-access/{app}",
     tag = "Authentication",
     operation_id = "v1.authentication.app-portal-access",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     request_body = PortalAccessIn,
     responses((status = 200, body = PortalAccessOut), Errors)
 )]
@@ -303,7 +303,7 @@ pub(crate) async fn audit_all(
     path = "/api/v1/app/{app}/audit",
     tag = "Audit",
     operation_id = "v1.audit.list-by-app",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid"), AuditParams),
+    params(AppPath, AuditParams),
     responses((status = 200, body = ListResponse<AuditOut>), Errors)
 )]
 pub(crate) async fn audit_of_app(

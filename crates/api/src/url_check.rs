@@ -14,7 +14,7 @@ use herald_domain::EndpointUrl;
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
-use crate::openapi::Errors;
+use crate::openapi::{AppPath, Errors};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -71,7 +71,7 @@ pub(crate) async fn run(
     path = "/api/v1/app/{app}/url-check",
     tag = "Endpoint",
     operation_id = "v1.endpoint.url-check",
-    params(("app" = String, Path, description = "App id (`app_…`) or uid")),
+    params(AppPath),
     request_body = CheckIn,
     responses((status = 200, body = CheckOut), Errors)
 )]

@@ -90,7 +90,9 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             ])
-            .args(["--seed", "1", "--workers", "2", "--no-shrink"])
+            // One worker: Hypothesis's lambda-description cache is not thread-safe
+            // (an intermittent KeyError inside schemathesis with two).
+            .args(["--seed", "1", "--workers", "1", "--no-shrink"])
             .args(["--request-timeout", "10"])
             .env("HERALD_APP", &tenant)
             .env("HERALD_ENDPOINT", &endpoint)

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Herald in a container: a multi-stage build of the release binary (rustls,
 # so no OpenSSL; glibc only), run as an unprivileged user on the embedded
 # SQLite database in a volume.

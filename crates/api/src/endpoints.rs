@@ -529,9 +529,21 @@ pub(crate) async fn rotate(
         })?
     };
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    let secret = match input.key {
-        Some(text) => Secret::parse(&text)?,
-        // A new key of the kind the endpoint has.
+    let key = input.key.map(|text| Secret::parse(&text)).transpose()?;
+    rotate_secret(&state, &endpoint, key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotates `endpoint`'s secret to `key`, or to a new key of the kind it has;
+/// the old one keeps signing for the grace period (also the portal's
+/// "rotate").
+pub(crate) async fn rotate_secret(
+    state: &AppState,
+    endpoint: &Endpoint,
+    key: Option<Secret>,
+) -> ApiResult<()> {
+    let secret = match key {
+        Some(key) => key,
         None => state
             .store
             .endpoint_secret(endpoint.app_id, endpoint.id)
@@ -548,7 +560,7 @@ pub(crate) async fn rotate(
             now_ms() + grace.as_millis() as i64,
         )
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -72,20 +72,7 @@ pub(super) async fn rotate(
 ) -> Response {
     let result = async {
         let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        let current = state
-            .store
-            .endpoint_secret(record.app_id, record.id)
-            .await
-            .map_err(failed)?;
-        let grace = state.config.rotation_grace.as_millis() as i64;
-        state
-            .store
-            .rotate_endpoint_secret(
-                record.app_id,
-                record.id,
-                current.generate_like(),
-                now_ms() + grace,
-            )
+        crate::endpoints::rotate_secret(&state, &record, None)
             .await
             .map_err(failed)?;
         Ok::<_, Refused>(back_to(&record, "rotated"))

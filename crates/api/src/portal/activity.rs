@@ -17,7 +17,6 @@ use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
 
 use super::endpoint_pages::{endpoint_of, open, Fields};
 use super::{page, Refused};
-use crate::error::ApiError;
 use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,16 +40,12 @@ pub(super) struct Entry {
     pub headers: Vec<(String, String)>,
 }
 
-fn failed(error: impl Into<ApiError>) -> Refused {
-    Box::new(error.into().into_response())
-}
-
 pub(super) async fn log(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     Query(query): Query<ActivityQuery>,
-) -> Response {
+) -> Result<Response, Refused> {
     render(&state, &headers, &app, Some(&endpoint), query).await
 }
 
@@ -60,7 +55,7 @@ pub(super) async fn app_log(
     headers: HeaderMap,
     Path(app): Path<String>,
     Query(query): Query<ActivityQuery>,
-) -> Response {
+) -> Result<Response, Refused> {
     render(&state, &headers, &app, None, query).await
 }
 
@@ -70,111 +65,101 @@ async fn render(
     app: &str,
     endpoint: Option<&str>,
     query: ActivityQuery,
-) -> Response {
-    let result = async {
-        let (session, app) = open(state, headers, app).await?;
-        let endpoint = match endpoint {
-            Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
-            None => None,
-        };
-        let status = match query.status.as_deref() {
-            Some("succeeded") => Some(DeliveryStatus::Succeeded),
-            Some("failed") => Some(DeliveryStatus::Failed),
-            _ => None,
-        };
-        let cursor = match &query.before {
-            Some(before) => Cursor::parse(Some(before)),
-            None => Cursor::Start,
-        };
-        let filter = match &endpoint {
-            Some(endpoint) => AttemptFilter::Endpoint(endpoint.id),
-            None => AttemptFilter::App,
-        };
-        let mut attempts_query = AttemptQuery::new(filter, PageRequest { limit: 25, cursor });
-        attempts_query.status = status;
-        let event_type = query
-            .event_type
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .and_then(|t| herald_domain::EventTypeName::parse(t).ok());
-        attempts_query.event_types = event_type.iter().cloned().collect();
-        let after = query
-            .after
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").ok())
-            .map(|t| t.and_utc().timestamp_millis());
-        attempts_query.after = after;
-        let attempts = state
-            .store
-            .list_attempts(app.id, attempts_query)
-            .await
-            .map_err(failed)?;
-        // The endpoints the attempts went to, each read once (their custom
-        // headers are part of the request shown).
-        let mut endpoints: HashMap<EndpointId, Option<herald_store::Endpoint>> = HashMap::new();
-        if let Some(endpoint) = &endpoint {
-            endpoints.insert(endpoint.id, Some(endpoint.clone()));
-        }
-        let mut entries = Vec::with_capacity(attempts.data.len());
-        for attempt in attempts.data {
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                endpoints.entry(attempt.endpoint_id)
-            {
-                let found = match state
-                    .store
-                    .get_endpoint(app.id, &IdOrUid::Id(attempt.endpoint_id))
-                    .await
-                {
-                    Ok(found) => Some(found),
-                    Err(herald_store::StoreError::NotFound) => None,
-                    Err(error) => return Err(failed(error)),
-                };
-                slot.insert(found);
-            }
-            let Some(Some(target)) = endpoints.get(&attempt.endpoint_id) else {
-                continue; // deleted since
-            };
-            let message = state
-                .store
-                .get_message(app.id, &IdOrUid::Id(attempt.message_id))
-                .await
-                .map_err(failed)?;
-            let request = crate::attempts::request_of(&message, &target.headers, &attempt)
-                .map_err(|e| Box::new(e.into_response()))?;
-            let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
-                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-                .unwrap_or_else(|_| request.body.get().to_owned());
-            entries.push(Entry {
-                event_type: message.event_type.to_string(),
-                payload,
-                headers: request.headers.into_iter().collect(),
-                attempt,
-            });
-        }
-        let notice = match query.notice.as_deref() {
-            Some("retried") => Some("Sent again; the new attempt appears at the top."),
-            _ => None,
-        };
-        Ok::<_, Refused>(page(
-            state,
-            super::pages::activity(
-                &session.csrf(),
-                &app,
-                endpoint.as_ref(),
-                &super::pages::ActivityFilters {
-                    status: query.status.as_deref(),
-                    event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
-                    after: query.after.as_deref().filter(|t| !t.is_empty()),
-                },
-                &entries,
-                attempts.iterator.filter(|_| !attempts.done),
-                notice,
-            ),
-        ))
+) -> Result<Response, Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    let endpoint = match endpoint {
+        Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
+        None => None,
+    };
+    let status = match query.status.as_deref() {
+        Some("succeeded") => Some(DeliveryStatus::Succeeded),
+        Some("failed") => Some(DeliveryStatus::Failed),
+        _ => None,
+    };
+    let cursor = match &query.before {
+        Some(before) => Cursor::parse(Some(before)),
+        None => Cursor::Start,
+    };
+    let filter = match &endpoint {
+        Some(endpoint) => AttemptFilter::Endpoint(endpoint.id),
+        None => AttemptFilter::App,
+    };
+    let mut attempts_query = AttemptQuery::new(filter, PageRequest { limit: 25, cursor });
+    attempts_query.status = status;
+    let event_type = query
+        .event_type
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| herald_domain::EventTypeName::parse(t).ok());
+    attempts_query.event_types = event_type.iter().cloned().collect();
+    let after = query
+        .after
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").ok())
+        .map(|t| t.and_utc().timestamp_millis());
+    attempts_query.after = after;
+    let attempts = state.store.list_attempts(app.id, attempts_query).await?;
+    // The endpoints the attempts went to, each read once (their custom
+    // headers are part of the request shown).
+    let mut endpoints: HashMap<EndpointId, Option<herald_store::Endpoint>> = HashMap::new();
+    if let Some(endpoint) = &endpoint {
+        endpoints.insert(endpoint.id, Some(endpoint.clone()));
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+    let mut entries = Vec::with_capacity(attempts.data.len());
+    for attempt in attempts.data {
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            endpoints.entry(attempt.endpoint_id)
+        {
+            let found = match state
+                .store
+                .get_endpoint(app.id, &IdOrUid::Id(attempt.endpoint_id))
+                .await
+            {
+                Ok(found) => Some(found),
+                Err(herald_store::StoreError::NotFound) => None,
+                Err(error) => return Err(error.into()),
+            };
+            slot.insert(found);
+        }
+        let Some(Some(target)) = endpoints.get(&attempt.endpoint_id) else {
+            continue; // deleted since
+        };
+        let message = state
+            .store
+            .get_message(app.id, &IdOrUid::Id(attempt.message_id))
+            .await?;
+        let request = crate::attempts::request_of(&message, &target.headers, &attempt)?;
+        let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
+            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+            .unwrap_or_else(|_| request.body.get().to_owned());
+        entries.push(Entry {
+            event_type: message.event_type.to_string(),
+            payload,
+            headers: request.headers.into_iter().collect(),
+            attempt,
+        });
+    }
+    let notice = match query.notice.as_deref() {
+        Some("retried") => Some("Sent again; the new attempt appears at the top."),
+        _ => None,
+    };
+    Ok(page(
+        state,
+        super::pages::activity(
+            &session.csrf(),
+            &app,
+            endpoint.as_ref(),
+            &super::pages::ActivityFilters {
+                status: query.status.as_deref(),
+                event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
+                after: query.after.as_deref().filter(|t| !t.is_empty()),
+            },
+            &entries,
+            attempts.iterator.filter(|_| !attempts.done),
+            notice,
+        ),
+    ))
 }
 
 /// Sends one message to the endpoint again (a manual attempt), then shows
@@ -184,25 +169,19 @@ pub(super) async fn retry(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
-        let message = MessageId::parse(fields.get("message").unwrap_or_default())
-            .map_err(|_| Box::new(super::not_found(&state)))?;
-        crate::attempts::resend_one(&state, app.id, message, endpoint.id)
-            .await
-            .map_err(failed)?;
-        // Back to the log the retry was asked from.
-        let log = if fields.get("from") == Some("app") {
-            format!("/portal/app/{}/activity", app.id)
-        } else {
-            format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id)
-        };
-        Ok::<_, Refused>(Redirect::to(&format!("{log}?notice=retried")).into_response())
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
+    let message = MessageId::parse(fields.get("message").unwrap_or_default())
+        .map_err(|_| Refused::new(super::not_found(&state)))?;
+    crate::attempts::resend_one(&state, app.id, message, endpoint.id).await?;
+    // Back to the log the retry was asked from.
+    let log = if fields.get("from") == Some("app") {
+        format!("/portal/app/{}/activity", app.id)
+    } else {
+        format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id)
+    };
+    Ok(Redirect::to(&format!("{log}?notice=retried")).into_response())
 }

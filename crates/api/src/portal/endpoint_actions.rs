@@ -11,7 +11,6 @@ use herald_store::Endpoint;
 
 use super::endpoint_pages::{detail_page, endpoint_of, open, Extras, Fields};
 use super::Refused;
-use crate::error::ApiError;
 use crate::middleware::now_ms;
 use crate::AppState;
 
@@ -29,10 +28,6 @@ async fn target(
     endpoint_of(state, app.id, endpoint).await
 }
 
-fn failed(error: impl Into<ApiError>) -> Refused {
-    Box::new(error.into().into_response())
-}
-
 fn back_to(endpoint: &Endpoint, notice: &str) -> Response {
     Redirect::to(&format!(
         "/portal/app/{}/endpoint/{}?notice={notice}",
@@ -46,22 +41,17 @@ pub(super) async fn reveal(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        let secret = state
-            .store
-            .endpoint_secret(record.app_id, record.id)
-            .await
-            .map_err(failed)?;
-        let extras = Extras {
-            secret: Some((secret.expose(), secret.public_key())),
-            ..Extras::default()
-        };
-        detail_page(&state, &headers, &app, &endpoint, extras).await
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let secret = state
+        .store
+        .endpoint_secret(record.app_id, record.id)
+        .await?;
+    let extras = Extras {
+        secret: Some((secret.expose(), secret.public_key())),
+        ..Extras::default()
+    };
+    detail_page(&state, &headers, &app, &endpoint, extras).await
 }
 
 pub(super) async fn rotate(
@@ -69,16 +59,10 @@ pub(super) async fn rotate(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        crate::endpoints::rotate_secret(&state, &record, None)
-            .await
-            .map_err(failed)?;
-        Ok::<_, Refused>(back_to(&record, "rotated"))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    crate::endpoints::rotate_secret(&state, &record, None).await?;
+    Ok(back_to(&record, "rotated"))
 }
 
 pub(super) async fn toggle(
@@ -86,27 +70,22 @@ pub(super) async fn toggle(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        let mut input = crate::endpoints::input_of(&record, &state).map_err(failed)?;
-        input.disabled = !record.disabled;
-        state
-            .store
-            .update_endpoint(record.app_id, record.id, input)
-            .await
-            .map_err(failed)?;
-        Ok::<_, Refused>(back_to(
-            &record,
-            if record.disabled {
-                "enabled"
-            } else {
-                "disabled"
-            },
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let mut input = crate::endpoints::input_of(&record, &state)?;
+    input.disabled = !record.disabled;
+    state
+        .store
+        .update_endpoint(record.app_id, record.id, input)
+        .await?;
+    Ok(back_to(
+        &record,
+        if record.disabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+    ))
 }
 
 pub(super) async fn delete(
@@ -114,18 +93,13 @@ pub(super) async fn delete(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        state
-            .store
-            .delete_endpoint(record.app_id, record.id)
-            .await
-            .map_err(failed)?;
-        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}", record.app_id)).into_response())
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    state
+        .store
+        .delete_endpoint(record.app_id, record.id)
+        .await?;
+    Ok(Redirect::to(&format!("/portal/app/{}", record.app_id)).into_response())
 }
 
 /// Re-sends the endpoint's failed deliveries of messages since a time (a
@@ -135,29 +109,23 @@ pub(super) async fn recover(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let record = target(&state, &headers, &app, &endpoint, &body).await?;
-        let fields = Fields::parse(&body);
-        // `datetime-local` gives `2026-11-26T09:30` in the browser's zone;
-        // the form sends its UTC offset in minutes alongside.
-        let since = fields.get("since").unwrap_or_default();
-        let offset: i64 = fields
-            .get("offset")
-            .and_then(|o| o.parse().ok())
-            .unwrap_or(0);
-        let Ok(local) = chrono::NaiveDateTime::parse_from_str(since, "%Y-%m-%dT%H:%M") else {
-            return Ok(back_to(&record, "bad-since"));
-        };
-        let since = local.and_utc().timestamp_millis() + offset * 60_000;
-        if since > now_ms() {
-            return Ok(back_to(&record, "bad-since"));
-        }
-        crate::recovery::start(&state, record.app_id, record.id, since, None)
-            .await
-            .map_err(failed)?;
-        Ok::<_, Refused>(back_to(&record, "recovering"))
+) -> Result<Response, Refused> {
+    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let fields = Fields::parse(&body);
+    // `datetime-local` gives `2026-11-26T09:30` in the browser's zone;
+    // the form sends its UTC offset in minutes alongside.
+    let since = fields.get("since").unwrap_or_default();
+    let offset: i64 = fields
+        .get("offset")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    let Ok(local) = chrono::NaiveDateTime::parse_from_str(since, "%Y-%m-%dT%H:%M") else {
+        return Ok(back_to(&record, "bad-since"));
+    };
+    let since = local.and_utc().timestamp_millis() + offset * 60_000;
+    if since > now_ms() {
+        return Ok(back_to(&record, "bad-since"));
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+    crate::recovery::start(&state, record.app_id, record.id, since, None).await?;
+    Ok(back_to(&record, "recovering"))
 }

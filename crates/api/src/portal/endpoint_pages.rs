@@ -75,7 +75,7 @@ async fn catalog(state: &AppState) -> Result<Vec<EventType>, Refused> {
         )
         .await
         .map(|page| page.data)
-        .map_err(|e| Box::new(ApiError::from(e).into_response()))
+        .map_err(Refused::from)
 }
 
 /// One of `app`'s endpoints, by id or uid; the portal's 404 page when it
@@ -85,12 +85,12 @@ pub(super) async fn endpoint_of(
     app: herald_domain::AppId,
     segment: &str,
 ) -> Result<herald_store::Endpoint, Refused> {
-    let missing = || Box::new(super::not_found(state));
+    let missing = || Refused::new(super::not_found(state));
     let reference = IdOrUid::<EndpointId>::parse(segment).map_err(|_| missing())?;
     match state.store.get_endpoint(app, &reference).await {
         Ok(endpoint) => Ok(endpoint),
         Err(herald_store::StoreError::NotFound) => Err(missing()),
-        Err(error) => Err(Box::new(ApiError::from(error).into_response())),
+        Err(error) => Err(ApiError::from(error).into()),
     }
 }
 
@@ -116,22 +116,18 @@ pub(super) async fn new_form(
     headers: HeaderMap,
     Path(app): Path<String>,
     axum::extract::Query(params): axum::extract::Query<NewFormParams>,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let types = catalog(&state).await?;
-        let form = EndpointForm {
-            url: params.url.unwrap_or_default(),
-            all_events: true,
-            ..EndpointForm::default()
-        };
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let types = catalog(&state).await?;
+    let form = EndpointForm {
+        url: params.url.unwrap_or_default(),
+        all_events: true,
+        ..EndpointForm::default()
+    };
+    Ok(page(
+        &state,
+        super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
+    ))
 }
 
 pub(super) async fn create(
@@ -139,46 +135,42 @@ pub(super) async fn create(
     headers: HeaderMap,
     Path(app): Path<String>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let form = form_of(&fields);
-        let described = input(&state, &form)
-            .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
-        match described {
-            Ok((input, custom)) => {
-                let created = state
-                    .store
-                    .create_endpoint(app.id, input, custom, Secret::generate())
-                    .await;
-                match created {
-                    Ok(endpoint) => Ok(Redirect::to(&format!(
-                        "/portal/app/{}/endpoint/{}",
-                        app.id, endpoint.id
-                    ))
-                    .into_response()),
-                    Err(error) => Err(Box::new(ApiError::from(error).into_response())),
-                }
-            }
-            Err(error) => {
-                let types = catalog(&state).await?;
-                let form = EndpointForm {
-                    error: Some(error),
-                    ..form
-                };
-                let mut response = page(
-                    &state,
-                    super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
-                );
-                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                Ok(response)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let form = form_of(&fields);
+    let described = input(&state, &form)
+        .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
+    match described {
+        Ok((input, custom)) => {
+            let created = state
+                .store
+                .create_endpoint(app.id, input, custom, Secret::generate())
+                .await;
+            match created {
+                Ok(endpoint) => Ok(Redirect::to(&format!(
+                    "/portal/app/{}/endpoint/{}",
+                    app.id, endpoint.id
+                ))
+                .into_response()),
+                Err(error) => Err(ApiError::from(error).into()),
             }
         }
+        Err(error) => {
+            let types = catalog(&state).await?;
+            let form = EndpointForm {
+                error: Some(error),
+                ..form
+            };
+            let mut response = page(
+                &state,
+                super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
+            );
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(response)
+        }
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
 }
 
 /// The endpoint the form describes, or what is wrong with it, in the same
@@ -253,8 +245,7 @@ pub(super) async fn detail_page(
     let health = state
         .store
         .endpoint_health(app.id, endpoint.id, crate::middleware::now_ms())
-        .await
-        .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+        .await?;
     let types = catalog(state).await?;
     let subscribed: Vec<&EventType> = types
         .iter()
@@ -300,7 +291,7 @@ pub(super) async fn detail(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<NoticeQuery>,
-) -> Response {
+) -> Result<Response, Refused> {
     let notice = match query.notice.as_deref() {
         Some("rotated") => {
             Some("The secret was rotated; the previous one keeps signing during the grace period.")
@@ -316,20 +307,16 @@ pub(super) async fn detail(
         Some("saved") => Some("The endpoint is saved."),
         _ => None,
     };
-    let result = async {
-        let test = match query.test.as_deref() {
-            Some(message) => Some(test_result(&state, &headers, &app, &endpoint, message).await?),
-            None => None,
-        };
-        let extras = Extras {
-            notice,
-            result: test,
-            ..Extras::default()
-        };
-        detail_page(&state, &headers, &app, &endpoint, extras).await
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+    let test = match query.test.as_deref() {
+        Some(message) => Some(test_result(&state, &headers, &app, &endpoint, message).await?),
+        None => None,
+    };
+    let extras = Extras {
+        notice,
+        result: test,
+        ..Extras::default()
+    };
+    detail_page(&state, &headers, &app, &endpoint, extras).await
 }
 
 /// The test message `message` of this endpoint and its attempt here, as
@@ -343,14 +330,9 @@ async fn test_result(
 ) -> Result<TestResult, Refused> {
     let (_, app) = open(state, headers, app).await?;
     let endpoint = endpoint_of(state, app.id, endpoint).await?;
-    let failed = |e: herald_store::StoreError| Box::new(ApiError::from(e).into_response());
     let reference = herald_domain::ids::IdOrUid::<herald_domain::MessageId>::parse(message)
-        .map_err(|_| Box::new(ApiError::NotFound.into_response()))?;
-    let message = state
-        .store
-        .get_message(app.id, &reference)
-        .await
-        .map_err(failed)?;
+        .map_err(|_| Refused::from(ApiError::NotFound))?;
+    let message = state.store.get_message(app.id, &reference).await?;
     let attempts = state
         .store
         .list_attempts(
@@ -363,8 +345,7 @@ async fn test_result(
                 },
             ),
         )
-        .await
-        .map_err(failed)?;
+        .await?;
     Ok(TestResult {
         event_type: message.event_type.to_string(),
         // The first attempt at this endpoint (the list is newest first).
@@ -382,84 +363,74 @@ pub(super) async fn send_test(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app_record) = open(&state, &headers, &app).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let event_type = fields.get("event_type").unwrap_or_default().to_owned();
-        let record = endpoint_of(&state, app_record.id, &endpoint).await?;
-        let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
-            Ok(message) => {
-                // Wait for the attempt here, then show it at a URL of its
-                // own (post/redirect/get: a reload does not send again).
-                crate::test_events::first_attempt(&state, app_record.id, message.id)
-                    .await
-                    .map_err(|e| Box::new(e.into_response()))?;
-                return Ok(Redirect::to(&format!(
-                    "/portal/app/{}/endpoint/{}?test={}#test-result",
-                    app_record.id, record.id, message.id
-                ))
-                .into_response());
-            }
-            Err(ApiError::Invalid { field, detail }) => TestResult {
-                event_type,
-                attempt: None,
-                error: Some(format!("{field}: {detail}")),
-            },
-            Err(error) => return Err(Box::new(error.into_response())),
-        };
-        let extras = Extras {
-            result: Some(outcome),
-            ..Extras::default()
-        };
-        detail_page(&state, &headers, &app, &endpoint, extras).await
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app_record) = open(&state, &headers, &app).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let event_type = fields.get("event_type").unwrap_or_default().to_owned();
+    let record = endpoint_of(&state, app_record.id, &endpoint).await?;
+    let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
+        Ok(message) => {
+            // Wait for the attempt here, then show it at a URL of its
+            // own (post/redirect/get: a reload does not send again).
+            crate::test_events::first_attempt(&state, app_record.id, message.id).await?;
+            return Ok(Redirect::to(&format!(
+                "/portal/app/{}/endpoint/{}?test={}#test-result",
+                app_record.id, record.id, message.id
+            ))
+            .into_response());
+        }
+        Err(ApiError::Invalid { field, detail }) => TestResult {
+            event_type,
+            attempt: None,
+            error: Some(format!("{field}: {detail}")),
+        },
+        Err(error) => return Err(error.into()),
+    };
+    let extras = Extras {
+        result: Some(outcome),
+        ..Extras::default()
+    };
+    detail_page(&state, &headers, &app, &endpoint, extras).await
 }
 
 pub(super) async fn event_catalog(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(app): Path<String>,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let types = catalog(&state).await?;
-        let described: Vec<(EventType, String, String)> = types
-            .into_iter()
-            .map(|t| {
-                let example = crate::test_events::example(&t, 0).unwrap_or_default();
-                let schema = t
-                    .schemas
-                    .as_ref()
-                    .and_then(|s| s.as_object())
-                    .and_then(|versions| {
-                        // The newest schema version, as test events use.
-                        versions
-                            .iter()
-                            .max_by_key(|(version, _)| version.parse::<u32>().unwrap_or(0))
-                            .map(|(_, schema)| schema.clone())
-                    })
-                    .map(|mut schema| {
-                        if let Some(object) = schema.as_object_mut() {
-                            object.remove("examples");
-                        }
-                        serde_json::to_string_pretty(&schema).unwrap_or_default()
-                    })
-                    .unwrap_or_else(|| "(no schema)".to_owned());
-                let example = serde_json::to_string_pretty(&example).unwrap_or_default();
-                (t, schema, example)
-            })
-            .collect();
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::catalog(&session.csrf(), &app, &described),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let types = catalog(&state).await?;
+    let described: Vec<(EventType, String, String)> = types
+        .into_iter()
+        .map(|t| {
+            let example = crate::test_events::example(&t, 0).unwrap_or_default();
+            let schema = t
+                .schemas
+                .as_ref()
+                .and_then(|s| s.as_object())
+                .and_then(|versions| {
+                    // The newest schema version, as test events use.
+                    versions
+                        .iter()
+                        .max_by_key(|(version, _)| version.parse::<u32>().unwrap_or(0))
+                        .map(|(_, schema)| schema.clone())
+                })
+                .map(|mut schema| {
+                    if let Some(object) = schema.as_object_mut() {
+                        object.remove("examples");
+                    }
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                })
+                .unwrap_or_else(|| "(no schema)".to_owned());
+            let example = serde_json::to_string_pretty(&example).unwrap_or_default();
+            (t, schema, example)
+        })
+        .collect();
+    Ok(page(
+        &state,
+        super::pages::catalog(&session.csrf(), &app, &described),
+    ))
 }
 
 /// The form's fields read from a submitted body.
@@ -606,31 +577,27 @@ pub(super) async fn edit_form(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
-) -> Response {
-    let result = async {
-        let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
-        let types = catalog(&state).await?;
-        let form = EndpointForm {
-            url: endpoint.url.clone(),
-            description: endpoint.description.clone(),
-            all_events: endpoint.filter_types.is_none(),
-            types: endpoint.filter_types.clone().unwrap_or_default(),
-            rate_limit: endpoint
-                .rate_limit
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
-            headers: headers_text(&endpoint.headers),
-            error: None,
-            check: None,
-            ..retry_fields(endpoint.retry_policy.as_ref())
-        };
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, Some(&endpoint)),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
+    let types = catalog(&state).await?;
+    let form = EndpointForm {
+        url: endpoint.url.clone(),
+        description: endpoint.description.clone(),
+        all_events: endpoint.filter_types.is_none(),
+        types: endpoint.filter_types.clone().unwrap_or_default(),
+        rate_limit: endpoint
+            .rate_limit
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+        headers: headers_text(&endpoint.headers),
+        error: None,
+        check: None,
+        ..retry_fields(endpoint.retry_policy.as_ref())
+    };
+    Ok(page(
+        &state,
+        super::pages::new_endpoint(&session.csrf(), &app, &types, &form, Some(&endpoint)),
+    ))
 }
 
 pub(super) async fn save(
@@ -638,66 +605,52 @@ pub(super) async fn save(
     headers: HeaderMap,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let form = form_of(&fields);
-        let changed = input(&state, &form).and_then(|changed| {
-            // What the form does not show is kept.
-            let mut update =
-                crate::endpoints::input_of(&endpoint, &state).map_err(|e| format!("{e:?}"))?;
-            update.url = changed.url;
-            update.description = changed.description;
-            update.filter_types = changed.filter_types;
-            update.rate_limit = changed.rate_limit;
-            update.retry_policy = changed.retry_policy;
-            Ok((update, custom_headers(&form, &endpoint.headers)?))
-        });
-        match changed {
-            Ok((update, custom)) => {
-                state
-                    .store
-                    .update_endpoint(app.id, endpoint.id, update)
-                    .await
-                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
-                state
-                    .store
-                    .set_endpoint_headers(app.id, endpoint.id, custom)
-                    .await
-                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
-                Ok::<_, Refused>(
-                    Redirect::to(&format!(
-                        "/portal/app/{}/endpoint/{}?notice=saved",
-                        app.id, endpoint.id
-                    ))
-                    .into_response(),
-                )
-            }
-            Err(error) => {
-                let types = catalog(&state).await?;
-                let form = EndpointForm {
-                    error: Some(error),
-                    ..form
-                };
-                let mut response = page(
-                    &state,
-                    super::pages::new_endpoint(
-                        &session.csrf(),
-                        &app,
-                        &types,
-                        &form,
-                        Some(&endpoint),
-                    ),
-                );
-                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                Ok(response)
-            }
+) -> Result<Response, Refused> {
+    let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let form = form_of(&fields);
+    let changed = input(&state, &form).and_then(|changed| {
+        // What the form does not show is kept.
+        let mut update =
+            crate::endpoints::input_of(&endpoint, &state).map_err(|e| format!("{e:?}"))?;
+        update.url = changed.url;
+        update.description = changed.description;
+        update.filter_types = changed.filter_types;
+        update.rate_limit = changed.rate_limit;
+        update.retry_policy = changed.retry_policy;
+        Ok((update, custom_headers(&form, &endpoint.headers)?))
+    });
+    match changed {
+        Ok((update, custom)) => {
+            state
+                .store
+                .update_endpoint(app.id, endpoint.id, update)
+                .await?;
+            state
+                .store
+                .set_endpoint_headers(app.id, endpoint.id, custom)
+                .await?;
+            Ok(Redirect::to(&format!(
+                "/portal/app/{}/endpoint/{}?notice=saved",
+                app.id, endpoint.id
+            ))
+            .into_response())
+        }
+        Err(error) => {
+            let types = catalog(&state).await?;
+            let form = EndpointForm {
+                error: Some(error),
+                ..form
+            };
+            let mut response = page(
+                &state,
+                super::pages::new_endpoint(&session.csrf(), &app, &types, &form, Some(&endpoint)),
+            );
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(response)
         }
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
 }
 
 /// "Check URL": the form again, with what a test POST to the URL got.
@@ -706,27 +659,23 @@ pub(super) async fn check_url(
     headers: HeaderMap,
     Path(app): Path<String>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
-            Some(id) => Some(endpoint_of(&state, app.id, id).await?),
-            None => None,
-        };
-        let mut form = form_of(&fields);
-        match crate::url_check::run(&state, app.id, &form.url).await {
-            Ok(check) => form.check = Some(check),
-            Err(ApiError::Invalid { detail, .. }) => form.error = Some(format!("URL: {detail}")),
-            Err(error) => return Err(Box::new(error.into_response())),
-        }
-        let types = catalog(&state).await?;
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::new_endpoint(&session.csrf(), &app, &types, &form, editing.as_ref()),
-        ))
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
+        Some(id) => Some(endpoint_of(&state, app.id, id).await?),
+        None => None,
+    };
+    let mut form = form_of(&fields);
+    match crate::url_check::run(&state, app.id, &form.url).await {
+        Ok(check) => form.check = Some(check),
+        Err(ApiError::Invalid { detail, .. }) => form.error = Some(format!("URL: {detail}")),
+        Err(error) => return Err(error.into()),
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+    let types = catalog(&state).await?;
+    Ok(page(
+        &state,
+        super::pages::new_endpoint(&session.csrf(), &app, &types, &form, editing.as_ref()),
+    ))
 }

@@ -37,8 +37,34 @@ use crate::AppState;
 const COOKIE_NAME: &str = "herald_session";
 
 /// A page's early answer instead of its content (a redirect to log in, a
-/// 404, a refused form), boxed: it is the rare path.
-type Refused = Box<Response>;
+/// 404, a refused form), boxed: it is the rare path. Handlers return
+/// `Result<Response, Refused>` and axum answers either.
+#[derive(Debug)]
+struct Refused(Box<Response>);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl Refused {
+    fn new(response: impl IntoResponse) -> Self {
+        Self(Box::new(response.into_response()))
+    }
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Self(Box::new(error.into_response()))
+    }
+}
+
+impl From<herald_store::StoreError> for Refused {
+    fn from(error: herald_store::StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
 const STYLESHEET: &str = include_str!("portal.css");
 const SCRIPT: &str = include_str!("portal.js");
 
@@ -135,13 +161,10 @@ impl Session {
         if bool::from(self.csrf().as_bytes().ct_eq(presented.as_bytes())) {
             Ok(())
         } else {
-            Err(Box::new(
-                (
-                    StatusCode::FORBIDDEN,
-                    "this form has expired; reload the page",
-                )
-                    .into_response(),
-            ))
+            Err(Refused::new((
+                StatusCode::FORBIDDEN,
+                "this form has expired; reload the page",
+            )))
         }
     }
 }
@@ -164,14 +187,12 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 /// The session of the request, or a redirect to the login page.
 async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Refused> {
     let Some(token) = cookie_token(headers) else {
-        return Err(Box::new(Redirect::to("/portal/login").into_response()));
+        return Err(Refused::new(Redirect::to("/portal/login")));
     };
     match principal_of(state, &token).await {
         Ok(Some(principal)) => Ok(Session { token, principal }),
-        Ok(None) => Err(Box::new(
-            Redirect::to("/portal/login?expired=1").into_response(),
-        )),
-        Err(error) => Err(Box::new(error.into_response())),
+        Ok(None) => Err(Refused::new(Redirect::to("/portal/login?expired=1"))),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -217,25 +238,21 @@ async fn script() -> Response {
         .into_response()
 }
 
-async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    match session.principal {
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Refused> {
+    let session = session(&state, &headers).await?;
+    Ok(match session.principal {
         Principal::App { app, .. } => Redirect::to(&format!("/portal/app/{app}")).into_response(),
-        Principal::Admin => match state
-            .store
-            .list_apps(PageRequest {
-                limit: 250,
-                cursor: Default::default(),
-            })
-            .await
-        {
-            Ok(apps) => page(&state, pages::apps(&session.csrf(), &apps.data)),
-            Err(error) => ApiError::from(error).into_response(),
-        },
-    }
+        Principal::Admin => {
+            let apps = state
+                .store
+                .list_apps(PageRequest {
+                    limit: 250,
+                    cursor: Default::default(),
+                })
+                .await?;
+            page(&state, pages::apps(&session.csrf(), &apps.data))
+        }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,14 +315,9 @@ async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
-) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    if let Err(refused) = session.check_csrf(&form.csrf) {
-        return *refused;
-    }
+) -> Result<Response, Refused> {
+    let session = session(&state, &headers).await?;
+    session.check_csrf(&form.csrf)?;
     let mut response = Redirect::to("/portal/login").into_response();
     response.headers_mut().insert(
         SET_COOKIE,
@@ -313,7 +325,7 @@ async fn logout(
             "herald_session=; Path=/portal; HttpOnly; SameSite=Strict; Max-Age=0",
         ),
     );
-    response
+    Ok(response)
 }
 
 /// The app of a portal path, if the session may see it (404 otherwise, as
@@ -323,11 +335,11 @@ async fn app_of(
     session: &Session,
     segment: &str,
 ) -> Result<herald_store::App, Refused> {
-    let missing = || Box::new(not_found(state));
+    let missing = || Refused::new(not_found(state));
     let reference = IdOrUid::<AppId>::parse(segment).map_err(|_| missing())?;
     let app = state.store.get_app(&reference).await.map_err(|e| match e {
         herald_store::StoreError::NotFound => missing(),
-        other => Box::new(ApiError::from(other).into_response()),
+        other => Refused::from(other),
     })?;
     session.principal.check(app.id).map_err(|_| missing())?;
     Ok(app)
@@ -343,16 +355,10 @@ async fn endpoints(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(app): Path<String>,
-) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let app = match app_of(&state, &session, &app).await {
-        Ok(app) => app,
-        Err(response) => return *response,
-    };
-    let endpoints = match state
+) -> Result<Response, Refused> {
+    let session = session(&state, &headers).await?;
+    let app = app_of(&state, &session, &app).await?;
+    let endpoints = state
         .store
         .list_endpoints(
             app.id,
@@ -361,11 +367,8 @@ async fn endpoints(
                 cursor: Default::default(),
             },
         )
-        .await
-    {
-        Ok(page) => page.data,
-        Err(error) => return ApiError::from(error).into_response(),
-    };
+        .await?
+        .data;
     let now = crate::middleware::now_ms();
     let mut rows = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
@@ -376,7 +379,7 @@ async fn endpoints(
             .ok();
         rows.push((endpoint, health));
     }
-    page(
+    Ok(page(
         &state,
         pages::endpoints(
             &session.csrf(),
@@ -384,5 +387,5 @@ async fn endpoints(
             &app,
             &rows,
         ),
-    )
+    ))
 }

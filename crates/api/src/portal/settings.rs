@@ -103,34 +103,29 @@ pub(super) async fn alerts(
     headers: HeaderMap,
     Path(app): Path<String>,
     Query(query): Query<SavedQuery>,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let rules = state
-            .store
-            .alert_rules(vec![app.id])
-            .await
-            .map_err(|e| Box::new(ApiError::from(e).into_response()))?
-            .pop()
-            .map(|(_, rules)| rules)
-            .unwrap_or_default();
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::alerts(
-                &session.csrf(),
-                &app,
-                &AlertForm::of(&rules),
-                &defaults(&state),
-                query
-                    .saved
-                    .is_some()
-                    .then_some("The alert rules are saved."),
-                None,
-            ),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let rules = state
+        .store
+        .alert_rules(vec![app.id])
+        .await?
+        .pop()
+        .map(|(_, rules)| rules)
+        .unwrap_or_default();
+    Ok(page(
+        &state,
+        super::pages::alerts(
+            &session.csrf(),
+            &app,
+            &AlertForm::of(&rules),
+            &defaults(&state),
+            query
+                .saved
+                .is_some()
+                .then_some("The alert rules are saved."),
+            None,
+        ),
+    ))
 }
 
 /// The server's defaults, shown beside the fields that override them.
@@ -154,96 +149,71 @@ pub(super) async fn save_alerts(
     headers: HeaderMap,
     Path(app): Path<String>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let fields = Fields::parse(&body);
-        session.check_csrf(fields.get("csrf").unwrap_or_default())?;
-        let form = AlertForm {
-            events: fields.all("events"),
-            filter_types: fields.get("filter_types").unwrap_or_default().to_owned(),
-            failing_after: fields.get("failing_after").unwrap_or_default().to_owned(),
-            threshold_percent: fields.get("threshold").unwrap_or_default().to_owned(),
-            min_attempts: fields.get("min_attempts").unwrap_or_default().to_owned(),
-            email_to: fields.get("email_to").unwrap_or_default().to_owned(),
-        };
-        match form.rules() {
-            Ok(rules) => {
-                state
-                    .store
-                    .set_alert_rules(app.id, Some(rules))
-                    .await
-                    .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
-                Ok::<_, Refused>(
-                    Redirect::to(&format!("/portal/app/{}/alerts?saved=1", app.id)).into_response(),
-                )
-            }
-            Err(error) => {
-                let mut response = page(
-                    &state,
-                    super::pages::alerts(
-                        &session.csrf(),
-                        &app,
-                        &form,
-                        &defaults(&state),
-                        None,
-                        Some(&error),
-                    ),
-                );
-                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                Ok(response)
-            }
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let fields = Fields::parse(&body);
+    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let form = AlertForm {
+        events: fields.all("events"),
+        filter_types: fields.get("filter_types").unwrap_or_default().to_owned(),
+        failing_after: fields.get("failing_after").unwrap_or_default().to_owned(),
+        threshold_percent: fields.get("threshold").unwrap_or_default().to_owned(),
+        min_attempts: fields.get("min_attempts").unwrap_or_default().to_owned(),
+        email_to: fields.get("email_to").unwrap_or_default().to_owned(),
+    };
+    match form.rules() {
+        Ok(rules) => {
+            state.store.set_alert_rules(app.id, Some(rules)).await?;
+            Ok(Redirect::to(&format!("/portal/app/{}/alerts?saved=1", app.id)).into_response())
+        }
+        Err(error) => {
+            let mut response = page(
+                &state,
+                super::pages::alerts(
+                    &session.csrf(),
+                    &app,
+                    &form,
+                    &defaults(&state),
+                    None,
+                    Some(&error),
+                ),
+            );
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(response)
         }
     }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
 }
 
 pub(super) async fn egress(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(app): Path<String>,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::egress(&session.csrf(), &app, &state.config.egress),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    Ok(page(
+        &state,
+        super::pages::egress(&session.csrf(), &app, &state.config.egress),
+    ))
 }
 
 pub(super) async fn inspector(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(app): Path<String>,
-) -> Response {
-    let result = async {
-        let (session, app) = open(&state, &headers, &app).await?;
-        let failed = |e: ApiError| Box::new(e.into_response());
-        let found = state
-            .store
-            .inspector(app.id)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let (out, requests) = match found {
-            Some(found) => (
-                Some(crate::inspector::inspector_out(&state, &found)),
-                crate::inspector::describe(&state, &found, herald_store::INSPECTED_KEPT)
-                    .await
-                    .map_err(failed)?,
-            ),
-            None => (None, Vec::new()),
-        };
-        Ok::<_, Refused>(page(
-            &state,
-            super::pages::inspector(&session.csrf(), &app, out.as_ref(), &requests),
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let found = state.store.inspector(app.id).await?;
+    let (out, requests) = match found {
+        Some(found) => (
+            Some(crate::inspector::inspector_out(&state, &found)),
+            crate::inspector::describe(&state, &found, herald_store::INSPECTED_KEPT).await?,
+        ),
+        None => (None, Vec::new()),
+    };
+    Ok(page(
+        &state,
+        super::pages::inspector(&session.csrf(), &app, out.as_ref(), &requests),
+    ))
 }
 
 pub(super) async fn open_inspector(
@@ -251,7 +221,7 @@ pub(super) async fn open_inspector(
     headers: HeaderMap,
     Path(app): Path<String>,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refused> {
     inspector_form(&state, &headers, &app, &body, false).await
 }
 
@@ -260,7 +230,7 @@ pub(super) async fn close_inspector(
     headers: HeaderMap,
     Path(app): Path<String>,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refused> {
     inspector_form(&state, &headers, &app, &body, true).await
 }
 
@@ -271,21 +241,17 @@ async fn inspector_form(
     app: &str,
     body: &[u8],
     close: bool,
-) -> Response {
-    let result = async {
-        let (session, app) = open(state, headers, app).await?;
-        session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
-        let done = if close {
-            match state.store.close_inspector(app.id).await {
-                Err(herald_store::StoreError::NotFound) => Ok(()),
-                other => other.map_err(ApiError::from),
-            }
-        } else {
-            crate::inspector::open_for(state, app.id).await.map(|_| ())
-        };
-        done.map_err(|e| Box::new(e.into_response()))?;
-        Ok::<_, Refused>(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
-    }
-    .await;
-    result.unwrap_or_else(|refused| *refused)
+) -> Result<Response, Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
+    let done = if close {
+        match state.store.close_inspector(app.id).await {
+            Err(herald_store::StoreError::NotFound) => Ok(()),
+            other => other.map_err(ApiError::from),
+        }
+    } else {
+        crate::inspector::open_for(state, app.id).await.map(|_| ())
+    };
+    done?;
+    Ok(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())
 }

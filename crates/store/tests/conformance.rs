@@ -1902,7 +1902,6 @@ async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
         endpoint(store, app, "http://a.test/1").await;
         endpoint(store, app, "http://a.test/2").await;
         endpoint(store, other, "http://b.test/1").await;
-        let mut mine = Vec::new();
         for (tenant, count) in [(app, 2), (other, 1)] {
             for _ in 0..count {
                 let created = store
@@ -1911,9 +1910,6 @@ async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
                     .unwrap();
                 for job in &created.jobs {
                     finish(store, job, tenant == app).await;
-                }
-                if tenant == app {
-                    mine.push(created.message.id);
                 }
             }
         }
@@ -1951,7 +1947,6 @@ async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
             .unwrap()
             .data
             .is_empty());
-        assert_eq!(mine.len(), 2);
     }
 }
 

@@ -529,3 +529,31 @@ async fn a_body_that_is_not_a_json_object_is_refused() {
         assert_eq!(error["detail"], "body: must be a JSON object", "{error}");
     }
 }
+
+#[tokio::test]
+async fn json_bodies_need_a_json_content_type() {
+    let app = spawn_app().await;
+    for (content_type, status) in [
+        ("application/json", 201),
+        ("Application/JSON; charset=utf-8", 201),
+        ("application/vnd.herald+json", 201),
+        ("text/plain", 400),
+        ("application/xml", 400),
+        ("json", 400),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/app/"))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(r#"{"name": "Acme"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{content_type}");
+        if status == 400 {
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["code"], "invalid_content_type", "{content_type}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use herald_domain::{DeliveryStatus, EndpointId, MessageId};
 use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
 
-use super::endpoint_pages::{endpoint_of, open, Fields};
+use super::endpoint_pages::{endpoint_of, open};
 use super::{page, Refused};
 use crate::AppState;
 
@@ -171,8 +171,7 @@ pub(super) async fn retry(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app) = open(&state, &headers, &app).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
     let message = MessageId::parse(fields.get("message").unwrap_or_default())
         .map_err(|_| Refused::new(super::not_found(&state)))?;

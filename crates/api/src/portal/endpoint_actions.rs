@@ -24,7 +24,7 @@ async fn target(
     body: &[u8],
 ) -> Result<Endpoint, Refused> {
     let (session, app) = open(state, headers, app).await?;
-    session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
+    session.form(body)?;
     endpoint_of(state, app.id, endpoint).await
 }
 

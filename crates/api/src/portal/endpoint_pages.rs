@@ -137,8 +137,7 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app) = open(&state, &headers, &app).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let form = form_of(&fields);
     let described = input(&state, &form)
         .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
@@ -365,8 +364,7 @@ pub(super) async fn send_test(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app_record) = open(&state, &headers, &app).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let event_type = fields.get("event_type").unwrap_or_default().to_owned();
     let record = endpoint_of(&state, app_record.id, &endpoint).await?;
     let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
@@ -607,8 +605,7 @@ pub(super) async fn save(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let form = form_of(&fields);
     let changed = input(&state, &form).and_then(|changed| {
         // What the form does not show is kept.
@@ -661,8 +658,7 @@ pub(super) async fn check_url(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app) = open(&state, &headers, &app).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
         Some(id) => Some(endpoint_of(&state, app.id, id).await?),
         None => None,

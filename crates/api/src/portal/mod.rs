@@ -157,6 +157,13 @@ impl Session {
         csrf_of(&self.token)
     }
 
+    /// A posted form's fields, once its CSRF token checks out.
+    fn form(&self, body: &[u8]) -> Result<endpoint_pages::Fields, Refused> {
+        let fields = endpoint_pages::Fields::parse(body);
+        self.check_csrf(fields.get("csrf").unwrap_or_default())?;
+        Ok(fields)
+    }
+
     fn check_csrf(&self, presented: &str) -> Result<(), Refused> {
         if bool::from(self.csrf().as_bytes().ct_eq(presented.as_bytes())) {
             Ok(())

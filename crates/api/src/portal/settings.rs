@@ -11,7 +11,7 @@ use serde::Deserialize;
 use herald_domain::alerts::OPERATIONAL_EVENTS;
 use herald_domain::{AlertRules, AlertRulesSpec};
 
-use super::endpoint_pages::{open, Fields};
+use super::endpoint_pages::open;
 use super::{page, Refused};
 use crate::error::ApiError;
 use crate::AppState;
@@ -151,8 +151,7 @@ pub(super) async fn save_alerts(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let (session, app) = open(&state, &headers, &app).await?;
-    let fields = Fields::parse(&body);
-    session.check_csrf(fields.get("csrf").unwrap_or_default())?;
+    let fields = session.form(&body)?;
     let form = AlertForm {
         events: fields.all("events"),
         filter_types: fields.get("filter_types").unwrap_or_default().to_owned(),
@@ -243,7 +242,7 @@ async fn inspector_form(
     close: bool,
 ) -> Result<Response, Refused> {
     let (session, app) = open(state, headers, app).await?;
-    session.check_csrf(Fields::parse(body).get("csrf").unwrap_or_default())?;
+    session.form(body)?;
     let done = if close {
         match state.store.close_inspector(app.id).await {
             Err(herald_store::StoreError::NotFound) => Ok(()),

@@ -13,7 +13,7 @@ use herald_store::{EventType, EventTypeInput};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
-use crate::openapi::Errors;
+use crate::openapi::{Errors, EventTypePath};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -195,7 +195,7 @@ pub(crate) async fn create(
     path = "/api/v1/event-type/{name}",
     tag = "Event Type",
     operation_id = "v1.event-type.get",
-    params(("name" = String, Path, description = "Event type name")),
+    params(EventTypePath),
     responses((status = 200, body = EventTypeOut), Errors)
 )]
 pub(crate) async fn read(
@@ -212,7 +212,7 @@ pub(crate) async fn read(
     path = "/api/v1/event-type/{name}",
     tag = "Event Type",
     operation_id = "v1.event-type.update",
-    params(("name" = String, Path, description = "Event type name")),
+    params(EventTypePath),
     request_body = EventTypeUpdate,
     responses((status = 200, body = EventTypeOut), Errors)
 )]
@@ -235,7 +235,7 @@ pub(crate) async fn replace(
     path = "/api/v1/event-type/{name}",
     tag = "Event Type",
     operation_id = "v1.event-type.patch",
-    params(("name" = String, Path, description = "Event type name")),
+    params(EventTypePath),
     request_body = EventTypePatch,
     responses((status = 200, body = EventTypeOut), Errors)
 )]
@@ -273,7 +273,7 @@ pub(crate) struct DeleteOptions {
     path = "/api/v1/event-type/{name}",
     tag = "Event Type",
     operation_id = "v1.event-type.delete",
-    params(("name" = String, Path, description = "Event type name"), DeleteOptions),
+    params(EventTypePath, DeleteOptions),
     responses((status = 204, description = "Archived or deleted"), Errors)
 )]
 pub(crate) async fn remove(

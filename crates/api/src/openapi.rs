@@ -100,6 +100,8 @@ path_params! {
         app: "App id (`app_…`) or uid",
         token: "Token id (`tok_…`)"
     }
+    EventTypePath { name: "Event type name" }
+    TaskPath { task: "Task id (`qtask_…`)" }
 }
 
 struct BearerAuth;

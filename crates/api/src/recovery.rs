@@ -20,7 +20,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body};
 use crate::middleware::now_ms;
-use crate::openapi::{EndpointPath, Errors};
+use crate::openapi::{EndpointPath, Errors, TaskPath};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -158,7 +158,7 @@ fn spawn(state: &AppState, task: TaskId) {
     path = "/api/v1/background-task/{task}",
     tag = "Background Task",
     operation_id = "v1.background-task.get",
-    params(("task" = String, Path, description = "Task id (`qtask_…`)")),
+    params(TaskPath),
     responses((status = 200, body = TaskOut), Errors)
 )]
 pub(crate) async fn read_task(

@@ -123,7 +123,10 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ListResponse<ApplicationOut>>> {
-    let page = state.store.list_apps(params.page()).await?;
+    let page = state
+        .store
+        .list_apps(params.page::<herald_domain::AppId>()?)
+        .await?;
     Ok(Json(ListResponse::from_page(page, ApplicationOut::from)))
 }
 

@@ -122,7 +122,7 @@ impl AttemptListParams {
                     limit: self.limit,
                     iterator: self.iterator.clone(),
                 }
-                .page(),
+                .page::<herald_domain::AttemptId>()?,
             )
         })
     }

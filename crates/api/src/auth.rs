@@ -84,6 +84,13 @@ pub(crate) async fn authenticate(
             .into_response();
         }
     }
+    // Held until the answer is ready: one app cannot take more than its
+    // share of the slots, and the admin token keeps a reserve.
+    let _slot = match state.request_slots.take(principal.app()) {
+        Ok(slot) => slot,
+        Err(crate::limits::NoSlot::AppShare) => return ApiError::AppBusy.into_response(),
+        Err(crate::limits::NoSlot::Full) => return ApiError::Overloaded.into_response(),
+    };
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

@@ -251,7 +251,10 @@ pub(crate) async fn list(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ListResponse<EndpointOut>>> {
     let app = resolve(&state, &app).await?;
-    let page = state.store.list_endpoints(app, params.page()).await?;
+    let page = state
+        .store
+        .list_endpoints(app, params.page::<herald_domain::EndpointId>()?)
+        .await?;
     Ok(Json(ListResponse::from_page(page, EndpointOut::from)))
 }
 

@@ -29,11 +29,19 @@ pub enum ApiError {
         detail: String,
     },
     PayloadTooLarge,
+    /// 408: the request body stopped arriving (the connection is closed).
+    RequestTimeout,
     /// 503: the database cannot take the request now; retrying is safe.
     Unavailable,
+    /// 503 from the health check: the database refuses writes (the cause
+    /// is logged; the answer only says whether the disk is full).
+    WritesFailing(String),
     /// 503 with `Retry-After`: more work is queued, or more requests are
     /// running, than Herald admits.
     Overloaded,
+    /// 429 with `Retry-After`: the app already has its share of the
+    /// API's request slots in use.
+    AppBusy,
     /// 429 with `Retry-After` (whole seconds): the token used up its rate.
     RateLimited {
         retry_after_secs: u64,
@@ -110,11 +118,41 @@ impl IntoResponse for ApiError {
                 "payload_too_large",
                 "the request body exceeds the server's size limit".to_owned(),
             ),
+            Self::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving".to_owned(),
+            ),
+            Self::AppBusy => {
+                let body = ErrorBody {
+                    code: "too_many_concurrent_requests",
+                    detail: "this application already has its share of the server's requests running; retry after the indicated delay".to_owned(),
+                };
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, "1")],
+                    Json(body),
+                )
+                    .into_response();
+            }
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 "the database is unavailable; retry later".to_owned(),
             ),
+            Self::WritesFailing(cause) => {
+                tracing::warn!(%cause, "health: database writes fail");
+                let why = if cause.contains("full") {
+                    "the disk is full"
+                } else {
+                    "see the server log"
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_writes_failing",
+                    format!("the database refuses writes ({why}); accepted messages are kept, new ones are refused until writes work again"),
+                )
+            }
             Self::RateLimited { retry_after_secs } => {
                 let body = ErrorBody {
                     code: "rate_limited",

@@ -157,7 +157,7 @@ pub(crate) async fn list(
                 limit: options.limit,
                 iterator: options.iterator.clone(),
             }
-            .page(),
+            .page::<herald_domain::EventTypeName>()?,
             options.include_archived,
         )
         .await?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use herald_store::{Cursor, Page, PageRequest, Timestamp};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// A JSON request body whose failures become `{code, detail}` errors.
 #[derive(Debug)]
@@ -171,11 +171,57 @@ pub struct ListParams {
 }
 
 impl ListParams {
-    pub fn page(&self) -> PageRequest {
-        PageRequest {
-            limit: self.limit.unwrap_or(50).clamp(1, 250),
-            cursor: Cursor::parse(self.iterator.as_deref()),
+    /// The page asked for in a list keyed by `K`: an iterator that is not
+    /// a `K` (the key of the item it starts after, `-` before it for
+    /// `prevIterator`) cannot have come from that list and is refused
+    /// with 400 rather than answered with an empty page.
+    pub fn page<K: ListKey>(&self) -> ApiResult<PageRequest> {
+        let cursor = Cursor::parse(self.iterator.as_deref());
+        if let Cursor::After(key) | Cursor::Before(key) = &cursor {
+            if !K::is_key(key) {
+                return Err(ApiError::BadRequest {
+                    code: "invalid_query",
+                    detail: format!(
+                        "iterator: `{}` is not an iterator of this list (use the `iterator` or `prevIterator` of an earlier page)",
+                        self.iterator.as_deref().unwrap_or_default().chars().take(64).collect::<String>()
+                    ),
+                });
+            }
         }
+        Ok(PageRequest {
+            limit: self.limit.unwrap_or(50).clamp(1, 250),
+            cursor,
+        })
+    }
+}
+
+/// What a list is ordered and paged by: the iterators it hands out are
+/// these keys.
+pub trait ListKey {
+    fn is_key(text: &str) -> bool;
+}
+
+macro_rules! id_keys {
+    ($($id:ty),*) => {$(
+        impl ListKey for $id {
+            fn is_key(text: &str) -> bool {
+                <$id>::parse(text).is_ok()
+            }
+        }
+    )*};
+}
+id_keys!(
+    herald_domain::AppId,
+    herald_domain::EndpointId,
+    herald_domain::MessageId,
+    herald_domain::AttemptId,
+    herald_domain::TokenId,
+    herald_domain::AuditId
+);
+
+impl ListKey for herald_domain::EventTypeName {
+    fn is_key(text: &str) -> bool {
+        herald_domain::EventTypeName::stored(text).is_ok()
     }
 }
 

@@ -13,6 +13,7 @@ mod event_types;
 mod extract;
 mod inspector;
 mod limits;
+mod listener;
 mod messages;
 mod middleware;
 mod openapi;
@@ -25,14 +26,11 @@ mod url_check;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::routing::get;
-use axum::BoxError;
-use axum::{Json, Router, ServiceExt};
+use axum::{Json, Router};
 use tokio::net::TcpListener;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::{Layer, ServiceBuilder};
+use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use herald_dispatch::Dispatcher;
@@ -41,7 +39,8 @@ use herald_store::Store;
 
 pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
-pub use limits::RateLimiter;
+pub use limits::{RateLimiter, RequestSlots};
+pub use listener::ConnectionLimits;
 pub use middleware::hash_token;
 pub use openapi::document as openapi_document;
 
@@ -58,6 +57,8 @@ pub struct ApiConfig {
     /// API requests handled at once; more are refused with 503 at once
     /// rather than queued, so an overload cannot grow memory without bound.
     pub max_concurrent_requests: usize,
+    /// Of those, the most one app's requests may hold (more get 429).
+    pub max_concurrent_requests_per_app: usize,
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
@@ -100,6 +101,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Per app-scoped token; `None`: unlimited.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// The API's request slots, shared fairly between apps.
+    pub request_slots: Arc<RequestSlots>,
     /// Shared with the dispatcher; rendered at `/metrics`.
     pub metrics: Arc<herald_dispatch::Metrics>,
 }
@@ -133,19 +136,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .layer(DefaultBodyLimit::max(state.config.body_limit))
-        // A global limit: `Router::layer` wraps every route separately, so a
-        // plain concurrency limit would count each route on its own.
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    ApiError::Overloaded
-                }))
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(
-                    state.config.max_concurrent_requests.max(1),
-                )),
-        );
+        .layer(DefaultBodyLimit::max(state.config.body_limit));
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(openapi::serve_document))
@@ -173,17 +164,17 @@ pub fn health_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes. Paths are
-/// accepted with or without a trailing slash, as Svix's SDKs send both.
+/// Serves `router` on `listener` under the connection `limits` until
+/// `shutdown` completes. Paths are accepted with or without a trailing
+/// slash, as Svix's SDKs send both.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = NormalizePathLayer::trim_trailing_slash().layer(router);
-    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listener::serve(listener, app, limits, shutdown).await
 }
 
 /// `GET /metrics`: Prometheus text format, open like the health route (no
@@ -230,10 +221,18 @@ async fn count_responses(
     response
 }
 
-/// Health: the database answers. No token needed.
+/// Health: the database answers and takes writes. No token needed. A 503
+/// names the failing part in its `code`: `database_unavailable` (cannot
+/// reach or read it) or `database_writes_failing` (it refuses writes, as
+/// on a full disk: accepted messages are safe, new ones are refused).
 #[utoipa::path(get, path = "/api/v1/health", tag = "Health", operation_id = "v1.health.get", security(()),
-    responses((status = 200, description = "Up, database reachable", body = Object), (status = 503, description = "Database unavailable", body = openapi::ErrorOut)))]
+    responses((status = 200, description = "Up: the database answers and takes writes", body = Object), (status = 503, description = "The database is unreachable (`database_unavailable`) or refuses writes (`database_writes_failing`)", body = openapi::ErrorOut)))]
 async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     state.store.ping().await?;
-    Ok(Json(serde_json::json!({"status": "ok", "database": "ok"})))
+    if let Err(error) = state.store.check_writes().await {
+        return Err(ApiError::WritesFailing(error.to_string()));
+    }
+    Ok(Json(
+        serde_json::json!({"status": "ok", "database": "ok", "writes": "ok"}),
+    ))
 }

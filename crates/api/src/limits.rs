@@ -1,12 +1,13 @@
-//! The per-token request rate limit: a token bucket per app-scoped token,
-//! in this process's memory (each process keeps the rate for itself). The
-//! admin token is not limited: it is the platform's own, sending events.
+//! Limits on API requests, in this process's memory: the per-token request
+//! rate (a token bucket per app-scoped token; the admin token is not
+//! limited: it is the platform's own, sending events), and the share of the
+//! request slots each app may hold at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_domain::TokenId;
+use herald_domain::{AppId, TokenId};
 
 /// Requests per second per app-scoped token, with a burst of one second's
 /// worth.
@@ -58,9 +59,144 @@ impl RateLimiter {
     }
 }
 
+/// The API's request slots (`HERALD_MAX_CONCURRENT_REQUESTS`), shared
+/// fairly: the requests of one app, however many tokens it holds, take at
+/// most `per_app` of them, and the app-scoped requests together leave
+/// `admin_reserve` to the admin token, so no tenant can crowd out the
+/// others or the platform.
+#[derive(Debug)]
+pub struct RequestSlots {
+    total: usize,
+    per_app: usize,
+    admin_reserve: usize,
+    taken: Mutex<Taken>,
+}
+
+#[derive(Debug, Default)]
+struct Taken {
+    all: usize,
+    by_app: HashMap<AppId, usize>,
+}
+
+/// Why a request got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// Every slot open to this holder is taken.
+    Full,
+    /// The holder's app has its share in use.
+    AppShare,
+}
+
+impl RequestSlots {
+    /// `total` slots, `per_app` at most for one app, `admin_reserve` kept
+    /// for the admin token (both clamped to make sense for `total`).
+    pub fn new(total: usize, per_app: usize, admin_reserve: usize) -> Self {
+        let total = total.max(1);
+        let admin_reserve = admin_reserve.min(total - 1);
+        Self {
+            total,
+            per_app: per_app.clamp(1, total - admin_reserve),
+            admin_reserve,
+            taken: Mutex::new(Taken::default()),
+        }
+    }
+
+    /// The defaults for `total` slots: an eighth for one app (at least
+    /// one), a tenth kept for the admin token.
+    pub fn with_defaults(total: usize) -> Self {
+        Self::new(total, total / 8, total / 10)
+    }
+
+    /// A slot for a request of `app` (`None`: the admin token), given back
+    /// when the returned guard drops.
+    pub fn take(self: &Arc<Self>, app: Option<AppId>) -> Result<Slot, NoSlot> {
+        let mut taken = self.taken.lock().expect("request slots");
+        match app {
+            None => {
+                if taken.all >= self.total {
+                    return Err(NoSlot::Full);
+                }
+            }
+            Some(app) => {
+                if taken.all >= self.total - self.admin_reserve {
+                    return Err(NoSlot::Full);
+                }
+                let held = taken.by_app.entry(app).or_default();
+                if *held >= self.per_app {
+                    return Err(NoSlot::AppShare);
+                }
+                *held += 1;
+            }
+        }
+        taken.all += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            app,
+        })
+    }
+
+    fn give_back(&self, app: Option<AppId>) {
+        let mut taken = self.taken.lock().expect("request slots");
+        taken.all -= 1;
+        if let Some(app) = app {
+            if let Some(held) = taken.by_app.get_mut(&app) {
+                *held -= 1;
+                if *held == 0 {
+                    taken.by_app.remove(&app);
+                }
+            }
+        }
+    }
+}
+
+/// One request slot, held while the request runs.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<RequestSlots>,
+    app: Option<AppId>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.give_back(self.app);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_app_takes_at_most_its_share_and_the_admin_keeps_a_reserve() {
+        let slots = Arc::new(RequestSlots::new(10, 4, 2));
+        let (greedy, other) = (AppId::generate(), AppId::generate());
+
+        let held: Vec<Slot> = (0..4).map(|_| slots.take(Some(greedy)).unwrap()).collect();
+        assert_eq!(
+            slots.take(Some(greedy)).unwrap_err(),
+            NoSlot::AppShare,
+            "a fifth request of the same app"
+        );
+        let others: Vec<Slot> = (0..4).map(|_| slots.take(Some(other)).unwrap()).collect();
+        assert_eq!(
+            slots.take(Some(AppId::generate())).unwrap_err(),
+            NoSlot::Full,
+            "apps together stop short of the admin's reserve"
+        );
+        let admin: Vec<Slot> = (0..2).map(|_| slots.take(None).unwrap()).collect();
+        assert_eq!(
+            slots.take(None).unwrap_err(),
+            NoSlot::Full,
+            "all ten in use"
+        );
+
+        drop(held);
+        assert!(
+            slots.take(Some(greedy)).is_ok(),
+            "slots come back when requests end"
+        );
+        drop((others, admin));
+    }
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_holds() {

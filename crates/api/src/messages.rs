@@ -117,6 +117,7 @@ pub(crate) async fn create(
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::invalid("payload", "must be a JSON object"));
     }
+    herald_domain::payload::check_strings(input.payload.get())?;
     let message = MessageInput {
         event_type: EventTypeName::parse(&input.event_type)?,
         event_id: input
@@ -199,7 +200,7 @@ pub(crate) async fn list(
             limit: params.limit,
             iterator: params.iterator,
         }
-        .page(),
+        .page::<herald_domain::MessageId>()?,
         event_types: event_types(params.event_types.as_deref())?,
         before: optional_time("before", params.before.as_deref())?,
         after: optional_time("after", params.after.as_deref())?,

@@ -1,8 +1,8 @@
 //! Cross-cutting request handling: `Idempotency-Key` replay (who may ask
 //! is `auth`'s).
 
-use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,9 +22,15 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     herald_domain::token::hash(token)
 }
 
-/// A POST with `Idempotency-Key` runs once: the key is reserved before the
-/// handler runs, so a concurrent repeat gets 409 instead of running again,
-/// and later repeats get the saved response (status and body) for 24 hours.
+/// `Idempotency-Key` on a POST, as the IETF draft and Stripe define it.
+/// The body is read in full first: one that fails to arrive (a dropped
+/// connection, a timeout, over the size limit) reserves nothing. The key is
+/// then reserved with a fingerprint of the request (path and body), so a
+/// concurrent repeat gets 409 instead of running again, and the same key
+/// with another body gets 422. Only an answer of a request that executed
+/// (2xx) is saved and replayed, for 24 hours; a refusal (4xx: invalid
+/// input, not found) or a failure (5xx, 429) releases the key, so a
+/// corrected or later retry runs.
 pub(crate) async fn idempotency(
     State(state): State<AppState>,
     request: Request,
@@ -49,11 +55,27 @@ pub(crate) async fn idempotency(
         .extensions()
         .get::<crate::auth::Principal>()
         .map_or_else(|| "anonymous".to_owned(), |p| p.actor());
-    let scope = format!("{actor} {}", request.uri().path().trim_end_matches('/'));
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let scope = format!("{actor} {path}");
+    let (parts, body) = request.into_parts();
+    let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+        Ok(bytes) => bytes,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::PayloadTooLarge.into_response()
+        }
+        Err(rejection) => {
+            return ApiError::BadRequest {
+                code: "invalid_body",
+                detail: rejection.body_text(),
+            }
+            .into_response()
+        }
+    };
+    let fingerprint = fingerprint(&path, parts.uri.query(), &bytes);
     let now = now_ms();
     match state
         .store
-        .reserve_idempotency_key(&scope, &key, now, now - STALE_RESERVATION_MS)
+        .reserve_idempotency_key(&scope, &key, &fingerprint, now, now - STALE_RESERVATION_MS)
         .await
     {
         Ok(Reservation::Reserved) => {}
@@ -66,13 +88,22 @@ pub(crate) async fn idempotency(
             }
             .into_response()
         }
+        Ok(Reservation::Mismatch) => {
+            return ApiError::invalid(
+                "Idempotency-Key",
+                "was already used with a different request body; use a new key for a new request",
+            )
+            .into_response()
+        }
         Err(error) => return ApiError::from(error).into_response(),
     }
-    let response = next.run(request).await;
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     let status = response.status();
-    // Server errors and rate limits are not final answers: let a retry run.
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+    if !status.is_success() {
         if let Err(error) = state.store.abandon_idempotency_key(&scope, &key).await {
+            // The reservation goes stale and is taken over after five minutes.
             tracing::warn!(%error, "could not release an idempotency key");
         }
         return response;
@@ -96,6 +127,19 @@ pub(crate) async fn idempotency(
         tracing::warn!(%error, "could not save an idempotent response");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// SHA-256 of what makes two requests the same request: the path, the
+/// query and the body, byte for byte.
+fn fingerprint(path: &str, query: Option<&str>, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(path.as_bytes());
+    hash.update(b"?");
+    hash.update(query.unwrap_or_default().as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn replay(saved: StoredResponse) -> Response {

@@ -153,7 +153,10 @@ pub(crate) async fn list(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ListResponse<TokenOut>>> {
     let app = resolve(&state, &app).await?;
-    let page = state.store.list_tokens(app, params.page()).await?;
+    let page = state
+        .store
+        .list_tokens(app, params.page::<herald_domain::TokenId>()?)
+        .await?;
     Ok(Json(ListResponse::from_page(page, TokenOut::from)))
 }
 
@@ -324,7 +327,7 @@ pub(crate) async fn audit(
         limit: params.limit,
         iterator: params.iterator,
     }
-    .page();
+    .page::<herald_domain::AuditId>()?;
     let entries = state.store.list_audit(AuditQuery { app, page }).await?;
     Ok(Json(ListResponse::from_page(entries, AuditOut::from)))
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use herald_domain::{
-    AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, RetrySchedule, Trigger,
+    AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, RetrySchedule, Trigger,
 };
 use herald_store::{
     Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, SendSlot,
@@ -84,6 +84,10 @@ impl Default for DispatchConfig {
         }
     }
 }
+
+/// How soon a delivery that failed for want of Herald's own resources
+/// (descriptors, buffers, memory) is tried again (±20 %).
+const LOCAL_FAILURE_RETRY: Duration = Duration::from_secs(2);
 
 /// What one dispatch step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -606,7 +610,9 @@ impl Dispatcher {
             retry_scheduled: retry,
             exhausted: outcome.next == NextStep::Failed && job.trigger == Trigger::Scheduled,
         });
-        {
+        // Herald's own resource failures are not the receiver's: they stay
+        // out of its health, its run of failures and auto-disable.
+        if result.error != Some(ErrorClass::Local) {
             let mut health = self.health.lock().expect("health counts");
             let update = health.entry(job.endpoint.id).or_insert_with(|| {
                 let mut update = HealthUpdate::new(job.endpoint.id);
@@ -658,6 +664,11 @@ impl Dispatcher {
         let gone = result.status == 410;
         let next = if result.succeeded() {
             NextStep::Succeeded
+        } else if result.error == Some(ErrorClass::Local) {
+            // Nothing reached the receiver: try again soon, whatever the
+            // trigger, without spending one of the policy's attempts.
+            let delay = herald_domain::retry::jitter(LOCAL_FAILURE_RETRY, rand::random::<f64>());
+            NextStep::RetryAt(now_ms() + delay.as_millis() as i64)
         } else if gone || job.trigger == Trigger::Manual {
             NextStep::Failed
         } else {

@@ -189,10 +189,14 @@ impl Resolve for PolicyResolver {
     }
 }
 
+/// How long the body of an answer is read once its status has arrived.
+const BODY_READ_BOUND: Duration = Duration::from_secs(2);
+
 /// A pooled, keep-alive HTTP client configured for deliveries.
 #[derive(Debug, Clone)]
 pub struct HttpSender {
     client: reqwest::Client,
+    timeout: Duration,
     policy: AddressPolicy,
     lookup: Lookup,
     /// With a proxy the proxy resolves the target; Herald checks it first.
@@ -245,6 +249,7 @@ impl HttpSender {
         let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self {
             client,
+            timeout,
             policy,
             lookup,
             proxied: network.proxy.is_some(),
@@ -284,7 +289,9 @@ impl HttpSender {
         if self.proxied && literal.is_none() {
             if let Some(host) = url.host_str() {
                 if let Err(error) = self.lookup.permitted(host, &self.policy).await {
-                    let class = if error.is::<ForbiddenAddress>() {
+                    let class = if is_local(&*error) {
+                        ErrorClass::Local
+                    } else if error.is::<ForbiddenAddress>() {
                         ErrorClass::ForbiddenAddress
                     } else {
                         ErrorClass::Dns
@@ -319,31 +326,25 @@ impl HttpSender {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        // The status line decides: a 2xx that arrived within the timeout is
+        // a success whatever the body does next. The body is read
+        // best-effort, up to what the log keeps and within a short bound,
+        // so a receiver that answers and then stalls (or sends less than
+        // its Content-Length) neither fails the attempt nor holds a slot.
         let mut stored = Vec::new();
-        let mut body_error = None;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = self.response_limit.saturating_sub(stored.len());
-                    stored.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if stored.len() >= self.response_limit {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    body_error = Some(classify(&e));
+        let remaining = self.timeout.saturating_sub(started.elapsed());
+        let read_body = async {
+            while let Ok(Some(chunk)) = response.chunk().await {
+                let room = self.response_limit.saturating_sub(stored.len());
+                stored.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if stored.len() >= self.response_limit {
                     break;
                 }
             }
-        }
-        let error = if !status.is_success() {
-            Some(ErrorClass::HttpStatus)
-        } else {
-            body_error
         };
+        let _ = tokio::time::timeout(remaining.min(BODY_READ_BOUND), read_body).await;
+        let error = (!status.is_success()).then_some(ErrorClass::HttpStatus);
         SendResult {
             status: status.as_u16(),
             body: String::from_utf8_lossy(&stored).into_owned(),
@@ -352,6 +353,18 @@ impl HttpSender {
             retry_after,
         }
     }
+}
+
+/// `Retry-After` in either of its forms (RFC 9110 §10.2.3): delay-seconds,
+/// or an HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms),
+/// which counts from `now` (a date in the past asks for no delay).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn request_headers(
@@ -386,6 +399,9 @@ fn request_headers(
 
 /// Maps a transport error to its class by looking through its causes.
 pub fn classify(error: &reqwest::Error) -> ErrorClass {
+    if is_local(error) {
+        return ErrorClass::Local;
+    }
     if error.is_timeout() {
         return ErrorClass::Timeout;
     }
@@ -416,6 +432,43 @@ pub fn classify(error: &reqwest::Error) -> ErrorClass {
     }
 }
 
+/// Whether the request failed for want of a resource of Herald's own —
+/// file descriptors (EMFILE, ENFILE), socket buffers (ENOBUFS), memory
+/// (ENOMEM) or local ports (EADDRNOTAVAIL) — rather than anything the
+/// receiver did. Some wrappers (the system resolver's) keep only the
+/// message, so the text is looked at too.
+fn is_local(error: &(dyn StdError + 'static)) -> bool {
+    const LOCAL_ERRNOS: [i32; 5] = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ];
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error().is_some_and(|e| LOCAL_ERRNOS.contains(&e)) {
+                return true;
+            }
+        }
+        let text = cause.to_string().to_ascii_lowercase();
+        if [
+            "too many open files",
+            "no buffer space available",
+            "cannot allocate memory",
+            "cannot assign requested address",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// A one-line description of a transport error, with its causes.
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
@@ -426,4 +479,40 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = httpdate::parse_http_date("Wed, 02 Dec 2026 10:00:00 GMT").unwrap();
+        let cases = [
+            ("120", Some(120), "delay-seconds"),
+            (" 5 ", Some(5), "delay-seconds with spaces"),
+            ("Wed, 02 Dec 2026 10:01:30 GMT", Some(90), "IMF-fixdate"),
+            (
+                "Wednesday, 02-Dec-26 10:00:30 GMT",
+                Some(30),
+                "RFC 850 date",
+            ),
+            ("Wed Dec  2 10:00:10 2026", Some(10), "asctime date"),
+            (
+                "Wed, 02 Dec 2026 09:00:00 GMT",
+                Some(0),
+                "a date in the past",
+            ),
+            ("-5", None, "a negative number"),
+            ("soon", None, "nonsense"),
+            ("", None, "empty"),
+        ];
+        for (value, expected, why) in cases {
+            assert_eq!(
+                parse_retry_after(value, now),
+                expected.map(Duration::from_secs),
+                "{why}: {value:?}"
+            );
+        }
+    }
 }

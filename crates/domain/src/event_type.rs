@@ -13,6 +13,21 @@ pub struct EventTypeName(String);
 
 impl EventTypeName {
     pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.contains("..") {
+            // Empty segments (`a..b`) would make a group (`a.`) that no
+            // subscription can name.
+            return Err(ParseError::new(
+                "eventType",
+                "must not contain an empty segment (`..`)",
+            ));
+        }
+        Self::stored(input)
+    }
+
+    /// A name read back from the database: checked as names were when it
+    /// was written (before empty segments were refused), so that an
+    /// upgrade never makes a stored name unreadable.
+    pub fn stored(input: &str) -> Result<Self, ParseError> {
         const FIELD: &str = "eventType";
         if input.is_empty() || input.len() > 256 {
             return Err(ParseError::new(FIELD, "must be 1 to 256 characters long"));
@@ -62,13 +77,19 @@ pub enum FilterPattern {
 
 impl FilterPattern {
     pub fn parse(input: &str) -> Result<Self, ParseError> {
+        Self::parse_with(input, EventTypeName::parse)
+    }
+
+    fn parse_with(
+        input: &str,
+        name: fn(&str) -> Result<EventTypeName, ParseError>,
+    ) -> Result<Self, ParseError> {
         match input.strip_suffix(".*") {
             Some(group) => {
-                let group = EventTypeName::parse(group)
-                    .map_err(|e| ParseError::new("filterTypes", e.reason))?;
+                let group = name(group).map_err(|e| ParseError::new("filterTypes", e.reason))?;
                 Ok(Self::Group(group.0))
             }
-            None => EventTypeName::parse(input)
+            None => name(input)
                 .map(Self::Exact)
                 .map_err(|e| ParseError::new("filterTypes", e.reason)),
         }
@@ -104,9 +125,21 @@ impl FilterTypes {
     }
 
     pub fn parse<S: AsRef<str>>(inputs: &[S]) -> Result<Self, ParseError> {
+        Self::parse_with(inputs, EventTypeName::parse)
+    }
+
+    /// Subscriptions read back from the database (see [`EventTypeName::stored`]).
+    pub fn stored<S: AsRef<str>>(inputs: &[S]) -> Result<Self, ParseError> {
+        Self::parse_with(inputs, EventTypeName::stored)
+    }
+
+    fn parse_with<S: AsRef<str>>(
+        inputs: &[S],
+        name: fn(&str) -> Result<EventTypeName, ParseError>,
+    ) -> Result<Self, ParseError> {
         let mut patterns = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let pattern = FilterPattern::parse(input.as_ref())?;
+            let pattern = FilterPattern::parse_with(input.as_ref(), name)?;
             if !patterns.contains(&pattern) {
                 patterns.push(pattern);
             }
@@ -168,7 +201,16 @@ mod tests {
 
     #[test]
     fn invalid_names_are_rejected() {
-        for bad in ["", "has space", ".call", "call.", "a/b", "*"] {
+        for bad in [
+            "",
+            "has space",
+            ".call",
+            "call.",
+            "a/b",
+            "*",
+            "a..b",
+            "call..*",
+        ] {
             assert!(EventTypeName::parse(bad).is_err(), "{bad:?} must fail");
         }
         assert!(FilterTypes::parse(&["*.call"]).is_err());

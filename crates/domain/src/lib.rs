@@ -9,6 +9,7 @@ pub mod event_type;
 pub mod headers;
 pub mod ids;
 pub mod net;
+pub mod payload;
 pub mod retry;
 pub mod sealing;
 pub mod signing;

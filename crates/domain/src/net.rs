@@ -87,7 +87,12 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// True when `ip` is a globally routable unicast address.
+/// True when `ip` is a globally routable unicast address: not in any range
+/// of the IANA IPv4 and IPv6 special-purpose address registries that is
+/// not globally reachable, and not an IPv6 address that embeds an IPv4
+/// address (mapped, compatible, translated, NAT64, 6to4, Teredo, ISATAP)
+/// unless that IPv4 address is itself public (NAT64 only). SECURITY.md
+/// lists the ranges.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -98,39 +103,58 @@ pub fn is_public(ip: IpAddr) -> bool {
 fn is_public_v4(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
     let refused = ip.is_unspecified()
-        || a == 0 // "this network"
-        || ip.is_loopback()
-        || ip.is_private()
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT 100.64/10
-        || ip.is_link_local() // includes 169.254.169.254 (cloud metadata)
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 192 && b == 0 && c == 2) // documentation
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || (a == 198 && b == 51 && c == 100) // documentation
-        || (a == 203 && b == 0 && c == 113) // documentation
-        || ip.is_multicast()
-        || a >= 240; // reserved and broadcast
+        || a == 0 // "this network" 0/8
+        || ip.is_loopback() // 127/8
+        || ip.is_private() // 10/8, 172.16/12, 192.168/16
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGN) 100.64/10
+        || ip.is_link_local() // 169.254/16, includes 169.254.169.254 (cloud metadata)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments 192.0.0/24
+        || (a == 192 && b == 0 && c == 2) // documentation TEST-NET-1
+        || (a == 192 && b == 88 && c == 99) // deprecated 6to4 relay anycast
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
+        || (a == 198 && b == 51 && c == 100) // documentation TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // documentation TEST-NET-3
+        || ip.is_multicast() // 224/4
+        || a >= 240; // reserved 240/4 and broadcast
     !refused
 }
 
+/// The IPv4 address in the last 32 bits of `ip`.
+fn low_v4(ip: Ipv6Addr) -> Ipv4Addr {
+    let o = ip.octets();
+    Ipv4Addr::new(o[12], o[13], o[14], o[15])
+}
+
 fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    // IPv4-mapped ::ffff:a.b.c.d is the IPv4 address itself.
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
-    let segments = ip.segments();
-    // IPv4-compatible (::a.b.c.d, deprecated) embeds an IPv4 address too.
-    if segments[..6].iter().all(|s| *s == 0) {
+    // The NAT64 well-known prefix 64:ff9b::/96 reaches the embedded IPv4
+    // address through a translator (DNS64 hands these out on IPv6-only
+    // networks): as public as that address.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(low_v4(ip));
+    }
+    // ISATAP interface identifiers (…:0:5efe:a.b.c.d, …:200:5efe:a.b.c.d)
+    // tunnel to the embedded IPv4 address, whatever the prefix.
+    if (s[4] | 0x0200) == 0x0200 && s[5] == 0x5efe && !is_public_v4(low_v4(ip)) {
         return false;
     }
-    let refused = ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (segments[0] == 0x64 && segments[1] == 0xff9b) // NAT64
-        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
-        || (segments[0] == 0x0100 && segments[1..4].iter().all(|s| *s == 0)); // discard
+    // Only the global unicast block 2000::/3 is routable. Outside it lie
+    // ::/128, ::1, IPv4-compatible ::/96 and IPv4-translated ::ffff:0:0:0/96,
+    // local-use translation 64:ff9b:1::/48, discard-only 100::/64, dummy
+    // 100:0:0:1::/64, SRv6 SIDs 5f00::/16, unique local fc00::/7,
+    // link-local fe80::/10, site-local fec0::/10 and multicast ff00::/8.
+    if s[0] & 0xe000 != 0x2000 {
+        return false;
+    }
+    // In 2001::/16: IETF protocol assignments 2001::/23 (Teredo 2001::/32,
+    // benchmarking, ORCHID) and documentation 2001:db8::/32.
+    let refused = (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8))
+        || s[0] == 0x2002 // 6to4 2002::/16 (embeds an IPv4 address)
+        || (s[0] & 0xfff0) == 0x3ff0; // documentation 3fff::/20
     !refused
 }
 
@@ -244,7 +268,28 @@ mod tests {
             "::ffff:127.0.0.1",
             "::127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
             "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "5f00::1",
+            "fec0::1",
+            "::ffff:0:a00:1",
+            // 6to4 embedding 127.0.0.1, 169.254.169.254, 10.0.0.1, and any 6to4
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::",
+            "2002:a00:1::1",
+            "2002:c000:201::1",
+            // Teredo (2001::/32), with any server and client
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
+            // the rest of 2001::/23: benchmarking, ORCHIDv2
+            "2001:2::1",
+            "2001:20::1",
+            // ISATAP identifiers embedding private addresses, in any prefix
+            "2400:cb00::5efe:a00:1",
+            "2400:cb00::200:5efe:c0a8:101",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!strict().permits(ip), "{ip} must be refused");
@@ -253,7 +298,15 @@ mod tests {
 
     #[test]
     fn public_addresses_are_permitted() {
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "2400:cb00::1",
+            // NAT64 of a public address, and an ISATAP id of a public one
+            "64:ff9b::5db8:d822",
+            "2400:cb00::5efe:5db8:d822",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(strict().permits(ip), "{ip} must be permitted");
         }
@@ -282,6 +335,10 @@ mod tests {
             "https://[::ffff:7f00:1]/",
             "https://localhost/",
             "https://api.localhost./",
+            "https://[2002:7f00:1::]/",
+            "https://[2002:a9fe:a9fe::]/",
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+            "https://[64:ff9b::a9fe:a9fe]/",
         ] {
             assert!(
                 EndpointUrl::parse(url, &strict()).is_err(),

@@ -84,7 +84,12 @@ pub enum ErrorClass {
     HttpStatus,
     /// Every resolved address was refused by the address policy.
     ForbiddenAddress,
-    /// Anything else (malformed response, body error).
+    /// Herald itself ran out of a local resource (file descriptors,
+    /// socket buffers, memory, ephemeral ports) before the request left:
+    /// not the receiver's failure, so it is not charged to the delivery's
+    /// retry policy, its endpoint's health or auto-disable.
+    Local,
+    /// Anything else (malformed response).
     Other,
 }
 
@@ -97,6 +102,7 @@ impl ErrorClass {
             Self::Timeout => "timeout",
             Self::HttpStatus => "http_status",
             Self::ForbiddenAddress => "forbidden_address",
+            Self::Local => "local",
             Self::Other => "other",
         }
     }
@@ -109,6 +115,7 @@ impl ErrorClass {
             "timeout" => Self::Timeout,
             "http_status" => Self::HttpStatus,
             "forbidden_address" => Self::ForbiddenAddress,
+            "local" => Self::Local,
             "other" => Self::Other,
             _ => return None,
         })
@@ -140,6 +147,7 @@ mod tests {
             ErrorClass::Timeout,
             ErrorClass::HttpStatus,
             ErrorClass::ForbiddenAddress,
+            ErrorClass::Local,
             ErrorClass::Other,
         ] {
             assert_eq!(ErrorClass::parse(class.as_str()), Some(class));

@@ -34,6 +34,7 @@ const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    connections: herald_api::ConnectionLimits,
     address: SocketAddr,
     state: AppState,
     role: Role,
@@ -117,10 +118,12 @@ impl Application {
             },
         )
         .map_err(|e| anyhow::anyhow!("e-mail notifications: {e}"))?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener = bind(settings.listen, settings.listen_backlog)
             .with_context(|| format!("listening on {}", settings.listen))?;
         let address = listener.local_addr()?;
+        let mut connections = settings.connections.clone();
+        connections.max_body_bytes = settings.max_body_bytes;
+        connections.max_connections = connection_cap(settings.max_connections);
         let state = AppState {
             store,
             metrics,
@@ -129,6 +132,13 @@ impl Application {
             rate_limiter: settings
                 .token_rate_limit
                 .map(|rate| Arc::new(herald_api::RateLimiter::new(rate))),
+            request_slots: Arc::new(herald_api::RequestSlots::new(
+                settings.max_concurrent_requests,
+                settings
+                    .max_concurrent_requests_per_app
+                    .unwrap_or(settings.max_concurrent_requests / 8),
+                settings.max_concurrent_requests / 10,
+            )),
             config: Arc::new(ApiConfig {
                 max_endpoints_per_app: settings.max_endpoints_per_app,
                 admin_token_hash,
@@ -140,6 +150,9 @@ impl Application {
                 body_limit: settings.max_body_bytes,
                 rotation_grace: settings.rotation_grace,
                 max_concurrent_requests: settings.max_concurrent_requests,
+                max_concurrent_requests_per_app: settings
+                    .max_concurrent_requests_per_app
+                    .unwrap_or(settings.max_concurrent_requests / 8),
                 test_event_wait: settings.request_timeout + Duration::from_secs(5),
                 alerts,
                 public_url: settings
@@ -153,6 +166,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            connections,
             address,
             state,
             role: settings.role,
@@ -189,9 +203,11 @@ impl Application {
             Role::All | Role::Api => herald_api::router(self.state),
         };
         let stop = shutdown.clone();
-        herald_api::serve(self.listener, router, async move { stop.cancelled().await })
-            .await
-            .context("serving the API")?;
+        herald_api::serve(self.listener, router, self.connections, async move {
+            stop.cancelled().await
+        })
+        .await
+        .context("serving the API")?;
         shutdown.cancel();
         if let Some(dispatcher) = dispatcher {
             dispatcher.await.ok();
@@ -224,6 +240,52 @@ impl Application {
             ));
         }
     }
+}
+
+/// Binds the API's socket with a listen backlog of `backlog` (the kernel
+/// caps it at `net.core.somaxconn`).
+fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(backlog)
+}
+
+/// Raises the soft file-descriptor limit to the hard one, and returns how
+/// many API connections to allow: `configured`, or the limit less what
+/// deliveries and the database need (a quarter of it, at least 256). The
+/// limits are logged, since running out of descriptors is what this cap
+/// prevents.
+fn connection_cap(configured: Option<usize>) -> usize {
+    let (soft, hard) = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(_) => rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024)),
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the file-descriptor limit");
+            rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024))
+        }
+    };
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX).min(10_000_000);
+    let reserve = (soft / 4).max(256);
+    let automatic = soft.saturating_sub(reserve).max(16);
+    let cap = configured.unwrap_or(automatic);
+    if cap > automatic {
+        tracing::warn!(
+            max_connections = cap,
+            file_limit = soft,
+            "HERALD_MAX_CONNECTIONS leaves fewer than {reserve} descriptors for deliveries and the database"
+        );
+    }
+    tracing::info!(
+        file_limit = soft,
+        hard_file_limit = hard,
+        max_connections = cap,
+        "file descriptors: API connections capped, the rest kept for deliveries and the database"
+    );
+    cap
 }
 
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {

@@ -27,7 +27,24 @@ impl ChildServer {
     /// Runs `program serve` with `env` (JSON logs are forced so the bound
     /// address can be read from the start-up line) and waits for it to listen.
     pub fn start(program: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let mut command = Command::new(program);
+        Self::start_wrapped(&[], program, env)
+    }
+
+    /// Like [`ChildServer::start`], run through `wrapper` (a command and
+    /// its arguments, such as `prlimit --nofile=1024`) when not empty.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        program: &Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
         command
             .arg("serve")
             .envs(env.iter().map(|(name, value)| (*name, value)))

@@ -85,6 +85,34 @@ pub struct ServeArgs {
     /// API requests handled at once; more get 503 `overloaded` at once.
     #[arg(long, env = "HERALD_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
+    /// Of those, the most one app's requests (whatever its tokens) may
+    /// hold; more get 429 (default: an eighth). A tenth is kept for the
+    /// admin token.
+    #[arg(long, env = "HERALD_MAX_CONCURRENT_REQUESTS_PER_APP", value_name = "N")]
+    pub max_concurrent_requests_per_app: Option<usize>,
+    /// API connections open at once (default: the file-descriptor limit
+    /// less a quarter, at least 256, kept for deliveries and the database).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections the kernel queues before Herald accepts them.
+    #[arg(long, env = "HERALD_LISTEN_BACKLOG", value_name = "N")]
+    pub listen_backlog: Option<u32>,
+    /// Longest wait for a complete request head (`10s`).
+    #[arg(long, env = "HERALD_CLIENT_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub client_header_timeout: Option<String>,
+    /// Longest pause in a request body, and the grace before its minimum
+    /// rate applies (`10s`).
+    #[arg(long, env = "HERALD_CLIENT_BODY_TIMEOUT", value_name = "DURATION")]
+    pub client_body_timeout: Option<String>,
+    /// Bytes per second a request body must average after that grace (`4096`; `0`: none).
+    #[arg(long, env = "HERALD_CLIENT_BODY_MIN_RATE", value_name = "BYTES")]
+    pub client_body_min_rate: Option<u64>,
+    /// How long an idle kept-alive connection stays open (`60s`).
+    #[arg(long, env = "HERALD_KEEPALIVE_TIMEOUT", value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
+    /// Longest wait for a client to read more of its answer (`30s`).
+    #[arg(long, env = "HERALD_SEND_TIMEOUT", value_name = "DURATION")]
+    pub send_timeout: Option<String>,
     /// Deliveries in flight to one endpoint at once: what a slow endpoint
     /// can take from the others.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", value_name = "N")]
@@ -228,6 +256,14 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     max_in_flight_per_endpoint: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    max_concurrent_requests_per_app: Option<usize>,
+    max_connections: Option<usize>,
+    listen_backlog: Option<u32>,
+    client_header_timeout: Option<String>,
+    client_body_timeout: Option<String>,
+    client_body_min_rate: Option<u64>,
+    keepalive_timeout: Option<String>,
+    send_timeout: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     database_max_connections: Option<u32>,
@@ -414,6 +450,14 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_in_flight_per_endpoint: usize,
     pub max_concurrent_requests: usize,
+    /// `None`: an eighth of `max_concurrent_requests`.
+    pub max_concurrent_requests_per_app: Option<usize>,
+    /// Timeouts and caps of API connections; `max_connections` is filled
+    /// in from the file-descriptor limit at start unless set.
+    pub connections: herald_api::ConnectionLimits,
+    /// `None`: from the file-descriptor limit.
+    pub max_connections: Option<usize>,
+    pub listen_backlog: u32,
     pub admin_token: Option<Redacted>,
     pub policy: AddressPolicy,
     /// Resolver, proxy and source address of deliveries.
@@ -468,6 +512,10 @@ impl Settings {
             max_in_flight: 4096,
             max_in_flight_per_endpoint: 64,
             max_concurrent_requests: 1024,
+            max_concurrent_requests_per_app: None,
+            connections: herald_api::ConnectionLimits::default(),
+            max_connections: None,
+            listen_backlog: 1024,
             admin_token: None,
             policy: AddressPolicy::default(),
             network: Network::default(),
@@ -794,6 +842,54 @@ impl Settings {
             .or(file.max_concurrent_requests)
         {
             settings.max_concurrent_requests = n.clamp(1, 1_000_000);
+        }
+        if let Some(n) = args
+            .max_concurrent_requests_per_app
+            .or(file.max_concurrent_requests_per_app)
+        {
+            settings.max_concurrent_requests_per_app = Some(n.clamp(1, 1_000_000));
+        }
+        if let Some(n) = args.max_connections.or(file.max_connections) {
+            settings.max_connections = Some(n.clamp(1, 10_000_000));
+        }
+        if let Some(n) = args.listen_backlog.or(file.listen_backlog) {
+            settings.listen_backlog = n.clamp(1, 65_535);
+        }
+        let timeout =
+            |name: &str, text: Option<String>, target: &mut Duration| -> anyhow::Result<()> {
+                if let Some(text) = text {
+                    let period = herald_domain::parse_duration(text.trim())
+                        .map_err(|reason| anyhow::anyhow!("{name}: {reason}"))?;
+                    if period < Duration::from_secs(1) || period > Duration::from_secs(3600) {
+                        bail!("{name} must be between 1s and 1h");
+                    }
+                    *target = period;
+                }
+                Ok(())
+            };
+        let connections = &mut settings.connections;
+        timeout(
+            "HERALD_CLIENT_HEADER_TIMEOUT",
+            args.client_header_timeout.or(file.client_header_timeout),
+            &mut connections.header_timeout,
+        )?;
+        timeout(
+            "HERALD_CLIENT_BODY_TIMEOUT",
+            args.client_body_timeout.or(file.client_body_timeout),
+            &mut connections.body_timeout,
+        )?;
+        timeout(
+            "HERALD_KEEPALIVE_TIMEOUT",
+            args.keepalive_timeout.or(file.keepalive_timeout),
+            &mut connections.keepalive_timeout,
+        )?;
+        timeout(
+            "HERALD_SEND_TIMEOUT",
+            args.send_timeout.or(file.send_timeout),
+            &mut connections.send_timeout,
+        )?;
+        if let Some(rate) = args.client_body_min_rate.or(file.client_body_min_rate) {
+            connections.body_min_rate = rate;
         }
         if let Some(n) = args
             .max_in_flight_per_endpoint

@@ -55,6 +55,11 @@ pub type MessageRef = IdOrUid<MessageId>;
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip that proves the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Whether the database takes writes: an error while they fail (a
+    /// full disk, a read-only file system), so that the health check can
+    /// say so. SQLite answers from its last write batch and tries a probe
+    /// write only while those fail; PostgreSQL always writes the probe row.
+    async fn check_writes(&self) -> StoreResult<()>;
     /// Deliveries waiting and endpoints in trouble, for `/metrics`.
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges>;
     /// The connection pool's use, for `/metrics`.
@@ -268,12 +273,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     // Idempotency keys.
     /// Claims `key` for a request about to run: `Reserved` means go ahead,
     /// `Done` carries the saved response to replay, `InProgress` means
-    /// another request with the key is running. A reservation made before
-    /// `stale_before` belongs to a request that died and is taken over.
+    /// another request with the key is running, `Mismatch` that the key was
+    /// used with a request of another `fingerprint`. A reservation made
+    /// before `stale_before` belongs to a request that died and is taken
+    /// over.
     async fn reserve_idempotency_key(
         &self,
         scope: &str,
         key: &str,
+        fingerprint: &str,
         now: Timestamp,
         stale_before: Timestamp,
     ) -> StoreResult<Reservation>;

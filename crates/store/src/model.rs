@@ -307,6 +307,15 @@ pub struct AttemptOutcome {
     pub disable_endpoint: bool,
 }
 
+impl AttemptOutcome {
+    /// How many of its retry policy's attempts the delivery is charged: none
+    /// when the attempt failed on Herald's side before anything reached the
+    /// receiver (out of descriptors, buffers or memory).
+    pub fn charged(&self) -> i64 {
+        i64::from(self.attempt.error_class != Some(herald_domain::ErrorClass::Local))
+    }
+}
+
 /// A response saved under an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -324,6 +333,8 @@ pub enum Reservation {
     Done(StoredResponse),
     /// A request with this key is running now.
     InProgress,
+    /// The key was used with a different request (another body).
+    Mismatch,
 }
 
 /// What a bulk recovery re-sends: every failed delivery of `endpoint` whose

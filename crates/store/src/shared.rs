@@ -13,8 +13,8 @@ use herald_domain::sealing::Sealing;
 use crate::{
     AttemptFilter, AttemptQuery, AutoDisable, BackgroundTask, Claim, CreatedMessage, Cursor,
     DeliveryJob, Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message,
-    MessageInput, MessageQuery, Page, PageRequest, RateRule, Recovery, StoreError, StoreResult,
-    TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
+    MessageInput, MessageQuery, Page, PageRequest, RateRule, Recovery, Reservation, StoreError,
+    StoreResult, StoredResponse, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -171,7 +171,7 @@ pub(crate) fn subscribes(
 ) -> StoreResult<bool> {
     let filter = match filter_types {
         Some(names) => {
-            FilterTypes::parse(names).map_err(|e| StoreError::Internal(e.to_string()))?
+            FilterTypes::stored(names).map_err(|e| StoreError::Internal(e.to_string()))?
         }
         None => FilterTypes::all(),
     };
@@ -558,7 +558,7 @@ pub(crate) fn recovery_plan(
             Some(2) => requeue.push(message.clone()),
             Some(_) => {}
             None => {
-                let event_type = EventTypeName::parse(event_type)
+                let event_type = EventTypeName::stored(event_type)
                     .map_err(|e| StoreError::Internal(e.to_string()))?;
                 let channels: Option<Vec<String>> = channels.as_deref().map(decode).transpose()?;
                 if subscribes(
@@ -785,3 +785,34 @@ pub(crate) fn auto_disable_due(
             && failing_since.is_some_and(|since| since <= at - rule.after)
     })
 }
+
+/// Status stored for an idempotency key whose request is still running.
+pub(crate) const IDEMPOTENCY_IN_PROGRESS: i64 = 0;
+
+/// What a key found already reserved means for a request of `fingerprint`:
+/// another request's key is a mismatch (keys saved before fingerprints
+/// were kept have none and are taken at their word); otherwise its saved
+/// answer, or still running.
+pub(crate) fn idempotency_state(
+    status: i64,
+    body: String,
+    created_at: Timestamp,
+    stored_fingerprint: &str,
+    fingerprint: &str,
+) -> Reservation {
+    if !stored_fingerprint.is_empty() && stored_fingerprint != fingerprint {
+        return Reservation::Mismatch;
+    }
+    if status == IDEMPOTENCY_IN_PROGRESS {
+        return Reservation::InProgress;
+    }
+    Reservation::Done(StoredResponse {
+        status: status as u16,
+        body,
+        created_at,
+    })
+}
+
+/// Rewrites the health check's probe row (`$1`: now).
+pub(crate) const PROBE_WRITE_SQL: &str = "INSERT INTO store_probe (id, at) VALUES (1, $1)
+     ON CONFLICT (id) DO UPDATE SET at = excluded.at";

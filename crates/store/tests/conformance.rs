@@ -650,11 +650,11 @@ async fn an_idempotency_key_runs_one_request_and_replays_its_response() {
         };
 
         let first = store
-            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .reserve_idempotency_key("s", "k", "f1", at, at - 1_000)
             .await
             .unwrap();
         let concurrent = store
-            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .reserve_idempotency_key("s", "k", "f1", at, at - 1_000)
             .await
             .unwrap();
         store
@@ -662,21 +662,31 @@ async fn an_idempotency_key_runs_one_request_and_replays_its_response() {
             .await
             .unwrap();
         let repeat = store
-            .reserve_idempotency_key("s", "k", at, at - 1_000)
+            .reserve_idempotency_key("s", "k", "f1", at, at - 1_000)
+            .await
+            .unwrap();
+
+        let other_body = store
+            .reserve_idempotency_key("s", "k", "f2", at, at - 1_000)
             .await
             .unwrap();
 
         assert_eq!(first, Reservation::Reserved, "{name}");
         assert_eq!(concurrent, Reservation::InProgress, "{name}");
         assert_eq!(repeat, Reservation::Done(response), "{name}");
+        assert_eq!(
+            other_body,
+            Reservation::Mismatch,
+            "{name}: the same key with another request's fingerprint"
+        );
 
         store
-            .reserve_idempotency_key("s", "failed", at, at - 1_000)
+            .reserve_idempotency_key("s", "failed", "f1", at, at - 1_000)
             .await
             .unwrap();
         store.abandon_idempotency_key("s", "failed").await.unwrap();
         let retried = store
-            .reserve_idempotency_key("s", "failed", at, at - 1_000)
+            .reserve_idempotency_key("s", "failed", "f1", at, at - 1_000)
             .await
             .unwrap();
         assert_eq!(
@@ -686,12 +696,12 @@ async fn an_idempotency_key_runs_one_request_and_replays_its_response() {
         );
 
         store
-            .reserve_idempotency_key("s", "dead", at, at - 1_000)
+            .reserve_idempotency_key("s", "dead", "f1", at, at - 1_000)
             .await
             .unwrap();
         let later = at + 10_000;
         let taken_over = store
-            .reserve_idempotency_key("s", "dead", later, later - 1_000)
+            .reserve_idempotency_key("s", "dead", "f1", later, later - 1_000)
             .await
             .unwrap();
         assert_eq!(
@@ -706,7 +716,7 @@ async fn an_idempotency_key_runs_one_request_and_replays_its_response() {
             "{name}"
         );
         let gone = store
-            .reserve_idempotency_key("s", "k", later, later - 1_000)
+            .reserve_idempotency_key("s", "k", "f1", later, later - 1_000)
             .await
             .unwrap();
         assert_eq!(

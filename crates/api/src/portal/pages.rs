@@ -236,6 +236,7 @@ pub(super) fn new_endpoint(
                                     Some("tls") => "Its TLS certificate does not verify.",
                                     Some("connect") => "Nothing accepts connections there.",
                                     Some("timeout") => "It did not answer in time.",
+                                    Some("local") => "This server is short of resources (connections, memory) right now; try again.",
                                     _ => { "It answered " (check.status_code) "." },
                                 }
                             }

@@ -415,55 +415,6 @@ async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
 }
 
 #[tokio::test]
-async fn a_repeat_of_a_running_idempotent_request_gets_409_and_does_not_run() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
-    let tenant = app.create_app("Acme").await;
-    // The first request is still arriving: its handler is reading a body
-    // that never comes. `Expect: 100-continue` makes the server say when the
-    // handler starts reading, which is after the key was reserved.
-    let mut held = tokio::net::TcpStream::connect(app.address).await.unwrap();
-    let head = format!(
-        "POST /api/v1/app/{tenant}/msg/ HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {}\r\n\
-         Idempotency-Key: key-running\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\
-         Expect: 100-continue\r\n\r\n",
-        crate::helpers::TOKEN
-    );
-    held.write_all(head.as_bytes()).await.unwrap();
-    let mut interim = [0u8; 25];
-    tokio::time::timeout(WAIT, held.read_exact(&mut interim))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        interim.starts_with(b"HTTP/1.1 100"),
-        "{}",
-        String::from_utf8_lossy(&interim)
-    );
-
-    let repeat = app
-        .client
-        .post(app.url(&format!("/app/{tenant}/msg/")))
-        .bearer_auth(crate::helpers::TOKEN)
-        .header("idempotency-key", "key-running")
-        .json(&json!({"eventType": "call.completed", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
-
-    assert_eq!(repeat.status(), 409);
-    let error: serde_json::Value = repeat.json().await.unwrap();
-    assert_eq!(error["code"], "conflict");
-    let (_, list) = app.get(&format!("/app/{tenant}/msg/")).await;
-    assert_eq!(
-        list["data"],
-        json!([]),
-        "the repeat did not create a message"
-    );
-    drop(held);
-}
-
-#[tokio::test]
 async fn a_url_check_posts_one_signed_test_event_and_stores_nothing() {
     let app = crate::helpers::spawn_app().await;
     let receiver = crate::helpers::Receiver::start().await;

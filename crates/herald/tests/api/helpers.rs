@@ -51,6 +51,7 @@ pub struct Options {
     pub max_in_flight_per_endpoint: usize,
     pub max_concurrent_requests: usize,
     pub metrics_per_endpoint: bool,
+    pub connections: herald_api::ConnectionLimits,
 }
 
 impl Default for Options {
@@ -72,6 +73,7 @@ impl Default for Options {
             max_in_flight_per_endpoint: 64,
             max_concurrent_requests: 1024,
             metrics_per_endpoint: false,
+            connections: herald_api::ConnectionLimits::default(),
         }
     }
 }
@@ -104,6 +106,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.max_in_flight_per_endpoint = options.max_in_flight_per_endpoint;
     settings.max_concurrent_requests = options.max_concurrent_requests;
     settings.metrics_per_endpoint = options.metrics_per_endpoint;
+    settings.connections = options.connections;
     let application = Application::build(settings).await.expect("Herald starts");
     let address = application.address();
     let shutdown = CancellationToken::new();
@@ -424,6 +427,11 @@ impl Server {
     /// Starts `herald serve` with `env` over test defaults (port 0, the
     /// test token, loopback allowed, fast retries).
     pub fn start(env: &[(&str, String)]) -> Self {
+        Self::start_wrapped(&[], env)
+    }
+
+    /// Like [`Server::start`], through `wrapper` (e.g. `prlimit --nofile=1024`).
+    pub fn start_wrapped(wrapper: &[&str], env: &[(&str, String)]) -> Self {
         let mut all = vec![
             ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
             ("HERALD_ADMIN_TOKEN", TOKEN.to_owned()),
@@ -437,7 +445,7 @@ impl Server {
         ];
         all.extend(env.iter().cloned());
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
-        Self(ChildServer::start(program, &all).expect("herald serve starts"))
+        Self(ChildServer::start_wrapped(wrapper, program, &all).expect("herald serve starts"))
     }
 
     pub fn kill(self) {
@@ -479,6 +487,15 @@ impl Server {
         );
         response.json().await.unwrap()
     }
+}
+
+/// Says that `test` cannot run here and why — or, when CI demands every
+/// suite (`HERALD_TEST_REQUIRE_ALL` set), fails it.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var_os("HERALD_TEST_REQUIRE_ALL").is_some() {
+        panic!("{test} cannot run: {why} (HERALD_TEST_REQUIRE_ALL is set)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
 }
 
 /// A PostgreSQL database of its own for one test, when

@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod examples;
 mod helpers;
+mod hostile;
 mod inspector;
 mod isolation;
 mod network;

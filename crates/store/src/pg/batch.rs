@@ -408,10 +408,10 @@ async fn record_attempts(
     // The lease check keeps a worker whose lease ran out (and whose job was
     // claimed again) from overwriting the new holder's state.
     sqlx::query(
-        "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1,
+        "UPDATE deliveries d SET status = u.status, attempts = d.attempts + u.charged,
              next_attempt_at = u.next_at, lease_until = NULL, updated_at = u.at
-         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
-             AS u(message_id, endpoint_id, status, next_at, at, lease)
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+             AS u(message_id, endpoint_id, status, next_at, at, lease, charged)
          WHERE d.message_id = ANY($1) AND d.message_id = u.message_id AND d.endpoint_id = u.endpoint_id
              AND d.lease_until = u.lease",
     )
@@ -421,6 +421,7 @@ async fn record_attempts(
     .bind(int(&|o| o.next.delivery_state().1))
     .bind(int(&|o| Some(o.attempt.created_at)))
     .bind(int(&|o| Some(o.lease_until)))
+    .bind(int(&|o| Some(o.charged())))
     .execute(&mut *conn)
     .await
     .map_err(db)?;

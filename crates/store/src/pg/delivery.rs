@@ -306,24 +306,26 @@ pub(crate) async fn next_due_at(
     row.map(|r| r.try_get(0).map_err(db)).transpose()
 }
 
-/// Status stored for a key whose request is still running.
-const IN_PROGRESS: i64 = 0;
+use shared::IDEMPOTENCY_IN_PROGRESS as IN_PROGRESS;
 
 pub(crate) async fn reserve_idempotency_key(
     conn: &mut PgConnection,
     scope: &str,
     key: &str,
+    fingerprint: &str,
     now: Timestamp,
     stale_before: Timestamp,
 ) -> StoreResult<Reservation> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES ($1, $2, $3, '', $4)
+        "INSERT INTO idempotency_keys (scope, key, status, body, created_at, fingerprint)
+         VALUES ($1, $2, $3, '', $4, $5)
          ON CONFLICT (scope, key) DO NOTHING",
     )
     .bind(scope)
     .bind(key)
     .bind(IN_PROGRESS)
     .bind(now)
+    .bind(fingerprint)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -331,7 +333,8 @@ pub(crate) async fn reserve_idempotency_key(
         return Ok(Reservation::Reserved);
     }
     let row = sqlx::query(
-        "SELECT status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2 FOR UPDATE",
+        "SELECT status, body, created_at, fingerprint FROM idempotency_keys
+         WHERE scope = $1 AND key = $2 FOR UPDATE",
     )
     .bind(scope)
     .bind(key)
@@ -340,14 +343,15 @@ pub(crate) async fn reserve_idempotency_key(
     .map_err(db)?;
     let status: i64 = row.try_get(0).map_err(db)?;
     let created_at: Timestamp = row.try_get(2).map_err(db)?;
-    if status != IN_PROGRESS {
-        return Ok(Reservation::Done(StoredResponse {
-            status: status as u16,
-            body: row.try_get(1).map_err(db)?,
-            created_at,
-        }));
-    }
-    if created_at < stale_before {
+    let stored: String = row.try_get(3).map_err(db)?;
+    let reservation = shared::idempotency_state(
+        status,
+        row.try_get(1).map_err(db)?,
+        created_at,
+        &stored,
+        fingerprint,
+    );
+    if reservation == Reservation::InProgress && created_at < stale_before {
         sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND key = $3 AND status = $4")
             .bind(now)
             .bind(scope)
@@ -358,7 +362,7 @@ pub(crate) async fn reserve_idempotency_key(
             .map_err(db)?;
         return Ok(Reservation::Reserved);
     }
-    Ok(Reservation::InProgress)
+    Ok(reservation)
 }
 
 pub(crate) async fn complete_idempotency_key(

@@ -82,6 +82,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("../../migrations/postgres/0012_endpoint_pacing.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/postgres/0013_idempotency_fingerprint.sql"),
+    ),
+    (
+        14,
+        include_str!("../../migrations/postgres/0014_store_probe.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -426,6 +434,18 @@ impl Store for PgStore {
         .await
     }
 
+    async fn check_writes(&self) -> StoreResult<()> {
+        self.transaction(async |c| {
+            sqlx::query(shared::PROBE_WRITE_SQL)
+                .bind(shared::now())
+                .execute(c)
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn create_app(&self, input: AppInput) -> StoreResult<App> {
         self.transaction(async |c| admin::create_app(c, input).await)
             .await
@@ -758,11 +778,12 @@ impl Store for PgStore {
         &self,
         scope: &str,
         key: &str,
+        fingerprint: &str,
         now: Timestamp,
         stale_before: Timestamp,
     ) -> StoreResult<Reservation> {
         self.transaction(async |c| {
-            delivery::reserve_idempotency_key(c, scope, key, now, stale_before).await
+            delivery::reserve_idempotency_key(c, scope, key, fingerprint, now, stale_before).await
         })
         .await
     }

@@ -114,7 +114,7 @@ pub(crate) fn app(row: &PgRow) -> sqlx::Result<App> {
 
 pub(crate) fn event_type(row: &PgRow) -> sqlx::Result<EventType> {
     Ok(EventType {
-        name: parsed(row, "name", EventTypeName::parse)?,
+        name: parsed(row, "name", EventTypeName::stored)?,
         description: row.try_get("description")?,
         schemas: optional_json(row, "schemas")?,
         archived: row.try_get("archived")?,
@@ -163,7 +163,7 @@ pub(crate) fn message(row: &PgRow) -> sqlx::Result<Message> {
         id: parsed(row, "id", MessageId::parse)?,
         app_id: parsed(row, "app_id", AppId::parse)?,
         event_id: optional_uid(row, "event_id")?,
-        event_type: parsed(row, "event_type", EventTypeName::parse)?,
+        event_type: parsed(row, "event_type", EventTypeName::stored)?,
         payload: row.try_get("payload")?,
         channels: optional_json(row, "channels")?,
         created_at: row.try_get("created_at")?,

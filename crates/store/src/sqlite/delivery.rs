@@ -401,13 +401,14 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
     .map_err(internal)?;
     let (status, next_attempt_at) = outcome.next.delivery_state();
     conn.prepare_cached(
-        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
+        "UPDATE deliveries SET status = ?, attempts = attempts + ?, next_attempt_at = ?,
              lease_until = NULL, updated_at = ?
          WHERE message_id = ? AND endpoint_id = ? AND lease_until = ?",
     )
     .and_then(|mut s| {
         s.execute(params![
             status.code(),
+            outcome.charged(),
             next_attempt_at,
             attempt.created_at,
             attempt.message_id.to_string(),
@@ -456,40 +457,39 @@ pub(crate) fn release_orphaned_leases(conn: &Connection) -> StoreResult<u64> {
     .map_err(internal)
 }
 
-/// Status stored for a key whose request is still running.
-const IN_PROGRESS: i64 = 0;
+use shared::IDEMPOTENCY_IN_PROGRESS as IN_PROGRESS;
 
 pub(crate) fn reserve_idempotency_key(
     conn: &Connection,
     scope: &str,
     key: &str,
+    fingerprint: &str,
     now: Timestamp,
     stale_before: Timestamp,
 ) -> StoreResult<Reservation> {
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO idempotency_keys (scope, key, status, body, created_at) VALUES (?, ?, ?, '', ?)
+            "INSERT INTO idempotency_keys (scope, key, status, body, created_at, fingerprint)
+             VALUES (?, ?, ?, '', ?, ?)
              ON CONFLICT (scope, key) DO NOTHING",
         )
-        .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS, now]))
+        .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS, now, fingerprint]))
         .map_err(internal)?;
     if inserted == 1 {
         return Ok(Reservation::Reserved);
     }
-    let (status, body, created_at): (i64, String, Timestamp) = conn
+    let (status, body, created_at, stored): (i64, String, Timestamp, String) = conn
         .prepare_cached(
-            "SELECT status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+            "SELECT status, body, created_at, fingerprint FROM idempotency_keys WHERE scope = ? AND key = ?",
         )
-        .and_then(|mut s| s.query_row([scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .and_then(|mut s| {
+            s.query_row([scope, key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+        })
         .map_err(internal)?;
-    if status != IN_PROGRESS {
-        return Ok(Reservation::Done(StoredResponse {
-            status: status as u16,
-            body,
-            created_at,
-        }));
-    }
-    if created_at < stale_before {
+    let reservation = shared::idempotency_state(status, body, created_at, &stored, fingerprint);
+    if reservation == Reservation::InProgress && created_at < stale_before {
         conn.prepare_cached(
             "UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ? AND status = ?",
         )
@@ -497,7 +497,7 @@ pub(crate) fn reserve_idempotency_key(
         .map_err(internal)?;
         return Ok(Reservation::Reserved);
     }
-    Ok(Reservation::InProgress)
+    Ok(reservation)
 }
 
 pub(crate) fn complete_idempotency_key(

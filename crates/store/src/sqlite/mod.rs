@@ -25,6 +25,15 @@ use pool::{
     internal, open_connection, Checkpointer, ReadPool, Writer, WRITER_AUTOCHECKPOINT_PAGES,
 };
 
+/// Below this much free space on the database's file system, writes are
+/// reported failing: the next one that needs a new page will fail.
+const MIN_FREE_SPACE: u64 = 1024 * 1024;
+
+/// A write batch that failed this recently makes writes count as failing
+/// (small writes, such as the engine's, may still fit where a message
+/// does not, so one success proves little).
+const WRITE_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Migrations in order; the number is the schema version each one produces.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
@@ -72,6 +81,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("../../migrations/sqlite/0012_endpoint_pacing.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/sqlite/0013_idempotency_fingerprint.sql"),
+    ),
+    (
+        14,
+        include_str!("../../migrations/sqlite/0014_store_probe.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -100,6 +117,8 @@ impl SqliteOptions {
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The directory of the database file (for its free space).
+    directory: std::path::PathBuf,
     sealing: Arc<Sealing>,
     writer: Writer,
     readers: ReadPool,
@@ -116,11 +135,23 @@ impl SqliteStore {
         reseal(&conn, &options.sealing)?;
         let readers = ReadPool::open(&options.path, options.readers.max(1))?;
         Ok(Self {
+            directory: options
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_owned(),
             sealing: Arc::new(options.sealing.clone()),
             writer: Writer::start(conn, options.admission_limit),
             readers,
             _checkpointer: Arc::new(Checkpointer::start(&options.path)?),
         })
+    }
+
+    /// Bytes free to this process on the file system of the database.
+    fn free_space(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(self.directory.as_path()).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Applies pending migrations and returns the schema version.
@@ -213,6 +244,22 @@ impl Store for SqliteStore {
         self.readers
             .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
             .await
+    }
+
+    async fn check_writes(&self) -> StoreResult<()> {
+        // A disk with (almost) no room left fails the next write that
+        // needs a new page, however small the last successful one was.
+        if let Some(free) = self.free_space() {
+            if free < MIN_FREE_SPACE {
+                return Err(StoreError::Unavailable(format!(
+                    "the disk holding the database is full ({free} bytes free)"
+                )));
+            }
+        }
+        match self.writer.recent_failure(WRITE_FAILURE_WINDOW) {
+            Some(reason) => Err(StoreError::Unavailable(reason)),
+            None => Ok(()),
+        }
     }
 
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
@@ -641,12 +688,15 @@ impl Store for SqliteStore {
         &self,
         scope: &str,
         key: &str,
+        fingerprint: &str,
         now: Timestamp,
         stale_before: Timestamp,
     ) -> StoreResult<Reservation> {
-        let (scope, key) = (scope.to_owned(), key.to_owned());
+        let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_owned());
         self.writer
-            .write(move |c| delivery::reserve_idempotency_key(c, &scope, &key, now, stale_before))
+            .write(move |c| {
+                delivery::reserve_idempotency_key(c, &scope, &key, &fingerprint, now, stale_before)
+            })
             .await
     }
     async fn complete_idempotency_key(

@@ -38,6 +38,11 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
          PRAGMA cache_size = -16000;",
     )
     .map_err(internal)?;
+    // Once the log has been copied back into the database and starts over,
+    // a longer file is cut to this size: after a burst the WAL does not
+    // keep its peak size on disk.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .map_err(internal)?;
     Ok(conn)
 }
 
@@ -47,6 +52,8 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// When and why a write batch last failed.
+    failure: Arc<Mutex<Option<(std::time::Instant, String)>>>,
     /// Jobs sent and not yet taken by the writer thread.
     queued: Arc<AtomicUsize>,
     /// Above this many queued jobs, new work from clients is refused.
@@ -59,16 +66,29 @@ impl Writer {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// Why a write batch failed, if one did within `window`.
+    pub(crate) fn recent_failure(&self, window: std::time::Duration) -> Option<String> {
+        self.failure
+            .lock()
+            .expect("writer failure")
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < window)
+            .map(|(_, reason)| reason.clone())
+    }
+
     pub(crate) fn start(conn: Connection, admission_limit: usize) -> Self {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let noted = failure.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run_writer(conn, receiver, taken))
+            .spawn(move || run_writer(conn, receiver, taken, noted))
             .expect("spawning the writer thread");
         Self {
             jobs,
+            failure,
             queued,
             admission_limit,
         }
@@ -139,7 +159,17 @@ fn in_savepoint<T>(
     }
 }
 
-fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>, queued: Arc<AtomicUsize>) {
+fn run_writer(
+    conn: Connection,
+    receiver: mpsc::Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+    failure: Arc<Mutex<Option<(std::time::Instant, String)>>>,
+) {
+    let note = |outcome: Result<(), String>| {
+        if let Err(error) = outcome {
+            *failure.lock().expect("writer failure") = Some((std::time::Instant::now(), error));
+        }
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = receiver.recv() {
@@ -154,6 +184,7 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>, queued: Arc<Atomi
         let began = run_cached(&conn, "BEGIN IMMEDIATE");
         if let Err(error) = began {
             tracing::error!(%error, "could not begin a write transaction");
+            note(Err(error.to_string()));
             for _job in batch.drain(..) {
                 // Dropping a job drops its reply sender: the caller sees Unavailable.
             }
@@ -167,6 +198,7 @@ fn run_writer(conn: Connection, receiver: mpsc::Receiver<Job>, queued: Arc<Atomi
             tracing::error!(%error, "write batch failed to commit");
             let _ = conn.execute_batch("ROLLBACK");
         }
+        note(committed.as_ref().map(|_| ()).map_err(ToString::to_string));
         for completion in completions.drain(..) {
             let outcome = match &committed {
                 Ok(()) => Ok(()),
@@ -190,26 +222,54 @@ pub(crate) struct Checkpointer {
 /// Pages of WAL after which the writer checkpoints by itself after all.
 pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
+/// Bytes of WAL kept on disk once it has been checkpointed (16 MiB).
+pub(crate) const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
 impl Checkpointer {
     pub(crate) fn start(path: &Path) -> StoreResult<Self> {
         let conn = open_connection(path, false)?;
+        let wal = {
+            let mut name = path.as_os_str().to_owned();
+            name.push("-wal");
+            std::path::PathBuf::from(name)
+        };
         let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
             .spawn(move || {
+                let mut failing = false;
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(std::time::Duration::from_millis(250))
                 {
-                    if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "WAL checkpoint failed");
+                    match checkpoint(&conn, &wal) {
+                        Ok(()) => failing = false,
+                        // Once per episode: a full disk fails every 250 ms.
+                        Err(error) if !failing => {
+                            failing = true;
+                            tracing::warn!(%error, "WAL checkpoint failed");
+                        }
+                        Err(_) => {}
                     }
                 }
             })
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self { _stop: stop })
     }
+}
+
+/// Copies what it can of the WAL into the database without blocking the
+/// writer; when all of it has been copied and the file is still past
+/// [`WAL_SIZE_LIMIT`] (left from a burst, with no write since to start it
+/// over), truncates it, which waits only for the writer's current batch.
+fn checkpoint(conn: &Connection, wal: &Path) -> rusqlite::Result<()> {
+    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?;
+    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    if log >= 0 && log == copied && size > WAL_SIZE_LIMIT as u64 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 /// A fixed set of read-only connections used from blocking threads.

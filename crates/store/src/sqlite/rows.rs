@@ -65,7 +65,7 @@ pub(crate) fn app(row: &Row<'_>) -> rusqlite::Result<App> {
 
 pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<EventType> {
     Ok(EventType {
-        name: parsed(row, 0, EventTypeName::parse)?,
+        name: parsed(row, 0, EventTypeName::stored)?,
         description: row.get(1)?,
         schemas: optional_json(row, 2)?,
         archived: row.get(3)?,
@@ -107,7 +107,7 @@ pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
         id: parsed(row, 0, MessageId::parse)?,
         app_id: parsed(row, 1, AppId::parse)?,
         event_id: optional_uid(row, 2)?,
-        event_type: parsed(row, 3, EventTypeName::parse)?,
+        event_type: parsed(row, 3, EventTypeName::stored)?,
         payload: row.get(4)?,
         channels: optional_json(row, 5)?,
         created_at: row.get(6)?,

@@ -1,0 +1,639 @@
+//! The API's listener: accepts TCP connections and serves HTTP/1.1 on them
+//! under rules that keep slow, idle or greedy clients from holding the
+//! server (the spirit of nginx's `client_header_timeout`,
+//! `client_body_timeout`, `keepalive_timeout` and `send_timeout`):
+//!
+//! - a new connection must send a complete request head within the header
+//!   timeout, and so must a kept-alive one from the first byte of its next
+//!   request; a kept-alive connection with nothing to say is closed after
+//!   the keep-alive timeout;
+//! - a request body must keep coming: no pause longer than the body
+//!   timeout, and after that long at least the minimum rate on average
+//!   (else 408 and the connection is closed);
+//! - a client that does not read its answer is dropped after the send
+//!   timeout without progress;
+//! - a body declared larger than the limit is refused (413) before any of
+//!   it is read;
+//! - at most `max_connections` are open at once, which leaves the rest of
+//!   the process's descriptors to deliveries and the database; at the cap,
+//!   the connection idle the longest gives its place to the new one (so
+//!   idle connections cannot lock anyone out), and with none idle the new
+//!   one is closed at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// The connection rules; [`ConnectionLimits::default`] holds the defaults
+/// documented in the README.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Longest wait for a complete request head, from the connection's
+    /// start or from the first byte of a request on a kept-alive one.
+    pub header_timeout: Duration,
+    /// Longest pause while a request body arrives, and the grace before
+    /// `body_min_rate` applies.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average once `body_timeout`
+    /// has passed since its start (0: no minimum).
+    pub body_min_rate: u64,
+    /// How long a kept-alive connection may sit between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for a client to take more of its answer.
+    pub send_timeout: Duration,
+    /// Connections open at once, at most.
+    pub max_connections: usize,
+    /// Requests declaring a larger `Content-Length` are refused at once.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 4096,
+            keepalive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Milliseconds since the first connection, plus one (0 means "not set").
+fn clock() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The instant of a [`clock`] reading.
+fn instant_at(ms: u64) -> Instant {
+    *START.get_or_init(Instant::now) + Duration::from_millis(ms.saturating_sub(1))
+}
+
+/// What the connection's watchdog needs to know of it.
+#[derive(Debug)]
+struct Connection {
+    accepted: u64,
+    /// Requests being handled (their answers not yet fully written).
+    active: AtomicUsize,
+    /// Whether a request has been handled on it yet.
+    served: AtomicBool,
+    /// When the last request's answer was done.
+    idle_since: AtomicU64,
+    /// When the first byte of the next request head arrived (0: none yet).
+    head_started: AtomicU64,
+    /// A body read by the handler stalled past the body timeout.
+    body_timed_out: AtomicBool,
+    /// Closed to make room for a new connection.
+    evicted: AtomicBool,
+    /// Wakes the watchdog when any of the above changes.
+    changed: tokio::sync::Notify,
+}
+
+impl Connection {
+    fn new(now: u64) -> Self {
+        Self {
+            accepted: now,
+            active: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since: AtomicU64::new(now),
+            head_started: AtomicU64::new(0),
+            body_timed_out: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Acquire) == 0
+    }
+
+    /// When the watchdog closes the connection unless something happens
+    /// first; `None` while a request is being handled (its body and its
+    /// answer have timeouts of their own).
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<u64> {
+        if self.evicted.load(Ordering::Acquire) {
+            return Some(0);
+        }
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let header = limits.header_timeout.as_millis() as u64;
+        let head_started = self.head_started.load(Ordering::Acquire);
+        if head_started != 0 {
+            return Some(head_started + header);
+        }
+        if !self.served.load(Ordering::Acquire) {
+            return Some(self.accepted + header);
+        }
+        Some(self.idle_since.load(Ordering::Acquire) + limits.keepalive_timeout.as_millis() as u64)
+    }
+
+    fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        self.served.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    fn request_ended(&self) {
+        self.idle_since.store(clock(), Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    fn bytes_arrived(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
+            self.head_started.store(clock(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// The open connections, for the cap and for eviction.
+#[derive(Debug, Default)]
+struct Registry {
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    /// Registers a new connection, making room if the cap is reached by
+    /// evicting the one idle the longest; `None` when every open
+    /// connection is busy.
+    fn admit(&self, max: usize) -> Option<(u64, Arc<Connection>)> {
+        let mut open = self.open.lock().expect("connection registry");
+        if open.len() >= max && !Self::evict_locked(&mut open) {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection::new(clock()));
+        open.insert(id, connection.clone());
+        Some((id, connection))
+    }
+
+    /// Closes the connection idle the longest; false when none is idle.
+    fn evict_idle(&self) -> bool {
+        Self::evict_locked(&mut self.open.lock().expect("connection registry"))
+    }
+
+    fn evict_locked(open: &mut HashMap<u64, Arc<Connection>>) -> bool {
+        let oldest = open
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        let Some(id) = oldest else {
+            return false;
+        };
+        if let Some(connection) = open.remove(&id) {
+            connection.evicted.store(true, Ordering::Release);
+            connection.changed.notify_one();
+        }
+        true
+    }
+
+    fn remove(&self, id: u64) {
+        self.open.lock().expect("connection registry").remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.open.lock().expect("connection registry").len()
+    }
+}
+
+/// Serves `service` on `listener` under `limits` until `shutdown`
+/// completes; then stops accepting, lets each connection finish the
+/// request it is handling, and returns once they have (or after 30 s).
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let limits = Arc::new(limits);
+    let registry = Arc::new(Registry::default());
+    let stop = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    let mut refused: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors: free one by closing the connection
+                // idle the longest, and wait a moment before trying again
+                // (the failed accept left the client in the backlog).
+                tracing::warn!(%error, open = registry.len(), "accepting a connection failed");
+                registry.evict_idle();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some((id, connection)) = registry.admit(limits.max_connections) else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    max_connections = limits.max_connections,
+                    "connection cap reached with every connection busy: closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let limits = limits.clone();
+        let registry = registry.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            run_connection(stream, service, connection, &limits, stop).await;
+            registry.remove(id);
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = registry.len(),
+            "connections still open 30 s after shutdown began"
+        );
+    }
+    Ok(())
+}
+
+async fn run_connection<S>(
+    stream: TcpStream,
+    service: S,
+    connection: Arc<Connection>,
+    limits: &ConnectionLimits,
+    stop: CancellationToken,
+) where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(Watched {
+        stream,
+        connection: connection.clone(),
+        send_timeout: limits.send_timeout,
+        stalled_write: None,
+    });
+    let handler = {
+        let connection = connection.clone();
+        let limits = limits.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            handle(request, service.clone(), connection.clone(), limits.clone())
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, handler);
+    tokio::pin!(served);
+    let mut draining = false;
+    loop {
+        let deadline = connection.deadline(limits);
+        let changed = connection.changed.notified();
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = changed => {}
+            () = sleep_until(deadline) => {
+                // Re-read: a request may have started meanwhile.
+                if connection.deadline(limits).is_some_and(|at| at <= clock()) {
+                    tracing::debug!("closing a connection past its timeout");
+                    return;
+                }
+            }
+            () = stop.cancelled(), if !draining => {
+                served.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<u64>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(instant_at(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One request: refused at once if its declared body is too large;
+/// otherwise handed to the router with a watched body, and the
+/// connection counted busy until its answer has been written.
+async fn handle<S>(
+    request: hyper::Request<Incoming>,
+    service: S,
+    connection: Arc<Connection>,
+    limits: ConnectionLimits,
+) -> Result<Response, std::convert::Infallible>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    connection.request_started();
+    let busy = Busy(connection.clone());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        let mut response = ApiError::PayloadTooLarge.into_response();
+        // The body is not read: the connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response.map(|body| Body::new(Counted { body, _busy: busy })));
+    }
+    let request = request.map(|body| {
+        Body::new(Timed {
+            body,
+            connection: connection.clone(),
+            pause: limits.body_timeout,
+            min_rate: limits.body_min_rate,
+            started: None,
+            received: 0,
+            timer: None,
+        })
+    });
+    let response = match service.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let response = if connection.body_timed_out.load(Ordering::Acquire) {
+        let mut response = ApiError::RequestTimeout.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    } else {
+        response
+    };
+    Ok(response.map(|body| Body::new(Counted { body, _busy: busy })))
+}
+
+/// Marks the connection busy while alive.
+#[derive(Debug)]
+struct Busy(Arc<Connection>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// An answer's body, which keeps its connection counted busy until it has
+/// been written (or dropped).
+struct Counted {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails once it pauses longer than `pause`, or once
+/// it falls below `min_rate` on average after `pause` from its start.
+struct Timed {
+    body: Incoming,
+    connection: Arc<Connection>,
+    pause: Duration,
+    min_rate: u64,
+    started: Option<Instant>,
+    received: u64,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timed {
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let started = self.started.unwrap_or(now);
+        let by_pause = now + self.pause;
+        if self.min_rate == 0 {
+            return by_pause;
+        }
+        let by_rate = started
+            + self.pause
+            + Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        by_pause.min(by_rate)
+    }
+}
+
+#[derive(Debug)]
+struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl HttpBody for Timed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.started.is_none() {
+            let now = Instant::now();
+            this.started = Some(now);
+            this.timer = Some(Box::pin(tokio::time::sleep_until(this.next_deadline(now))));
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                }
+                let deadline = this.next_deadline(Instant::now());
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let expired = this
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.connection
+                        .body_timed_out
+                        .store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket, watched: notes the first byte of each request head, and
+/// fails a write that makes no progress for `send_timeout`.
+struct Watched {
+    stream: TcpStream,
+    connection: Arc<Connection>,
+    send_timeout: Duration,
+    stalled_write: Option<Pin<Box<Sleep>>>,
+}
+
+impl Watched {
+    fn write_progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.stalled_write = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let timer = self
+                    .stalled_write
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped reading its answer",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.connection.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.write_progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.write_progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.write_progress(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -515,4 +515,43 @@ mod tests {
             );
         }
     }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn herald_s_own_shortages_are_local_and_the_receiver_s_failures_are_not() {
+        let cases = [
+            (libc::EMFILE, true, "out of file descriptors"),
+            (libc::ENFILE, true, "the system is out of file descriptors"),
+            (libc::ENOBUFS, true, "no socket buffers"),
+            (libc::ENOMEM, true, "no memory"),
+            (libc::EADDRNOTAVAIL, true, "no local port"),
+            (libc::ECONNREFUSED, false, "the receiver refused"),
+            (libc::ECONNRESET, false, "the receiver reset"),
+            (libc::EHOSTUNREACH, false, "the receiver is unreachable"),
+        ];
+        for (errno, local, why) in cases {
+            let error = Wrapped(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(is_local(&error), local, "{why}");
+        }
+        let resolver = DnsFailure(
+            "hooks.test".into(),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        assert!(
+            is_local(&resolver),
+            "a lookup that failed for want of descriptors (only its message says so)"
+        );
+    }
 }

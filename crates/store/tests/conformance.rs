@@ -833,6 +833,62 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
     }
 }
 
+#[tokio::test]
+async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/1").await;
+        let at = now();
+        let job = store
+            .create_message(app, message("call.started", None), Some(claim(at)))
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        let failed = |job: &DeliveryJob, class: herald_domain::ErrorClass| AttemptOutcome {
+            lease_until: job.lease_until,
+            attempt: Attempt {
+                id: AttemptId::generate(),
+                app_id: app,
+                message_id: job.message.id,
+                endpoint_id: job.endpoint.id,
+                url: job.endpoint.url.clone(),
+                status: DeliveryStatus::Failed,
+                response_status_code: 0,
+                response: "Too many open files (os error 24)".into(),
+                response_duration_ms: 1,
+                error_class: Some(class),
+                trigger: Trigger::Scheduled,
+                created_at: now(),
+            },
+            next: NextStep::RetryAt(now() - 1),
+            disable_endpoint: false,
+        };
+
+        store
+            .record_attempt(failed(&job, herald_domain::ErrorClass::Local))
+            .await
+            .unwrap();
+        let again = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        store
+            .record_attempt(failed(&again[0], herald_domain::ErrorClass::Connect))
+            .await
+            .unwrap();
+        let third = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+
+        assert_eq!(again.len(), 1, "{name}: retried");
+        assert_eq!(
+            again[0].attempts_made, 0,
+            "{name}: the local failure was not charged"
+        );
+        assert_eq!(
+            third[0].attempts_made, 1,
+            "{name}: the receiver's failure was"
+        );
+    }
+}
+
 /// Records the one attempt of `job` with a final outcome.
 async fn finish(store: &dyn Store, job: &DeliveryJob, succeeded: bool) {
     store

@@ -5,6 +5,7 @@
 //   ENDPOINT_URL         the URL of the app's endpoint, expected in the list
 //   NEW_ENDPOINT_URL     a receiver URL to create an endpoint for (answers 200 "received")
 //   OTHER_APP_PATH       a portal path of another app, expected to be "not found"
+//   READ_ONLY_LINK       a `readOnly: true` portal link of the same app
 //   SCREENSHOTS          the folder screenshots are saved to
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
@@ -307,6 +308,31 @@ try {
   assert.ok(page.url().endsWith('/portal/login'), `logged out: ${page.url()} (${back.status()})`);
   await page.pendingCheck;
   if (page.failedCheck) throw page.failedCheck;
+
+  // A read-only link shows the same app with no control that changes
+  // anything: the only buttons left log out, filter and reveal the secret.
+  const viewer = await (await browser.newContext({ viewport: { width: 1200, height: 800 } })).newPage();
+  await viewer.goto(env('READ_ONLY_LINK'));
+  await viewer.waitForURL(/\/portal\/app\//);
+  const appPage = viewer.url();
+  assert.ok(await viewer.locator('#read-only').isVisible(), 'the list says read-only');
+  assert.equal(await viewer.getByRole('link', { name: 'Add endpoint' }).count(), 0);
+  await viewer.locator('table.endpoints tbody tr a').first().click();
+  await viewer.waitForURL(/\/endpoint\/ep_/);
+  const viewerEndpoint = viewer.url();
+  for (const path of [appPage, viewerEndpoint, `${viewerEndpoint}/activity`, `${appPage}/activity`,
+    `${appPage}/alerts`, `${appPage}/inspector`, `${appPage}/catalog`]) {
+    await viewer.goto(path);
+    const buttons = await viewer.locator('button').evaluateAll(
+      (all) => all.map((b) => b.textContent.trim()));
+    const changing = buttons.filter((b) => !['Log out', 'Filter', 'Reveal secret', 'Copy'].includes(b));
+    assert.deepEqual(changing, [], `${path} offers ${changing.join(', ')}`);
+    assert.equal(await viewer.getByRole('link', { name: 'Edit' }).count(), 0, `${path}: no edit link`);
+  }
+  await viewer.goto(viewerEndpoint);
+  await viewer.getByRole('button', { name: 'Reveal secret' }).click();
+  assert.ok((await viewer.locator('#secret').innerText()).startsWith('whsec_'), 'reading the secret works');
+  await viewer.screenshot({ path: `${screenshots}/read-only-endpoint.png`, fullPage: true });
 
   // The API reference renders from the vendored Redoc, with nothing
   // refused by its content security policy and no script error.

@@ -23,7 +23,12 @@ use crate::AppState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Principal {
     Admin,
-    App { app: AppId, token: TokenId },
+    App {
+        app: AppId,
+        token: TokenId,
+        /// A `readOnly` portal token: every write is refused (403).
+        read_only: bool,
+    },
 }
 
 impl Principal {
@@ -33,6 +38,17 @@ impl Principal {
             Self::Admin => "admin".to_owned(),
             Self::App { token, .. } => token.to_string(),
         }
+    }
+
+    /// Whether the holder may only read.
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Self::App {
+                read_only: true,
+                ..
+            }
+        )
     }
 
     /// The one app the holder may reach, if scoped.
@@ -84,6 +100,11 @@ pub(crate) async fn authenticate(
             .into_response();
         }
     }
+    // A read-only token reads: every other method is a write (or, like a
+    // URL check or a test event, has effects outside Herald).
+    if principal.read_only() && !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return ApiError::ReadOnly.into_response();
+    }
     // Held until the answer is ready: one app cannot take more than its
     // share of the slots, and the admin token keeps a reserve.
     let _slot = match state.request_slots.take(principal.app()) {
@@ -110,6 +131,7 @@ pub(crate) async fn principal_of(
         Some(token) if token.is_valid_at(now_ms()) => Some(Principal::App {
             app: token.app_id,
             token: token.id,
+            read_only: token.kind.read_only(),
         }),
         _ => None,
     })

@@ -365,7 +365,7 @@ pub(crate) async fn replace(
     check_description(&description)?;
     let update = EndpointInput {
         uid: parse_uid(input.uid.as_deref())?,
-        url: EndpointUrl::parse(&input.url, &state.config.policy)?,
+        url: EndpointUrl::update(&input.url, &current.url, &state.config.policy)?,
         description,
         disabled: input.disabled,
         filter_types: parse_filter(input.filter_types.as_deref())?,
@@ -385,10 +385,10 @@ pub(crate) async fn replace(
 
 /// An endpoint's current settings as input for an update (the portal's
 /// enable/disable).
-pub(crate) fn input_of(current: &Endpoint, state: &AppState) -> ApiResult<EndpointInput> {
+pub(crate) fn input_of(current: &Endpoint) -> ApiResult<EndpointInput> {
     Ok(EndpointInput {
         uid: current.uid.clone(),
-        url: EndpointUrl::parse(&current.url, &state.config.policy)?,
+        url: EndpointUrl::stored(&current.url)?,
         description: current.description.clone(),
         disabled: current.disabled,
         filter_types: parse_filter(current.filter_types.as_deref())?,
@@ -417,7 +417,7 @@ pub(crate) async fn patch(
     Body(changes): Body<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
-    let url = changes.url.unwrap_or(current.url);
+    let url = changes.url.unwrap_or_else(|| current.url.clone());
     let description = changes.description.unwrap_or(current.description);
     check_description(&description)?;
     let filter = changes.filter_types.unwrap_or(current.filter_types);
@@ -426,7 +426,7 @@ pub(crate) async fn patch(
             Some(uid) => parse_uid(uid.as_deref())?,
             None => current.uid,
         },
-        url: EndpointUrl::parse(&url, &state.config.policy)?,
+        url: EndpointUrl::update(&url, &current.url, &state.config.policy)?,
         description,
         disabled: changes.disabled.unwrap_or(current.disabled),
         filter_types: parse_filter(filter.as_deref())?,

@@ -24,6 +24,8 @@ pub enum ApiError {
     Unauthorized,
     /// 403: the token is valid but its scope does not reach this route.
     Forbidden,
+    /// 403: the token may only read (`readOnly` portal access).
+    ReadOnly,
     NotFound,
     Conflict {
         detail: String,
@@ -106,6 +108,11 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this token's scope does not allow this request".to_owned(),
+            ),
+            Self::ReadOnly => (
+                StatusCode::FORBIDDEN,
+                "read_only",
+                "this token may only read: it was issued with `readOnly`".to_owned(),
             ),
             Self::NotFound => (
                 StatusCode::NOT_FOUND,

@@ -110,7 +110,9 @@ struct Connection {
     body_timed_out: AtomicBool,
     /// Closed to make room for a new connection.
     evicted: AtomicBool,
-    /// Wakes the watchdog when any of the above changes.
+    /// Wakes the watchdog at once (eviction). Other changes need no wake:
+    /// the watchdog looks at least once per header timeout, and no change
+    /// brings a deadline closer than one header timeout from now.
     changed: tokio::sync::Notify,
 }
 
@@ -157,13 +159,11 @@ impl Connection {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         self.served.store(true, Ordering::Release);
-        self.changed.notify_one();
     }
 
     fn request_ended(&self) {
         self.idle_since.store(clock(), Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_one();
     }
 
     fn bytes_arrived(&self) {
@@ -171,7 +171,6 @@ impl Connection {
             && self.head_started.load(Ordering::Acquire) == 0
         {
             self.head_started.store(clock(), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 }
@@ -336,10 +335,19 @@ async fn run_connection<S>(
         .keep_alive(true)
         .serve_connection(io, handler);
     tokio::pin!(served);
+    // One timer for the connection's life, moved rather than made anew: it
+    // wakes at the deadline, or after one header timeout at most (no
+    // deadline can come sooner than that from now without a wake-up).
+    let longest = limits.header_timeout.as_millis() as u64;
+    let next_look = |deadline: Option<u64>| {
+        let latest = clock() + longest;
+        instant_at(deadline.map_or(latest, |at| at.min(latest)))
+    };
+    let watchdog = tokio::time::sleep_until(next_look(connection.deadline(limits)));
+    tokio::pin!(watchdog);
     let mut draining = false;
     loop {
-        let deadline = connection.deadline(limits);
-        let changed = connection.changed.notified();
+        let evicted = connection.changed.notified();
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(error) = result {
@@ -347,26 +355,23 @@ async fn run_connection<S>(
                 }
                 return;
             }
-            () = changed => {}
-            () = sleep_until(deadline) => {
-                // Re-read: a request may have started meanwhile.
-                if connection.deadline(limits).is_some_and(|at| at <= clock()) {
+            () = evicted => {
+                tracing::debug!("closing the connection idle the longest to admit a new one");
+                return;
+            }
+            () = &mut watchdog => {
+                let deadline = connection.deadline(limits);
+                if deadline.is_some_and(|at| at <= clock()) {
                     tracing::debug!("closing a connection past its timeout");
                     return;
                 }
+                watchdog.as_mut().reset(next_look(deadline));
             }
             () = stop.cancelled(), if !draining => {
                 served.as_mut().graceful_shutdown();
                 draining = true;
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<u64>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(instant_at(at)).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -510,16 +515,14 @@ impl HttpBody for Timed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        if this.started.is_none() {
-            let now = Instant::now();
-            this.started = Some(now);
-            this.timer = Some(Box::pin(tokio::time::sleep_until(this.next_deadline(now))));
-        }
+        this.started.get_or_insert_with(Instant::now);
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                 }
+                // The timer is moved when it exists; a body that never
+                // has to be waited for never makes one.
                 let deadline = this.next_deadline(Instant::now());
                 if let Some(timer) = this.timer.as_mut() {
                     timer.as_mut().reset(deadline);
@@ -529,10 +532,11 @@ impl HttpBody for Timed {
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let expired = this
+                let deadline = this.next_deadline(Instant::now());
+                let timer = this
                     .timer
-                    .as_mut()
-                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let expired = timer.as_mut().poll(cx).is_ready();
                 if expired {
                     this.connection
                         .body_timed_out

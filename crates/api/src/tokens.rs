@@ -187,9 +187,10 @@ pub(crate) struct PortalAccessIn {
     /// Seconds the session lasts (default: the server's, 1 h).
     expiry: Option<u64>,
     session_id: Option<String>,
-    #[allow(dead_code)]
+    /// Not supported: a non-empty list is refused (422) rather than ignored.
     feature_flags: Option<Vec<String>>,
-    #[allow(dead_code)]
+    /// `true`: a token (and portal session) with which every write, through
+    /// the API or the portal, is refused with 403.
     read_only: Option<bool>,
 }
 
@@ -235,7 +236,22 @@ pub(crate) async fn portal_access(
             .map(|s| format!(" {}", s.chars().take(64).collect::<String>()))
             .unwrap_or_default()
     );
-    let (token, _) = issue(&state, app, TokenKind::Portal, name, Some(expires_at)).await?;
+    if input
+        .feature_flags
+        .as_ref()
+        .is_some_and(|flags| !flags.is_empty())
+    {
+        return Err(ApiError::invalid(
+            "featureFlags",
+            "feature flags are not supported by Herald's portal; send none",
+        ));
+    }
+    let kind = if input.read_only == Some(true) {
+        TokenKind::PortalReadOnly
+    } else {
+        TokenKind::Portal
+    };
+    let (token, _) = issue(&state, app, kind, name, Some(expires_at)).await?;
     let url = format!(
         "{}/portal/#token={}",
         state.config.public_url.trim_end_matches('/'),

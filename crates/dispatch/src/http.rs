@@ -334,16 +334,19 @@ impl HttpSender {
         // its Content-Length) neither fails the attempt nor holds a slot.
         let mut stored = Vec::new();
         let remaining = self.timeout.saturating_sub(started.elapsed());
-        let read_body = async {
-            while let Ok(Some(chunk)) = response.chunk().await {
-                let room = self.response_limit.saturating_sub(stored.len());
-                stored.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if stored.len() >= self.response_limit {
-                    break;
+        // An empty body (a 204, `Content-Length: 0`) needs no timer.
+        if response.content_length() != Some(0) {
+            let read_body = async {
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    let room = self.response_limit.saturating_sub(stored.len());
+                    stored.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if stored.len() >= self.response_limit {
+                        break;
+                    }
                 }
-            }
-        };
-        let _ = tokio::time::timeout(remaining.min(BODY_READ_BOUND), read_body).await;
+            };
+            let _ = tokio::time::timeout(remaining.min(BODY_READ_BOUND), read_body).await;
+        }
         let error = (!status.is_success()).then_some(ErrorClass::HttpStatus);
         SendResult {
             status: status.as_u16(),

@@ -218,6 +218,27 @@ impl EndpointUrl {
         Ok(Self(url))
     }
 
+    /// A URL saved earlier, read back: its form is checked, not the
+    /// current network policy, which applies when a URL is set (`parse`)
+    /// and at every send (the resolver) — not when another field of its
+    /// endpoint changes, so an endpoint whose URL a tightened policy now
+    /// refuses can still be disabled or edited.
+    pub fn stored(input: &str) -> Result<Self, ParseError> {
+        Url::parse(input)
+            .map(Self)
+            .map_err(|e| ParseError::new("url", e.to_string()))
+    }
+
+    /// The URL of an update: the endpoint's `current` URL kept as it is,
+    /// a new one checked against `policy`.
+    pub fn update(new: &str, current: &str, policy: &AddressPolicy) -> Result<Self, ParseError> {
+        if new == current {
+            Self::stored(current)
+        } else {
+            Self::parse(new, policy)
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }

@@ -13,6 +13,9 @@ pub enum TokenKind {
     Api,
     /// Handed out by the portal-access route; short-lived.
     Portal,
+    /// Handed out by the portal-access route with `readOnly: true`: reads
+    /// only, through the API and the portal.
+    PortalReadOnly,
 }
 
 impl TokenKind {
@@ -20,13 +23,20 @@ impl TokenKind {
         match self {
             Self::Api => "api",
             Self::Portal => "portal",
+            Self::PortalReadOnly => "portal_read_only",
         }
+    }
+
+    /// Whether the token may only read.
+    pub fn read_only(self) -> bool {
+        self == Self::PortalReadOnly
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "api" => Some(Self::Api),
             "portal" => Some(Self::Portal),
+            "portal_read_only" => Some(Self::PortalReadOnly),
             _ => None,
         }
     }

@@ -97,6 +97,9 @@ async fn backends() -> Vec<(&'static str, Backend)> {
     let mut backends = vec![("sqlite", sqlite().await)];
     match std::env::var("HERALD_TEST_DATABASE_URL") {
         Ok(url) => backends.push(("postgres", postgres(&url).await)),
+        Err(_) if std::env::var_os("HERALD_TEST_REQUIRE_ALL").is_some() => {
+            panic!("HERALD_TEST_REQUIRE_ALL is set but HERALD_TEST_DATABASE_URL is not: the PostgreSQL backend would be skipped")
+        }
         Err(_) => eprintln!(
             "SKIPPED PostgreSQL: set HERALD_TEST_DATABASE_URL to run the suite against it"
         ),

@@ -147,7 +147,10 @@ async fn render(
     Ok(page(
         state,
         super::pages::activity(
-            &session.csrf(),
+            &super::pages::Viewer {
+                csrf: &session.csrf(),
+                writable: session.writable(),
+            },
             &app,
             endpoint.as_ref(),
             &super::pages::ActivityFilters {

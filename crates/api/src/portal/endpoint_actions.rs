@@ -28,6 +28,20 @@ async fn target(
     endpoint_of(state, app.id, endpoint).await
 }
 
+/// Like [`target`], for an action that changes nothing (a `readOnly`
+/// session may take it).
+async fn shown(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: &str,
+    body: &[u8],
+) -> Result<Endpoint, Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    session.read_form(body)?;
+    endpoint_of(state, app.id, endpoint).await
+}
+
 fn back_to(endpoint: &Endpoint, notice: &str) -> Response {
     Redirect::to(&format!(
         "/portal/app/{}/endpoint/{}?notice={notice}",
@@ -42,7 +56,7 @@ pub(super) async fn reveal(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let record = shown(&state, &headers, &app, &endpoint, &body).await?;
     let secret = state
         .store
         .endpoint_secret(record.app_id, record.id)
@@ -72,7 +86,7 @@ pub(super) async fn toggle(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let record = target(&state, &headers, &app, &endpoint, &body).await?;
-    let mut input = crate::endpoints::input_of(&record, &state)?;
+    let mut input = crate::endpoints::input_of(&record)?;
     input.disabled = !record.disabled;
     state
         .store

@@ -118,6 +118,7 @@ pub(super) async fn new_form(
     axum::extract::Query(params): axum::extract::Query<NewFormParams>,
 ) -> Result<Response, Refused> {
     let (session, app) = open(&state, &headers, &app).await?;
+    session.require_writable()?;
     let types = catalog(&state).await?;
     let form = EndpointForm {
         url: params.url.unwrap_or_default(),
@@ -139,7 +140,7 @@ pub(super) async fn create(
     let (session, app) = open(&state, &headers, &app).await?;
     let fields = session.form(&body)?;
     let form = form_of(&fields);
-    let described = input(&state, &form)
+    let described = input(&state, &form, None)
         .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
     match described {
         Ok((input, custom)) => {
@@ -174,13 +175,20 @@ pub(super) async fn create(
 
 /// The endpoint the form describes, or what is wrong with it, in the same
 /// words as the API.
-fn input(state: &AppState, form: &EndpointForm) -> Result<EndpointInput, String> {
+fn input(
+    state: &AppState,
+    form: &EndpointForm,
+    current: Option<&str>,
+) -> Result<EndpointInput, String> {
     let message = |e: ApiError| match e {
         ApiError::Invalid { field, detail } => format!("{field}: {detail}"),
         other => format!("{other:?}"),
     };
-    let url = EndpointUrl::parse(&form.url, &state.config.policy)
-        .map_err(|e| format!("URL: {}", e.reason))?;
+    let url = match current {
+        Some(current) => EndpointUrl::update(&form.url, current, &state.config.policy),
+        None => EndpointUrl::parse(&form.url, &state.config.policy),
+    }
+    .map_err(|e| format!("URL: {}", e.reason))?;
     crate::endpoints::check_description(&form.description).map_err(message)?;
     if !form.all_events && form.types.is_empty() {
         return Err("Events: choose at least one event type, or all events".into());
@@ -268,6 +276,7 @@ pub(super) async fn detail_page(
         state,
         super::pages::endpoint(
             &session.csrf(),
+            session.writable(),
             &app,
             &endpoint,
             &health,
@@ -567,6 +576,7 @@ async fn editable(
     endpoint: &str,
 ) -> Result<(Session, herald_store::App, herald_store::Endpoint), Refused> {
     let (session, app) = open(state, headers, app).await?;
+    session.require_writable()?;
     let endpoint = endpoint_of(state, app.id, endpoint).await?;
     Ok((session, app, endpoint))
 }
@@ -607,10 +617,9 @@ pub(super) async fn save(
     let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
     let fields = session.form(&body)?;
     let form = form_of(&fields);
-    let changed = input(&state, &form).and_then(|changed| {
+    let changed = input(&state, &form, Some(&endpoint.url)).and_then(|changed| {
         // What the form does not show is kept.
-        let mut update =
-            crate::endpoints::input_of(&endpoint, &state).map_err(|e| format!("{e:?}"))?;
+        let mut update = crate::endpoints::input_of(&endpoint).map_err(|e| format!("{e:?}"))?;
         update.url = changed.url;
         update.description = changed.description;
         update.filter_types = changed.filter_types;

@@ -157,11 +157,37 @@ impl Session {
         csrf_of(&self.token)
     }
 
-    /// A posted form's fields, once its CSRF token checks out.
+    /// A posted form that changes something: its fields, once its CSRF
+    /// token checks out and the session may write (403 for a `readOnly`
+    /// portal link).
     fn form(&self, body: &[u8]) -> Result<endpoint_pages::Fields, Refused> {
+        self.require_writable()?;
+        self.read_form(body)
+    }
+
+    /// 403 for a `readOnly` session (its pages offer no changes; this
+    /// refuses the forms' addresses when called directly).
+    fn require_writable(&self) -> Result<(), Refused> {
+        if self.writable() {
+            Ok(())
+        } else {
+            Err(Refused::new((
+                StatusCode::FORBIDDEN,
+                "this portal link is read-only",
+            )))
+        }
+    }
+
+    /// A posted form that only shows something (revealing the secret).
+    fn read_form(&self, body: &[u8]) -> Result<endpoint_pages::Fields, Refused> {
         let fields = endpoint_pages::Fields::parse(body);
         self.check_csrf(fields.get("csrf").unwrap_or_default())?;
         Ok(fields)
+    }
+
+    /// Whether pages offer changes (and forms accept them).
+    fn writable(&self) -> bool {
+        !self.principal.read_only()
     }
 
     fn check_csrf(&self, presented: &str) -> Result<(), Refused> {
@@ -391,6 +417,7 @@ async fn endpoints(
         pages::endpoints(
             &session.csrf(),
             session.principal == Principal::Admin,
+            session.writable(),
             &app,
             &rows,
         ),

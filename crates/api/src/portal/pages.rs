@@ -103,6 +103,7 @@ fn percent(rate: Option<f64>) -> String {
 pub(super) fn endpoints(
     csrf: &str,
     admin: bool,
+    writable: bool,
     app: &App,
     rows: &[(Endpoint, Option<EndpointHealth>)],
 ) -> Markup {
@@ -115,8 +116,12 @@ pub(super) fn endpoints(
             }
             h1 { "Endpoints" }
             p {
-                a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" }
-                " "
+                @if writable {
+                    a.button href={ "/portal/app/" (app.id) "/endpoints/new" } { "Add endpoint" }
+                    " "
+                } @else {
+                    span.badge #read-only { "read-only" } " "
+                }
                 a href={ "/portal/app/" (app.id) "/catalog" } { "Event catalog" }
                 " · "
                 a href={ "/portal/app/" (app.id) "/alerts" } { "Alerts" }
@@ -340,6 +345,7 @@ fn when(at: Option<i64>) -> String {
 
 pub(super) fn endpoint(
     csrf: &str,
+    writable: bool,
     app: &App,
     endpoint: &Endpoint,
     health: &EndpointHealth,
@@ -391,7 +397,7 @@ pub(super) fn endpoint(
                     }
                 }
             }
-            div.actions {
+            @if writable { div.actions {
                 form method="post" action={ (base) "/toggle" } {
                     input type="hidden" name="csrf" value=(csrf);
                     @if endpoint.disabled {
@@ -404,11 +410,13 @@ pub(super) fn endpoint(
                     input type="hidden" name="csrf" value=(csrf);
                     button.danger type="submit" { "Delete" }
                 }
-            }
+            } }
             p {
                 a #activity-link href={ (base) "/activity" } { "Activity log" }
-                " · "
-                a #edit-link href={ (base) "/edit" } { "Edit" }
+                @if writable {
+                    " · "
+                    a #edit-link href={ (base) "/edit" } { "Edit" }
+                }
             }
             h2 { "Signing secret" }
             @if let Some((secret, public_key)) = &extras.secret {
@@ -422,6 +430,7 @@ pub(super) fn endpoint(
                     button #reveal type="submit" { "Reveal secret" }
                 }
             }
+            @if writable {
             form method="post" action={ (base) "/rotate" } data-confirm="Rotate the signing secret? The current one keeps signing during the grace period." {
                 input type="hidden" name="csrf" value=(csrf);
                 button #rotate type="submit" { "Rotate secret" }
@@ -450,6 +459,7 @@ pub(super) fn endpoint(
                     }
                 }
                 button type="submit" { "Send test event" }
+            }
             }
             @if let Some(result) = result {
                 section #test-result aria-live="polite" {
@@ -489,8 +499,15 @@ pub(super) struct ActivityFilters<'a> {
     pub after: Option<&'a str>,
 }
 
+/// Who looks at a page: their CSRF token, and whether they may change
+/// anything (a `readOnly` portal link may not).
+pub(super) struct Viewer<'a> {
+    pub csrf: &'a str,
+    pub writable: bool,
+}
+
 pub(super) fn activity(
-    csrf: &str,
+    viewer: &Viewer<'_>,
     app: &App,
     endpoint: Option<&Endpoint>,
     filters: &ActivityFilters<'_>,
@@ -514,6 +531,7 @@ pub(super) fn activity(
             keep.push_str(&format!("&{name}={}", url_encode(value)));
         }
     }
+    let Viewer { csrf, writable } = *viewer;
     layout(
         "Activity",
         Some(csrf),
@@ -562,7 +580,7 @@ pub(super) fn activity(
                                 " → " a.endpoint href={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) } { (attempt.url) }
                             }
                             " " small { (when(Some(attempt.created_at))) " · " (attempt.response_duration_ms) " ms · " (if attempt.trigger == herald_domain::Trigger::Manual { "manual" } else { "scheduled" }) }
-                            @if !ok {
+                            @if !ok && writable {
                                 form.retry method="post" action={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) "/activity/retry" } {
                                     input type="hidden" name="csrf" value=(csrf);
                                     input type="hidden" name="message" value=(attempt.message_id);
@@ -627,6 +645,7 @@ pub(super) fn catalog(csrf: &str, app: &App, types: &[(EventType, String, String
 
 pub(super) fn alerts(
     csrf: &str,
+    writable: bool,
     app: &App,
     form: &AlertForm,
     defaults: &Defaults,
@@ -636,6 +655,28 @@ pub(super) fn alerts(
     let default_threshold = defaults
         .threshold_percent
         .map_or_else(|| "off".to_owned(), |t| format!("{t:.0} %"));
+    let fields = html! {
+        input type="hidden" name="csrf" value=(csrf);
+        fieldset {
+            legend { "Notifications" }
+            @for event in OPERATIONAL_EVENTS {
+                label.inline {
+                    input type="checkbox" name="events" value=(event) checked[form.events.iter().any(|e| e == event)];
+                    " " code { (event) }
+                }
+            }
+        }
+        label for="filter_types" { "Only for these event types (comma-separated, e.g. call.completed, call.*; empty: all)" }
+        input #filter_types type="text" name="filter_types" value=(form.filter_types);
+        label for="failing_after" { "Consecutive failures before endpoint.failing (server default " (defaults.failing_after) ")" }
+        input #failing_after type="number" min="1" name="failing_after" value=(form.failing_after);
+        label for="threshold" { "Success rate threshold in % (server default " (default_threshold) ")" }
+        input #threshold type="number" min="1" max="100" step="any" name="threshold" value=(form.threshold_percent);
+        label for="min_attempts" { "Minimum attempts in the hour (server default " (defaults.min_attempts.map_or_else(|| "20".to_owned(), |n| n.to_string())) ")" }
+        input #min_attempts type="number" min="1" name="min_attempts" value=(form.min_attempts);
+        label for="email_to" { "Also e-mail (comma-separated addresses)" }
+        input #email_to type="text" name="email_to" value=(form.email_to);
+    };
     layout(
         "Alerts",
         Some(csrf),
@@ -645,28 +686,13 @@ pub(super) fn alerts(
             p { "When your endpoints fail, Herald raises these notifications to its operators' endpoints (and by e-mail when configured)." }
             @if let Some(notice) = notice { p.notice role="status" { (notice) } }
             @if let Some(error) = error { p.error role="alert" { (error) } }
-            form #alerts method="post" action={ "/portal/app/" (app.id) "/alerts" } {
-                input type="hidden" name="csrf" value=(csrf);
-                fieldset {
-                    legend { "Notifications" }
-                    @for event in OPERATIONAL_EVENTS {
-                        label.inline {
-                            input type="checkbox" name="events" value=(event) checked[form.events.iter().any(|e| e == event)];
-                            " " code { (event) }
-                        }
-                    }
+            @if writable {
+                form #alerts method="post" action={ "/portal/app/" (app.id) "/alerts" } {
+                    (fields)
+                    button type="submit" { "Save alert rules" }
                 }
-                label for="filter_types" { "Only for these event types (comma-separated, e.g. call.completed, call.*; empty: all)" }
-                input #filter_types type="text" name="filter_types" value=(form.filter_types);
-                label for="failing_after" { "Consecutive failures before endpoint.failing (server default " (defaults.failing_after) ")" }
-                input #failing_after type="number" min="1" name="failing_after" value=(form.failing_after);
-                label for="threshold" { "Success rate threshold in % (server default " (default_threshold) ")" }
-                input #threshold type="number" min="1" max="100" step="any" name="threshold" value=(form.threshold_percent);
-                label for="min_attempts" { "Minimum attempts in the hour (server default " (defaults.min_attempts.map_or_else(|| "20".to_owned(), |n| n.to_string())) ")" }
-                input #min_attempts type="number" min="1" name="min_attempts" value=(form.min_attempts);
-                label for="email_to" { "Also e-mail (comma-separated addresses)" }
-                input #email_to type="text" name="email_to" value=(form.email_to);
-                button type="submit" { "Save alert rules" }
+            } @else {
+                fieldset #alerts disabled { (fields) }
             }
         },
     )
@@ -697,6 +723,7 @@ pub(super) fn egress(csrf: &str, app: &App, egress: &crate::Egress) -> Markup {
 /// The test inspector: its address, and what it received.
 pub(super) fn inspector(
     csrf: &str,
+    writable: bool,
     app: &App,
     inspector: Option<&crate::inspector::InspectorOut>,
     requests: &[crate::inspector::InspectedRequestOut],
@@ -709,6 +736,9 @@ pub(super) fn inspector(
             h1 { "Test inspector" }
             p { "A receiving address that keeps the last 100 requests it gets: point an endpoint at it to see what your receiver will get, before it exists." }
             @match inspector {
+                None if !writable => {
+                    p.empty { "No inspector address." }
+                }
                 None => {
                     form method="post" action={ "/portal/app/" (app.id) "/inspector" } {
                         input type="hidden" name="csrf" value=(csrf);
@@ -721,8 +751,10 @@ pub(super) fn inspector(
                         " " button type="button" data-copy="#inspector-url" { "Copy" }
                     }
                     p {
-                        a.button href={ "/portal/app/" (app.id) "/endpoints/new?url=" (inspector.url()) } { "Add an endpoint pointing here" }
-                        " "
+                        @if writable {
+                            a.button href={ "/portal/app/" (app.id) "/endpoints/new?url=" (inspector.url()) } { "Add an endpoint pointing here" }
+                            " "
+                        }
                         a href={ "/portal/app/" (app.id) "/inspector" } { "Refresh" }
                     }
                     @if requests.is_empty() {
@@ -763,9 +795,11 @@ pub(super) fn inspector(
                             }
                         }
                     }
-                    form method="post" action={ "/portal/app/" (app.id) "/inspector/delete" } data-confirm="Delete the inspector and what it received? Its address stops working." {
-                        input type="hidden" name="csrf" value=(csrf);
-                        button.danger type="submit" { "Delete inspector" }
+                    @if writable {
+                        form method="post" action={ "/portal/app/" (app.id) "/inspector/delete" } data-confirm="Delete the inspector and what it received? Its address stops working." {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button.danger type="submit" { "Delete inspector" }
+                        }
                     }
                 }
             }

@@ -116,6 +116,7 @@ pub(super) async fn alerts(
         &state,
         super::pages::alerts(
             &session.csrf(),
+            session.writable(),
             &app,
             &AlertForm::of(&rules),
             &defaults(&state),
@@ -170,6 +171,7 @@ pub(super) async fn save_alerts(
                 &state,
                 super::pages::alerts(
                     &session.csrf(),
+                    session.writable(),
                     &app,
                     &form,
                     &defaults(&state),
@@ -211,7 +213,13 @@ pub(super) async fn inspector(
     };
     Ok(page(
         &state,
-        super::pages::inspector(&session.csrf(), &app, out.as_ref(), &requests),
+        super::pages::inspector(
+            &session.csrf(),
+            session.writable(),
+            &app,
+            out.as_ref(),
+            &requests,
+        ),
     ))
 }
 

@@ -17,7 +17,10 @@ fn workspace() -> PathBuf {
 #[tokio::test]
 async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
     let Ok(browser) = std::env::var("HERALD_TEST_BROWSER") else {
-        eprintln!("SKIPPED browser test: set HERALD_TEST_BROWSER=/usr/bin/chromium to run it");
+        crate::helpers::skip_or_fail(
+            "the browser test",
+            "set HERALD_TEST_BROWSER=/usr/bin/chromium to run it",
+        );
         return;
     };
     let app = spawn_app().await;
@@ -42,6 +45,14 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         .await;
     assert_eq!(status, 200, "{access}");
 
+    let (status, read_only) = app
+        .post(
+            &format!("/auth/app-portal-access/{tenant}/"),
+            json!({"readOnly": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{read_only}");
+
     let script = workspace().join("tests/browser/portal.mjs");
     let output = tokio::process::Command::new("node")
         .arg(&script)
@@ -50,6 +61,7 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         .env("ENDPOINT_URL", &endpoint)
         .env("NEW_ENDPOINT_URL", receiver.url("/crm-new"))
         .env("OTHER_APP_PATH", format!("/portal/app/{other}"))
+        .env("READ_ONLY_LINK", read_only["url"].as_str().unwrap())
         .env("SCREENSHOTS", workspace().join("target/screenshots"))
         .kill_on_drop(true)
         .output();

@@ -139,8 +139,9 @@ async fn drive(program: &str, script: &str) {
 #[tokio::test]
 async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
     let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
-        eprintln!(
-            "SKIPPED: set HERALD_TEST_PYTHON to a Python with standardwebhooks (scripts/test does)"
+        crate::helpers::skip_or_fail(
+            "the Python example",
+            "set HERALD_TEST_PYTHON to a Python with standardwebhooks (scripts/test does)",
         );
         return;
     };
@@ -154,7 +155,10 @@ async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
 #[tokio::test]
 async fn the_node_example_receiver_verifies_and_acts_on_herald_deliveries() {
     let Ok(node) = std::env::var("HERALD_TEST_NODE") else {
-        eprintln!("SKIPPED: set HERALD_TEST_NODE to node, with examples/node installed (scripts/test does)");
+        crate::helpers::skip_or_fail(
+            "the Node example",
+            "set HERALD_TEST_NODE to node, with examples/node installed (scripts/test does)",
+        );
         return;
     };
     let script = concat!(

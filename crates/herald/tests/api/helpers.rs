@@ -514,7 +514,10 @@ impl TestDatabase {
     pub async fn create(test: &str) -> Option<Self> {
         use sqlx::Connection;
         let Ok(admin_url) = std::env::var("HERALD_TEST_DATABASE_URL") else {
-            eprintln!("SKIPPED {test}: set HERALD_TEST_DATABASE_URL to run it against PostgreSQL");
+            skip_or_fail(
+                test,
+                "set HERALD_TEST_DATABASE_URL to run it against PostgreSQL",
+            );
             return None;
         };
         let now = std::time::SystemTime::now()

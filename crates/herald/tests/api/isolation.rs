@@ -29,12 +29,17 @@ enum Holder {
     OtherApp,
     SameApp,
     Portal,
+    /// A portal token issued with `readOnly: true`.
+    ReadOnlyPortal,
     Admin,
 }
 
 impl Holder {
-    fn expected(self, rule: Rule) -> u16 {
+    fn expected(self, rule: Rule, method: &Method) -> u16 {
         match (self, rule) {
+            // Reads as its app's portal token does; every write is refused.
+            (Self::ReadOnlyPortal, _) if method != Method::GET => 403,
+            (Self::ReadOnlyPortal, rule) => Self::Portal.expected(rule, method),
             (Self::Nobody | Self::Expired | Self::Revoked, _) => 401,
             (Self::Admin, _) => 200,
             (Self::SameApp | Self::Portal, Rule::Admin) => 403,
@@ -296,6 +301,14 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
     assert_eq!(status, 200, "{portal}");
     let portal = portal["token"].as_str().unwrap().to_owned();
     assert!(!portal.is_empty());
+    let (status, read_only) = app
+        .post(
+            &format!("/auth/app-portal-access/{}/", a.uid),
+            json!({"readOnly": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{read_only}");
+    let read_only = read_only["token"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(1100)).await; // `expired` runs out
 
     let holders = [
@@ -305,11 +318,12 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
         (Holder::OtherApp, Some(other.as_str())),
         (Holder::SameApp, Some(same.as_str())),
         (Holder::Portal, Some(portal.as_str())),
+        (Holder::ReadOnlyPortal, Some(read_only.as_str())),
         (Holder::Admin, Some(TOKEN)),
     ];
     for (n, (rule, method, template, body)) in routes().into_iter().enumerate() {
         for (holder, token) in holders {
-            let expected = holder.expected(rule);
+            let expected = holder.expected(rule, &method);
             let mut path = template
                 .replace("{app}", &a.app)
                 .replace("{uid}", &a.uid)
@@ -351,7 +365,7 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
             // Nothing of an app the holder may not see is in the answer.
             let foreign: &[&Tenant] = match holder {
                 Holder::Admin => &[],
-                Holder::SameApp | Holder::Portal => &[&b],
+                Holder::SameApp | Holder::Portal | Holder::ReadOnlyPortal => &[&b],
                 _ => &[&a, &b],
             };
             for tenant in foreign {

@@ -43,7 +43,10 @@ async fn the_committed_document_matches_the_code_and_is_served() {
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
-        eprintln!("SKIPPED: set HERALD_TEST_PYTHON to a Python with the pinned schemathesis (scripts/test does)");
+        crate::helpers::skip_or_fail(
+            "schemathesis",
+            "set HERALD_TEST_PYTHON to a Python with the pinned schemathesis (scripts/test does)",
+        );
         return;
     };
     let schemathesis = std::path::Path::new(&python).with_file_name("schemathesis");

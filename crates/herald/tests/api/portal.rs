@@ -205,3 +205,163 @@ async fn a_portal_link_opens_its_own_app_only_and_forms_need_their_csrf_token() 
         "{apps}"
     );
 }
+
+#[tokio::test]
+async fn a_read_only_portal_link_shows_everything_and_changes_nothing() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Tenant A").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let message = app
+        .send(&tenant, "call.completed", json!({"callId": "c1"}))
+        .await;
+    crate::helpers::attempted(&app, &tenant, &message, 1).await;
+    let (status, access) = app
+        .post(
+            &format!("/auth/app-portal-access/{tenant}/"),
+            json!({"readOnly": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{access}");
+    let token = access["token"].as_str().unwrap().to_owned();
+    let cookie = log_in(&app, &token).await;
+    let ep = format!("/portal/app/{tenant}/endpoint/{endpoint}");
+
+    // Every page reads, and offers no change: its only forms are logging
+    // out, filtering and revealing the secret.
+    let mut csrf = String::new();
+    for path in [
+        format!("/portal/app/{tenant}"),
+        ep.clone(),
+        format!("{ep}/activity"),
+        format!("/portal/app/{tenant}/activity"),
+        format!("/portal/app/{tenant}/alerts"),
+        format!("/portal/app/{tenant}/inspector"),
+        format!("/portal/app/{tenant}/catalog"),
+    ] {
+        let (status, _, page) = get(&app, &path, Some(&cookie)).await;
+        assert_eq!(status, 200, "{path}");
+        for action in page.split("method=\"post\" action=\"").skip(1) {
+            let action = action.split('"').next().unwrap();
+            assert!(
+                action == "/portal/logout" || action.ends_with("/secret"),
+                "{path} offers {action}"
+            );
+        }
+        for control in [
+            "Add endpoint",
+            "Rotate secret",
+            "Send test event",
+            "Retry",
+            "Save alert rules",
+            "Edit",
+        ] {
+            assert!(
+                !page.contains(&format!(">{control}<")),
+                "{path} shows {control}"
+            );
+        }
+        if csrf.is_empty() {
+            csrf = page
+                .split("name=\"csrf\" value=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap()
+                .to_owned();
+        }
+    }
+    let (_, _, page) = get(&app, &ep, Some(&cookie)).await;
+    assert!(page.contains(&receiver.url("/hook")), "{page}");
+
+    // The forms' addresses refuse it, even with a valid CSRF token.
+    for path in [
+        format!("/portal/app/{tenant}/endpoints/new"),
+        format!("/portal/app/{tenant}/url-check"),
+        format!("/portal/app/{tenant}/alerts"),
+        format!("{ep}/edit"),
+        format!("{ep}/test"),
+        format!("{ep}/rotate"),
+        format!("{ep}/toggle"),
+        format!("{ep}/recover"),
+        format!("{ep}/delete"),
+        format!("{ep}/activity/retry"),
+        format!("/portal/app/{tenant}/inspector"),
+        format!("/portal/app/{tenant}/inspector/delete"),
+    ] {
+        let refused = client()
+            .post(format!("{}{path}", base(&app)))
+            .header("cookie", &cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("url", "https://hooks.test/x"),
+                ("message", message.as_str()),
+                ("event_type", "call.completed"),
+                ("since", "2020-01-01T00:00"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 403, "{path}");
+    }
+    for path in [
+        format!("/portal/app/{tenant}/endpoints/new"),
+        format!("{ep}/edit"),
+    ] {
+        let (status, _, _) = get(&app, &path, Some(&cookie)).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    // Revealing the secret reads.
+    let revealed = client()
+        .post(format!("{}{ep}/secret", base(&app)))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revealed.status().as_u16(), 200);
+    assert!(revealed.text().await.unwrap().contains("whsec_"));
+
+    let (_, still) = app
+        .get(&format!("/app/{tenant}/endpoint/{endpoint}/"))
+        .await;
+    assert_eq!(still["disabled"], false, "not toggled");
+    let (_, list) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "none added or deleted"
+    );
+    assert_eq!(
+        app.attempts_of(&tenant, &message).await.len(),
+        1,
+        "nothing re-sent"
+    );
+}
+
+#[tokio::test]
+async fn portal_access_refuses_feature_flags_rather_than_ignoring_them() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Tenant A").await;
+
+    let (status, error) = app
+        .post(
+            &format!("/auth/app-portal-access/{tenant}/"),
+            json!({"featureFlags": ["beta"]}),
+        )
+        .await;
+    let (empty, _) = app
+        .post(
+            &format!("/auth/app-portal-access/{tenant}/"),
+            json!({"featureFlags": []}),
+        )
+        .await;
+
+    assert_eq!(status, 422, "{error}");
+    assert!(
+        error["detail"].as_str().unwrap().contains("featureFlags"),
+        "{error}"
+    );
+    assert_eq!(empty, 200, "an empty list asks for nothing");
+}

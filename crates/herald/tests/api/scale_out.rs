@@ -205,7 +205,10 @@ impl Drop for PostgresStopped {
 async fn a_postgresql_outage_gives_503s_and_then_everything_is_delivered() {
     let _exclusive = POSTGRES.write().await;
     if std::env::var("HERALD_TEST_POSTGRES_CTL").is_err() {
-        eprintln!("SKIPPED the outage test: set HERALD_TEST_POSTGRES_CTL to a command that takes stop/start");
+        crate::helpers::skip_or_fail(
+            "the outage test",
+            "set HERALD_TEST_POSTGRES_CTL to a command that takes stop/start",
+        );
         return;
     }
     let Some(database) = TestDatabase::create("the outage test").await else {

@@ -11,7 +11,10 @@ use crate::helpers::{spawn_app, Server, TestDatabase, POSTGRES, TOKEN};
 fn python() -> Option<String> {
     let python = std::env::var("HERALD_TEST_PYTHON").ok();
     if python.is_none() {
-        eprintln!("SKIPPED: set HERALD_TEST_PYTHON to a Python with the pinned svix SDK (scripts/test does)");
+        crate::helpers::skip_or_fail(
+            "the Svix SDK suite",
+            "set HERALD_TEST_PYTHON to a Python with the pinned svix SDK (scripts/test does)",
+        );
     }
     python
 }

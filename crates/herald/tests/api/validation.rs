@@ -405,8 +405,9 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_at_connect_time() 
             .iter()
             .any(|a| herald_domain::net::is_public(a.ip()))
     {
-        eprintln!(
-            "SKIPPED: the host name {hostname:?} does not resolve only to private addresses here"
+        crate::helpers::skip_or_fail(
+            "the rebinding-name test",
+            &format!("the host name {hostname:?} does not resolve only to private addresses here"),
         );
         return;
     }
@@ -556,4 +557,72 @@ async fn json_bodies_need_a_json_content_type() {
             assert_eq!(error["code"], "invalid_content_type", "{content_type}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_url_a_tightened_policy_refuses_can_still_be_disabled_and_edited() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    // Saved while http and loopback were allowed.
+    let server = crate::helpers::Server::start(&crate::helpers::sqlite_env(data_dir.path()));
+    let tenant = server.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let tenant = tenant["id"].as_str().unwrap().to_owned();
+    let endpoint = server
+        .post(
+            &client,
+            &format!("/app/{tenant}/endpoint/"),
+            json!({"url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    server.terminate();
+    // The operator tightens the policy.
+    let mut env = crate::helpers::sqlite_env(data_dir.path());
+    env.push(("HERALD_ALLOW_HTTP", "false".into()));
+    env.push(("HERALD_ALLOW_PRIVATE_NETWORKS", "false".into()));
+    let server = crate::helpers::Server::start(&env);
+    let path = format!(
+        "http://{}/api/v1/app/{tenant}/endpoint/{endpoint}/",
+        server.address
+    );
+    let call = |method: reqwest::Method, body: Value| {
+        client
+            .request(method, &path)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+
+    let disabled = call(reqwest::Method::PATCH, json!({"disabled": true}))
+        .await
+        .unwrap();
+    let disabled_status = disabled.status();
+    let disabled: Value = disabled.json().await.unwrap();
+    let described = call(
+        reqwest::Method::PUT,
+        json!({"url": "http://127.0.0.1:9/hook", "description": "kept", "disabled": true}),
+    )
+    .await
+    .unwrap();
+    let described_status = described.status();
+    let moved = call(
+        reqwest::Method::PATCH,
+        json!({"url": "http://127.0.0.1:10/hook"}),
+    )
+    .await
+    .unwrap();
+    let moved_status = moved.status();
+    let moved: Value = moved.json().await.unwrap();
+
+    assert_eq!(disabled_status, 200, "{disabled}");
+    assert_eq!(disabled["disabled"], true);
+    assert_eq!(
+        described_status, 200,
+        "an unchanged URL is not checked again"
+    );
+    assert_eq!(moved_status, 422, "a new URL is: {moved}");
+    assert!(
+        moved["detail"].as_str().unwrap().starts_with("url:"),
+        "{moved}"
+    );
 }

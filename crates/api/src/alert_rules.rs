@@ -104,13 +104,13 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
     Body(spec): Body<AlertRulesSpec>,
 ) -> ApiResult<Json<AlertRulesOut>> {
     let app = resolve(&state, &app).await?;
     let rules = AlertRules::parse(spec)?;
-    state
-        .store
+    crate::operations::Operations::new(&state, caller)
         .set_alert_rules(app, Some(rules.clone()))
         .await?;
     Ok(Json(out(&state, rules)))
@@ -127,9 +127,12 @@ pub(crate) async fn replace(
 )]
 pub(crate) async fn reset(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
 ) -> ApiResult<StatusCode> {
     let app = resolve(&state, &app).await?;
-    state.store.set_alert_rules(app, None).await?;
+    crate::operations::Operations::new(&state, caller)
+        .set_alert_rules(app, None)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

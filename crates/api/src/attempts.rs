@@ -351,12 +351,15 @@ pub(crate) async fn resend_one(
 )]
 pub(crate) async fn resend(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path((app, msg, endpoint)): Path<(String, String, String)>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let app = resolve(&state, &app).await?;
     let message = message_id(&state, app, &msg).await?;
     let endpoint = endpoint_id(&state, app, &endpoint).await?;
-    resend_one(&state, app, message, endpoint).await?;
+    crate::operations::Operations::new(&state, caller)
+        .resend(app, message, endpoint)
+        .await?;
     // Svix answers `{}` (its SDKs parse the body as an empty object).
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
 }

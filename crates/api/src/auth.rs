@@ -258,10 +258,11 @@ async fn path_app(state: &AppState, segment: &str) -> ApiResult<AppId> {
     }
 }
 
-/// The audit action of a change, if it is one that is audited: the
-/// configuration of apps, endpoints, secrets, event types, alert rules,
-/// tokens, and operators' manual actions. Messages are not (they are
-/// their own log).
+/// The audit action of a change made only through the API (apps, event
+/// types, tokens, portal access). The changes the portal also offers —
+/// endpoints, their secrets and headers, recoveries, test events, resends,
+/// alert rules — are audited by `operations`, whichever door they come
+/// through. Messages are not (they are their own log).
 fn audited_action(path: &str, method: &Method) -> Option<&'static str> {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
     let verb = match *method {
@@ -277,16 +278,6 @@ fn audited_action(path: &str, method: &Method) -> Option<&'static str> {
         ("/event-type", "created") => "event_type.created",
         ("/event-type/{name}", "updated") => "event_type.updated",
         ("/event-type/{name}", "deleted") => "event_type.deleted",
-        ("/app/{app}/endpoint", "created") => "endpoint.created",
-        ("/app/{app}/endpoint/{endpoint}", "updated") => "endpoint.updated",
-        ("/app/{app}/endpoint/{endpoint}", "deleted") => "endpoint.deleted",
-        ("/app/{app}/endpoint/{endpoint}/secret/rotate", _) => "endpoint.secret_rotated",
-        ("/app/{app}/endpoint/{endpoint}/headers", _) => "endpoint.headers_updated",
-        ("/app/{app}/endpoint/{endpoint}/recover", _) => "endpoint.recovery_started",
-        ("/app/{app}/endpoint/{endpoint}/send-example", _) => "endpoint.test_event_sent",
-        ("/app/{app}/msg/{msg}/endpoint/{endpoint}/resend", _) => "message.resent",
-        ("/app/{app}/alert-rules", "updated") => "alert_rules.updated",
-        ("/app/{app}/alert-rules", "deleted") => "alert_rules.reset",
         ("/app/{app}/token", "created") => "token.created",
         ("/app/{app}/token/{token}", "deleted") => "token.revoked",
         ("/auth/app-portal-access/{app}", _) => "portal_access.created",

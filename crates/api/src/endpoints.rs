@@ -1,13 +1,11 @@
 //! `/app/{app}/endpoint/`: receivers' URLs, subscriptions, secrets and headers.
 
-use std::time::Duration;
-
 use crate::extract::{Path, Query};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
@@ -15,10 +13,12 @@ use herald_domain::{EndpointId, EndpointUrl, FilterTypes, RetryPolicy, RetryPoli
 use herald_store::{Endpoint, EndpointInput, Headers, Metadata};
 
 use crate::apps::resolve;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
 use crate::openapi::{AppPath, EndpointPath, Errors};
+use crate::operations::Operations;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -270,6 +270,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
@@ -301,27 +302,7 @@ pub(crate) async fn create(
         }
     };
     let headers = parse_headers(input.headers.unwrap_or_default())?;
-    // Checked before the write: concurrent creations may pass it together,
-    // so the limit can be exceeded by a few, never by many.
-    let max = state.config.max_endpoints_per_app;
-    let existing = state
-        .store
-        .list_endpoints(
-            app,
-            herald_store::PageRequest {
-                limit: max,
-                cursor: Default::default(),
-            },
-        )
-        .await?;
-    if existing.data.len() >= max {
-        return Err(ApiError::invalid(
-            "endpoints",
-            format!("this app already has the most endpoints allowed ({max})"),
-        ));
-    }
-    let created = state
-        .store
+    let created = Operations::new(&state, caller)
         .create_endpoint(app, endpoint, headers, secret)
         .await?;
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -357,6 +338,7 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<Json<EndpointOut>> {
@@ -376,9 +358,8 @@ pub(crate) async fn replace(
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
         strict_ordering: input.strict_ordering,
     };
-    let updated = state
-        .store
-        .update_endpoint(current.app_id, current.id, update)
+    let updated = Operations::new(&state, caller)
+        .update_endpoint(&current, update)
         .await?;
     Ok(Json(updated.into()))
 }
@@ -413,36 +394,40 @@ pub(crate) fn input_of(current: &Endpoint) -> ApiResult<EndpointInput> {
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(changes): Body<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
     let url = changes.url.unwrap_or_else(|| current.url.clone());
-    let description = changes.description.unwrap_or(current.description);
+    let description = changes
+        .description
+        .unwrap_or_else(|| current.description.clone());
     check_description(&description)?;
-    let filter = changes.filter_types.unwrap_or(current.filter_types);
+    let filter = changes
+        .filter_types
+        .unwrap_or_else(|| current.filter_types.clone());
     let update = EndpointInput {
         uid: match changes.uid {
             Some(uid) => parse_uid(uid.as_deref())?,
-            None => current.uid,
+            None => current.uid.clone(),
         },
         url: EndpointUrl::update(&url, &current.url, &state.config.policy)?,
         description,
         disabled: changes.disabled.unwrap_or(current.disabled),
         filter_types: parse_filter(filter.as_deref())?,
-        channels: changes.channels.unwrap_or(current.channels),
+        channels: changes.channels.unwrap_or_else(|| current.channels.clone()),
         rate_limit: changes.rate_limit.unwrap_or(current.rate_limit),
         version: changes.version.unwrap_or(current.version),
-        metadata: changes.metadata.unwrap_or(current.metadata),
+        metadata: changes.metadata.unwrap_or_else(|| current.metadata.clone()),
         retry_policy: match changes.retry_policy {
             Some(spec) => parse_policy(spec.as_ref())?,
-            None => current.retry_policy,
+            None => current.retry_policy.clone(),
         },
         strict_ordering: changes.strict_ordering.unwrap_or(current.strict_ordering),
     };
-    let updated = state
-        .store
-        .update_endpoint(current.app_id, current.id, update)
+    let updated = Operations::new(&state, caller)
+        .update_endpoint(&current, update)
         .await?;
     Ok(Json(updated.into()))
 }
@@ -458,12 +443,12 @@ pub(crate) async fn patch(
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    state
-        .store
-        .delete_endpoint(endpoint.app_id, endpoint.id)
+    Operations::new(&state, caller)
+        .delete_endpoint(&endpoint)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -520,6 +505,7 @@ pub(crate) struct RotateIn {
 )]
 pub(crate) async fn rotate(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -533,37 +519,10 @@ pub(crate) async fn rotate(
     };
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
     let key = input.key.map(|text| Secret::parse(&text)).transpose()?;
-    rotate_secret(&state, &endpoint, key).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Rotates `endpoint`'s secret to `key`, or to a new key of the kind it has;
-/// the old one keeps signing for the grace period (also the portal's
-/// "rotate").
-pub(crate) async fn rotate_secret(
-    state: &AppState,
-    endpoint: &Endpoint,
-    key: Option<Secret>,
-) -> ApiResult<()> {
-    let secret = match key {
-        Some(key) => key,
-        None => state
-            .store
-            .endpoint_secret(endpoint.app_id, endpoint.id)
-            .await?
-            .generate_like(),
-    };
-    let grace: Duration = state.config.rotation_grace;
-    state
-        .store
-        .rotate_endpoint_secret(
-            endpoint.app_id,
-            endpoint.id,
-            secret,
-            now_ms() + grace.as_millis() as i64,
-        )
+    Operations::new(&state, caller)
+        .rotate_secret(&endpoint, key)
         .await?;
-    Ok(())
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -612,6 +571,7 @@ pub(crate) async fn headers(
 )]
 pub(crate) async fn replace_headers(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<HeadersIn>,
 ) -> ApiResult<StatusCode> {
@@ -622,9 +582,8 @@ pub(crate) async fn replace_headers(
         .filter_map(|(name, value)| value.map(|v| (name, v)))
         .collect();
     let headers = parse_headers(headers)?;
-    state
-        .store
-        .set_endpoint_headers(endpoint.app_id, endpoint.id, headers)
+    Operations::new(&state, caller)
+        .set_endpoint_headers(&endpoint, headers)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -642,11 +601,12 @@ pub(crate) async fn replace_headers(
 )]
 pub(crate) async fn patch_headers(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<HeadersIn>,
 ) -> ApiResult<StatusCode> {
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
-    let mut headers = endpoint.headers;
+    let mut headers = endpoint.headers.clone();
     for (name, value) in input.headers {
         let name = name.to_ascii_lowercase();
         match value {
@@ -658,9 +618,8 @@ pub(crate) async fn patch_headers(
         headers.remove(&name.to_ascii_lowercase());
     }
     let headers = parse_headers(headers)?;
-    state
-        .store
-        .set_endpoint_headers(endpoint.app_id, endpoint.id, headers)
+    Operations::new(&state, caller)
+        .set_endpoint_headers(&endpoint, headers)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,6 +17,7 @@ mod listener;
 mod messages;
 mod middleware;
 mod openapi;
+mod operations;
 mod portal;
 mod recovery;
 mod test_events;

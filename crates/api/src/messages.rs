@@ -104,6 +104,7 @@ fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
     Query(options): Query<ContentOption>,
     Body(input): Body<MessageIn>,
@@ -129,21 +130,11 @@ pub(crate) async fn create(
         channels: parse_channels(input.channels)?,
         to_endpoint: None,
     };
-    let claim = state
-        .dispatcher
-        .as_ref()
-        .and_then(|d| d.claim_for_new_work());
-    let created = state.store.create_message(app, message, claim).await?;
+    let created = crate::operations::Operations::new(&state, caller)
+        .create_message(app, message)
+        .await?;
     state.metrics.message_accepted();
     let out = MessageOut::new(&created.message, options.with_content.unwrap_or(true));
-    if let Some(dispatcher) = &state.dispatcher {
-        // Deliveries not leased here (strictly ordered endpoints) are
-        // claimed in order by the run loop.
-        if created.jobs.len() < created.deliveries {
-            dispatcher.nudge();
-        }
-        dispatcher.submit(created.jobs);
-    }
     Ok((StatusCode::ACCEPTED, Json(out)))
 }
 

@@ -92,6 +92,7 @@ impl TaskOut {
 )]
 pub(crate) async fn recover(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<RecoverIn>,
 ) -> ApiResult<(StatusCode, Json<TaskOut>)> {
@@ -110,7 +111,9 @@ pub(crate) async fn recover(
     if since > now_ms() {
         return Err(ApiError::invalid("since", "is in the future"));
     }
-    let task = start(&state, app, endpoint.id, since, until).await?;
+    let task = crate::operations::Operations::new(&state, caller)
+        .start_recovery(&endpoint, since, until)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(TaskOut::new(&task, false))))
 }
 

@@ -72,6 +72,7 @@ pub(crate) struct TestEventOut {
 )]
 pub(crate) async fn send_example(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     Query(options): Query<WaitOption>,
     Body(input): Body<EventExampleIn>,
@@ -79,7 +80,9 @@ pub(crate) async fn send_example(
     let app = resolve(&state, &app).await?;
     let reference = IdOrUid::<EndpointId>::parse(&endpoint).map_err(|_| ApiError::NotFound)?;
     let endpoint = state.store.get_endpoint(app, &reference).await?;
-    let message = send(&state, &endpoint, &input.event_type, input.example_index).await?;
+    let message = crate::operations::Operations::new(&state, caller)
+        .send_test_event(&endpoint, &input.event_type, input.example_index)
+        .await?;
     let out = MessageOut::new(&message, true);
     if !options.wait {
         return Ok((StatusCode::ACCEPTED, Json(out)).into_response());
@@ -92,14 +95,14 @@ pub(crate) async fn send_example(
     .into_response())
 }
 
-/// Sends example `index` of `event_type` to `endpoint` only, as one manual
-/// attempt (also the portal's "send test event").
-pub(crate) async fn send(
+/// The message of a test event: example `index` of `event_type`, for
+/// `endpoint` only (sent by `Operations::send_test_event`).
+pub(crate) async fn message_of(
     state: &AppState,
     endpoint: &herald_store::Endpoint,
     event_type: &str,
     index: usize,
-) -> ApiResult<herald_store::Message> {
+) -> ApiResult<MessageInput> {
     if endpoint.disabled {
         return Err(ApiError::invalid(
             "endpoint",
@@ -117,25 +120,13 @@ pub(crate) async fn send(
         other => other?,
     };
     let payload = example(&event_type, index)?;
-    let message = MessageInput {
+    Ok(MessageInput {
         event_type: name,
         event_id: None,
         payload: payload.to_string(),
         channels: None,
         to_endpoint: Some(endpoint.id),
-    };
-    let claim = state
-        .dispatcher
-        .as_ref()
-        .and_then(|d| d.claim_for_new_work());
-    let created = state
-        .store
-        .create_message(endpoint.app_id, message, claim)
-        .await?;
-    if let Some(dispatcher) = &state.dispatcher {
-        dispatcher.submit(created.jobs);
-    }
-    Ok(created.message.as_ref().clone())
+    })
 }
 
 /// Example `index` of the newest schema version of `event_type`; `{}` for a

@@ -167,6 +167,17 @@ impl Dispatcher {
         })
     }
 
+    /// Starts the deliveries of a message just created: the `jobs` leased
+    /// to this process are sent at once and, when some of its `deliveries`
+    /// were left unleased (strictly ordered endpoints), the claim loop is
+    /// woken for them rather than left to its next poll.
+    pub fn start_created(self: &Arc<Self>, jobs: Vec<DeliveryJob>, deliveries: usize) {
+        if jobs.len() < deliveries {
+            self.nudge();
+        }
+        self.submit(jobs);
+    }
+
     /// Sends jobs leased to this process (fresh messages, manual resends).
     /// Their log lines carry the caller's span (the API request's id).
     pub fn submit(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
@@ -394,7 +405,7 @@ impl Dispatcher {
             .await
             {
                 Ok(Some(created)) => {
-                    self.submit(created.jobs);
+                    self.start_created(created.jobs, created.deliveries);
                     // Only the process that raised the episode e-mails it.
                     if let Some(mailer) = &self.mailer {
                         let mailer = mailer.clone();

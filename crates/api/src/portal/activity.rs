@@ -178,7 +178,10 @@ pub(super) async fn retry(
     let endpoint = endpoint_of(&state, app.id, &endpoint).await?;
     let message = MessageId::parse(fields.get("message").unwrap_or_default())
         .map_err(|_| Refused::new(super::not_found(&state)))?;
-    crate::attempts::resend_one(&state, app.id, message, endpoint.id).await?;
+    session
+        .operations(&state)
+        .resend(app.id, message, endpoint.id)
+        .await?;
     // Back to the log the retry was asked from.
     let log = if fields.get("from") == Some("app") {
         format!("/portal/app/{}/activity", app.id)

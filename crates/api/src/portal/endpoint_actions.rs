@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use herald_store::Endpoint;
 
 use super::endpoint_pages::{detail_page, endpoint_of, open, Extras, Fields};
-use super::Refused;
+use super::{Refused, Session};
 use crate::middleware::now_ms;
 use crate::AppState;
 
@@ -22,10 +22,11 @@ async fn target(
     app: &str,
     endpoint: &str,
     body: &[u8],
-) -> Result<Endpoint, Refused> {
+) -> Result<(Session, Endpoint), Refused> {
     let (session, app) = open(state, headers, app).await?;
     session.form(body)?;
-    endpoint_of(state, app.id, endpoint).await
+    let endpoint = endpoint_of(state, app.id, endpoint).await?;
+    Ok((session, endpoint))
 }
 
 /// Like [`target`], for an action that changes nothing (a `readOnly`
@@ -74,8 +75,11 @@ pub(super) async fn rotate(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let record = target(&state, &headers, &app, &endpoint, &body).await?;
-    crate::endpoints::rotate_secret(&state, &record, None).await?;
+    let (session, record) = target(&state, &headers, &app, &endpoint, &body).await?;
+    session
+        .operations(&state)
+        .rotate_secret(&record, None)
+        .await?;
     Ok(back_to(&record, "rotated"))
 }
 
@@ -85,12 +89,12 @@ pub(super) async fn toggle(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let (session, record) = target(&state, &headers, &app, &endpoint, &body).await?;
     let mut input = crate::endpoints::input_of(&record)?;
     input.disabled = !record.disabled;
-    state
-        .store
-        .update_endpoint(record.app_id, record.id, input)
+    session
+        .operations(&state)
+        .update_endpoint(&record, input)
         .await?;
     Ok(back_to(
         &record,
@@ -108,11 +112,8 @@ pub(super) async fn delete(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let record = target(&state, &headers, &app, &endpoint, &body).await?;
-    state
-        .store
-        .delete_endpoint(record.app_id, record.id)
-        .await?;
+    let (session, record) = target(&state, &headers, &app, &endpoint, &body).await?;
+    session.operations(&state).delete_endpoint(&record).await?;
     Ok(Redirect::to(&format!("/portal/app/{}", record.app_id)).into_response())
 }
 
@@ -124,7 +125,7 @@ pub(super) async fn recover(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let record = target(&state, &headers, &app, &endpoint, &body).await?;
+    let (session, record) = target(&state, &headers, &app, &endpoint, &body).await?;
     let fields = Fields::parse(&body);
     // `datetime-local` gives `2026-11-26T09:30` in the browser's zone;
     // the form sends its UTC offset in minutes alongside.
@@ -140,6 +141,9 @@ pub(super) async fn recover(
     if since > now_ms() {
         return Ok(back_to(&record, "bad-since"));
     }
-    crate::recovery::start(&state, record.app_id, record.id, since, None).await?;
+    session
+        .operations(&state)
+        .start_recovery(&record, since, None)
+        .await?;
     Ok(back_to(&record, "recovering"))
 }

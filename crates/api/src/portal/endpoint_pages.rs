@@ -144,8 +144,8 @@ pub(super) async fn create(
         .and_then(|input| Ok((input, custom_headers(&form, &Default::default())?)));
     match described {
         Ok((input, custom)) => {
-            let created = state
-                .store
+            let created = session
+                .operations(&state)
                 .create_endpoint(app.id, input, custom, Secret::generate())
                 .await;
             match created {
@@ -154,7 +154,22 @@ pub(super) async fn create(
                     app.id, endpoint.id
                 ))
                 .into_response()),
-                Err(error) => Err(ApiError::from(error).into()),
+                // Refused as the API refuses it (the endpoint limit):
+                // shown on the form.
+                Err(ApiError::Invalid { field, detail }) => {
+                    let types = catalog(&state).await?;
+                    let form = EndpointForm {
+                        error: Some(format!("{field}: {detail}")),
+                        ..form
+                    };
+                    let mut response = page(
+                        &state,
+                        super::pages::new_endpoint(&session.csrf(), &app, &types, &form, None),
+                    );
+                    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                    Ok(response)
+                }
+                Err(error) => Err(error.into()),
             }
         }
         Err(error) => {
@@ -376,7 +391,11 @@ pub(super) async fn send_test(
     let fields = session.form(&body)?;
     let event_type = fields.get("event_type").unwrap_or_default().to_owned();
     let record = endpoint_of(&state, app_record.id, &endpoint).await?;
-    let outcome = match crate::test_events::send(&state, &record, &event_type, 0).await {
+    let outcome = match session
+        .operations(&state)
+        .send_test_event(&record, &event_type, 0)
+        .await
+    {
         Ok(message) => {
             // Wait for the attempt here, then show it at a URL of its
             // own (post/redirect/get: a reload does not send again).
@@ -629,14 +648,11 @@ pub(super) async fn save(
     });
     match changed {
         Ok((update, custom)) => {
-            state
-                .store
-                .update_endpoint(app.id, endpoint.id, update)
-                .await?;
-            state
-                .store
-                .set_endpoint_headers(app.id, endpoint.id, custom)
-                .await?;
+            let operations = session.operations(&state);
+            operations.update_endpoint(&endpoint, update).await?;
+            if custom != endpoint.headers {
+                operations.set_endpoint_headers(&endpoint, custom).await?;
+            }
             Ok(Redirect::to(&format!(
                 "/portal/app/{}/endpoint/{}?notice=saved",
                 app.id, endpoint.id

@@ -148,6 +148,8 @@ pub(crate) fn routes() -> Router<AppState> {
 struct Session {
     token: String,
     principal: Principal,
+    /// The request slot the page holds, like an API request's.
+    _slot: crate::limits::Slot,
 }
 
 impl Session {
@@ -183,6 +185,11 @@ impl Session {
         let fields = endpoint_pages::Fields::parse(body);
         self.check_csrf(fields.get("csrf").unwrap_or_default())?;
         Ok(fields)
+    }
+
+    /// The changes this session may make, audited like the API's.
+    fn operations<'a>(&self, state: &'a AppState) -> crate::operations::Operations<'a> {
+        crate::operations::Operations::new(state, self.principal)
     }
 
     /// Whether pages offer changes (and forms accept them).
@@ -222,11 +229,33 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Refus
     let Some(token) = cookie_token(headers) else {
         return Err(Refused::new(Redirect::to("/portal/login")));
     };
-    match principal_of(state, &token).await {
-        Ok(Some(principal)) => Ok(Session { token, principal }),
-        Ok(None) => Err(Refused::new(Redirect::to("/portal/login?expired=1"))),
-        Err(error) => Err(error.into()),
+    let principal = match principal_of(state, &token).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return Err(Refused::new(Redirect::to("/portal/login?expired=1"))),
+        Err(error) => return Err(error.into()),
+    };
+    // The API's limits hold through this door too: the token's request
+    // rate, and its app's share of the request slots.
+    if let (Principal::App { token, .. }, Some(limiter)) = (principal, &state.rate_limiter) {
+        if let Err(wait) = limiter.take(token, std::time::Instant::now()) {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            }
+            .into());
+        }
     }
+    let slot = state
+        .request_slots
+        .take(principal.app())
+        .map_err(|refused| match refused {
+            crate::limits::NoSlot::AppShare => ApiError::AppBusy,
+            crate::limits::NoSlot::Full => ApiError::Overloaded,
+        })?;
+    Ok(Session {
+        token,
+        principal,
+        _slot: slot,
+    })
 }
 
 /// Headers every portal page carries: no caching of customer data, and who

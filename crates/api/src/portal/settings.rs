@@ -163,7 +163,10 @@ pub(super) async fn save_alerts(
     };
     match form.rules() {
         Ok(rules) => {
-            state.store.set_alert_rules(app.id, Some(rules)).await?;
+            session
+                .operations(&state)
+                .set_alert_rules(app.id, Some(rules))
+                .await?;
             Ok(Redirect::to(&format!("/portal/app/{}/alerts?saved=1", app.id)).into_response())
         }
         Err(error) => {

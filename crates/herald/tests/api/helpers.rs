@@ -52,6 +52,7 @@ pub struct Options {
     pub max_concurrent_requests: usize,
     pub metrics_per_endpoint: bool,
     pub connections: herald_api::ConnectionLimits,
+    pub poll_interval: Duration,
 }
 
 impl Default for Options {
@@ -74,6 +75,7 @@ impl Default for Options {
             max_concurrent_requests: 1024,
             metrics_per_endpoint: false,
             connections: herald_api::ConnectionLimits::default(),
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -107,6 +109,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.max_concurrent_requests = options.max_concurrent_requests;
     settings.metrics_per_endpoint = options.metrics_per_endpoint;
     settings.connections = options.connections;
+    settings.poll_interval = options.poll_interval;
     let application = Application::build(settings).await.expect("Herald starts");
     let address = application.address();
     let shutdown = CancellationToken::new();

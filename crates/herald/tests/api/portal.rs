@@ -6,6 +6,8 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app, Receiver, TestApp};
 
+const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -364,4 +366,284 @@ async fn portal_access_refuses_feature_flags_rather_than_ignoring_them() {
         "{error}"
     );
     assert_eq!(empty, 200, "an empty list asks for nothing");
+}
+
+/// The newest audit entry of `tenant`: (action, target).
+async fn last_audit(app: &TestApp, tenant: &str) -> (String, String) {
+    let (_, audit) = app.get(&format!("/app/{tenant}/audit/?limit=1")).await;
+    let entry = &audit["data"][0];
+    (
+        entry["action"].as_str().unwrap_or_default().to_owned(),
+        entry["target"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The CSRF token of a logged-in portal session.
+async fn csrf_of(app: &TestApp, tenant: &str, cookie: &str) -> String {
+    let (_, _, page) = get(app, &format!("/portal/app/{tenant}"), Some(cookie)).await;
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
+async fn portal_post(app: &TestApp, cookie: &str, path: &str, form: &[(&str, &str)]) -> u16 {
+    client()
+        .post(format!("{}{path}", base(app)))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn every_change_the_portal_offers_is_audited_limited_and_delivered_as_through_the_api() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        max_endpoints_per_app: 3,
+        // Nothing waits for a poll here: a delivery that arrives was woken.
+        poll_interval: std::time::Duration::from_secs(3600),
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let (_, made) = app
+        .post(&format!("/app/{tenant}/token/"), json!({"name": "api"}))
+        .await;
+    let api_token = made["token"].as_str().unwrap().to_owned();
+    let cookie = log_in(&app, &portal_token(&app, &tenant).await).await;
+    let csrf = csrf_of(&app, &tenant, &cookie).await;
+    let api = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let token = api_token.clone();
+        let app = &app;
+        async move {
+            let (status, text) = app.request_as(Some(&token), method, &path, body).await;
+            assert!((200..300).contains(&status), "{path}: {status} {text}");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
+        }
+    };
+
+    // Two endpoints, one made through each door; strictly ordered, so no
+    // delivery to them is leased on the fast path.
+    let through_api = api(
+        reqwest::Method::POST,
+        format!("/app/{tenant}/endpoint/"),
+        Some(json!({"url": receiver.url("/api"), "strictOrdering": true})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        last_audit(&app, &tenant).await,
+        ("endpoint.created".to_owned(), through_api.clone())
+    );
+    let status = portal_post(
+        &app,
+        &cookie,
+        &format!("/portal/app/{tenant}/endpoints/new"),
+        &[
+            ("csrf", &csrf),
+            ("url", &receiver.url("/portal")),
+            ("events", "all"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, list) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    let through_portal = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == receiver.url("/portal"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        last_audit(&app, &tenant).await,
+        ("endpoint.created".to_owned(), through_portal.clone()),
+        "the portal's creation is audited like the API's"
+    );
+    api(
+        reqwest::Method::PATCH,
+        format!("/app/{tenant}/endpoint/{through_portal}/"),
+        Some(json!({"strictOrdering": true})),
+    )
+    .await;
+    let message = app
+        .send(&tenant, "contact.created", json!({"contactId": "c1"}))
+        .await;
+    receiver.wait_for(2, WAIT).await;
+
+    // Each change, through the API and through the portal: the same audit
+    // entry (action and target).
+    let ep = |id: &str| format!("/portal/app/{tenant}/endpoint/{id}");
+    // (what, API method, API path, API body, portal path, portal form, audit action)
+    type Change<'a> = (
+        &'a str,
+        reqwest::Method,
+        String,
+        Option<serde_json::Value>,
+        String,
+        Vec<(&'a str, String)>,
+        &'a str,
+    );
+    let cases: Vec<Change> = vec![
+        (
+            "edit",
+            reqwest::Method::PATCH,
+            format!("/app/{tenant}/endpoint/{through_api}/"),
+            Some(json!({"description": "CRM"})),
+            format!("{}/edit", ep(&through_portal)),
+            vec![
+                ("url", receiver.url("/portal")),
+                ("events", "all".into()),
+                ("description", "CRM".into()),
+            ],
+            "endpoint.updated",
+        ),
+        (
+            "rotate",
+            reqwest::Method::POST,
+            format!("/app/{tenant}/endpoint/{through_api}/secret/rotate/"),
+            Some(json!({})),
+            format!("{}/rotate", ep(&through_portal)),
+            vec![],
+            "endpoint.secret_rotated",
+        ),
+        (
+            "recover",
+            reqwest::Method::POST,
+            format!("/app/{tenant}/endpoint/{through_api}/recover/"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+            format!("{}/recover", ep(&through_portal)),
+            vec![("since", "2020-01-01T00:00".into()), ("offset", "0".into())],
+            "endpoint.recovery_started",
+        ),
+        (
+            "retry",
+            reqwest::Method::POST,
+            format!("/app/{tenant}/msg/{message}/endpoint/{through_api}/resend/"),
+            None,
+            format!("{}/activity/retry", ep(&through_portal)),
+            vec![("message", message.clone())],
+            "message.resent",
+        ),
+        (
+            "test event",
+            reqwest::Method::POST,
+            format!("/app/{tenant}/endpoint/{through_api}/send-example/"),
+            Some(json!({"eventType": "call.completed"})),
+            format!("{}/test", ep(&through_portal)),
+            vec![("event_type", "call.completed".into())],
+            "endpoint.test_event_sent",
+        ),
+        (
+            "disable",
+            reqwest::Method::PATCH,
+            format!("/app/{tenant}/endpoint/{through_api}/"),
+            Some(json!({"disabled": true})),
+            format!("{}/toggle", ep(&through_portal)),
+            vec![],
+            "endpoint.updated",
+        ),
+        (
+            "alert rules",
+            reqwest::Method::PUT,
+            format!("/app/{tenant}/alert-rules/"),
+            Some(json!({"events": ["endpoint.disabled"]})),
+            format!("/portal/app/{tenant}/alerts"),
+            vec![("events", "endpoint.disabled".into())],
+            "alert_rules.updated",
+        ),
+        (
+            "delete",
+            reqwest::Method::DELETE,
+            format!("/app/{tenant}/endpoint/{through_api}/"),
+            None,
+            format!("{}/delete", ep(&through_portal)),
+            vec![],
+            "endpoint.deleted",
+        ),
+    ];
+    for (what, method, api_path, body, portal_path, form, action) in cases {
+        let before = receiver.requests().len();
+        api(method, api_path, body).await;
+        let by_api = last_audit(&app, &tenant).await;
+        let mut fields: Vec<(&str, &str)> = vec![("csrf", &csrf)];
+        fields.extend(form.iter().map(|(k, v)| (*k, v.as_str())));
+        let status = portal_post(&app, &cookie, &portal_path, &fields).await;
+        assert!(
+            status == 303 || status == 200,
+            "{what} through the portal: {status}"
+        );
+        let by_portal = last_audit(&app, &tenant).await;
+
+        assert_eq!(by_api.0, action, "{what} through the API");
+        assert_eq!(by_portal.0, action, "{what} through the portal");
+        let target = |id: &str| {
+            if action.starts_with("alert_rules") {
+                tenant.clone()
+            } else {
+                id.to_owned()
+            }
+        };
+        assert_eq!(by_api.1, target(&through_api), "{what}");
+        assert_eq!(by_portal.1, target(&through_portal), "{what}");
+        if matches!(what, "retry" | "test event") {
+            // A strictly ordered endpoint's delivery is woken, not polled
+            // for (the poll is an hour here).
+            receiver.wait_for(before + 2, WAIT).await;
+        }
+    }
+
+    // The endpoint limit holds through the portal: 3 endpoints, then no more.
+    for n in 0..3 {
+        app.create_endpoint(&tenant, &receiver.url(&format!("/more{n}")), None)
+            .await;
+    }
+    let status = portal_post(
+        &app,
+        &cookie,
+        &format!("/portal/app/{tenant}/endpoints/new"),
+        &[
+            ("csrf", &csrf),
+            ("url", &receiver.url("/one-too-many")),
+            ("events", "all"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422, "the portal refuses a fourth endpoint");
+    let (_, list) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_token_rate_limit_holds_through_the_portal() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        token_rate_limit: Some(3),
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let tenant = app.create_app("Acme").await;
+    let token = portal_token(&app, &tenant).await;
+    let cookie = log_in(&app, &token).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, headers, _) = get(&app, &format!("/portal/app/{tenant}"), Some(&cookie)).await;
+        statuses.push((status, headers.get("retry-after").is_some()));
+    }
+
+    assert!(
+        statuses
+            .iter()
+            .any(|(status, retry)| *status == 429 && *retry),
+        "{statuses:?}"
+    );
 }

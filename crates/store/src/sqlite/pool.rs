@@ -222,8 +222,13 @@ pub(crate) struct Checkpointer {
 /// Pages of WAL after which the writer checkpoints by itself after all.
 pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
-/// Bytes of WAL kept on disk once it has been checkpointed (16 MiB).
-pub(crate) const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+/// Bytes of WAL kept on disk when it starts over after a checkpoint
+/// (64 MiB): under steady load it is reused, not cut and regrown.
+pub(crate) const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// A WAL larger than this left behind by a burst is truncated once writes
+/// pause (1 MiB).
+const IDLE_WAL_KEPT: u64 = 1024 * 1024;
 
 impl Checkpointer {
     pub(crate) fn start(path: &Path) -> StoreResult<Self> {
@@ -238,10 +243,11 @@ impl Checkpointer {
             .name("herald-sqlite-checkpoint".into())
             .spawn(move || {
                 let mut failing = false;
+                let mut last_log = -1;
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(std::time::Duration::from_millis(250))
                 {
-                    match checkpoint(&conn, &wal) {
+                    match checkpoint(&conn, &wal, &mut last_log) {
                         Ok(()) => failing = false,
                         // Once per episode: a full disk fails every 250 ms.
                         Err(error) if !failing => {
@@ -258,16 +264,21 @@ impl Checkpointer {
 }
 
 /// Copies what it can of the WAL into the database without blocking the
-/// writer; when all of it has been copied and the file is still past
-/// [`WAL_SIZE_LIMIT`] (left from a burst, with no write since to start it
-/// over), truncates it, which waits only for the writer's current batch.
-fn checkpoint(conn: &Connection, wal: &Path) -> rusqlite::Result<()> {
+/// writer. When writes have paused (no new frame since the last look) and
+/// all of the log has been copied, a file left larger than
+/// [`IDLE_WAL_KEPT`] by a burst is truncated: never under load, where
+/// cutting and regrowing the file would cost every commit.
+fn checkpoint(conn: &Connection, wal: &Path, last_log: &mut i64) -> rusqlite::Result<()> {
     let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })?;
-    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-    if log >= 0 && log == copied && size > WAL_SIZE_LIMIT as u64 {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let idle = log == *last_log;
+    *last_log = log;
+    if idle && log > 0 && log == copied {
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        if size > IDLE_WAL_KEPT {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
     }
     Ok(())
 }
@@ -414,6 +425,55 @@ mod tests {
         assert!(
             writer.admit(|_| Ok(())).await.is_ok(),
             "admitted again once the queue drains"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_write_ahead_log_is_truncated_once_writes_pause_after_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_connection(&path, false).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .unwrap();
+        // The writer never checkpoints by itself here: only the checkpointer.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let writer = Writer::start(conn, 1_000_000);
+        let _checkpointer = Checkpointer::start(&path).unwrap();
+        let wal = dir.path().join("t.db-wal");
+
+        // A burst of about 8 MB.
+        for batch in 0..20 {
+            writer
+                .write(move |c| {
+                    for n in 0..100 {
+                        c.execute(
+                            "INSERT INTO t (id, body) VALUES (?1, ?2)",
+                            rusqlite::params![batch * 100 + n, "x".repeat(4000)],
+                        )
+                        .map_err(internal)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let peak = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let mut size = peak;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if size <= IDLE_WAL_KEPT {
+                break;
+            }
+        }
+
+        assert!(
+            peak > IDLE_WAL_KEPT,
+            "the burst grew the log ({peak} bytes)"
+        );
+        assert!(
+            size <= IDLE_WAL_KEPT,
+            "truncated after the burst: {size} bytes left of {peak}"
         );
     }
 }

@@ -6,8 +6,7 @@
 use crate::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 
 use herald_domain::alerts::OPERATIONAL_EVENTS;
@@ -18,12 +17,10 @@ use crate::error::ApiResult;
 use crate::extract::Body;
 use crate::openapi::{AppPath, Errors};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/app/{app}/alert-rules",
-        get(read).put(replace).delete(reset),
-    )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(read, replace, reset))
 }
 
 /// The rules as set (absent fields follow the server) and as applied.
@@ -75,7 +72,8 @@ fn out(state: &AppState, rules: AlertRules) -> AlertRulesOut {
     tag = "Alert Rules",
     operation_id = "v1.alert-rules.get",
     params(AppPath),
-    responses((status = 200, body = AlertRulesOut), Errors)
+    responses((status = 200, body = AlertRulesOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
@@ -100,7 +98,8 @@ pub(crate) async fn read(
     operation_id = "v1.alert-rules.update",
     params(AppPath),
     request_body = AlertRulesSpec,
-    responses((status = 200, body = AlertRulesOut), Errors)
+    responses((status = 200, body = AlertRulesOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "alert_rules.updated"})))
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
@@ -123,7 +122,8 @@ pub(crate) async fn replace(
     tag = "Alert Rules",
     operation_id = "v1.alert-rules.delete",
     params(AppPath),
-    responses((status = 204, description = "Reset"), Errors)
+    responses((status = 204, description = "Reset"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "alert_rules.reset"})))
 )]
 pub(crate) async fn reset(
     State(state): State<AppState>,

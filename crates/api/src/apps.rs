@@ -3,8 +3,7 @@
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
@@ -15,12 +14,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::openapi::{AppPath, Errors};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/app", get(list).post(create)).route(
-        "/app/{app}",
-        get(read).put(replace).patch(patch).delete(remove),
-    )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(read, replace, patch, remove))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -118,7 +117,9 @@ pub(crate) async fn resolve(state: &AppState, segment: &str) -> ApiResult<AppId>
 
 /// List apps.
 #[utoipa::path(get, path = "/api/v1/app", tag = "Application", operation_id = "v1.application.list", params(ListParams),
-    responses((status = 200, body = ListResponse<ApplicationOut>), Errors))]
+    responses((status = 200, body = ListResponse<ApplicationOut>), Errors),
+    extensions(("x-herald" = json!({"access": "admin"})))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -141,7 +142,9 @@ pub(crate) struct CreateParams {
 /// Create an app.
 #[utoipa::path(post, path = "/api/v1/app", tag = "Application", operation_id = "v1.application.create", params(CreateParams),
     request_body = ApplicationIn,
-    responses((status = 201, body = ApplicationOut), (status = 200, body = ApplicationOut, description = "`get_if_exists`: the existing app"), Errors))]
+    responses((status = 201, body = ApplicationOut), (status = 200, body = ApplicationOut, description = "`get_if_exists`: the existing app"), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "app.created"})))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Query(params): Query<CreateParams>,
@@ -163,7 +166,9 @@ pub(crate) async fn create(
 
 /// Get an app.
 #[utoipa::path(get, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.get", params(AppPath),
-    responses((status = 200, body = ApplicationOut), Errors))]
+    responses((status = 200, body = ApplicationOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
+)]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -174,7 +179,9 @@ pub(crate) async fn read(
 
 /// Update an app.
 #[utoipa::path(put, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.update", params(AppPath),
-    request_body = ApplicationIn, responses((status = 200, body = ApplicationOut), Errors))]
+    request_body = ApplicationIn, responses((status = 200, body = ApplicationOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "app.updated"})))
+)]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -187,7 +194,9 @@ pub(crate) async fn replace(
 
 /// Patch an app.
 #[utoipa::path(patch, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.patch", params(AppPath),
-    request_body = ApplicationPatch, responses((status = 200, body = ApplicationOut), Errors))]
+    request_body = ApplicationPatch, responses((status = 200, body = ApplicationOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "app.updated"})))
+)]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -214,7 +223,9 @@ pub(crate) async fn patch(
 
 /// Delete an app, its endpoints, messages and attempts.
 #[utoipa::path(delete, path = "/api/v1/app/{app}", tag = "Application", operation_id = "v1.application.delete", params(AppPath),
-    responses((status = 204, description = "Deleted"), Errors))]
+    responses((status = 204, description = "Deleted"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "app.deleted"})))
+)]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(app): Path<String>,

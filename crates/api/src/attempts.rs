@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -24,19 +23,14 @@ use crate::messages::{event_types, optional_time};
 use crate::middleware::now_ms;
 use crate::openapi::{AttemptPath, EndpointPath, Errors, MessagePath, ResendPath};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/app/{app}/attempt/endpoint/{endpoint}",
-            get(attempts_by_endpoint),
-        )
-        .route("/app/{app}/attempt/msg/{msg}", get(attempts_by_message))
-        .route("/app/{app}/msg/{msg}/attempt/{attempt}", get(attempt))
-        .route(
-            "/app/{app}/msg/{msg}/endpoint/{endpoint}/resend",
-            post(resend),
-        )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(attempts_by_endpoint))
+        .routes(routes!(attempts_by_message))
+        .routes(routes!(attempt))
+        .routes(routes!(resend))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -153,7 +147,8 @@ pub(crate) async fn message_id(
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.list-by-endpoint",
     params(EndpointPath, AttemptListParams),
-    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
+    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn attempts_by_endpoint(
     State(state): State<AppState>,
@@ -176,7 +171,8 @@ pub(crate) async fn attempts_by_endpoint(
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.list-by-msg",
     params(MessagePath, AttemptListParams),
-    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors)
+    responses((status = 200, body = ListResponse<AttemptEntryOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn attempts_by_message(
     State(state): State<AppState>,
@@ -287,7 +283,8 @@ pub(crate) fn request_of(
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.get",
     params(AttemptPath),
-    responses((status = 200, body = AttemptDetailOut), Errors)
+    responses((status = 200, body = AttemptDetailOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn attempt(
     State(state): State<AppState>,
@@ -347,7 +344,8 @@ pub(crate) async fn resend_one(
     tag = "Message Attempt",
     operation_id = "v1.message-attempt.resend",
     params(ResendPath),
-    responses((status = 202, body = Object, description = "Queued (an empty object)"), Errors)
+    responses((status = 202, body = Object, description = "Queued (an empty object)"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "message.resent"})))
 )]
 pub(crate) async fn resend(
     State(state): State<AppState>,

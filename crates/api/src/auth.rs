@@ -4,6 +4,9 @@
 //! another app gets 404, exactly as if it did not exist. Changes that pass
 //! are written to the audit log.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use axum::body::{to_bytes, Body};
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method};
@@ -148,25 +151,50 @@ enum Access {
     Anyone,
 }
 
-/// The access rule of a matched route (path relative to `/api/v1`).
+/// What a route declares in its `#[utoipa::path(extensions(…))]`, where it
+/// is registered, as `x-herald`: who may use it (`access`: `admin`,
+/// `tenant`, `anyone`, `public`) and the audit action of a change
+/// (`audit`, or `none`).
+#[derive(Debug, Clone)]
+pub(crate) struct RouteRule {
+    access: Access,
+    audit: Option<String>,
+}
+
+/// Every route's rule, keyed by (method, path as matched), read once from
+/// the document the router was built with.
+pub(crate) fn route_rules() -> &'static HashMap<(String, String), RouteRule> {
+    static RULES: OnceLock<HashMap<(String, String), RouteRule>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let document = serde_json::to_value(crate::openapi::spec()).unwrap_or_default();
+        let mut rules = HashMap::new();
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                let access = match operation["x-herald"]["access"].as_str() {
+                    Some("tenant") => Access::Tenant,
+                    Some("anyone" | "public") => Access::Anyone,
+                    _ => Access::Admin,
+                };
+                let audit = operation["x-herald"]["audit"]
+                    .as_str()
+                    .filter(|action| *action != "none")
+                    .map(str::to_owned);
+                rules.insert(
+                    (method.to_ascii_uppercase(), path.clone()),
+                    RouteRule { access, audit },
+                );
+            }
+        }
+        rules
+    })
+}
+
+/// The access rule of a matched route; a route that declares none is
+/// admin-only (and the router-walking test fails).
 fn access(path: &str, method: &Method) -> Access {
-    let path = path.strip_prefix("/api/v1").unwrap_or(path);
-    if path.starts_with("/auth/") || path.starts_with("/app/{app}/token") || path == "/audit" {
-        return Access::Admin;
-    }
-    if path.starts_with("/app/{app}") {
-        return Access::Tenant;
-    }
-    if path.starts_with("/event-type") && method == Method::GET {
-        return Access::Anyone; // the catalog is global and read by portals
-    }
-    if path == "/egress" {
-        return Access::Anyone; // receivers' allowlists, shown in portals
-    }
-    if path.starts_with("/background-task/") {
-        return Access::Anyone; // the handler checks the task's app
-    }
-    Access::Admin
+    route_rules()
+        .get(&(method.as_str().to_owned(), path.to_owned()))
+        .map_or(Access::Admin, |rule| rule.access)
 }
 
 /// Applies the route's access rule, then records successful changes in the
@@ -258,31 +286,14 @@ async fn path_app(state: &AppState, segment: &str) -> ApiResult<AppId> {
     }
 }
 
-/// The audit action of a change made only through the API (apps, event
-/// types, tokens, portal access). The changes the portal also offers —
-/// endpoints, their secrets and headers, recoveries, test events, resends,
-/// alert rules — are audited by `operations`, whichever door they come
-/// through. Messages are not (they are their own log).
-fn audited_action(path: &str, method: &Method) -> Option<&'static str> {
-    let path = path.strip_prefix("/api/v1").unwrap_or(path);
-    let verb = match *method {
-        Method::POST => "created",
-        Method::PUT | Method::PATCH => "updated",
-        Method::DELETE => "deleted",
-        _ => return None,
-    };
-    Some(match (path, verb) {
-        ("/app", "created") => "app.created",
-        ("/app/{app}", "updated") => "app.updated",
-        ("/app/{app}", "deleted") => "app.deleted",
-        ("/event-type", "created") => "event_type.created",
-        ("/event-type/{name}", "updated") => "event_type.updated",
-        ("/event-type/{name}", "deleted") => "event_type.deleted",
-        ("/app/{app}/token", "created") => "token.created",
-        ("/app/{app}/token/{token}", "deleted") => "token.revoked",
-        ("/auth/app-portal-access/{app}", _) => "portal_access.created",
-        _ => return None,
-    })
+/// The audit action this middleware records for a change: the route's
+/// declared action, unless `operations` records it (the changes the
+/// portal also offers, audited whichever door they come through).
+fn audited_action(path: &str, method: &Method) -> Option<String> {
+    route_rules()
+        .get(&(method.as_str().to_owned(), path.to_owned()))
+        .and_then(|rule| rule.audit.clone())
+        .filter(|action| !crate::operations::ACTIONS.contains(&action.as_str()))
 }
 
 #[cfg(test)]
@@ -320,6 +331,53 @@ mod tests {
         ];
         for (path, method, expected) in cases {
             assert_eq!(access(path, &method), expected, "{method} {path}");
+        }
+    }
+
+    /// Walks what the router serves (its routes and their document are
+    /// registered together by `routes!`): every operation says who may use
+    /// it, and every change names its audit action (`none` on purpose).
+    #[test]
+    fn every_routed_operation_declares_its_access_rule_and_every_change_its_audit_action() {
+        let (_, served) = crate::api_routes().split_for_parts();
+        let served = serde_json::to_value(served).unwrap();
+        let mut declared = std::collections::HashSet::new();
+        let mut walked = 0;
+        for (path, item) in served["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                walked += 1;
+                let access = operation["x-herald"]["access"].as_str();
+                assert!(
+                    matches!(access, Some("admin" | "tenant" | "anyone")),
+                    "{method} {path} declares no access rule ({access:?})"
+                );
+                if method != "get" {
+                    let audit = operation["x-herald"]["audit"].as_str();
+                    assert!(
+                        audit.is_some_and(|a| a == "none" || a.contains('.')),
+                        "{method} {path} changes something but declares no audit action"
+                    );
+                    declared.extend(audit.map(str::to_owned));
+                }
+                // The rule the middleware applies is the declared one.
+                let rule = route_rules()
+                    .get(&(method.to_ascii_uppercase(), path.clone()))
+                    .unwrap_or_else(|| panic!("{method} {path} has no rule"));
+                assert_eq!(
+                    rule.audit.as_deref(),
+                    operation["x-herald"]["audit"]
+                        .as_str()
+                        .filter(|a| *a != "none"),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert!(walked > 0, "the router serves operations");
+        for action in crate::operations::ACTIONS {
+            assert!(
+                declared.contains(*action),
+                "operations record `{action}`, which no route declares"
+            );
         }
     }
 }

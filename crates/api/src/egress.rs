@@ -2,12 +2,12 @@
 //! come from, for receivers to allowlist. Any valid token may read it.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 
 use crate::openapi::Errors;
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// What the operator published about outbound traffic.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -19,8 +19,8 @@ pub struct Egress {
     pub proxied: bool,
 }
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/egress", get(read))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(read))
 }
 
 /// The addresses deliveries come from (for receivers' allow-lists).
@@ -29,7 +29,8 @@ pub(crate) fn routes() -> Router<AppState> {
     path = "/api/v1/egress",
     tag = "Egress",
     operation_id = "v1.egress.get",
-    responses((status = 200, body = Egress), Errors)
+    responses((status = 200, body = Egress), Errors),
+    extensions(("x-herald" = json!({"access": "anyone"})))
 )]
 pub(crate) async fn read(State(state): State<AppState>) -> Json<Egress> {
     Json(state.config.egress.clone())

@@ -4,8 +4,7 @@ use crate::extract::{Path, Query};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
@@ -20,22 +19,17 @@ use crate::middleware::now_ms;
 use crate::openapi::{AppPath, EndpointPath, Errors};
 use crate::operations::Operations;
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app/{app}/endpoint", get(list).post(create))
-        .route(
-            "/app/{app}/endpoint/{endpoint}",
-            get(read).put(replace).patch(patch).delete(remove),
-        )
-        .route("/app/{app}/endpoint/{endpoint}/secret", get(secret))
-        .route("/app/{app}/endpoint/{endpoint}/secret/rotate", post(rotate))
-        .route(
-            "/app/{app}/endpoint/{endpoint}/headers",
-            get(headers).put(replace_headers).patch(patch_headers),
-        )
-        .route("/app/{app}/endpoint/{endpoint}/stats", get(stats))
-        .route("/app/{app}/endpoint/{endpoint}/health", get(health))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(read, replace, patch, remove))
+        .routes(routes!(secret))
+        .routes(routes!(rotate))
+        .routes(routes!(headers, replace_headers, patch_headers))
+        .routes(routes!(stats))
+        .routes(routes!(health))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -243,7 +237,8 @@ pub(crate) async fn resolve_endpoint(
     tag = "Endpoint",
     operation_id = "v1.endpoint.list",
     params(AppPath, ListParams),
-    responses((status = 200, body = ListResponse<EndpointOut>), Errors)
+    responses((status = 200, body = ListResponse<EndpointOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -266,7 +261,8 @@ pub(crate) async fn list(
     operation_id = "v1.endpoint.create",
     params(AppPath),
     request_body = EndpointIn,
-    responses((status = 201, body = EndpointOut), Errors)
+    responses((status = 201, body = EndpointOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.created"})))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -315,7 +311,8 @@ pub(crate) async fn create(
     tag = "Endpoint",
     operation_id = "v1.endpoint.get",
     params(EndpointPath),
-    responses((status = 200, body = EndpointOut), Errors)
+    responses((status = 200, body = EndpointOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
@@ -334,7 +331,8 @@ pub(crate) async fn read(
     operation_id = "v1.endpoint.update",
     params(EndpointPath),
     request_body = EndpointIn,
-    responses((status = 200, body = EndpointOut), Errors)
+    responses((status = 200, body = EndpointOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.updated"})))
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
@@ -390,7 +388,8 @@ pub(crate) fn input_of(current: &Endpoint) -> ApiResult<EndpointInput> {
     operation_id = "v1.endpoint.patch",
     params(EndpointPath),
     request_body = EndpointPatch,
-    responses((status = 200, body = EndpointOut), Errors)
+    responses((status = 200, body = EndpointOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.updated"})))
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
@@ -439,7 +438,8 @@ pub(crate) async fn patch(
     tag = "Endpoint",
     operation_id = "v1.endpoint.delete",
     params(EndpointPath),
-    responses((status = 204, description = "Deleted"), Errors)
+    responses((status = 204, description = "Deleted"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.deleted"})))
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,
@@ -470,7 +470,8 @@ pub(crate) struct SecretOut {
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-secret",
     params(EndpointPath),
-    responses((status = 200, body = SecretOut), Errors)
+    responses((status = 200, body = SecretOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn secret(
     State(state): State<AppState>,
@@ -501,7 +502,8 @@ pub(crate) struct RotateIn {
     operation_id = "v1.endpoint.rotate-secret",
     params(EndpointPath),
     request_body = RotateIn,
-    responses((status = 204, description = "Rotated"), Errors)
+    responses((status = 204, description = "Rotated"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.secret_rotated"})))
 )]
 pub(crate) async fn rotate(
     State(state): State<AppState>,
@@ -546,7 +548,8 @@ pub(crate) struct HeadersIn {
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-headers",
     params(EndpointPath),
-    responses((status = 200, body = HeadersOut), Errors)
+    responses((status = 200, body = HeadersOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn headers(
     State(state): State<AppState>,
@@ -567,7 +570,8 @@ pub(crate) async fn headers(
     operation_id = "v1.endpoint.update-headers",
     params(EndpointPath),
     request_body = HeadersIn,
-    responses((status = 204, description = "Set"), Errors)
+    responses((status = 204, description = "Set"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.headers_updated"})))
 )]
 pub(crate) async fn replace_headers(
     State(state): State<AppState>,
@@ -597,7 +601,8 @@ pub(crate) async fn replace_headers(
     operation_id = "v1.endpoint.patch-headers",
     params(EndpointPath),
     request_body = HeadersIn,
-    responses((status = 204, description = "Changed"), Errors)
+    responses((status = 204, description = "Changed"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.headers_updated"})))
 )]
 pub(crate) async fn patch_headers(
     State(state): State<AppState>,
@@ -640,7 +645,8 @@ pub(crate) struct StatsOut {
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-stats",
     params(EndpointPath),
-    responses((status = 200, body = StatsOut), Errors)
+    responses((status = 200, body = StatsOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn stats(
     State(state): State<AppState>,
@@ -732,7 +738,8 @@ pub(crate) struct RecentAttempt {
     tag = "Endpoint",
     operation_id = "v1.endpoint.get-health",
     params(EndpointPath),
-    responses((status = 200, body = HealthOut), Errors)
+    responses((status = 200, body = HealthOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn health(
     State(state): State<AppState>,

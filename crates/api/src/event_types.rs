@@ -3,8 +3,7 @@
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -15,14 +14,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::openapi::{Errors, EventTypePath};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/event-type", get(list).post(create))
-        .route(
-            "/event-type/{name}",
-            get(read).put(replace).patch(patch).delete(remove),
-        )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(read, replace, patch, remove))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -144,7 +141,8 @@ pub(crate) struct ListOptions {
     tag = "Event Type",
     operation_id = "v1.event-type.list",
     params(ListOptions),
-    responses((status = 200, body = ListResponse<EventTypeOut>), Errors)
+    responses((status = 200, body = ListResponse<EventTypeOut>), Errors),
+    extensions(("x-herald" = json!({"access": "anyone"})))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -174,7 +172,8 @@ pub(crate) async fn list(
     tag = "Event Type",
     operation_id = "v1.event-type.create",
     request_body = EventTypeIn,
-    responses((status = 201, body = EventTypeOut), Errors)
+    responses((status = 201, body = EventTypeOut), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "event_type.created"})))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -196,7 +195,8 @@ pub(crate) async fn create(
     tag = "Event Type",
     operation_id = "v1.event-type.get",
     params(EventTypePath),
-    responses((status = 200, body = EventTypeOut), Errors)
+    responses((status = 200, body = EventTypeOut), Errors),
+    extensions(("x-herald" = json!({"access": "anyone"})))
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
@@ -214,7 +214,8 @@ pub(crate) async fn read(
     operation_id = "v1.event-type.update",
     params(EventTypePath),
     request_body = EventTypeUpdate,
-    responses((status = 200, body = EventTypeOut), Errors)
+    responses((status = 200, body = EventTypeOut), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "event_type.updated"})))
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
@@ -237,7 +238,8 @@ pub(crate) async fn replace(
     operation_id = "v1.event-type.patch",
     params(EventTypePath),
     request_body = EventTypePatch,
-    responses((status = 200, body = EventTypeOut), Errors)
+    responses((status = 200, body = EventTypeOut), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "event_type.updated"})))
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
@@ -274,7 +276,8 @@ pub(crate) struct DeleteOptions {
     tag = "Event Type",
     operation_id = "v1.event-type.delete",
     params(EventTypePath, DeleteOptions),
-    responses((status = 204, description = "Archived or deleted"), Errors)
+    responses((status = 204, description = "Archived or deleted"), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "event_type.deleted"})))
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,

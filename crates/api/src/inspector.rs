@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{any, get};
+use axum::routing::any;
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -23,14 +23,15 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, ListResponse, Path, Query};
 use crate::openapi::{AppPath, Errors};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Body bytes kept per request; the rest is cut (and flagged).
 pub(crate) const BODY_KEPT: usize = 64 * 1024;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app/{app}/inspector", get(read).post(open).delete(close))
-        .route("/app/{app}/inspector/request", get(requests))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(read, open, close))
+        .routes(routes!(requests))
 }
 
 /// The public receiving address (outside `/api/v1`: no token; the token in
@@ -142,7 +143,8 @@ pub(crate) struct RequestListParams {
     tag = "Inspector",
     operation_id = "v1.inspector.get",
     params(AppPath),
-    responses((status = 200, body = InspectorOut), Errors)
+    responses((status = 200, body = InspectorOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,
@@ -165,7 +167,8 @@ async fn existing(state: &AppState, app: &str) -> ApiResult<Inspector> {
     tag = "Inspector",
     operation_id = "v1.inspector.create",
     params(AppPath),
-    responses((status = 201, body = InspectorOut), (status = 200, body = InspectorOut, description = "The app's existing inspector"), Errors)
+    responses((status = 201, body = InspectorOut), (status = 200, body = InspectorOut, description = "The app's existing inspector"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
 )]
 pub(crate) async fn open(
     State(state): State<AppState>,
@@ -203,7 +206,8 @@ fn new_token() -> String {
     tag = "Inspector",
     operation_id = "v1.inspector.delete",
     params(AppPath),
-    responses((status = 204, description = "Deleted"), Errors)
+    responses((status = 204, description = "Deleted"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
 )]
 pub(crate) async fn close(
     State(state): State<AppState>,
@@ -221,7 +225,8 @@ pub(crate) async fn close(
     tag = "Inspector",
     operation_id = "v1.inspector.list-requests",
     params(AppPath, RequestListParams),
-    responses((status = 200, body = ListResponse<InspectedRequestOut>), Errors)
+    responses((status = 200, body = ListResponse<InspectedRequestOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn requests(
     State(state): State<AppState>,

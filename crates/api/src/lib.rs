@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use herald_dispatch::Dispatcher;
 use herald_domain::AddressPolicy;
@@ -108,9 +109,12 @@ pub struct AppState {
     pub metrics: Arc<herald_dispatch::Metrics>,
 }
 
-/// The complete router (without path normalisation; see [`serve`]).
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The routes behind a bearer token: every one registered with its
+/// handler's `#[utoipa::path]` (path, method, OpenAPI operation, and the
+/// `x-herald` access and audit rules), so the router, the document
+/// and the rules cannot disagree.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
         .merge(apps::routes())
         .merge(event_types::routes())
         .merge(endpoints::routes())
@@ -123,6 +127,18 @@ pub fn router(state: AppState) -> Router {
         .merge(egress::routes())
         .merge(url_check::routes())
         .merge(inspector::routes())
+}
+
+/// The documented routes open to anyone.
+pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(health))
+}
+
+/// The complete router (without path normalisation; see [`serve`]).
+pub fn router(state: AppState) -> Router {
+    let (api, _) = api_routes().split_for_parts();
+    let (open, _) = open_routes().split_for_parts();
+    let api = api
         // Outermost first: who is asking, a replay of their earlier answer,
         // whether the route is theirs (and the audit of what they change).
         .layer(axum::middleware::from_fn_with_state(
@@ -138,13 +154,11 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(state.config.body_limit));
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi::serve_document))
+    open.route("/api/v1/openapi.json", get(openapi::serve_document))
         .route("/docs", get(openapi::docs_page))
         .route("/docs/redoc.standalone.js", get(openapi::redoc_script))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
+        .merge(api)
         .merge(portal::routes())
         .merge(inspector::receiving_routes(state.config.body_limit))
         .fallback(|| async { ApiError::NotFound })
@@ -227,7 +241,9 @@ async fn count_responses(
 /// reach or read it) or `database_writes_failing` (it refuses writes, as
 /// on a full disk: accepted messages are safe, new ones are refused).
 #[utoipa::path(get, path = "/api/v1/health", tag = "Health", operation_id = "v1.health.get", security(()),
-    responses((status = 200, description = "Up: the database answers and takes writes", body = Object), (status = 503, description = "The database is unreachable (`database_unavailable`) or refuses writes (`database_writes_failing`)", body = openapi::ErrorOut)))]
+    responses((status = 200, description = "Up: the database answers and takes writes", body = Object), (status = 503, description = "The database is unreachable (`database_unavailable`) or refuses writes (`database_writes_failing`)", body = openapi::ErrorOut)),
+    extensions(("x-herald" = json!({"access": "public"})))
+)]
 async fn health(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     state.store.ping().await?;
     if let Err(error) = state.store.check_writes().await {

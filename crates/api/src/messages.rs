@@ -4,8 +4,7 @@
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -18,11 +17,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_time, timestamp, Body, ListParams, ListResponse};
 use crate::openapi::{AppPath, Errors, MessagePath};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app/{app}/msg", get(list).post(create))
-        .route("/app/{app}/msg/{msg}", get(read))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -100,7 +100,8 @@ fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>
     operation_id = "v1.message.create",
     params(AppPath, ContentOption),
     request_body = MessageIn,
-    responses((status = 202, body = MessageOut), Errors)
+    responses((status = 202, body = MessageOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -178,7 +179,8 @@ pub(crate) fn optional_time(
     tag = "Message",
     operation_id = "v1.message.list",
     params(AppPath, MessageListParams),
-    responses((status = 200, body = ListResponse<MessageOut>), Errors)
+    responses((status = 200, body = ListResponse<MessageOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -214,7 +216,8 @@ pub(crate) async fn list(
     tag = "Message",
     operation_id = "v1.message.get",
     params(MessagePath, ContentOption),
-    responses((status = 200, body = MessageOut), Errors)
+    responses((status = 200, body = MessageOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn read(
     State(state): State<AppState>,

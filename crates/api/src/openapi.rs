@@ -132,68 +132,25 @@ impl Modify for BearerAuth {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    paths(
-        crate::health,
-        crate::apps::list,
-        crate::apps::create,
-        crate::apps::read,
-        crate::apps::replace,
-        crate::apps::patch,
-        crate::apps::remove,
-        crate::event_types::list,
-        crate::event_types::create,
-        crate::event_types::read,
-        crate::event_types::replace,
-        crate::event_types::patch,
-        crate::event_types::remove,
-        crate::endpoints::list,
-        crate::endpoints::create,
-        crate::endpoints::read,
-        crate::endpoints::replace,
-        crate::endpoints::patch,
-        crate::endpoints::remove,
-        crate::endpoints::secret,
-        crate::endpoints::rotate,
-        crate::endpoints::headers,
-        crate::endpoints::replace_headers,
-        crate::endpoints::patch_headers,
-        crate::endpoints::stats,
-        crate::endpoints::health,
-        crate::messages::create,
-        crate::messages::list,
-        crate::messages::read,
-        crate::attempts::attempts_by_endpoint,
-        crate::attempts::attempts_by_message,
-        crate::attempts::attempt,
-        crate::attempts::resend,
-        crate::recovery::recover,
-        crate::recovery::read_task,
-        crate::test_events::send_example,
-        crate::alert_rules::read,
-        crate::alert_rules::replace,
-        crate::alert_rules::reset,
-        crate::tokens::create,
-        crate::tokens::list,
-        crate::tokens::revoke,
-        crate::tokens::portal_access,
-        crate::tokens::audit_all,
-        crate::tokens::audit_of_app,
-        crate::egress::read,
-        crate::url_check::check,
-        crate::inspector::read,
-        crate::inspector::open,
-        crate::inspector::close,
-        crate::inspector::requests,
-    ),
     components(schemas(ErrorOut)),
 )]
 struct ApiDoc;
 
+/// The document of every route the router serves (they are registered
+/// together, so the two cannot differ).
+pub(crate) fn spec() -> &'static utoipa::openapi::OpenApi {
+    static SPEC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        utoipa_axum::router::OpenApiRouter::<crate::AppState>::with_openapi(ApiDoc::openapi())
+            .merge(crate::open_routes())
+            .merge(crate::api_routes())
+            .into_openapi()
+    })
+}
+
 /// The document, pretty-printed JSON with a trailing newline.
 pub fn document() -> String {
-    let mut text = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document serialises");
+    let mut text = spec().to_pretty_json().expect("the document serialises");
     text.push('\n');
     text
 }

@@ -18,6 +18,21 @@ use crate::error::{ApiError, ApiResult};
 use crate::middleware::now_ms;
 use crate::AppState;
 
+/// The audit actions operations record (the routes that declare them
+/// leave the audit to them).
+pub(crate) const ACTIONS: &[&str] = &[
+    "endpoint.created",
+    "endpoint.updated",
+    "endpoint.headers_updated",
+    "endpoint.deleted",
+    "endpoint.secret_rotated",
+    "endpoint.recovery_started",
+    "endpoint.test_event_sent",
+    "message.resent",
+    "alert_rules.updated",
+    "alert_rules.reset",
+];
+
 /// The operations of one caller.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Operations<'a> {

@@ -7,8 +7,7 @@
 use crate::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::IdOrUid;
@@ -22,11 +21,12 @@ use crate::extract::{parse_time, timestamp, Body};
 use crate::middleware::now_ms;
 use crate::openapi::{EndpointPath, Errors, TaskPath};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app/{app}/endpoint/{endpoint}/recover", post(recover))
-        .route("/background-task/{task}", get(read_task))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(recover))
+        .routes(routes!(read_task))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -88,7 +88,8 @@ impl TaskOut {
     operation_id = "v1.endpoint.recover",
     params(EndpointPath),
     request_body = RecoverIn,
-    responses((status = 202, body = TaskOut), Errors)
+    responses((status = 202, body = TaskOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.recovery_started"})))
 )]
 pub(crate) async fn recover(
     State(state): State<AppState>,
@@ -162,7 +163,8 @@ fn spawn(state: &AppState, task: TaskId) {
     tag = "Background Task",
     operation_id = "v1.background-task.get",
     params(TaskPath),
-    responses((status = 200, body = TaskOut), Errors)
+    responses((status = 200, body = TaskOut), Errors),
+    extensions(("x-herald" = json!({"access": "anyone"})))
 )]
 pub(crate) async fn read_task(
     State(state): State<AppState>,

@@ -11,8 +11,7 @@ use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,12 +28,10 @@ use crate::extract::Body;
 use crate::messages::MessageOut;
 use crate::openapi::{EndpointPath, Errors};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/app/{app}/endpoint/{endpoint}/send-example",
-        post(send_example),
-    )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(send_example))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -68,7 +65,8 @@ pub(crate) struct TestEventOut {
     operation_id = "v1.endpoint.send-example",
     params(EndpointPath, WaitOption),
     request_body = EventExampleIn,
-    responses((status = 202, body = MessageOut), (status = 200, body = TestEventOut, description = "`wait=true`: the message and its first attempt"), Errors)
+    responses((status = 202, body = MessageOut), (status = 200, body = TestEventOut, description = "`wait=true`: the message and its first attempt"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.test_event_sent"})))
 )]
 pub(crate) async fn send_example(
     State(state): State<AppState>,

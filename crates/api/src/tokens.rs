@@ -8,8 +8,7 @@ use std::time::Duration;
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use herald_domain::token::ApiToken;
@@ -22,14 +21,15 @@ use crate::extract::{timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
 use crate::openapi::{AppPath, Errors, TokenPath};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/app/{app}/token", get(list).post(create))
-        .route("/app/{app}/token/{token}", delete(revoke))
-        .route("/auth/app-portal-access/{app}", post(portal_access))
-        .route("/audit", get(audit_all))
-        .route("/app/{app}/audit", get(audit_of_app))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+        .routes(routes!(portal_access))
+        .routes(routes!(audit_all))
+        .routes(routes!(audit_of_app))
 }
 
 /// The longest an API token may be made to last without "never".
@@ -116,7 +116,8 @@ pub(crate) async fn issue(
     operation_id = "v1.token.create",
     params(AppPath),
     request_body = TokenIn,
-    responses((status = 201, body = TokenOut), Errors)
+    responses((status = 201, body = TokenOut), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "token.created"})))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -145,7 +146,8 @@ pub(crate) async fn create(
     tag = "Token",
     operation_id = "v1.token.list",
     params(AppPath, ListParams),
-    responses((status = 200, body = ListResponse<TokenOut>), Errors)
+    responses((status = 200, body = ListResponse<TokenOut>), Errors),
+    extensions(("x-herald" = json!({"access": "admin"})))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -167,7 +169,8 @@ pub(crate) async fn list(
     tag = "Token",
     operation_id = "v1.token.revoke",
     params(TokenPath),
-    responses((status = 204, description = "Revoked"), Errors)
+    responses((status = 204, description = "Revoked"), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "token.revoked"})))
 )]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
@@ -208,7 +211,8 @@ pub(crate) struct PortalAccessOut {
     operation_id = "v1.authentication.app-portal-access",
     params(AppPath),
     request_body = PortalAccessIn,
-    responses((status = 200, body = PortalAccessOut), Errors)
+    responses((status = 200, body = PortalAccessOut), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "portal_access.created"})))
 )]
 pub(crate) async fn portal_access(
     State(state): State<AppState>,
@@ -303,7 +307,8 @@ pub(crate) struct AuditParams {
     tag = "Audit",
     operation_id = "v1.audit.list",
     params(AuditParams),
-    responses((status = 200, body = ListResponse<AuditOut>), Errors)
+    responses((status = 200, body = ListResponse<AuditOut>), Errors),
+    extensions(("x-herald" = json!({"access": "admin"})))
 )]
 pub(crate) async fn audit_all(
     State(state): State<AppState>,
@@ -323,7 +328,8 @@ pub(crate) async fn audit_all(
     tag = "Audit",
     operation_id = "v1.audit.list-by-app",
     params(AppPath, AuditParams),
-    responses((status = 200, body = ListResponse<AuditOut>), Errors)
+    responses((status = 200, body = ListResponse<AuditOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
 )]
 pub(crate) async fn audit_of_app(
     State(state): State<AppState>,

@@ -5,8 +5,7 @@
 
 use crate::extract::Path;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use herald_domain::EndpointUrl;
@@ -16,9 +15,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::openapi::{AppPath, Errors};
 use crate::AppState;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/app/{app}/url-check", post(check))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(check))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -73,7 +73,8 @@ pub(crate) async fn run(
     operation_id = "v1.endpoint.url-check",
     params(AppPath),
     request_body = CheckIn,
-    responses((status = 200, body = CheckOut), Errors)
+    responses((status = 200, body = CheckOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
 )]
 pub(crate) async fn check(
     State(state): State<AppState>,

@@ -321,6 +321,25 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
         (Holder::ReadOnlyPortal, Some(read_only.as_str())),
         (Holder::Admin, Some(TOKEN)),
     ];
+    // The audit action each route declares, from the served document.
+    let (_, document) = app.get("/openapi.json").await;
+    let declared = |method: &Method, template: &str| -> Option<String> {
+        let mut path = format!("/api/v1{}", template.trim_end_matches('/'));
+        for (from, to) in [
+            ("{uid}", "{app}"),
+            ("{fresh_ep}", "{endpoint}"),
+            ("{ep}", "{endpoint}"),
+            ("{atmpt}", "{attempt}"),
+            ("{fresh_token}", "{token}"),
+            ("/{open_inspector}", ""),
+        ] {
+            path = path.replace(from, to);
+        }
+        document["paths"][&path][method.as_str().to_ascii_lowercase()]["x-herald"]["audit"]
+            .as_str()
+            .filter(|a| *a != "none")
+            .map(str::to_owned)
+    };
     for (n, (rule, method, template, body)) in routes().into_iter().enumerate() {
         for (holder, token) in holders {
             let expected = holder.expected(rule, &method);
@@ -361,6 +380,13 @@ async fn every_route_answers_each_kind_of_token_as_its_scope_says() {
                 assert!((200..300).contains(&status), "{what}");
             } else {
                 assert_eq!(status, expected, "{what}");
+            }
+            // A change records the action its route declares.
+            if holder == Holder::Admin && method != Method::GET {
+                if let Some(action) = declared(&method, template) {
+                    let (_, audit) = app.get("/audit/?limit=1").await;
+                    assert_eq!(audit["data"][0]["action"], action.as_str(), "{what}");
+                }
             }
             // Nothing of an app the holder may not see is in the answer.
             let foreign: &[&Tenant] = match holder {

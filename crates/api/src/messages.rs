@@ -80,7 +80,9 @@ pub(crate) struct ContentOption {
     with_content: Option<bool>,
 }
 
-fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
+/// Channels of a message or an endpoint: at most 10, each a uid
+/// (`[A-Za-z0-9._-]`, 1–256 characters).
+pub(crate) fn parse_channels(channels: Option<Vec<String>>) -> ApiResult<Option<Vec<String>>> {
     if let Some(list) = &channels {
         if list.len() > 10 {
             return Err(ApiError::invalid("channels", "at most 10 channels"));

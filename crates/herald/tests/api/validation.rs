@@ -626,3 +626,35 @@ async fn an_endpoint_whose_url_a_tightened_policy_refuses_can_still_be_disabled_
         "{moved}"
     );
 }
+
+#[tokio::test]
+async fn endpoint_channels_are_validated_like_message_channels() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let eleven: Vec<String> = (0..11).map(|n| format!("c{n}")).collect();
+    let cases = [
+        (json!(["has space"]), 422, "a channel that is not a uid"),
+        (json!([""]), 422, "an empty channel"),
+        (json!(eleven), 422, "more than 10 channels"),
+        (json!(["project-1", "team.a"]), 201, "valid channels"),
+    ];
+    for (channels, expected, why) in cases {
+        let (status, body) = app
+            .post(
+                &format!("/app/{tenant}/endpoint/"),
+                json!({"url": "https://hooks.test/x", "channels": channels}),
+            )
+            .await;
+        assert_eq!(status, expected, "{why}: {body}");
+    }
+    let (_, list) = app.get(&format!("/app/{tenant}/endpoint/")).await;
+    let endpoint = list["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/app/{tenant}/endpoint/{endpoint}/"),
+            Some(json!({"channels": ["no/slash"]})),
+        )
+        .await;
+    assert_eq!(status, 422, "a patch is checked too: {body}");
+}

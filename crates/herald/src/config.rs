@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::builder::BoolishValueParser;
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use herald_dispatch::{EmailConfig, Network};
 use herald_domain::sealing::{MasterKey, Sealing};
@@ -17,7 +17,8 @@ use herald_domain::{AddressPolicy, RetrySchedule};
 use herald_store::{AutoDisable, RateRule};
 
 /// Options shared by the commands that open the database.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DatabaseArgs {
     /// Directory for the embedded database and the admin token hash.
     #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
@@ -60,10 +61,13 @@ pub struct DatabaseArgs {
     pub previous_master_key: Option<String>,
 }
 
-/// `herald serve` options. Every flag can also be set as `HERALD_<NAME>`.
-#[derive(Debug, Clone, Args)]
+/// `herald serve` options, declared once: every flag can also be set as
+/// `HERALD_<NAME>` or as `<name>` in the TOML file (`--config`).
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServeArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub database: DatabaseArgs,
     /// Address the API listens on.
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
@@ -244,72 +248,78 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
 }
 
-/// The TOML file: the same settings, all optional. Unknown keys are errors,
-/// so a misspelt setting is never silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    role: Option<String>,
-    lease_seconds: Option<u64>,
-    poll_interval: Option<u64>,
-    max_in_flight: Option<usize>,
-    max_in_flight_per_endpoint: Option<usize>,
-    max_concurrent_requests: Option<usize>,
-    max_concurrent_requests_per_app: Option<usize>,
-    max_connections: Option<usize>,
-    listen_backlog: Option<u32>,
-    client_header_timeout: Option<String>,
-    client_body_timeout: Option<String>,
-    client_body_min_rate: Option<u64>,
-    keepalive_timeout: Option<String>,
-    send_timeout: Option<String>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    database_max_connections: Option<u32>,
-    database_acquire_timeout: Option<u64>,
-    master_key: Option<String>,
-    previous_master_key: Option<String>,
-    admin_token: Option<String>,
-    allow_private_networks: Option<bool>,
-    allow_http: Option<bool>,
-    retry_schedule: Option<String>,
-    request_timeout: Option<u64>,
-    auto_disable_after: Option<String>,
-    auto_disable_min_attempts: Option<u64>,
-    failing_after: Option<u64>,
-    success_rate_threshold: Option<String>,
-    success_rate_min_attempts: Option<u64>,
-    operator_webhook_url: Option<String>,
-    smtp_url: Option<String>,
-    alert_email_from: Option<String>,
-    alert_email_to: Option<String>,
-    retention: Option<String>,
-    max_body_bytes: Option<usize>,
-    allowed_cidrs: Option<String>,
-    dns_servers: Option<String>,
-    egress_proxy: Option<String>,
-    egress_source_address: Option<std::net::IpAddr>,
-    egress_addresses: Option<String>,
-    ca_bundle: Option<PathBuf>,
-    token_rate_limit: Option<String>,
-    max_endpoints_per_app: Option<usize>,
-    public_url: Option<String>,
-    portal_session: Option<String>,
-    portal_frame_ancestors: Option<String>,
-    metrics_per_endpoint: Option<bool>,
-    secret_rotation_grace: Option<String>,
-    log: Option<String>,
-    log_format: Option<String>,
-}
-
-fn read_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-    let Some(path) = path else {
-        return Ok(FileConfig::default());
-    };
+/// The TOML file (`--config`): the keys are the flags' names in snake_case
+/// (`max_in_flight = 64`), read into the same structs as flags and
+/// `HERALD_*` variables, which win over it. An unknown key is an error, so
+/// a misspelt setting is never silently ignored.
+fn file_table(path: &Path, known: &[String]) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("in the configuration file {}", path.display()))?;
+    if let Some(unknown) = table.keys().find(|key| !known.contains(key)) {
+        bail!(
+            "in the configuration file {}: unknown key `{unknown}`",
+            path.display()
+        );
+    }
+    Ok(table)
+}
+
+/// The argument ids (= file keys) of a clap `Args` struct.
+fn ids_of<A: Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("herald"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .collect()
+}
+
+/// `given` (flags and environment) over `file`: every setting `given` left
+/// out is taken from the file.
+fn over<T: Serialize + serde::de::DeserializeOwned>(given: &T, file: &T) -> anyhow::Result<T> {
+    let mut merged = serde_json::to_value(file)?;
+    let given = serde_json::to_value(given)?;
+    if let (Some(merged), Some(given)) = (merged.as_object_mut(), given.as_object()) {
+        for (key, value) in given {
+            if !value.is_null() {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(serde_json::from_value(merged)?)
+}
+
+impl DatabaseArgs {
+    /// These settings completed from the `--config` file, if any.
+    pub fn with_file(self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        // The file may hold `herald serve`'s settings too: only ours are read.
+        let mine = ids_of::<DatabaseArgs>();
+        let table: toml::Table = file_table(&path, &ids_of::<ServeArgs>())?
+            .into_iter()
+            .filter(|(key, _)| mine.contains(key))
+            .collect();
+        let file: DatabaseArgs = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("in the configuration file {}", path.display()))?;
+        over(&self, &file)
+    }
+}
+
+impl ServeArgs {
+    /// These settings completed from the `--config` file, if any.
+    pub fn with_file(self) -> anyhow::Result<Self> {
+        let Some(path) = self.database.config.clone() else {
+            return Ok(self);
+        };
+        let table = file_table(&path, &ids_of::<ServeArgs>())?;
+        let file: ServeArgs = toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("in the configuration file {}", path.display()))?;
+        over(&self, &file)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,21 +418,14 @@ impl DatabaseSettings {
     }
 
     pub fn from_args(args: &DatabaseArgs) -> anyhow::Result<Self> {
-        let file = read_file(args.config.as_deref())?;
+        let args = args.clone().with_file()?;
         Self::resolve(
-            args.data_dir.clone().or(file.data_dir),
-            args.database_url.clone().or(file.database_url),
-            args.database_max_connections
-                .or(file.database_max_connections),
-            args.database_acquire_timeout
-                .or(file.database_acquire_timeout),
+            args.data_dir.clone(),
+            args.database_url.clone(),
+            args.database_max_connections,
+            args.database_acquire_timeout,
         )?
-        .with_keys(
-            args.master_key.clone().or(file.master_key),
-            args.previous_master_key
-                .clone()
-                .or(file.previous_master_key),
-        )
+        .with_keys(args.master_key.clone(), args.previous_master_key.clone())
     }
 }
 
@@ -548,33 +551,20 @@ impl Settings {
     }
 
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
-        let file = read_file(args.database.config.as_deref())?;
+        let args = args.with_file()?;
         let database = DatabaseSettings::resolve(
-            args.database.data_dir.or(file.data_dir),
-            args.database.database_url.or(file.database_url),
-            args.database
-                .database_max_connections
-                .or(file.database_max_connections),
-            args.database
-                .database_acquire_timeout
-                .or(file.database_acquire_timeout),
+            args.database.data_dir,
+            args.database.database_url,
+            args.database.database_max_connections,
+            args.database.database_acquire_timeout,
         )?
-        .with_keys(
-            args.database.master_key.or(file.master_key),
-            args.database
-                .previous_master_key
-                .or(file.previous_master_key),
-        )?;
+        .with_keys(args.database.master_key, args.database.previous_master_key)?;
         let mut settings = Self::for_data_dir(&database.data_dir);
         settings.database = database;
-        if let Some(listen) = args.listen.or(file.listen) {
+        if let Some(listen) = args.listen {
             settings.listen = listen;
         }
-        settings.admin_token = args
-            .admin_token
-            .or(file.admin_token)
-            .filter(|t| !t.is_empty())
-            .map(Redacted);
+        settings.admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Redacted);
         if let Some(token) = &settings.admin_token {
             if token.0.len() < 16 {
                 bail!("HERALD_ADMIN_TOKEN must be at least 16 characters long");
@@ -588,25 +578,19 @@ impl Settings {
                 .map(str::to_owned)
                 .collect()
         };
-        let allowed = list(args.allowed_cidrs.or(file.allowed_cidrs))
+        let allowed = list(args.allowed_cidrs)
             .iter()
             .map(|text| herald_domain::Cidr::parse(text))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("HERALD_ALLOWED_CIDRS: {}", e.reason))?;
-        settings.metrics_per_endpoint = args
-            .metrics_per_endpoint
-            .or(file.metrics_per_endpoint)
-            .unwrap_or(false);
+        settings.metrics_per_endpoint = args.metrics_per_endpoint.unwrap_or(false);
         settings.policy = AddressPolicy {
-            allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
-            allow_private_networks: args
-                .allow_private_networks
-                .or(file.allow_private_networks)
-                .unwrap_or(false),
+            allow_http: args.allow_http.unwrap_or(false),
+            allow_private_networks: args.allow_private_networks.unwrap_or(false),
             allowed: allowed.into(),
         };
         settings.network = Network {
-            dns_servers: list(args.dns_servers.or(file.dns_servers))
+            dns_servers: list(args.dns_servers)
                 .iter()
                 .map(|text| {
                     text.parse::<SocketAddr>()
@@ -619,14 +603,10 @@ impl Settings {
                         })
                 })
                 .collect::<anyhow::Result<_>>()?,
-            proxy: args
-                .egress_proxy
-                .or(file.egress_proxy)
-                .filter(|p| !p.is_empty()),
-            source_address: args.egress_source_address.or(file.egress_source_address),
+            proxy: args.egress_proxy.filter(|p| !p.is_empty()),
+            source_address: args.egress_source_address,
             ca_bundle: args
                 .ca_bundle
-                .or(file.ca_bundle)
                 .map(|path| {
                     std::fs::read(&path)
                         .with_context(|| format!("HERALD_CA_BUNDLE: reading {}", path.display()))
@@ -640,24 +620,22 @@ impl Settings {
                 bail!("HERALD_EGRESS_PROXY must be http://host:port or https://host:port");
             }
         }
-        settings.egress_addresses = list(args.egress_addresses.or(file.egress_addresses));
-        if let Some(schedule) = args.retry_schedule.or(file.retry_schedule) {
+        settings.egress_addresses = list(args.egress_addresses);
+        if let Some(schedule) = args.retry_schedule {
             settings.retry_schedule = RetrySchedule::parse(&schedule)
                 .map_err(|e| anyhow::anyhow!("HERALD_RETRY_SCHEDULE: {}", e.reason))?;
         }
-        if let Some(seconds) = args.request_timeout.or(file.request_timeout) {
+        if let Some(seconds) = args.request_timeout {
             if !(1..=300).contains(&seconds) {
                 bail!("HERALD_REQUEST_TIMEOUT must be between 1 and 300 seconds");
             }
             settings.request_timeout = Duration::from_secs(seconds);
         }
-        let min_attempts = args
-            .auto_disable_min_attempts
-            .or(file.auto_disable_min_attempts);
+        let min_attempts = args.auto_disable_min_attempts;
         if min_attempts == Some(0) {
             bail!("HERALD_AUTO_DISABLE_MIN_ATTEMPTS must be at least 1");
         }
-        settings.auto_disable = match args.auto_disable_after.or(file.auto_disable_after) {
+        settings.auto_disable = match args.auto_disable_after {
             Some(text) if text.trim() == "off" => None,
             Some(text) => {
                 let after = herald_domain::parse_duration(text.trim())
@@ -672,18 +650,13 @@ impl Settings {
                 ..rule
             }),
         };
-        if let Some(n) = args.failing_after.or(file.failing_after) {
+        if let Some(n) = args.failing_after {
             if n == 0 {
                 bail!("HERALD_FAILING_AFTER must be at least 1");
             }
             settings.failing_after = n;
         }
-        match args
-            .token_rate_limit
-            .or(file.token_rate_limit)
-            .as_deref()
-            .map(str::trim)
-        {
+        match args.token_rate_limit.as_deref().map(str::trim) {
             None => {}
             Some("off") => settings.token_rate_limit = None,
             Some(text) => {
@@ -695,17 +668,13 @@ impl Settings {
                 settings.token_rate_limit = Some(rate);
             }
         }
-        if let Some(max) = args.max_endpoints_per_app.or(file.max_endpoints_per_app) {
+        if let Some(max) = args.max_endpoints_per_app {
             if !(1..=10_000).contains(&max) {
                 bail!("HERALD_MAX_ENDPOINTS_PER_APP must be 1..=10000");
             }
             settings.max_endpoints_per_app = max;
         }
-        if let Some(url) = args
-            .public_url
-            .or(file.public_url)
-            .filter(|u| !u.is_empty())
-        {
+        if let Some(url) = args.public_url.filter(|u| !u.is_empty()) {
             let parsed = url::Url::parse(&url)
                 .map_err(|e| anyhow::anyhow!("HERALD_PUBLIC_URL `{url}`: {e}"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
@@ -713,11 +682,7 @@ impl Settings {
             }
             settings.public_url = Some(url.trim_end_matches('/').to_owned());
         }
-        if let Some(sources) = args
-            .portal_frame_ancestors
-            .or(file.portal_frame_ancestors)
-            .filter(|s| !s.trim().is_empty())
-        {
+        if let Some(sources) = args.portal_frame_ancestors.filter(|s| !s.trim().is_empty()) {
             if sources
                 .chars()
                 .any(|c| c == ';' || c == ',' || c.is_control())
@@ -726,7 +691,7 @@ impl Settings {
             }
             settings.portal_frame_ancestors = sources.trim().to_owned();
         }
-        if let Some(text) = args.portal_session.or(file.portal_session) {
+        if let Some(text) = args.portal_session {
             let period = herald_domain::parse_duration(text.trim())
                 .map_err(|reason| anyhow::anyhow!("HERALD_PORTAL_SESSION: {reason}"))?;
             if period < Duration::from_secs(60) || period > Duration::from_secs(24 * 3600) {
@@ -734,7 +699,7 @@ impl Settings {
             }
             settings.portal_session = period;
         }
-        if let Some(text) = args.secret_rotation_grace.or(file.secret_rotation_grace) {
+        if let Some(text) = args.secret_rotation_grace {
             let text = text.trim();
             let period = if text == "0" {
                 Duration::ZERO
@@ -747,7 +712,7 @@ impl Settings {
             }
             settings.rotation_grace = period;
         }
-        match args.retention.or(file.retention).as_deref().map(str::trim) {
+        match args.retention.as_deref().map(str::trim) {
             None => {}
             Some("off") => settings.retention = None,
             Some(text) => {
@@ -759,17 +724,8 @@ impl Settings {
                 settings.retention = Some(period);
             }
         }
-        let min_attempts = args
-            .success_rate_min_attempts
-            .or(file.success_rate_min_attempts)
-            .unwrap_or(20)
-            .max(1);
-        settings.success_rate = match args
-            .success_rate_threshold
-            .or(file.success_rate_threshold)
-            .as_deref()
-            .map(str::trim)
-        {
+        let min_attempts = args.success_rate_min_attempts.unwrap_or(20).max(1);
+        settings.success_rate = match args.success_rate_threshold.as_deref().map(str::trim) {
             Some("off") => None,
             Some(text) => {
                 let threshold: f64 = text
@@ -791,10 +747,9 @@ impl Settings {
                 ..rule
             }),
         };
-        let smtp_url = args.smtp_url.or(file.smtp_url).filter(|u| !u.is_empty());
+        let smtp_url = args.smtp_url.filter(|u| !u.is_empty());
         let to: Vec<String> = args
             .alert_email_to
-            .or(file.alert_email_to)
             .unwrap_or_default()
             .split(',')
             .map(|a| a.trim().to_owned())
@@ -806,53 +761,43 @@ impl Settings {
                 smtp_url,
                 from: args
                     .alert_email_from
-                    .or(file.alert_email_from)
                     .unwrap_or_else(|| "herald@localhost".into()),
                 to,
             }),
             _ => bail!("HERALD_SMTP_URL and HERALD_ALERT_EMAIL_TO go together"),
         };
-        settings.operator_webhook_url = args
-            .operator_webhook_url
-            .or(file.operator_webhook_url)
-            .filter(|url| !url.is_empty());
-        if let Some(bytes) = args.max_body_bytes.or(file.max_body_bytes) {
+        settings.operator_webhook_url = args.operator_webhook_url.filter(|url| !url.is_empty());
+        if let Some(bytes) = args.max_body_bytes {
             settings.max_body_bytes = bytes;
         }
-        settings.role = match args.role.or(file.role).as_deref() {
+        settings.role = match args.role.as_deref() {
             None | Some("all") => Role::All,
             Some("api") => Role::Api,
             Some("worker") => Role::Worker,
             Some(other) => bail!("HERALD_ROLE must be `all`, `api` or `worker`, not `{other}`"),
         };
-        if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
+        if let Some(seconds) = args.lease_seconds {
             settings.lease = Duration::from_secs(seconds);
         }
-        if let Some(seconds) = args.poll_interval.or(file.poll_interval) {
+        if let Some(seconds) = args.poll_interval {
             if !(1..=3600).contains(&seconds) {
                 bail!("HERALD_POLL_INTERVAL must be between 1 and 3600 seconds");
             }
             settings.poll_interval = Duration::from_secs(seconds);
         }
-        if let Some(n) = args.max_in_flight.or(file.max_in_flight) {
+        if let Some(n) = args.max_in_flight {
             settings.max_in_flight = n.clamp(1, 1_000_000);
         }
-        if let Some(n) = args
-            .max_concurrent_requests
-            .or(file.max_concurrent_requests)
-        {
+        if let Some(n) = args.max_concurrent_requests {
             settings.max_concurrent_requests = n.clamp(1, 1_000_000);
         }
-        if let Some(n) = args
-            .max_concurrent_requests_per_app
-            .or(file.max_concurrent_requests_per_app)
-        {
+        if let Some(n) = args.max_concurrent_requests_per_app {
             settings.max_concurrent_requests_per_app = Some(n.clamp(1, 1_000_000));
         }
-        if let Some(n) = args.max_connections.or(file.max_connections) {
+        if let Some(n) = args.max_connections {
             settings.max_connections = Some(n.clamp(1, 10_000_000));
         }
-        if let Some(n) = args.listen_backlog.or(file.listen_backlog) {
+        if let Some(n) = args.listen_backlog {
             settings.listen_backlog = n.clamp(1, 65_535);
         }
         let timeout =
@@ -870,40 +815,37 @@ impl Settings {
         let connections = &mut settings.connections;
         timeout(
             "HERALD_CLIENT_HEADER_TIMEOUT",
-            args.client_header_timeout.or(file.client_header_timeout),
+            args.client_header_timeout,
             &mut connections.header_timeout,
         )?;
         timeout(
             "HERALD_CLIENT_BODY_TIMEOUT",
-            args.client_body_timeout.or(file.client_body_timeout),
+            args.client_body_timeout,
             &mut connections.body_timeout,
         )?;
         timeout(
             "HERALD_KEEPALIVE_TIMEOUT",
-            args.keepalive_timeout.or(file.keepalive_timeout),
+            args.keepalive_timeout,
             &mut connections.keepalive_timeout,
         )?;
         timeout(
             "HERALD_SEND_TIMEOUT",
-            args.send_timeout.or(file.send_timeout),
+            args.send_timeout,
             &mut connections.send_timeout,
         )?;
-        if let Some(rate) = args.client_body_min_rate.or(file.client_body_min_rate) {
+        if let Some(rate) = args.client_body_min_rate {
             connections.body_min_rate = rate;
         }
-        if let Some(n) = args
-            .max_in_flight_per_endpoint
-            .or(file.max_in_flight_per_endpoint)
-        {
+        if let Some(n) = args.max_in_flight_per_endpoint {
             settings.max_in_flight_per_endpoint = n.clamp(1, 1_000_000);
         }
         if settings.lease < settings.request_timeout + Duration::from_secs(2) {
             bail!("HERALD_LEASE_SECONDS must exceed the request timeout by at least 2 seconds, or an attempt still in flight could be claimed again");
         }
-        if let Some(log) = args.log.or(file.log) {
+        if let Some(log) = args.log {
             settings.log = log;
         }
-        settings.log_format = match args.log_format.or(file.log_format).as_deref() {
+        settings.log_format = match args.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => bail!("HERALD_LOG_FORMAT must be `text` or `json`, not `{other}`"),
@@ -925,8 +867,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_the_file_are_errors() {
-        assert!(toml::from_str::<FileConfig>("listn = \"127.0.0.1:1\"").is_err());
-        assert!(toml::from_str::<FileConfig>("allow_http = true").is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let known = ids_of::<ServeArgs>();
+        std::fs::write(&path, "listn = \"127.0.0.1:1\"").unwrap();
+        let error = format!("{:#}", file_table(&path, &known).unwrap_err());
+        assert!(error.contains("unknown key `listn`"), "{error}");
+        std::fs::write(&path, "allow_http = true\ndata_dir = \"/tmp\"").unwrap();
+        assert!(file_table(&path, &known).is_ok());
     }
 
     #[test]
@@ -1017,6 +965,67 @@ mod file_tests {
         assert!(
             !format!("{settings:?}").contains("AQEBAQEB"),
             "the key stays hidden"
+        );
+    }
+
+    #[test]
+    fn flags_and_the_environment_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "max_in_flight = 7\nmax_concurrent_requests = 9\nallow_http = true\nlisten = \"127.0.0.1:9999\"",
+        )
+        .unwrap();
+        let args = Wrapper::try_parse_from([
+            "herald",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-in-flight",
+            "3",
+        ])
+        .unwrap();
+
+        let settings = Settings::from_args(args.serve).unwrap();
+
+        assert_eq!(settings.max_in_flight, 3, "the flag wins");
+        assert_eq!(
+            settings.max_concurrent_requests, 9,
+            "the file fills the rest"
+        );
+        assert!(settings.policy.allow_http);
+        assert_eq!(settings.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(settings.max_in_flight_per_endpoint, 64, "the default stays");
+    }
+
+    /// The README's configuration table lists exactly the settings
+    /// `herald serve` reads (each `HERALD_*` variable of its flags).
+    #[test]
+    fn the_readme_table_lists_every_setting_and_no_other() {
+        let readme = include_str!("../../../README.md");
+        let table: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `HERALD_"))
+            .flat_map(|line| {
+                let first = line.split('|').nth(1).unwrap_or_default().to_owned();
+                first
+                    .split('`')
+                    .filter(|part| part.starts_with("HERALD_"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let declared: std::collections::BTreeSet<String> =
+            ServeArgs::augment_args(clap::Command::new("herald"))
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+                .map(|env| env.to_string_lossy().into_owned())
+                .collect();
+        let missing: Vec<_> = declared.difference(&table).collect();
+        let extra: Vec<_> = table.difference(&declared).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "README lacks {missing:?}; README lists unknown {extra:?}"
         );
     }
 

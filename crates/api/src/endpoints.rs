@@ -114,7 +114,7 @@ impl From<Endpoint> for EndpointOut {
         Self {
             id: endpoint.id.to_string(),
             uid: endpoint.uid.map(|u| u.to_string()),
-            url: endpoint.url,
+            url: endpoint.url.to_string(),
             description: endpoint.description,
             version: endpoint.version,
             rate_limit: endpoint.rate_limit,
@@ -367,7 +367,7 @@ pub(crate) async fn replace(
 pub(crate) fn input_of(current: &Endpoint) -> ApiResult<EndpointInput> {
     Ok(EndpointInput {
         uid: current.uid.clone(),
-        url: EndpointUrl::stored(&current.url)?,
+        url: current.url.clone(),
         description: current.description.clone(),
         disabled: current.disabled,
         filter_types: parse_filter(current.filter_types.as_deref())?,
@@ -398,7 +398,7 @@ pub(crate) async fn patch(
     Body(changes): Body<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
-    let url = changes.url.unwrap_or_else(|| current.url.clone());
+    let url = changes.url.unwrap_or_else(|| current.url.to_string());
     let description = changes
         .description
         .unwrap_or_else(|| current.description.clone());

@@ -54,7 +54,7 @@ pub(crate) async fn run(
         // An API-only process has no delivery client to check with.
         return Err(ApiError::Unavailable);
     };
-    let result = dispatcher.check_url(app, url.as_str()).await;
+    let result = dispatcher.check_url(app, &url).await;
     Ok(CheckOut {
         url: url.to_string(),
         ok: result.succeeded(),

@@ -267,7 +267,11 @@ impl Dispatcher {
     /// `herald.url_check` event (with a throwaway secret), through the same
     /// address policy, resolver, proxy and TLS checks as deliveries. Nothing
     /// is stored.
-    pub async fn check_url(&self, app: AppId, url: &str) -> crate::SendResult {
+    pub async fn check_url(
+        &self,
+        app: AppId,
+        url: &herald_domain::EndpointUrl,
+    ) -> crate::SendResult {
         let now = now_ms();
         let job = DeliveryJob {
             message: Arc::new(herald_store::Message {
@@ -282,7 +286,7 @@ impl Dispatcher {
             }),
             endpoint: Arc::new(herald_store::EndpointTarget {
                 id: EndpointId::generate(),
-                url: url.to_owned(),
+                url: url.clone(),
                 headers: Default::default(),
                 secrets: vec![herald_domain::Secret::generate()],
                 retry_policy: None,
@@ -628,7 +632,7 @@ impl Dispatcher {
             let update = health.entry(job.endpoint.id).or_insert_with(|| {
                 let mut update = HealthUpdate::new(job.endpoint.id);
                 update.app_id = Some(job.message.app_id);
-                update.url = job.endpoint.url.clone();
+                update.url = job.endpoint.url.to_string();
                 update
             });
             update.observe(
@@ -717,7 +721,7 @@ impl Dispatcher {
                 app_id: job.message.app_id,
                 message_id: job.message.id,
                 endpoint_id: job.endpoint.id,
-                url: job.endpoint.url.clone(),
+                url: job.endpoint.url.to_string(),
                 status: if result.succeeded() {
                     DeliveryStatus::Succeeded
                 } else {

@@ -267,10 +267,8 @@ impl HttpSender {
             error: Some(class),
             retry_after: None,
         };
-        let url = match reqwest::Url::parse(&job.endpoint.url) {
-            Ok(url) => url,
-            Err(e) => return failed(ErrorClass::Other, format!("invalid URL: {e}")),
-        };
+        // Parsed once, when the endpoint was read.
+        let url = job.endpoint.url.as_url().clone();
         // Names are checked by the resolver; literal addresses never reach it.
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),

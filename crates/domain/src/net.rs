@@ -231,9 +231,10 @@ impl EndpointUrl {
 
     /// The URL of an update: the endpoint's `current` URL kept as it is,
     /// a new one checked against `policy`.
-    pub fn update(new: &str, current: &str, policy: &AddressPolicy) -> Result<Self, ParseError> {
-        if new == current {
-            Self::stored(current)
+    /// (Compared once normalised: `https://a.test` is `https://a.test/`.)
+    pub fn update(new: &str, current: &Self, policy: &AddressPolicy) -> Result<Self, ParseError> {
+        if Self::stored(new).is_ok_and(|new| new == *current) {
+            Ok(current.clone())
         } else {
             Self::parse(new, policy)
         }
@@ -365,6 +366,24 @@ mod tests {
                 EndpointUrl::parse(url, &strict()).is_err(),
                 "{url} must fail"
             );
+        }
+    }
+
+    #[test]
+    fn an_update_checks_a_new_url_against_the_policy_and_keeps_the_current_one() {
+        let lax = AddressPolicy {
+            allow_http: true,
+            allow_private_networks: true,
+            ..strict()
+        };
+        let current = EndpointUrl::parse("http://10.0.0.1/hook", &lax).unwrap();
+        for (new, kept) in [
+            ("http://10.0.0.1/hook", true),
+            ("HTTP://10.0.0.1/hook", true),
+            ("http://10.0.0.2/hook", false),
+        ] {
+            let result = EndpointUrl::update(new, &current, &strict());
+            assert_eq!(result.is_ok(), kept, "{new}");
         }
     }
 

@@ -370,7 +370,7 @@ async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Resul
                 },
             )
             .await?;
-        if !existing.data.iter().any(|e| e.url == url.as_str()) {
+        if !existing.data.iter().any(|e| e.url.as_str() == url.as_str()) {
             let endpoint = store
                 .create_endpoint(
                     app.id,

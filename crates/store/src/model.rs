@@ -100,7 +100,9 @@ pub struct Endpoint {
     pub id: EndpointId,
     pub app_id: AppId,
     pub uid: Option<Uid>,
-    pub url: String,
+    /// Parsed once, when read (the network policy applies when a URL is
+    /// set, and at every send).
+    pub url: EndpointUrl,
     pub description: String,
     pub disabled: bool,
     pub filter_types: Option<Vec<String>>,
@@ -253,7 +255,7 @@ pub struct Claim {
 #[derive(Debug, Clone)]
 pub struct EndpointTarget {
     pub id: EndpointId,
-    pub url: String,
+    pub url: EndpointUrl,
     pub headers: Headers,
     /// The current secret first, then previous ones still in their grace period.
     pub secrets: Vec<Secret>,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use herald_domain::{
-    AlertRules, AlertRulesSpec, AppId, AttemptId, EndpointId, EventTypeName, FilterTypes,
-    MessageId, RetryPolicy, Secret, TaskId, Trigger,
+    AlertRules, AlertRulesSpec, AppId, AttemptId, EndpointId, EndpointUrl, EventTypeName,
+    FilterTypes, MessageId, RetryPolicy, Secret, TaskId, Trigger,
 };
 
 use herald_domain::sealing::Sealing;
@@ -186,7 +186,7 @@ pub(crate) fn subscribes(
 fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
     Ok(EndpointTarget {
         id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
-        url: row.url.clone(),
+        url: EndpointUrl::stored(&row.url).map_err(|e| StoreError::Internal(e.to_string()))?,
         headers: decode(&row.headers)?,
         secrets: vec![secret],
         retry_policy: decode_policy(row.retry_policy.as_deref())?.map(Arc::new),

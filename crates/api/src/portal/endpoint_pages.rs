@@ -193,7 +193,7 @@ pub(super) async fn create(
 fn input(
     state: &AppState,
     form: &EndpointForm,
-    current: Option<&str>,
+    current: Option<&EndpointUrl>,
 ) -> Result<EndpointInput, String> {
     let message = |e: ApiError| match e {
         ApiError::Invalid { field, detail } => format!("{field}: {detail}"),
@@ -608,7 +608,7 @@ pub(super) async fn edit_form(
     let (session, app, endpoint) = editable(&state, &headers, &app, &endpoint).await?;
     let types = catalog(&state).await?;
     let form = EndpointForm {
-        url: endpoint.url.clone(),
+        url: endpoint.url.to_string(),
         description: endpoint.description.clone(),
         all_events: endpoint.filter_types.is_none(),
         types: endpoint.filter_types.clone().unwrap_or_default(),

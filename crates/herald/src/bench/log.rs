@@ -225,7 +225,7 @@ async fn seed(store: Arc<dyn Store>, app: &str, messages: usize) -> anyhow::Resu
                                 app_id: app,
                                 message_id: job.message.id,
                                 endpoint_id: job.endpoint.id,
-                                url: job.endpoint.url.clone(),
+                                url: job.endpoint.url.to_string(),
                                 status: if failed {
                                     DeliveryStatus::Failed
                                 } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sqlx::{PgConnection, Row};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, MessageId, Trigger};
+use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, MessageId, Trigger};
 
 use herald_domain::sealing::Sealing;
 
@@ -44,7 +44,8 @@ async fn target(
             .map_err(db)?;
     Ok(Arc::new(EndpointTarget {
         id: endpoint_id(endpoint)?,
-        url: row.try_get("url").map_err(db)?,
+        url: EndpointUrl::stored(&row.try_get::<String, _>("url").map_err(db)?)
+            .map_err(|e| StoreError::Internal(e.to_string()))?,
         headers: decode(&row.try_get::<String, _>("headers").map_err(db)?)?,
         secrets: signing_secrets(conn, endpoint, at, sealing).await?,
         retry_policy: shared::decode_policy(row.try_get("retry_policy").map_err(db)?)?

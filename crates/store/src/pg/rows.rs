@@ -5,8 +5,8 @@ use sqlx::{Arguments, PgConnection, Row};
 
 use herald_domain::ids::Uid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId, ParseError,
-    Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, ErrorClass, EventTypeName,
+    MessageId, ParseError, Trigger,
 };
 
 use crate::{
@@ -131,7 +131,7 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
         id: parsed(row, "id", EndpointId::parse)?,
         app_id: parsed(row, "app_id", AppId::parse)?,
         uid: optional_uid(row, "uid")?,
-        url: row.try_get("url")?,
+        url: parsed(row, "url", EndpointUrl::stored)?,
         description: row.try_get("description")?,
         disabled: row.try_get("disabled")?,
         filter_types: optional_json(row, "filter_types")?,

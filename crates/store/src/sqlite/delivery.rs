@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, EventTypeName, MessageId, Trigger};
+use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, EventTypeName, MessageId, Trigger};
 
 use herald_domain::sealing::Sealing;
 
@@ -78,7 +78,7 @@ fn target(
         .map_err(internal)?;
     Ok(Arc::new(EndpointTarget {
         id: EndpointId::parse(endpoint).map_err(|e| StoreError::Internal(e.to_string()))?,
-        url,
+        url: EndpointUrl::stored(&url).map_err(|e| StoreError::Internal(e.to_string()))?,
         headers: decode(&headers)?,
         secrets: signing_secrets(conn, endpoint, at, sealing)?,
         retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),

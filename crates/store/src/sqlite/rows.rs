@@ -4,8 +4,8 @@ use rusqlite::{Connection, Row};
 
 use herald_domain::ids::Uid;
 use herald_domain::{
-    AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, EventTypeName, MessageId, ParseError,
-    Trigger,
+    AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, ErrorClass, EventTypeName,
+    MessageId, ParseError, Trigger,
 };
 
 use super::pool::internal;
@@ -82,7 +82,7 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         id: parsed(row, 0, EndpointId::parse)?,
         app_id: parsed(row, 1, AppId::parse)?,
         uid: optional_uid(row, 2)?,
-        url: row.get(3)?,
+        url: parsed(row, 3, EndpointUrl::stored)?,
         description: row.get(4)?,
         disabled: row.get(5)?,
         filter_types: optional_json(row, 6)?,

@@ -7,6 +7,7 @@ mod apps;
 mod attempts;
 mod auth;
 mod egress;
+mod endpoint_details;
 mod endpoints;
 mod error;
 mod event_types;
@@ -118,6 +119,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(apps::routes())
         .merge(event_types::routes())
         .merge(endpoints::routes())
+        .merge(endpoint_details::routes())
         .merge(messages::routes())
         .merge(attempts::routes())
         .merge(test_events::routes())

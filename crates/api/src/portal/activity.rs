@@ -7,15 +7,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
+use maud::{html, Markup};
 use serde::Deserialize;
 
 use herald_domain::ids::IdOrUid;
 use std::collections::HashMap;
 
 use herald_domain::{DeliveryStatus, EndpointId, MessageId};
-use herald_store::{AttemptFilter, AttemptQuery, Cursor, PageRequest};
+use herald_store::{App, AttemptFilter, AttemptQuery, Cursor, Endpoint, PageRequest};
 
 use super::endpoint_pages::{endpoint_of, open};
+use super::pages::{layout, url_encode, when};
 use super::{page, Refused};
 use crate::AppState;
 
@@ -146,14 +148,14 @@ async fn render(
     };
     Ok(page(
         state,
-        super::pages::activity(
-            &super::pages::Viewer {
+        activity(
+            &Viewer {
                 csrf: &session.csrf(),
                 writable: session.writable(),
             },
             &app,
             endpoint.as_ref(),
-            &super::pages::ActivityFilters {
+            &ActivityFilters {
                 status: query.status.as_deref(),
                 event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
                 after: query.after.as_deref().filter(|t| !t.is_empty()),
@@ -189,4 +191,124 @@ pub(super) async fn retry(
         format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id)
     };
     Ok(Redirect::to(&format!("{log}?notice=retried")).into_response())
+}
+
+/// The activity log's filters as chosen.
+pub(super) struct ActivityFilters<'a> {
+    pub status: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub after: Option<&'a str>,
+}
+
+/// Who looks at a page: their CSRF token, and whether they may change
+/// anything (a `readOnly` portal link may not).
+pub(super) struct Viewer<'a> {
+    pub csrf: &'a str,
+    pub writable: bool,
+}
+
+pub(super) fn activity(
+    viewer: &Viewer<'_>,
+    app: &App,
+    endpoint: Option<&Endpoint>,
+    filters: &ActivityFilters<'_>,
+    entries: &[Entry],
+    older: Option<String>,
+    notice: Option<&str>,
+) -> Markup {
+    // The log's own address (its filters and pages stay on it).
+    let log = match endpoint {
+        Some(endpoint) => format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id),
+        None => format!("/portal/app/{}/activity", app.id),
+    };
+    let status = filters.status;
+    let mut keep = String::new();
+    for (name, value) in [
+        ("status", filters.status),
+        ("event_type", filters.event_type),
+        ("after", filters.after),
+    ] {
+        if let Some(value) = value {
+            keep.push_str(&format!("&{name}={}", url_encode(value)));
+        }
+    }
+    let Viewer { csrf, writable } = *viewer;
+    layout(
+        "Activity",
+        Some(csrf),
+        html! {
+            nav.crumbs {
+                a href={ "/portal/app/" (app.id) } { "Endpoints" } " / "
+                @if let Some(endpoint) = endpoint {
+                    a href={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) } { (endpoint.url) } " / activity"
+                } @else {
+                    "activity of all endpoints"
+                }
+            }
+            h1 { "Activity" }
+            @if let Some(notice) = notice {
+                p.notice role="status" { (notice) }
+            }
+            form.filters method="get" action=(log) {
+                label for="status" { "Outcome" }
+                select #status name="status" {
+                    option value="" selected[status.is_none()] { "all" }
+                    option value="succeeded" selected[status == Some("succeeded")] { "succeeded" }
+                    option value="failed" selected[status == Some("failed")] { "failed" }
+                }
+                label for="event_type_filter" { "Event type" }
+                input #event_type_filter type="text" name="event_type" value=(filters.event_type.unwrap_or_default()) placeholder="call.completed";
+                label for="after" { "After (UTC)" }
+                input #after type="datetime-local" name="after" value=(filters.after.unwrap_or_default());
+                button type="submit" { "Filter" }
+            }
+            @if entries.is_empty() {
+                p.empty { "No attempt yet." }
+            }
+            ol.attempts {
+                @for entry in entries {
+                    @let attempt = &entry.attempt;
+                    @let ok = attempt.error_class.is_none();
+                    li.attempt data-status=(if ok { "succeeded" } else { "failed" }) {
+                        div.summary {
+                            span class={ "badge " (if ok { "on" } else { "off" }) } {
+                                (attempt.status.text())
+                                @if attempt.response_status_code > 0 { " " (attempt.response_status_code) }
+                                @if let Some(class) = attempt.error_class { " · " (class.as_str()) }
+                            }
+                            " " code { (entry.event_type) }
+                            @if endpoint.is_none() {
+                                " → " a.endpoint href={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) } { (attempt.url) }
+                            }
+                            " " small { (when(Some(attempt.created_at))) " · " (attempt.response_duration_ms) " ms · " (if attempt.trigger == herald_domain::Trigger::Manual { "manual" } else { "scheduled" }) }
+                            @if !ok && writable {
+                                form.retry method="post" action={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) "/activity/retry" } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="message" value=(attempt.message_id);
+                                    @if endpoint.is_none() { input type="hidden" name="from" value="app"; }
+                                    button type="submit" { "Retry" }
+                                }
+                            }
+                        }
+                        details {
+                            summary { "Request and response" }
+                            h3 { "Payload" }
+                            pre { (entry.payload) }
+                            h3 { "Headers" }
+                            table.headers {
+                                @for (name, value) in &entry.headers {
+                                    tr { th scope="row" { (name) } td { code { (value) } } }
+                                }
+                            }
+                            h3 { "Response" }
+                            pre.response { (attempt.response) }
+                        }
+                    }
+                }
+            }
+            @if let Some(older) = older {
+                p { a href={ (log) "?before=" (older) (keep) } { "Older attempts" } }
+            }
+        },
+    )
 }

@@ -13,6 +13,7 @@ mod endpoint_actions;
 mod endpoint_pages;
 mod pages;
 mod settings;
+mod settings_pages;
 
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, SET_COOKIE};

@@ -5,14 +5,10 @@ use maud::{html, Markup, DOCTYPE};
 
 use herald_store::{App, Endpoint, EndpointHealth, EventType};
 
-use herald_domain::alerts::OPERATIONAL_EVENTS;
-
-use super::activity::Entry;
 use super::endpoint_pages::{EndpointForm, Extras};
-use super::settings::{AlertForm, Defaults};
 
 /// The frame of every page; `csrf` is set when someone is logged in.
-fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -92,7 +88,7 @@ pub(super) fn apps(csrf: &str, apps: &[App]) -> Markup {
     )
 }
 
-fn url_encode(value: &str) -> String {
+pub(super) fn url_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
@@ -337,7 +333,7 @@ fn day_chart(hours: &[herald_store::HealthCounts]) -> Markup {
     }
 }
 
-fn when(at: Option<i64>) -> String {
+pub(super) fn when(at: Option<i64>) -> String {
     at.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "never".to_owned())
@@ -492,126 +488,6 @@ pub(super) fn endpoint(
     )
 }
 
-/// The activity log's filters as chosen.
-pub(super) struct ActivityFilters<'a> {
-    pub status: Option<&'a str>,
-    pub event_type: Option<&'a str>,
-    pub after: Option<&'a str>,
-}
-
-/// Who looks at a page: their CSRF token, and whether they may change
-/// anything (a `readOnly` portal link may not).
-pub(super) struct Viewer<'a> {
-    pub csrf: &'a str,
-    pub writable: bool,
-}
-
-pub(super) fn activity(
-    viewer: &Viewer<'_>,
-    app: &App,
-    endpoint: Option<&Endpoint>,
-    filters: &ActivityFilters<'_>,
-    entries: &[Entry],
-    older: Option<String>,
-    notice: Option<&str>,
-) -> Markup {
-    // The log's own address (its filters and pages stay on it).
-    let log = match endpoint {
-        Some(endpoint) => format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id),
-        None => format!("/portal/app/{}/activity", app.id),
-    };
-    let status = filters.status;
-    let mut keep = String::new();
-    for (name, value) in [
-        ("status", filters.status),
-        ("event_type", filters.event_type),
-        ("after", filters.after),
-    ] {
-        if let Some(value) = value {
-            keep.push_str(&format!("&{name}={}", url_encode(value)));
-        }
-    }
-    let Viewer { csrf, writable } = *viewer;
-    layout(
-        "Activity",
-        Some(csrf),
-        html! {
-            nav.crumbs {
-                a href={ "/portal/app/" (app.id) } { "Endpoints" } " / "
-                @if let Some(endpoint) = endpoint {
-                    a href={ "/portal/app/" (app.id) "/endpoint/" (endpoint.id) } { (endpoint.url) } " / activity"
-                } @else {
-                    "activity of all endpoints"
-                }
-            }
-            h1 { "Activity" }
-            @if let Some(notice) = notice {
-                p.notice role="status" { (notice) }
-            }
-            form.filters method="get" action=(log) {
-                label for="status" { "Outcome" }
-                select #status name="status" {
-                    option value="" selected[status.is_none()] { "all" }
-                    option value="succeeded" selected[status == Some("succeeded")] { "succeeded" }
-                    option value="failed" selected[status == Some("failed")] { "failed" }
-                }
-                label for="event_type_filter" { "Event type" }
-                input #event_type_filter type="text" name="event_type" value=(filters.event_type.unwrap_or_default()) placeholder="call.completed";
-                label for="after" { "After (UTC)" }
-                input #after type="datetime-local" name="after" value=(filters.after.unwrap_or_default());
-                button type="submit" { "Filter" }
-            }
-            @if entries.is_empty() {
-                p.empty { "No attempt yet." }
-            }
-            ol.attempts {
-                @for entry in entries {
-                    @let attempt = &entry.attempt;
-                    @let ok = attempt.error_class.is_none();
-                    li.attempt data-status=(if ok { "succeeded" } else { "failed" }) {
-                        div.summary {
-                            span class={ "badge " (if ok { "on" } else { "off" }) } {
-                                (attempt.status.text())
-                                @if attempt.response_status_code > 0 { " " (attempt.response_status_code) }
-                                @if let Some(class) = attempt.error_class { " · " (class.as_str()) }
-                            }
-                            " " code { (entry.event_type) }
-                            @if endpoint.is_none() {
-                                " → " a.endpoint href={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) } { (attempt.url) }
-                            }
-                            " " small { (when(Some(attempt.created_at))) " · " (attempt.response_duration_ms) " ms · " (if attempt.trigger == herald_domain::Trigger::Manual { "manual" } else { "scheduled" }) }
-                            @if !ok && writable {
-                                form.retry method="post" action={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) "/activity/retry" } {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    input type="hidden" name="message" value=(attempt.message_id);
-                                    @if endpoint.is_none() { input type="hidden" name="from" value="app"; }
-                                    button type="submit" { "Retry" }
-                                }
-                            }
-                        }
-                        details {
-                            summary { "Request and response" }
-                            h3 { "Payload" }
-                            pre { (entry.payload) }
-                            h3 { "Headers" }
-                            table.headers {
-                                @for (name, value) in &entry.headers {
-                                    tr { th scope="row" { (name) } td { code { (value) } } }
-                                }
-                            }
-                            h3 { "Response" }
-                            pre.response { (attempt.response) }
-                        }
-                    }
-                }
-            }
-            @if let Some(older) = older {
-                p { a href={ (log) "?before=" (older) (keep) } { "Older attempts" } }
-            }
-        },
-    )
-}
-
 pub(super) fn catalog(csrf: &str, app: &App, types: &[(EventType, String, String)]) -> Markup {
     layout(
         "Event catalog",
@@ -635,170 +511,6 @@ pub(super) fn catalog(csrf: &str, app: &App, types: &[(EventType, String, String
                                 summary { "JSON Schema" }
                                 pre.schema { (schema) }
                             }
-                        }
-                    }
-                }
-            }
-        },
-    )
-}
-
-pub(super) fn alerts(
-    csrf: &str,
-    writable: bool,
-    app: &App,
-    form: &AlertForm,
-    defaults: &Defaults,
-    notice: Option<&str>,
-    error: Option<&str>,
-) -> Markup {
-    let default_threshold = defaults
-        .threshold_percent
-        .map_or_else(|| "off".to_owned(), |t| format!("{t:.0} %"));
-    let fields = html! {
-        input type="hidden" name="csrf" value=(csrf);
-        fieldset {
-            legend { "Notifications" }
-            @for event in OPERATIONAL_EVENTS {
-                label.inline {
-                    input type="checkbox" name="events" value=(event) checked[form.events.iter().any(|e| e == event)];
-                    " " code { (event) }
-                }
-            }
-        }
-        label for="filter_types" { "Only for these event types (comma-separated, e.g. call.completed, call.*; empty: all)" }
-        input #filter_types type="text" name="filter_types" value=(form.filter_types);
-        label for="failing_after" { "Consecutive failures before endpoint.failing (server default " (defaults.failing_after) ")" }
-        input #failing_after type="number" min="1" name="failing_after" value=(form.failing_after);
-        label for="threshold" { "Success rate threshold in % (server default " (default_threshold) ")" }
-        input #threshold type="number" min="1" max="100" step="any" name="threshold" value=(form.threshold_percent);
-        label for="min_attempts" { "Minimum attempts in the hour (server default " (defaults.min_attempts.map_or_else(|| "20".to_owned(), |n| n.to_string())) ")" }
-        input #min_attempts type="number" min="1" name="min_attempts" value=(form.min_attempts);
-        label for="email_to" { "Also e-mail (comma-separated addresses)" }
-        input #email_to type="text" name="email_to" value=(form.email_to);
-    };
-    layout(
-        "Alerts",
-        Some(csrf),
-        html! {
-            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / alerts" }
-            h1 { "Alerts" }
-            p { "When your endpoints fail, Herald raises these notifications to its operators' endpoints (and by e-mail when configured)." }
-            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
-            @if let Some(error) = error { p.error role="alert" { (error) } }
-            @if writable {
-                form #alerts method="post" action={ "/portal/app/" (app.id) "/alerts" } {
-                    (fields)
-                    button type="submit" { "Save alert rules" }
-                }
-            } @else {
-                fieldset #alerts disabled { (fields) }
-            }
-        },
-    )
-}
-
-pub(super) fn egress(csrf: &str, app: &App, egress: &crate::Egress) -> Markup {
-    layout(
-        "Egress addresses",
-        Some(csrf),
-        html! {
-            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / egress" }
-            h1 { "Egress addresses" }
-            @if egress.addresses.is_empty() {
-                p #egress-none { "This server publishes no fixed egress addresses; ask its operator before allowlisting." }
-            } @else {
-                p { "Webhooks come from these addresses; allow them in your firewall:" }
-                ul #egress-addresses {
-                    @for address in &egress.addresses { li { code { (address) } } }
-                }
-            }
-            @if egress.proxied {
-                p.hint { "Deliveries leave through the operator's proxy." }
-            }
-        },
-    )
-}
-
-/// The test inspector: its address, and what it received.
-pub(super) fn inspector(
-    csrf: &str,
-    writable: bool,
-    app: &App,
-    inspector: Option<&crate::inspector::InspectorOut>,
-    requests: &[crate::inspector::InspectedRequestOut],
-) -> Markup {
-    layout(
-        "Test inspector",
-        Some(csrf),
-        html! {
-            nav.crumbs { a href={ "/portal/app/" (app.id) } { "Endpoints" } " / test inspector" }
-            h1 { "Test inspector" }
-            p { "A receiving address that keeps the last 100 requests it gets: point an endpoint at it to see what your receiver will get, before it exists." }
-            @match inspector {
-                None if !writable => {
-                    p.empty { "No inspector address." }
-                }
-                None => {
-                    form method="post" action={ "/portal/app/" (app.id) "/inspector" } {
-                        input type="hidden" name="csrf" value=(csrf);
-                        button type="submit" { "Create an inspector address" }
-                    }
-                }
-                Some(inspector) => {
-                    p {
-                        "Address: " code #inspector-url { (inspector.url()) }
-                        " " button type="button" data-copy="#inspector-url" { "Copy" }
-                    }
-                    p {
-                        @if writable {
-                            a.button href={ "/portal/app/" (app.id) "/endpoints/new?url=" (inspector.url()) } { "Add an endpoint pointing here" }
-                            " "
-                        }
-                        a href={ "/portal/app/" (app.id) "/inspector" } { "Refresh" }
-                    }
-                    @if requests.is_empty() {
-                        p.empty #inspector-empty { "Nothing received yet." }
-                    } @else {
-                        table #inspected {
-                            thead {
-                                tr {
-                                    th scope="col" { "Received" }
-                                    th scope="col" { "Request" }
-                                    th scope="col" { "Signature" }
-                                    th scope="col" { "Details" }
-                                }
-                            }
-                            tbody {
-                                @for request in requests {
-                                    tr {
-                                        td { time { (request.received_at()) } }
-                                        td { code { (request.method()) " " (request.path()) } }
-                                        td.signature { (request.signature_text()) }
-                                        td {
-                                            details {
-                                                summary { "Headers" }
-                                                dl {
-                                                    @for (name, value) in request.headers() {
-                                                        dt { code { (name) } }
-                                                        dd { code { (value) } }
-                                                    }
-                                                }
-                                            }
-                                            details {
-                                                summary { "Body" @if request.body_truncated() { " (first 64 KiB)" } }
-                                                pre { (request.pretty_body()) }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    @if writable {
-                        form method="post" action={ "/portal/app/" (app.id) "/inspector/delete" } data-confirm="Delete the inspector and what it received? Its address stops working." {
-                            input type="hidden" name="csrf" value=(csrf);
-                            button.danger type="submit" { "Delete inspector" }
                         }
                     }
                 }

@@ -114,7 +114,7 @@ pub(super) async fn alerts(
         .unwrap_or_default();
     Ok(page(
         &state,
-        super::pages::alerts(
+        super::settings_pages::alerts(
             &session.csrf(),
             session.writable(),
             &app,
@@ -172,7 +172,7 @@ pub(super) async fn save_alerts(
         Err(error) => {
             let mut response = page(
                 &state,
-                super::pages::alerts(
+                super::settings_pages::alerts(
                     &session.csrf(),
                     session.writable(),
                     &app,
@@ -196,7 +196,7 @@ pub(super) async fn egress(
     let (session, app) = open(&state, &headers, &app).await?;
     Ok(page(
         &state,
-        super::pages::egress(&session.csrf(), &app, &state.config.egress),
+        super::settings_pages::egress(&session.csrf(), &app, &state.config.egress),
     ))
 }
 
@@ -216,7 +216,7 @@ pub(super) async fn inspector(
     };
     Ok(page(
         &state,
-        super::pages::inspector(
+        super::settings_pages::inspector(
             &session.csrf(),
             session.writable(),
             &app,

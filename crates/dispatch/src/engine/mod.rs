@@ -1,14 +1,13 @@
 //! The dispatcher: a loop around [`Dispatcher::try_dispatch_due`], plus the
 //! fast path that sends deliveries the API has just committed and leased.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,13 +15,17 @@ use herald_domain::{
     AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, RetrySchedule, Trigger,
 };
 use herald_store::{
-    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, SendSlot,
-    Store, Timestamp,
+    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Store,
+    Timestamp,
 };
 
 use crate::alerts::{AlertConfig, EmailConfig, Mailer};
 use crate::http::{build_body, HttpSender, SendResult};
 use crate::metrics::{AttemptRecord, Metrics};
+
+mod health;
+mod shares;
+use shares::EndpointLoad;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -253,16 +256,6 @@ impl Dispatcher {
         self.flush_health().await;
     }
 
-    async fn flush_health_until(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.health_flush) => {}
-            }
-            self.flush_health().await;
-        }
-    }
-
     /// Checks a URL before an endpoint is saved: one signed POST of a
     /// `herald.url_check` event (with a throwaway secret), through the same
     /// address policy, resolver, proxy and TLS checks as deliveries. Nothing
@@ -301,127 +294,6 @@ impl Dispatcher {
         self.sender.send(&job, &body, now / 1000).await
     }
 
-    /// Adds the health counts gathered since the last flush to the store.
-    pub async fn flush_health(self: &Arc<Self>) {
-        let updates: Vec<HealthUpdate> = {
-            let mut pending = self.health.lock().expect("health counts");
-            pending.drain().map(|(_, update)| update).collect()
-        };
-        if updates.is_empty() {
-            return;
-        }
-        let runs = match self
-            .store
-            .record_health(updates.clone(), self.config.auto_disable)
-            .await
-        {
-            Ok(runs) => runs,
-            // The attempt log still has every attempt; only the aggregates
-            // miss this second's counts.
-            Err(error) => {
-                tracing::warn!(%error, "recording endpoint health failed");
-                return;
-            }
-        };
-        for run in runs.iter().filter(|run| run.disabled) {
-            self.config.metrics.endpoint_auto_disabled();
-            tracing::warn!(endpoint = %run.endpoint_id, "disabled an endpoint whose every attempt has failed");
-        }
-        let Some(config) = self.config.alerts else {
-            return;
-        };
-        // Only endpoints where something went wrong (or a success-rate drop
-        // is open) can raise anything; their apps' rules are read once.
-        let watched: Vec<&HealthUpdate> = {
-            let drops = self.rate_drops.lock().expect("rate drops");
-            updates
-                .iter()
-                .filter(|update| update.app_id != Some(config.operations_app))
-                .filter(|update| {
-                    !update.failed_types.is_empty()
-                        || update.gone
-                        || drops.contains(&update.endpoint_id)
-                        || runs.iter().any(|run| {
-                            run.endpoint_id == update.endpoint_id && run.ended_run.is_some()
-                        })
-                })
-                .collect()
-        };
-        if watched.is_empty() {
-            return;
-        }
-        let mut apps: Vec<AppId> = watched.iter().filter_map(|u| u.app_id).collect();
-        apps.sort_unstable();
-        apps.dedup();
-        let rules: crate::alerts::AppRules = match self.store.alert_rules(apps).await {
-            Ok(rules) => rules.into_iter().collect(),
-            Err(error) => {
-                tracing::warn!(%error, "reading alert rules failed; using the defaults");
-                Default::default()
-            }
-        };
-        let mut raised = crate::alerts::alerts(&config, &rules, &updates, &runs);
-        for update in watched {
-            let Some(rule) = update
-                .app_id
-                .and_then(|app| crate::alerts::rate_rule(&config, &rules, app))
-            else {
-                continue;
-            };
-            // Checked when there were failures, or while a drop is open
-            // here (so that recovering clears it).
-            let open = self
-                .rate_drops
-                .lock()
-                .expect("rate drops")
-                .contains(&update.endpoint_id);
-            if update.failed_types.is_empty() && !open {
-                continue;
-            }
-            match self
-                .store
-                .check_success_rate(update.endpoint_id, rule, now_ms())
-                .await
-            {
-                Ok(Some(drop)) => {
-                    self.rate_drops
-                        .lock()
-                        .expect("rate drops")
-                        .insert(update.endpoint_id);
-                    raised.extend(crate::alerts::rate_alert(update, &rules, &drop, rule));
-                }
-                Ok(None) => {
-                    self.rate_drops
-                        .lock()
-                        .expect("rate drops")
-                        .remove(&update.endpoint_id);
-                }
-                Err(error) => tracing::warn!(%error, "checking a success rate failed"),
-            }
-        }
-        for alert in raised {
-            match crate::alerts::raise(
-                self.store.as_ref(),
-                &config,
-                &alert,
-                self.claim_for_new_work(),
-            )
-            .await
-            {
-                Ok(Some(created)) => {
-                    self.start_created(created.jobs, created.deliveries);
-                    // Only the process that raised the episode e-mails it.
-                    if let Some(mailer) = &self.mailer {
-                        let mailer = mailer.clone();
-                        self.tasks.spawn(async move { mailer.send(&alert).await });
-                    }
-                }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "raising an operational event failed"),
-            }
-        }
-    }
-
     async fn time_until_next_due(&self) -> Duration {
         if self.slots.available_permits() == 0 {
             return self.config.idle_poll;
@@ -458,159 +330,6 @@ impl Dispatcher {
             .filter(|(_, load)| load.in_flight >= load.limit)
             .map(|(endpoint, _)| *endpoint)
             .collect()
-    }
-
-    /// Sends `job` when its endpoint has a free per-endpoint slot; otherwise
-    /// it waits in the endpoint's queue (as long as the limit again, keeping
-    /// its global slot), and past that goes back to the database still due,
-    /// for a later claim.
-    fn start(
-        self: &Arc<Self>,
-        job: DeliveryJob,
-        body: Bytes,
-        permit: OwnedSemaphorePermit,
-        span: tracing::Span,
-    ) {
-        let limit = self.endpoint_limit(job.endpoint.rate_limit);
-        let decision = {
-            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
-            let load = per_endpoint.entry(job.endpoint.id).or_default();
-            load.limit = limit;
-            if load.in_flight < limit {
-                load.in_flight += 1;
-                Admission::Send(Waiting(job, body, permit, span))
-            } else if load.waiting.len() < limit {
-                load.waiting.push_back(Waiting(job, body, permit, span));
-                Admission::Queued
-            } else {
-                Admission::GiveBack(job)
-            }
-        };
-        let this = self.clone();
-        match decision {
-            Admission::Send(first) => {
-                self.tasks
-                    .spawn(async move { this.run_for_endpoint(first).await });
-            }
-            Admission::Queued => {}
-            Admission::GiveBack(job) => {
-                self.tasks.spawn(async move {
-                    if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
-                        // The lease runs out instead; the delivery is only later.
-                        tracing::warn!(%error, "releasing a deferred delivery failed");
-                    }
-                });
-            }
-        }
-    }
-
-    /// Deliveries one endpoint may have in flight here (and as many again
-    /// waiting). With a rate limit, no more than it can send well within a
-    /// lease: everything held in memory must be attempted before its lease
-    /// runs out, or another worker would send it too.
-    fn endpoint_limit(&self, rate: Option<u32>) -> usize {
-        let limit = self.config.max_in_flight_per_endpoint;
-        match rate {
-            Some(rate) if rate > 0 => {
-                let margin = self
-                    .config
-                    .lease
-                    .saturating_sub(self.config.timeout + Duration::from_secs(2));
-                let budget = margin.as_secs_f64() * f64::from(rate) / 2.0;
-                limit.min((budget as usize).max(1))
-            }
-            _ => limit,
-        }
-    }
-
-    /// With a rate limit, waits for the endpoint's next send time: on a
-    /// store shared by processes (PostgreSQL) the slot is reserved in the
-    /// database, so the limit holds across all of them; on SQLite this
-    /// process's own schedule is the only one. `Err(at)`: no slot before the
-    /// job's lease would run out; give it back, due `at`, when one frees.
-    async fn pace(&self, job: &DeliveryJob) -> Result<(), Timestamp> {
-        let Some(rate) = job.endpoint.rate_limit.filter(|r| *r > 0) else {
-            return Ok(());
-        };
-        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-        let now = now_ms();
-        // The attempt must end within the lease: start by its end less the
-        // timeout and a margin.
-        let deadline = job.lease_until - (self.config.timeout.as_millis() as i64) - 2_000;
-        let interval_ms = (interval.as_millis() as i64).max(1);
-        match self
-            .store
-            .reserve_send(job.endpoint.id, interval_ms, now, deadline)
-            .await
-        {
-            Ok(SendSlot::At(at)) => {
-                let wait = (at - now_ms()).max(0) as u64;
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                return Ok(());
-            }
-            Ok(SendSlot::NotBefore(at)) => return Err(at),
-            Ok(SendSlot::Local) => {}
-            Err(error) => {
-                // Paced here alone rather than not sent.
-                tracing::warn!(%error, endpoint = %job.endpoint.id, "reserving a send slot failed");
-            }
-        }
-        let at = {
-            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
-            let Some(load) = per_endpoint.get_mut(&job.endpoint.id) else {
-                return Ok(());
-            };
-            let now = Instant::now();
-            let at = load.next_send.map_or(now, |next| next.max(now));
-            load.next_send = Some(at + interval);
-            at
-        };
-        tokio::time::sleep_until(at).await;
-        Ok(())
-    }
-
-    /// Delivers `job`, then the endpoint's waiting jobs one after another on
-    /// the same per-endpoint slot, then gives the slot back.
-    async fn run_for_endpoint(self: Arc<Self>, first: Waiting) {
-        use tracing::Instrument;
-        let endpoint = first.0.endpoint.id;
-        let mut next = Some(first);
-        while let Some(Waiting(job, body, permit, span)) = next.take() {
-            match self.pace(&job).await {
-                Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
-                Err(free_at) => {
-                    // Other processes hold the endpoint's slots until past
-                    // this lease: back to the database, due when one frees.
-                    if let Err(error) = self
-                        .store
-                        .release_until(job.message.id, job.endpoint.id, free_at)
-                        .await
-                    {
-                        tracing::warn!(%error, "giving back a paced delivery failed");
-                    }
-                    drop(permit);
-                }
-            }
-            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
-            let Some(load) = per_endpoint.get_mut(&endpoint) else {
-                break;
-            };
-            next = load.waiting.pop_front();
-            if next.is_none() {
-                let was_saturated = load.in_flight >= load.limit;
-                load.in_flight -= 1;
-                // A rate-limited endpoint's pace outlives its last attempt.
-                let paced = load.next_send.is_some_and(|at| at > Instant::now());
-                if load.in_flight == 0 && !paced {
-                    per_endpoint.remove(&endpoint);
-                }
-                drop(per_endpoint);
-                if was_saturated {
-                    // Work given back for this endpoint can be claimed again.
-                    self.wake.notify_one();
-                }
-            }
-        }
     }
 
     async fn deliver(&self, job: &DeliveryJob, body: Bytes, permit: OwnedSemaphorePermit) {
@@ -738,31 +457,6 @@ impl Dispatcher {
             disable_endpoint: gone,
         }
     }
-}
-
-/// What happens to a job given to [`Dispatcher::start`].
-enum Admission {
-    Send(Waiting),
-    Queued,
-    /// The endpoint's share is full: back to the database (the global slot
-    /// is freed as the permit drops).
-    GiveBack(DeliveryJob),
-}
-
-/// A job with its body, its global slot and the span it was started in.
-#[derive(Debug)]
-struct Waiting(DeliveryJob, Bytes, OwnedSemaphorePermit, tracing::Span);
-
-/// Per-endpoint share of the dispatcher: attempts in flight and jobs
-/// waiting for one of them to end.
-#[derive(Debug, Default)]
-struct EndpointLoad {
-    in_flight: usize,
-    waiting: VecDeque<Waiting>,
-    /// Deliveries in flight at once, at most (as many again may wait).
-    limit: usize,
-    /// With a rate limit: when the next attempt may start.
-    next_send: Option<Instant>,
 }
 
 /// Pairs each job with its body, built once per message however many

@@ -1,0 +1,195 @@
+//! Each endpoint's share of the dispatcher: at most so many deliveries in
+//! flight to it (as many again waiting), the rest given back to the
+//! database; and its pace, when it has a rate limit.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use herald_store::{DeliveryJob, SendSlot, Timestamp};
+
+use super::{now_ms, Dispatcher};
+
+impl Dispatcher {
+    /// Sends `job` when its endpoint has a free per-endpoint slot; otherwise
+    /// it waits in the endpoint's queue (as long as the limit again, keeping
+    /// its global slot), and past that goes back to the database still due,
+    /// for a later claim.
+    pub(super) fn start(
+        self: &Arc<Self>,
+        job: DeliveryJob,
+        body: Bytes,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) {
+        let limit = self.endpoint_limit(job.endpoint.rate_limit);
+        let decision = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let load = per_endpoint.entry(job.endpoint.id).or_default();
+            load.limit = limit;
+            if load.in_flight < limit {
+                load.in_flight += 1;
+                Admission::Send(Waiting(job, body, permit, span))
+            } else if load.waiting.len() < limit {
+                load.waiting.push_back(Waiting(job, body, permit, span));
+                Admission::Queued
+            } else {
+                Admission::GiveBack(job)
+            }
+        };
+        let this = self.clone();
+        match decision {
+            Admission::Send(first) => {
+                self.tasks
+                    .spawn(async move { this.run_for_endpoint(first).await });
+            }
+            Admission::Queued => {}
+            Admission::GiveBack(job) => {
+                self.tasks.spawn(async move {
+                    if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
+                        // The lease runs out instead; the delivery is only later.
+                        tracing::warn!(%error, "releasing a deferred delivery failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Deliveries one endpoint may have in flight here (and as many again
+    /// waiting). With a rate limit, no more than it can send well within a
+    /// lease: everything held in memory must be attempted before its lease
+    /// runs out, or another worker would send it too.
+    fn endpoint_limit(&self, rate: Option<u32>) -> usize {
+        let limit = self.config.max_in_flight_per_endpoint;
+        match rate {
+            Some(rate) if rate > 0 => {
+                let margin = self
+                    .config
+                    .lease
+                    .saturating_sub(self.config.timeout + Duration::from_secs(2));
+                let budget = margin.as_secs_f64() * f64::from(rate) / 2.0;
+                limit.min((budget as usize).max(1))
+            }
+            _ => limit,
+        }
+    }
+
+    /// With a rate limit, waits for the endpoint's next send time: on a
+    /// store shared by processes (PostgreSQL) the slot is reserved in the
+    /// database, so the limit holds across all of them; on SQLite this
+    /// process's own schedule is the only one. `Err(at)`: no slot before the
+    /// job's lease would run out; give it back, due `at`, when one frees.
+    async fn pace(&self, job: &DeliveryJob) -> Result<(), Timestamp> {
+        let Some(rate) = job.endpoint.rate_limit.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let now = now_ms();
+        // The attempt must end within the lease: start by its end less the
+        // timeout and a margin.
+        let deadline = job.lease_until - (self.config.timeout.as_millis() as i64) - 2_000;
+        let interval_ms = (interval.as_millis() as i64).max(1);
+        match self
+            .store
+            .reserve_send(job.endpoint.id, interval_ms, now, deadline)
+            .await
+        {
+            Ok(SendSlot::At(at)) => {
+                let wait = (at - now_ms()).max(0) as u64;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                return Ok(());
+            }
+            Ok(SendSlot::NotBefore(at)) => return Err(at),
+            Ok(SendSlot::Local) => {}
+            Err(error) => {
+                // Paced here alone rather than not sent.
+                tracing::warn!(%error, endpoint = %job.endpoint.id, "reserving a send slot failed");
+            }
+        }
+        let at = {
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let Some(load) = per_endpoint.get_mut(&job.endpoint.id) else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            let at = load.next_send.map_or(now, |next| next.max(now));
+            load.next_send = Some(at + interval);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+        Ok(())
+    }
+
+    /// Delivers `job`, then the endpoint's waiting jobs one after another on
+    /// the same per-endpoint slot, then gives the slot back.
+    pub(super) async fn run_for_endpoint(self: Arc<Self>, first: Waiting) {
+        use tracing::Instrument;
+        let endpoint = first.0.endpoint.id;
+        let mut next = Some(first);
+        while let Some(Waiting(job, body, permit, span)) = next.take() {
+            match self.pace(&job).await {
+                Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
+                Err(free_at) => {
+                    // Other processes hold the endpoint's slots until past
+                    // this lease: back to the database, due when one frees.
+                    if let Err(error) = self
+                        .store
+                        .release_until(job.message.id, job.endpoint.id, free_at)
+                        .await
+                    {
+                        tracing::warn!(%error, "giving back a paced delivery failed");
+                    }
+                    drop(permit);
+                }
+            }
+            let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+            let Some(load) = per_endpoint.get_mut(&endpoint) else {
+                break;
+            };
+            next = load.waiting.pop_front();
+            if next.is_none() {
+                let was_saturated = load.in_flight >= load.limit;
+                load.in_flight -= 1;
+                // A rate-limited endpoint's pace outlives its last attempt.
+                let paced = load.next_send.is_some_and(|at| at > Instant::now());
+                if load.in_flight == 0 && !paced {
+                    per_endpoint.remove(&endpoint);
+                }
+                drop(per_endpoint);
+                if was_saturated {
+                    // Work given back for this endpoint can be claimed again.
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// What happens to a job given to [`Dispatcher::start`].
+enum Admission {
+    Send(Waiting),
+    Queued,
+    /// The endpoint's share is full: back to the database (the global slot
+    /// is freed as the permit drops).
+    GiveBack(DeliveryJob),
+}
+
+/// A job with its body, its global slot and the span it was started in.
+#[derive(Debug)]
+pub(super) struct Waiting(DeliveryJob, Bytes, OwnedSemaphorePermit, tracing::Span);
+
+/// Per-endpoint share of the dispatcher: attempts in flight and jobs
+/// waiting for one of them to end.
+#[derive(Debug, Default)]
+pub(super) struct EndpointLoad {
+    pub(super) in_flight: usize,
+    waiting: VecDeque<Waiting>,
+    /// Deliveries in flight at once, at most (as many again may wait).
+    pub(super) limit: usize,
+    /// With a rate limit: when the next attempt may start.
+    next_send: Option<Instant>,
+}

@@ -10,6 +10,7 @@
 
 mod activity;
 mod endpoint_actions;
+mod endpoint_form;
 mod endpoint_pages;
 mod pages;
 mod settings;

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod catalog;
 pub mod event_type;
 pub mod headers;
+pub mod health;
 pub mod ids;
 pub mod net;
 pub mod payload;

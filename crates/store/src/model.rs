@@ -389,78 +389,7 @@ impl BackgroundTask {
     pub const RECOVER: &'static str = "endpoint.recover";
 }
 
-/// Upper bounds (ms) of the response-time histogram's bins; one more bin
-/// holds everything slower.
-pub const LATENCY_BOUNDS_MS: [u64; 11] =
-    [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
-pub const LATENCY_BINS: usize = LATENCY_BOUNDS_MS.len() + 1;
-/// Width of one health bucket.
-pub const HEALTH_BUCKET_MS: Timestamp = 5 * 60 * 1000;
-
-/// Attempt counts and response times of one endpoint over some time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HealthCounts {
-    pub succeeded: u64,
-    pub failed: u64,
-    pub duration_sum_ms: u64,
-    pub histogram: [u64; LATENCY_BINS],
-}
-
-impl HealthCounts {
-    pub fn observe(&mut self, succeeded: bool, duration_ms: u64) {
-        if succeeded {
-            self.succeeded += 1;
-        } else {
-            self.failed += 1;
-        }
-        self.duration_sum_ms += duration_ms;
-        let bin = LATENCY_BOUNDS_MS
-            .iter()
-            .position(|bound| duration_ms <= *bound)
-            .unwrap_or(LATENCY_BINS - 1);
-        self.histogram[bin] += 1;
-    }
-
-    pub fn add(&mut self, other: &HealthCounts) {
-        self.succeeded += other.succeeded;
-        self.failed += other.failed;
-        self.duration_sum_ms += other.duration_sum_ms;
-        for (mine, theirs) in self.histogram.iter_mut().zip(other.histogram) {
-            *mine += theirs;
-        }
-    }
-
-    pub fn attempts(&self) -> u64 {
-        self.succeeded + self.failed
-    }
-
-    /// Succeeded attempts over all attempts; `None` without attempts.
-    pub fn success_rate(&self) -> Option<f64> {
-        (self.attempts() > 0).then(|| self.succeeded as f64 / self.attempts() as f64)
-    }
-
-    pub fn average_ms(&self) -> Option<f64> {
-        (self.attempts() > 0).then(|| self.duration_sum_ms as f64 / self.attempts() as f64)
-    }
-
-    /// The 95th percentile, as the upper bound of the histogram bin it
-    /// falls in (`None` for the open last bin: slower than 30 s).
-    pub fn p95_ms(&self) -> Option<u64> {
-        let total = self.attempts();
-        if total == 0 {
-            return None;
-        }
-        let rank = (total * 95).div_ceil(100);
-        let mut seen = 0;
-        for (bin, count) in self.histogram.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return LATENCY_BOUNDS_MS.get(bin).copied();
-            }
-        }
-        None
-    }
-}
+pub use herald_domain::health::{HealthCounts, HEALTH_BUCKET_MS, LATENCY_BINS, LATENCY_BOUNDS_MS};
 
 /// What one process saw of one endpoint since it last reported, in time
 /// order, to be added to the stored aggregates.

@@ -168,14 +168,17 @@ async fn existing(state: &AppState, app: &str) -> ApiResult<Inspector> {
     operation_id = "v1.inspector.create",
     params(AppPath),
     responses((status = 201, body = InspectorOut), (status = 200, body = InspectorOut, description = "The app's existing inspector"), Errors),
-    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "inspector.opened"})))
 )]
 pub(crate) async fn open(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
 ) -> ApiResult<(StatusCode, Json<InspectorOut>)> {
     let app = resolve(&state, &app).await?;
-    let (inspector, created) = open_for(&state, app).await?;
+    let (inspector, created) = crate::operations::Operations::new(&state, caller)
+        .open_inspector(app)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -207,14 +210,17 @@ fn new_token() -> String {
     operation_id = "v1.inspector.delete",
     params(AppPath),
     responses((status = 204, description = "Deleted"), Errors),
-    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "inspector.closed"})))
 )]
 pub(crate) async fn close(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
 ) -> ApiResult<StatusCode> {
     let app = resolve(&state, &app).await?;
-    state.store.close_inspector(app).await?;
+    crate::operations::Operations::new(&state, caller)
+        .close_inspector(app)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -31,6 +31,8 @@ pub(crate) const ACTIONS: &[&str] = &[
     "message.resent",
     "alert_rules.updated",
     "alert_rules.reset",
+    "inspector.opened",
+    "inspector.closed",
 ];
 
 /// The operations of one caller.
@@ -267,6 +269,25 @@ impl<'a> Operations<'a> {
         };
         self.state.store.set_alert_rules(app, rules).await?;
         self.audit(app, action, app.to_string()).await;
+        Ok(())
+    }
+
+    /// Opens the app's test inspector (or finds the one it has: `false`).
+    pub(crate) async fn open_inspector(
+        &self,
+        app: AppId,
+    ) -> ApiResult<(herald_store::Inspector, bool)> {
+        self.may_change(app)?;
+        let opened = crate::inspector::open_for(self.state, app).await?;
+        self.audit(app, "inspector.opened", app.to_string()).await;
+        Ok(opened)
+    }
+
+    /// Deletes the app's test inspector and what it received.
+    pub(crate) async fn close_inspector(&self, app: AppId) -> ApiResult<()> {
+        self.may_change(app)?;
+        self.state.store.close_inspector(app).await?;
+        self.audit(app, "inspector.closed", app.to_string()).await;
         Ok(())
     }
 

@@ -254,13 +254,14 @@ async fn inspector_form(
 ) -> Result<Response, Refused> {
     let (session, app) = open(state, headers, app).await?;
     session.form(body)?;
+    let operations = session.operations(state);
     let done = if close {
-        match state.store.close_inspector(app.id).await {
-            Err(herald_store::StoreError::NotFound) => Ok(()),
-            other => other.map_err(ApiError::from),
+        match operations.close_inspector(app.id).await {
+            Err(ApiError::NotFound) => Ok(()),
+            other => other,
         }
     } else {
-        crate::inspector::open_for(state, app.id).await.map(|_| ())
+        operations.open_inspector(app.id).await.map(|_| ())
     };
     done?;
     Ok(Redirect::to(&format!("/portal/app/{}/inspector", app.id)).into_response())

@@ -562,6 +562,24 @@ async fn every_change_the_portal_offers_is_audited_limited_and_delivered_as_thro
             "alert_rules.updated",
         ),
         (
+            "open the inspector",
+            reqwest::Method::POST,
+            format!("/app/{tenant}/inspector/"),
+            None,
+            format!("/portal/app/{tenant}/inspector"),
+            vec![],
+            "inspector.opened",
+        ),
+        (
+            "close the inspector",
+            reqwest::Method::DELETE,
+            format!("/app/{tenant}/inspector/"),
+            None,
+            format!("/portal/app/{tenant}/inspector/delete"),
+            vec![],
+            "inspector.closed",
+        ),
+        (
             "delete",
             reqwest::Method::DELETE,
             format!("/app/{tenant}/endpoint/{through_api}/"),
@@ -575,6 +593,16 @@ async fn every_change_the_portal_offers_is_audited_limited_and_delivered_as_thro
         let before = receiver.requests().len();
         api(method, api_path, body).await;
         let by_api = last_audit(&app, &tenant).await;
+        if what == "close the inspector" {
+            // Something to close through the portal too (and a newer entry
+            // than the API's, so the portal's own entry is what is read).
+            api(
+                reqwest::Method::POST,
+                format!("/app/{tenant}/inspector/"),
+                None,
+            )
+            .await;
+        }
         let mut fields: Vec<(&str, &str)> = vec![("csrf", &csrf)];
         fields.extend(form.iter().map(|(k, v)| (*k, v.as_str())));
         let status = portal_post(&app, &cookie, &portal_path, &fields).await;
@@ -587,7 +615,7 @@ async fn every_change_the_portal_offers_is_audited_limited_and_delivered_as_thro
         assert_eq!(by_api.0, action, "{what} through the API");
         assert_eq!(by_portal.0, action, "{what} through the portal");
         let target = |id: &str| {
-            if action.starts_with("alert_rules") {
+            if action.starts_with("alert_rules") || action.starts_with("inspector") {
                 tenant.clone()
             } else {
                 id.to_owned()

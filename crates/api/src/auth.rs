@@ -161,10 +161,11 @@ pub(crate) struct RouteRule {
     audit: Option<String>,
 }
 
-/// Every route's rule, keyed by (method, path as matched), read once from
-/// the document the router was built with.
-pub(crate) fn route_rules() -> &'static HashMap<(String, String), RouteRule> {
-    static RULES: OnceLock<HashMap<(String, String), RouteRule>> = OnceLock::new();
+/// Every route's rule, by path as matched and then method (looked up
+/// without allocating), read once from the document the router was built
+/// with.
+fn route_rules() -> &'static HashMap<String, HashMap<String, RouteRule>> {
+    static RULES: OnceLock<HashMap<String, HashMap<String, RouteRule>>> = OnceLock::new();
     RULES.get_or_init(|| {
         let document = serde_json::to_value(crate::openapi::spec()).unwrap_or_default();
         let mut rules = HashMap::new();
@@ -179,22 +180,25 @@ pub(crate) fn route_rules() -> &'static HashMap<(String, String), RouteRule> {
                     .as_str()
                     .filter(|action| *action != "none")
                     .map(str::to_owned);
-                rules.insert(
-                    (method.to_ascii_uppercase(), path.clone()),
-                    RouteRule { access, audit },
-                );
+                rules
+                    .entry(path.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(method.to_ascii_uppercase(), RouteRule { access, audit });
             }
         }
         rules
     })
 }
 
+/// The declared rule of a matched route, if it declares one.
+pub(crate) fn route_rule(path: &str, method: &Method) -> Option<&'static RouteRule> {
+    route_rules().get(path)?.get(method.as_str())
+}
+
 /// The access rule of a matched route; a route that declares none is
 /// admin-only (and the router-walking test fails).
 fn access(path: &str, method: &Method) -> Access {
-    route_rules()
-        .get(&(method.as_str().to_owned(), path.to_owned()))
-        .map_or(Access::Admin, |rule| rule.access)
+    route_rule(path, method).map_or(Access::Admin, |rule| rule.access)
 }
 
 /// Applies the route's access rule, then records successful changes in the
@@ -290,8 +294,7 @@ async fn path_app(state: &AppState, segment: &str) -> ApiResult<AppId> {
 /// declared action, unless `operations` records it (the changes the
 /// portal also offers, audited whichever door they come through).
 fn audited_action(path: &str, method: &Method) -> Option<String> {
-    route_rules()
-        .get(&(method.as_str().to_owned(), path.to_owned()))
+    route_rule(path, method)
         .and_then(|rule| rule.audit.clone())
         .filter(|action| !crate::operations::ACTIONS.contains(&action.as_str()))
 }
@@ -360,8 +363,8 @@ mod tests {
                     declared.extend(audit.map(str::to_owned));
                 }
                 // The rule the middleware applies is the declared one.
-                let rule = route_rules()
-                    .get(&(method.to_ascii_uppercase(), path.clone()))
+                let verb = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+                let rule = route_rule(path, &verb)
                     .unwrap_or_else(|| panic!("{method} {path} has no rule"));
                 assert_eq!(
                     rule.audit.as_deref(),

@@ -121,7 +121,7 @@ impl Application {
         let listener = bind(settings.listen, settings.listen_backlog)
             .with_context(|| format!("listening on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let mut connections = settings.connections.clone();
+        let mut connections = settings.connections;
         connections.max_body_bytes = settings.max_body_bytes;
         connections.max_connections = connection_cap(settings.max_connections);
         let state = AppState {

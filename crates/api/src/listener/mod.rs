@@ -44,7 +44,7 @@ use watched::{Busy, Counted, Timed, Watched};
 
 /// The connection rules; [`ConnectionLimits::default`] holds the defaults
 /// documented in the README.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Longest wait for a complete request head, from the connection's
     /// start or from the first byte of a request on a kept-alive one.
@@ -322,9 +322,9 @@ async fn run_connection<S>(
     ));
     let handler = {
         let connection = connection.clone();
-        let limits = limits.clone();
+        let limits = *limits;
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            handle(request, service.clone(), connection.clone(), limits.clone())
+            handle(request, service.clone(), connection.clone(), limits)
         })
     };
     let served = hyper::server::conn::http1::Builder::new()

@@ -3,16 +3,18 @@
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
 use herald_domain::AppId;
 use herald_store::{App, AppInput, Metadata, StoreError};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::openapi::{AppPath, Errors};
+use crate::operations::Operations;
 use crate::AppState;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -148,6 +150,7 @@ pub(crate) struct CreateParams {
 pub(crate) async fn create(
     State(state): State<AppState>,
     Query(params): Query<CreateParams>,
+    Extension(caller): Extension<Principal>,
     Body(input): Body<ApplicationIn>,
 ) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
     let input = input.parse()?;
@@ -160,7 +163,7 @@ pub(crate) async fn create(
             }
         }
     }
-    let app = state.store.create_app(input).await?;
+    let app = Operations::new(&state, caller).create_app(input).await?;
     Ok((StatusCode::CREATED, Json(app.into())))
 }
 
@@ -184,11 +187,14 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
     Body(input): Body<ApplicationIn>,
 ) -> ApiResult<Json<ApplicationOut>> {
     let id = resolve(&state, &app).await?;
-    let app = state.store.update_app(id, input.parse()?).await?;
+    let app = Operations::new(&state, caller)
+        .update_app(id, input.parse()?)
+        .await?;
     Ok(Json(app.into()))
 }
 
@@ -199,6 +205,7 @@ pub(crate) async fn replace(
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
     Body(changes): Body<ApplicationPatch>,
 ) -> ApiResult<Json<ApplicationOut>> {
@@ -217,7 +224,10 @@ pub(crate) async fn patch(
         metadata: changes.metadata.unwrap_or(current.metadata),
     };
     Ok(Json(
-        state.store.update_app(current.id, input).await?.into(),
+        Operations::new(&state, caller)
+            .update_app(current.id, input)
+            .await?
+            .into(),
     ))
 }
 
@@ -228,6 +238,7 @@ pub(crate) async fn patch(
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
 ) -> ApiResult<StatusCode> {
     let reference = IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)?;
@@ -242,6 +253,6 @@ pub(crate) async fn remove(
             ),
         });
     }
-    state.store.delete_app(found.id).await?;
+    Operations::new(&state, caller).delete_app(found.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

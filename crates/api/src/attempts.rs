@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use herald_domain::headers;
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, DeliveryStatus, EndpointId, MessageId};
-use herald_store::{Attempt, AttemptFilter, AttemptQuery, Claim, Headers, Message};
+use herald_store::{Attempt, AttemptFilter, AttemptQuery, AuditEntry, Claim, Headers, Message};
 
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
@@ -319,6 +319,7 @@ pub(crate) async fn resend_one(
     app: AppId,
     message: MessageId,
     endpoint: EndpointId,
+    audit: Option<AuditEntry>,
 ) -> ApiResult<()> {
     // Without a dispatcher in this process the lease ends at once, so any
     // worker claims the resend on its next look.
@@ -330,7 +331,10 @@ pub(crate) async fn resend_one(
             let now = now_ms();
             Claim { now, until: now }
         });
-    let job = state.store.resend(app, message, endpoint, claim).await?;
+    let job = state
+        .store
+        .resend(app, message, endpoint, claim, audit)
+        .await?;
     if let Some(dispatcher) = &state.dispatcher {
         dispatcher.submit(vec![job]);
     }

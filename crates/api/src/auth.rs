@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use axum::body::{to_bytes, Body};
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
@@ -15,8 +14,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{token, AppId, AuditId, TokenId};
-use herald_store::AuditEntry;
+use herald_domain::{token, AppId, TokenId};
 
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::now_ms;
@@ -153,12 +151,12 @@ enum Access {
 
 /// What a route declares in its `#[utoipa::path(extensions(…))]`, where it
 /// is registered, as `x-herald`: who may use it (`access`: `admin`,
-/// `tenant`, `anyone`, `public`) and the audit action of a change
-/// (`audit`, or `none`).
+/// `tenant`, `anyone`, `public`). Its other key, the audit action of a
+/// change (`audit`, or `none`), is recorded by [`crate::operations`]; the
+/// test below holds the two lists equal.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteRule {
     access: Access,
-    audit: Option<String>,
 }
 
 /// Every route's rule, by path as matched and then method (looked up
@@ -176,14 +174,10 @@ fn route_rules() -> &'static HashMap<String, HashMap<String, RouteRule>> {
                     Some("anyone" | "public") => Access::Anyone,
                     _ => Access::Admin,
                 };
-                let audit = operation["x-herald"]["audit"]
-                    .as_str()
-                    .filter(|action| *action != "none")
-                    .map(str::to_owned);
                 rules
                     .entry(path.clone())
                     .or_insert_with(HashMap::new)
-                    .insert(method.to_ascii_uppercase(), RouteRule { access, audit });
+                    .insert(method.to_ascii_uppercase(), RouteRule { access });
             }
         }
         rules
@@ -201,8 +195,8 @@ fn access(path: &str, method: &Method) -> Access {
     route_rule(path, method).map_or(Access::Admin, |rule| rule.access)
 }
 
-/// Applies the route's access rule, then records successful changes in the
-/// audit log.
+/// Applies the route's access rule. (Changes are audited by
+/// [`crate::operations`], in the change's own transaction.)
 pub(crate) async fn authorize(
     State(state): State<AppState>,
     matched: MatchedPath,
@@ -234,52 +228,7 @@ pub(crate) async fn authorize(
         }
         _ => {}
     }
-    let Some(action) = audited_action(&path, &method) else {
-        return next.run(request).await;
-    };
-    let resource = params
-        .iter()
-        .filter(|(name, _)| *name != "app")
-        .last()
-        .map(|(_, value)| value.to_owned());
-    let response = next.run(request).await;
-    if !response.status().is_success() {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = to_bytes(body, 1 << 20).await else {
-        return ApiError::Internal("reading a response to audit".into()).into_response();
-    };
-    let created: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
-    let created_id = created
-        .as_ref()
-        .and_then(|c| c.get("id").or_else(|| c.get("name")))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    let app = match app_segment.as_deref() {
-        Some(segment) => path_app(&state, segment).await.ok(),
-        // Creating an app: the new app's id.
-        None if action == "app.created" => {
-            created_id.as_deref().and_then(|id| AppId::parse(id).ok())
-        }
-        None => None,
-    };
-    let entry = AuditEntry {
-        id: AuditId::generate(),
-        actor: principal.actor(),
-        app_id: app,
-        action: action.to_owned(),
-        target: resource
-            .or(created_id)
-            .or_else(|| app.map(|a| a.to_string()))
-            .unwrap_or_default(),
-        detail: None,
-        created_at: now_ms(),
-    };
-    if let Err(error) = state.store.record_audit(entry).await {
-        tracing::error!(%error, action, "recording an audit entry failed");
-    }
-    Response::from_parts(parts, Body::from(bytes))
+    next.run(request).await
 }
 
 /// The app a path segment names (an id needs no read).
@@ -288,15 +237,6 @@ async fn path_app(state: &AppState, segment: &str) -> ApiResult<AppId> {
         IdOrUid::Id(id) => Ok(id),
         reference => Ok(state.store.get_app(&reference).await?.id),
     }
-}
-
-/// The audit action this middleware records for a change: the route's
-/// declared action, unless `operations` records it (the changes the
-/// portal also offers, audited whichever door they come through).
-fn audited_action(path: &str, method: &Method) -> Option<String> {
-    route_rule(path, method)
-        .and_then(|rule| rule.audit.clone())
-        .filter(|action| !crate::operations::ACTIONS.contains(&action.as_str()))
 }
 
 #[cfg(test)]
@@ -367,19 +307,28 @@ mod tests {
                 let rule = route_rule(path, &verb)
                     .unwrap_or_else(|| panic!("{method} {path} has no rule"));
                 assert_eq!(
-                    rule.audit.as_deref(),
-                    operation["x-herald"]["audit"]
-                        .as_str()
-                        .filter(|a| *a != "none"),
+                    Some(rule.access),
+                    access.map(|a| match a {
+                        "tenant" => Access::Tenant,
+                        "anyone" => Access::Anyone,
+                        _ => Access::Admin,
+                    }),
                     "{method} {path}"
                 );
             }
         }
         assert!(walked > 0, "the router serves operations");
+        declared.remove("none");
         for action in crate::operations::ACTIONS {
             assert!(
                 declared.contains(*action),
                 "operations record `{action}`, which no route declares"
+            );
+        }
+        for action in &declared {
+            assert!(
+                crate::operations::ACTIONS.contains(&action.as_str()),
+                "a route declares `{action}`, which no operation records"
             );
         }
     }

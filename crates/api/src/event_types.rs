@@ -3,16 +3,18 @@
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use herald_domain::EventTypeName;
 use herald_store::{EventType, EventTypeInput};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{patch_field, timestamp, Body, ListParams, ListResponse};
 use crate::openapi::{Errors, EventTypePath};
+use crate::operations::Operations;
 use crate::AppState;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -177,12 +179,12 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Body(input): Body<EventTypeIn>,
 ) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
     let name =
         EventTypeName::parse(&input.name).map_err(|e| ApiError::invalid("name", e.reason))?;
-    let created = state
-        .store
+    let created = Operations::new(&state, caller)
         .create_event_type(input.fields.into_input(name)?)
         .await?;
     Ok((StatusCode::CREATED, Json(EventTypeOut::new(created, true))))
@@ -219,12 +221,12 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn replace(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     Body(input): Body<EventTypeUpdate>,
 ) -> ApiResult<Json<EventTypeOut>> {
     let name = EventTypeName::parse(&name).map_err(|e| ApiError::invalid("name", e.reason))?;
-    let updated = state
-        .store
+    let updated = Operations::new(&state, caller)
         .update_event_type(input.into_input(name)?)
         .await?;
     Ok(Json(EventTypeOut::new(updated, true)))
@@ -243,6 +245,7 @@ pub(crate) async fn replace(
 )]
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     Body(changes): Body<EventTypePatch>,
 ) -> ApiResult<Json<EventTypeOut>> {
@@ -255,8 +258,7 @@ pub(crate) async fn patch(
         feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
         group_name: changes.group_name.unwrap_or(current.group_name),
     };
-    let updated = state
-        .store
+    let updated = Operations::new(&state, caller)
         .update_event_type(merged.into_input(current.name)?)
         .await?;
     Ok(Json(EventTypeOut::new(updated, true)))
@@ -281,11 +283,11 @@ pub(crate) struct DeleteOptions {
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     Query(options): Query<DeleteOptions>,
 ) -> ApiResult<StatusCode> {
-    state
-        .store
+    Operations::new(&state, caller)
         .delete_event_type(&parse_name(&name)?, options.expunge)
         .await?;
     Ok(StatusCode::NO_CONTENT)

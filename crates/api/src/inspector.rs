@@ -16,7 +16,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use herald_domain::AppId;
-use herald_store::{InspectedRequest, Inspector, PageRequest, StoreError, INSPECTED_KEPT};
+use herald_store::{
+    AuditEntry, InspectedRequest, Inspector, PageRequest, StoreError, INSPECTED_KEPT,
+};
 
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
@@ -188,9 +190,16 @@ pub(crate) async fn open(
 }
 
 /// Opens `app`'s inspector; `true` when it is new.
-pub(crate) async fn open_for(state: &AppState, app: AppId) -> ApiResult<(Inspector, bool)> {
+pub(crate) async fn open_for(
+    state: &AppState,
+    app: AppId,
+    audit: Option<AuditEntry>,
+) -> ApiResult<(Inspector, bool)> {
     let token = new_token();
-    let inspector = state.store.open_inspector(app, token.clone()).await?;
+    let inspector = state
+        .store
+        .open_inspector(app, token.clone(), audit)
+        .await?;
     Ok((inspector.clone(), inspector.token == token))
 }
 

@@ -1,16 +1,17 @@
-//! The changes a caller makes to an app's endpoints, deliveries and alert
-//! rules, whichever door they come through — the JSON API or the portal.
-//! Each operation checks that the caller may make it (their own app, and
-//! not a `readOnly` token), applies the limits, makes the change, records
-//! it in the audit log, and starts the deliveries it creates. The doors
-//! parse input and shape answers around these calls; they change nothing
+//! The changes a caller makes — apps, event types, endpoints, deliveries,
+//! alert rules, tokens, the inspector — whichever door they come through:
+//! the JSON API or the portal. Each operation checks that the caller may
+//! make it (their own app, and not a `readOnly` token), applies the
+//! limits, makes the change with its audit entry in the same store
+//! transaction, and starts the deliveries it creates. The doors parse
+//! input and shape answers around these calls; they change nothing
 //! themselves, so both leave the same audit entries and hit the same
 //! limits.
 
-use herald_domain::{AlertRules, AppId, EndpointId, MessageId, Secret};
+use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, MessageId, Secret, TokenId};
 use herald_store::{
-    AuditEntry, BackgroundTask, CreatedMessage, Endpoint, EndpointInput, Headers, Message,
-    MessageInput,
+    App, AppInput, AuditEntry, BackgroundTask, CreatedMessage, Endpoint, EndpointInput, EventType,
+    EventTypeInput, Headers, Message, MessageInput, Token, TokenKind,
 };
 
 use crate::auth::Principal;
@@ -18,9 +19,17 @@ use crate::error::{ApiError, ApiResult};
 use crate::middleware::now_ms;
 use crate::AppState;
 
-/// The audit actions operations record (the routes that declare them
-/// leave the audit to them).
+/// The audit actions operations record: every action a route declares.
 pub(crate) const ACTIONS: &[&str] = &[
+    "app.created",
+    "app.updated",
+    "app.deleted",
+    "event_type.created",
+    "event_type.updated",
+    "event_type.deleted",
+    "token.created",
+    "token.revoked",
+    "portal_access.created",
     "endpoint.created",
     "endpoint.updated",
     "endpoint.headers_updated",
@@ -56,21 +65,36 @@ impl<'a> Operations<'a> {
         Ok(())
     }
 
-    /// Records a change that was made. A failure to record it is logged:
-    /// the change itself stands.
-    async fn audit(&self, app: AppId, action: &'static str, target: String) {
-        let entry = AuditEntry {
+    /// 403 unless the caller is the operator.
+    fn may_administer(&self) -> ApiResult<()> {
+        if self.caller == Principal::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    /// The audit entry of a change, for the store to write with it; an
+    /// empty `target` is the id of what the change makes.
+    fn entry(
+        &self,
+        app: Option<AppId>,
+        action: &'static str,
+        target: String,
+    ) -> Option<AuditEntry> {
+        debug_assert!(
+            ACTIONS.contains(&action),
+            "undeclared audit action {action}"
+        );
+        Some(AuditEntry {
             id: herald_domain::AuditId::generate(),
             actor: self.caller.actor(),
-            app_id: Some(app),
+            app_id: app,
             action: action.to_owned(),
             target,
             detail: None,
             created_at: now_ms(),
-        };
-        if let Err(error) = self.state.store.record_audit(entry).await {
-            tracing::error!(%error, action, "recording an audit entry failed");
-        }
+        })
     }
 
     /// A new endpoint, within the app's endpoint limit.
@@ -102,14 +126,12 @@ impl<'a> Operations<'a> {
                 format!("this app already has the most endpoints allowed ({max})"),
             ));
         }
-        let created = self
+        let audit = self.entry(Some(app), "endpoint.created", String::new());
+        Ok(self
             .state
             .store
-            .create_endpoint(app, input, headers, secret)
-            .await?;
-        self.audit(app, "endpoint.created", created.id.to_string())
-            .await;
-        Ok(created)
+            .create_endpoint(app, input, headers, secret, audit)
+            .await?)
     }
 
     /// New settings for `endpoint` (its URL, if changed, was checked
@@ -120,13 +142,16 @@ impl<'a> Operations<'a> {
         input: EndpointInput,
     ) -> ApiResult<Endpoint> {
         self.may_change(endpoint.app_id)?;
+        let audit = self.entry(
+            Some(endpoint.app_id),
+            "endpoint.updated",
+            endpoint.id.to_string(),
+        );
         let updated = self
             .state
             .store
-            .update_endpoint(endpoint.app_id, endpoint.id, input)
+            .update_endpoint(endpoint.app_id, endpoint.id, input, audit)
             .await?;
-        self.audit(endpoint.app_id, "endpoint.updated", endpoint.id.to_string())
-            .await;
         if !updated.disabled && endpoint.disabled {
             // Enabled again: what waited for it is due now.
             self.nudge();
@@ -141,27 +166,29 @@ impl<'a> Operations<'a> {
         headers: Headers,
     ) -> ApiResult<()> {
         self.may_change(endpoint.app_id)?;
-        self.state
-            .store
-            .set_endpoint_headers(endpoint.app_id, endpoint.id, headers)
-            .await?;
-        self.audit(
-            endpoint.app_id,
+        let audit = self.entry(
+            Some(endpoint.app_id),
             "endpoint.headers_updated",
             endpoint.id.to_string(),
-        )
-        .await;
+        );
+        self.state
+            .store
+            .set_endpoint_headers(endpoint.app_id, endpoint.id, headers, audit)
+            .await?;
         Ok(())
     }
 
     pub(crate) async fn delete_endpoint(&self, endpoint: &Endpoint) -> ApiResult<()> {
         self.may_change(endpoint.app_id)?;
+        let audit = self.entry(
+            Some(endpoint.app_id),
+            "endpoint.deleted",
+            endpoint.id.to_string(),
+        );
         self.state
             .store
-            .delete_endpoint(endpoint.app_id, endpoint.id)
+            .delete_endpoint(endpoint.app_id, endpoint.id, audit)
             .await?;
-        self.audit(endpoint.app_id, "endpoint.deleted", endpoint.id.to_string())
-            .await;
         Ok(())
     }
 
@@ -183,6 +210,11 @@ impl<'a> Operations<'a> {
                 .generate_like(),
         };
         let grace = self.state.config.rotation_grace;
+        let audit = self.entry(
+            Some(endpoint.app_id),
+            "endpoint.secret_rotated",
+            endpoint.id.to_string(),
+        );
         self.state
             .store
             .rotate_endpoint_secret(
@@ -190,14 +222,9 @@ impl<'a> Operations<'a> {
                 endpoint.id,
                 secret,
                 now_ms() + grace.as_millis() as i64,
+                audit,
             )
             .await?;
-        self.audit(
-            endpoint.app_id,
-            "endpoint.secret_rotated",
-            endpoint.id.to_string(),
-        )
-        .await;
         Ok(())
     }
 
@@ -210,15 +237,20 @@ impl<'a> Operations<'a> {
         until: Option<i64>,
     ) -> ApiResult<BackgroundTask> {
         self.may_change(endpoint.app_id)?;
-        let task =
-            crate::recovery::start(self.state, endpoint.app_id, endpoint.id, since, until).await?;
-        self.audit(
-            endpoint.app_id,
+        let audit = self.entry(
+            Some(endpoint.app_id),
             "endpoint.recovery_started",
             endpoint.id.to_string(),
+        );
+        crate::recovery::start(
+            self.state,
+            endpoint.app_id,
+            endpoint.id,
+            since,
+            until,
+            audit,
         )
-        .await;
-        Ok(task)
+        .await
     }
 
     /// Sends example `index` of `event_type` to `endpoint` alone, as one
@@ -231,13 +263,12 @@ impl<'a> Operations<'a> {
     ) -> ApiResult<Message> {
         self.may_change(endpoint.app_id)?;
         let input = crate::test_events::message_of(self.state, endpoint, event_type, index).await?;
-        let created = self.create_message(endpoint.app_id, input).await?;
-        self.audit(
-            endpoint.app_id,
+        let audit = self.entry(
+            Some(endpoint.app_id),
             "endpoint.test_event_sent",
             endpoint.id.to_string(),
-        )
-        .await;
+        );
+        let created = self.start_message(endpoint.app_id, input, audit).await?;
         Ok(created.message.as_ref().clone())
     }
 
@@ -249,10 +280,8 @@ impl<'a> Operations<'a> {
         endpoint: EndpointId,
     ) -> ApiResult<()> {
         self.may_change(app)?;
-        crate::attempts::resend_one(self.state, app, message, endpoint).await?;
-        self.audit(app, "message.resent", endpoint.to_string())
-            .await;
-        Ok(())
+        let audit = self.entry(Some(app), "message.resent", endpoint.to_string());
+        crate::attempts::resend_one(self.state, app, message, endpoint, audit).await
     }
 
     /// The app's alert rules; `None` goes back to the server's defaults.
@@ -267,8 +296,8 @@ impl<'a> Operations<'a> {
         } else {
             "alert_rules.reset"
         };
-        self.state.store.set_alert_rules(app, rules).await?;
-        self.audit(app, action, app.to_string()).await;
+        let audit = self.entry(Some(app), action, app.to_string());
+        self.state.store.set_alert_rules(app, rules, audit).await?;
         Ok(())
     }
 
@@ -278,17 +307,98 @@ impl<'a> Operations<'a> {
         app: AppId,
     ) -> ApiResult<(herald_store::Inspector, bool)> {
         self.may_change(app)?;
-        let opened = crate::inspector::open_for(self.state, app).await?;
-        self.audit(app, "inspector.opened", app.to_string()).await;
-        Ok(opened)
+        let audit = self.entry(Some(app), "inspector.opened", app.to_string());
+        crate::inspector::open_for(self.state, app, audit).await
     }
 
     /// Deletes the app's test inspector and what it received.
     pub(crate) async fn close_inspector(&self, app: AppId) -> ApiResult<()> {
         self.may_change(app)?;
-        self.state.store.close_inspector(app).await?;
-        self.audit(app, "inspector.closed", app.to_string()).await;
+        let audit = self.entry(Some(app), "inspector.closed", app.to_string());
+        self.state.store.close_inspector(app, audit).await?;
         Ok(())
+    }
+
+    /// A new app (the operator's).
+    pub(crate) async fn create_app(&self, input: AppInput) -> ApiResult<App> {
+        self.may_administer()?;
+        let audit = self.entry(None, "app.created", String::new());
+        Ok(self.state.store.create_app(input, audit).await?)
+    }
+
+    pub(crate) async fn update_app(&self, app: AppId, input: AppInput) -> ApiResult<App> {
+        self.may_change(app)?;
+        let audit = self.entry(Some(app), "app.updated", app.to_string());
+        Ok(self.state.store.update_app(app, input, audit).await?)
+    }
+
+    /// Deletes an app with everything it has.
+    pub(crate) async fn delete_app(&self, app: AppId) -> ApiResult<()> {
+        self.may_change(app)?;
+        let audit = self.entry(Some(app), "app.deleted", app.to_string());
+        Ok(self.state.store.delete_app(app, audit).await?)
+    }
+
+    /// A new event type in the catalog (the operator's).
+    pub(crate) async fn create_event_type(&self, input: EventTypeInput) -> ApiResult<EventType> {
+        self.may_administer()?;
+        let audit = self.entry(None, "event_type.created", input.name.to_string());
+        Ok(self.state.store.create_event_type(input, audit).await?)
+    }
+
+    pub(crate) async fn update_event_type(&self, input: EventTypeInput) -> ApiResult<EventType> {
+        self.may_administer()?;
+        let audit = self.entry(None, "event_type.updated", input.name.to_string());
+        Ok(self.state.store.update_event_type(input, audit).await?)
+    }
+
+    /// Archives an event type, or removes it for good with `expunge`.
+    pub(crate) async fn delete_event_type(
+        &self,
+        name: &EventTypeName,
+        expunge: bool,
+    ) -> ApiResult<()> {
+        self.may_administer()?;
+        let audit = self.entry(None, "event_type.deleted", name.to_string());
+        Ok(self
+            .state
+            .store
+            .delete_event_type(name, expunge, audit)
+            .await?)
+    }
+
+    /// A token for `app`: an API token (`token.created`, the operator's)
+    /// or a portal session (`portal_access.created`, the operator's or
+    /// the app's own).
+    pub(crate) async fn issue_token(
+        &self,
+        app: AppId,
+        kind: TokenKind,
+        name: String,
+        expires_at: Option<i64>,
+    ) -> ApiResult<(herald_domain::token::ApiToken, Token)> {
+        let audit = match kind {
+            TokenKind::Api => {
+                self.may_administer()?;
+                self.entry(Some(app), "token.created", String::new())
+            }
+            TokenKind::Portal | TokenKind::PortalReadOnly => {
+                self.may_change(app)?;
+                self.entry(Some(app), "portal_access.created", app.to_string())
+            }
+        };
+        crate::tokens::issue(self.state, app, kind, name, expires_at, audit).await
+    }
+
+    /// Revokes one of `app`'s tokens (the operator's).
+    pub(crate) async fn revoke_token(&self, app: AppId, token: TokenId) -> ApiResult<Token> {
+        self.may_administer()?;
+        let audit = self.entry(Some(app), "token.revoked", token.to_string());
+        Ok(self
+            .state
+            .store
+            .revoke_token(app, token, now_ms(), audit)
+            .await?)
     }
 
     /// Stores a new message and starts its deliveries: the ones leased to
@@ -300,9 +410,23 @@ impl<'a> Operations<'a> {
         input: MessageInput,
     ) -> ApiResult<CreatedMessage> {
         self.may_change(app)?;
+        self.start_message(app, input, None).await
+    }
+
+    /// Stores a message (with `audit`, for a test event) and starts it.
+    async fn start_message(
+        &self,
+        app: AppId,
+        input: MessageInput,
+        audit: Option<AuditEntry>,
+    ) -> ApiResult<CreatedMessage> {
         let dispatcher = self.state.dispatcher.as_ref();
         let claim = dispatcher.and_then(|d| d.claim_for_new_work());
-        let mut created = self.state.store.create_message(app, input, claim).await?;
+        let mut created = self
+            .state
+            .store
+            .create_message(app, input, claim, audit)
+            .await?;
         if let Some(dispatcher) = dispatcher {
             dispatcher.start_created(std::mem::take(&mut created.jobs), created.deliveries);
         }

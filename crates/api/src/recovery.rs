@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::IdOrUid;
 use herald_domain::{EndpointId, TaskId};
-use herald_store::{BackgroundTask, Recovery};
+use herald_store::{AuditEntry, BackgroundTask, Recovery};
 
 use crate::apps::resolve;
 use crate::auth::Principal;
@@ -126,6 +126,7 @@ pub(crate) async fn start(
     endpoint: EndpointId,
     since: i64,
     until: Option<i64>,
+    audit: Option<AuditEntry>,
 ) -> ApiResult<BackgroundTask> {
     let task = state
         .store
@@ -136,6 +137,7 @@ pub(crate) async fn start(
                 since,
                 until,
             },
+            audit,
         )
         .await?;
     spawn(state, task.id);

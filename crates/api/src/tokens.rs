@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::token::ApiToken;
@@ -16,10 +16,12 @@ use herald_domain::{AppId, TokenId};
 use herald_store::{AuditEntry, AuditQuery, Token, TokenInput, TokenKind};
 
 use crate::apps::resolve;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, Body, ListParams, ListResponse};
 use crate::middleware::now_ms;
 use crate::openapi::{AppPath, Errors, TokenPath};
+use crate::operations::Operations;
 use crate::AppState;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -93,17 +95,21 @@ pub(crate) async fn issue(
     kind: TokenKind,
     name: String,
     expires_at: Option<i64>,
+    audit: Option<AuditEntry>,
 ) -> ApiResult<(ApiToken, Token)> {
     let token = ApiToken::generate();
     let record = state
         .store
-        .create_token(TokenInput {
-            app_id: app,
-            kind,
-            name,
-            hash: token.hash(),
-            expires_at,
-        })
+        .create_token(
+            TokenInput {
+                app_id: app,
+                kind,
+                name,
+                hash: token.hash(),
+                expires_at,
+            },
+            audit,
+        )
         .await?;
     Ok((token, record))
 }
@@ -121,6 +127,7 @@ pub(crate) async fn issue(
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
     Body(input): Body<TokenIn>,
 ) -> ApiResult<(StatusCode, Json<TokenOut>)> {
@@ -133,7 +140,9 @@ pub(crate) async fn create(
         .expires_in
         .map(|s| expiry("expiresIn", s, MAX_TOKEN_LIFETIME))
         .transpose()?;
-    let (token, record) = issue(&state, app, TokenKind::Api, name, expires_at).await?;
+    let (token, record) = Operations::new(&state, caller)
+        .issue_token(app, TokenKind::Api, name, expires_at)
+        .await?;
     let mut out = TokenOut::from(record);
     out.token = Some(token.reveal().to_owned());
     Ok((StatusCode::CREATED, Json(out)))
@@ -174,12 +183,15 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path((app, token)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let app = resolve(&state, &app).await?;
     let token = TokenId::parse(&token).map_err(|_| ApiError::NotFound)?;
     // Scoped to the app: another app's token id is "not found".
-    state.store.revoke_token(app, token, now_ms()).await?;
+    Operations::new(&state, caller)
+        .revoke_token(app, token)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -216,6 +228,7 @@ pub(crate) struct PortalAccessOut {
 )]
 pub(crate) async fn portal_access(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<PortalAccessOut>> {
@@ -255,7 +268,9 @@ pub(crate) async fn portal_access(
     } else {
         TokenKind::Portal
     };
-    let (token, _) = issue(&state, app, kind, name, Some(expires_at)).await?;
+    let (token, _) = Operations::new(&state, caller)
+        .issue_token(app, kind, name, Some(expires_at))
+        .await?;
     let url = format!(
         "{}/portal/#token={}",
         state.config.public_url.trim_end_matches('/'),

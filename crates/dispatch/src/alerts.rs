@@ -244,7 +244,7 @@ pub(crate) async fn raise(
         to_endpoint: None,
     };
     match store
-        .create_message(config.operations_app, input, claim)
+        .create_message(config.operations_app, input, claim, None)
         .await
     {
         Ok(created) => {

@@ -342,12 +342,17 @@ async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Resul
         Ok(app) => app,
         Err(StoreError::NotFound) => {
             let created = store
-                .create_app(AppInput {
-                    uid: Some(uid),
-                    name: "Herald operations".into(),
-                    rate_limit: None,
-                    metadata: Default::default(),
-                })
+                .create_app(
+                    AppInput {
+                        uid: Some(uid),
+                        name: "Herald operations".into(),
+                        rate_limit: None,
+                        metadata: Default::default(),
+                    },
+                    // Made by Herald itself, from its configuration: not a
+                    // change anyone made through the API.
+                    None,
+                )
                 .await;
             match created {
                 Ok(app) => app,
@@ -389,6 +394,7 @@ async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Resul
                     },
                     Default::default(),
                     Secret::generate(),
+                    None,
                 )
                 .await?;
             tracing::info!(endpoint = %endpoint.id, "added the operator webhook; read its signing secret with GET /api/v1/app/herald-operations/endpoint/{}/secret/", endpoint.id);

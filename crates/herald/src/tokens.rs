@@ -102,13 +102,16 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .transpose()?;
             let token = ApiToken::generate();
             let record = store
-                .create_token(TokenInput {
-                    app_id: app,
-                    kind: TokenKind::Api,
-                    name,
-                    hash: token.hash(),
-                    expires_at,
-                })
+                .create_token(
+                    TokenInput {
+                        app_id: app,
+                        kind: TokenKind::Api,
+                        name,
+                        hash: token.hash(),
+                        expires_at,
+                    },
+                    cli_audit(app, "token.created", String::new()),
+                )
                 .await?;
             eprintln!(
                 "Created {} for {app}{} (shown once, only its hash is stored):",
@@ -152,11 +155,30 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
             let app = app(store.as_ref(), &a).await?;
             let id = TokenId::parse(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
             store
-                .revoke_token(app, id, now)
+                .revoke_token(
+                    app,
+                    id,
+                    now,
+                    cli_audit(app, "token.revoked", id.to_string()),
+                )
                 .await
                 .context("no such token for this app")?;
             println!("revoked {id}");
         }
     }
     Ok(())
+}
+
+/// The audit entry of a change made with `herald token` (actor `cli`: the
+/// operator at the database, no token involved).
+fn cli_audit(app: AppId, action: &str, target: String) -> Option<herald_store::AuditEntry> {
+    Some(herald_store::AuditEntry {
+        id: herald_domain::AuditId::generate(),
+        actor: "cli".into(),
+        app_id: Some(app),
+        action: action.into(),
+        target,
+        detail: None,
+        created_at: chrono::Utc::now().timestamp_millis(),
+    })
 }

@@ -3,9 +3,11 @@
 //! implementation of the same trait follows; the SQL is kept portable.
 
 mod access;
+mod delegate;
 mod model;
 mod pg;
 mod shared;
+mod sql;
 mod sqlite;
 
 pub use access::{
@@ -50,7 +52,10 @@ pub type EndpointRef = IdOrUid<EndpointId>;
 pub type MessageRef = IdOrUid<MessageId>;
 
 /// The one interface between Herald and its database. Every method is one
-/// transaction; callers never see a half-applied change.
+/// transaction; callers never see a half-applied change. A method taking
+/// `audit: Option<AuditEntry>` writes the entry in the same transaction as
+/// the change (its empty target filled with the new thing's id): the audit
+/// log holds every change made and none that was not.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip that proves the database answers.
@@ -68,29 +73,52 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>>;
 
     // Applications.
-    async fn create_app(&self, input: AppInput) -> StoreResult<App>;
+    async fn create_app(&self, input: AppInput, audit: Option<AuditEntry>) -> StoreResult<App>;
     async fn get_app(&self, app: &AppRef) -> StoreResult<App>;
     async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>>;
-    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App>;
-    async fn delete_app(&self, app: AppId) -> StoreResult<()>;
+    async fn update_app(
+        &self,
+        app: AppId,
+        input: AppInput,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<App>;
+    async fn delete_app(&self, app: AppId, audit: Option<AuditEntry>) -> StoreResult<()>;
     /// Sets an app's alert rules; `None` goes back to the server's defaults.
-    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()>;
+    async fn set_alert_rules(
+        &self,
+        app: AppId,
+        rules: Option<AlertRules>,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<()>;
     /// The alert rules of those of `apps` that have their own.
     async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>>;
 
     // Event types.
     /// Inserts the catalog entries that do not exist yet; returns how many were added.
     async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize>;
-    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType>;
+    async fn create_event_type(
+        &self,
+        input: EventTypeInput,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<EventType>;
     async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType>;
     async fn list_event_types(
         &self,
         page: PageRequest,
         include_archived: bool,
     ) -> StoreResult<Page<EventType>>;
-    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType>;
+    async fn update_event_type(
+        &self,
+        input: EventTypeInput,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<EventType>;
     /// Archives the type, or removes it for good when `expunge` is set.
-    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()>;
+    async fn delete_event_type(
+        &self,
+        name: &EventTypeName,
+        expunge: bool,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<()>;
 
     // Endpoints.
     async fn create_endpoint(
@@ -99,6 +127,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         input: EndpointInput,
         headers: Headers,
         secret: Secret,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<Endpoint>;
     async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint>;
     async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>>;
@@ -107,8 +136,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         app: AppId,
         endpoint: EndpointId,
         input: EndpointInput,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<Endpoint>;
-    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()>;
+    async fn delete_endpoint(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<()>;
     async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret>;
     /// Makes `secret` current; the previous one keeps signing until `previous_valid_until`.
     async fn rotate_endpoint_secret(
@@ -117,12 +152,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         endpoint: EndpointId,
         secret: Secret,
         previous_valid_until: Timestamp,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<()>;
     async fn set_endpoint_headers(
         &self,
         app: AppId,
         endpoint: EndpointId,
         headers: Headers,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<()>;
     async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
     /// Adds what a process saw of endpoints to their health aggregates, in
@@ -165,6 +202,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         app: AppId,
         input: MessageInput,
         claim: Option<Claim>,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<CreatedMessage>;
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message>;
     async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>>;
@@ -186,6 +224,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         message: MessageId,
         endpoint: EndpointId,
         claim: Claim,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<DeliveryJob>;
     /// Leases up to `limit` due deliveries, leaving out those of the
     /// endpoints in `skip` (already saturated here). A leased delivery is
@@ -238,7 +277,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     // Background tasks.
     /// Records a bulk recovery of one of `app`'s endpoints, to be run step by
     /// step with [`Store::recovery_step`].
-    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask>;
+    async fn start_recovery(
+        &self,
+        app: AppId,
+        recovery: Recovery,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<BackgroundTask>;
     /// Queues up to `limit` more of the task's failed deliveries for one
     /// manual attempt each (due now), in message order from where the last
     /// step stopped; the task is finished when a step finds fewer. Steps of
@@ -249,22 +293,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn running_tasks(&self) -> StoreResult<Vec<TaskId>>;
 
     // Tokens and the audit log.
-    async fn create_token(&self, input: TokenInput) -> StoreResult<Token>;
+    async fn create_token(
+        &self,
+        input: TokenInput,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<Token>;
     /// The token with this SHA-256, valid or not (the caller checks).
     async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>>;
     async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>>;
     /// Marks one of `app`'s tokens revoked at `at`; revoking twice keeps
     /// the first time.
-    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token>;
+    async fn revoke_token(
+        &self,
+        app: AppId,
+        token: TokenId,
+        at: Timestamp,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<Token>;
     async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
     async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>>;
 
     /// The app's inspector, made with `token` unless it has one already.
-    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector>;
+    async fn open_inspector(
+        &self,
+        app: AppId,
+        token: String,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<Inspector>;
     async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>>;
     async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>>;
     /// Removes the inspector and what it received (`NotFound` without one).
-    async fn close_inspector(&self, app: AppId) -> StoreResult<()>;
+    async fn close_inspector(&self, app: AppId, audit: Option<AuditEntry>) -> StoreResult<()>;
     /// Keeps `request`, and only the newest [`INSPECTED_KEPT`] of its app's.
     async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()>;
     /// Newest first, at most `limit`.

@@ -109,12 +109,15 @@ async fn backends() -> Vec<(&'static str, Backend)> {
 
 async fn app(store: &dyn Store, uid: Option<&str>) -> AppId {
     store
-        .create_app(AppInput {
-            uid: uid.map(|u| Uid::parse("uid", u).unwrap()),
-            name: "Acme".into(),
-            rate_limit: None,
-            metadata: Metadata::new(),
-        })
+        .create_app(
+            AppInput {
+                uid: uid.map(|u| Uid::parse("uid", u).unwrap()),
+                name: "Acme".into(),
+                rate_limit: None,
+                metadata: Metadata::new(),
+            },
+            None,
+        )
         .await
         .unwrap()
         .id
@@ -148,6 +151,7 @@ async fn endpoint(store: &dyn Store, app: AppId, url: &str) -> Endpoint {
             endpoint_input(url, &[], false),
             Headers::new(),
             Secret::generate(),
+            None,
         )
         .await
         .unwrap()
@@ -196,6 +200,7 @@ async fn a_message_fans_out_to_matching_enabled_endpoints_only() {
                     endpoint_input(url, &filter, disabled),
                     Headers::new(),
                     Secret::generate(),
+                    None,
                 )
                 .await
                 .unwrap();
@@ -205,7 +210,12 @@ async fn a_message_fans_out_to_matching_enabled_endpoints_only() {
         }
 
         let created = store
-            .create_message(app, message("call.completed", None), Some(claim(now())))
+            .create_message(
+                app,
+                message("call.completed", None),
+                Some(claim(now())),
+                None,
+            )
             .await
             .unwrap();
 
@@ -228,7 +238,7 @@ async fn leased_deliveries_are_not_claimed_again_until_the_lease_ends() {
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
         store
-            .create_message(app, message("call.started", None), None)
+            .create_message(app, message("call.started", None), None, None)
             .await
             .unwrap();
         let at = now(); // the delivery was due when it was written, before this
@@ -257,7 +267,7 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
         let app = app(store, None).await;
         let endpoint = endpoint(store, app, "http://a.test/1").await;
         let created = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
         let job = &created.jobs[0];
@@ -347,12 +357,12 @@ async fn a_duplicate_event_id_is_a_conflict_and_writes_nothing() {
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
         store
-            .create_message(app, message("call.started", Some("evt-1")), None)
+            .create_message(app, message("call.started", Some("evt-1")), None, None)
             .await
             .unwrap();
 
         let again = store
-            .create_message(app, message("call.started", Some("evt-1")), None)
+            .create_message(app, message("call.started", Some("evt-1")), None, None)
             .await;
 
         assert!(
@@ -400,12 +410,15 @@ async fn a_failing_write_does_not_undo_the_writes_batched_with_it() {
                     format!("app-{n}")
                 };
                 store
-                    .create_app(AppInput {
-                        uid: Some(Uid::parse("uid", &uid).unwrap()),
-                        name: "x".into(),
-                        rate_limit: None,
-                        metadata: Metadata::new(),
-                    })
+                    .create_app(
+                        AppInput {
+                            uid: Some(Uid::parse("uid", &uid).unwrap()),
+                            name: "x".into(),
+                            rate_limit: None,
+                            metadata: Metadata::new(),
+                        },
+                        None,
+                    )
                     .await
             }));
         }
@@ -457,7 +470,7 @@ async fn concurrent_messages_with_bad_ones_among_them_each_get_their_own_answer(
                     3 => (second, message("contact.created", Some(&format!("e-{n}")))),
                     _ => (first, message("call.completed", None)),
                 };
-                (n, store.create_message(app, input, None).await)
+                (n, store.create_message(app, input, None, None).await)
             }));
         }
         let (mut accepted, mut clashes) = (0, 0);
@@ -499,17 +512,18 @@ async fn a_rotated_secret_keeps_signing_during_its_grace_period() {
                 endpoint_input("http://a.test/1", &[], false),
                 Headers::new(),
                 old.clone(),
+                None,
             )
             .await
             .unwrap();
         let new = Secret::generate();
 
         store
-            .rotate_endpoint_secret(app, endpoint.id, new.clone(), now() + 3_600_000)
+            .rotate_endpoint_secret(app, endpoint.id, new.clone(), now() + 3_600_000, None)
             .await
             .unwrap();
         let created = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
 
@@ -526,11 +540,11 @@ async fn a_rotated_secret_keeps_signing_during_its_grace_period() {
 
         let newest = Secret::generate();
         store
-            .rotate_endpoint_secret(app, endpoint.id, newest.clone(), now() - 1)
+            .rotate_endpoint_secret(app, endpoint.id, newest.clone(), now() - 1, None)
             .await
             .unwrap();
         let created = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
         assert_eq!(created.jobs[0].endpoint.secrets[0], newest, "{name}");
@@ -548,7 +562,7 @@ async fn orphaned_leases_are_freed_at_start_on_sqlite_and_left_to_expire_on_post
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
         store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
         assert!(
@@ -585,7 +599,7 @@ async fn concurrent_claimers_never_get_the_same_delivery() {
         }
         for _ in 0..50 {
             store
-                .create_message(app, message("call.started", None), None)
+                .create_message(app, message("call.started", None), None, None)
                 .await
                 .unwrap();
         }
@@ -630,7 +644,7 @@ async fn unleased_new_work_wakes_waiting_workers_on_postgresql() {
         tokio::task::yield_now().await;
 
         store
-            .create_message(app, message("call.started", None), None)
+            .create_message(app, message("call.started", None), None, None)
             .await
             .unwrap();
 
@@ -738,7 +752,7 @@ async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
         let busy = endpoint(store, app, "http://a.test/busy").await;
         let free = endpoint(store, app, "http://a.test/free").await;
         let created = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
         let to_busy = created
@@ -788,7 +802,7 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
             until: at + 1,
         };
         let first = store
-            .create_message(app, message("call.started", None), Some(short))
+            .create_message(app, message("call.started", None), Some(short), None)
             .await
             .unwrap()
             .jobs
@@ -844,7 +858,7 @@ async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
         endpoint(store, app, "http://a.test/1").await;
         let at = now();
         let job = store
-            .create_message(app, message("call.started", None), Some(claim(at)))
+            .create_message(app, message("call.started", None), Some(claim(at)), None)
             .await
             .unwrap()
             .jobs
@@ -938,7 +952,7 @@ async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() 
         // whose delivery to `target` succeeds (all others fail).
         let send = async |succeeds: bool| {
             let created = store
-                .create_message(app, message("call.started", None), Some(claim(now())))
+                .create_message(app, message("call.started", None), Some(claim(now())), None)
                 .await
                 .unwrap();
             for job in &created.jobs {
@@ -959,6 +973,7 @@ async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() 
                     app,
                     target.id,
                     endpoint_input("http://a.test/target", &[], disabled),
+                    None,
                 )
                 .await
                 .unwrap();
@@ -980,6 +995,7 @@ async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() 
                     since,
                     until: Some(until),
                 },
+                None,
             )
             .await
             .unwrap();
@@ -1034,6 +1050,7 @@ async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() 
                     since,
                     until: None,
                 },
+                None,
             )
             .await;
         assert!(
@@ -1154,13 +1171,14 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
                 },
                 Headers::new(),
                 Secret::generate(),
+                None,
             )
             .await
             .unwrap();
         assert_eq!(created.retry_policy.as_ref(), Some(&policy), "{name}");
 
         let job = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap()
             .jobs
@@ -1186,6 +1204,7 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
                 app,
                 created.id,
                 endpoint_input("http://a.test/1", &[], false),
+                None,
             )
             .await
             .unwrap();
@@ -1250,6 +1269,7 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
                 app,
                 endpoint.id,
                 endpoint_input("http://a.test/1", &[], false),
+                None,
             )
             .await
             .unwrap();
@@ -1287,6 +1307,7 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
                 app,
                 endpoint.id,
                 endpoint_input("http://a.test/1", &[], true),
+                None,
             )
             .await
             .unwrap();
@@ -1300,6 +1321,7 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
                 app,
                 endpoint.id,
                 endpoint_input("http://a.test/1", &[], false),
+                None,
             )
             .await
             .unwrap();
@@ -1308,6 +1330,7 @@ async fn an_endpoint_failing_long_enough_is_disabled_until_enabled_again() {
                 app,
                 endpoint.id,
                 endpoint_input("http://a.test/1", &[], true),
+                None,
             )
             .await
             .unwrap();
@@ -1329,6 +1352,7 @@ async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order()
                 },
                 Headers::new(),
                 Secret::generate(),
+                None,
             )
             .await
             .unwrap();
@@ -1336,7 +1360,7 @@ async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order()
         let mut sent = Vec::new();
         for _ in 0..3 {
             let created = store
-                .create_message(app, message("call.started", None), Some(claim(now())))
+                .create_message(app, message("call.started", None), Some(claim(now())), None)
                 .await
                 .unwrap();
             assert!(
@@ -1373,14 +1397,14 @@ async fn retention_purges_finished_messages_in_batches_and_keeps_pending_ones() 
         let mut finished = Vec::new();
         for succeeded in [true, false, true] {
             let created = store
-                .create_message(app, message("call.started", None), Some(claim(now())))
+                .create_message(app, message("call.started", None), Some(claim(now())), None)
                 .await
                 .unwrap();
             finish(store, &created.jobs[0], succeeded).await;
             finished.push(created.message.id);
         }
         let pending = store
-            .create_message(app, message("call.started", None), None)
+            .create_message(app, message("call.started", None), None, None)
             .await
             .unwrap()
             .message
@@ -1497,11 +1521,11 @@ async fn alert_rules_are_kept_per_app_and_reset_to_the_defaults() {
         )
         .unwrap();
         store
-            .set_alert_rules(first, Some(rules.clone()))
+            .set_alert_rules(first, Some(rules.clone()), None)
             .await
             .unwrap();
         store
-            .set_alert_rules(third, Some(herald_domain::AlertRules::default()))
+            .set_alert_rules(third, Some(herald_domain::AlertRules::default()), None)
             .await
             .unwrap();
 
@@ -1514,7 +1538,7 @@ async fn alert_rules_are_kept_per_app_and_reset_to_the_defaults() {
         expected.sort_by_key(|(app, _)| *app);
         assert_eq!(found, expected, "{name}: only apps with rules");
 
-        store.set_alert_rules(first, None).await.unwrap();
+        store.set_alert_rules(first, None, None).await.unwrap();
         assert_eq!(
             store.alert_rules(vec![first]).await.unwrap(),
             Vec::new(),
@@ -1523,7 +1547,7 @@ async fn alert_rules_are_kept_per_app_and_reset_to_the_defaults() {
         let unknown = AppId::generate();
         assert!(
             matches!(
-                store.set_alert_rules(unknown, None).await,
+                store.set_alert_rules(unknown, None, None).await,
                 Err(StoreError::NotFound)
             ),
             "{name}: unknown app"
@@ -1543,11 +1567,19 @@ async fn tokens_are_found_by_hash_scoped_to_their_app_and_revoked_once() {
             hash: [byte; 32],
             expires_at,
         };
-        let token = store.create_token(input(first, 1, None)).await.unwrap();
-        store.create_token(input(second, 2, Some(5))).await.unwrap();
+        let token = store
+            .create_token(input(first, 1, None), None)
+            .await
+            .unwrap();
+        store
+            .create_token(input(second, 2, Some(5)), None)
+            .await
+            .unwrap();
         assert!(
             matches!(
-                store.create_token(input(AppId::generate(), 3, None)).await,
+                store
+                    .create_token(input(AppId::generate(), 3, None), None)
+                    .await,
                 Err(StoreError::NotFound)
             ),
             "{name}: no token for an unknown app"
@@ -1566,20 +1598,20 @@ async fn tokens_are_found_by_hash_scoped_to_their_app_and_revoked_once() {
         // Another app cannot revoke it; its own can, once.
         assert!(
             matches!(
-                store.revoke_token(second, token.id, 10).await,
+                store.revoke_token(second, token.id, 10, None).await,
                 Err(StoreError::NotFound)
             ),
             "{name}"
         );
         assert_eq!(
             store
-                .revoke_token(first, token.id, 10)
+                .revoke_token(first, token.id, 10, None)
                 .await
                 .unwrap()
                 .revoked_at,
             Some(10)
         );
-        let again = store.revoke_token(first, token.id, 20).await.unwrap();
+        let again = store.revoke_token(first, token.id, 20, None).await.unwrap();
         assert_eq!(
             again.revoked_at,
             Some(10),
@@ -1652,6 +1684,109 @@ async fn the_audit_log_lists_newest_first_per_app_or_all() {
 }
 
 #[tokio::test]
+async fn a_change_and_its_audit_entry_are_stored_together_or_not_at_all() {
+    let entry = |app: Option<AppId>, action: &str, target: &str| {
+        Some(AuditEntry {
+            id: herald_domain::AuditId::generate(),
+            actor: "admin".into(),
+            app_id: app,
+            action: action.into(),
+            target: target.into(),
+            detail: None,
+            created_at: now(),
+        })
+    };
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let input = |uid: &str| AppInput {
+            uid: Some(Uid::parse("uid", uid).unwrap()),
+            name: uid.into(),
+            rate_limit: None,
+            metadata: Default::default(),
+        };
+        // A new app: the entry names it, though the caller could not.
+        let made = store
+            .create_app(input("audited"), entry(None, "app.created", ""))
+            .await
+            .unwrap();
+        // A clash writes neither the app nor the entry.
+        let clash = store
+            .create_app(input("audited"), entry(None, "app.created", ""))
+            .await;
+        assert!(matches!(clash, Err(StoreError::Conflict { .. })), "{name}");
+        // A change to something missing: no entry either.
+        let gone = herald_domain::EndpointId::generate();
+        let missing = store
+            .delete_endpoint(
+                made.id,
+                gone,
+                entry(Some(made.id), "endpoint.deleted", &gone.to_string()),
+            )
+            .await;
+        assert!(matches!(missing, Err(StoreError::NotFound)), "{name}");
+        // A new endpoint and a test event (a message, batched on PostgreSQL).
+        let created = store
+            .create_endpoint(
+                made.id,
+                endpoint_input("https://hooks.test/audited", &[], false),
+                Headers::new(),
+                Secret::generate(),
+                entry(Some(made.id), "endpoint.created", ""),
+            )
+            .await
+            .unwrap();
+        store
+            .create_message(
+                made.id,
+                message("call.completed", Some("audited-1")),
+                None,
+                entry(Some(made.id), "endpoint.test_event_sent", "t"),
+            )
+            .await
+            .unwrap();
+        // The same event id again is refused, and so is its entry.
+        let repeated = store
+            .create_message(
+                made.id,
+                message("call.completed", Some("audited-1")),
+                None,
+                entry(Some(made.id), "endpoint.test_event_sent", "repeated"),
+            )
+            .await;
+        assert!(
+            matches!(repeated, Err(StoreError::Conflict { .. })),
+            "{name}"
+        );
+
+        let listed = store
+            .list_audit(AuditQuery {
+                app: Some(made.id),
+                page: PageRequest {
+                    limit: 10,
+                    cursor: Cursor::default(),
+                },
+            })
+            .await
+            .unwrap();
+        let mut logged: Vec<(String, String)> = listed
+            .data
+            .into_iter()
+            .map(|e| (e.action, e.target))
+            .collect();
+        logged.sort();
+        assert_eq!(
+            logged,
+            [
+                ("app.created".to_owned(), made.id.to_string()),
+                ("endpoint.created".to_owned(), created.id.to_string()),
+                ("endpoint.test_event_sent".to_owned(), "t".to_owned()),
+            ],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
     use herald_domain::sealing::{MasterKey, Sealing};
     let key = |byte: u8| {
@@ -1708,6 +1843,7 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
                 endpoint_input("http://a.test/1", &[], false),
                 Headers::new(),
                 secret.clone(),
+                None,
             )
             .await
             .unwrap();
@@ -1730,6 +1866,7 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
                     now: now(),
                     until: now() + 60_000,
                 }),
+                None,
             )
             .await
             .unwrap();
@@ -1788,6 +1925,7 @@ async fn rotating_often_keeps_at_most_five_signing_secrets() {
                 endpoint_input("http://a.test/1", &[], false),
                 Headers::new(),
                 Secret::generate(),
+                None,
             )
             .await
             .unwrap();
@@ -1795,12 +1933,12 @@ async fn rotating_often_keeps_at_most_five_signing_secrets() {
         for _ in 0..7 {
             current = Secret::generate();
             store
-                .rotate_endpoint_secret(app, endpoint.id, current.clone(), now() + 3_600_000)
+                .rotate_endpoint_secret(app, endpoint.id, current.clone(), now() + 3_600_000, None)
                 .await
                 .unwrap();
         }
         let created = store
-            .create_message(app, message("call.started", None), Some(claim(now())))
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
             .await
             .unwrap();
         let secrets = &created.jobs[0].endpoint.secrets;
@@ -1825,12 +1963,13 @@ async fn queue_gauges_count_due_and_scheduled_deliveries_and_endpoints_in_troubl
                 endpoint_input("http://a.test/off", &[], true),
                 Headers::new(),
                 Secret::generate(),
+                None,
             )
             .await
             .unwrap();
         for _ in 0..3 {
             store
-                .create_message(app, message("call.started", None), None)
+                .create_message(app, message("call.started", None), None, None)
                 .await
                 .unwrap();
         }
@@ -1915,8 +2054,14 @@ async fn an_inspector_keeps_the_newest_hundred_requests_until_closed() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
-        let opened = store.open_inspector(app, "tok-a".into()).await.unwrap();
-        let again = store.open_inspector(app, "tok-b".into()).await.unwrap();
+        let opened = store
+            .open_inspector(app, "tok-a".into(), None)
+            .await
+            .unwrap();
+        let again = store
+            .open_inspector(app, "tok-b".into(), None)
+            .await
+            .unwrap();
         assert_eq!(again, opened, "{name}: an app has one inspector");
         assert_eq!(
             store.inspector_by_token("tok-a".into()).await.unwrap(),
@@ -1948,7 +2093,7 @@ async fn an_inspector_keeps_the_newest_hundred_requests_until_closed() {
         assert_eq!(kept[99].id, "ireq_0005", "{name}: the oldest five are gone");
         assert_eq!(store.list_inspected(app, 3).await.unwrap().len(), 3);
 
-        store.close_inspector(app).await.unwrap();
+        store.close_inspector(app, None).await.unwrap();
         assert_eq!(store.inspector(app).await.unwrap(), None, "{name}");
         assert!(store.list_inspected(app, 500).await.unwrap().is_empty());
         assert!(matches!(
@@ -1956,7 +2101,7 @@ async fn an_inspector_keeps_the_newest_hundred_requests_until_closed() {
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.close_inspector(app).await,
+            store.close_inspector(app, None).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -1974,7 +2119,12 @@ async fn an_apps_attempts_list_across_its_endpoints_newest_first() {
         for (tenant, count) in [(app, 2), (other, 1)] {
             for _ in 0..count {
                 let created = store
-                    .create_message(tenant, message("call.started", None), Some(claim(now())))
+                    .create_message(
+                        tenant,
+                        message("call.started", None),
+                        Some(claim(now())),
+                        None,
+                    )
                     .await
                     .unwrap();
                 for job in &created.jobs {

@@ -210,6 +210,7 @@ async fn seed(store: Arc<dyn Store>, app: &str, messages: usize) -> anyhow::Resu
                         now,
                         until: now + 600_000,
                     }),
+                    None,
                 )
                 .await?;
             for job in created.jobs {

@@ -7,6 +7,7 @@ use herald_domain::{AppId, AuditId, TokenId};
 
 use super::rows::{db, list, Bind, Order};
 use crate::access::hash_text;
+use crate::sql;
 use crate::{
     AuditEntry, AuditQuery, InspectedRequest, Inspector, Page, PageRequest, StoreError,
     StoreResult, Timestamp, Token, TokenInput, TokenKind, INSPECTED_KEPT,
@@ -63,20 +64,17 @@ pub(crate) async fn create_token(conn: &mut PgConnection, input: TokenInput) -> 
         expires_at: input.expires_at,
         revoked_at: None,
     };
-    let inserted = sqlx::query(
-        "INSERT INTO tokens (id, app_id, kind, name, hash, created_at, expires_at)
-         SELECT $1, id, $2, $3, $4, $5, $6 FROM apps WHERE id = $7",
-    )
-    .bind(token.id.to_string())
-    .bind(token.kind.as_str())
-    .bind(&token.name)
-    .bind(hash_text(&input.hash))
-    .bind(token.created_at)
-    .bind(token.expires_at)
-    .bind(token.app_id.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let inserted = sqlx::query(sql::INSERT_TOKEN.pg)
+        .bind(token.id.to_string())
+        .bind(token.kind.as_str())
+        .bind(&token.name)
+        .bind(hash_text(&input.hash))
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.app_id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     if inserted.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
@@ -85,12 +83,12 @@ pub(crate) async fn create_token(conn: &mut PgConnection, input: TokenInput) -> 
 
 pub(crate) async fn token_by_hash(
     conn: &mut PgConnection,
-    hash: &[u8; 32],
+    hash: [u8; 32],
 ) -> StoreResult<Option<Token>> {
     let row = sqlx::query(&format!(
         "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
     ))
-    .bind(hash_text(hash))
+    .bind(hash_text(&hash))
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
@@ -140,21 +138,18 @@ pub(crate) async fn revoke_token(
         .ok_or(StoreError::NotFound)
 }
 
-pub(crate) async fn record_audit(conn: &mut PgConnection, entry: &AuditEntry) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, actor, app_id, action, target, detail, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(entry.id.to_string())
-    .bind(&entry.actor)
-    .bind(entry.app_id.map(|a| a.to_string()))
-    .bind(&entry.action)
-    .bind(&entry.target)
-    .bind(&entry.detail)
-    .bind(entry.created_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+pub(crate) async fn record_audit(conn: &mut PgConnection, entry: AuditEntry) -> StoreResult<()> {
+    sqlx::query(sql::INSERT_AUDIT.pg)
+        .bind(entry.id.to_string())
+        .bind(&entry.actor)
+        .bind(entry.app_id.map(|a| a.to_string()))
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.detail)
+        .bind(entry.created_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
@@ -213,18 +208,15 @@ pub(crate) async fn open_inspector(
     conn: &mut PgConnection,
     app: AppId,
     token: String,
-    now: Timestamp,
 ) -> StoreResult<Inspector> {
-    sqlx::query(
-        "INSERT INTO inspectors (app_id, token, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT (app_id) DO NOTHING",
-    )
-    .bind(app.to_string())
-    .bind(token)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let now = crate::shared::now();
+    sqlx::query(sql::OPEN_INSPECTOR.pg)
+        .bind(app.to_string())
+        .bind(token)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     inspector_of(conn, app).await?.ok_or(StoreError::NotFound)
 }
 
@@ -232,7 +224,7 @@ pub(crate) async fn inspector_of(
     conn: &mut PgConnection,
     app: AppId,
 ) -> StoreResult<Option<Inspector>> {
-    let row = sqlx::query("SELECT app_id, token, created_at FROM inspectors WHERE app_id = $1")
+    let row = sqlx::query(sql::INSPECTOR_OF_APP.pg)
         .bind(app.to_string())
         .fetch_optional(&mut *conn)
         .await
@@ -242,9 +234,9 @@ pub(crate) async fn inspector_of(
 
 pub(crate) async fn inspector_by_token(
     conn: &mut PgConnection,
-    token: &str,
+    token: String,
 ) -> StoreResult<Option<Inspector>> {
-    let row = sqlx::query("SELECT app_id, token, created_at FROM inspectors WHERE token = $1")
+    let row = sqlx::query(sql::INSPECTOR_BY_TOKEN.pg)
         .bind(token)
         .fetch_optional(&mut *conn)
         .await
@@ -253,7 +245,7 @@ pub(crate) async fn inspector_by_token(
 }
 
 pub(crate) async fn close_inspector(conn: &mut PgConnection, app: AppId) -> StoreResult<()> {
-    let done = sqlx::query("DELETE FROM inspectors WHERE app_id = $1")
+    let done = sqlx::query(sql::CLOSE_INSPECTOR.pg)
         .bind(app.to_string())
         .execute(&mut *conn)
         .await
@@ -291,16 +283,12 @@ pub(crate) async fn record_inspected(
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => StoreError::NotFound,
         _ => db(e),
     })?;
-    sqlx::query(
-        "DELETE FROM inspected_requests WHERE app_id = $1 AND id NOT IN (
-             SELECT id FROM inspected_requests WHERE app_id = $1
-             ORDER BY received_at DESC, id DESC LIMIT $2)",
-    )
-    .bind(&app)
-    .bind(INSPECTED_KEPT as i64)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    sqlx::query(sql::TRIM_INSPECTED.pg)
+        .bind(&app)
+        .bind(INSPECTED_KEPT as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, S
 
 use super::rows::{self, db, list, Bind, Order};
 use crate::shared::now;
+use crate::sql;
 use crate::{
     App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
     EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
@@ -29,19 +30,16 @@ fn found(rows: u64) -> StoreResult<()> {
 pub(crate) async fn create_app(conn: &mut PgConnection, input: AppInput) -> StoreResult<App> {
     let id = AppId::generate();
     let at = now();
-    sqlx::query(
-        "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(id.to_string())
-    .bind(input.uid.as_ref().map(|u| u.to_string()))
-    .bind(&input.name)
-    .bind(input.rate_limit.map(i64::from))
-    .bind(to_json(&input.metadata))
-    .bind(at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    sqlx::query(sql::INSERT_APP.pg)
+        .bind(id.to_string())
+        .bind(input.uid.as_ref().map(|u| u.to_string()))
+        .bind(&input.name)
+        .bind(input.rate_limit.map(i64::from))
+        .bind(to_json(&input.metadata))
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     get_app(conn, &IdOrUid::Id(id)).await
 }
 
@@ -85,18 +83,16 @@ pub(crate) async fn update_app(
     app: AppId,
     input: AppInput,
 ) -> StoreResult<App> {
-    let changed = sqlx::query(
-        "UPDATE apps SET uid = $1, name = $2, rate_limit = $3, metadata = $4, updated_at = $5 WHERE id = $6",
-    )
-    .bind(input.uid.as_ref().map(|u| u.to_string()))
-    .bind(&input.name)
-    .bind(input.rate_limit.map(i64::from))
-    .bind(to_json(&input.metadata))
-    .bind(now())
-    .bind(app.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let changed = sqlx::query(sql::UPDATE_APP.pg)
+        .bind(input.uid.as_ref().map(|u| u.to_string()))
+        .bind(&input.name)
+        .bind(input.rate_limit.map(i64::from))
+        .bind(to_json(&input.metadata))
+        .bind(now())
+        .bind(app.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     found(changed.rows_affected())?;
     get_app(conn, &IdOrUid::Id(app)).await
 }
@@ -104,10 +100,10 @@ pub(crate) async fn update_app(
 pub(crate) async fn set_alert_rules(
     conn: &mut PgConnection,
     app: AppId,
-    rules: Option<&AlertRules>,
+    rules: Option<AlertRules>,
 ) -> StoreResult<()> {
-    let changed = sqlx::query("UPDATE apps SET alert_rules = $1, updated_at = $2 WHERE id = $3")
-        .bind(crate::shared::encode_alert_rules(rules))
+    let changed = sqlx::query(sql::SET_ALERT_RULES.pg)
+        .bind(crate::shared::encode_alert_rules(rules.as_ref()))
         .bind(now())
         .bind(app.to_string())
         .execute(&mut *conn)
@@ -119,7 +115,7 @@ pub(crate) async fn set_alert_rules(
 /// The rules of those of `apps` that have their own.
 pub(crate) async fn alert_rules(
     conn: &mut PgConnection,
-    apps: &[AppId],
+    apps: Vec<AppId>,
 ) -> StoreResult<Vec<(AppId, AlertRules)>> {
     let ids: Vec<String> = apps.iter().map(ToString::to_string).collect();
     let rows = sqlx::query(
@@ -143,16 +139,20 @@ pub(crate) async fn alert_rules(
 pub(crate) async fn delete_app(conn: &mut PgConnection, app: AppId) -> StoreResult<()> {
     let id = app.to_string();
     for sql in [
-        "DELETE FROM attempts WHERE app_id = $1",
-        "DELETE FROM deliveries WHERE app_id = $1",
-        "DELETE FROM messages WHERE app_id = $1",
-        "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = $1)",
-        "DELETE FROM endpoints WHERE app_id = $1",
-        "DELETE FROM tokens WHERE app_id = $1",
+        sql::DELETE_APP_ATTEMPTS.pg,
+        sql::DELETE_APP_DELIVERIES.pg,
+        sql::DELETE_APP_MESSAGES.pg,
+        sql::DELETE_APP_SECRETS.pg,
+        sql::DELETE_APP_ENDPOINTS.pg,
+        sql::DELETE_APP_TOKENS.pg,
     ] {
-        sqlx::query(sql).bind(&id).execute(&mut *conn).await.map_err(db)?;
+        sqlx::query(sql)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
     }
-    let removed = sqlx::query("DELETE FROM apps WHERE id = $1")
+    let removed = sqlx::query(sql::DELETE_APP.pg)
         .bind(&id)
         .execute(&mut *conn)
         .await
@@ -160,7 +160,26 @@ pub(crate) async fn delete_app(conn: &mut PgConnection, app: AppId) -> StoreResu
     found(removed.rows_affected())
 }
 
-pub(crate) async fn insert_event_type(
+pub(crate) async fn seed_event_types(
+    conn: &mut PgConnection,
+    entries: Vec<EventTypeInput>,
+) -> StoreResult<usize> {
+    let mut added = 0;
+    for entry in &entries {
+        added += insert_event_type(conn, entry, true).await?;
+    }
+    Ok(added as usize)
+}
+
+pub(crate) async fn create_event_type(
+    conn: &mut PgConnection,
+    input: EventTypeInput,
+) -> StoreResult<EventType> {
+    insert_event_type(conn, &input, false).await?;
+    get_event_type(conn, &input.name).await
+}
+
+async fn insert_event_type(
     conn: &mut PgConnection,
     input: &EventTypeInput,
     or_ignore: bool,
@@ -233,27 +252,23 @@ pub(crate) async fn update_event_type(
     conn: &mut PgConnection,
     input: EventTypeInput,
 ) -> StoreResult<EventType> {
-    let changed = sqlx::query(
-        "UPDATE event_types SET description = $1, schemas = $2, archived = $3, deprecated = $4,
-             feature_flag = $5, group_name = $6, updated_at = $7
-         WHERE name = $8",
-    )
-    .bind(&input.description)
-    .bind(input.schemas.as_ref().map(to_json))
-    .bind(input.archived)
-    .bind(input.deprecated)
-    .bind(&input.feature_flag)
-    .bind(
-        input
-            .group_name
-            .clone()
-            .or_else(|| input.name.group().map(str::to_owned)),
-    )
-    .bind(now())
-    .bind(input.name.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let changed = sqlx::query(sql::UPDATE_EVENT_TYPE.pg)
+        .bind(&input.description)
+        .bind(input.schemas.as_ref().map(to_json))
+        .bind(input.archived)
+        .bind(input.deprecated)
+        .bind(&input.feature_flag)
+        .bind(
+            input
+                .group_name
+                .clone()
+                .or_else(|| input.name.group().map(str::to_owned)),
+        )
+        .bind(now())
+        .bind(input.name.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     if changed.rows_affected() == 0 {
         insert_event_type(conn, &input, false).await?;
     }
@@ -266,9 +281,9 @@ pub(crate) async fn delete_event_type(
     expunge: bool,
 ) -> StoreResult<()> {
     let sql = if expunge {
-        "DELETE FROM event_types WHERE name = $1"
+        sql::DELETE_EVENT_TYPE.pg
     } else {
-        "UPDATE event_types SET archived = TRUE WHERE name = $1"
+        sql::ARCHIVE_EVENT_TYPE.pg
     };
     let done = sqlx::query(sql)
         .bind(name.as_str())
@@ -310,37 +325,34 @@ pub(crate) async fn create_endpoint(
     app: AppId,
     input: EndpointInput,
     headers: Headers,
-    // The stored form (sealed when a master key is set).
-    secret: String,
+    secret: Secret,
+    sealing: &Sealing,
 ) -> StoreResult<Endpoint> {
+    let secret = sealing.store(&secret);
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
     get_app(conn, &IdOrUid::Id(app)).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let id = EndpointId::generate();
     let at = now();
-    sqlx::query(
-        "INSERT INTO endpoints (id, app_id, uid, url, description, disabled, filter_types, channels,
-             rate_limit, version, metadata, headers, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
-    )
-    .bind(id.to_string())
-    .bind(app.to_string())
-    .bind(input.uid.as_ref().map(|u| u.to_string()))
-    .bind(input.url.as_str())
-    .bind(&input.description)
-    .bind(input.disabled)
-    .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
-    .bind(input.channels.as_ref().map(to_json))
-    .bind(input.rate_limit.map(i64::from))
-    .bind(i64::from(input.version))
-    .bind(to_json(&input.metadata))
-    .bind(to_json(&headers))
-    .bind(at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
+    sqlx::query(sql::INSERT_ENDPOINT.pg)
+        .bind(id.to_string())
+        .bind(app.to_string())
+        .bind(input.uid.as_ref().map(|u| u.to_string()))
+        .bind(input.url.as_str())
+        .bind(&input.description)
+        .bind(input.disabled)
+        .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
+        .bind(input.channels.as_ref().map(to_json))
+        .bind(input.rate_limit.map(i64::from))
+        .bind(i64::from(input.version))
+        .bind(to_json(&input.metadata))
+        .bind(to_json(&headers))
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    sqlx::query(sql::INSERT_SECRET.pg)
         .bind(id.to_string())
         .bind(&secret)
         .bind(at)
@@ -403,26 +415,22 @@ pub(crate) async fn update_endpoint(
     let input_strict = input.strict_ordering;
     let re_enabled = !input.disabled && is_disabled(conn, endpoint).await?;
     check_filter_types(conn, &input.filter_types).await?;
-    let changed = sqlx::query(
-        "UPDATE endpoints SET uid = $1, url = $2, description = $3, disabled = $4, filter_types = $5,
-             channels = $6, rate_limit = $7, version = $8, metadata = $9, updated_at = $10
-         WHERE app_id = $11 AND id = $12",
-    )
-    .bind(input.uid.as_ref().map(|u| u.to_string()))
-    .bind(input.url.as_str())
-    .bind(&input.description)
-    .bind(input.disabled)
-    .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
-    .bind(input.channels.as_ref().map(to_json))
-    .bind(input.rate_limit.map(i64::from))
-    .bind(i64::from(input.version))
-    .bind(to_json(&input.metadata))
-    .bind(now())
-    .bind(app.to_string())
-    .bind(endpoint.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let changed = sqlx::query(sql::UPDATE_ENDPOINT.pg)
+        .bind(input.uid.as_ref().map(|u| u.to_string()))
+        .bind(input.url.as_str())
+        .bind(&input.description)
+        .bind(input.disabled)
+        .bind(input.filter_types.to_strings().map(|f| to_json(&f)))
+        .bind(input.channels.as_ref().map(to_json))
+        .bind(input.rate_limit.map(i64::from))
+        .bind(i64::from(input.version))
+        .bind(to_json(&input.metadata))
+        .bind(now())
+        .bind(app.to_string())
+        .bind(endpoint.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     found(changed.rows_affected())?;
     endpoint_written(conn, endpoint, input_policy, input_strict, re_enabled).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
@@ -436,10 +444,10 @@ pub(crate) async fn delete_endpoint(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
     let id = endpoint.to_string();
     for sql in [
-        "DELETE FROM attempts WHERE endpoint_id = $1",
-        "DELETE FROM deliveries WHERE endpoint_id = $1",
-        "DELETE FROM endpoint_secrets WHERE endpoint_id = $1",
-        "DELETE FROM endpoints WHERE id = $1",
+        sql::DELETE_ENDPOINT_ATTEMPTS.pg,
+        sql::DELETE_ENDPOINT_DELIVERIES.pg,
+        sql::DELETE_ENDPOINT_SECRETS.pg,
+        sql::DELETE_ENDPOINT.pg,
     ] {
         sqlx::query(sql)
             .bind(&id)
@@ -457,16 +465,12 @@ pub(crate) async fn signing_secrets(
     at: Timestamp,
     sealing: &Sealing,
 ) -> StoreResult<Vec<Secret>> {
-    let found = sqlx::query(
-        "SELECT secret FROM endpoint_secrets
-         WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
-         ORDER BY expires_at IS NOT NULL, created_at DESC",
-    )
-    .bind(endpoint)
-    .bind(at)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+    let found = sqlx::query(sql::SIGNING_SECRETS.pg)
+        .bind(endpoint)
+        .bind(at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
     found
         .iter()
         .map(|row| {
@@ -494,34 +498,33 @@ pub(crate) async fn rotate_endpoint_secret(
     conn: &mut PgConnection,
     app: AppId,
     endpoint: EndpointId,
-    // The stored form (sealed when a master key is set).
-    secret: String,
+    secret: Secret,
     previous_valid_until: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<()> {
+    let secret = sealing.store(&secret);
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
     let id = endpoint.to_string();
     let at = now();
-    sqlx::query("DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
+    sqlx::query(sql::DROP_EXPIRED_SECRETS.pg)
         .bind(&id)
         .bind(at)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    sqlx::query(
-        "UPDATE endpoint_secrets SET expires_at = $1 WHERE endpoint_id = $2 AND expires_at IS NULL",
-    )
-    .bind(previous_valid_until)
-    .bind(&id)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    sqlx::query(sql::EXPIRE_CURRENT_SECRET.pg)
+        .bind(previous_valid_until)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     sqlx::query(crate::shared::TRIM_PREVIOUS_SECRETS_SQL)
         .bind(&id)
         .bind(crate::shared::MAX_PREVIOUS_SECRETS)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES ($1, $2, $3, NULL)")
+    sqlx::query(sql::INSERT_SECRET.pg)
         .bind(&id)
         .bind(&secret)
         .bind(at)
@@ -537,16 +540,14 @@ pub(crate) async fn set_endpoint_headers(
     endpoint: EndpointId,
     headers: Headers,
 ) -> StoreResult<()> {
-    let changed = sqlx::query(
-        "UPDATE endpoints SET headers = $1, updated_at = $2 WHERE app_id = $3 AND id = $4",
-    )
-    .bind(to_json(&headers))
-    .bind(now())
-    .bind(app.to_string())
-    .bind(endpoint.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let changed = sqlx::query(sql::SET_ENDPOINT_HEADERS.pg)
+        .bind(to_json(&headers))
+        .bind(now())
+        .bind(app.to_string())
+        .bind(endpoint.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     found(changed.rows_affected())
 }
 
@@ -607,7 +608,7 @@ async fn endpoint_written(
 }
 
 async fn is_disabled(conn: &mut PgConnection, endpoint: EndpointId) -> StoreResult<bool> {
-    let found: Option<bool> = sqlx::query_scalar("SELECT disabled FROM endpoints WHERE id = $1")
+    let found: Option<bool> = sqlx::query_scalar(sql::ENDPOINT_DISABLED.pg)
         .bind(endpoint.to_string())
         .fetch_optional(&mut *conn)
         .await

@@ -137,6 +137,8 @@ pub(crate) struct NewMessage {
     pub app: AppId,
     pub input: MessageInput,
     pub claim: Option<Claim>,
+    /// Recorded with the message (a test event), in the same transaction.
+    pub audit: Option<crate::AuditEntry>,
     /// How the endpoints' secrets are read.
     pub sealing: Arc<Sealing>,
 }
@@ -260,6 +262,7 @@ async fn create_messages(
     }
 
     let mut deliveries = DeliveryRows::default();
+    let mut audits = Vec::new();
     let mut wake_workers = false;
     for (index, message) in accepted {
         if !inserted.contains(&message.id.to_string()) {
@@ -288,6 +291,7 @@ async fn create_messages(
             deliveries.push(&message, target.id.to_string(), lease, trigger);
         }
         wake_workers |= claim.is_none() && !targets.is_empty();
+        audits.extend(batch[index].audit.clone());
         results[index] = Ok(shared::created(message, targets, claim, trigger));
     }
     if !deliveries.message.is_empty() {
@@ -307,6 +311,9 @@ async fn create_messages(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    }
+    for entry in audits {
+        super::access::record_audit(conn, entry).await?;
     }
     if wake_workers {
         super::delivery::notify_workers(conn).await?;

@@ -15,6 +15,7 @@ use super::admin::{get_app, get_endpoint, signing_secrets};
 use super::rows::{self, db, list, Order};
 use super::WORK_CHANNEL_SQL;
 use crate::shared;
+use crate::sql;
 use crate::SendSlot;
 use crate::{
     Attempt, AttemptFilter, AttemptQuery, Claim, DeliveryJob, EndpointTarget, Message,
@@ -36,12 +37,11 @@ async fn target(
     at: Timestamp,
     sealing: &Sealing,
 ) -> StoreResult<Arc<EndpointTarget>> {
-    let row =
-        sqlx::query("SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = $1")
-            .bind(endpoint)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db)?;
+    let row = sqlx::query(sql::DELIVERY_TARGET.pg)
+        .bind(endpoint)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(Arc::new(EndpointTarget {
         id: endpoint_id(endpoint)?,
         url: EndpointUrl::stored(&row.try_get::<String, _>("url").map_err(db)?)
@@ -172,22 +172,15 @@ pub(crate) async fn resend(
 ) -> StoreResult<DeliveryJob> {
     let message = get_message(conn, app, &IdOrUid::Id(message)).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
-    let row = sqlx::query(
-        "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
-             next_attempt_at, lease_until, updated_at)
-         VALUES ($1, $2, $3, 1, 0, 1, $5, $5, $4)
-         ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
-             status = 1, trigger_type = 1, next_attempt_at = $5, lease_until = $5, updated_at = $4
-         RETURNING attempts",
-    )
-    .bind(message.id.to_string())
-    .bind(endpoint.to_string())
-    .bind(app.to_string())
-    .bind(claim.now)
-    .bind(claim.until)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
+    let row = sqlx::query(sql::SCHEDULE_RESEND.pg)
+        .bind(message.id.to_string())
+        .bind(endpoint.to_string())
+        .bind(app.to_string())
+        .bind(claim.now)
+        .bind(claim.until)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
     if claim.until <= claim.now {
         notify_workers(conn).await?;
     }
@@ -207,7 +200,7 @@ pub(crate) async fn claim_due(
     conn: &mut PgConnection,
     claim: Claim,
     limit: usize,
-    skip: &[EndpointId],
+    skip: Vec<EndpointId>,
     sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
     let due = sqlx::query(&format!(
@@ -280,7 +273,7 @@ pub(crate) async fn release(
     endpoint: EndpointId,
     at: Timestamp,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE deliveries SET lease_until = NULL, next_attempt_at = $3 WHERE message_id = $1 AND endpoint_id = $2 AND status = 1")
+    sqlx::query(sql::RELEASE_DELIVERY.pg)
         .bind(message.to_string())
         .bind(endpoint.to_string())
         .bind(at)
@@ -292,7 +285,7 @@ pub(crate) async fn release(
 
 pub(crate) async fn next_due_at(
     conn: &mut PgConnection,
-    skip: &[EndpointId],
+    skip: Vec<EndpointId>,
 ) -> StoreResult<Option<Timestamp>> {
     let row = sqlx::query(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
@@ -317,19 +310,15 @@ pub(crate) async fn reserve_idempotency_key(
     now: Timestamp,
     stale_before: Timestamp,
 ) -> StoreResult<Reservation> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, status, body, created_at, fingerprint)
-         VALUES ($1, $2, $3, '', $4, $5)
-         ON CONFLICT (scope, key) DO NOTHING",
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(IN_PROGRESS)
-    .bind(now)
-    .bind(fingerprint)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    let inserted = sqlx::query(sql::RESERVE_IDEMPOTENCY_KEY.pg)
+        .bind(scope)
+        .bind(key)
+        .bind(IN_PROGRESS)
+        .bind(now)
+        .bind(fingerprint)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     if inserted.rows_affected() == 1 {
         return Ok(Reservation::Reserved);
     }
@@ -353,7 +342,7 @@ pub(crate) async fn reserve_idempotency_key(
         fingerprint,
     );
     if reservation == Reservation::InProgress && created_at < stale_before {
-        sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND key = $3 AND status = $4")
+        sqlx::query(sql::RETAKE_IDEMPOTENCY_KEY.pg)
             .bind(now)
             .bind(scope)
             .bind(key)
@@ -372,7 +361,7 @@ pub(crate) async fn complete_idempotency_key(
     key: &str,
     response: StoredResponse,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE idempotency_keys SET status = $1, body = $2 WHERE scope = $3 AND key = $4")
+    sqlx::query(sql::COMPLETE_IDEMPOTENCY_KEY.pg)
         .bind(i64::from(response.status))
         .bind(&response.body)
         .bind(scope)
@@ -388,7 +377,7 @@ pub(crate) async fn abandon_idempotency_key(
     scope: &str,
     key: &str,
 ) -> StoreResult<()> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status = $3")
+    sqlx::query(sql::ABANDON_IDEMPOTENCY_KEY.pg)
         .bind(scope)
         .bind(key)
         .bind(IN_PROGRESS)
@@ -402,7 +391,7 @@ pub(crate) async fn purge_idempotency_keys(
     conn: &mut PgConnection,
     before: Timestamp,
 ) -> StoreResult<u64> {
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+    let done = sqlx::query(sql::PURGE_IDEMPOTENCY_KEYS.pg)
         .bind(before)
         .execute(&mut *conn)
         .await

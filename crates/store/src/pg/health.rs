@@ -10,6 +10,7 @@ use super::admin::get_endpoint;
 use super::delivery::list_attempts;
 use super::rows::db;
 use crate::shared;
+use crate::sql;
 use crate::{
     AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
     HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
@@ -17,7 +18,7 @@ use crate::{
 
 pub(crate) async fn record_health(
     conn: &mut PgConnection,
-    updates: &[HealthUpdate],
+    updates: Vec<HealthUpdate>,
     rule: Option<AutoDisable>,
 ) -> StoreResult<Vec<EndpointRun>> {
     // Losing the last moment of counts in a crash costs nothing that the
@@ -27,7 +28,7 @@ pub(crate) async fn record_health(
         .await
         .map_err(db)?;
     let mut runs = Vec::with_capacity(updates.len());
-    for update in updates {
+    for update in &updates {
         let endpoint = update.endpoint_id.to_string();
         let before = status_row(conn, &endpoint).await?;
         for (start, counts) in &update.buckets {
@@ -130,7 +131,7 @@ pub(crate) async fn endpoint_health(
 }
 
 pub(crate) async fn purge_health(conn: &mut PgConnection, before: Timestamp) -> StoreResult<u64> {
-    let done = sqlx::query("DELETE FROM endpoint_health WHERE bucket < $1")
+    let done = sqlx::query(sql::PURGE_HEALTH.pg)
         .bind(before)
         .execute(&mut *conn)
         .await

@@ -231,7 +231,7 @@ impl PgStore {
     }
 
     /// Runs `work` in one transaction, committed when it succeeds.
-    async fn transaction<T>(
+    async fn write<T>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> StoreResult<T>,
     ) -> StoreResult<T> {
@@ -239,6 +239,14 @@ impl PgStore {
         let value = work(&mut transaction).await?;
         transaction.commit().await.map_err(db)?;
         Ok(value)
+    }
+
+    /// Like [`PgStore::write`]: PostgreSQL has no writer queue to protect.
+    async fn admit<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.write(work).await
     }
 
     /// Runs read-only `work` on a pooled connection.
@@ -367,8 +375,41 @@ async fn listen(pool: &PgPool, work: Arc<Notify>) -> StoreResult<tokio::task::Jo
     }))
 }
 
-#[async_trait]
-impl Store for PgStore {
+/// Writes `impl Store for PgStore`: the methods given in braces, and one
+/// per delegated method (see [`crate::delegate`]) running its function in
+/// [`PgStore::read`], [`PgStore::write`] or [`PgStore::admit`].
+macro_rules! pg_store {
+    (
+        { $($own:tt)* }
+        $($kind:ident $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) $(+ $audit:ident)?
+            -> $out:ty = $module:ident::$func:ident $([$extra:ident])?;)*
+    ) => {
+        #[async_trait]
+        impl Store for PgStore {
+            $($own)*
+            $(
+                async fn $name(
+                    &self,
+                    $($arg: $ty,)*
+                    $($audit: Option<AuditEntry>)?
+                ) -> StoreResult<$out> {
+                    self.$kind(async |c| {
+                        let value = $module::$func(c, $($arg,)* $(&self.$extra)?).await?;
+                        $(
+                            if let Some(entry) = crate::delegate::completed(&value, $audit) {
+                                access::record_audit(c, entry).await?;
+                            }
+                        )?
+                        Ok(value)
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+crate::delegate::delegated!(pg_store {
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
         self.read(async |c| {
             let row = sqlx::query(crate::shared::QUEUE_GAUGES)
@@ -390,7 +431,6 @@ impl Store for PgStore {
         })
         .await
     }
-
     async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>> {
         self.read(async |c| {
             let rows = sqlx::query(crate::shared::ENDPOINT_GAUGES)
@@ -416,7 +456,6 @@ impl Store for PgStore {
         })
         .await
     }
-
     fn pool_usage(&self) -> PoolUsage {
         PoolUsage {
             connections: u64::from(self.pool.size()),
@@ -425,7 +464,6 @@ impl Store for PgStore {
             queued_writes: 0,
         }
     }
-
     async fn ping(&self) -> StoreResult<()> {
         self.read(async |c| {
             sqlx::query("SELECT 1").execute(c).await.map_err(db)?;
@@ -433,9 +471,8 @@ impl Store for PgStore {
         })
         .await
     }
-
     async fn check_writes(&self) -> StoreResult<()> {
-        self.transaction(async |c| {
+        self.write(async |c| {
             sqlx::query(shared::PROBE_WRITE_SQL)
                 .bind(shared::now())
                 .execute(c)
@@ -445,204 +482,25 @@ impl Store for PgStore {
         })
         .await
     }
-
-    async fn create_app(&self, input: AppInput) -> StoreResult<App> {
-        self.transaction(async |c| admin::create_app(c, input).await)
-            .await
-    }
-    async fn get_app(&self, app: &AppRef) -> StoreResult<App> {
-        self.read(async |c| admin::get_app(c, app).await).await
-    }
-    async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>> {
-        self.read(async |c| admin::list_apps(c, page).await).await
-    }
-    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App> {
-        self.transaction(async |c| admin::update_app(c, app, input).await)
-            .await
-    }
-    async fn delete_app(&self, app: AppId) -> StoreResult<()> {
-        self.transaction(async |c| admin::delete_app(c, app).await)
-            .await
-    }
-    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()> {
-        self.transaction(async |c| admin::set_alert_rules(c, app, rules.as_ref()).await)
-            .await
-    }
-    async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>> {
-        self.transaction(async |c| admin::alert_rules(c, &apps).await)
-            .await
-    }
-
-    async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize> {
-        self.transaction(async |c| {
-            let mut added = 0;
-            for entry in &entries {
-                added += admin::insert_event_type(c, entry, true).await?;
-            }
-            Ok(added as usize)
-        })
-        .await
-    }
-    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
-        self.transaction(async |c| {
-            admin::insert_event_type(c, &input, false).await?;
-            admin::get_event_type(c, &input.name).await
-        })
-        .await
-    }
-    async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType> {
-        self.read(async |c| admin::get_event_type(c, name).await)
-            .await
-    }
-    async fn list_event_types(
-        &self,
-        page: PageRequest,
-        include_archived: bool,
-    ) -> StoreResult<Page<EventType>> {
-        self.read(async |c| admin::list_event_types(c, page, include_archived).await)
-            .await
-    }
-    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
-        self.transaction(async |c| admin::update_event_type(c, input).await)
-            .await
-    }
-    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
-        self.transaction(async |c| admin::delete_event_type(c, name, expunge).await)
-            .await
-    }
-
-    async fn create_endpoint(
-        &self,
-        app: AppId,
-        input: EndpointInput,
-        headers: Headers,
-        secret: Secret,
-    ) -> StoreResult<Endpoint> {
-        let stored = self.sealing.store(&secret);
-        self.transaction(async |c| admin::create_endpoint(c, app, input, headers, stored).await)
-            .await
-    }
-    async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
-        self.read(async |c| admin::get_endpoint(c, app, endpoint).await)
-            .await
-    }
-    async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
-        self.read(async |c| admin::list_endpoints(c, app, page).await)
-            .await
-    }
-    async fn update_endpoint(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        input: EndpointInput,
-    ) -> StoreResult<Endpoint> {
-        self.transaction(async |c| admin::update_endpoint(c, app, endpoint, input).await)
-            .await
-    }
-    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
-        self.transaction(async |c| admin::delete_endpoint(c, app, endpoint).await)
-            .await
-    }
-    async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
-        self.read(async |c| admin::endpoint_secret(c, app, endpoint, &self.sealing).await)
-            .await
-    }
-    async fn rotate_endpoint_secret(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        secret: Secret,
-        previous_valid_until: Timestamp,
-    ) -> StoreResult<()> {
-        let stored = self.sealing.store(&secret);
-        self.transaction(async |c| {
-            admin::rotate_endpoint_secret(c, app, endpoint, stored, previous_valid_until).await
-        })
-        .await
-    }
-    async fn set_endpoint_headers(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        headers: Headers,
-    ) -> StoreResult<()> {
-        self.transaction(async |c| admin::set_endpoint_headers(c, app, endpoint, headers).await)
-            .await
-    }
-    async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
-        self.read(async |c| admin::endpoint_stats(c, app, endpoint).await)
-            .await
-    }
-
     async fn create_message(
         &self,
         app: AppId,
         input: MessageInput,
         claim: Option<Claim>,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<CreatedMessage> {
         self.messages
             .submit(batch::NewMessage {
                 app,
                 input,
                 claim,
+                audit,
                 sealing: self.sealing.clone(),
             })
             .await
     }
-    async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
-        self.read(async |c| delivery::get_message(c, app, message).await)
-            .await
-    }
-    async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
-        self.read(async |c| delivery::list_messages(c, app, query).await)
-            .await
-    }
-    async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
-        self.read(async |c| delivery::list_attempts(c, app, query).await)
-            .await
-    }
-    async fn get_attempt(
-        &self,
-        app: AppId,
-        message: MessageId,
-        attempt: AttemptId,
-    ) -> StoreResult<Attempt> {
-        self.read(async |c| delivery::get_attempt(c, app, message, attempt).await)
-            .await
-    }
-
-    async fn resend(
-        &self,
-        app: AppId,
-        message: MessageId,
-        endpoint: EndpointId,
-        claim: Claim,
-    ) -> StoreResult<DeliveryJob> {
-        self.transaction(async |c| {
-            delivery::resend(c, app, message, endpoint, claim, &self.sealing).await
-        })
-        .await
-    }
-    async fn claim_due(
-        &self,
-        claim: Claim,
-        limit: usize,
-        skip: Vec<EndpointId>,
-    ) -> StoreResult<Vec<DeliveryJob>> {
-        self.transaction(async |c| delivery::claim_due(c, claim, limit, &skip, &self.sealing).await)
-            .await
-    }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
         self.release_until(message, endpoint, crate::shared::now())
-            .await
-    }
-    async fn release_until(
-        &self,
-        message: MessageId,
-        endpoint: EndpointId,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        self.transaction(async |c| delivery::release(c, message, endpoint, at).await)
             .await
     }
     async fn reserve_send(
@@ -652,17 +510,13 @@ impl Store for PgStore {
         now: Timestamp,
         deadline: Timestamp,
     ) -> StoreResult<SendSlot> {
-        self.transaction(async |c| {
+        self.write(async |c| {
             delivery::reserve_send(c, endpoint, interval_ms, now, deadline).await
         })
         .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
         self.attempts.submit(outcome).await
-    }
-    async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>> {
-        self.read(async |c| delivery::next_due_at(c, &skip).await)
-            .await
     }
     /// Other processes may hold leases here: none is released early; a dead
     /// holder's leases simply run out.
@@ -672,138 +526,4 @@ impl Store for PgStore {
     async fn wait_for_work(&self) {
         self.work.notified().await;
     }
-
-    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask> {
-        self.transaction(async |c| tasks::start_recovery(c, app, recovery).await)
-            .await
-    }
-    async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask> {
-        self.transaction(async |c| tasks::recovery_step(c, task, limit).await)
-            .await
-    }
-    async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask> {
-        self.read(async |c| tasks::get_task(c, task).await).await
-    }
-    async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
-        self.read(async |c| tasks::running_tasks(c).await).await
-    }
-
-    async fn record_health(
-        &self,
-        updates: Vec<HealthUpdate>,
-        rule: Option<AutoDisable>,
-    ) -> StoreResult<Vec<EndpointRun>> {
-        self.transaction(async |c| health::record_health(c, &updates, rule).await)
-            .await
-    }
-    async fn check_success_rate(
-        &self,
-        endpoint: EndpointId,
-        rule: RateRule,
-        now: Timestamp,
-    ) -> StoreResult<Option<RateDrop>> {
-        self.transaction(async |c| health::check_success_rate(c, endpoint, rule, now).await)
-            .await
-    }
-    async fn endpoint_health(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        now: Timestamp,
-    ) -> StoreResult<EndpointHealth> {
-        self.read(async |c| health::endpoint_health(c, app, endpoint, now).await)
-            .await
-    }
-    async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
-        self.transaction(async |c| delivery::purge_messages(c, before, limit).await)
-            .await
-    }
-    async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
-        self.transaction(async |c| health::purge_health(c, before).await)
-            .await
-    }
-
-    async fn create_token(&self, input: TokenInput) -> StoreResult<Token> {
-        self.transaction(async |c| access::create_token(c, input).await)
-            .await
-    }
-    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>> {
-        self.transaction(async |c| access::token_by_hash(c, &hash).await)
-            .await
-    }
-    async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>> {
-        self.transaction(async |c| access::list_tokens(c, app, page).await)
-            .await
-    }
-    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token> {
-        self.transaction(async |c| access::revoke_token(c, app, token, at).await)
-            .await
-    }
-    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
-        self.transaction(async |c| access::record_audit(c, &entry).await)
-            .await
-    }
-    async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
-        self.transaction(async |c| access::list_audit(c, query).await)
-            .await
-    }
-
-    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector> {
-        let now = crate::shared::now();
-        self.transaction(async |c| access::open_inspector(c, app, token, now).await)
-            .await
-    }
-    async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>> {
-        self.read(async |c| access::inspector_of(c, app).await)
-            .await
-    }
-    async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>> {
-        self.read(async |c| access::inspector_by_token(c, &token).await)
-            .await
-    }
-    async fn close_inspector(&self, app: AppId) -> StoreResult<()> {
-        self.transaction(async |c| access::close_inspector(c, app).await)
-            .await
-    }
-    async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()> {
-        self.transaction(async |c| access::record_inspected(c, request).await)
-            .await
-    }
-    async fn list_inspected(&self, app: AppId, limit: usize) -> StoreResult<Vec<InspectedRequest>> {
-        self.read(async |c| access::list_inspected(c, app, limit).await)
-            .await
-    }
-
-    async fn reserve_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: &str,
-        now: Timestamp,
-        stale_before: Timestamp,
-    ) -> StoreResult<Reservation> {
-        self.transaction(async |c| {
-            delivery::reserve_idempotency_key(c, scope, key, fingerprint, now, stale_before).await
-        })
-        .await
-    }
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        response: StoredResponse,
-    ) -> StoreResult<()> {
-        self.transaction(async |c| {
-            delivery::complete_idempotency_key(c, scope, key, response).await
-        })
-        .await
-    }
-    async fn abandon_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        self.transaction(async |c| delivery::abandon_idempotency_key(c, scope, key).await)
-            .await
-    }
-    async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {
-        self.transaction(async |c| delivery::purge_idempotency_keys(c, before).await)
-            .await
-    }
-}
+});

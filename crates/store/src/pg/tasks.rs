@@ -11,6 +11,7 @@ use super::admin::get_endpoint;
 use super::delivery::notify_workers;
 use super::rows::db;
 use crate::shared::{self, now, TaskRow, TASK_COLUMNS};
+use crate::sql;
 use crate::{BackgroundTask, Recovery, StoreResult, TaskStatus};
 
 fn row(r: &sqlx::postgres::PgRow) -> sqlx::Result<TaskRow> {
@@ -32,20 +33,17 @@ pub(crate) async fn start_recovery(
 ) -> StoreResult<BackgroundTask> {
     get_endpoint(conn, app, &IdOrUid::Id(recovery.endpoint_id)).await?;
     let task = shared::new_recovery(app, recovery);
-    sqlx::query(
-        "INSERT INTO background_tasks (id, app_id, kind, status, params, cursor, done, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, NULL, 0, $6, $7)",
-    )
-    .bind(task.id.to_string())
-    .bind(app.to_string())
-    .bind(BackgroundTask::RECOVER)
-    .bind(task.status.as_str())
-    .bind(shared::encode_recovery(&task.recovery))
-    .bind(task.created_at)
-    .bind(task.updated_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    sqlx::query(sql::INSERT_TASK.pg)
+        .bind(task.id.to_string())
+        .bind(app.to_string())
+        .bind(BackgroundTask::RECOVER)
+        .bind(task.status.as_str())
+        .bind(shared::encode_recovery(&task.recovery))
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(task)
 }
 
@@ -61,12 +59,11 @@ pub(crate) async fn get_task(conn: &mut PgConnection, task: TaskId) -> StoreResu
 }
 
 pub(crate) async fn running_tasks(conn: &mut PgConnection) -> StoreResult<Vec<TaskId>> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM background_tasks WHERE status = $1 ORDER BY id")
-            .bind(TaskStatus::Running.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
+    let ids: Vec<String> = sqlx::query_scalar(sql::TASKS_WITH_STATUS.pg)
+        .bind(TaskStatus::Running.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(ids.iter().filter_map(|id| TaskId::parse(id).ok()).collect())
 }
 
@@ -137,18 +134,15 @@ pub(crate) async fn recovery_step(
         current.status = TaskStatus::Finished;
     }
     current.updated_at = at;
-    sqlx::query(
-        "UPDATE background_tasks SET status = $1, cursor = COALESCE($2, cursor), done = $3, updated_at = $4
-         WHERE id = $5",
-    )
-    .bind(current.status.as_str())
-    .bind(scanned.last().map(|m| m.0.clone()))
-    .bind(current.done as i64)
-    .bind(at)
-    .bind(task.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    sqlx::query(sql::UPDATE_TASK.pg)
+        .bind(current.status.as_str())
+        .bind(scanned.last().map(|m| m.0.clone()))
+        .bind(current.done as i64)
+        .bind(at)
+        .bind(task.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     if queued > 0 {
         notify_workers(conn).await?;
     }

@@ -7,6 +7,7 @@ use herald_domain::{AppId, AuditId, TokenId};
 use super::pool::internal;
 use super::rows::{list, Bind, Order};
 use crate::access::hash_text;
+use crate::sql;
 use crate::{
     AuditEntry, AuditQuery, InspectedRequest, Inspector, Page, PageRequest, StoreError,
     StoreResult, Timestamp, Token, TokenInput, TokenKind, INSPECTED_KEPT,
@@ -64,36 +65,33 @@ pub(crate) fn create_token(conn: &Connection, input: TokenInput) -> StoreResult<
         expires_at: input.expires_at,
         revoked_at: None,
     };
-    conn.prepare_cached(
-        "INSERT INTO tokens (id, app_id, kind, name, hash, created_at, expires_at)
-         SELECT ?, id, ?, ?, ?, ?, ? FROM apps WHERE id = ?",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            token.id.to_string(),
-            token.kind.as_str(),
-            token.name,
-            hash_text(&input.hash),
-            token.created_at,
-            token.expires_at,
-            token.app_id.to_string(),
-        ])
-    })
-    .map_err(internal)
-    .and_then(|rows| {
-        if rows == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(token.clone())
-        }
-    })
+    conn.prepare_cached(sql::INSERT_TOKEN.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                token.id.to_string(),
+                token.kind.as_str(),
+                token.name,
+                hash_text(&input.hash),
+                token.created_at,
+                token.expires_at,
+                token.app_id.to_string(),
+            ])
+        })
+        .map_err(internal)
+        .and_then(|rows| {
+            if rows == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(token.clone())
+            }
+        })
 }
 
-pub(crate) fn token_by_hash(conn: &Connection, hash: &[u8; 32]) -> StoreResult<Option<Token>> {
+pub(crate) fn token_by_hash(conn: &Connection, hash: [u8; 32]) -> StoreResult<Option<Token>> {
     conn.prepare_cached(&format!(
         "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?"
     ))
-    .and_then(|mut s| s.query_row([hash_text(hash)], token).optional())
+    .and_then(|mut s| s.query_row([hash_text(&hash)], token).optional())
     .map_err(internal)
 }
 
@@ -138,23 +136,20 @@ pub(crate) fn revoke_token(
     .ok_or(StoreError::NotFound)
 }
 
-pub(crate) fn record_audit(conn: &Connection, entry: &AuditEntry) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO audit_log (id, actor, app_id, action, target, detail, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            entry.id.to_string(),
-            entry.actor,
-            entry.app_id.map(|a| a.to_string()),
-            entry.action,
-            entry.target,
-            entry.detail,
-            entry.created_at,
-        ])
-    })
-    .map_err(internal)?;
+pub(crate) fn record_audit(conn: &Connection, entry: AuditEntry) -> StoreResult<()> {
+    conn.prepare_cached(sql::INSERT_AUDIT.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                entry.id.to_string(),
+                entry.actor,
+                entry.app_id.map(|a| a.to_string()),
+                entry.action,
+                entry.target,
+                entry.detail,
+                entry.created_at,
+            ])
+        })
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -209,32 +204,32 @@ pub(crate) fn open_inspector(
     conn: &Connection,
     app: AppId,
     token: String,
-    now: Timestamp,
 ) -> StoreResult<Inspector> {
-    conn.prepare_cached(
-        "INSERT INTO inspectors (app_id, token, created_at) VALUES (?, ?, ?)
-         ON CONFLICT (app_id) DO NOTHING",
-    )
-    .and_then(|mut s| s.execute(params![app.to_string(), token, now]))
-    .map_err(internal)?;
+    let now = crate::shared::now();
+    conn.prepare_cached(sql::OPEN_INSPECTOR.sqlite)
+        .and_then(|mut s| s.execute(params![app.to_string(), token, now]))
+        .map_err(internal)?;
     inspector_of(conn, app)?.ok_or(StoreError::NotFound)
 }
 
 pub(crate) fn inspector_of(conn: &Connection, app: AppId) -> StoreResult<Option<Inspector>> {
-    conn.prepare_cached("SELECT app_id, token, created_at FROM inspectors WHERE app_id = ?")
+    conn.prepare_cached(sql::INSPECTOR_OF_APP.sqlite)
         .and_then(|mut s| s.query_row([app.to_string()], inspector).optional())
         .map_err(internal)
 }
 
-pub(crate) fn inspector_by_token(conn: &Connection, token: &str) -> StoreResult<Option<Inspector>> {
-    conn.prepare_cached("SELECT app_id, token, created_at FROM inspectors WHERE token = ?")
+pub(crate) fn inspector_by_token(
+    conn: &Connection,
+    token: String,
+) -> StoreResult<Option<Inspector>> {
+    conn.prepare_cached(sql::INSPECTOR_BY_TOKEN.sqlite)
         .and_then(|mut s| s.query_row([token], inspector).optional())
         .map_err(internal)
 }
 
 pub(crate) fn close_inspector(conn: &Connection, app: AppId) -> StoreResult<()> {
     let deleted = conn
-        .prepare_cached("DELETE FROM inspectors WHERE app_id = ?")
+        .prepare_cached(sql::CLOSE_INSPECTOR.sqlite)
         .and_then(|mut s| s.execute([app.to_string()]))
         .map_err(internal)?;
     if deleted == 0 {
@@ -272,13 +267,9 @@ pub(crate) fn record_inspected(conn: &Connection, request: InspectedRequest) -> 
         }
         other => internal(other),
     })?;
-    conn.prepare_cached(
-        "DELETE FROM inspected_requests WHERE app_id = ?1 AND id NOT IN (
-             SELECT id FROM inspected_requests WHERE app_id = ?1
-             ORDER BY received_at DESC, id DESC LIMIT ?2)",
-    )
-    .and_then(|mut s| s.execute(params![app, INSPECTED_KEPT as i64]))
-    .map_err(internal)?;
+    conn.prepare_cached(sql::TRIM_INSPECTED.sqlite)
+        .and_then(|mut s| s.execute(params![app, INSPECTED_KEPT as i64]))
+        .map_err(internal)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, S
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, to_json, Bind, Order};
 use crate::shared;
+use crate::sql;
 use crate::{
     App, AppInput, AppRef, Endpoint, EndpointInput, EndpointRef, EndpointStats, EventType,
     EventTypeInput, Headers, Page, PageRequest, StoreError, StoreResult, Timestamp,
@@ -30,22 +31,18 @@ pub(crate) use crate::shared::now;
 pub(crate) fn create_app(conn: &Connection, input: AppInput) -> StoreResult<App> {
     let id = AppId::generate();
     let at = now();
-    conn.prepare_cached(
-        "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            id.to_string(),
-            input.uid.as_ref().map(|u| u.as_str()),
-            input.name,
-            input.rate_limit,
-            to_json(&input.metadata).unwrap_or_default(),
-            at,
-            at
-        ])
-    })
-    .map_err(internal)?;
+    conn.prepare_cached(sql::INSERT_APP.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                id.to_string(),
+                input.uid.as_ref().map(|u| u.as_str()),
+                input.name,
+                input.rate_limit,
+                to_json(&input.metadata).unwrap_or_default(),
+                at
+            ])
+        })
+        .map_err(internal)?;
     get_app(conn, &IdOrUid::Id(id))
 }
 
@@ -79,10 +76,7 @@ pub(crate) fn list_apps(conn: &Connection, page: PageRequest) -> StoreResult<Pag
 
 pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> StoreResult<App> {
     let changed = conn
-        .prepare_cached(
-            "UPDATE apps SET uid = ?, name = ?, rate_limit = ?, metadata = ?, updated_at = ?
-             WHERE id = ?",
-        )
+        .prepare_cached(sql::UPDATE_APP.sqlite)
         .and_then(|mut s| {
             s.execute(params![
                 input.uid.as_ref().map(|u| u.as_str()),
@@ -101,13 +95,13 @@ pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> Stor
 pub(crate) fn set_alert_rules(
     conn: &Connection,
     app: AppId,
-    rules: Option<&AlertRules>,
+    rules: Option<AlertRules>,
 ) -> StoreResult<()> {
     let changed = conn
-        .prepare_cached("UPDATE apps SET alert_rules = ?, updated_at = ? WHERE id = ?")
+        .prepare_cached(sql::SET_ALERT_RULES.sqlite)
         .and_then(|mut s| {
             s.execute(params![
-                shared::encode_alert_rules(rules),
+                shared::encode_alert_rules(rules.as_ref()),
                 now(),
                 app.to_string()
             ])
@@ -119,7 +113,7 @@ pub(crate) fn set_alert_rules(
 /// The rules of those of `apps` that have their own.
 pub(crate) fn alert_rules(
     conn: &Connection,
-    apps: &[AppId],
+    apps: Vec<AppId>,
 ) -> StoreResult<Vec<(AppId, AlertRules)>> {
     let mut statement = conn
         .prepare_cached("SELECT alert_rules FROM apps WHERE id = ? AND alert_rules IS NOT NULL")
@@ -131,7 +125,7 @@ pub(crate) fn alert_rules(
             .optional()
             .map_err(internal)?;
         if let Some(text) = text {
-            found.push((*app, shared::decode_alert_rules(&text)?));
+            found.push((app, shared::decode_alert_rules(&text)?));
         }
     }
     Ok(found)
@@ -141,23 +135,41 @@ pub(crate) fn delete_app(conn: &Connection, app: AppId) -> StoreResult<()> {
     let id = app.to_string();
     // Children first: attempts and deliveries hang off messages and endpoints.
     for sql in [
-        "DELETE FROM attempts WHERE app_id = ?",
-        "DELETE FROM deliveries WHERE app_id = ?",
-        "DELETE FROM messages WHERE app_id = ?",
-        "DELETE FROM endpoint_secrets WHERE endpoint_id IN (SELECT id FROM endpoints WHERE app_id = ?)",
-        "DELETE FROM endpoints WHERE app_id = ?",
-        "DELETE FROM tokens WHERE app_id = ?",
+        sql::DELETE_APP_ATTEMPTS.sqlite,
+        sql::DELETE_APP_DELIVERIES.sqlite,
+        sql::DELETE_APP_MESSAGES.sqlite,
+        sql::DELETE_APP_SECRETS.sqlite,
+        sql::DELETE_APP_ENDPOINTS.sqlite,
+        sql::DELETE_APP_TOKENS.sqlite,
     ] {
         conn.execute(sql, [&id]).map_err(internal)?;
     }
     let removed = conn
-        .execute("DELETE FROM apps WHERE id = ?", [&id])
+        .execute(sql::DELETE_APP.sqlite, [&id])
         .map_err(internal)?;
     found(removed)?;
     Ok(())
 }
 
-pub(crate) fn insert_event_type(
+pub(crate) fn seed_event_types(
+    conn: &Connection,
+    entries: Vec<EventTypeInput>,
+) -> StoreResult<usize> {
+    entries
+        .iter()
+        .map(|entry| insert_event_type(conn, entry, true))
+        .sum()
+}
+
+pub(crate) fn create_event_type(
+    conn: &Connection,
+    input: EventTypeInput,
+) -> StoreResult<EventType> {
+    insert_event_type(conn, &input, false)?;
+    get_event_type(conn, &input.name)
+}
+
+fn insert_event_type(
     conn: &Connection,
     input: &EventTypeInput,
     or_ignore: bool,
@@ -226,9 +238,7 @@ pub(crate) fn update_event_type(
 ) -> StoreResult<EventType> {
     let changed = conn
         .execute(
-            "UPDATE event_types SET description = ?, schemas = ?, archived = ?, deprecated = ?,
-                 feature_flag = ?, group_name = ?, updated_at = ?
-             WHERE name = ?",
+            sql::UPDATE_EVENT_TYPE.sqlite,
             params![
                 input.description,
                 optional_to_json(&input.schemas)?,
@@ -257,9 +267,9 @@ pub(crate) fn delete_event_type(
     expunge: bool,
 ) -> StoreResult<()> {
     let sql = if expunge {
-        "DELETE FROM event_types WHERE name = ?"
+        sql::DELETE_EVENT_TYPE.sqlite
     } else {
-        "UPDATE event_types SET archived = 1 WHERE name = ?"
+        sql::ARCHIVE_EVENT_TYPE.sqlite
     };
     found(conn.execute(sql, [name.as_str()]).map_err(internal)?)
 }
@@ -302,9 +312,10 @@ pub(crate) fn create_endpoint(
     app: AppId,
     input: EndpointInput,
     headers: Headers,
-    // The stored form (sealed when a master key is set).
-    secret: String,
+    secret: Secret,
+    sealing: &Sealing,
 ) -> StoreResult<Endpoint> {
+    let secret = sealing.store(&secret);
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
     require_app(conn, app)?;
@@ -312,9 +323,7 @@ pub(crate) fn create_endpoint(
     let id = EndpointId::generate();
     let at = now();
     conn.execute(
-        "INSERT INTO endpoints (id, app_id, uid, url, description, disabled, filter_types, channels,
-             rate_limit, version, metadata, headers, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        sql::INSERT_ENDPOINT.sqlite,
         params![
             id.to_string(),
             app.to_string(),
@@ -328,13 +337,12 @@ pub(crate) fn create_endpoint(
             input.version,
             to_json(&input.metadata)?,
             to_json(&headers)?,
-            at,
             at
         ],
     )
     .map_err(internal)?;
     conn.execute(
-        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
+        sql::INSERT_SECRET.sqlite,
         params![id.to_string(), secret, at],
     )
     .map_err(internal)?;
@@ -364,6 +372,7 @@ pub(crate) fn list_endpoints(
     app: AppId,
     page: PageRequest,
 ) -> StoreResult<Page<Endpoint>> {
+    require_app(conn, app)?;
     list(
         conn,
         rows::ENDPOINT_COLUMNS,
@@ -390,9 +399,7 @@ pub(crate) fn update_endpoint(
     let re_enabled = !input.disabled && is_disabled(conn, endpoint)?;
     let changed = conn
         .execute(
-            "UPDATE endpoints SET uid = ?, url = ?, description = ?, disabled = ?, filter_types = ?,
-                 channels = ?, rate_limit = ?, version = ?, metadata = ?, updated_at = ?
-             WHERE app_id = ? AND id = ?",
+            sql::UPDATE_ENDPOINT.sqlite,
             params![
                 input.uid.as_ref().map(|u| u.as_str()),
                 input.url.as_str(),
@@ -422,10 +429,10 @@ pub(crate) fn delete_endpoint(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let id = endpoint.to_string();
     for sql in [
-        "DELETE FROM attempts WHERE endpoint_id = ?",
-        "DELETE FROM deliveries WHERE endpoint_id = ?",
-        "DELETE FROM endpoint_secrets WHERE endpoint_id = ?",
-        "DELETE FROM endpoints WHERE id = ?",
+        sql::DELETE_ENDPOINT_ATTEMPTS.sqlite,
+        sql::DELETE_ENDPOINT_DELIVERIES.sqlite,
+        sql::DELETE_ENDPOINT_SECRETS.sqlite,
+        sql::DELETE_ENDPOINT.sqlite,
     ] {
         conn.execute(sql, [&id]).map_err(internal)?;
     }
@@ -440,11 +447,7 @@ pub(crate) fn signing_secrets(
     sealing: &Sealing,
 ) -> StoreResult<Vec<Secret>> {
     let mut statement = conn
-        .prepare_cached(
-            "SELECT secret FROM endpoint_secrets
-             WHERE endpoint_id = ? AND (expires_at IS NULL OR expires_at > ?)
-             ORDER BY expires_at IS NOT NULL, created_at DESC",
-        )
+        .prepare_cached(sql::SIGNING_SECRETS.sqlite)
         .map_err(internal)?;
     let texts = statement
         .query_map(params![endpoint, at], |r| r.get::<_, String>(0))
@@ -474,21 +477,19 @@ pub(crate) fn rotate_endpoint_secret(
     conn: &Connection,
     app: AppId,
     endpoint: EndpointId,
-    // The stored form (sealed when a master key is set).
-    secret: String,
+    secret: Secret,
     previous_valid_until: Timestamp,
+    sealing: &Sealing,
 ) -> StoreResult<()> {
+    let secret = sealing.store(&secret);
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let id = endpoint.to_string();
     let at = now();
     // Expired secrets are dropped so that rotation keeps the table small.
+    conn.execute(sql::DROP_EXPIRED_SECRETS.sqlite, params![id, at])
+        .map_err(internal)?;
     conn.execute(
-        "DELETE FROM endpoint_secrets WHERE endpoint_id = ? AND expires_at IS NOT NULL AND expires_at <= ?",
-        params![id, at],
-    )
-    .map_err(internal)?;
-    conn.execute(
-        "UPDATE endpoint_secrets SET expires_at = ? WHERE endpoint_id = ? AND expires_at IS NULL",
+        sql::EXPIRE_CURRENT_SECRET.sqlite,
         params![previous_valid_until, id],
     )
     .map_err(internal)?;
@@ -499,11 +500,8 @@ pub(crate) fn rotate_endpoint_secret(
         params![id, shared::MAX_PREVIOUS_SECRETS],
     )
     .map_err(internal)?;
-    conn.execute(
-        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at) VALUES (?, ?, ?, NULL)",
-        params![id, secret, at],
-    )
-    .map_err(internal)?;
+    conn.execute(sql::INSERT_SECRET.sqlite, params![id, secret, at])
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -515,7 +513,7 @@ pub(crate) fn set_endpoint_headers(
 ) -> StoreResult<()> {
     let changed = conn
         .execute(
-            "UPDATE endpoints SET headers = ?, updated_at = ? WHERE app_id = ? AND id = ?",
+            sql::SET_ENDPOINT_HEADERS.sqlite,
             params![
                 to_json(&headers)?,
                 now(),
@@ -591,7 +589,7 @@ fn endpoint_written(
 }
 
 fn is_disabled(conn: &Connection, endpoint: EndpointId) -> StoreResult<bool> {
-    conn.prepare_cached("SELECT disabled FROM endpoints WHERE id = ?")
+    conn.prepare_cached(sql::ENDPOINT_DISABLED.sqlite)
         .and_then(|mut s| s.query_row([endpoint.to_string()], |r| r.get(0)).optional())
         .map(|found| found.unwrap_or(false))
         .map_err(internal)

@@ -15,6 +15,7 @@ use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
 use super::rows::{self, list, optional_to_json, Order};
 use crate::shared;
+use crate::sql;
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
     EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, StoreError,
@@ -67,9 +68,7 @@ fn target(
 ) -> StoreResult<Arc<EndpointTarget>> {
     type Row = (String, String, Option<String>, Option<u32>, bool);
     let (url, headers, policy, rate_limit, strict_ordering): Row = conn
-        .prepare_cached(
-            "SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = ?",
-        )
+        .prepare_cached(sql::DELIVERY_TARGET.sqlite)
         .and_then(|mut s| {
             s.query_row([endpoint], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -267,13 +266,14 @@ pub(crate) fn resend(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let attempts_made: u32 = conn
         .query_row(
-            "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
-                 next_attempt_at, lease_until, updated_at)
-             VALUES (?1, ?2, ?3, 1, 0, 1, ?5, ?5, ?4)
-             ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
-                 status = 1, trigger_type = 1, next_attempt_at = ?5, lease_until = ?5, updated_at = ?4
-             RETURNING attempts",
-            params![message.id.to_string(), endpoint.to_string(), app.to_string(), claim.now, claim.until],
+            sql::SCHEDULE_RESEND.sqlite,
+            params![
+                message.id.to_string(),
+                endpoint.to_string(),
+                app.to_string(),
+                claim.now,
+                claim.until
+            ],
             |r| r.get(0),
         )
         .map_err(internal)?;
@@ -290,10 +290,10 @@ pub(crate) fn claim_due(
     conn: &Connection,
     claim: Claim,
     limit: usize,
-    skip: &[EndpointId],
+    skip: Vec<EndpointId>,
     sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
-    let skipped = skipped_endpoints(skip);
+    let skipped = skipped_endpoints(&skip);
     let sql = format!(
         "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
          FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
@@ -367,11 +367,9 @@ pub(crate) fn release(
     endpoint: EndpointId,
     at: Timestamp,
 ) -> StoreResult<()> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET lease_until = NULL, next_attempt_at = ? WHERE message_id = ? AND endpoint_id = ? AND status = 1",
-    )
-    .and_then(|mut s| s.execute(params![at, message.to_string(), endpoint.to_string()]))
-    .map_err(internal)?;
+    conn.prepare_cached(sql::RELEASE_DELIVERY.sqlite)
+        .and_then(|mut s| s.execute(params![message.to_string(), endpoint.to_string(), at]))
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -429,9 +427,9 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
 
 pub(crate) fn next_due_at(
     conn: &Connection,
-    skip: &[EndpointId],
+    skip: Vec<EndpointId>,
 ) -> StoreResult<Option<Timestamp>> {
-    let skipped = skipped_endpoints(skip);
+    let skipped = skipped_endpoints(&skip);
     let sql = format!(
         "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
          WHERE d.status = 1 AND e.disabled = 0{skipped}
@@ -468,11 +466,7 @@ pub(crate) fn reserve_idempotency_key(
     stale_before: Timestamp,
 ) -> StoreResult<Reservation> {
     let inserted = conn
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (scope, key, status, body, created_at, fingerprint)
-             VALUES (?, ?, ?, '', ?, ?)
-             ON CONFLICT (scope, key) DO NOTHING",
-        )
+        .prepare_cached(sql::RESERVE_IDEMPOTENCY_KEY.sqlite)
         .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS, now, fingerprint]))
         .map_err(internal)?;
     if inserted == 1 {
@@ -490,11 +484,9 @@ pub(crate) fn reserve_idempotency_key(
         .map_err(internal)?;
     let reservation = shared::idempotency_state(status, body, created_at, &stored, fingerprint);
     if reservation == Reservation::InProgress && created_at < stale_before {
-        conn.prepare_cached(
-            "UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ? AND status = ?",
-        )
-        .and_then(|mut s| s.execute(params![now, scope, key, IN_PROGRESS]))
-        .map_err(internal)?;
+        conn.prepare_cached(sql::RETAKE_IDEMPOTENCY_KEY.sqlite)
+            .and_then(|mut s| s.execute(params![now, scope, key, IN_PROGRESS]))
+            .map_err(internal)?;
         return Ok(Reservation::Reserved);
     }
     Ok(reservation)
@@ -506,11 +498,9 @@ pub(crate) fn complete_idempotency_key(
     key: &str,
     response: StoredResponse,
 ) -> StoreResult<()> {
-    conn.prepare_cached(
-        "UPDATE idempotency_keys SET status = ?, body = ? WHERE scope = ? AND key = ?",
-    )
-    .and_then(|mut s| s.execute(params![response.status, response.body, scope, key]))
-    .map_err(internal)?;
+    conn.prepare_cached(sql::COMPLETE_IDEMPOTENCY_KEY.sqlite)
+        .and_then(|mut s| s.execute(params![response.status, response.body, scope, key]))
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -519,19 +509,16 @@ pub(crate) fn abandon_idempotency_key(
     scope: &str,
     key: &str,
 ) -> StoreResult<()> {
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND status = ?")
+    conn.prepare_cached(sql::ABANDON_IDEMPOTENCY_KEY.sqlite)
         .and_then(|mut s| s.execute(params![scope, key, IN_PROGRESS]))
         .map_err(internal)?;
     Ok(())
 }
 
 pub(crate) fn purge_idempotency_keys(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
-    conn.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < ?",
-        [before],
-    )
-    .map(|n| n as u64)
-    .map_err(internal)
+    conn.execute(sql::PURGE_IDEMPOTENCY_KEYS.sqlite, [before])
+        .map(|n| n as u64)
+        .map_err(internal)
 }
 
 pub(crate) fn purge_messages(

@@ -10,6 +10,7 @@ use super::admin::{get_endpoint, now};
 use super::delivery::list_attempts;
 use super::pool::internal;
 use crate::shared;
+use crate::sql;
 use crate::{
     AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
     HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
@@ -21,7 +22,7 @@ fn sql(shared: &str) -> String {
 
 pub(crate) fn record_health(
     conn: &Connection,
-    updates: &[HealthUpdate],
+    updates: Vec<HealthUpdate>,
     rule: Option<AutoDisable>,
 ) -> StoreResult<Vec<EndpointRun>> {
     let mut bucket = conn
@@ -31,7 +32,7 @@ pub(crate) fn record_health(
         .prepare_cached(&sql(shared::STATUS_UPSERT_SQL))
         .map_err(internal)?;
     let mut runs = Vec::with_capacity(updates.len());
-    for update in updates {
+    for update in &updates {
         let endpoint = update.endpoint_id.to_string();
         let before = status_row(conn, &endpoint)?;
         for (start, counts) in &update.buckets {
@@ -124,7 +125,7 @@ pub(crate) fn endpoint_health(
 }
 
 pub(crate) fn purge_health(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
-    conn.execute("DELETE FROM endpoint_health WHERE bucket < ?", [before])
+    conn.execute(sql::PURGE_HEALTH.sqlite, [before])
         .map(|n| n as u64)
         .map_err(internal)
 }

@@ -149,6 +149,33 @@ impl SqliteStore {
     }
 
     /// Bytes free to this process on the file system of the database.
+    /// Runs `work` on a read connection.
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.readers.read(work).await
+    }
+
+    /// Runs `work` on the writer thread, in its next batch.
+    async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(work).await
+    }
+
+    /// Like [`SqliteStore::write`], refused while the writer is overloaded.
+    async fn admit<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.admit(work).await
+    }
+
     fn free_space(&self) -> Option<u64> {
         let stat = rustix::fs::statvfs(self.directory.as_path()).ok()?;
         Some(stat.f_bavail.saturating_mul(stat.f_frsize))
@@ -238,14 +265,59 @@ fn migrate(conn: &mut Connection) -> StoreResult<i64> {
     Ok(version)
 }
 
-#[async_trait]
-impl Store for SqliteStore {
+/// Lends a delegated function an argument the trait takes by reference
+/// (moved to the writer or reader thread as an owned copy).
+macro_rules! lent {
+    ($arg:ident, $owned:ty) => {
+        &$arg
+    };
+    ($arg:ident) => {
+        $arg
+    };
+}
+
+/// Writes `impl Store for SqliteStore`: the methods given in braces, and
+/// one per delegated method (see [`crate::delegate`]) running its function
+/// on a reader, or on the writer thread with or without admission control.
+macro_rules! sqlite_store {
+    (
+        { $($own:tt)* }
+        $($kind:ident $name:ident($($arg:ident: $ty:ty $(=> $owned:ty)?),*) $(+ $audit:ident)?
+            -> $out:ty = $module:ident::$func:ident $([$extra:ident])?;)*
+    ) => {
+        #[async_trait]
+        impl Store for SqliteStore {
+            $($own)*
+            $(
+                async fn $name(
+                    &self,
+                    $($arg: $ty,)*
+                    $($audit: Option<AuditEntry>)?
+                ) -> StoreResult<$out> {
+                    $($(let $arg: $owned = ToOwned::to_owned($arg);)?)*
+                    $(let $extra = self.$extra.clone();)?
+                    self.$kind(move |c| {
+                        let value = $module::$func(c, $(lent!($arg $(, $owned)?),)* $(&$extra)?)?;
+                        $(
+                            if let Some(entry) = crate::delegate::completed(&value, $audit) {
+                                access::record_audit(c, entry)?;
+                            }
+                        )?
+                        Ok(value)
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+crate::delegate::delegated!(sqlite_store {
     async fn ping(&self) -> StoreResult<()> {
         self.readers
             .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
             .await
     }
-
     async fn check_writes(&self) -> StoreResult<()> {
         // A disk with (almost) no room left fails the next write that
         // needs a new page, however small the last successful one was.
@@ -261,7 +333,6 @@ impl Store for SqliteStore {
             None => Ok(()),
         }
     }
-
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
         self.readers
             .read(move |c| {
@@ -278,7 +349,6 @@ impl Store for SqliteStore {
             })
             .await
     }
-
     async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>> {
         self.readers
             .read(|c| {
@@ -309,7 +379,6 @@ impl Store for SqliteStore {
             })
             .await
     }
-
     fn pool_usage(&self) -> PoolUsage {
         let (connections, idle) = self.readers.usage();
         PoolUsage {
@@ -319,233 +388,26 @@ impl Store for SqliteStore {
             queued_writes: self.writer.queued() as u64,
         }
     }
-
-    async fn create_app(&self, input: AppInput) -> StoreResult<App> {
-        self.writer
-            .write(move |c| admin::create_app(c, input))
-            .await
-    }
-    async fn get_app(&self, app: &AppRef) -> StoreResult<App> {
-        let app = app.clone();
-        self.readers.read(move |c| admin::get_app(c, &app)).await
-    }
-    async fn list_apps(&self, page: PageRequest) -> StoreResult<Page<App>> {
-        self.readers.read(move |c| admin::list_apps(c, page)).await
-    }
-    async fn update_app(&self, app: AppId, input: AppInput) -> StoreResult<App> {
-        self.writer
-            .write(move |c| admin::update_app(c, app, input))
-            .await
-    }
-    async fn delete_app(&self, app: AppId) -> StoreResult<()> {
-        self.writer.write(move |c| admin::delete_app(c, app)).await
-    }
-    async fn set_alert_rules(&self, app: AppId, rules: Option<AlertRules>) -> StoreResult<()> {
-        self.writer
-            .write(move |c| admin::set_alert_rules(c, app, rules.as_ref()))
-            .await
-    }
-    async fn alert_rules(&self, apps: Vec<AppId>) -> StoreResult<Vec<(AppId, AlertRules)>> {
-        self.readers
-            .read(move |c| admin::alert_rules(c, &apps))
-            .await
-    }
-
-    async fn seed_event_types(&self, entries: Vec<EventTypeInput>) -> StoreResult<usize> {
-        self.writer
-            .write(move |c| {
-                entries
-                    .iter()
-                    .map(|e| admin::insert_event_type(c, e, true))
-                    .sum()
-            })
-            .await
-    }
-    async fn create_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
-        self.writer
-            .write(move |c| {
-                admin::insert_event_type(c, &input, false)?;
-                admin::get_event_type(c, &input.name)
-            })
-            .await
-    }
-    async fn get_event_type(&self, name: &EventTypeName) -> StoreResult<EventType> {
-        let name = name.clone();
-        self.readers
-            .read(move |c| admin::get_event_type(c, &name))
-            .await
-    }
-    async fn list_event_types(
-        &self,
-        page: PageRequest,
-        include_archived: bool,
-    ) -> StoreResult<Page<EventType>> {
-        self.readers
-            .read(move |c| admin::list_event_types(c, page, include_archived))
-            .await
-    }
-    async fn update_event_type(&self, input: EventTypeInput) -> StoreResult<EventType> {
-        self.writer
-            .write(move |c| admin::update_event_type(c, input))
-            .await
-    }
-    async fn delete_event_type(&self, name: &EventTypeName, expunge: bool) -> StoreResult<()> {
-        let name = name.clone();
-        self.writer
-            .write(move |c| admin::delete_event_type(c, &name, expunge))
-            .await
-    }
-
-    async fn create_endpoint(
-        &self,
-        app: AppId,
-        input: EndpointInput,
-        headers: Headers,
-        secret: Secret,
-    ) -> StoreResult<Endpoint> {
-        let stored = self.sealing.store(&secret);
-        self.writer
-            .write(move |c| admin::create_endpoint(c, app, input, headers, stored))
-            .await
-    }
-    async fn get_endpoint(&self, app: AppId, endpoint: &EndpointRef) -> StoreResult<Endpoint> {
-        let endpoint = endpoint.clone();
-        self.readers
-            .read(move |c| admin::get_endpoint(c, app, &endpoint))
-            .await
-    }
-    async fn list_endpoints(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Endpoint>> {
-        self.readers
-            .read(move |c| {
-                admin::get_app(c, &herald_domain::ids::IdOrUid::Id(app))?;
-                admin::list_endpoints(c, app, page)
-            })
-            .await
-    }
-    async fn update_endpoint(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        input: EndpointInput,
-    ) -> StoreResult<Endpoint> {
-        self.writer
-            .write(move |c| admin::update_endpoint(c, app, endpoint, input))
-            .await
-    }
-    async fn delete_endpoint(&self, app: AppId, endpoint: EndpointId) -> StoreResult<()> {
-        self.writer
-            .write(move |c| admin::delete_endpoint(c, app, endpoint))
-            .await
-    }
-    async fn endpoint_secret(&self, app: AppId, endpoint: EndpointId) -> StoreResult<Secret> {
-        let sealing = self.sealing.clone();
-        self.readers
-            .read(move |c| admin::endpoint_secret(c, app, endpoint, &sealing))
-            .await
-    }
-    async fn rotate_endpoint_secret(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        secret: Secret,
-        previous_valid_until: Timestamp,
-    ) -> StoreResult<()> {
-        let stored = self.sealing.store(&secret);
-        self.writer
-            .write(move |c| {
-                admin::rotate_endpoint_secret(c, app, endpoint, stored, previous_valid_until)
-            })
-            .await
-    }
-    async fn set_endpoint_headers(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        headers: Headers,
-    ) -> StoreResult<()> {
-        self.writer
-            .write(move |c| admin::set_endpoint_headers(c, app, endpoint, headers))
-            .await
-    }
-    async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats> {
-        self.readers
-            .read(move |c| admin::endpoint_stats(c, app, endpoint))
-            .await
-    }
-
     async fn create_message(
         &self,
         app: AppId,
         input: MessageInput,
         claim: Option<Claim>,
+        audit: Option<AuditEntry>,
     ) -> StoreResult<CreatedMessage> {
         let sealing = self.sealing.clone();
         self.writer
-            .admit(move |c| delivery::create_message(c, app, input, claim, &sealing))
-            .await
-    }
-    async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message> {
-        let message = message.clone();
-        self.readers
-            .read(move |c| delivery::get_message(c, app, &message))
-            .await
-    }
-    async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>> {
-        self.readers
-            .read(move |c| delivery::list_messages(c, app, query))
-            .await
-    }
-    async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>> {
-        self.readers
-            .read(move |c| delivery::list_attempts(c, app, query))
-            .await
-    }
-    async fn get_attempt(
-        &self,
-        app: AppId,
-        message: MessageId,
-        attempt: AttemptId,
-    ) -> StoreResult<Attempt> {
-        self.readers
-            .read(move |c| delivery::get_attempt(c, app, message, attempt))
-            .await
-    }
-
-    async fn resend(
-        &self,
-        app: AppId,
-        message: MessageId,
-        endpoint: EndpointId,
-        claim: Claim,
-    ) -> StoreResult<DeliveryJob> {
-        let sealing = self.sealing.clone();
-        self.writer
-            .write(move |c| delivery::resend(c, app, message, endpoint, claim, &sealing))
-            .await
-    }
-    async fn claim_due(
-        &self,
-        claim: Claim,
-        limit: usize,
-        skip: Vec<EndpointId>,
-    ) -> StoreResult<Vec<DeliveryJob>> {
-        let sealing = self.sealing.clone();
-        self.writer
-            .write(move |c| delivery::claim_due(c, claim, limit, &skip, &sealing))
+            .admit(move |c| {
+                let created = delivery::create_message(c, app, input, claim, &sealing)?;
+                if let Some(entry) = audit {
+                    access::record_audit(c, entry)?;
+                }
+                Ok(created)
+            })
             .await
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
         self.release_until(message, endpoint, crate::shared::now())
-            .await
-    }
-    async fn release_until(
-        &self,
-        message: MessageId,
-        endpoint: EndpointId,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        self.writer
-            .write(move |c| delivery::release(c, message, endpoint, at))
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
@@ -553,172 +415,9 @@ impl Store for SqliteStore {
             .write(move |c| delivery::record_attempt(c, outcome))
             .await
     }
-    async fn next_due_at(&self, skip: Vec<EndpointId>) -> StoreResult<Option<Timestamp>> {
-        self.readers
-            .read(move |c| delivery::next_due_at(c, &skip))
-            .await
-    }
     /// SQLite serves one process (the data-directory lock sees to it), so
     /// every lease in the file belongs to a run that is over.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
         self.writer.write(delivery::release_orphaned_leases).await
     }
-
-    async fn start_recovery(&self, app: AppId, recovery: Recovery) -> StoreResult<BackgroundTask> {
-        self.writer
-            .write(move |c| tasks::start_recovery(c, app, recovery))
-            .await
-    }
-    async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask> {
-        self.writer
-            .write(move |c| tasks::recovery_step(c, task, limit))
-            .await
-    }
-    async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask> {
-        self.readers.read(move |c| tasks::get_task(c, task)).await
-    }
-    async fn running_tasks(&self) -> StoreResult<Vec<TaskId>> {
-        self.readers.read(tasks::running_tasks).await
-    }
-
-    async fn record_health(
-        &self,
-        updates: Vec<HealthUpdate>,
-        rule: Option<AutoDisable>,
-    ) -> StoreResult<Vec<EndpointRun>> {
-        self.writer
-            .write(move |c| health::record_health(c, &updates, rule))
-            .await
-    }
-    async fn check_success_rate(
-        &self,
-        endpoint: EndpointId,
-        rule: RateRule,
-        now: Timestamp,
-    ) -> StoreResult<Option<RateDrop>> {
-        self.writer
-            .write(move |c| health::check_success_rate(c, endpoint, rule, now))
-            .await
-    }
-    async fn endpoint_health(
-        &self,
-        app: AppId,
-        endpoint: EndpointId,
-        now: Timestamp,
-    ) -> StoreResult<EndpointHealth> {
-        self.readers
-            .read(move |c| health::endpoint_health(c, app, endpoint, now))
-            .await
-    }
-    async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| delivery::purge_messages(c, before, limit))
-            .await
-    }
-    async fn purge_health(&self, before: Timestamp) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| health::purge_health(c, before))
-            .await
-    }
-
-    async fn create_token(&self, input: TokenInput) -> StoreResult<Token> {
-        self.writer
-            .write(move |c| access::create_token(c, input))
-            .await
-    }
-    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<Token>> {
-        self.readers
-            .read(move |c| access::token_by_hash(c, &hash))
-            .await
-    }
-    async fn list_tokens(&self, app: AppId, page: PageRequest) -> StoreResult<Page<Token>> {
-        self.readers
-            .read(move |c| access::list_tokens(c, app, page))
-            .await
-    }
-    async fn revoke_token(&self, app: AppId, token: TokenId, at: Timestamp) -> StoreResult<Token> {
-        self.writer
-            .write(move |c| access::revoke_token(c, app, token, at))
-            .await
-    }
-    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
-        self.writer
-            .write(move |c| access::record_audit(c, &entry))
-            .await
-    }
-    async fn list_audit(&self, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
-        self.readers
-            .read(move |c| access::list_audit(c, query))
-            .await
-    }
-
-    async fn open_inspector(&self, app: AppId, token: String) -> StoreResult<Inspector> {
-        let now = crate::shared::now();
-        self.writer
-            .write(move |c| access::open_inspector(c, app, token, now))
-            .await
-    }
-    async fn inspector(&self, app: AppId) -> StoreResult<Option<Inspector>> {
-        self.readers
-            .read(move |c| access::inspector_of(c, app))
-            .await
-    }
-    async fn inspector_by_token(&self, token: String) -> StoreResult<Option<Inspector>> {
-        self.readers
-            .read(move |c| access::inspector_by_token(c, &token))
-            .await
-    }
-    async fn close_inspector(&self, app: AppId) -> StoreResult<()> {
-        self.writer
-            .write(move |c| access::close_inspector(c, app))
-            .await
-    }
-    async fn record_inspected(&self, request: InspectedRequest) -> StoreResult<()> {
-        self.writer
-            .admit(move |c| access::record_inspected(c, request))
-            .await
-    }
-    async fn list_inspected(&self, app: AppId, limit: usize) -> StoreResult<Vec<InspectedRequest>> {
-        self.readers
-            .read(move |c| access::list_inspected(c, app, limit))
-            .await
-    }
-
-    async fn reserve_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: &str,
-        now: Timestamp,
-        stale_before: Timestamp,
-    ) -> StoreResult<Reservation> {
-        let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_owned());
-        self.writer
-            .write(move |c| {
-                delivery::reserve_idempotency_key(c, &scope, &key, &fingerprint, now, stale_before)
-            })
-            .await
-    }
-    async fn complete_idempotency_key(
-        &self,
-        scope: &str,
-        key: &str,
-        response: StoredResponse,
-    ) -> StoreResult<()> {
-        let (scope, key) = (scope.to_owned(), key.to_owned());
-        self.writer
-            .write(move |c| delivery::complete_idempotency_key(c, &scope, &key, response))
-            .await
-    }
-    async fn abandon_idempotency_key(&self, scope: &str, key: &str) -> StoreResult<()> {
-        let (scope, key) = (scope.to_owned(), key.to_owned());
-        self.writer
-            .write(move |c| delivery::abandon_idempotency_key(c, &scope, &key))
-            .await
-    }
-    async fn purge_idempotency_keys(&self, before: Timestamp) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| delivery::purge_idempotency_keys(c, before))
-            .await
-    }
-}
+});

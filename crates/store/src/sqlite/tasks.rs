@@ -9,6 +9,7 @@ use herald_domain::{AppId, TaskId};
 use super::admin::{get_endpoint, now};
 use super::pool::internal;
 use crate::shared::{self, TaskRow, TASK_COLUMNS};
+use crate::sql;
 use crate::{BackgroundTask, Recovery, StoreResult, TaskStatus};
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
@@ -30,22 +31,19 @@ pub(crate) fn start_recovery(
 ) -> StoreResult<BackgroundTask> {
     get_endpoint(conn, app, &IdOrUid::Id(recovery.endpoint_id))?;
     let task = shared::new_recovery(app, recovery);
-    conn.prepare_cached(
-        "INSERT INTO background_tasks (id, app_id, kind, status, params, cursor, done, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, NULL, 0, ?, ?)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            task.id.to_string(),
-            app.to_string(),
-            BackgroundTask::RECOVER,
-            task.status.as_str(),
-            shared::encode_recovery(&task.recovery),
-            task.created_at,
-            task.updated_at
-        ])
-    })
-    .map_err(internal)?;
+    conn.prepare_cached(sql::INSERT_TASK.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                task.id.to_string(),
+                app.to_string(),
+                BackgroundTask::RECOVER,
+                task.status.as_str(),
+                shared::encode_recovery(&task.recovery),
+                task.created_at,
+                task.updated_at
+            ])
+        })
+        .map_err(internal)?;
     Ok(task)
 }
 
@@ -61,7 +59,7 @@ pub(crate) fn get_task(conn: &Connection, task: TaskId) -> StoreResult<Backgroun
 
 pub(crate) fn running_tasks(conn: &Connection) -> StoreResult<Vec<TaskId>> {
     let ids = conn
-        .prepare_cached("SELECT id FROM background_tasks WHERE status = ? ORDER BY id")
+        .prepare_cached(sql::TASKS_WITH_STATUS.sqlite)
         .and_then(|mut s| {
             s.query_map([TaskStatus::Running.as_str()], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -129,20 +127,17 @@ pub(crate) fn recovery_step(
         current.status = TaskStatus::Finished;
     }
     current.updated_at = at;
-    conn.prepare_cached(
-        "UPDATE background_tasks SET status = ?, cursor = COALESCE(?, cursor), done = ?, updated_at = ?
-         WHERE id = ?",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            current.status.as_str(),
-            scanned.last().map(|m| &m.0),
-            current.done as i64,
-            at,
-            task.to_string()
-        ])
-    })
-    .map_err(internal)?;
+    conn.prepare_cached(sql::UPDATE_TASK.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                current.status.as_str(),
+                scanned.last().map(|m| &m.0),
+                current.done as i64,
+                at,
+                task.to_string()
+            ])
+        })
+        .map_err(internal)?;
     Ok(current)
 }
 

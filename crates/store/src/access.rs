@@ -5,6 +5,9 @@ use herald_domain::{AppId, AuditId, TokenId};
 
 use crate::{PageRequest, Timestamp};
 
+pub(crate) const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
+pub(crate) const AUDIT_COLUMNS: &str = "id, actor, app_id, action, target, detail, created_at";
+
 /// What a token was made for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {

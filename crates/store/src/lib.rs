@@ -4,6 +4,7 @@
 
 mod access;
 mod delegate;
+mod listing;
 mod model;
 mod pg;
 mod shared;

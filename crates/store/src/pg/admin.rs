@@ -7,7 +7,8 @@ use herald_domain::ids::IdOrUid;
 use herald_domain::sealing::Sealing;
 use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
-use super::rows::{self, db, list, Bind, Order};
+use super::rows::{self, db, list};
+use crate::listing::Listing;
 use crate::shared::now;
 use crate::sql;
 use crate::{
@@ -63,18 +64,9 @@ pub(crate) async fn list_apps(
     conn: &mut PgConnection,
     page: PageRequest,
 ) -> StoreResult<Page<App>> {
-    list(
-        conn,
-        rows::APP_COLUMNS,
-        "apps",
-        "TRUE",
-        vec![],
-        "id",
-        Order::Ascending,
-        &page,
-        rows::app,
-        |a| a.id.to_string(),
-    )
+    list(conn, Listing::apps(), &page, rows::app, |a| {
+        a.id.to_string()
+    })
     .await
 }
 
@@ -228,19 +220,9 @@ pub(crate) async fn list_event_types(
     page: PageRequest,
     include_archived: bool,
 ) -> StoreResult<Page<EventType>> {
-    let filter = if include_archived {
-        "TRUE"
-    } else {
-        "NOT archived"
-    };
     list(
         conn,
-        rows::EVENT_TYPE_COLUMNS,
-        "event_types",
-        filter,
-        vec![],
-        "name",
-        Order::Ascending,
+        Listing::event_types(include_archived),
         &page,
         rows::event_type,
         |t| t.name.to_string(),
@@ -390,18 +372,9 @@ pub(crate) async fn list_endpoints(
     page: PageRequest,
 ) -> StoreResult<Page<Endpoint>> {
     get_app(conn, &IdOrUid::Id(app)).await?;
-    list(
-        conn,
-        rows::ENDPOINT_COLUMNS,
-        "endpoints",
-        "app_id = ?",
-        vec![Bind::Text(app.to_string())],
-        "id",
-        Order::Ascending,
-        &page,
-        rows::endpoint,
-        |e| e.id.to_string(),
-    )
+    list(conn, Listing::endpoints(app), &page, rows::endpoint, |e| {
+        e.id.to_string()
+    })
     .await
 }
 

@@ -12,8 +12,9 @@ use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, MessageId, Trigge
 use herald_domain::sealing::Sealing;
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
-use super::rows::{self, db, list, Order};
+use super::rows::{self, db, list};
 use super::WORK_CHANNEL_SQL;
+use crate::listing::Listing;
 use crate::shared;
 use crate::sql;
 use crate::SendSlot;
@@ -95,15 +96,9 @@ pub(crate) async fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app)).await?;
-    let (filter, binds) = shared::message_filter(app, &query);
     list(
         conn,
-        rows::MESSAGE_COLUMNS,
-        "messages",
-        &filter,
-        binds,
-        "id",
-        Order::Descending,
+        Listing::messages(app, &query),
         &query.page,
         rows::message,
         |m| m.id.to_string(),
@@ -127,15 +122,9 @@ pub(crate) async fn list_attempts(
             get_app(conn, &IdOrUid::Id(app)).await?;
         }
     }
-    let (filter, binds) = shared::attempt_filter(app, &query);
     list(
         conn,
-        rows::ATTEMPT_COLUMNS,
-        "attempts",
-        &filter,
-        binds,
-        "id",
-        Order::Descending,
+        Listing::attempts(app, &query),
         &query.page,
         rows::attempt,
         |a| a.id.to_string(),

@@ -13,6 +13,7 @@ use crate::{
     App, Attempt, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
+pub(crate) use crate::listing::*;
 pub(crate) use crate::shared::*;
 
 /// Maps a driver error into the store's vocabulary, in this one place:
@@ -189,20 +190,14 @@ pub(crate) fn attempt(row: &PgRow) -> sqlx::Result<Attempt> {
 }
 
 /// Runs one page of a listing (see [`page_query`]).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn list<T>(
     conn: &mut PgConnection,
-    columns: &str,
-    table: &str,
-    filter: &str,
-    binds: Vec<Bind>,
-    key: &str,
-    order: Order,
+    listing: Listing,
     page: &PageRequest,
     map: impl Fn(&PgRow) -> sqlx::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
-    let query = page_query(columns, table, filter, binds, key, order, page);
+    let query = page_query(listing, page);
     let mut arguments = PgArguments::default();
     for bind in query.binds {
         match bind {

@@ -5,16 +5,16 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use herald_domain::{AppId, AuditId, TokenId};
 
 use super::pool::internal;
-use super::rows::{list, Bind, Order};
+use super::rows::list;
 use crate::access::hash_text;
+use crate::listing::Listing;
 use crate::sql;
 use crate::{
     AuditEntry, AuditQuery, InspectedRequest, Inspector, Page, PageRequest, StoreError,
     StoreResult, Timestamp, Token, TokenInput, TokenKind, INSPECTED_KEPT,
 };
 
-const TOKEN_COLUMNS: &str = "id, app_id, kind, name, created_at, expires_at, revoked_at";
-const AUDIT_COLUMNS: &str = "id, actor, app_id, action, target, detail, created_at";
+use crate::access::TOKEN_COLUMNS;
 
 fn bad(index: usize, error: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -100,18 +100,9 @@ pub(crate) fn list_tokens(
     app: AppId,
     page: PageRequest,
 ) -> StoreResult<Page<Token>> {
-    list(
-        conn,
-        TOKEN_COLUMNS,
-        "tokens",
-        "app_id = ?",
-        vec![Bind::Text(app.to_string())],
-        "id",
-        Order::Ascending,
-        &page,
-        token,
-        |t| t.id.to_string(),
-    )
+    list(conn, Listing::tokens(app), &page, token, |t| {
+        t.id.to_string()
+    })
 }
 
 pub(crate) fn revoke_token(
@@ -154,22 +145,9 @@ pub(crate) fn record_audit(conn: &Connection, entry: AuditEntry) -> StoreResult<
 }
 
 pub(crate) fn list_audit(conn: &Connection, query: AuditQuery) -> StoreResult<Page<AuditEntry>> {
-    let (filter, binds) = match query.app {
-        Some(app) => ("app_id = ?", vec![Bind::Text(app.to_string())]),
-        None => ("1 = 1", vec![]),
-    };
-    list(
-        conn,
-        AUDIT_COLUMNS,
-        "audit_log",
-        filter,
-        binds,
-        "id",
-        Order::Descending,
-        &query.page,
-        audit,
-        |e| e.id.to_string(),
-    )
+    list(conn, Listing::audit(query.app), &query.page, audit, |e| {
+        e.id.to_string()
+    })
 }
 
 const INSPECTED_COLUMNS: &str =

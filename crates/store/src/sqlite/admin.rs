@@ -9,7 +9,8 @@ use herald_domain::sealing::Sealing;
 use herald_domain::{AlertRules, AppId, EndpointId, EventTypeName, FilterTypes, Secret};
 
 use super::pool::internal;
-use super::rows::{self, list, optional_to_json, to_json, Bind, Order};
+use super::rows::{self, list, optional_to_json, to_json};
+use crate::listing::Listing;
 use crate::shared;
 use crate::sql;
 use crate::{
@@ -60,18 +61,9 @@ pub(crate) fn get_app(conn: &Connection, app: &AppRef) -> StoreResult<App> {
 }
 
 pub(crate) fn list_apps(conn: &Connection, page: PageRequest) -> StoreResult<Page<App>> {
-    list(
-        conn,
-        rows::APP_COLUMNS,
-        "apps",
-        "1 = 1",
-        vec![],
-        "id",
-        Order::Ascending,
-        &page,
-        rows::app,
-        |app| app.id.to_string(),
-    )
+    list(conn, Listing::apps(), &page, rows::app, |app| {
+        app.id.to_string()
+    })
 }
 
 pub(crate) fn update_app(conn: &Connection, app: AppId, input: AppInput) -> StoreResult<App> {
@@ -216,16 +208,7 @@ pub(crate) fn list_event_types(
 ) -> StoreResult<Page<EventType>> {
     list(
         conn,
-        rows::EVENT_TYPE_COLUMNS,
-        "event_types",
-        if include_archived {
-            "1 = 1"
-        } else {
-            "archived = 0"
-        },
-        vec![],
-        "name",
-        Order::Ascending,
+        Listing::event_types(include_archived),
         &page,
         rows::event_type,
         |t| t.name.to_string(),
@@ -373,18 +356,9 @@ pub(crate) fn list_endpoints(
     page: PageRequest,
 ) -> StoreResult<Page<Endpoint>> {
     require_app(conn, app)?;
-    list(
-        conn,
-        rows::ENDPOINT_COLUMNS,
-        "endpoints",
-        "app_id = ?",
-        vec![Bind::Text(app.to_string())],
-        "id",
-        Order::Ascending,
-        &page,
-        rows::endpoint,
-        |e| e.id.to_string(),
-    )
+    list(conn, Listing::endpoints(app), &page, rows::endpoint, |e| {
+        e.id.to_string()
+    })
 }
 
 pub(crate) fn update_endpoint(

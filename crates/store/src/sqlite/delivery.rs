@@ -13,7 +13,8 @@ use herald_domain::sealing::Sealing;
 
 use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
-use super::rows::{self, list, optional_to_json, Order};
+use super::rows::{self, list, optional_to_json};
+use crate::listing::Listing;
 use crate::shared;
 use crate::sql;
 use crate::{
@@ -191,15 +192,9 @@ pub(crate) fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app))?;
-    let (filter, params) = shared::message_filter(app, &query);
     list(
         conn,
-        rows::MESSAGE_COLUMNS,
-        "messages",
-        &filter,
-        params,
-        "id",
-        Order::Descending,
+        Listing::messages(app, &query),
         &query.page,
         rows::message,
         |m| m.id.to_string(),
@@ -220,15 +215,9 @@ pub(crate) fn list_attempts(
         }
         AttemptFilter::App => get_app(conn, &IdOrUid::Id(app)).map(|_| ())?,
     }
-    let (filter, params) = shared::attempt_filter(app, &query);
     list(
         conn,
-        rows::ATTEMPT_COLUMNS,
-        "attempts",
-        &filter,
-        params,
-        "id",
-        Order::Descending,
+        Listing::attempts(app, &query),
         &query.page,
         rows::attempt,
         |a| a.id.to_string(),

@@ -13,6 +13,7 @@ use crate::{
     App, Attempt, Endpoint, EventType, Message, Page, PageRequest, StoreError, StoreResult,
 };
 
+pub(crate) use crate::listing::*;
 pub(crate) use crate::shared::*;
 
 fn bad_value(
@@ -143,20 +144,14 @@ impl rusqlite::ToSql for Bind {
 }
 
 /// Runs one page of a listing (see [`page_query`]).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn list<T>(
     conn: &Connection,
-    columns: &str,
-    table: &str,
-    filter: &str,
-    binds: Vec<Bind>,
-    key: &str,
-    order: Order,
+    listing: Listing,
     page: &PageRequest,
     map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
-    let query = page_query(columns, table, filter, binds, key, order, page);
+    let query = page_query(listing, page);
     let mut statement = conn.prepare_cached(&query.sql).map_err(internal)?;
     let data = statement
         .query_map(rusqlite::params_from_iter(query.binds.iter()), map)

@@ -11,10 +11,10 @@ use herald_domain::{
 use herald_domain::sealing::Sealing;
 
 use crate::{
-    AutoDisable, BackgroundTask, Claim, CreatedMessage, DeliveryJob, Endpoint, EndpointRun,
-    EndpointTarget, HealthCounts, HealthUpdate, Message, MessageInput, RateRule, Recovery,
-    Reservation, StoreError, StoreResult, StoredResponse, TaskStatus, Timestamp, HEALTH_BUCKET_MS,
-    LATENCY_BINS,
+    AttemptFilter, AttemptQuery, AutoDisable, BackgroundTask, Claim, CreatedMessage, Cursor,
+    DeliveryJob, Endpoint, EndpointRun, EndpointTarget, HealthCounts, HealthUpdate, Message,
+    MessageInput, PageRequest, RateRule, Recovery, Reservation, StoreError, StoreResult,
+    StoredResponse, TaskStatus, Timestamp, HEALTH_BUCKET_MS, LATENCY_BINS,
 };
 
 /// The wall clock in unix milliseconds.
@@ -25,33 +25,12 @@ pub(crate) fn now() -> Timestamp {
         .unwrap_or_default()
 }
 
-/// Due and scheduled deliveries, disabled and failing endpoints (`$1`: now).
-pub(crate) const QUEUE_GAUGES: &str = "SELECT
-    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at <= $1),
-    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at > $1),
-    (SELECT count(*) FROM endpoints WHERE disabled),
-    (SELECT count(*) FROM endpoint_status WHERE consecutive_failures > 0)";
-
-/// Each endpoint's app, id, disabled flag and run of failures.
-pub(crate) const ENDPOINT_GAUGES: &str = "SELECT e.app_id, e.id, e.disabled,
-        COALESCE(s.consecutive_failures, 0)
-    FROM endpoints e LEFT JOIN endpoint_status s ON s.endpoint_id = e.id
-    ORDER BY e.app_id, e.id";
-
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
 pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering";
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
-
-/// Endpoints of an app joined with their signing secrets, one row per
-/// (endpoint, secret), ordered by endpoint and then current secret first.
-pub(crate) const TARGET_ROWS_SQL: &str =
-    "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
-     FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
-     WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
-     ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
 
 /// One row of [`TARGET_ROWS_SQL`].
 #[derive(Debug)]
@@ -200,17 +179,6 @@ pub(crate) fn decode_alert_rules(text: &str) -> StoreResult<AlertRules> {
 /// often the secret is rotated.
 pub(crate) const MAX_PREVIOUS_SECRETS: i64 = 4;
 
-/// Drops an endpoint's ($1) previous secrets beyond the newest $2.
-pub(crate) const TRIM_PREVIOUS_SECRETS_SQL: &str =
-    "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
-         AND secret NOT IN (SELECT secret FROM endpoint_secrets
-                            WHERE endpoint_id = $1 AND expires_at IS NOT NULL
-                            ORDER BY created_at DESC LIMIT $2)";
-
-/// One sealed secret, if any (a store opened without a key must have none).
-pub(crate) const ANY_SEALED_SECRET_SQL: &str =
-    "SELECT secret FROM endpoint_secrets WHERE secret LIKE 'hsec1:%' LIMIT 1";
-
 /// Why Herald will not start on these secrets, for the operator.
 pub(crate) fn sealing_refusal(error: &herald_domain::sealing::OpenError) -> String {
     use herald_domain::sealing::OpenError;
@@ -333,29 +301,6 @@ pub(crate) fn encode_recovery(recovery: &Recovery) -> String {
     serde_json::to_string(recovery).unwrap_or_default()
 }
 
-/// The next messages a recovery step looks at: up to $5 of app $1's, from
-/// $2 (inclusive: the window's start, or the endpoint's creation if later),
-/// after the cursor $3, before $4 (the window's end, if any), each with its
-/// delivery to endpoint $6 if there is one.
-pub(crate) const RECOVERY_SCAN_SQL: &str = "SELECT m.id, m.event_type, m.channels, d.status
-     FROM (SELECT id, event_type, channels FROM messages
-           WHERE app_id = $1 AND id >= $2 AND id > $3 AND (CAST($4 AS TEXT) IS NULL OR id < $4)
-           ORDER BY id LIMIT $5) m
-     LEFT JOIN deliveries d ON d.message_id = m.id AND d.endpoint_id = $6
-     ORDER BY m.id";
-
-/// A failed delivery, queued again for one manual attempt ($3 now).
-pub(crate) const RECOVERY_REQUEUE_SQL: &str = "UPDATE deliveries SET status = 1, trigger_type = 1, next_attempt_at = $3, lease_until = NULL, updated_at = $3
-     WHERE message_id = $1 AND endpoint_id = $2 AND status = 2";
-
-/// A delivery the endpoint never got (it was disabled then), created for
-/// one manual attempt ($4 now).
-pub(crate) const RECOVERY_CREATE_SQL: &str =
-    "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
-         next_attempt_at, lease_until, updated_at)
-     VALUES ($1, $2, $3, 1, 0, 1, $4, NULL, $4)
-     ON CONFLICT (message_id, endpoint_id) DO NOTHING";
-
 /// What one recovery step scanned: each message with its event type,
 /// channels (JSON) and the status of its delivery to the endpoint.
 pub(crate) type ScannedMessage = (String, String, Option<String>, Option<i64>);
@@ -405,44 +350,6 @@ pub(crate) fn recovery_plan(
     }
     Ok((requeue, create))
 }
-
-/// Adds one bucket's counts to the stored ones (`$n` placeholders; SQLite
-/// runs it with `?n`).
-pub(crate) const HEALTH_UPSERT_SQL: &str =
-    "INSERT INTO endpoint_health (endpoint_id, bucket, succeeded, failed, duration_sum_ms,
-         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-     ON CONFLICT (endpoint_id, bucket) DO UPDATE SET
-         succeeded = endpoint_health.succeeded + excluded.succeeded,
-         failed = endpoint_health.failed + excluded.failed,
-         duration_sum_ms = endpoint_health.duration_sum_ms + excluded.duration_sum_ms,
-         h0 = endpoint_health.h0 + excluded.h0, h1 = endpoint_health.h1 + excluded.h1,
-         h2 = endpoint_health.h2 + excluded.h2, h3 = endpoint_health.h3 + excluded.h3,
-         h4 = endpoint_health.h4 + excluded.h4, h5 = endpoint_health.h5 + excluded.h5,
-         h6 = endpoint_health.h6 + excluded.h6, h7 = endpoint_health.h7 + excluded.h7,
-         h8 = endpoint_health.h8 + excluded.h8, h9 = endpoint_health.h9 + excluded.h9,
-         h10 = endpoint_health.h10 + excluded.h10, h11 = endpoint_health.h11 + excluded.h11";
-
-/// Moves an endpoint's current run on: a report with a success restarts it
-/// ($6 true), one without extends it.
-pub(crate) const STATUS_UPSERT_SQL: &str = "INSERT INTO endpoint_status (endpoint_id, consecutive_failures, last_success_at, last_failure_at, failing_since)
-     VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (endpoint_id) DO UPDATE SET
-         consecutive_failures = CASE WHEN $6 THEN excluded.consecutive_failures
-             ELSE endpoint_status.consecutive_failures + excluded.consecutive_failures END,
-         last_success_at = COALESCE(excluded.last_success_at, endpoint_status.last_success_at),
-         last_failure_at = COALESCE(excluded.last_failure_at, endpoint_status.last_failure_at),
-         failing_since = CASE WHEN $6 THEN excluded.failing_since
-             ELSE COALESCE(endpoint_status.failing_since, excluded.failing_since) END";
-
-/// The buckets of the last week, for [`health_windows`].
-pub(crate) const HEALTH_BUCKETS_SQL: &str = "SELECT bucket, succeeded, failed, duration_sum_ms,
-         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11
-     FROM endpoint_health WHERE endpoint_id = $1 AND bucket >= $2";
-
-pub(crate) const STATUS_SQL: &str =
-    "SELECT consecutive_failures, last_success_at, last_failure_at, failing_since
-     FROM endpoint_status WHERE endpoint_id = $1";
 
 const HOUR_MS: Timestamp = 3_600_000;
 
@@ -522,50 +429,6 @@ pub(crate) fn health_values(bucket: Timestamp, counts: &HealthCounts) -> [i64; 1
     values
 }
 
-/// After an endpoint is written: its retry policy ($2), and why and since
-/// when it is disabled — kept if already known, `manual` otherwise, cleared
-/// when enabled ($3 is now).
-pub(crate) const ENDPOINT_WRITTEN_SQL: &str = "UPDATE endpoints SET retry_policy = $2, strict_ordering = $4,
-         disabled_reason = CASE WHEN disabled THEN COALESCE(disabled_reason, 'manual') ELSE NULL END,
-         disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
-     WHERE id = $1";
-
-/// A re-enabled endpoint starts counting failures afresh (else the next
-/// failure would disable it again at once); while it keeps failing, it has
-/// been failing since the same moment, so it is disabled again once it has
-/// failed the minimum number of attempts anew. Its first success ends the
-/// run (and the episode of its notifications).
-pub(crate) const RESET_RUN_SQL: &str =
-    "UPDATE endpoint_status SET consecutive_failures = 0 WHERE endpoint_id = $1";
-
-/// The receiver answered 410 Gone ($1 now, $2 the endpoint).
-pub(crate) const DISABLE_GONE_SQL: &str = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'gone', disabled_at = $1, updated_at = $1
-     WHERE id = $2 AND disabled = FALSE";
-
-/// Disables endpoint $1 at $2 if every attempt since $3 or earlier failed
-/// and there were at least $4 of them; changes one row if it did.
-pub(crate) const AUTO_DISABLE_SQL: &str = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'failing', disabled_at = $2, updated_at = $2
-     WHERE id = $1 AND disabled = FALSE AND EXISTS (
-         SELECT 1 FROM endpoint_status s
-         WHERE s.endpoint_id = $1 AND s.failing_since <= $3 AND s.consecutive_failures >= $4)";
-
-/// Retention: up to $2 messages made before $1 (a message-id bound) with no
-/// delivery still pending, with their deliveries and attempts (cascade).
-pub(crate) const PURGE_MESSAGES_SQL: &str = "DELETE FROM messages WHERE id IN (
-     SELECT m.id FROM messages m
-     WHERE m.id < $1 AND NOT EXISTS (
-         SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = 1)
-     ORDER BY m.id LIMIT $2)";
-
-/// Marks endpoint $1's success rate as dropped since $2, unless it already
-/// is; returns the start of the drop.
-pub(crate) const MARK_RATE_DROP_SQL: &str =
-    "UPDATE endpoint_status SET rate_dropped_since = COALESCE(rate_dropped_since, $2)
-     WHERE endpoint_id = $1 RETURNING rate_dropped_since";
-
-pub(crate) const CLEAR_RATE_DROP_SQL: &str =
-    "UPDATE endpoint_status SET rate_dropped_since = NULL WHERE endpoint_id = $1";
-
 /// The last hour's counts, from the buckets of the last week.
 pub(crate) fn last_hour(buckets: &[(Timestamp, HealthCounts)], now: Timestamp) -> HealthCounts {
     health_windows(buckets, now)[0]
@@ -581,6 +444,41 @@ pub(crate) fn rate_dropped(counts: &HealthCounts, rule: RateRule) -> Option<bool
 /// One endpoint's row of `endpoint_status`: consecutive failures, last
 /// success, last failure, failing since.
 pub(crate) type StatusRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+
+/// The attempts an endpoint's health shows: its newest 20.
+pub(crate) fn recent_attempts(endpoint: EndpointId) -> AttemptQuery {
+    AttemptQuery::new(
+        AttemptFilter::Endpoint(endpoint),
+        PageRequest {
+            limit: 20,
+            cursor: Cursor::Start,
+        },
+    )
+}
+
+/// An endpoint's health as of `now`, from its buckets, its status row and
+/// its newest attempts.
+pub(crate) fn endpoint_health(
+    buckets: &[(Timestamp, HealthCounts)],
+    status: Option<StatusRow>,
+    recent: Vec<crate::Attempt>,
+    now: Timestamp,
+) -> crate::EndpointHealth {
+    let [last_hour, last_day, last_week] = health_windows(buckets, now);
+    let (consecutive, last_success_at, last_failure_at, failing_since) =
+        status.unwrap_or((0, None, None, None));
+    crate::EndpointHealth {
+        last_hour,
+        last_day,
+        last_week,
+        last_day_by_hour: last_day_by_hour(buckets, now),
+        recent,
+        consecutive_failures: consecutive.max(0) as u64,
+        last_success_at,
+        last_failure_at,
+        failing_since,
+    }
+}
 
 /// An endpoint's run after a health report, from its status row before and
 /// after the report was added.
@@ -643,7 +541,3 @@ pub(crate) fn idempotency_state(
         created_at,
     })
 }
-
-/// Rewrites the health check's probe row (`$1`: now).
-pub(crate) const PROBE_WRITE_SQL: &str = "INSERT INTO store_probe (id, at) VALUES (1, $1)
-     ON CONFLICT (id) DO UPDATE SET at = excluded.at";

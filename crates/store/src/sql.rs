@@ -115,6 +115,119 @@ statements! {
     UPDATE_TASK = "UPDATE background_tasks SET status = $1, cursor = COALESCE($2, cursor), done = $3, updated_at = $4
          WHERE id = $5";
     PURGE_HEALTH = "DELETE FROM endpoint_health WHERE bucket < $1";
+
+    /// Due and scheduled deliveries, disabled and failing endpoints (`$1`: now).
+    QUEUE_GAUGES = "SELECT
+    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at <= $1),
+    (SELECT count(*) FROM deliveries WHERE status = 1 AND next_attempt_at > $1),
+    (SELECT count(*) FROM endpoints WHERE disabled),
+    (SELECT count(*) FROM endpoint_status WHERE consecutive_failures > 0)";
+    /// Each endpoint's app, id, disabled flag and run of failures.
+    ENDPOINT_GAUGES = "SELECT e.app_id, e.id, e.disabled,
+        COALESCE(s.consecutive_failures, 0)
+    FROM endpoints e LEFT JOIN endpoint_status s ON s.endpoint_id = e.id
+    ORDER BY e.app_id, e.id";
+    /// Endpoints of an app joined with their signing secrets, one row per
+    /// (endpoint, secret), ordered by endpoint and then current secret first.
+    TARGET_ROWS = "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
+     FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
+     WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
+     ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
+    /// Drops an endpoint's ($1) previous secrets beyond the newest $2.
+    TRIM_PREVIOUS_SECRETS = "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+         AND secret NOT IN (SELECT secret FROM endpoint_secrets
+                            WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+                            ORDER BY created_at DESC LIMIT $2)";
+    /// One sealed secret, if any (a store opened without a key must have none).
+    ANY_SEALED_SECRET = "SELECT secret FROM endpoint_secrets WHERE secret LIKE 'hsec1:%' LIMIT 1";
+    /// The next messages a recovery step looks at: up to $5 of app $1's, from
+    /// $2 (inclusive: the window's start, or the endpoint's creation if later),
+    /// after the cursor $3, before $4 (the window's end, if any), each with its
+    /// delivery to endpoint $6 if there is one.
+    RECOVERY_SCAN = "SELECT m.id, m.event_type, m.channels, d.status
+     FROM (SELECT id, event_type, channels FROM messages
+           WHERE app_id = $1 AND id >= $2 AND id > $3 AND (CAST($4 AS TEXT) IS NULL OR id < $4)
+           ORDER BY id LIMIT $5) m
+     LEFT JOIN deliveries d ON d.message_id = m.id AND d.endpoint_id = $6
+     ORDER BY m.id";
+    /// A failed delivery, queued again for one manual attempt ($3 now).
+    RECOVERY_REQUEUE = "UPDATE deliveries SET status = 1, trigger_type = 1, next_attempt_at = $3, lease_until = NULL, updated_at = $3
+     WHERE message_id = $1 AND endpoint_id = $2 AND status = 2";
+    /// A delivery the endpoint never got (it was disabled then), created for
+    /// one manual attempt ($4 now).
+    RECOVERY_CREATE = "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
+         next_attempt_at, lease_until, updated_at)
+     VALUES ($1, $2, $3, 1, 0, 1, $4, NULL, $4)
+     ON CONFLICT (message_id, endpoint_id) DO NOTHING";
+    /// Adds one bucket's counts to the stored ones (`$n` placeholders; SQLite
+    /// runs it with `?n`).
+    HEALTH_UPSERT = "INSERT INTO endpoint_health (endpoint_id, bucket, succeeded, failed, duration_sum_ms,
+         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+     ON CONFLICT (endpoint_id, bucket) DO UPDATE SET
+         succeeded = endpoint_health.succeeded + excluded.succeeded,
+         failed = endpoint_health.failed + excluded.failed,
+         duration_sum_ms = endpoint_health.duration_sum_ms + excluded.duration_sum_ms,
+         h0 = endpoint_health.h0 + excluded.h0, h1 = endpoint_health.h1 + excluded.h1,
+         h2 = endpoint_health.h2 + excluded.h2, h3 = endpoint_health.h3 + excluded.h3,
+         h4 = endpoint_health.h4 + excluded.h4, h5 = endpoint_health.h5 + excluded.h5,
+         h6 = endpoint_health.h6 + excluded.h6, h7 = endpoint_health.h7 + excluded.h7,
+         h8 = endpoint_health.h8 + excluded.h8, h9 = endpoint_health.h9 + excluded.h9,
+         h10 = endpoint_health.h10 + excluded.h10, h11 = endpoint_health.h11 + excluded.h11";
+    /// Moves an endpoint's current run on: a report with a success restarts it
+    /// ($6 true), one without extends it.
+    STATUS_UPSERT = "INSERT INTO endpoint_status (endpoint_id, consecutive_failures, last_success_at, last_failure_at, failing_since)
+     VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (endpoint_id) DO UPDATE SET
+         consecutive_failures = CASE WHEN $6 THEN excluded.consecutive_failures
+             ELSE endpoint_status.consecutive_failures + excluded.consecutive_failures END,
+         last_success_at = COALESCE(excluded.last_success_at, endpoint_status.last_success_at),
+         last_failure_at = COALESCE(excluded.last_failure_at, endpoint_status.last_failure_at),
+         failing_since = CASE WHEN $6 THEN excluded.failing_since
+             ELSE COALESCE(endpoint_status.failing_since, excluded.failing_since) END";
+    /// The buckets of the last week, for [`health_windows`].
+    HEALTH_BUCKETS = "SELECT bucket, succeeded, failed, duration_sum_ms,
+         h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11
+     FROM endpoint_health WHERE endpoint_id = $1 AND bucket >= $2";
+    STATUS = "SELECT consecutive_failures, last_success_at, last_failure_at, failing_since
+     FROM endpoint_status WHERE endpoint_id = $1";
+    /// After an endpoint is written: its retry policy ($2), and why and since
+    /// when it is disabled — kept if already known, `manual` otherwise, cleared
+    /// when enabled ($3 is now).
+    ENDPOINT_WRITTEN = "UPDATE endpoints SET retry_policy = $2, strict_ordering = $4,
+         disabled_reason = CASE WHEN disabled THEN COALESCE(disabled_reason, 'manual') ELSE NULL END,
+         disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
+     WHERE id = $1";
+    /// A re-enabled endpoint starts counting failures afresh (else the next
+    /// failure would disable it again at once); while it keeps failing, it has
+    /// been failing since the same moment, so it is disabled again once it has
+    /// failed the minimum number of attempts anew. Its first success ends the
+    /// run (and the episode of its notifications).
+    RESET_RUN = "UPDATE endpoint_status SET consecutive_failures = 0 WHERE endpoint_id = $1";
+    /// The receiver answered 410 Gone ($1 now, $2 the endpoint).
+    DISABLE_GONE = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'gone', disabled_at = $1, updated_at = $1
+     WHERE id = $2 AND disabled = FALSE";
+    /// Disables endpoint $1 at $2 if every attempt since $3 or earlier failed
+    /// and there were at least $4 of them; changes one row if it did.
+    AUTO_DISABLE = "UPDATE endpoints SET disabled = TRUE, disabled_reason = 'failing', disabled_at = $2, updated_at = $2
+     WHERE id = $1 AND disabled = FALSE AND EXISTS (
+         SELECT 1 FROM endpoint_status s
+         WHERE s.endpoint_id = $1 AND s.failing_since <= $3 AND s.consecutive_failures >= $4)";
+    /// Retention: up to $2 messages made before $1 (a message-id bound) with no
+    /// delivery still pending, with their deliveries and attempts (cascade).
+    PURGE_MESSAGES = "DELETE FROM messages WHERE id IN (
+     SELECT m.id FROM messages m
+     WHERE m.id < $1 AND NOT EXISTS (
+         SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = 1)
+     ORDER BY m.id LIMIT $2)";
+    /// Marks endpoint $1's success rate as dropped since $2, unless it already
+    /// is; returns the start of the drop.
+    MARK_RATE_DROP = "UPDATE endpoint_status SET rate_dropped_since = COALESCE(rate_dropped_since, $2)
+     WHERE endpoint_id = $1 RETURNING rate_dropped_since";
+    CLEAR_RATE_DROP = "UPDATE endpoint_status SET rate_dropped_since = NULL WHERE endpoint_id = $1";
+    /// Rewrites the health check's probe row (`$1`: now).
+    PROBE_WRITE = "INSERT INTO store_probe (id, at) VALUES (1, $1)
+     ON CONFLICT (id) DO UPDATE SET at = excluded.at";
 }
 
 #[cfg(test)]

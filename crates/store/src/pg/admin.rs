@@ -491,7 +491,7 @@ pub(crate) async fn rotate_endpoint_secret(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    sqlx::query(crate::shared::TRIM_PREVIOUS_SECRETS_SQL)
+    sqlx::query(sql::TRIM_PREVIOUS_SECRETS.pg)
         .bind(&id)
         .bind(crate::shared::MAX_PREVIOUS_SECRETS)
         .execute(&mut *conn)
@@ -562,7 +562,7 @@ async fn endpoint_written(
     strict_ordering: bool,
     re_enabled: bool,
 ) -> StoreResult<()> {
-    sqlx::query(crate::shared::ENDPOINT_WRITTEN_SQL)
+    sqlx::query(sql::ENDPOINT_WRITTEN.pg)
         .bind(endpoint.to_string())
         .bind(policy)
         .bind(crate::shared::now())
@@ -571,7 +571,7 @@ async fn endpoint_written(
         .await
         .map_err(db)?;
     if re_enabled {
-        sqlx::query(crate::shared::RESET_RUN_SQL)
+        sqlx::query(sql::RESET_RUN.pg)
             .bind(endpoint.to_string())
             .execute(&mut *conn)
             .await

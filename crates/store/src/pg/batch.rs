@@ -22,6 +22,7 @@ use herald_domain::AppId;
 
 use super::rows::db;
 use crate::shared::{self, now};
+use crate::sql;
 use crate::{
     AttemptOutcome, Claim, CreatedMessage, MessageInput, StoreError, StoreResult, Timestamp,
 };
@@ -144,7 +145,7 @@ pub(crate) struct NewMessage {
 }
 
 /// Enabled endpoints of several apps with their signing secrets, grouped by
-/// app (the rows of [`shared::TARGET_ROWS_SQL`] for many apps at once).
+/// app (the rows of [`sql::TARGET_ROWS.pg`] for many apps at once).
 const TARGETS_OF_APPS_SQL: &str =
     "SELECT e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
@@ -439,7 +440,7 @@ async fn record_attempts(
         .collect();
     if !gone.is_empty() {
         for endpoint in &gone {
-            sqlx::query(shared::DISABLE_GONE_SQL)
+            sqlx::query(sql::DISABLE_GONE.pg)
                 .bind(now())
                 .bind(endpoint)
                 .execute(&mut *conn)

@@ -393,7 +393,7 @@ pub(crate) async fn purge_messages(
     before: Timestamp,
     limit: usize,
 ) -> StoreResult<u64> {
-    let done = sqlx::query(shared::PURGE_MESSAGES_SQL)
+    let done = sqlx::query(sql::PURGE_MESSAGES.pg)
         .bind(herald_domain::MessageId::lowest_at(before).to_string())
         .bind(limit as i64)
         .execute(&mut *conn)

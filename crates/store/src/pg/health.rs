@@ -12,8 +12,8 @@ use super::rows::db;
 use crate::shared;
 use crate::sql;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
-    HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
+    AutoDisable, EndpointHealth, EndpointRun, HealthCounts, HealthUpdate, RateDrop, RateRule,
+    StoreResult, Timestamp,
 };
 
 pub(crate) async fn record_health(
@@ -32,13 +32,13 @@ pub(crate) async fn record_health(
         let endpoint = update.endpoint_id.to_string();
         let before = status_row(conn, &endpoint).await?;
         for (start, counts) in &update.buckets {
-            let mut query = sqlx::query(shared::HEALTH_UPSERT_SQL).bind(&endpoint);
+            let mut query = sqlx::query(sql::HEALTH_UPSERT.pg).bind(&endpoint);
             for value in shared::health_values(*start, counts) {
                 query = query.bind(value);
             }
             query.execute(&mut *conn).await.map_err(db)?;
         }
-        sqlx::query(shared::STATUS_UPSERT_SQL)
+        sqlx::query(sql::STATUS_UPSERT.pg)
             .bind(&endpoint)
             .bind(update.failures_since_success as i64)
             .bind(update.last_success_at)
@@ -52,7 +52,7 @@ pub(crate) async fn record_health(
         let at = shared::now();
         let disabled = match shared::auto_disable_due(rule, after, at) {
             Some(rule) => {
-                sqlx::query(shared::AUTO_DISABLE_SQL)
+                sqlx::query(sql::AUTO_DISABLE.pg)
                     .bind(&endpoint)
                     .bind(at)
                     .bind(at - rule.after)
@@ -74,7 +74,7 @@ async fn status_row(
     conn: &mut PgConnection,
     endpoint: &str,
 ) -> StoreResult<Option<shared::StatusRow>> {
-    let row = sqlx::query(shared::STATUS_SQL)
+    let row = sqlx::query(sql::STATUS.pg)
         .bind(endpoint)
         .fetch_optional(&mut *conn)
         .await
@@ -100,34 +100,9 @@ pub(crate) async fn endpoint_health(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
     let id = endpoint.to_string();
     let buckets = buckets(conn, &id, now).await?;
-    let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
-    let (consecutive, last_success_at, last_failure_at, failing_since) = status_row(conn, &id)
-        .await?
-        .unwrap_or((0, None, None, None));
-    let recent = list_attempts(
-        conn,
-        app,
-        AttemptQuery::new(
-            AttemptFilter::Endpoint(endpoint),
-            PageRequest {
-                limit: 20,
-                cursor: Cursor::Start,
-            },
-        ),
-    )
-    .await?
-    .data;
-    Ok(EndpointHealth {
-        last_hour,
-        last_day,
-        last_week,
-        last_day_by_hour: shared::last_day_by_hour(&buckets, now),
-        recent,
-        consecutive_failures: consecutive.max(0) as u64,
-        last_success_at,
-        last_failure_at,
-        failing_since,
-    })
+    let status = status_row(conn, &id).await?;
+    let recent = list_attempts(conn, app, shared::recent_attempts(endpoint)).await?;
+    Ok(shared::endpoint_health(&buckets, status, recent.data, now))
 }
 
 pub(crate) async fn purge_health(conn: &mut PgConnection, before: Timestamp) -> StoreResult<u64> {
@@ -150,7 +125,7 @@ pub(crate) async fn check_success_rate(
     let last_hour = shared::last_hour(&buckets, now);
     match shared::rate_dropped(&last_hour, rule) {
         Some(true) => {
-            let since: Option<Option<Timestamp>> = sqlx::query_scalar(shared::MARK_RATE_DROP_SQL)
+            let since: Option<Option<Timestamp>> = sqlx::query_scalar(sql::MARK_RATE_DROP.pg)
                 .bind(&id)
                 .bind(now)
                 .fetch_optional(&mut *conn)
@@ -159,7 +134,7 @@ pub(crate) async fn check_success_rate(
             Ok(since.flatten().map(|since| RateDrop { since, last_hour }))
         }
         Some(false) => {
-            sqlx::query(shared::CLEAR_RATE_DROP_SQL)
+            sqlx::query(sql::CLEAR_RATE_DROP.pg)
                 .bind(&id)
                 .execute(&mut *conn)
                 .await
@@ -175,7 +150,7 @@ async fn buckets(
     endpoint: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(Timestamp, HealthCounts)>> {
-    let rows = sqlx::query(shared::HEALTH_BUCKETS_SQL)
+    let rows = sqlx::query(sql::HEALTH_BUCKETS.pg)
         .bind(endpoint)
         .bind(shared::week_start(now))
         .fetch_all(&mut *conn)

@@ -24,6 +24,7 @@ use herald_domain::{
     AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
 
+use crate::sql;
 use crate::*;
 use rows::db;
 
@@ -265,7 +266,7 @@ async fn reseal(pool: &PgPool, sealing: &Sealing) -> StoreResult<()> {
     use sqlx::Row;
     // Without a key there is nothing to seal: only a sealed secret matters.
     if sealing.current.is_none() {
-        let sealed: Option<String> = sqlx::query_scalar(shared::ANY_SEALED_SECRET_SQL)
+        let sealed: Option<String> = sqlx::query_scalar(sql::ANY_SEALED_SECRET.pg)
             .fetch_optional(pool)
             .await
             .map_err(db)?;
@@ -412,7 +413,7 @@ macro_rules! pg_store {
 crate::delegate::delegated!(pg_store {
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
         self.read(async |c| {
-            let row = sqlx::query(crate::shared::QUEUE_GAUGES)
+            let row = sqlx::query(sql::QUEUE_GAUGES.pg)
                 .bind(now)
                 .fetch_one(c)
                 .await
@@ -433,7 +434,7 @@ crate::delegate::delegated!(pg_store {
     }
     async fn endpoint_gauges(&self) -> StoreResult<Vec<EndpointGauge>> {
         self.read(async |c| {
-            let rows = sqlx::query(crate::shared::ENDPOINT_GAUGES)
+            let rows = sqlx::query(sql::ENDPOINT_GAUGES.pg)
                 .fetch_all(c)
                 .await
                 .map_err(db)?;
@@ -473,7 +474,7 @@ crate::delegate::delegated!(pg_store {
     }
     async fn check_writes(&self) -> StoreResult<()> {
         self.write(async |c| {
-            sqlx::query(shared::PROBE_WRITE_SQL)
+            sqlx::query(sql::PROBE_WRITE.pg)
                 .bind(shared::now())
                 .execute(c)
                 .await

@@ -91,7 +91,7 @@ pub(crate) async fn recovery_step(
     )
     .await?;
     let (start, after, end) = shared::scan_bounds(&current.recovery, &endpoint, cursor);
-    let rows = sqlx::query(shared::RECOVERY_SCAN_SQL)
+    let rows = sqlx::query(sql::RECOVERY_SCAN.pg)
         .bind(current.app_id.to_string())
         .bind(start)
         .bind(after)
@@ -110,7 +110,7 @@ pub(crate) async fn recovery_step(
     let at = now();
     let id = endpoint.id.to_string();
     for message in &requeue {
-        sqlx::query(shared::RECOVERY_REQUEUE_SQL)
+        sqlx::query(sql::RECOVERY_REQUEUE.pg)
             .bind(message)
             .bind(&id)
             .bind(at)
@@ -119,7 +119,7 @@ pub(crate) async fn recovery_step(
             .map_err(db)?;
     }
     for message in &create {
-        sqlx::query(shared::RECOVERY_CREATE_SQL)
+        sqlx::query(sql::RECOVERY_CREATE.pg)
             .bind(message)
             .bind(&id)
             .bind(current.app_id.to_string())

@@ -468,9 +468,7 @@ pub(crate) fn rotate_endpoint_secret(
     )
     .map_err(internal)?;
     conn.execute(
-        &shared::TRIM_PREVIOUS_SECRETS_SQL
-            .replace("$1", "?1")
-            .replace("$2", "?2"),
+        sql::TRIM_PREVIOUS_SECRETS.sqlite,
         params![id, shared::MAX_PREVIOUS_SECRETS],
     )
     .map_err(internal)?;
@@ -543,8 +541,7 @@ fn endpoint_written(
     strict_ordering: bool,
     re_enabled: bool,
 ) -> StoreResult<()> {
-    let sql = |shared: &str| shared.replace('$', "?");
-    conn.prepare_cached(&sql(shared::ENDPOINT_WRITTEN_SQL))
+    conn.prepare_cached(sql::ENDPOINT_WRITTEN.sqlite)
         .and_then(|mut s| {
             s.execute(params![
                 endpoint.to_string(),
@@ -555,7 +552,7 @@ fn endpoint_written(
         })
         .map_err(internal)?;
     if re_enabled {
-        conn.prepare_cached(&sql(shared::RESET_RUN_SQL))
+        conn.prepare_cached(sql::RESET_RUN.sqlite)
             .and_then(|mut s| s.execute([endpoint.to_string()]))
             .map_err(internal)?;
     }

@@ -35,7 +35,7 @@ fn matching_targets(
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let mut statement = conn
-        .prepare_cached(shared::TARGET_ROWS_SQL)
+        .prepare_cached(sql::TARGET_ROWS.sqlite)
         .map_err(internal)?;
     let rows = statement
         .query_map(params![app.to_string(), at], |r| {
@@ -405,7 +405,7 @@ pub(crate) fn record_attempt(conn: &Connection, outcome: AttemptOutcome) -> Stor
     })
     .map_err(internal)?;
     if outcome.disable_endpoint {
-        conn.prepare_cached(&shared::DISABLE_GONE_SQL.replace('$', "?"))
+        conn.prepare_cached(sql::DISABLE_GONE.sqlite)
             .and_then(|mut s| {
                 s.execute(params![attempt.created_at, attempt.endpoint_id.to_string()])
             })
@@ -515,7 +515,7 @@ pub(crate) fn purge_messages(
     before: Timestamp,
     limit: usize,
 ) -> StoreResult<u64> {
-    conn.prepare_cached(&shared::PURGE_MESSAGES_SQL.replace('$', "?"))
+    conn.prepare_cached(sql::PURGE_MESSAGES.sqlite)
         .and_then(|mut s| {
             s.execute(params![
                 herald_domain::MessageId::lowest_at(before).to_string(),

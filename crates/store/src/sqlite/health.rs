@@ -12,13 +12,9 @@ use super::pool::internal;
 use crate::shared;
 use crate::sql;
 use crate::{
-    AttemptFilter, AttemptQuery, AutoDisable, Cursor, EndpointHealth, EndpointRun, HealthCounts,
-    HealthUpdate, PageRequest, RateDrop, RateRule, StoreResult, Timestamp,
+    AutoDisable, EndpointHealth, EndpointRun, HealthCounts, HealthUpdate, RateDrop, RateRule,
+    StoreResult, Timestamp,
 };
-
-fn sql(shared: &str) -> String {
-    shared.replace('$', "?")
-}
 
 pub(crate) fn record_health(
     conn: &Connection,
@@ -26,10 +22,10 @@ pub(crate) fn record_health(
     rule: Option<AutoDisable>,
 ) -> StoreResult<Vec<EndpointRun>> {
     let mut bucket = conn
-        .prepare_cached(&sql(shared::HEALTH_UPSERT_SQL))
+        .prepare_cached(sql::HEALTH_UPSERT.sqlite)
         .map_err(internal)?;
     let mut status = conn
-        .prepare_cached(&sql(shared::STATUS_UPSERT_SQL))
+        .prepare_cached(sql::STATUS_UPSERT.sqlite)
         .map_err(internal)?;
     let mut runs = Vec::with_capacity(updates.len());
     for update in &updates {
@@ -57,7 +53,7 @@ pub(crate) fn record_health(
         let at = now();
         let disabled = match shared::auto_disable_due(rule, after, at) {
             Some(rule) => {
-                conn.prepare_cached(&sql(shared::AUTO_DISABLE_SQL))
+                conn.prepare_cached(sql::AUTO_DISABLE.sqlite)
                     .and_then(|mut s| {
                         s.execute(params![
                             endpoint,
@@ -77,7 +73,7 @@ pub(crate) fn record_health(
 }
 
 fn status_row(conn: &Connection, endpoint: &str) -> StoreResult<Option<shared::StatusRow>> {
-    conn.prepare_cached(&sql(shared::STATUS_SQL))
+    conn.prepare_cached(sql::STATUS.sqlite)
         .and_then(|mut s| {
             s.query_row([endpoint], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -96,32 +92,9 @@ pub(crate) fn endpoint_health(
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
     let id = endpoint.to_string();
     let buckets = buckets(conn, &id, now)?;
-    let [last_hour, last_day, last_week] = shared::health_windows(&buckets, now);
-    let (consecutive, last_success_at, last_failure_at, failing_since) =
-        status_row(conn, &id)?.unwrap_or((0, None, None, None));
-    let recent = list_attempts(
-        conn,
-        app,
-        AttemptQuery::new(
-            AttemptFilter::Endpoint(endpoint),
-            PageRequest {
-                limit: 20,
-                cursor: Cursor::Start,
-            },
-        ),
-    )?
-    .data;
-    Ok(EndpointHealth {
-        last_hour,
-        last_day,
-        last_week,
-        last_day_by_hour: shared::last_day_by_hour(&buckets, now),
-        recent,
-        consecutive_failures: consecutive.max(0) as u64,
-        last_success_at,
-        last_failure_at,
-        failing_since,
-    })
+    let status = status_row(conn, &id)?;
+    let recent = list_attempts(conn, app, shared::recent_attempts(endpoint))?;
+    Ok(shared::endpoint_health(&buckets, status, recent.data, now))
 }
 
 pub(crate) fn purge_health(conn: &Connection, before: Timestamp) -> StoreResult<u64> {
@@ -135,7 +108,7 @@ fn buckets(
     endpoint: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(Timestamp, HealthCounts)>> {
-    conn.prepare_cached(&sql(shared::HEALTH_BUCKETS_SQL))
+    conn.prepare_cached(sql::HEALTH_BUCKETS.sqlite)
         .and_then(|mut s| {
             s.query_map(params![endpoint, shared::week_start(now)], |r| {
                 let mut values = [0i64; 16];
@@ -160,14 +133,14 @@ pub(crate) fn check_success_rate(
     match shared::rate_dropped(&last_hour, rule) {
         Some(true) => {
             let since: Option<Timestamp> = conn
-                .prepare_cached(&sql(shared::MARK_RATE_DROP_SQL))
+                .prepare_cached(sql::MARK_RATE_DROP.sqlite)
                 .and_then(|mut s| s.query_row(params![id, now], |r| r.get(0)).optional())
                 .map_err(internal)?
                 .flatten();
             Ok(since.map(|since| RateDrop { since, last_hour }))
         }
         Some(false) => {
-            conn.prepare_cached(&sql(shared::CLEAR_RATE_DROP_SQL))
+            conn.prepare_cached(sql::CLEAR_RATE_DROP.sqlite)
                 .and_then(|mut s| s.execute([id]))
                 .map_err(internal)?;
             Ok(None)

@@ -20,6 +20,7 @@ use herald_domain::{
     AlertRules, AppId, AttemptId, EndpointId, EventTypeName, MessageId, Secret, TaskId, TokenId,
 };
 
+use crate::sql;
 use crate::*;
 use pool::{
     internal, open_connection, Checkpointer, ReadPool, Writer, WRITER_AUTOCHECKPOINT_PAGES,
@@ -196,7 +197,7 @@ fn reseal(conn: &Connection, sealing: &Sealing) -> StoreResult<()> {
     // Without a key there is nothing to seal: only a sealed secret matters.
     if sealing.current.is_none() {
         let sealed: Option<String> = conn
-            .query_row(crate::shared::ANY_SEALED_SECRET_SQL, [], |r| r.get(0))
+            .query_row(sql::ANY_SEALED_SECRET.sqlite, [], |r| r.get(0))
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -336,7 +337,7 @@ crate::delegate::delegated!(sqlite_store {
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges> {
         self.readers
             .read(move |c| {
-                c.query_row(crate::shared::QUEUE_GAUGES, [now], |row| {
+                c.query_row(sql::QUEUE_GAUGES.sqlite, [now], |row| {
                     let count = |i| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
                     Ok(QueueGauges {
                         due: count(0)?,
@@ -353,7 +354,7 @@ crate::delegate::delegated!(sqlite_store {
         self.readers
             .read(|c| {
                 let mut statement = c
-                    .prepare_cached(crate::shared::ENDPOINT_GAUGES)
+                    .prepare_cached(sql::ENDPOINT_GAUGES.sqlite)
                     .map_err(internal)?;
                 let rows = statement
                     .query_map([], |row| {

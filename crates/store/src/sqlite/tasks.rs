@@ -90,7 +90,7 @@ pub(crate) fn recovery_step(
     )?;
     let (start, after, end) = shared::scan_bounds(&current.recovery, &endpoint, cursor);
     let scanned: Vec<shared::ScannedMessage> = conn
-        .prepare_cached(&sql(shared::RECOVERY_SCAN_SQL))
+        .prepare_cached(sql::RECOVERY_SCAN.sqlite)
         .and_then(|mut s| {
             s.query_map(
                 params![
@@ -110,13 +110,13 @@ pub(crate) fn recovery_step(
     let at = now();
     let id = endpoint.id.to_string();
     let mut again = conn
-        .prepare_cached(&sql(shared::RECOVERY_REQUEUE_SQL))
+        .prepare_cached(sql::RECOVERY_REQUEUE.sqlite)
         .map_err(internal)?;
     for message in &requeue {
         again.execute(params![message, id, at]).map_err(internal)?;
     }
     let mut new = conn
-        .prepare_cached(&sql(shared::RECOVERY_CREATE_SQL))
+        .prepare_cached(sql::RECOVERY_CREATE.sqlite)
         .map_err(internal)?;
     for message in &create {
         new.execute(params![message, id, current.app_id.to_string(), at])
@@ -139,8 +139,4 @@ pub(crate) fn recovery_step(
         })
         .map_err(internal)?;
     Ok(current)
-}
-
-fn sql(shared: &str) -> String {
-    shared.replace('$', "?")
 }

@@ -13,6 +13,8 @@ use herald_store::*;
 
 struct Backend {
     store: Arc<dyn Store>,
+    /// PostgreSQL's schema for this test.
+    schema: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -41,7 +43,11 @@ async fn sqlite() -> Backend {
     let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("test.db"))).unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
     seed(store.as_ref()).await;
-    Backend { store, _dir: dir }
+    Backend {
+        store,
+        schema: None,
+        _dir: dir,
+    }
 }
 
 /// A fresh schema per test, named with its creation time so that schemas
@@ -57,13 +63,14 @@ async fn postgres(url: &str) -> Backend {
     );
     drop_stale_schemas(url, now).await;
     let mut options = PgOptions::new(url);
-    options.schema = Some(schema);
+    options.schema = Some(schema.clone());
     options.max_connections = 4;
     let store: Arc<dyn Store> =
         Arc::new(PgStore::open(&options).await.expect("PostgreSQL reachable"));
     seed(store.as_ref()).await;
     Backend {
         store,
+        schema: Some(schema),
         _dir: tempfile::tempdir().unwrap(),
     }
 }
@@ -625,6 +632,65 @@ async fn concurrent_claimers_never_get_the_same_delivery() {
             200,
             "{name}: every delivery claimed exactly once"
         );
+    }
+}
+
+#[tokio::test]
+async fn postgresql_tables_that_grew_are_analyzed_without_autovacuum() {
+    use sqlx::Connection;
+    for (name, backend) in backends().await {
+        let Some(schema) = backend.schema.clone() else {
+            continue;
+        };
+        let url = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let last_analyze = |table: &'static str| {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT extract(epoch FROM greatest(last_analyze, last_autoanalyze))::int8
+                 FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+            )
+            .bind(schema.clone())
+            .bind(table)
+        };
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/analyzed").await;
+        // Each test's schema is new: nothing has been analyzed yet.
+        assert_eq!(
+            last_analyze("messages").fetch_one(&mut conn).await.unwrap(),
+            None,
+            "{name}"
+        );
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..1_500 {
+            let store = backend.store.clone();
+            sends.spawn(async move {
+                store
+                    .create_message(app, message("call.started", None), None, None)
+                    .await
+            });
+        }
+        while let Some(created) = sends.join_next().await {
+            created.unwrap().unwrap();
+        }
+        // The keeper looks every 2 s; PostgreSQL publishes the counts of
+        // changes within a second or so.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let messages = last_analyze("messages").fetch_one(&mut conn).await.unwrap();
+            let deliveries = last_analyze("deliveries")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if messages.is_some() && deliveries.is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: 1,500 new messages and deliveries were never analyzed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 }
 

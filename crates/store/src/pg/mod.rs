@@ -9,6 +9,7 @@ mod batch;
 mod delivery;
 mod health;
 mod rows;
+mod statistics;
 mod tasks;
 
 use std::sync::Arc;
@@ -141,11 +142,12 @@ pub fn redact_password(url: &str) -> String {
     }
 }
 
-/// Stops the background listener when the last handle to the store goes.
+/// Stops a background task (the listener, the statistics keeper) when the
+/// last handle to the store goes.
 #[derive(Debug)]
-struct ListenerTask(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl Drop for ListenerTask {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -156,7 +158,8 @@ pub struct PgStore {
     sealing: Arc<Sealing>,
     pool: PgPool,
     work: Arc<Notify>,
-    _listener: Arc<ListenerTask>,
+    _listener: Arc<AbortOnDrop>,
+    _statistics: Arc<AbortOnDrop>,
     messages: Arc<batch::Batcher<batch::NewMessage>>,
     attempts: Arc<batch::Batcher<AttemptOutcome>>,
 }
@@ -196,26 +199,27 @@ impl PgStore {
             .map_err(db)?;
         migrate(&pool).await?;
         reseal(&pool, &options.sealing).await?;
-        // Without autovacuum's ANALYZE the planner keeps the statistics of
-        // empty tables and scans whole tables for the log and for attempt
-        // updates (seen in benchmarks on a server with it off).
+        // Without autovacuum, dead rows are never reclaimed; the planner's
+        // statistics Herald keeps fresh itself (statistics.rs).
         if let Ok(setting) = sqlx::query_scalar::<_, String>("SHOW autovacuum")
             .fetch_one(&pool)
             .await
         {
             if setting == "off" {
-                tracing::warn!("PostgreSQL autovacuum is off: run ANALYZE regularly (or enable autovacuum), or listings and deliveries slow down as tables grow");
+                tracing::warn!("PostgreSQL autovacuum is off: Herald keeps its tables' statistics fresh, but nothing reclaims the space of deleted and updated rows; enable autovacuum or VACUUM regularly");
             }
         }
         let work = Arc::new(Notify::new());
         let listener = listen(&pool, work.clone()).await?;
+        let statistics = tokio::spawn(statistics::keep(pool.clone()));
         Ok(Self {
             sealing: Arc::new(options.sealing.clone()),
             messages: Arc::new(batch::Batcher::start(&pool)),
             attempts: Arc::new(batch::Batcher::start(&pool)),
             pool,
             work,
-            _listener: Arc::new(ListenerTask(listener)),
+            _listener: Arc::new(AbortOnDrop(listener)),
+            _statistics: Arc::new(AbortOnDrop(statistics)),
         })
     }
 

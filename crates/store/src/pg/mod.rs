@@ -92,6 +92,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         14,
         include_str!("../../migrations/postgres/0014_store_probe.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/postgres/0015_statistics.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -294,17 +294,46 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU time of every process named `postgres` on this machine: a
+/// local PostgreSQL server's, whichever database its backends serve
+/// (with the children they reaped: backends that ended count too).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "postgres")
+        })
+        .map(|pid| cpu_seconds_with_children(&pid))
+        .sum()
+}
+
 /// User plus system CPU time of a process (`self` or a pid), in seconds
 /// (Linux, 100 ticks per second).
 pub fn cpu_seconds_of(process: &str) -> f64 {
+    cpu_ticks(process, 2) / 100.0
+}
+
+/// Like [`cpu_seconds_of`], plus the time of the children it waited for.
+fn cpu_seconds_with_children(process: &str) -> f64 {
+    cpu_ticks(process, 4) / 100.0
+}
+
+/// The sum of the first `fields` of utime, stime, cutime, cstime.
+fn cpu_ticks(process: &str, fields: usize) -> f64 {
     std::fs::read_to_string(format!("/proc/{process}/stat"))
         .ok()
         .and_then(|stat| {
             let after_name = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after_name.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / 100.0)
+            let values: Vec<&str> = after_name.split_whitespace().collect();
+            (11..11 + fields)
+                .map(|i| values.get(i)?.parse::<f64>().ok())
+                .sum::<Option<f64>>()
         })
         .unwrap_or(0.0)
 }

@@ -111,6 +111,13 @@ pub struct Row {
     pub herald_cpu_seconds: f64,
     /// The load generator's and sink's CPU time (this process).
     pub generator_cpu_seconds: f64,
+    /// The CPU time of the PostgreSQL server's processes on this machine
+    /// (all of them, whichever database they serve) during the
+    /// measurement; 0 on SQLite, whose work is counted in Herald's.
+    pub database_cpu_seconds: f64,
+    /// From the end of the load (the last message accepted) to the last
+    /// delivery: how long the backlog took to drain.
+    pub drain_seconds: f64,
     /// Deliveries that arrived more than once.
     pub duplicates: u64,
 }
@@ -201,6 +208,8 @@ impl Row {
             herald_peak_rss_mib: 0.0,
             herald_cpu_seconds: 0.0,
             generator_cpu_seconds: 0.0,
+            database_cpu_seconds: 0.0,
+            drain_seconds: 0.0,
             duplicates: 0,
         }
     }
@@ -217,11 +226,14 @@ impl Row {
 
     fn sent(mut self, sent: &Sent) -> Self {
         self.accepted_per_second = sent.accepted as f64 / sent.elapsed.as_secs_f64();
+        // Until `delivered` says when the last delivery came.
+        self.drain_seconds = -sent.elapsed.as_secs_f64();
         self
     }
 
     fn delivered(mut self, delivered: &Delivered, with_latency: bool) -> Self {
         self.delivered_per_second = delivered.count as f64 / delivered.elapsed.as_secs_f64();
+        self.drain_seconds = (self.drain_seconds + delivered.elapsed.as_secs_f64()).max(0.0);
         if with_latency {
             self.latency_p50_ms = delivered.percentile(0.50);
             self.latency_p99_ms = delivered.percentile(0.99);
@@ -233,6 +245,9 @@ impl Row {
     fn cpu(mut self, meter: &Meter, herald: &HeraldUnderTest) -> Self {
         self.herald_cpu_seconds = herald.cpu_seconds() - meter.herald;
         self.generator_cpu_seconds = load::own_cpu_seconds() - meter.generator;
+        if self.database == "postgres" {
+            self.database_cpu_seconds = herald::postgres_cpu_seconds() - meter.database;
+        }
         self
     }
 }
@@ -241,6 +256,7 @@ impl Row {
 struct Meter {
     herald: f64,
     generator: f64,
+    database: f64,
 }
 
 impl Meter {
@@ -248,6 +264,7 @@ impl Meter {
         Self {
             herald: herald.cpu_seconds(),
             generator: load::own_cpu_seconds(),
+            database: herald::postgres_cpu_seconds(),
         }
     }
 }
@@ -438,7 +455,7 @@ async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow:
 
 fn print_header() {
     println!(
-        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "scenario",
         "database",
         "p",
@@ -450,13 +467,15 @@ fn print_header() {
         "p99 ms",
         "RSS MiB",
         "CPU s",
-        "gen CPU"
+        "gen CPU",
+        "DB CPU",
+        "drain s"
     );
 }
 
 fn print_row(row: &Row) {
     println!(
-        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1}",
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
         row.scenario,
         row.database,
         row.processes,
@@ -468,6 +487,8 @@ fn print_row(row: &Row) {
         row.latency_p99_ms,
         row.herald_peak_rss_mib,
         row.herald_cpu_seconds,
-        row.generator_cpu_seconds
+        row.generator_cpu_seconds,
+        row.database_cpu_seconds,
+        row.drain_seconds
     );
 }

@@ -455,6 +455,16 @@ async fn housekeeping(
         }
         if let Some(retention) = retention {
             purge_old_messages(store.as_ref(), ago(retention), &shutdown).await;
+            match store.drop_attempts_before(ago(retention)).await {
+                Ok(dropped) if dropped > 0 => {
+                    tracing::info!(
+                        dropped,
+                        "dropped days of attempts past the retention period"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "dropping old attempt partitions failed"),
+            }
         }
     }
 }

@@ -972,6 +972,125 @@ async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
     }
 }
 
+#[tokio::test]
+async fn postgresql_drops_whole_days_of_attempts_and_keeps_days_ahead() {
+    use sqlx::Connection;
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/days").await;
+        let job = |created: CreatedMessage| created.jobs.into_iter().next().unwrap();
+        let old = job(store
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
+            .await
+            .unwrap());
+        let fresh = job(store
+            .create_message(app, message("call.started", None), Some(claim(now())), None)
+            .await
+            .unwrap());
+        // One attempt with an id from before the store was made (the
+        // first partition's days), one from now.
+        let record = |job: &DeliveryJob, id: AttemptId| AttemptOutcome {
+            lease_until: job.lease_until,
+            attempt: Attempt {
+                id,
+                app_id: app,
+                message_id: job.message.id,
+                endpoint_id: job.endpoint.id,
+                url: job.endpoint.url.to_string(),
+                status: DeliveryStatus::Succeeded,
+                response_status_code: 200,
+                response: String::new(),
+                response_duration_ms: 1,
+                error_class: None,
+                trigger: job.trigger,
+                created_at: now(),
+            },
+            next: NextStep::Succeeded,
+            disable_endpoint: false,
+        };
+        let old_id = AttemptId::lowest_at(now() - 3_600_000);
+        store.record_attempt(record(&old, old_id)).await.unwrap();
+        let fresh_id = AttemptId::generate();
+        store
+            .record_attempt(record(&fresh, fresh_id))
+            .await
+            .unwrap();
+        let listed = || async {
+            let page = store
+                .list_attempts(
+                    app,
+                    AttemptQuery::new(
+                        AttemptFilter::App,
+                        PageRequest {
+                            limit: 10,
+                            cursor: Cursor::default(),
+                        },
+                    ),
+                )
+                .await
+                .unwrap();
+            page.data.into_iter().map(|a| a.id).collect::<Vec<_>>()
+        };
+        assert_eq!(listed().await, [fresh_id, old_id], "{name}");
+
+        // Nothing is wholly older than an hour ago; the first partition
+        // (everything before the store was made) is older than now.
+        assert_eq!(
+            store.drop_attempts_before(now() - 3_600_000).await.unwrap(),
+            0,
+            "{name}"
+        );
+        let dropped = store.drop_attempts_before(now()).await.unwrap();
+        let Some(schema) = backend.schema.clone() else {
+            assert_eq!(dropped, 0, "{name}: attempts go with their messages");
+            continue;
+        };
+        assert_eq!(dropped, 1, "{name}: the first partition");
+        assert_eq!(
+            listed().await,
+            [fresh_id],
+            "{name}: the old day is gone, today stays"
+        );
+        // Even a cut in the future never drops the day being written.
+        assert_eq!(
+            store
+                .drop_attempts_before(now() + 30 * 86_400_000)
+                .await
+                .unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(listed().await, [fresh_id], "{name}");
+
+        // Today and three days ahead exist, and a second process (a
+        // restart) finds them and adds none.
+        let url = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let days = async |conn: &mut sqlx::PgConnection| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relname = 'attempts' AND n.nspname = $1",
+            )
+            .bind(schema.clone())
+            .fetch_one(conn)
+            .await
+            .unwrap()
+        };
+        assert_eq!(
+            days(&mut conn).await,
+            4,
+            "{name}: today and three days ahead"
+        );
+        let mut options = PgOptions::new(&url);
+        options.schema = Some(schema.clone());
+        let again = PgStore::open(&options).await.unwrap();
+        assert_eq!(days(&mut conn).await, 4, "{name}: a restart adds none");
+        drop(again);
+    }
+}
+
 /// Records the one attempt of `job` with a final outcome.
 async fn finish(store: &dyn Store, job: &DeliveryJob, succeeded: bool) {
     store
@@ -1501,10 +1620,20 @@ async fn retention_purges_finished_messages_in_batches_and_keeps_pending_ones() 
             )
             .await
             .unwrap();
-        assert!(
-            attempts.data.is_empty(),
-            "{name}: their attempts went with them"
-        );
+        if backend.schema.is_none() {
+            assert!(
+                attempts.data.is_empty(),
+                "{name}: their attempts went with them"
+            );
+        } else {
+            // PostgreSQL keeps each attempt until its day is dropped
+            // (`drop_attempts_before`), whatever became of its message.
+            assert_eq!(
+                attempts.data.len(),
+                3,
+                "{name}: attempts go by their own age"
+            );
+        }
         assert!(
             store.get_message(app, &IdOrUid::Id(pending)).await.is_ok(),
             "{name}: undelivered work is never purged"

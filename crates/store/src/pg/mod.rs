@@ -8,6 +8,7 @@ mod admin;
 mod batch;
 mod delivery;
 mod health;
+mod partitions;
 mod rows;
 mod statistics;
 mod tasks;
@@ -96,6 +97,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         15,
         include_str!("../../migrations/postgres/0015_statistics.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/postgres/0016_attempts_partitioned.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -164,6 +169,7 @@ pub struct PgStore {
     work: Arc<Notify>,
     _listener: Arc<AbortOnDrop>,
     _statistics: Arc<AbortOnDrop>,
+    _partitions: Arc<AbortOnDrop>,
     messages: Arc<batch::Batcher<batch::NewMessage>>,
     attempts: Arc<batch::Batcher<AttemptOutcome>>,
 }
@@ -216,6 +222,9 @@ impl PgStore {
         let work = Arc::new(Notify::new());
         let listener = listen(&pool, work.clone()).await?;
         let statistics = tokio::spawn(statistics::keep(pool.clone()));
+        // Before any attempt is written: the days ahead must exist.
+        partitions::create_ahead(&pool, crate::shared::now()).await?;
+        let partitions = tokio::spawn(partitions::keep(pool.clone()));
         Ok(Self {
             sealing: Arc::new(options.sealing.clone()),
             messages: Arc::new(batch::Batcher::start(&pool)),
@@ -224,6 +233,7 @@ impl PgStore {
             work,
             _listener: Arc::new(AbortOnDrop(listener)),
             _statistics: Arc::new(AbortOnDrop(statistics)),
+            _partitions: Arc::new(AbortOnDrop(partitions)),
         })
     }
 
@@ -534,5 +544,8 @@ crate::delegate::delegated!(pg_store {
     }
     async fn wait_for_work(&self) {
         self.work.notified().await;
+    }
+    async fn drop_attempts_before(&self, before: Timestamp) -> StoreResult<u64> {
+        partitions::drop_before(&self.pool, before, crate::shared::now()).await
     }
 });

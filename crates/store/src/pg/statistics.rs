@@ -16,7 +16,8 @@ use sqlx::{PgPool, Row};
 use super::rows::db;
 use crate::StoreResult;
 
-/// The tables whose plans matter to delivery and listings.
+/// The tables whose plans matter to delivery and listings (and the daily
+/// partitions of `attempts`, `attempts_YYYYMMDD`).
 const TABLES: &[&str] = &[
     "messages",
     "deliveries",
@@ -58,7 +59,8 @@ pub(crate) async fn refresh(pool: &PgPool) -> StoreResult<Vec<String>> {
     let rows = sqlx::query(
         "SELECT s.relname::text, c.reltuples::float8, s.n_mod_since_analyze
          FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-         WHERE s.schemaname = current_schema() AND s.relname = ANY($1)",
+         WHERE s.schemaname = current_schema()
+           AND (s.relname = ANY($1) OR s.relname LIKE 'attempts\\_%')",
     )
     .bind(TABLES)
     .fetch_all(&mut *transaction)
@@ -69,8 +71,13 @@ pub(crate) async fn refresh(pool: &PgPool) -> StoreResult<Vec<String>> {
         let table: String = row.try_get(0).map_err(db)?;
         let known: f64 = row.try_get(1).map_err(db)?;
         let changed: i64 = row.try_get(2).map_err(db)?;
-        // Only names from TABLES reach the statement.
-        if due(known, changed) && TABLES.contains(&table.as_str()) {
+        // Only names from TABLES or of partitions reach the statement.
+        let ours = TABLES.contains(&table.as_str())
+            || (table.starts_with("attempts_")
+                && table
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        if due(known, changed) && ours {
             sqlx::query(&format!("ANALYZE {table}"))
                 .execute(&mut *transaction)
                 .await

@@ -89,7 +89,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text);
-            herald::bench::run(args).await
+            // Stopped by a signal, the run is dropped, and with it the
+            // `herald serve` children and their database connections
+            // (before, they outlived a killed bench).
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            tokio::select! {
+                done = herald::bench::run(args) => done,
+                _ = shutdown.cancelled() => anyhow::bail!("stopped by a signal"),
+            }
         }
         Command::Token(args) => {
             init_logging("warn", LogFormat::Text);

@@ -277,8 +277,13 @@ fn closed_loop(args: &BenchArgs) -> ClosedLoop {
     }
 }
 
-fn require_all(delivered: &Delivered, expected: usize) -> anyhow::Result<()> {
+/// Fails the run unless every delivery arrived; the row measured so far
+/// is printed first (to stderr), so that an overloaded run still shows
+/// how far it got.
+fn require_all(row: &Row, delivered: &Delivered, expected: usize) -> anyhow::Result<()> {
     if !delivered.complete {
+        eprintln!("{}", header_line());
+        eprintln!("{}", row_line(row));
         bail!("only {} of {expected} deliveries arrived", delivered.count);
     }
     Ok(())
@@ -305,7 +310,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    require_all(&delivered, expected)?;
+    require_all(&row, &delivered, expected)?;
     if sent.rejected > 0 {
         bail!("{} messages were not accepted", sent.rejected);
     }
@@ -332,7 +337,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
         .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    require_all(&delivered, messages * args.fanout)?;
+    require_all(&row, &delivered, messages * args.fanout)?;
     Ok(row)
 }
 
@@ -385,7 +390,7 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Row> {
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    require_all(&delivered, expected)?;
+    require_all(&row, &delivered, expected)?;
     Ok(row)
 }
 
@@ -411,7 +416,7 @@ async fn scheduled(args: &BenchArgs) -> anyhow::Result<Row> {
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.current_rss_mib();
     herald.stop().await;
-    require_all(&attempted, expected)?;
+    require_all(&row, &attempted, expected)?;
     Ok(row)
 }
 
@@ -449,12 +454,16 @@ async fn isolation(args: &BenchArgs, timeouts: usize, failing: usize) -> anyhow:
         .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
     herald.stop().await;
-    require_all(&delivered, healthy)?;
+    require_all(&row, &delivered, healthy)?;
     Ok(row)
 }
 
 fn print_header() {
-    println!(
+    println!("{}", header_line());
+}
+
+fn header_line() -> String {
+    format!(
         "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "scenario",
         "database",
@@ -470,11 +479,15 @@ fn print_header() {
         "gen CPU",
         "DB CPU",
         "drain s"
-    );
+    )
 }
 
 fn print_row(row: &Row) {
-    println!(
+    println!("{}", row_line(row));
+}
+
+fn row_line(row: &Row) -> String {
+    format!(
         "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
         row.scenario,
         row.database,
@@ -490,5 +503,5 @@ fn print_row(row: &Row) {
         row.generator_cpu_seconds,
         row.database_cpu_seconds,
         row.drain_seconds
-    );
+    )
 }

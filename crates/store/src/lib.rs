@@ -193,8 +193,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// have nothing left to deliver, with their deliveries and attempts, in
     /// one short transaction; returns how many went.
     async fn purge_messages(&self, before: Timestamp, limit: usize) -> StoreResult<u64>;
-    /// Retention of the attempt log where it is partitioned by day
-    /// (PostgreSQL): drops the days wholly older than `before`, and returns
+    /// Retention of the attempt log where it is partitioned by week
+    /// (PostgreSQL): drops the weeks wholly older than `before`, and returns
     /// how many. SQLite's attempts go with their messages instead (0).
     async fn drop_attempts_before(&self, before: Timestamp) -> StoreResult<u64> {
         let _ = before;

@@ -973,7 +973,7 @@ async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
 }
 
 #[tokio::test]
-async fn postgresql_drops_whole_days_of_attempts_and_keeps_days_ahead() {
+async fn postgresql_drops_whole_weeks_of_attempts_and_keeps_a_week_ahead() {
     use sqlx::Connection;
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
@@ -1063,8 +1063,8 @@ async fn postgresql_drops_whole_days_of_attempts_and_keeps_days_ahead() {
         );
         assert_eq!(listed().await, [fresh_id], "{name}");
 
-        // Today and three days ahead exist, and a second process (a
-        // restart) finds them and adds none.
+        // This week (from the store's making) and the next exist, and a
+        // second process (a restart) finds them and adds none.
         let url = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
         let days = async |conn: &mut sqlx::PgConnection| {
@@ -1078,15 +1078,11 @@ async fn postgresql_drops_whole_days_of_attempts_and_keeps_days_ahead() {
             .await
             .unwrap()
         };
-        assert_eq!(
-            days(&mut conn).await,
-            4,
-            "{name}: today and three days ahead"
-        );
+        assert_eq!(days(&mut conn).await, 2, "{name}: this week and the next");
         let mut options = PgOptions::new(&url);
         options.schema = Some(schema.clone());
         let again = PgStore::open(&options).await.unwrap();
-        assert_eq!(days(&mut conn).await, 4, "{name}: a restart adds none");
+        assert_eq!(days(&mut conn).await, 2, "{name}: a restart adds none");
         drop(again);
     }
 }
@@ -1626,7 +1622,7 @@ async fn retention_purges_finished_messages_in_batches_and_keeps_pending_ones() 
                 "{name}: their attempts went with them"
             );
         } else {
-            // PostgreSQL keeps each attempt until its day is dropped
+            // PostgreSQL keeps each attempt until its week is dropped
             // (`drop_attempts_before`), whatever became of its message.
             assert_eq!(
                 attempts.data.len(),

@@ -1,8 +1,8 @@
--- The attempt log, partitioned by day on its id (attempt ids are ULIDs, so
--- they sort by creation time), so that retention drops whole days instead
+-- The attempt log, partitioned by time on its id (attempt ids are ULIDs, so
+-- they sort by creation time), so that retention drops whole weeks instead
 -- of deleting rows, and a year of attempts stays listable. The table as it
 -- was becomes the first partition, holding everything up to this moment;
--- Herald creates the daily partitions ahead (pg/partitions.rs).
+-- Herald creates the weekly partitions ahead (pg/partitions.rs).
 -- Attempts no longer reference messages and endpoints: deleting an
 -- endpoint or an app deletes its attempts explicitly, and retention drops
 -- them by age.

@@ -1,7 +1,10 @@
-//! The attempt log's daily partitions (migration 16): created a few days
+//! The attempt log's weekly partitions (migration 16): created a week
 //! ahead, dropped once wholly older than the retention period. Attempt ids
-//! are ULIDs, so a day's attempts are the ids between the smallest ids of
-//! its first and of the next day's first millisecond. Both jobs run in one
+//! are ULIDs, so a week's attempts are the ids between the smallest ids of
+//! its first and of the next week's first millisecond. Weeks, not days:
+//! a listing without an id bound is planned over every partition, and a
+//! year of daily partitions cost 60–100 ms of planning per listing
+//! (BENCHMARKS.md); retention is then up to a week late. Both jobs run in one
 //! process per schema at a time (an advisory lock), and pick up where they
 //! stopped after a restart: they read the partitions there are, not a
 //! record of their own.
@@ -17,8 +20,11 @@ use crate::{StoreError, StoreResult, Timestamp};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// Days of partitions kept ready beyond today.
-const DAYS_AHEAD: i64 = 3;
+/// One partition: a week, Monday 00:00 UTC to the next.
+const PERIOD_MS: i64 = 7 * DAY_MS;
+
+/// 1970-01-01 was a Thursday: the first Monday is four days later.
+const FIRST_MONDAY_MS: i64 = 4 * DAY_MS;
 
 /// How often the partitions ahead are checked.
 pub(crate) const EVERY: Duration = Duration::from_secs(600);
@@ -33,8 +39,9 @@ struct Partition {
     detach_pending: bool,
 }
 
-fn day_start(ms: Timestamp) -> Timestamp {
-    ms - ms.rem_euclid(DAY_MS)
+/// The start of the week (Monday 00:00 UTC) that holds `ms`.
+fn period_start(ms: Timestamp) -> Timestamp {
+    ms - (ms - FIRST_MONDAY_MS).rem_euclid(PERIOD_MS)
 }
 
 /// `attempts_YYYYMMDD` for the UTC day that starts at `day` (civil date
@@ -105,7 +112,8 @@ async fn partitions(conn: &mut PgConnection) -> StoreResult<Vec<Partition>> {
 }
 
 /// Creates the partitions missing between the newest one and the end of
-/// [`DAYS_AHEAD`] days after `now`'s; returns how many.
+/// the week after `now`'s (so at least a week is always ready); returns
+/// how many.
 pub(crate) async fn create_ahead(pool: &PgPool, now: Timestamp) -> StoreResult<usize> {
     let mut transaction = pool.begin().await.map_err(db)?;
     sqlx::query(
@@ -115,18 +123,18 @@ pub(crate) async fn create_ahead(pool: &PgPool, now: Timestamp) -> StoreResult<u
     .await
     .map_err(db)?;
     let existing = partitions(&mut transaction).await?;
-    let horizon = day_start(now) + (DAYS_AHEAD + 1) * DAY_MS;
+    let horizon = period_start(now) + 2 * PERIOD_MS;
     // Contiguous from the newest bound: the table never has a gap. Without
     // any partition (all dropped), from the start of today.
     let mut end = existing
         .iter()
         .map(|p| p.end)
         .max()
-        .unwrap_or_else(|| day_start(now));
+        .unwrap_or_else(|| period_start(now));
     let mut created = 0;
     while end < horizon {
-        let next = day_start(end) + DAY_MS;
-        let name = partition_name(day_start(end));
+        let next = period_start(end) + PERIOD_MS;
+        let name = partition_name(period_start(end));
         sqlx::query(&format!(
             "CREATE TABLE {} PARTITION OF attempts FOR VALUES FROM ('{}') TO ('{}')
              WITH (autovacuum_analyze_scale_factor = 0.02)",
@@ -221,12 +229,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_are_named_by_their_utc_date() {
+    fn weeks_start_on_monday_and_are_named_by_their_utc_date() {
         assert_eq!(partition_name(0), "attempts_19700101");
-        // 2026-12-02T00:00:00Z and 2028-02-29 (a leap day).
-        assert_eq!(partition_name(1_796_169_600_000), "attempts_20261202");
+        // 2026-12-02T00:00:00Z (a Wednesday) and 2028-02-29 (a leap day).
+        let wednesday = 1_796_169_600_000;
+        assert_eq!(partition_name(wednesday), "attempts_20261202");
         assert_eq!(partition_name(1_835_395_200_000), "attempts_20280229");
-        assert_eq!(day_start(1_796_169_600_000 + 5), 1_796_169_600_000);
+        assert_eq!(period_start(wednesday + 5), wednesday - 2 * DAY_MS);
+        assert_eq!(partition_name(period_start(wednesday)), "attempts_20261130");
+        assert_eq!(period_start(wednesday - 2 * DAY_MS), wednesday - 2 * DAY_MS);
+        assert_eq!(
+            period_start(FIRST_MONDAY_MS - 1),
+            FIRST_MONDAY_MS - PERIOD_MS
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use sqlx::{PgPool, Row};
 use super::rows::db;
 use crate::StoreResult;
 
-/// The tables whose plans matter to delivery and listings (and the daily
+/// The tables whose plans matter to delivery and listings (and the weekly
 /// partitions of `attempts`, `attempts_YYYYMMDD`).
 const TABLES: &[&str] = &[
     "messages",

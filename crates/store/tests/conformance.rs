@@ -989,31 +989,15 @@ async fn postgresql_drops_whole_weeks_of_attempts_and_keeps_a_week_ahead() {
             .await
             .unwrap());
         // One attempt with an id from before the store was made (the
-        // first partition's days), one from now.
-        let record = |job: &DeliveryJob, id: AttemptId| AttemptOutcome {
-            lease_until: job.lease_until,
-            attempt: Attempt {
-                id,
-                app_id: app,
-                message_id: job.message.id,
-                endpoint_id: job.endpoint.id,
-                url: job.endpoint.url.to_string(),
-                status: DeliveryStatus::Succeeded,
-                response_status_code: 200,
-                response: String::new(),
-                response_duration_ms: 1,
-                error_class: None,
-                trigger: job.trigger,
-                created_at: now(),
-            },
-            next: NextStep::Succeeded,
-            disable_endpoint: false,
-        };
+        // first partition), one from now.
         let old_id = AttemptId::lowest_at(now() - 3_600_000);
-        store.record_attempt(record(&old, old_id)).await.unwrap();
+        store
+            .record_attempt(outcome(&old, old_id, true))
+            .await
+            .unwrap();
         let fresh_id = AttemptId::generate();
         store
-            .record_attempt(record(&fresh, fresh_id))
+            .record_attempt(outcome(&fresh, fresh_id, true))
             .await
             .unwrap();
         let listed = || async {
@@ -1090,35 +1074,40 @@ async fn postgresql_drops_whole_weeks_of_attempts_and_keeps_a_week_ahead() {
 /// Records the one attempt of `job` with a final outcome.
 async fn finish(store: &dyn Store, job: &DeliveryJob, succeeded: bool) {
     store
-        .record_attempt(AttemptOutcome {
-            lease_until: job.lease_until,
-            attempt: Attempt {
-                id: AttemptId::generate(),
-                app_id: job.message.app_id,
-                message_id: job.message.id,
-                endpoint_id: job.endpoint.id,
-                url: job.endpoint.url.to_string(),
-                status: if succeeded {
-                    DeliveryStatus::Succeeded
-                } else {
-                    DeliveryStatus::Failed
-                },
-                response_status_code: if succeeded { 200 } else { 500 },
-                response: String::new(),
-                response_duration_ms: 1,
-                error_class: None,
-                trigger: job.trigger,
-                created_at: now(),
-            },
-            next: if succeeded {
-                NextStep::Succeeded
-            } else {
-                NextStep::Failed
-            },
-            disable_endpoint: false,
-        })
+        .record_attempt(outcome(job, AttemptId::generate(), succeeded))
         .await
         .unwrap();
+}
+
+/// The final outcome of `job`'s attempt `id`: a 200, or a 500.
+fn outcome(job: &DeliveryJob, id: AttemptId, succeeded: bool) -> AttemptOutcome {
+    AttemptOutcome {
+        lease_until: job.lease_until,
+        attempt: Attempt {
+            id,
+            app_id: job.message.app_id,
+            message_id: job.message.id,
+            endpoint_id: job.endpoint.id,
+            url: job.endpoint.url.to_string(),
+            status: if succeeded {
+                DeliveryStatus::Succeeded
+            } else {
+                DeliveryStatus::Failed
+            },
+            response_status_code: if succeeded { 200 } else { 500 },
+            response: String::new(),
+            response_duration_ms: 1,
+            error_class: None,
+            trigger: job.trigger,
+            created_at: now(),
+        },
+        next: if succeeded {
+            NextStep::Succeeded
+        } else {
+            NextStep::Failed
+        },
+        disable_endpoint: false,
+    }
 }
 
 #[tokio::test]

@@ -149,50 +149,51 @@ enum Access {
     Anyone,
 }
 
-/// What a route declares in its `#[utoipa::path(extensions(…))]`, where it
-/// is registered, as `x-herald`: who may use it (`access`: `admin`,
-/// `tenant`, `anyone`, `public`). Its other key, the audit action of a
-/// change (`audit`, or `none`), is recorded by [`crate::operations`]; the
-/// test below holds the two lists equal.
-#[derive(Debug, Clone)]
-pub(crate) struct RouteRule {
-    access: Access,
+impl Access {
+    /// What a route declares in its `#[utoipa::path(extensions(…))]`, where
+    /// it is registered, as `x-herald.access`: `admin`, `tenant`, `anyone`
+    /// or `public`; anything else is admin-only. (Its other key, the audit
+    /// action of a change, is recorded by [`crate::operations`]; the test
+    /// below holds the two lists equal.)
+    fn declared(access: Option<&str>) -> Self {
+        match access {
+            Some("tenant") => Self::Tenant,
+            Some("anyone" | "public") => Self::Anyone,
+            _ => Self::Admin,
+        }
+    }
 }
 
-/// Every route's rule, by path as matched and then method (looked up
-/// without allocating), read once from the document the router was built
-/// with.
-fn route_rules() -> &'static HashMap<String, HashMap<String, RouteRule>> {
-    static RULES: OnceLock<HashMap<String, HashMap<String, RouteRule>>> = OnceLock::new();
+/// Every route's access rule, by path as matched and then method (looked
+/// up without allocating), read once from the document the router was
+/// built with.
+fn route_rules() -> &'static HashMap<String, HashMap<String, Access>> {
+    static RULES: OnceLock<HashMap<String, HashMap<String, Access>>> = OnceLock::new();
     RULES.get_or_init(|| {
         let document = serde_json::to_value(crate::openapi::spec()).unwrap_or_default();
         let mut rules = HashMap::new();
         for (path, item) in document["paths"].as_object().into_iter().flatten() {
             for (method, operation) in item.as_object().into_iter().flatten() {
-                let access = match operation["x-herald"]["access"].as_str() {
-                    Some("tenant") => Access::Tenant,
-                    Some("anyone" | "public") => Access::Anyone,
-                    _ => Access::Admin,
-                };
+                let access = Access::declared(operation["x-herald"]["access"].as_str());
                 rules
                     .entry(path.clone())
                     .or_insert_with(HashMap::new)
-                    .insert(method.to_ascii_uppercase(), RouteRule { access });
+                    .insert(method.to_ascii_uppercase(), access);
             }
         }
         rules
     })
 }
 
-/// The declared rule of a matched route, if it declares one.
-pub(crate) fn route_rule(path: &str, method: &Method) -> Option<&'static RouteRule> {
-    route_rules().get(path)?.get(method.as_str())
+/// The declared access rule of a matched route, if it declares one.
+fn route_rule(path: &str, method: &Method) -> Option<Access> {
+    route_rules().get(path)?.get(method.as_str()).copied()
 }
 
 /// The access rule of a matched route; a route that declares none is
 /// admin-only (and the router-walking test fails).
 fn access(path: &str, method: &Method) -> Access {
-    route_rule(path, method).map_or(Access::Admin, |rule| rule.access)
+    route_rule(path, method).unwrap_or(Access::Admin)
 }
 
 /// Applies the route's access rule. (Changes are audited by
@@ -306,15 +307,7 @@ mod tests {
                 let verb = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
                 let rule = route_rule(path, &verb)
                     .unwrap_or_else(|| panic!("{method} {path} has no rule"));
-                assert_eq!(
-                    Some(rule.access),
-                    access.map(|a| match a {
-                        "tenant" => Access::Tenant,
-                        "anyone" => Access::Anyone,
-                        _ => Access::Admin,
-                    }),
-                    "{method} {path}"
-                );
+                assert_eq!(rule, Access::declared(access), "{method} {path}");
             }
         }
         assert!(walked > 0, "the router serves operations");

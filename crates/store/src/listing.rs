@@ -85,31 +85,26 @@ impl Listing {
 
     /// Newest first, with the query's filters.
     pub(crate) fn messages(app: AppId, query: &MessageQuery) -> Self {
-        let (filter, binds) = message_filter(app, query);
-        Self {
-            filter,
-            binds,
-            ..Self::of(
-                crate::shared::MESSAGE_COLUMNS,
-                "messages",
-                "id",
-                Order::Descending,
-            )
-        }
+        let columns = crate::shared::MESSAGE_COLUMNS;
+        Self::newest(columns, "messages", message_filter(app, query))
     }
 
     /// Newest first, with the query's filters.
     pub(crate) fn attempts(app: AppId, query: &AttemptQuery) -> Self {
-        let (filter, binds) = attempt_filter(app, query);
+        let columns = crate::shared::ATTEMPT_COLUMNS;
+        Self::newest(columns, "attempts", attempt_filter(app, query))
+    }
+
+    /// Newest first by id, the rows matching `filter`.
+    fn newest(
+        columns: &'static str,
+        table: &'static str,
+        (filter, binds): (String, Vec<Bind>),
+    ) -> Self {
         Self {
             filter,
             binds,
-            ..Self::of(
-                crate::shared::ATTEMPT_COLUMNS,
-                "attempts",
-                "id",
-                Order::Descending,
-            )
+            ..Self::of(columns, table, "id", Order::Descending)
         }
     }
 }

@@ -605,6 +605,24 @@ async fn herald_token_create_makes_a_working_token_that_revoke_stops() {
     assert!(!listed.contains(token), "{listed}");
     token_command(data_dir.path(), &["revoke", "--app", "acme", &id]);
     assert_eq!(status(token.to_owned()).await, 401);
+
+    // The CLI is a door too: its changes are in the app's audit log.
+    let audit = server.get(&client, &format!("/app/{app}/audit/")).await;
+    let cli: Vec<(&str, &str)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "cli")
+        .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        cli,
+        [
+            ("token.revoked", id.as_str()),
+            ("token.created", id.as_str())
+        ],
+        "{audit}"
+    );
 }
 
 #[tokio::test]

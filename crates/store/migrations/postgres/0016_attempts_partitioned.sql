@@ -25,20 +25,7 @@ ALTER INDEX attempts_by_endpoint RENAME TO attempts_legacy_by_endpoint;
 ALTER INDEX attempts_by_message RENAME TO attempts_legacy_by_message;
 ALTER INDEX attempts_by_app RENAME TO attempts_legacy_by_app;
 
-CREATE TABLE attempts (
-    id                    TEXT NOT NULL,
-    app_id                TEXT NOT NULL,
-    message_id            TEXT NOT NULL,
-    endpoint_id           TEXT NOT NULL,
-    url                   TEXT NOT NULL,
-    status                BIGINT NOT NULL,
-    response_status_code  BIGINT NOT NULL,
-    response              TEXT NOT NULL,
-    response_duration_ms  BIGINT NOT NULL,
-    error_class           TEXT,
-    trigger_type          BIGINT NOT NULL,
-    created_at            BIGINT NOT NULL
-) PARTITION BY RANGE (id);
+CREATE TABLE attempts (LIKE attempts_legacy INCLUDING DEFAULTS) PARTITION BY RANGE (id);
 
 DO $$
 BEGIN

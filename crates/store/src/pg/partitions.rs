@@ -77,13 +77,20 @@ fn upper_bound(expression: &str) -> StoreResult<Timestamp> {
         .map_err(|e| StoreError::Internal(format!("partition bound {id}: {e}")))
 }
 
-/// Names are only ever ours, but they reach SQL unquoted: check them.
+/// Whether `name` is a partition of `attempts` as Herald names them; names
+/// reach SQL unquoted (here and in the statistics keeper), so they are
+/// checked first.
+pub(crate) fn is_partition(name: &str) -> bool {
+    name.strip_prefix("attempts_").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    })
+}
+
 fn plain(name: &str) -> StoreResult<&str> {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
+    if is_partition(name) {
         Ok(name)
     } else {
         Err(StoreError::Internal(format!("unexpected partition {name}")))
@@ -256,6 +263,8 @@ mod tests {
         );
         assert_eq!(upper_bound(&expression).unwrap(), at);
         assert!(plain("attempts_20261202").is_ok());
+        assert!(plain("attempts_legacy").is_ok());
         assert!(plain("attempts; DROP TABLE apps").is_err());
+        assert!(plain("apps").is_err());
     }
 }

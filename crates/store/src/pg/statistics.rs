@@ -16,12 +16,11 @@ use sqlx::{PgPool, Row};
 use super::rows::db;
 use crate::StoreResult;
 
-/// The tables whose plans matter to delivery and listings (and the weekly
-/// partitions of `attempts`, `attempts_YYYYMMDD`).
+/// The tables whose plans matter to delivery and listings, besides the
+/// partitions of `attempts` (the partitioned parent holds no rows).
 const TABLES: &[&str] = &[
     "messages",
     "deliveries",
-    "attempts",
     "endpoint_health",
     "endpoint_status",
     "idempotency_keys",
@@ -72,11 +71,7 @@ pub(crate) async fn refresh(pool: &PgPool) -> StoreResult<Vec<String>> {
         let known: f64 = row.try_get(1).map_err(db)?;
         let changed: i64 = row.try_get(2).map_err(db)?;
         // Only names from TABLES or of partitions reach the statement.
-        let ours = TABLES.contains(&table.as_str())
-            || (table.starts_with("attempts_")
-                && table
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        let ours = TABLES.contains(&table.as_str()) || super::partitions::is_partition(&table);
         if due(known, changed) && ours {
             sqlx::query(&format!("ANALYZE {table}"))
                 .execute(&mut *transaction)

@@ -120,7 +120,6 @@ macro_rules! delegated {
             read get_attempt(app: AppId, message: MessageId, attempt: AttemptId) -> Attempt = delivery::get_attempt;
             write resend(app: AppId, message: MessageId, endpoint: EndpointId, claim: Claim) + audit -> DeliveryJob = delivery::resend [sealing];
             write claim_due(claim: Claim, limit: usize, skip: Vec<EndpointId>) -> Vec<DeliveryJob> = delivery::claim_due [sealing];
-            write release_until(message: MessageId, endpoint: EndpointId, at: Timestamp) -> () = delivery::release;
             read next_due_at(skip: Vec<EndpointId>) -> Option<Timestamp> = delivery::next_due_at;
 
             // Background tasks.

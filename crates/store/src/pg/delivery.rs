@@ -264,22 +264,6 @@ pub(crate) async fn claim_due(
     Ok(jobs)
 }
 
-pub(crate) async fn release(
-    conn: &mut PgConnection,
-    message: MessageId,
-    endpoint: EndpointId,
-    at: Timestamp,
-) -> StoreResult<()> {
-    sqlx::query(sql::RELEASE_DELIVERY.pg)
-        .bind(message.to_string())
-        .bind(endpoint.to_string())
-        .bind(at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    Ok(())
-}
-
 pub(crate) async fn next_due_at(
     conn: &mut PgConnection,
     skip: Vec<EndpointId>,

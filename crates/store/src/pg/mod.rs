@@ -172,6 +172,7 @@ pub struct PgStore {
     _partitions: Arc<AbortOnDrop>,
     messages: Arc<batch::Batcher<batch::NewMessage>>,
     attempts: Arc<batch::Batcher<AttemptOutcome>>,
+    releases: Arc<batch::Batcher<batch::Release>>,
 }
 
 impl PgStore {
@@ -229,6 +230,7 @@ impl PgStore {
             sealing: Arc::new(options.sealing.clone()),
             messages: Arc::new(batch::Batcher::start(&pool)),
             attempts: Arc::new(batch::Batcher::start(&pool)),
+            releases: Arc::new(batch::Batcher::start(&pool)),
             pool,
             work,
             _listener: Arc::new(AbortOnDrop(listener)),
@@ -520,6 +522,23 @@ crate::delegate::delegated!(pg_store {
     }
     async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
         self.release_until(message, endpoint, crate::shared::now())
+            .await
+    }
+    /// Batched: under overload every endpoint share is full and deliveries
+    /// are given back by the thousand; one transaction each was work added
+    /// exactly when there was no room for it.
+    async fn release_until(
+        &self,
+        message: MessageId,
+        endpoint: EndpointId,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.releases
+            .submit(batch::Release {
+                message,
+                endpoint,
+                at,
+            })
             .await
     }
     async fn reserve_send(

@@ -411,6 +411,16 @@ crate::delegate::delegated!(sqlite_store {
         self.release_until(message, endpoint, crate::shared::now())
             .await
     }
+    async fn release_until(
+        &self,
+        message: MessageId,
+        endpoint: EndpointId,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| delivery::release(c, message, endpoint, at))
+            .await
+    }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {
         self.writer
             .write(move |c| delivery::record_attempt(c, outcome))

@@ -32,6 +32,8 @@ from svix.api import (
     Svix,
     SvixOptions,
 )
+from svix.exceptions import HttpError, HTTPValidationError
+from svix.models import MessageStatus, MessageStatusText
 from svix.webhooks import Webhook
 
 received = queue.Queue()
@@ -169,6 +171,41 @@ def main():
         "a failed attempt at the failing endpoint",
         lambda: svix.message_attempt.list_by_endpoint(app.id, failing.id).data,
     )
+
+    # Where the message stands at each endpoint (list_attempted_destinations):
+    # delivered to /hook, waiting for its next attempt at /down.
+    def destinations_of(msg_id, ready):
+        return wait_for(
+            "the message's destinations",
+            lambda: (lambda d: d if ready({e.id: e for e in d.data}) else None)(
+                svix.message_attempt.list_attempted_destinations(app.id, msg_id)
+            ),
+        )
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stand = destinations_of(message.id, lambda by_id: by_id[failing.id].next_attempt is not None)
+    by_id = {e.id: e for e in stand.data}
+    assert by_id[endpoint.id].status == MessageStatus.SUCCESS, by_id
+    assert by_id[endpoint.id].status_text == MessageStatusText.SUCCESS, by_id
+    assert by_id[endpoint.id].url == f"{base}/hook" and by_id[endpoint.id].next_attempt is None
+    assert by_id[failing.id].status == MessageStatus.PENDING, by_id
+    assert by_id[failing.id].next_attempt > now, by_id
+
+    # Content removal (expunge_content): the payload is gone for good, the
+    # pending delivery ends as failed, and the message cannot be resent.
+    secret_payload = {"contactId": "ct_1", "email": "someone@example.test"}
+    private = svix.message.create(app.id, MessageIn(event_type="contact.updated", payload=secret_payload))
+    destinations_of(private.id, lambda by_id: by_id.get(failing.id) and by_id[failing.id].next_attempt is not None)
+    svix.message.expunge_content(app.id, private.id)
+    assert svix.message.get(app.id, private.id).payload == {}
+    ended = {e.id: e for e in svix.message_attempt.list_attempted_destinations(app.id, private.id).data}
+    assert ended[failing.id].status == MessageStatus.FAIL and ended[failing.id].next_attempt is None, ended
+    try:
+        svix.message_attempt.resend(app.id, private.id, failing.id)
+        raise AssertionError("a message whose content was removed was resent")
+    except (HttpError, HTTPValidationError) as refused:
+        assert refused.status_code == 400 and refused.code == "content_removed", refused
+
     answers["/down"] = 200
     since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
     recovery = svix.endpoint.recover(app.id, failing.id, RecoverIn(since=since))
@@ -183,7 +220,8 @@ def main():
         "the recovered message to count as delivered",
         lambda: (lambda s: s if s.success == 1 else None)(svix.endpoint.get_stats(app.id, failing.id)),
     )
-    assert recovered.fail == 0, recovered
+    # The message whose content was removed stays failed: never resent.
+    assert recovered.fail == 1, recovered
     svix.endpoint.rotate_secret(app.id, endpoint.id, EndpointSecretRotateIn())
     rotated = svix.endpoint.get_secret(app.id, endpoint.id).key
     assert rotated != secret and rotated.startswith("whsec_")

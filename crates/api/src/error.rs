@@ -84,6 +84,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%cause, "database unavailable");
                 Self::Unavailable
             }
+            StoreError::ContentRemoved => Self::BadRequest {
+                code: "content_removed",
+                detail: error.to_string(),
+            },
             StoreError::Overloaded => Self::Overloaded,
             StoreError::Internal(cause) => Self::Internal(cause),
         }

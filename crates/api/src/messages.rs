@@ -23,6 +23,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(list, create))
         .routes(routes!(read))
+        .routes(routes!(destinations))
+        .routes(routes!(remove_content))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -233,4 +235,75 @@ pub(crate) async fn read(
         &message,
         options.with_content.unwrap_or(true),
     )))
+}
+
+/// An endpoint a message was fanned out to, with where its delivery stands
+/// (Svix's `MessageEndpointOut`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageEndpointOut {
+    #[serde(flatten)]
+    endpoint: crate::endpoints::EndpointOut,
+    /// 0 delivered, 1 pending (waiting for its next attempt), 2 failed,
+    /// 3 being sent now.
+    status: i64,
+    /// `success`, `pending`, `fail` or `sending`.
+    status_text: &'static str,
+    /// When a pending delivery is tried next.
+    next_attempt: Option<String>,
+}
+
+/// List the endpoints a message was sent to, each with its delivery's
+/// status and, while pending, its next attempt.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/msg/{msg}/endpoint",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.list-attempted-destinations",
+    params(MessagePath, ListParams),
+    responses((status = 200, body = ListResponse<MessageEndpointOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
+)]
+pub(crate) async fn destinations(
+    State(state): State<AppState>,
+    Path((app, msg)): Path<(String, String)>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<ListResponse<MessageEndpointOut>>> {
+    let app = resolve(&state, &app).await?;
+    let message = crate::attempts::message_id(&state, app, &msg).await?;
+    let page = params.page::<herald_domain::EndpointId>()?;
+    let page = state.store.list_destinations(app, message, page).await?;
+    Ok(Json(ListResponse::from_page(page, |d| {
+        MessageEndpointOut {
+            endpoint: d.endpoint.into(),
+            status: d.status.code(),
+            status_text: d.status.text(),
+            next_attempt: d.next_attempt.map(timestamp),
+        }
+    })))
+}
+
+/// Remove a message's content: its payload is erased for good (it reads
+/// `{}` from now on and cannot be resent), and deliveries still pending
+/// end as failed with an attempt of class `content_removed`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/app/{app}/msg/{msg}/content",
+    tag = "Message",
+    operation_id = "v1.message.expunge-content",
+    params(MessagePath),
+    responses((status = 204, description = "Removed"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "message.content_removed"})))
+)]
+pub(crate) async fn remove_content(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
+    Path((app, msg)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let message = crate::attempts::message_id(&state, app, &msg).await?;
+    crate::operations::Operations::new(&state, caller)
+        .remove_content(app, message)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -38,6 +38,7 @@ pub(crate) const ACTIONS: &[&str] = &[
     "endpoint.recovery_started",
     "endpoint.test_event_sent",
     "message.resent",
+    "message.content_removed",
     "alert_rules.updated",
     "alert_rules.reset",
     "inspector.opened",
@@ -270,6 +271,14 @@ impl<'a> Operations<'a> {
         );
         let created = self.start_message(endpoint.app_id, input, audit).await?;
         Ok(created.message.as_ref().clone())
+    }
+
+    /// Erases `message`'s content for good.
+    pub(crate) async fn remove_content(&self, app: AppId, message: MessageId) -> ApiResult<()> {
+        self.may_change(app)?;
+        let audit = self.entry(Some(app), "message.content_removed", message.to_string());
+        self.state.store.remove_content(app, message, audit).await?;
+        Ok(())
     }
 
     /// One manual attempt of (`message`, `endpoint`).

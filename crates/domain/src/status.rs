@@ -91,6 +91,9 @@ pub enum ErrorClass {
     Local,
     /// Anything else (malformed response).
     Other,
+    /// Never sent: the message's content was removed while the delivery
+    /// was pending.
+    ContentRemoved,
 }
 
 impl ErrorClass {
@@ -104,6 +107,7 @@ impl ErrorClass {
             Self::ForbiddenAddress => "forbidden_address",
             Self::Local => "local",
             Self::Other => "other",
+            Self::ContentRemoved => "content_removed",
         }
     }
 
@@ -117,6 +121,7 @@ impl ErrorClass {
             "forbidden_address" => Self::ForbiddenAddress,
             "local" => Self::Local,
             "other" => Self::Other,
+            "content_removed" => Self::ContentRemoved,
             _ => return None,
         })
     }

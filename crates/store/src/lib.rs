@@ -36,6 +36,9 @@ pub enum StoreError {
     /// The input refers to something that does not exist or is not allowed.
     #[error("{field}: {detail}")]
     Invalid { field: &'static str, detail: String },
+    /// The message's content was removed: it cannot be sent again.
+    #[error("the message's content was removed; it cannot be sent again")]
+    ContentRemoved,
     /// Too much work is queued; the client should retry shortly.
     #[error("overloaded")]
     Overloaded,
@@ -223,6 +226,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         message: MessageId,
         attempt: AttemptId,
     ) -> StoreResult<Attempt>;
+    /// The endpoints a message was fanned out to, by id, each with where
+    /// its delivery stands.
+    async fn list_destinations(
+        &self,
+        app: AppId,
+        message: MessageId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Destination>>;
+    /// Erases a message's payload for good: it reads `{}` from now on, its
+    /// pending deliveries end as failed (each with an attempt of class
+    /// `content_removed`), stored idempotent answers carrying it are
+    /// forgotten, and it cannot be resent.
+    async fn remove_content(
+        &self,
+        app: AppId,
+        message: MessageId,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<()>;
 
     // The delivery engine's side.
     /// Schedules a manual attempt of one (message, endpoint) pair, leased to the caller.

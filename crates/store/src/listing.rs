@@ -83,6 +83,25 @@ impl Listing {
         }
     }
 
+    /// The endpoints a message was fanned out to, by endpoint id, each with
+    /// its delivery's `delivery_status`, `next_attempt_at` and `lease_until`.
+    pub(crate) fn destinations(app: AppId, message: MessageId) -> Self {
+        Self {
+            filter: "app_id = ? AND message_id = ?".into(),
+            binds: vec![
+                Bind::Text(app.to_string()),
+                Bind::Text(message.to_string()),
+            ],
+            ..Self::of(
+                DESTINATION_COLUMNS,
+                "(SELECT e.*, d.message_id, d.status AS delivery_status, d.next_attempt_at, d.lease_until
+                  FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id) destinations",
+                "id",
+                Order::Ascending,
+            )
+        }
+    }
+
     /// Newest first, with the query's filters.
     pub(crate) fn messages(app: AppId, query: &MessageQuery) -> Self {
         let columns = crate::shared::MESSAGE_COLUMNS;
@@ -108,6 +127,9 @@ impl Listing {
         }
     }
 }
+
+/// [`crate::shared::ENDPOINT_COLUMNS`] and the delivery's state.
+const DESTINATION_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering, delivery_status, next_attempt_at, lease_until";
 
 /// A value bound into a dynamically built query.
 #[derive(Debug, Clone)]
@@ -190,7 +212,7 @@ fn message_filter(app: AppId, query: &MessageQuery) -> (String, Vec<Bind>) {
     (filter, binds)
 }
 
-fn escape_like(text: &str) -> String {
+pub(crate) fn escape_like(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")

@@ -158,6 +158,17 @@ pub struct Message {
     pub created_at: Timestamp,
 }
 
+/// An endpoint a message was fanned out to, with where its delivery stands
+/// (Svix's `MessageEndpointOut`).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub endpoint: Endpoint,
+    /// `Sending` while leased to a worker.
+    pub status: DeliveryStatus,
+    /// When a pending delivery is due next.
+    pub next_attempt: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone)]
 pub struct MessageInput {
     pub event_type: EventTypeName,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use herald_domain::{
-    AlertRules, AlertRulesSpec, AppId, EndpointId, EndpointUrl, EventTypeName, FilterTypes,
-    MessageId, RetryPolicy, Secret, TaskId, Trigger,
+    AlertRules, AlertRulesSpec, AppId, DeliveryStatus, EndpointId, EndpointUrl, EventTypeName,
+    FilterTypes, MessageId, RetryPolicy, Secret, TaskId, Trigger,
 };
 
 use herald_domain::sealing::Sealing;
@@ -31,6 +31,32 @@ pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, di
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";
+
+/// A destination's status and next attempt, from its delivery's columns
+/// (a pending delivery leased to a worker is being sent).
+pub(crate) fn destination_state(
+    status: i64,
+    next_attempt_at: Option<Timestamp>,
+    lease_until: Option<Timestamp>,
+) -> (DeliveryStatus, Option<Timestamp>) {
+    match DeliveryStatus::from_code(status).unwrap_or(DeliveryStatus::Failed) {
+        DeliveryStatus::Pending if lease_until.is_some() => (DeliveryStatus::Sending, None),
+        DeliveryStatus::Pending => (DeliveryStatus::Pending, next_attempt_at),
+        other => (other, None),
+    }
+}
+
+/// What the attempt that was never made says (error class
+/// `content_removed`).
+pub(crate) const CONTENT_REMOVED_WHY: &str =
+    "not sent: the message's content was removed while this delivery was pending";
+
+/// The `LIKE` pattern of stored idempotent answers that carry `message`
+/// (its `"id"`), so that removing its content removes them too.
+pub(crate) fn answers_of(message: MessageId) -> String {
+    let id = crate::listing::escape_like(&message.to_string());
+    format!("%\"id\":\"{id}\"%")
+}
 
 /// One row of [`TARGET_ROWS_SQL`].
 #[derive(Debug)]

@@ -48,6 +48,20 @@ macro_rules! statements {
 }
 
 statements! {
+    // Removing a message's content ($1 app, $2 message, $3 now).
+    REMOVE_CONTENT = "UPDATE messages SET payload = '{}', content_removed_at = $3 WHERE app_id = $1 AND id = $2";
+    PENDING_DESTINATIONS = "SELECT d.endpoint_id, e.url FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+         WHERE d.message_id = $1 AND d.status = 1 ORDER BY d.endpoint_id";
+    /// An attempt that was never made ($1 id, $2 app, $3 message, $4
+    /// endpoint, $5 url, $6 why, $7 error class, $8 now): failed, no answer.
+    UNSENT_ATTEMPT = "INSERT INTO attempts (id, app_id, message_id, endpoint_id, url, status, response_status_code,
+             response, response_duration_ms, error_class, trigger_type, created_at)
+         VALUES ($1, $2, $3, $4, $5, 2, 0, $6, 0, $7, 0, $8)";
+    FAIL_PENDING_DELIVERIES = "UPDATE deliveries SET status = 2, lease_until = NULL, next_attempt_at = NULL, updated_at = $2
+         WHERE message_id = $1 AND status = 1";
+    /// Stored idempotent answers matching the `LIKE` pattern $1.
+    FORGET_ANSWERS = "DELETE FROM idempotency_keys WHERE body LIKE $1 ESCAPE '\\'";
+    CONTENT_REMOVED_AT = "SELECT content_removed_at FROM messages WHERE id = $1";
     INSERT_APP = "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)";
     UPDATE_APP = "UPDATE apps SET uid = $1, name = $2, rate_limit = $3, metadata = $4, updated_at = $5 WHERE id = $6";
@@ -143,10 +157,11 @@ statements! {
     /// The next messages a recovery step looks at: up to $5 of app $1's, from
     /// $2 (inclusive: the window's start, or the endpoint's creation if later),
     /// after the cursor $3, before $4 (the window's end, if any), each with its
-    /// delivery to endpoint $6 if there is one.
+    /// delivery to endpoint $6 if there is one. Messages whose content was
+    /// removed are never sent again.
     RECOVERY_SCAN = "SELECT m.id, m.event_type, m.channels, d.status
      FROM (SELECT id, event_type, channels FROM messages
-           WHERE app_id = $1 AND id >= $2 AND id > $3 AND (CAST($4 AS TEXT) IS NULL OR id < $4)
+           WHERE app_id = $1 AND content_removed_at IS NULL AND id >= $2 AND id > $3 AND (CAST($4 AS TEXT) IS NULL OR id < $4)
            ORDER BY id LIMIT $5) m
      LEFT JOIN deliveries d ON d.message_id = m.id AND d.endpoint_id = $6
      ORDER BY m.id";

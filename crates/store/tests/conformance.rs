@@ -2384,3 +2384,166 @@ async fn send_slots_are_shared_on_postgresql_and_local_on_sqlite() {
         assert_eq!(idle.unwrap(), SendSlot::At(at + 60_000), "{name}");
     }
 }
+
+#[tokio::test]
+async fn destinations_show_each_delivery_and_removed_content_is_gone_for_good() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let done = endpoint(store, app, "http://a.test/done").await;
+        let waiting = endpoint(store, app, "http://a.test/waiting").await;
+        let sending = endpoint(store, app, "http://a.test/sending").await;
+        let created = store
+            .create_message(
+                app,
+                message("call.started", Some("erase-me")),
+                Some(claim(now())),
+                None,
+            )
+            .await
+            .unwrap();
+        let job = |endpoint: herald_domain::EndpointId| {
+            created
+                .jobs
+                .iter()
+                .find(|j| j.endpoint.id == endpoint)
+                .unwrap()
+        };
+        let message_id = created.message.id;
+        store
+            .record_attempt(outcome(job(done.id), AttemptId::generate(), true))
+            .await
+            .unwrap();
+        let retry_at = now() + 60_000;
+        let mut failed = outcome(job(waiting.id), AttemptId::generate(), false);
+        failed.next = NextStep::RetryAt(retry_at);
+        store.record_attempt(failed).await.unwrap();
+
+        let page = PageRequest {
+            limit: 2,
+            cursor: Cursor::Start,
+        };
+        let first = store
+            .list_destinations(app, message_id, page.clone())
+            .await
+            .unwrap();
+        let rest = store
+            .list_destinations(
+                app,
+                message_id,
+                PageRequest {
+                    limit: 2,
+                    cursor: Cursor::After(first.iterator.clone().unwrap()),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!first.done && rest.done, "{name}: two pages");
+        let mut seen: Vec<(herald_domain::EndpointId, DeliveryStatus, Option<Timestamp>)> = first
+            .data
+            .iter()
+            .chain(&rest.data)
+            .map(|d| (d.endpoint.id, d.status, d.next_attempt))
+            .collect();
+        let mut expected = vec![
+            (done.id, DeliveryStatus::Succeeded, None),
+            (waiting.id, DeliveryStatus::Pending, Some(retry_at)),
+            (sending.id, DeliveryStatus::Sending, None),
+        ];
+        seen.sort_by_key(|d| d.0.to_string());
+        expected.sort_by_key(|d| d.0.to_string());
+        assert_eq!(seen, expected, "{name}");
+        let other = self::app(store, None).await;
+        assert!(
+            matches!(
+                store.list_destinations(other, message_id, page).await,
+                Err(StoreError::NotFound)
+            ),
+            "{name}: another app's message is not found"
+        );
+
+        store.remove_content(app, message_id, None).await.unwrap();
+        let erased = store
+            .get_message(app, &IdOrUid::Id(message_id))
+            .await
+            .unwrap();
+        assert_eq!(erased.payload, "{}", "{name}");
+        let after = store
+            .list_destinations(
+                app,
+                message_id,
+                PageRequest {
+                    limit: 10,
+                    cursor: Cursor::Start,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            after
+                .data
+                .iter()
+                .all(|d| d.endpoint.id == done.id || d.status == DeliveryStatus::Failed),
+            "{name}: pending deliveries ended as failed: {:?}",
+            after.data.iter().map(|d| d.status).collect::<Vec<_>>()
+        );
+        assert!(
+            store
+                .claim_due(claim(retry_at + 1), 10, vec![])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: nothing left to send"
+        );
+        let attempts = store
+            .list_attempts(
+                app,
+                AttemptQuery::new(
+                    AttemptFilter::Message(message_id),
+                    PageRequest {
+                        limit: 10,
+                        cursor: Cursor::Start,
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        let mut why: Vec<herald_domain::EndpointId> = attempts
+            .data
+            .iter()
+            .filter(|a| a.error_class == Some(herald_domain::ErrorClass::ContentRemoved))
+            .map(|a| a.endpoint_id)
+            .collect();
+        why.sort_by_key(ToString::to_string);
+        let mut unsent = vec![waiting.id, sending.id];
+        unsent.sort_by_key(ToString::to_string);
+        assert_eq!(
+            why, unsent,
+            "{name}: one attempt says why per unsent delivery"
+        );
+        // The worker that was sending finds its lease gone: its outcome
+        // does not bring the delivery back.
+        store
+            .record_attempt(outcome(job(sending.id), AttemptId::generate(), false))
+            .await
+            .unwrap();
+        assert!(
+            store.next_due_at(vec![]).await.unwrap().is_none(),
+            "{name}: the late outcome schedules nothing"
+        );
+        let resend = store
+            .resend(app, message_id, done.id, claim(now()), None)
+            .await;
+        assert!(
+            matches!(resend, Err(StoreError::ContentRemoved)),
+            "{name}: a removed message is not sent again: {resend:?}"
+        );
+        assert!(
+            matches!(
+                store.remove_content(other, message_id, None).await,
+                Err(StoreError::NotFound)
+            ),
+            "{name}"
+        );
+    }
+}

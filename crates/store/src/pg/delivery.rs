@@ -106,6 +106,76 @@ pub(crate) async fn list_messages(
     .await
 }
 
+/// The endpoints `message` was fanned out to, with their deliveries' state.
+pub(crate) async fn list_destinations(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: MessageId,
+    page: crate::PageRequest,
+) -> StoreResult<Page<crate::Destination>> {
+    get_message(conn, app, &IdOrUid::Id(message)).await?;
+    list(
+        conn,
+        Listing::destinations(app, message),
+        &page,
+        rows::destination,
+        |d| d.endpoint.id.to_string(),
+    )
+    .await
+}
+
+/// Erases `message`'s payload (and the stored idempotent answers that
+/// carry it); its pending deliveries end as failed, each with an attempt
+/// that says why.
+pub(crate) async fn remove_content(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: MessageId,
+) -> StoreResult<()> {
+    let at = shared::now();
+    let removed = sqlx::query(sql::REMOVE_CONTENT.pg)
+        .bind(app.to_string())
+        .bind(message.to_string())
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if removed.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let pending = sqlx::query(sql::PENDING_DESTINATIONS.pg)
+        .bind(message.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    for row in pending {
+        sqlx::query(sql::UNSENT_ATTEMPT.pg)
+            .bind(AttemptId::generate().to_string())
+            .bind(app.to_string())
+            .bind(message.to_string())
+            .bind(row.try_get::<String, _>(0).map_err(db)?)
+            .bind(row.try_get::<String, _>(1).map_err(db)?)
+            .bind(shared::CONTENT_REMOVED_WHY)
+            .bind(herald_domain::ErrorClass::ContentRemoved.as_str())
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    sqlx::query(sql::FAIL_PENDING_DELIVERIES.pg)
+        .bind(message.to_string())
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    sqlx::query(sql::FORGET_ANSWERS.pg)
+        .bind(shared::answers_of(message))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 pub(crate) async fn list_attempts(
     conn: &mut PgConnection,
     app: AppId,
@@ -161,6 +231,14 @@ pub(crate) async fn resend(
 ) -> StoreResult<DeliveryJob> {
     let message = get_message(conn, app, &IdOrUid::Id(message)).await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let removed: Option<i64> = sqlx::query_scalar(sql::CONTENT_REMOVED_AT.pg)
+        .bind(message.id.to_string())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    if removed.is_some() {
+        return Err(StoreError::ContentRemoved);
+    }
     let row = sqlx::query(sql::SCHEDULE_RESEND.pg)
         .bind(message.id.to_string())
         .bind(endpoint.to_string())

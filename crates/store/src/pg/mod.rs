@@ -101,6 +101,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         16,
         include_str!("../../migrations/postgres/0016_attempts_partitioned.sql"),
     ),
+    (
+        17,
+        include_str!("../../migrations/postgres/0017_content_removal.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -159,6 +159,19 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
     })
 }
 
+pub(crate) fn destination(row: &PgRow) -> sqlx::Result<crate::Destination> {
+    let (status, next_attempt) = crate::shared::destination_state(
+        row.try_get("delivery_status")?,
+        row.try_get("next_attempt_at")?,
+        row.try_get("lease_until")?,
+    );
+    Ok(crate::Destination {
+        endpoint: endpoint(row)?,
+        status,
+        next_attempt,
+    })
+}
+
 pub(crate) fn message(row: &PgRow) -> sqlx::Result<Message> {
     Ok(Message {
         id: parsed(row, "id", MessageId::parse)?,

@@ -201,6 +201,70 @@ pub(crate) fn list_messages(
     )
 }
 
+/// The endpoints `message` was fanned out to, with their deliveries' state.
+pub(crate) fn list_destinations(
+    conn: &Connection,
+    app: AppId,
+    message: MessageId,
+    page: crate::PageRequest,
+) -> StoreResult<Page<crate::Destination>> {
+    get_message(conn, app, &IdOrUid::Id(message))?;
+    list(
+        conn,
+        Listing::destinations(app, message),
+        &page,
+        rows::destination,
+        |d| d.endpoint.id.to_string(),
+    )
+}
+
+/// Erases `message`'s payload (and the stored idempotent answers that
+/// carry it); its pending deliveries end as failed, each with an attempt
+/// that says why.
+pub(crate) fn remove_content(conn: &Connection, app: AppId, message: MessageId) -> StoreResult<()> {
+    let at = now();
+    let removed = conn
+        .execute(
+            sql::REMOVE_CONTENT.sqlite,
+            params![app.to_string(), message.to_string(), at],
+        )
+        .map_err(internal)?;
+    if removed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let pending: Vec<(String, String)> = conn
+        .prepare_cached(sql::PENDING_DESTINATIONS.sqlite)
+        .and_then(|mut s| {
+            s.query_map([message.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(internal)?;
+    for (endpoint, url) in pending {
+        conn.execute(
+            sql::UNSENT_ATTEMPT.sqlite,
+            params![
+                AttemptId::generate().to_string(),
+                app.to_string(),
+                message.to_string(),
+                endpoint,
+                url,
+                shared::CONTENT_REMOVED_WHY,
+                herald_domain::ErrorClass::ContentRemoved.as_str(),
+                at
+            ],
+        )
+        .map_err(internal)?;
+    }
+    conn.execute(
+        sql::FAIL_PENDING_DELIVERIES.sqlite,
+        params![message.to_string(), at],
+    )
+    .map_err(internal)?;
+    conn.execute(sql::FORGET_ANSWERS.sqlite, [shared::answers_of(message)])
+        .map_err(internal)?;
+    Ok(())
+}
+
 pub(crate) fn list_attempts(
     conn: &Connection,
     app: AppId,
@@ -253,6 +317,16 @@ pub(crate) fn resend(
 ) -> StoreResult<DeliveryJob> {
     let message = get_message(conn, app, &IdOrUid::Id(message))?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let removed: Option<i64> = conn
+        .query_row(
+            sql::CONTENT_REMOVED_AT.sqlite,
+            [message.id.to_string()],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    if removed.is_some() {
+        return Err(StoreError::ContentRemoved);
+    }
     let attempts_made: u32 = conn
         .query_row(
             sql::SCHEDULE_RESEND.sqlite,

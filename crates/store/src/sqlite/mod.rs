@@ -90,6 +90,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         14,
         include_str!("../../migrations/sqlite/0014_store_probe.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_content_removal.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,18 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     })
 }
 
+/// A row of [`crate::listing::Listing::destinations`]: the endpoint's
+/// columns, then its delivery's (18–20).
+pub(crate) fn destination(row: &Row<'_>) -> rusqlite::Result<crate::Destination> {
+    let (status, next_attempt) =
+        crate::shared::destination_state(row.get(18)?, row.get(19)?, row.get(20)?);
+    Ok(crate::Destination {
+        endpoint: endpoint(row)?,
+        status,
+        next_attempt,
+    })
+}
+
 pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         id: parsed(row, 0, MessageId::parse)?,

@@ -118,6 +118,7 @@ macro_rules! delegated {
             read list_messages(app: AppId, query: MessageQuery) -> Page<Message> = delivery::list_messages;
             read list_attempts(app: AppId, query: AttemptQuery) -> Page<Attempt> = delivery::list_attempts;
             read get_attempt(app: AppId, message: MessageId, attempt: AttemptId) -> Attempt = delivery::get_attempt;
+            read pending_deliveries(app: AppId, endpoint: EndpointId, limit: usize) -> Vec<PendingDelivery> = delivery::pending_deliveries;
             read list_destinations(app: AppId, message: MessageId, page: PageRequest) -> Page<Destination> = delivery::list_destinations;
             write remove_content(app: AppId, message: MessageId) + audit -> () = delivery::remove_content;
             write resend(app: AppId, message: MessageId, endpoint: EndpointId, claim: Claim) + audit -> DeliveryJob = delivery::resend [sealing];

@@ -226,6 +226,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         message: MessageId,
         attempt: AttemptId,
     ) -> StoreResult<Attempt>;
+    /// An endpoint's unsettled deliveries, soonest due first, at most `limit`.
+    async fn pending_deliveries(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingDelivery>>;
     /// The endpoints a message was fanned out to, by id, each with where
     /// its delivery stands.
     async fn list_destinations(

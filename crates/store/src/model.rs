@@ -169,6 +169,19 @@ pub struct Destination {
     pub next_attempt: Option<Timestamp>,
 }
 
+/// A delivery to one endpoint that is not settled yet.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub message_id: MessageId,
+    pub event_type: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// `Sending` while leased to a worker, else `Pending`.
+    pub status: DeliveryStatus,
+    /// When it is tried next (pending only).
+    pub next_attempt: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone)]
 pub struct MessageInput {
     pub event_type: EventTypeName,

@@ -46,6 +46,26 @@ pub(crate) fn destination_state(
     }
 }
 
+/// A row of [`crate::sql::PENDING_OF_ENDPOINT`], from its columns.
+pub(crate) fn pending_delivery(
+    message_id: &str,
+    event_type: String,
+    attempts: i64,
+    next_attempt_at: Option<Timestamp>,
+    lease_until: Option<Timestamp>,
+) -> StoreResult<crate::PendingDelivery> {
+    let (status, next_attempt) =
+        destination_state(DeliveryStatus::Pending.code(), next_attempt_at, lease_until);
+    Ok(crate::PendingDelivery {
+        message_id: MessageId::parse(message_id)
+            .map_err(|e| StoreError::Internal(e.to_string()))?,
+        event_type,
+        attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+        status,
+        next_attempt,
+    })
+}
+
 /// What the attempt that was never made says (error class
 /// `content_removed`).
 pub(crate) const CONTENT_REMOVED_WHY: &str =

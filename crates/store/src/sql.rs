@@ -61,6 +61,11 @@ statements! {
          WHERE message_id = $1 AND status = 1";
     /// Stored idempotent answers matching the `LIKE` pattern $1.
     FORGET_ANSWERS = "DELETE FROM idempotency_keys WHERE body LIKE $1 ESCAPE '\\'";
+    /// An endpoint's ($2 of app $1) unsettled deliveries, soonest due first, at most $3.
+    PENDING_OF_ENDPOINT = "SELECT d.message_id, m.event_type, d.attempts, d.next_attempt_at, d.lease_until
+         FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.app_id = $1 AND d.endpoint_id = $2 AND d.status = 1
+         ORDER BY d.next_attempt_at, d.message_id LIMIT $3";
     CONTENT_REMOVED_AT = "SELECT content_removed_at FROM messages WHERE id = $1";
     INSERT_APP = "INSERT INTO apps (id, uid, name, rate_limit, metadata, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)";

@@ -2453,7 +2453,56 @@ async fn destinations_show_each_delivery_and_removed_content_is_gone_for_good() 
         seen.sort_by_key(|d| d.0.to_string());
         expected.sort_by_key(|d| d.0.to_string());
         assert_eq!(seen, expected, "{name}");
+        // The same from each endpoint's side (the portal's activity log).
+        let unsettled = |endpoint: herald_domain::EndpointId| async move {
+            store
+                .pending_deliveries(app, endpoint, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.message_id,
+                        p.event_type,
+                        p.attempts,
+                        p.status,
+                        p.next_attempt,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(unsettled(done.id).await, [], "{name}");
+        assert_eq!(
+            unsettled(waiting.id).await,
+            [(
+                message_id,
+                "call.started".to_owned(),
+                1,
+                DeliveryStatus::Pending,
+                Some(retry_at)
+            )],
+            "{name}"
+        );
+        assert_eq!(
+            unsettled(sending.id).await,
+            [(
+                message_id,
+                "call.started".to_owned(),
+                0,
+                DeliveryStatus::Sending,
+                None
+            )],
+            "{name}"
+        );
         let other = self::app(store, None).await;
+        assert!(
+            store
+                .pending_deliveries(other, waiting.id, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: another app sees none"
+        );
         assert!(
             matches!(
                 store.list_destinations(other, message_id, page).await,

@@ -14,7 +14,9 @@ use herald_domain::ids::IdOrUid;
 use std::collections::HashMap;
 
 use herald_domain::{DeliveryStatus, EndpointId, MessageId};
-use herald_store::{App, AttemptFilter, AttemptQuery, Cursor, Endpoint, PageRequest};
+use herald_store::{
+    App, AttemptFilter, AttemptQuery, Cursor, Endpoint, PageRequest, PendingDelivery,
+};
 
 use super::endpoint_pages::{endpoint_of, open};
 use super::pages::{layout, url_encode, when};
@@ -142,6 +144,17 @@ async fn render(
             attempt,
         });
     }
+    // An endpoint's deliveries not settled yet, on the log's first page:
+    // retries waiting for their time, and what is being sent right now.
+    let pending = match (&endpoint, &query.before) {
+        (Some(endpoint), None) => {
+            state
+                .store
+                .pending_deliveries(app.id, endpoint.id, 50)
+                .await?
+        }
+        _ => Vec::new(),
+    };
     let notice = match query.notice.as_deref() {
         Some("retried") => Some("Sent again; the new attempt appears at the top."),
         _ => None,
@@ -160,8 +173,11 @@ async fn render(
                 event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
                 after: query.after.as_deref().filter(|t| !t.is_empty()),
             },
-            &entries,
-            attempts.iterator.filter(|_| !attempts.done),
+            Shown {
+                entries: &entries,
+                pending: &pending,
+                older: attempts.iterator.filter(|_| !attempts.done),
+            },
             notice,
         ),
     ))
@@ -200,6 +216,14 @@ pub(super) struct ActivityFilters<'a> {
     pub after: Option<&'a str>,
 }
 
+/// What the log shows: a page of attempts, the deliveries not settled yet
+/// (an endpoint's first page only) and where the next page starts.
+pub(super) struct Shown<'a> {
+    pub entries: &'a [Entry],
+    pub pending: &'a [PendingDelivery],
+    pub older: Option<String>,
+}
+
 /// Who looks at a page: their CSRF token, and whether they may change
 /// anything (a `readOnly` portal link may not).
 pub(super) struct Viewer<'a> {
@@ -212,10 +236,14 @@ pub(super) fn activity(
     app: &App,
     endpoint: Option<&Endpoint>,
     filters: &ActivityFilters<'_>,
-    entries: &[Entry],
-    older: Option<String>,
+    shown: Shown<'_>,
     notice: Option<&str>,
 ) -> Markup {
+    let Shown {
+        entries,
+        pending,
+        older,
+    } = shown;
     // The log's own address (its filters and pages stay on it).
     let log = match endpoint {
         Some(endpoint) => format!("/portal/app/{}/endpoint/{}/activity", app.id, endpoint.id),
@@ -261,6 +289,27 @@ pub(super) fn activity(
                 label for="after" { "After (UTC)" }
                 input #after type="datetime-local" name="after" value=(filters.after.unwrap_or_default());
                 button type="submit" { "Filter" }
+            }
+            @if !pending.is_empty() {
+                section.pending {
+                    h2 { "Waiting to be sent" }
+                    table.pending {
+                        thead { tr { th scope="col" { "Message" } th scope="col" { "Event type" } th scope="col" { "Attempts so far" } th scope="col" { "Next attempt" } } }
+                        tbody {
+                            @for delivery in pending {
+                                tr data-status=(delivery.status.text()) {
+                                    td { code { (delivery.message_id) } }
+                                    td { code { (delivery.event_type) } }
+                                    td { (delivery.attempts) }
+                                    td {
+                                        @if delivery.status == DeliveryStatus::Sending { "being sent now" }
+                                        @else { (when(delivery.next_attempt)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
             @if entries.is_empty() {
                 p.empty { "No attempt yet." }

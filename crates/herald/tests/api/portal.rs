@@ -675,3 +675,49 @@ async fn the_token_rate_limit_holds_through_the_portal() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn an_endpoints_activity_log_shows_what_waits_for_a_retry_and_when() {
+    // A retry an hour away: the delivery waits, pending, while we look.
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        retry_schedule: "1h",
+        ..Default::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always("/down", crate::helpers::Reply::Status(500));
+    let tenant = app.create_app("Tenant").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/down"), None)
+        .await;
+    let message = app
+        .send(&tenant, "call.failed", json!({"callId": "call_9"}))
+        .await;
+    crate::helpers::attempted(&app, &tenant, &message, 1).await;
+
+    let cookie = log_in(&app, &portal_token(&app, &tenant).await).await;
+    let log = format!("/portal/app/{tenant}/endpoint/{endpoint}/activity");
+    let page = crate::helpers::eventually(WAIT, "the pending retry on the page", || async {
+        let (status, _, page) = get(&app, &log, Some(&cookie)).await;
+        assert_eq!(status, 200);
+        page.contains("Waiting to be sent").then_some(page)
+    })
+    .await;
+    let section = &page[page.find("Waiting to be sent").unwrap()..];
+    let section = &section[..section.find("</table>").unwrap()];
+    assert!(section.contains(&message), "{section}");
+    assert!(section.contains("call.failed"), "{section}");
+    assert!(section.contains("data-status=\"pending\""), "{section}");
+    assert!(
+        section.contains(" UTC"),
+        "the next attempt's time is shown: {section}"
+    );
+    // The app-wide log and later pages of the endpoint's log do not list it.
+    let (_, _, app_log) = get(
+        &app,
+        &format!("/portal/app/{tenant}/activity"),
+        Some(&cookie),
+    )
+    .await;
+    assert!(!app_log.contains("Waiting to be sent"), "{app_log}");
+}

@@ -106,6 +106,33 @@ pub(crate) async fn list_messages(
     .await
 }
 
+/// `endpoint`'s unsettled deliveries, soonest due first.
+pub(crate) async fn pending_deliveries(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    limit: usize,
+) -> StoreResult<Vec<crate::PendingDelivery>> {
+    let rows = sqlx::query(sql::PENDING_OF_ENDPOINT.pg)
+        .bind(app.to_string())
+        .bind(endpoint.to_string())
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            shared::pending_delivery(
+                &row.try_get::<String, _>(0).map_err(db)?,
+                row.try_get(1).map_err(db)?,
+                row.try_get(2).map_err(db)?,
+                row.try_get(3).map_err(db)?,
+                row.try_get(4).map_err(db)?,
+            )
+        })
+        .collect()
+}
+
 /// The endpoints `message` was fanned out to, with their deliveries' state.
 pub(crate) async fn list_destinations(
     conn: &mut PgConnection,

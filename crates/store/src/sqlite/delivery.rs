@@ -201,6 +201,33 @@ pub(crate) fn list_messages(
     )
 }
 
+/// `endpoint`'s unsettled deliveries, soonest due first.
+pub(crate) fn pending_deliveries(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    limit: usize,
+) -> StoreResult<Vec<crate::PendingDelivery>> {
+    let mut statement = conn
+        .prepare_cached(sql::PENDING_OF_ENDPOINT.sqlite)
+        .map_err(internal)?;
+    let rows = statement
+        .query_map(
+            params![app.to_string(), endpoint.to_string(), limit as i64],
+            |r| {
+                Ok(shared::pending_delivery(
+                    &r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            },
+        )
+        .map_err(internal)?;
+    rows.map(|row| row.map_err(internal)?).collect()
+}
+
 /// The endpoints `message` was fanned out to, with their deliveries' state.
 pub(crate) fn list_destinations(
     conn: &Connection,

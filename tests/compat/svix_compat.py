@@ -206,6 +206,14 @@ def main():
     except (HttpError, HTTPValidationError) as refused:
         assert refused.status_code == 400 and refused.code == "content_removed", refused
 
+    # A 422 parses as the SDK's validation error (a list of {loc, msg, type}).
+    try:
+        svix.message.create(app.id, MessageIn(event_type="no.such.type", payload={}))
+        raise AssertionError("an unknown event type was accepted")
+    except HTTPValidationError as invalid:
+        assert invalid.status_code == 422, invalid
+        assert invalid.detail and invalid.detail[0].loc and invalid.detail[0].msg, invalid
+
     answers["/down"] = 200
     since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
     recovery = svix.endpoint.recover(app.id, failing.id, RecoverIn(since=since))

@@ -98,11 +98,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, detail) = match self {
             Self::BadRequest { code, detail } => (StatusCode::BAD_REQUEST, code, detail),
-            Self::Invalid { field, detail } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_error",
-                format!("{field}: {detail}"),
-            ),
+            Self::Invalid { field, detail } => {
+                // Svix's shape: its SDKs parse a 422's `detail` as a list
+                // of `{loc, msg, type}` (a string made them crash).
+                let body = crate::openapi::ValidationErrorOut {
+                    code: "validation_error".to_owned(),
+                    detail: vec![crate::openapi::ValidationItem {
+                        loc: vec![field],
+                        msg: detail,
+                        kind: "value_error".to_owned(),
+                    }],
+                };
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            }
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "authentication_failed",

@@ -22,6 +22,28 @@ pub(crate) struct ErrorOut {
     pub detail: String,
 }
 
+/// A 422 answer, in Svix's shape (its SDKs read `detail` as a list):
+/// each invalid input, where it is and what is wrong with it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = HTTPValidationError)]
+pub(crate) struct ValidationErrorOut {
+    /// `validation_error`.
+    pub code: String,
+    pub detail: Vec<ValidationItem>,
+}
+
+/// One invalid input of a 422 answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ValidationError)]
+pub(crate) struct ValidationItem {
+    /// The input's name (a field of the body, a query parameter, …).
+    pub loc: Vec<String>,
+    pub msg: String,
+    /// `value_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
 /// The error answers any route may give: bad or unparsable input, missing
 /// or wrong token, another tenant's route, a uniqueness conflict, a body
 /// over the limit, rate limits and overload.
@@ -30,19 +52,20 @@ pub(crate) struct Errors;
 
 impl utoipa::IntoResponses for Errors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
-        let error = |description: &str| {
+        let answer = |description: &str, schema: &str| {
             ResponseBuilder::new()
                 .description(description)
                 .content(
                     "application/json",
                     ContentBuilder::new()
                         .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                            "HttpError",
+                            schema,
                         ))))
                         .build(),
                 )
                 .build()
         };
+        let error = |description: &str| answer(description, "HttpError");
         ResponsesBuilder::new()
             .response("400", error("Malformed JSON or parameters"))
             .response("401", error("Missing, unknown, expired or revoked token"))
@@ -53,7 +76,7 @@ impl utoipa::IntoResponses for Errors {
                 error("Conflict: a uid, eventId or idempotency key in use"),
             )
             .response("413", error("Request body over the limit"))
-            .response("422", error("Invalid field"))
+            .response("422", answer("Invalid field", "HTTPValidationError"))
             .response(
                 "429",
                 error("Rate limit: retry after `Retry-After` seconds"),
@@ -132,7 +155,7 @@ impl Modify for BearerAuth {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(ErrorOut)),
+    components(schemas(ErrorOut, ValidationErrorOut, ValidationItem)),
 )]
 struct ApiDoc;
 

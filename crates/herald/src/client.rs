@@ -178,10 +178,31 @@ impl Client {
                 "{} {}: {}",
                 status.as_u16(),
                 value["code"].as_str().unwrap_or("error"),
-                value["detail"].as_str().unwrap_or(&value.to_string())
+                detail_of(&value)
             );
         }
         Ok(value)
+    }
+}
+
+/// An error answer's `detail`: text, or a 422's list of `{loc, msg}` as
+/// `field: msg` (joined); the whole answer if it has neither.
+pub fn detail_of(value: &Value) -> String {
+    match &value["detail"] {
+        Value::String(text) => text.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let field = item["loc"]
+                    .as_array()
+                    .and_then(|loc| loc.last())
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                format!("{field}: {}", item["msg"].as_str().unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => value.to_string(),
     }
 }
 

@@ -161,7 +161,7 @@ async fn alert_rules_are_validated_read_back_and_reset() {
             .await;
         assert_eq!(status, 422, "{body} -> {error}");
         assert!(
-            error["detail"].as_str().unwrap_or("").contains(field),
+            crate::helpers::detail_text(&error).contains(field),
             "{body} -> {error}"
         );
     }

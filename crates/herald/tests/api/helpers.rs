@@ -656,3 +656,9 @@ impl SmtpSink {
         self.mails.lock().unwrap().clone()
     }
 }
+
+/// An error answer's `detail` as text (a 422's list as `field: msg`), as
+/// the CLI shows it.
+pub fn detail_text(error: &Value) -> String {
+    herald::client::detail_of(error)
+}

@@ -362,7 +362,7 @@ async fn portal_access_refuses_feature_flags_rather_than_ignoring_them() {
 
     assert_eq!(status, 422, "{error}");
     assert!(
-        error["detail"].as_str().unwrap().contains("featureFlags"),
+        crate::helpers::detail_text(&error).contains("featureFlags"),
         "{error}"
     );
     assert_eq!(empty, 200, "an empty list asks for nothing");

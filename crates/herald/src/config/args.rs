@@ -26,7 +26,8 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
-    /// PostgreSQL connections per process.
+    /// PostgreSQL connections per process in the pool (the three batch
+    /// writers hold one more each).
     #[arg(long, env = "HERALD_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     pub database_max_connections: Option<u32>,
     /// Seconds a request waits for a PostgreSQL connection before answering 503.

@@ -129,7 +129,10 @@ impl Listing {
 }
 
 /// [`crate::shared::ENDPOINT_COLUMNS`] and the delivery's state.
-const DESTINATION_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering, delivery_status, next_attempt_at, lease_until";
+const DESTINATION_COLUMNS: &str = concat!(
+    crate::shared::endpoint_columns!(),
+    ", delivery_status, next_attempt_at, lease_until"
+);
 
 /// A value bound into a dynamically built query.
 #[derive(Debug, Clone)]

@@ -27,7 +27,15 @@ pub(crate) fn now() -> Timestamp {
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
 pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
-pub(crate) const ENDPOINT_COLUMNS: &str = "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering";
+/// An endpoint's columns, in the order both backends' row readers take
+/// them (a macro so that longer lists can be made from it with `concat!`).
+macro_rules! endpoint_columns {
+    () => {
+        "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering"
+    };
+}
+pub(crate) use endpoint_columns;
+pub(crate) const ENDPOINT_COLUMNS: &str = endpoint_columns!();
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at";
 pub(crate) const ATTEMPT_COLUMNS: &str = "id, app_id, message_id, endpoint_id, url, status, response_status_code, response, response_duration_ms, error_class, trigger_type, created_at";

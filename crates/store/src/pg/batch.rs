@@ -465,10 +465,11 @@ const RECORD_ATTEMPTS_SQL: &str = "WITH a AS (
      WHERE d.message_id = ANY($3) AND d.message_id = u.message_id AND d.endpoint_id = u.endpoint_id
          AND d.lease_until = u.lease";
 
-/// Settings of the connection that records attempts and gives deliveries
+/// Settings of the connections that record attempts and give deliveries
 /// back. Not waiting for the WAL flush is safe: if PostgreSQL crashes
 /// before it, the delivery is still leased-pending and is sent again
-/// (at-least-once); only the lost attempt's log line is gone. Every
+/// (at-least-once); only the lost attempt's log line is gone (a lost
+/// give-back only makes the delivery wait for its lease to run out). Every
 /// delivery is updated by its primary key, but the planner, misled by the
 /// statistics of a young table (and keeping the plan it made then for the
 /// connection's life), would join the batch to the whole table by a
@@ -547,27 +548,30 @@ impl Batched for Release {
     const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
     const SESSION: &'static str = OUTCOME_SESSION;
 
-    #[allow(clippy::manual_async_fn)] // the trait's signature, spelled out
     fn write<'a>(
         conn: &'a mut PgConnection,
         batch: &'a [Self],
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<()>>>> + Send + 'a {
-        async move {
-            let column =
-                |f: &dyn Fn(&Release) -> String| -> Vec<String> { batch.iter().map(f).collect() };
-            sqlx::query(
-                "UPDATE deliveries d SET lease_until = NULL, next_attempt_at = u.at
-                 FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(message_id, endpoint_id, at)
-                 WHERE d.message_id = ANY($1) AND d.message_id = u.message_id
-                     AND d.endpoint_id = u.endpoint_id AND d.status = 1",
-            )
-            .bind(column(&|r| r.message.to_string()))
-            .bind(column(&|r| r.endpoint.to_string()))
-            .bind(batch.iter().map(|r| r.at).collect::<Vec<Timestamp>>())
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-            Ok(batch.iter().map(|_| Ok(())).collect())
-        }
+        release_deliveries(conn, batch)
     }
+}
+
+async fn release_deliveries(
+    conn: &mut PgConnection,
+    batch: &[Release],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let column = |f: &dyn Fn(&Release) -> String| -> Vec<String> { batch.iter().map(f).collect() };
+    sqlx::query(
+        "UPDATE deliveries d SET lease_until = NULL, next_attempt_at = u.at
+         FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(message_id, endpoint_id, at)
+         WHERE d.message_id = ANY($1) AND d.message_id = u.message_id
+             AND d.endpoint_id = u.endpoint_id AND d.status = 1",
+    )
+    .bind(column(&|r| r.message.to_string()))
+    .bind(column(&|r| r.endpoint.to_string()))
+    .bind(batch.iter().map(|r| r.at).collect::<Vec<Timestamp>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(batch.iter().map(|_| Ok(())).collect())
 }

@@ -104,10 +104,13 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
 }
 
 /// A row of [`crate::listing::Listing::destinations`]: the endpoint's
-/// columns, then its delivery's (18–20).
+/// columns, then its delivery's (read by name).
 pub(crate) fn destination(row: &Row<'_>) -> rusqlite::Result<crate::Destination> {
-    let (status, next_attempt) =
-        crate::shared::destination_state(row.get(18)?, row.get(19)?, row.get(20)?);
+    let (status, next_attempt) = crate::shared::destination_state(
+        row.get("delivery_status")?,
+        row.get("next_attempt_at")?,
+        row.get("lease_until")?,
+    );
     Ok(crate::Destination {
         endpoint: endpoint(row)?,
         status,

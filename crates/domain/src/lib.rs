@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod catalog;
 pub mod event_type;
+pub mod expr;
 pub mod headers;
 pub mod health;
 pub mod ids;

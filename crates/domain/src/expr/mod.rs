@@ -1,0 +1,352 @@
+//! Endpoint filters and transformations: expressions in CEL (the Common
+//! Expression Language), safe to take from many tenants.
+//!
+//! The `cel` crate parses (grammar and macro expansion: `has`, `all`,
+//! `exists`, `exists_one`, `map`, `filter`); Herald evaluates the tree
+//! itself, in [`eval`], because its cost must be bounded while it runs:
+//! every node visited, element iterated and byte copied is charged to a
+//! budget ([`BUDGET`]), and an expression that spends it fails with
+//! [`EvalError::Budget`] instead of holding a worker. The `cel` crate's own
+//! interpreter has no such meter.
+//!
+//! Compiling checks what can be checked before a message exists: the size
+//! of the source, how deeply it nests (the parser recurses, so parsing runs
+//! on a thread of its own with a large stack), that every name is one of
+//! the message's fields (`type`, `data`, `channels`, `eventId`,
+//! `timestamp`) or a macro's variable, that every function is one Herald
+//! evaluates, and that `matches` patterns are valid regular expressions.
+
+mod eval;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+
+pub use eval::{EvalError, Input};
+
+/// The longest expression accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 4096;
+/// How deeply brackets may nest in the source (checked before parsing).
+const MAX_BRACKETS: usize = 32;
+/// How deeply the parsed tree may nest: bounds the evaluator's recursion.
+pub const MAX_DEPTH: usize = 64;
+/// Cost units one evaluation may spend: one per node evaluated and per
+/// element iterated or compared, one per 32 bytes of text copied, searched
+/// or written. A typical filter spends under 10, the Slack transformation
+/// of the docs about 20; the budget stops the worst an expression can do
+/// within a few milliseconds.
+pub const BUDGET: u64 = 100_000;
+/// The largest body a transformation may yield, and the largest string or
+/// list it may build on the way.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// The stack the parser runs on (it recurses once per nesting level).
+const PARSER_STACK: usize = 64 << 20;
+
+/// The message fields an expression can read.
+pub const VARIABLES: [&str; 5] = ["type", "data", "channels", "eventId", "timestamp"];
+
+/// Functions and operators the evaluator implements.
+const FUNCTIONS: &[&str] = &[
+    "_&&_",
+    "_||_",
+    "_?_:_",
+    "!_",
+    "-_",
+    "_==_",
+    "_!=_",
+    "_<_",
+    "_<=_",
+    "_>_",
+    "_>=_",
+    "_+_",
+    "_-_",
+    "_*_",
+    "_/_",
+    "_%_",
+    "_[_]",
+    "@in",
+    "@not_strictly_false",
+    "size",
+    "string",
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "dyn",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "replace",
+    "join",
+];
+
+/// Why an expression was refused when saved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+/// A compiled expression.
+#[derive(Debug)]
+pub struct Program {
+    source: String,
+    root: IdedExpr,
+    /// `matches` patterns, compiled once, by the id of their call.
+    patterns: HashMap<u64, regex::Regex>,
+}
+
+impl Program {
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// Compiles `source`, or says what is wrong with it.
+pub fn compile(source: &str) -> Result<Program, CompileError> {
+    if source.trim().is_empty() {
+        return Err(CompileError("is empty".into()));
+    }
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(CompileError(format!(
+            "is {} bytes long; at most {MAX_SOURCE_BYTES} are accepted",
+            source.len()
+        )));
+    }
+    let mut depth = 0usize;
+    for c in source.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_BRACKETS {
+                    return Err(CompileError(format!(
+                        "nests brackets more than {MAX_BRACKETS} deep"
+                    )));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let owned = source.to_owned();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("herald-expr-parse".into())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, move || parse(owned))
+            .map_err(|e| CompileError(format!("could not start the parser: {e}")))?
+            .join()
+            .map_err(|_| CompileError("could not be parsed".into()))?
+    })
+}
+
+fn parse(source: String) -> Result<Program, CompileError> {
+    let root = cel::parser::Parser::new()
+        .parse(&source)
+        .map_err(|errors| CompileError(describe(&errors)))?;
+    let depth = depth_of(&root);
+    if depth > MAX_DEPTH {
+        return Err(CompileError(format!(
+            "nests {depth} levels deep; at most {MAX_DEPTH} are accepted"
+        )));
+    }
+    let mut patterns = HashMap::new();
+    check(&root, &mut Vec::new(), &mut patterns)?;
+    Ok(Program {
+        source,
+        root,
+        patterns,
+    })
+}
+
+/// The parser's messages, one per line, without its `ERROR: <input>:`
+/// prefix but with line and column.
+fn describe(errors: &cel::ParseErrors) -> String {
+    let lines: Vec<String> = errors
+        .errors
+        .iter()
+        .take(3)
+        .map(|e| {
+            let text = e.to_string();
+            let text = text.strip_prefix("ERROR: <input>:").unwrap_or(&text);
+            // The parser repeats the source with a caret; the position says it.
+            text.lines().next().unwrap_or_default().to_owned()
+        })
+        .collect();
+    if lines.is_empty() {
+        "could not be parsed".into()
+    } else {
+        format!("syntax error at {}", lines.join("; "))
+    }
+}
+
+fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
+    match &expr.expr {
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+fn depth_of(expr: &IdedExpr) -> usize {
+    1 + children(expr).into_iter().map(depth_of).max().unwrap_or(0)
+}
+
+/// Names, functions and patterns: what can be refused before a message
+/// exists. `bound` holds the macros' variables in scope.
+fn check<'a>(
+    expr: &'a IdedExpr,
+    bound: &mut Vec<&'a str>,
+    patterns: &mut HashMap<u64, regex::Regex>,
+) -> Result<(), CompileError> {
+    match &expr.expr {
+        Expr::Ident(name) => {
+            if !bound.contains(&name.as_str()) && !VARIABLES.contains(&name.as_str()) {
+                return Err(CompileError(format!(
+                    "unknown name `{name}`: an expression reads {}",
+                    VARIABLES.join(", ")
+                )));
+            }
+        }
+        Expr::Call(call) => {
+            if !FUNCTIONS.contains(&call.func_name.as_str()) {
+                return Err(CompileError(format!(
+                    "unknown function `{}`",
+                    call.func_name
+                )));
+            }
+            if call.func_name == "matches" {
+                let pattern = match call.args.last().map(|a| &a.expr) {
+                    Some(Expr::Literal(LiteralValue::String(p))) => p.inner().to_owned(),
+                    _ => {
+                        return Err(CompileError(
+                            "`matches` takes its pattern as a string literal".into(),
+                        ))
+                    }
+                };
+                let compiled = regex::RegexBuilder::new(&pattern)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| CompileError(format!("`matches` pattern: {e}")))?;
+                patterns.insert(expr.id, compiled);
+            }
+        }
+        Expr::Struct(s) => {
+            return Err(CompileError(format!(
+                "message construction (`{}{{…}}`) is not supported; use a map literal",
+                s.type_name
+            )))
+        }
+        Expr::List(list) if !list.optional_indices.is_empty() => {
+            return Err(CompileError(
+                "optional list elements are not supported".into(),
+            ))
+        }
+        Expr::Comprehension(c) => {
+            if c.iter_var2.is_some() {
+                return Err(CompileError(
+                    "two-variable comprehensions are not supported".into(),
+                ));
+            }
+            check(&c.iter_range, bound, patterns)?;
+            check(&c.accu_init, bound, patterns)?;
+            let before = bound.len();
+            bound.push(&c.iter_var);
+            bound.push(&c.accu_var);
+            let inner = [&c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .try_for_each(|e| check(e, bound, patterns));
+            bound.truncate(before);
+            return inner;
+        }
+        _ => {}
+    }
+    if let Expr::Map(map) = &expr.expr {
+        let mut keys = HashSet::new();
+        for entry in &map.entries {
+            if let EntryExpr::MapEntry(e) = &entry.expr {
+                if e.optional {
+                    return Err(CompileError(
+                        "optional map entries are not supported".into(),
+                    ));
+                }
+                if let Expr::Literal(LiteralValue::String(key)) = &e.key.expr {
+                    if !keys.insert(key.inner().to_owned()) {
+                        return Err(CompileError(format!(
+                            "the map literal repeats the key `{}`",
+                            key.inner()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    for child in children(expr) {
+        check(child, bound, patterns)?;
+    }
+    Ok(())
+}
+
+/// Programs compiled so far, by source: an endpoint's expression is parsed
+/// once per process, not once per message. Expressions that fail are kept
+/// too (they were valid when saved, or the store holds what an older
+/// version accepted).
+type Compiled = Result<Arc<Program>, CompileError>;
+
+fn cache() -> &'static Mutex<HashMap<String, Compiled>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Compiled>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Entries kept before the cache starts over.
+const CACHE_LIMIT: usize = 4096;
+
+/// `source` compiled, from the cache when it was compiled before.
+pub fn cached(source: &str) -> Result<Arc<Program>, CompileError> {
+    if let Some(found) = cache().lock().expect("expression cache").get(source) {
+        return found.clone();
+    }
+    let compiled = compile(source).map(Arc::new);
+    let mut cache = cache().lock().expect("expression cache");
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(source.to_owned(), compiled.clone());
+    compiled
+}
+
+#[cfg(test)]
+mod tests;

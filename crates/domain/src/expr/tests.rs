@@ -1,0 +1,173 @@
+use serde_json::json;
+
+use super::*;
+
+fn input(data: &serde_json::Value) -> Input<'_> {
+    Input {
+        event_type: "call.completed",
+        data,
+        channels: &[],
+        event_id: Some("evt_1"),
+        timestamp: "2026-12-02T10:00:00.000Z",
+    }
+}
+
+fn filter(source: &str, data: serde_json::Value) -> Result<bool, EvalError> {
+    compile(source).expect("compiles").matches(&input(&data))
+}
+
+fn render(source: &str, data: serde_json::Value) -> Result<serde_json::Value, EvalError> {
+    let bytes = compile(source).expect("compiles").render(&input(&data))?;
+    Ok(serde_json::from_slice(&bytes).expect("JSON"))
+}
+
+#[test]
+fn nested_macros_keep_their_own_accumulators() {
+    let data = json!({"a": [1, 2, 3], "b": [2, 3, 4]});
+    assert_eq!(
+        render("data.a.map(x, data.b.filter(y, y == x))", data.clone()),
+        Ok(json!([[], [2], [3]]))
+    );
+    assert_eq!(
+        render("data.a.filter(x, data.b.exists(y, y == x))", data),
+        Ok(json!([2, 3]))
+    );
+}
+
+#[test]
+fn a_filter_reads_the_message_s_fields() {
+    let inbound = json!({"direction": "inbound", "durationSeconds": 42});
+    let outbound = json!({"direction": "outbound", "durationSeconds": 42});
+    let source = r#"data.direction == "inbound""#;
+    assert_eq!(filter(source, inbound.clone()), Ok(true));
+    assert_eq!(filter(source, outbound), Ok(false));
+    assert_eq!(
+        filter("type.startsWith('call.') && eventId == 'evt_1'", json!({})),
+        Ok(true)
+    );
+    assert_eq!(
+        filter(
+            "data.durationSeconds > 30.5 && data.durationSeconds < 60",
+            inbound.clone()
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        filter("has(data.agent) || size(channels) == 0", inbound.clone()),
+        Ok(true)
+    );
+    assert_eq!(
+        filter(
+            "data.tags.exists(t, t == 'vip')",
+            json!({"tags": ["a", "vip"]})
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        filter(
+            "data.tags.all(t, t.size() == 1)",
+            json!({"tags": ["a", "vip"]})
+        ),
+        Ok(false)
+    );
+    assert_eq!(
+        filter("'vip' in data.tags", json!({"tags": ["vip"]})),
+        Ok(true)
+    );
+    assert_eq!(
+        filter("data.n.matches('^[0-9]+$')", json!({"n": "0123"})),
+        Ok(true)
+    );
+    // A missing field is an error, and a decisive other side wins over it.
+    assert!(matches!(
+        filter("data.missing == 1", inbound.clone()),
+        Err(EvalError::Failed(_))
+    ));
+    assert_eq!(
+        filter("data.missing == 1 || true", inbound.clone()),
+        Ok(true)
+    );
+    assert!(matches!(
+        filter("data.direction", inbound),
+        Err(EvalError::Failed(_))
+    ));
+}
+
+#[test]
+fn a_transformation_yields_the_body() {
+    let data = json!({"callId": "call_7", "durationSeconds": 42, "items": [1, 2, 3]});
+    let slack = r#"{"text": "Call " + data.callId + " completed in " + string(data.durationSeconds) + " s"}"#;
+    assert_eq!(
+        render(slack, data.clone()),
+        Ok(json!({"text": "Call call_7 completed in 42 s"}))
+    );
+    assert_eq!(
+        render("{'doubled': data.items.map(x, x * 2), 'odd': data.items.filter(x, x % 2 == 1), 'one': data.items.exists_one(x, x == 2)}", data.clone()),
+        Ok(json!({"doubled": [2, 4, 6], "odd": [1, 3], "one": true}))
+    );
+    assert_eq!(render("data", data.clone()), Ok(data.clone()));
+    assert_eq!(
+        render("[type, timestamp, data.items[1], 7 / 2, 7.0 / 2]", data),
+        Ok(json!([
+            "call.completed",
+            "2026-12-02T10:00:00.000Z",
+            2,
+            3,
+            3.5
+        ]))
+    );
+}
+
+#[test]
+fn mistakes_are_refused_when_saved_with_the_reason() {
+    for (source, said) in [
+        ("data.direction ==", "syntax error"),
+        ("foo == 1", "unknown name `foo`"),
+        ("exec('rm')", "unknown function `exec`"),
+        ("data.x.matches(data.y)", "string literal"),
+        ("data.x.matches('(')", "pattern"),
+        ("{'a': 1, 'a': 2}", "repeats the key"),
+        (&"(".repeat(200), "nests brackets"),
+        (&("1".to_owned() + &" + 1".repeat(100)), "levels deep"),
+        (&"x".repeat(5000), "bytes long"),
+        ("", "is empty"),
+    ] {
+        let error = compile(source).expect_err(source).0;
+        assert!(error.contains(said), "{source:.40}: {error}");
+    }
+}
+
+#[test]
+fn an_expression_that_tries_to_blow_its_budget_fails_fast() {
+    let list: Vec<u32> = (0..1000).collect();
+    let data = json!({"items": list, "big": "x".repeat(100_000)});
+    for source in [
+        // A nested comprehension: a million steps.
+        "data.items.map(x, data.items.map(y, x * y)).size() > 0",
+        "data.items.exists(x, data.items.exists(y, data.items.exists(z, x + y + z < 0)))",
+        // String explosion: each step copies the payload's string.
+        "data.items.map(x, data.big + data.big).size() > 0",
+        "data.items.filter(x, data.big.replace('x', 'yyyyyyyyyy').size() > 0).size() > 0",
+    ] {
+        assert_eq!(
+            filter(source, data.clone()),
+            Err(EvalError::Budget),
+            "{source}"
+        );
+        assert_eq!(
+            render(source, data.clone()),
+            Err(EvalError::Budget),
+            "{source}"
+        );
+    }
+    let deep = "[".repeat(30) + &"]".repeat(30);
+    assert!(render(&deep, data.clone()).is_ok());
+}
+
+#[test]
+fn the_cache_compiles_each_source_once() {
+    let a = cached("data.a == 1").unwrap();
+    let b = cached("data.a == 1").unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(cached("data.a ==").is_err());
+}

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use herald_domain::headers;
 use herald_domain::ids::IdOrUid;
 use herald_domain::{AppId, AttemptId, DeliveryStatus, EndpointId, MessageId};
-use herald_store::{Attempt, AttemptFilter, AttemptQuery, AuditEntry, Claim, Headers, Message};
+use herald_store::{Attempt, AttemptFilter, AttemptQuery, AuditEntry, Claim, Endpoint, Message};
 
 use crate::apps::resolve;
 use crate::error::{ApiError, ApiResult};
@@ -208,7 +208,7 @@ pub(crate) async fn entries(
     if with_request {
         // A page names few messages and endpoints; each is read once.
         let mut messages: HashMap<MessageId, Message> = HashMap::new();
-        let mut endpoints: HashMap<EndpointId, Headers> = HashMap::new();
+        let mut endpoints: HashMap<EndpointId, Endpoint> = HashMap::new();
         for attempt in &page.data {
             if let Entry::Vacant(entry) = messages.entry(attempt.message_id) {
                 let reference = IdOrUid::Id(attempt.message_id);
@@ -216,7 +216,7 @@ pub(crate) async fn entries(
             }
             if let Entry::Vacant(entry) = endpoints.entry(attempt.endpoint_id) {
                 let reference = IdOrUid::Id(attempt.endpoint_id);
-                entry.insert(state.store.get_endpoint(app, &reference).await?.headers);
+                entry.insert(state.store.get_endpoint(app, &reference).await?);
             }
             let request = request_of(
                 &messages[&attempt.message_id],
@@ -243,9 +243,11 @@ pub(crate) struct AttemptDetailOut {
 }
 
 /// The request an attempt made. The body is rebuilt exactly from the
-/// stored message; the headers are the standard ones with the signature
-/// masked, plus the endpoint's custom headers as they are now, with the
-/// values of those that look like credentials masked.
+/// stored message, in the shape the endpoint gives it now (its
+/// transformation or raw payload; a transformation that fails shows as its
+/// error, a JSON string); the headers are the standard ones with the
+/// signature masked, plus the endpoint's custom headers as they are now,
+/// with the values of those that look like credentials masked.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct RequestOut {
     pub(crate) headers: BTreeMap<String, String>,
@@ -255,10 +257,11 @@ pub(crate) struct RequestOut {
 
 pub(crate) fn request_of(
     message: &Message,
-    custom: &Headers,
+    endpoint: &Endpoint,
     attempt: &Attempt,
 ) -> ApiResult<RequestOut> {
-    let mut headers: BTreeMap<String, String> = custom
+    let mut headers: BTreeMap<String, String> = endpoint
+        .headers
         .iter()
         .map(|(name, value)| (name.clone(), headers::shown(name, value).to_owned()))
         .collect();
@@ -270,7 +273,10 @@ pub(crate) fn request_of(
         headers.insert(format!("{prefix}-signature"), headers::MASKED.to_owned());
     }
     headers.insert("content-type".into(), "application/json".into());
-    let body = herald_dispatch::build_body(message);
+    let body = herald_dispatch::endpoint_body(message, &endpoint.options, || {
+        herald_dispatch::build_body(message)
+    })
+    .unwrap_or_else(|why| serde_json::to_string(&why).unwrap_or_default().into());
     let body = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
         .map_err(|e| ApiError::Internal(format!("rebuilding a request body: {e}")))?;
     Ok(RequestOut { headers, body })
@@ -304,7 +310,7 @@ pub(crate) async fn attempt(
         .store
         .get_endpoint(app, &IdOrUid::Id(attempt.endpoint_id))
         .await?;
-    let request = request_of(&message, &endpoint.headers, &attempt)?;
+    let request = request_of(&message, &endpoint, &attempt)?;
     Ok(Json(AttemptDetailOut {
         attempt: attempt.into(),
         request,

@@ -7,7 +7,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use herald_domain::ids::{IdOrUid, Uid};
-use herald_domain::{EndpointId, EndpointUrl, FilterTypes, RetryPolicy, RetryPolicySpec, Secret};
+use herald_domain::{
+    DeliveryOptions, EndpointId, EndpointUrl, FilterTypes, RetryPolicy, RetryPolicySpec, Secret,
+};
 use herald_store::{Endpoint, EndpointInput, Headers, Metadata};
 
 use crate::apps::resolve;
@@ -50,6 +52,44 @@ pub(crate) struct EndpointIn {
     /// Herald's addition: one message at a time, in order.
     #[serde(default)]
     strict_ordering: bool,
+    /// Herald's addition: a CEL expression over the message (`type`,
+    /// `data`, `channels`, `eventId`, `timestamp`); the endpoint gets the
+    /// messages for which it is `true`.
+    filter: Option<String>,
+    /// Herald's addition: a CEL expression yielding the JSON body to send.
+    transformation: Option<String>,
+    /// Herald's addition: send the payload (`data`) alone.
+    #[serde(default)]
+    raw_payload: bool,
+    /// Herald's addition: seconds the receiver has to answer (at most the
+    /// server's request timeout); absent: the server's.
+    #[schema(minimum = 1)]
+    timeout: Option<u32>,
+}
+
+impl EndpointIn {
+    fn options(&self) -> DeliveryOptions {
+        DeliveryOptions {
+            filter: self.filter.clone(),
+            transformation: self.transformation.clone(),
+            raw_payload: self.raw_payload,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Checks delivery options a client sent (422 naming the field).
+pub(crate) fn check_options(
+    state: &AppState,
+    options: DeliveryOptions,
+) -> ApiResult<DeliveryOptions> {
+    let max = state
+        .config
+        .request_timeout
+        .as_secs()
+        .clamp(1, u64::from(u32::MAX)) as u32;
+    options.check(max)?;
+    Ok(options)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -76,6 +116,16 @@ pub(crate) struct EndpointPatch {
     #[schema(value_type = Option<RetryPolicySpec>)]
     retry_policy: Option<Option<RetryPolicySpec>>,
     strict_ordering: Option<bool>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    filter: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    transformation: Option<Option<String>>,
+    raw_payload: Option<bool>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u32>)]
+    timeout: Option<Option<u32>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -98,6 +148,11 @@ pub(crate) struct EndpointOut {
     disabled_reason: Option<String>,
     disabled_at: Option<String>,
     strict_ordering: bool,
+    filter: Option<String>,
+    transformation: Option<String>,
+    raw_payload: bool,
+    /// Seconds; `null`: the server's request timeout.
+    timeout: Option<u32>,
     created_at: String,
     updated_at: String,
 }
@@ -119,6 +174,10 @@ impl From<Endpoint> for EndpointOut {
             disabled_reason: endpoint.disabled_reason,
             disabled_at: endpoint.disabled_at.map(timestamp),
             strict_ordering: endpoint.strict_ordering,
+            filter: endpoint.options.filter,
+            transformation: endpoint.options.transformation,
+            raw_payload: endpoint.options.raw_payload,
+            timeout: endpoint.options.timeout,
             created_at: timestamp(endpoint.created_at),
             updated_at: timestamp(endpoint.updated_at),
         }
@@ -264,6 +323,7 @@ pub(crate) async fn create(
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
     let app = resolve(&state, &app).await?;
+    let options = check_options(&state, input.options())?;
     let description = input.description.unwrap_or_default();
     check_description(&description)?;
     let endpoint = EndpointInput {
@@ -278,6 +338,7 @@ pub(crate) async fn create(
         metadata: input.metadata.unwrap_or_default(),
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
         strict_ordering: input.strict_ordering,
+        options,
     };
     let secret = match (input.secret, input.signing.as_deref()) {
         (Some(text), _) => Secret::parse(&text)?,
@@ -334,6 +395,7 @@ pub(crate) async fn replace(
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<Json<EndpointOut>> {
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
+    let options = check_options(&state, input.options())?;
     let description = input.description.unwrap_or_default();
     check_description(&description)?;
     let update = EndpointInput {
@@ -348,6 +410,7 @@ pub(crate) async fn replace(
         metadata: input.metadata.unwrap_or_default(),
         retry_policy: parse_policy(input.retry_policy.as_ref())?,
         strict_ordering: input.strict_ordering,
+        options,
     };
     let updated = Operations::new(&state, caller)
         .update_endpoint(&current, update)
@@ -370,6 +433,7 @@ pub(crate) fn input_of(current: &Endpoint) -> ApiResult<EndpointInput> {
         metadata: current.metadata.clone(),
         retry_policy: current.retry_policy.clone(),
         strict_ordering: current.strict_ordering,
+        options: current.options.clone(),
     })
 }
 
@@ -420,6 +484,19 @@ pub(crate) async fn patch(
             None => current.retry_policy.clone(),
         },
         strict_ordering: changes.strict_ordering.unwrap_or(current.strict_ordering),
+        options: check_options(
+            &state,
+            DeliveryOptions {
+                filter: changes
+                    .filter
+                    .unwrap_or_else(|| current.options.filter.clone()),
+                transformation: changes
+                    .transformation
+                    .unwrap_or_else(|| current.options.transformation.clone()),
+                raw_payload: changes.raw_payload.unwrap_or(current.options.raw_payload),
+                timeout: changes.timeout.unwrap_or(current.options.timeout),
+            },
+        )?,
     };
     let updated = Operations::new(&state, caller)
         .update_endpoint(&current, update)

@@ -65,6 +65,9 @@ pub struct ApiConfig {
     /// How long `send-example?wait=true` waits for its attempt: the
     /// attempt timeout plus a margin.
     pub test_event_wait: Duration,
+    /// The longest an attempt may wait for an answer: the bound of an
+    /// endpoint's own `timeout`.
+    pub request_timeout: Duration,
     /// Endpoints one app may have.
     pub max_endpoints_per_app: usize,
     /// The published egress addresses.

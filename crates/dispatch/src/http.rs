@@ -8,20 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chrono::{SecondsFormat, TimeZone, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
-use herald_domain::{AddressPolicy, ErrorClass, SigningKeys};
+use herald_domain::{expr, AddressPolicy, DeliveryOptions, ErrorClass, SigningKeys};
 use herald_store::{DeliveryJob, Message};
 
 /// `{"type": …, "timestamp": …, "data": <payload>}`, the payload copied as stored.
 pub fn build_body(message: &Message) -> Bytes {
-    let timestamp = Utc
-        .timestamp_millis_opt(message.created_at)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let timestamp = expr::timestamp_text(message.created_at);
     let event_type = serde_json::to_string(message.event_type.as_str()).unwrap_or_default();
     let mut body = String::with_capacity(message.payload.len() + event_type.len() + 64);
     body.push_str("{\"type\":");
@@ -32,6 +27,36 @@ pub fn build_body(message: &Message) -> Bytes {
     body.push_str(&message.payload);
     body.push('}');
     Bytes::from(body)
+}
+
+/// What an endpoint is sent for `message`: its transformation's JSON, the
+/// payload alone (`rawPayload`), or the envelope (`envelope`, built by the
+/// caller so that endpoints of one message share it). `Err`: why the
+/// transformation failed (the attempt fails without a request).
+pub fn endpoint_body(
+    message: &Message,
+    options: &DeliveryOptions,
+    envelope: impl FnOnce() -> Bytes,
+) -> Result<Bytes, String> {
+    if let Some(source) = &options.transformation {
+        let program = expr::cached(source).map_err(|e| format!("the transformation: {e}"))?;
+        let subject = expr::Subject::new(
+            message.event_type.as_str(),
+            &message.payload,
+            message.channels.as_deref(),
+            message.event_id.as_ref().map(|id| id.as_str()),
+            message.created_at,
+        )
+        .map_err(|e| format!("the transformation: {e}"))?;
+        return program
+            .render(&subject.input())
+            .map(Bytes::from)
+            .map_err(|e| format!("the transformation: {e}"));
+    }
+    if options.raw_payload {
+        return Ok(Bytes::from(message.payload.clone()));
+    }
+    Ok(envelope())
 }
 
 /// The answer, or the failure, of one POST.
@@ -305,9 +330,14 @@ impl HttpSender {
             Ok(h) => h,
             Err(text) => return failed(ErrorClass::Other, text),
         };
+        // An endpoint's own timeout, within the server's.
+        let timeout = job.endpoint.options.timeout.map_or(self.timeout, |t| {
+            self.timeout.min(Duration::from_secs(t.into()))
+        });
         let response = self
             .client
             .post(url)
+            .timeout(timeout)
             .headers(headers)
             .body(body.clone())
             .send()
@@ -331,7 +361,7 @@ impl HttpSender {
         // so a receiver that answers and then stalls (or sends less than
         // its Content-Length) neither fails the attempt nor holds a slot.
         let mut stored = Vec::new();
-        let remaining = self.timeout.saturating_sub(started.elapsed());
+        let remaining = timeout.saturating_sub(started.elapsed());
         // An empty body (a 204, `Content-Length: 0`) needs no timer.
         if response.content_length() != Some(0) {
             let read_body = async {

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod catalog;
+pub mod delivery;
 pub mod event_type;
 pub mod expr;
 pub mod headers;
@@ -19,6 +20,7 @@ pub mod status;
 pub mod token;
 
 pub use alerts::{AlertRules, AlertRulesSpec};
+pub use delivery::DeliveryOptions;
 pub use event_type::{EventTypeName, FilterTypes};
 pub use ids::{AppId, AttemptId, AuditId, EndpointId, MessageId, TaskId, TokenId, Uid};
 pub use net::{AddressPolicy, Cidr, EndpointUrl};

@@ -94,6 +94,9 @@ pub enum ErrorClass {
     /// Never sent: the message's content was removed while the delivery
     /// was pending.
     ContentRemoved,
+    /// Never sent: the endpoint's transformation failed on the message
+    /// (an error, or it spent its cost budget).
+    Transformation,
 }
 
 impl ErrorClass {
@@ -108,6 +111,7 @@ impl ErrorClass {
             Self::Local => "local",
             Self::Other => "other",
             Self::ContentRemoved => "content_removed",
+            Self::Transformation => "transformation",
         }
     }
 
@@ -122,6 +126,7 @@ impl ErrorClass {
             "local" => Self::Local,
             "other" => Self::Other,
             "content_removed" => Self::ContentRemoved,
+            "transformation" => Self::Transformation,
             _ => return None,
         })
     }

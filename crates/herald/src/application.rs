@@ -154,6 +154,7 @@ impl Application {
                     .max_concurrent_requests_per_app
                     .unwrap_or(settings.max_concurrent_requests / 8),
                 test_event_wait: settings.request_timeout + Duration::from_secs(5),
+                request_timeout: settings.request_timeout,
                 alerts,
                 public_url: settings
                     .public_url
@@ -391,6 +392,7 @@ async fn operations_app(store: &dyn Store, settings: &Settings) -> anyhow::Resul
                         metadata: Default::default(),
                         retry_policy: None,
                         strict_ordering: false,
+                        options: Default::default(),
                     },
                     Default::default(),
                     Secret::generate(),

@@ -120,6 +120,8 @@ pub struct Endpoint {
     pub disabled_at: Option<Timestamp>,
     /// The next message waits until the previous one succeeded or finally failed.
     pub strict_ordering: bool,
+    /// Filter, transformation, raw payload and timeout.
+    pub options: herald_domain::DeliveryOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +137,7 @@ pub struct EndpointInput {
     pub metadata: Metadata,
     pub retry_policy: Option<RetryPolicy>,
     pub strict_ordering: bool,
+    pub options: herald_domain::DeliveryOptions,
 }
 
 /// Svix's endpoint stats: deliveries of the endpoint by state.
@@ -289,6 +292,9 @@ pub struct EndpointTarget {
     pub rate_limit: Option<u32>,
     /// One message at a time, in order.
     pub strict_ordering: bool,
+    /// The body's shape and the receiver's timeout (the filter was applied
+    /// at fan-out).
+    pub options: herald_domain::DeliveryOptions,
 }
 
 /// One (message, endpoint) delivery leased to the engine, with all it needs to send.

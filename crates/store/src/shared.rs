@@ -9,6 +9,7 @@ use herald_domain::{
 };
 
 use herald_domain::sealing::Sealing;
+use herald_domain::{expr, DeliveryOptions};
 
 use crate::{
     AttemptFilter, AttemptQuery, AutoDisable, BackgroundTask, Claim, CreatedMessage, Cursor,
@@ -31,7 +32,7 @@ pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archive
 /// them (a macro so that longer lists can be made from it with `concat!`).
 macro_rules! endpoint_columns {
     () => {
-        "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering"
+        "id, app_id, uid, url, description, disabled, filter_types, channels, rate_limit, version, metadata, headers, created_at, updated_at, retry_policy, disabled_reason, disabled_at, strict_ordering, options"
     };
 }
 pub(crate) use endpoint_columns;
@@ -98,6 +99,7 @@ pub(crate) struct TargetRow {
     pub retry_policy: Option<String>,
     pub rate_limit: Option<i64>,
     pub strict_ordering: bool,
+    pub options: Option<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -110,11 +112,13 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 /// when it is not among `rows` (disabled, or not this app's).
 pub(crate) fn matching_targets(
     rows: &[TargetRow],
-    event_type: &EventTypeName,
-    channels: Option<&[String]>,
+    message: &Message,
     only: Option<EndpointId>,
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+    let (event_type, channels) = (&message.event_type, message.channels.as_deref());
+    // Parsed for the first endpoint with a filter, then shared.
+    let mut subject = None;
     let only = only.map(|id| id.to_string());
     let mut targets: Vec<EndpointTarget> = Vec::new();
     let mut last_id: Option<&str> = None;
@@ -140,12 +144,17 @@ pub(crate) fn matching_targets(
         let filter: Option<Vec<String>> = row.filter_types.as_deref().map(decode).transpose()?;
         let endpoint_channels: Option<Vec<String>> =
             row.channels.as_deref().map(decode).transpose()?;
-        let wanted = subscribes(
+        let mut wanted = subscribes(
             filter.as_deref(),
             endpoint_channels.as_deref(),
             event_type,
             channels,
         )?;
+        if wanted {
+            if let Some(source) = DeliveryOptions::decode(row.options.as_deref()).filter {
+                wanted = passes_filter(&source, message, &mut subject);
+            }
+        }
         last_matched = wanted;
         if wanted {
             targets.push(target(row, secret)?);
@@ -159,6 +168,43 @@ pub(crate) fn matching_targets(
         });
     }
     Ok(targets.into_iter().map(Arc::new).collect())
+}
+
+/// Whether `message` passes an endpoint's filter expression. A filter
+/// that fails on it (a field it reads is missing, the payload is not what
+/// it expects, it spends its budget) does not let the message through.
+fn passes_filter<'m>(
+    source: &str,
+    message: &'m Message,
+    subject: &mut Option<Result<expr::Subject<'m>, expr::EvalError>>,
+) -> bool {
+    let program = match expr::cached(source) {
+        Ok(program) => program,
+        Err(error) => {
+            tracing::warn!(%error, "an endpoint's stored filter does not compile");
+            return false;
+        }
+    };
+    let subject = subject.get_or_insert_with(|| {
+        expr::Subject::new(
+            message.event_type.as_str(),
+            &message.payload,
+            message.channels.as_deref(),
+            message.event_id.as_ref().map(|id| id.as_str()),
+            message.created_at,
+        )
+    });
+    let outcome = subject
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|subject| program.matches(&subject.input()));
+    match outcome {
+        Ok(passes) => passes,
+        Err(error) => {
+            tracing::debug!(message = %message.id, %error, "a filter failed on a message");
+            false
+        }
+    }
 }
 
 /// Whether an endpoint with these subscriptions (`None`: everything) wants
@@ -194,6 +240,7 @@ fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
             .rate_limit
             .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
         strict_ordering: row.strict_ordering,
+        options: DeliveryOptions::decode(row.options.as_deref()),
     })
 }
 

@@ -113,7 +113,7 @@ statements! {
     TRIM_INSPECTED = "DELETE FROM inspected_requests WHERE app_id = $1 AND id NOT IN (
              SELECT id FROM inspected_requests WHERE app_id = $1
              ORDER BY received_at DESC, id DESC LIMIT $2)";
-    DELIVERY_TARGET = "SELECT url, headers, retry_policy, rate_limit, strict_ordering FROM endpoints WHERE id = $1";
+    DELIVERY_TARGET = "SELECT url, headers, retry_policy, rate_limit, strict_ordering, options FROM endpoints WHERE id = $1";
     SCHEDULE_RESEND = "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
              next_attempt_at, lease_until, updated_at)
          VALUES ($1, $2, $3, 1, 0, 1, $5, $5, $4)
@@ -148,7 +148,7 @@ statements! {
     ORDER BY e.app_id, e.id";
     /// Endpoints of an app joined with their signing secrets, one row per
     /// (endpoint, secret), ordered by endpoint and then current secret first.
-    TARGET_ROWS = "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering
+    TARGET_ROWS = "SELECT e.id, e.url, e.headers, e.filter_types, e.channels, s.secret, e.retry_policy, e.rate_limit, e.strict_ordering, e.options
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = $1 AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $2)
      ORDER BY e.id, s.expires_at IS NOT NULL, s.created_at DESC";
@@ -214,7 +214,7 @@ statements! {
     /// After an endpoint is written: its retry policy ($2), and why and since
     /// when it is disabled — kept if already known, `manual` otherwise, cleared
     /// when enabled ($3 is now).
-    ENDPOINT_WRITTEN = "UPDATE endpoints SET retry_policy = $2, strict_ordering = $4,
+    ENDPOINT_WRITTEN = "UPDATE endpoints SET retry_policy = $2, strict_ordering = $4, options = $5,
          disabled_reason = CASE WHEN disabled THEN COALESCE(disabled_reason, 'manual') ELSE NULL END,
          disabled_at = CASE WHEN disabled THEN COALESCE(disabled_at, $3) ELSE NULL END
      WHERE id = $1";

@@ -148,6 +148,7 @@ fn endpoint_input(url: &str, filter: &[&str], disabled: bool) -> EndpointInput {
         metadata: Metadata::new(),
         retry_policy: None,
         strict_ordering: false,
+        options: Default::default(),
     }
 }
 
@@ -2594,5 +2595,102 @@ async fn destinations_show_each_delivery_and_removed_content_is_gone_for_good() 
             ),
             "{name}"
         );
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_s_filter_decides_at_fan_out_and_its_options_reach_the_sender() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let options = herald_domain::DeliveryOptions {
+            filter: Some(r#"data.direction == "inbound""#.into()),
+            transformation: Some(r#"{"text": "Call " + data.callId}"#.into()),
+            raw_payload: false,
+            timeout: Some(3),
+        };
+        let inbound_only = store
+            .create_endpoint(
+                app,
+                EndpointInput {
+                    options: options.clone(),
+                    ..endpoint_input("http://a.test/inbound", &[], false)
+                },
+                Headers::new(),
+                Secret::generate(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(inbound_only.options, options, "{name}: options kept");
+        let everything = endpoint(store, app, "http://a.test/all").await;
+        let send = |direction: &str| MessageInput {
+            payload: format!(r#"{{"direction":"{direction}","callId":"c1"}}"#),
+            ..message("call.started", None)
+        };
+        let at = now();
+        let inbound = store
+            .create_message(app, send("inbound"), Some(claim(at)), None)
+            .await
+            .unwrap();
+        let outbound = store
+            .create_message(app, send("outbound"), Some(claim(at)), None)
+            .await
+            .unwrap();
+        // A payload the filter cannot read (no `direction`) is not let through.
+        let unreadable = store
+            .create_message(app, message("call.started", None), Some(claim(at)), None)
+            .await
+            .unwrap();
+        let targets = |created: &CreatedMessage| {
+            let mut ids: Vec<_> = created.jobs.iter().map(|j| j.endpoint.id).collect();
+            ids.sort();
+            ids
+        };
+        let mut both = vec![inbound_only.id, everything.id];
+        both.sort();
+        assert_eq!(targets(&inbound), both, "{name}: inbound goes to both");
+        assert_eq!(
+            targets(&outbound),
+            vec![everything.id],
+            "{name}: outbound only to the unfiltered"
+        );
+        assert_eq!(
+            targets(&unreadable),
+            vec![everything.id],
+            "{name}: a failing filter keeps it out"
+        );
+        let job = inbound
+            .jobs
+            .iter()
+            .find(|j| j.endpoint.id == inbound_only.id)
+            .unwrap();
+        assert_eq!(job.endpoint.options, options, "{name}: fresh job");
+
+        // A retry reads the endpoint again: the options come with it.
+        let mut failed = outcome(job, AttemptId::generate(), false);
+        failed.next = NextStep::RetryAt(at + 5);
+        store.record_attempt(failed).await.unwrap();
+        let retried = store
+            .claim_due(claim(at + 70_000), 10, vec![everything.id])
+            .await
+            .unwrap();
+        let retried = retried
+            .iter()
+            .find(|j| j.endpoint.id == inbound_only.id)
+            .expect("the retry is due");
+        assert_eq!(retried.endpoint.options, options, "{name}: claimed job");
+
+        // Options are cleared like any other field.
+        let cleared = store
+            .update_endpoint(
+                app,
+                inbound_only.id,
+                endpoint_input("http://a.test/inbound", &[], false),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(cleared.options, Default::default(), "{name}: cleared");
     }
 }

@@ -133,7 +133,7 @@ async fn render(
             .store
             .get_message(app.id, &IdOrUid::Id(attempt.message_id))
             .await?;
-        let request = crate::attempts::request_of(&message, &target.headers, &attempt)?;
+        let request = crate::attempts::request_of(&message, target, &attempt)?;
         let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
             .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
             .unwrap_or_else(|_| request.body.get().to_owned());

@@ -1,7 +1,7 @@
 //! The endpoint form of the portal: the posted fields, what the form
 //! shows, and the endpoint it describes (in the API's words when wrong).
 
-use herald_domain::EndpointUrl;
+use herald_domain::{expr, DeliveryOptions, EndpointUrl};
 use herald_store::EndpointInput;
 
 use crate::error::ApiError;
@@ -50,9 +50,104 @@ pub(super) struct EndpointForm {
     /// Custom headers, one `Name: value` per line; a credential's value is
     /// shown masked and kept when left masked.
     pub headers: String,
+    /// CEL expressions, as typed.
+    pub filter: String,
+    pub transformation: String,
+    pub raw_payload: bool,
+    /// Seconds, or empty for the server's timeout.
+    pub timeout: String,
+    /// The event type whose example "Try it" runs on.
+    pub preview_type: String,
     pub error: Option<String>,
     /// The result of "Check URL".
     pub check: Option<crate::url_check::CheckOut>,
+    /// The result of "Try it on the example payload".
+    pub preview: Option<Preview>,
+}
+
+/// What "Try it" shows: the filter's verdict and the body the endpoint
+/// would be sent, for an event type's example payload.
+#[derive(Debug)]
+pub(super) struct Preview {
+    pub event_type: String,
+    /// `None`: no filter.
+    pub filter: Option<Result<bool, String>>,
+    pub body: Result<String, String>,
+}
+
+/// Runs the form's filter and transformation on the example payload of
+/// the chosen event type (else the first one the form subscribes to, else
+/// the catalog's first).
+pub(super) fn preview(form: &EndpointForm, types: &[herald_store::EventType]) -> Preview {
+    let chosen = types
+        .iter()
+        .find(|t| t.name.as_str() == form.preview_type)
+        .or_else(|| {
+            types
+                .iter()
+                .find(|t| form.types.iter().any(|name| name == t.name.as_str()))
+        })
+        .or(types.first());
+    let Some(event_type) = chosen else {
+        return Preview {
+            event_type: String::new(),
+            filter: None,
+            body: Err("the catalog has no event types".into()),
+        };
+    };
+    let payload = crate::test_events::example(event_type, 0)
+        .map(|example| example.to_string())
+        .unwrap_or_else(|_| "{}".into());
+    let message = herald_store::Message {
+        id: herald_domain::MessageId::generate(),
+        app_id: herald_domain::AppId::generate(),
+        event_id: None,
+        event_type: event_type.name.clone(),
+        payload,
+        channels: None,
+        created_at: chrono::Utc::now().timestamp_millis(),
+    };
+    let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_owned());
+    let filter = optional(&form.filter).map(|source| {
+        let program = expr::compile(&source).map_err(|e| format!("filter: {e}"))?;
+        let subject = expr::Subject::new(
+            message.event_type.as_str(),
+            &message.payload,
+            None,
+            None,
+            message.created_at,
+        )
+        .map_err(|e| e.to_string())?;
+        program
+            .matches(&subject.input())
+            .map_err(|e| format!("filter: {e}"))
+    });
+    let options = DeliveryOptions {
+        filter: None,
+        transformation: optional(&form.transformation),
+        raw_payload: form.raw_payload,
+        timeout: None,
+    };
+    let body = match &options.transformation {
+        Some(source) => expr::compile(source)
+            .map(|_| ())
+            .map_err(|e| format!("transformation: {e}")),
+        None => Ok(()),
+    }
+    .and_then(|()| {
+        herald_dispatch::endpoint_body(&message, &options, || herald_dispatch::build_body(&message))
+    })
+    .map(|bytes| {
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
+    });
+    Preview {
+        event_type: event_type.name.to_string(),
+        filter,
+        body,
+    }
 }
 
 /// The endpoint the form describes, or what is wrong with it, in the same
@@ -102,7 +197,29 @@ pub(super) fn input(
         metadata: Default::default(),
         retry_policy: retry_policy(form)?,
         strict_ordering: false,
+        options: options(state, form).map_err(message)?,
     })
+}
+
+/// The delivery options the form describes, checked as the API checks them.
+fn options(state: &AppState, form: &EndpointForm) -> Result<DeliveryOptions, ApiError> {
+    let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_owned());
+    let timeout = match form.timeout.trim() {
+        "" => None,
+        text => Some(
+            text.parse::<u32>()
+                .map_err(|_| ApiError::invalid("timeout", "a whole number of seconds, or empty"))?,
+        ),
+    };
+    crate::endpoints::check_options(
+        state,
+        DeliveryOptions {
+            filter: optional(&form.filter),
+            transformation: optional(&form.transformation),
+            raw_payload: form.raw_payload,
+            timeout,
+        },
+    )
 }
 
 /// The form's fields read from a submitted body.
@@ -130,8 +247,14 @@ pub(super) fn form_of(fields: &Fields) -> EndpointForm {
         retry_max_attempts: text("retry_max_attempts"),
         retry_max_age: text("retry_max_age"),
         headers: fields.get("headers").unwrap_or_default().to_owned(),
+        filter: fields.get("filter").unwrap_or_default().to_owned(),
+        transformation: fields.get("transformation").unwrap_or_default().to_owned(),
+        raw_payload: fields.get("raw_payload").is_some(),
+        timeout: text("timeout"),
+        preview_type: text("preview_type"),
         error: None,
         check: None,
+        preview: None,
     }
 }
 

@@ -392,6 +392,14 @@ pub(super) async fn edit_form(
             .map(|r| r.to_string())
             .unwrap_or_default(),
         headers: headers_text(&endpoint.headers),
+        filter: endpoint.options.filter.clone().unwrap_or_default(),
+        transformation: endpoint.options.transformation.clone().unwrap_or_default(),
+        raw_payload: endpoint.options.raw_payload,
+        timeout: endpoint
+            .options
+            .timeout
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
         error: None,
         check: None,
         ..retry_fields(endpoint.retry_policy.as_ref())
@@ -419,6 +427,7 @@ pub(super) async fn save(
         update.filter_types = changed.filter_types;
         update.rate_limit = changed.rate_limit;
         update.retry_policy = changed.retry_policy;
+        update.options = changed.options;
         Ok((update, custom_headers(&form, &endpoint.headers)?))
     });
     match changed {
@@ -448,6 +457,29 @@ pub(super) async fn save(
             Ok(response)
         }
     }
+}
+
+/// "Try it on the example payload": the form again, with what its filter
+/// and transformation make of an event type's example.
+pub(super) async fn try_expressions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    let (session, app) = open(&state, &headers, &app).await?;
+    let fields = session.form(&body)?;
+    let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
+        Some(id) => Some(endpoint_of(&state, app.id, id).await?),
+        None => None,
+    };
+    let types = catalog(&state).await?;
+    let mut form = form_of(&fields);
+    form.preview = Some(super::endpoint_form::preview(&form, &types));
+    Ok(page(
+        &state,
+        super::pages::new_endpoint(&session.csrf(), &app, &types, &form, editing.as_ref()),
+    ))
 }
 
 /// "Check URL": the form again, with what a test POST to the URL got.

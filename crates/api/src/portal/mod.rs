@@ -81,6 +81,10 @@ pub(crate) fn routes() -> Router<AppState> {
             post(endpoint_pages::check_url),
         )
         .route(
+            "/portal/app/{app}/try-expressions",
+            post(endpoint_pages::try_expressions),
+        )
+        .route(
             "/portal/app/{app}/alerts",
             get(settings::alerts).post(settings::save_alerts),
         )

@@ -299,6 +299,46 @@ pub(super) fn new_endpoint(
                 }
                 label for="headers" { "Custom headers (one `Name: value` per line; credentials stay hidden)" }
                 textarea #headers name="headers" rows="3" { (form.headers) }
+                fieldset #shaping {
+                    legend { "Filter and transformation" }
+                    p.hint {
+                        "Expressions in " a href="https://cel.dev" rel="noreferrer" { "CEL" }
+                        " over the message: " code { "type" } ", " code { "data" } ", " code { "channels" } ", "
+                        code { "eventId" } ", " code { "timestamp" } "."
+                    }
+                    label for="filter" { "Filter (optional): the endpoint gets the messages for which it is true" }
+                    textarea #filter name="filter" rows="2" placeholder="data.direction == \"inbound\"" { (form.filter) }
+                    label for="transformation" { "Transformation (optional): the JSON body to send instead of the envelope" }
+                    textarea #transformation name="transformation" rows="3" placeholder="{\"text\": \"Call \" + data.callId + \" completed\"}" { (form.transformation) }
+                    label.inline {
+                        input #raw_payload type="checkbox" name="raw_payload" value="on" checked[form.raw_payload];
+                        " Send the payload (" code { "data" } ") alone, without the envelope"
+                    }
+                    label for="preview_type" { "Try it on the example payload of" }
+                    select #preview_type name="preview_type" {
+                        @for event_type in types {
+                            option value=(event_type.name) selected[form.preview.as_ref().is_some_and(|p| p.event_type == event_type.name.as_str())] { (event_type.name) }
+                        }
+                    }
+                    button #try-expressions type="submit" formaction={ "/portal/app/" (app.id) "/try-expressions" } formnovalidate { "Try it" }
+                    @if let Some(preview) = &form.preview {
+                        section #expression-preview aria-live="polite" {
+                            p { "On the example of " code { (preview.event_type) } ":" }
+                            @match &preview.filter {
+                                None => p { "No filter: the endpoint gets every message it subscribes to." },
+                                Some(Ok(true)) => p { span.badge.on { "passes" } " The filter lets this message through." },
+                                Some(Ok(false)) => p { span.badge.off { "filtered out" } " The filter keeps this message from the endpoint." },
+                                Some(Err(error)) => p.error { (error) },
+                            }
+                            @match &preview.body {
+                                Ok(body) => { p { "The body sent:" } pre #preview-body { (body) } },
+                                Err(error) => p.error #preview-error { (error) },
+                            }
+                        }
+                    }
+                }
+                label for="timeout" { "Timeout (seconds, optional; at most the server's)" }
+                input #timeout type="number" min="1" name="timeout" value=(form.timeout);
                 button type="submit" { (button) }
             }
         },

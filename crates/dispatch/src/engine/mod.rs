@@ -20,7 +20,7 @@ use herald_store::{
 };
 
 use crate::alerts::{AlertConfig, EmailConfig, Mailer};
-use crate::http::{build_body, HttpSender, SendResult};
+use crate::http::{build_body, endpoint_body, HttpSender, SendResult};
 use crate::metrics::{AttemptRecord, Metrics};
 
 mod health;
@@ -285,6 +285,7 @@ impl Dispatcher {
                 retry_policy: None,
                 rate_limit: None,
                 strict_ordering: false,
+                options: Default::default(),
             }),
             attempts_made: 0,
             trigger: Trigger::Manual,
@@ -344,11 +345,20 @@ impl Dispatcher {
     async fn deliver(
         self: &Arc<Self>,
         job: &DeliveryJob,
-        body: Bytes,
+        body: Body,
         permit: OwnedSemaphorePermit,
     ) {
         let started_at = now_ms();
-        let result = self.sender.send(job, &body, started_at / 1000).await;
+        let result = match &body {
+            Ok(body) => self.sender.send(job, body, started_at / 1000).await,
+            Err(why) => SendResult {
+                status: 0,
+                body: why.clone(),
+                duration: Duration::ZERO,
+                error: Some(ErrorClass::Transformation),
+                retry_after: None,
+            },
+        };
         let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
         self.config.metrics.attempt(AttemptRecord {
@@ -483,21 +493,27 @@ impl Dispatcher {
     }
 }
 
-/// Pairs each job with its body, built once per message however many
-/// endpoints it goes to (jobs of one message share one `Arc<Message>`).
-fn with_bodies(jobs: Vec<DeliveryJob>) -> Vec<(DeliveryJob, Bytes)> {
+/// What a job sends: its body, or why its endpoint's transformation failed.
+pub(crate) type Body = Result<Bytes, String>;
+
+/// Pairs each job with its body. The envelope is built once per message
+/// however many endpoints it goes to (jobs of one message share one
+/// `Arc<Message>`); a transformed or raw body is the endpoint's own.
+fn with_bodies(jobs: Vec<DeliveryJob>) -> Vec<(DeliveryJob, Body)> {
     let mut built: Vec<(*const herald_store::Message, Bytes)> = Vec::new();
     jobs.into_iter()
         .map(|job| {
             let key = Arc::as_ptr(&job.message);
-            let body = match built.iter().find(|(k, _)| *k == key) {
-                Some((_, body)) => body.clone(),
-                None => {
-                    let body = build_body(&job.message);
-                    built.push((key, body.clone()));
-                    body
+            let body = endpoint_body(&job.message, &job.endpoint.options, || {
+                match built.iter().find(|(k, _)| *k == key) {
+                    Some((_, body)) => body.clone(),
+                    None => {
+                        let body = build_body(&job.message);
+                        built.push((key, body.clone()));
+                        body
+                    }
                 }
-            };
+            });
             (job, body)
         })
         .collect()

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use super::Body;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ impl Dispatcher {
     pub(super) fn start(
         self: &Arc<Self>,
         job: DeliveryJob,
-        body: Bytes,
+        body: Body,
         permit: OwnedSemaphorePermit,
         span: tracing::Span,
     ) {
@@ -180,7 +180,7 @@ enum Admission {
 
 /// A job with its body, its global slot and the span it was started in.
 #[derive(Debug)]
-pub(super) struct Waiting(DeliveryJob, Bytes, OwnedSemaphorePermit, tracing::Span);
+pub(super) struct Waiting(DeliveryJob, Body, OwnedSemaphorePermit, tracing::Span);
 
 /// Per-endpoint share of the dispatcher: attempts in flight and jobs
 /// waiting for one of them to end.

@@ -233,13 +233,13 @@ fn check<'a>(
     patterns: &mut HashMap<u64, regex::Regex>,
 ) -> Result<(), CompileError> {
     match &expr.expr {
-        Expr::Ident(name) => {
-            if !bound.contains(&name.as_str()) && !VARIABLES.contains(&name.as_str()) {
-                return Err(CompileError(format!(
-                    "unknown name `{name}`: an expression reads {}",
-                    VARIABLES.join(", ")
-                )));
-            }
+        Expr::Ident(name)
+            if !bound.contains(&name.as_str()) && !VARIABLES.contains(&name.as_str()) =>
+        {
+            return Err(CompileError(format!(
+                "unknown name `{name}`: an expression reads {}",
+                VARIABLES.join(", ")
+            )));
         }
         Expr::Call(call) => {
             if !FUNCTIONS.contains(&call.func_name.as_str()) {
@@ -318,6 +318,59 @@ fn check<'a>(
         check(child, bound, patterns)?;
     }
     Ok(())
+}
+
+/// A message made ready for expressions: its payload parsed, its time as
+/// the body's RFC 3339 text. Built once per message however many
+/// endpoints' expressions read it.
+#[derive(Debug)]
+pub struct Subject<'m> {
+    event_type: &'m str,
+    data: serde_json::Value,
+    channels: &'m [String],
+    event_id: Option<&'m str>,
+    timestamp: String,
+}
+
+impl<'m> Subject<'m> {
+    pub fn new(
+        event_type: &'m str,
+        payload: &str,
+        channels: Option<&'m [String]>,
+        event_id: Option<&'m str>,
+        created_at_ms: i64,
+    ) -> Result<Self, EvalError> {
+        let data = serde_json::from_str(payload)
+            .map_err(|e| EvalError::Failed(format!("the payload is not JSON: {e}")))?;
+        Ok(Self {
+            event_type,
+            data,
+            channels: channels.unwrap_or_default(),
+            event_id,
+            timestamp: timestamp_text(created_at_ms),
+        })
+    }
+
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            event_type: self.event_type,
+            data: &self.data,
+            channels: self.channels,
+            event_id: self.event_id,
+            timestamp: &self.timestamp,
+        }
+    }
+}
+
+/// A message's time (unix milliseconds) as the body's `timestamp` writes
+/// it: RFC 3339 in UTC with milliseconds.
+pub fn timestamp_text(ms: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Programs compiled so far, by source: an endpoint's expression is parsed

@@ -21,5 +21,6 @@ mod operations;
 mod portal;
 mod receiver_crate;
 mod scale_out;
+mod shaping;
 mod svix_sdk;
 mod validation;

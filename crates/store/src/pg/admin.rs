@@ -313,6 +313,7 @@ pub(crate) async fn create_endpoint(
     let secret = sealing.store(&secret);
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
+    let input_options = input.options.encode();
     get_app(conn, &IdOrUid::Id(app)).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let id = EndpointId::generate();
@@ -341,7 +342,7 @@ pub(crate) async fn create_endpoint(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    endpoint_written(conn, id, input_policy, input_strict, false).await?;
+    endpoint_written(conn, id, input_policy, input_strict, input_options, false).await?;
     get_endpoint(conn, app, &IdOrUid::Id(id)).await
 }
 
@@ -386,6 +387,7 @@ pub(crate) async fn update_endpoint(
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
+    let input_options = input.options.encode();
     let re_enabled = !input.disabled && is_disabled(conn, endpoint).await?;
     check_filter_types(conn, &input.filter_types).await?;
     let changed = sqlx::query(sql::UPDATE_ENDPOINT.pg)
@@ -405,7 +407,15 @@ pub(crate) async fn update_endpoint(
         .await
         .map_err(db)?;
     found(changed.rows_affected())?;
-    endpoint_written(conn, endpoint, input_policy, input_strict, re_enabled).await?;
+    endpoint_written(
+        conn,
+        endpoint,
+        input_policy,
+        input_strict,
+        input_options,
+        re_enabled,
+    )
+    .await?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await
 }
 
@@ -560,6 +570,7 @@ async fn endpoint_written(
     endpoint: EndpointId,
     policy: Option<String>,
     strict_ordering: bool,
+    options: Option<String>,
     re_enabled: bool,
 ) -> StoreResult<()> {
     sqlx::query(sql::ENDPOINT_WRITTEN.pg)
@@ -567,6 +578,7 @@ async fn endpoint_written(
         .bind(policy)
         .bind(crate::shared::now())
         .bind(strict_ordering)
+        .bind(options)
         .execute(&mut *conn)
         .await
         .map_err(db)?;

@@ -202,12 +202,14 @@ pub(crate) struct NewMessage {
 /// for many apps at once, in its order).
 const BATCH_CONTEXT_SQL: &str = "SELECT 0 AS kind, id AS name, NULL AS id, NULL AS url, NULL AS headers,
          NULL AS filter_types, NULL AS channels, NULL AS secret, NULL AS retry_policy,
-         NULL::int8 AS rate_limit, FALSE AS strict_ordering, FALSE AS dated, NULL::int8 AS created_at
+         NULL::int8 AS rate_limit, FALSE AS strict_ordering, NULL AS options, FALSE AS dated,
+         NULL::int8 AS created_at
      FROM apps WHERE id = ANY($1)
-     UNION ALL SELECT 1, name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, FALSE, FALSE, NULL
+     UNION ALL SELECT 1, name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, FALSE, NULL, FALSE, NULL
      FROM event_types WHERE name = ANY($2)
      UNION ALL SELECT 2, e.app_id, e.id, e.url, e.headers, e.filter_types, e.channels, s.secret,
-         e.retry_policy, e.rate_limit, e.strict_ordering, s.expires_at IS NOT NULL, s.created_at
+         e.retry_policy, e.rate_limit, e.strict_ordering, e.options, s.expires_at IS NOT NULL,
+         s.created_at
      FROM endpoints e JOIN endpoint_secrets s ON s.endpoint_id = e.id
      WHERE e.app_id = ANY($1) AND e.disabled = FALSE AND (s.expires_at IS NULL OR s.expires_at > $3)
      ORDER BY kind, name, id, dated, created_at DESC";
@@ -280,6 +282,7 @@ async fn create_messages(
                     retry_policy: row.try_get("retry_policy").map_err(db)?,
                     rate_limit: row.try_get("rate_limit").map_err(db)?,
                     strict_ordering: row.try_get("strict_ordering").map_err(db)?,
+                    options: row.try_get("options").map_err(db)?,
                 }),
         }
     }
@@ -304,13 +307,8 @@ async fn create_messages(
             .unwrap_or_default();
         // A test event whose endpoint is gone fails the batch, which is
         // then written again item by item.
-        let targets = shared::matching_targets(
-            rows,
-            &message.event_type,
-            message.channels.as_deref(),
-            item.input.to_endpoint,
-            &item.sealing,
-        )?;
+        let targets =
+            shared::matching_targets(rows, &message, item.input.to_endpoint, &item.sealing)?;
         let trigger = shared::trigger_of(&item.input);
         for target in &targets {
             // Strictly ordered endpoints are not leased here: a claim takes

@@ -56,6 +56,11 @@ async fn target(
             .map_err(db)?
             .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
         strict_ordering: row.try_get("strict_ordering").map_err(db)?,
+        options: herald_domain::DeliveryOptions::decode(
+            row.try_get::<Option<String>, _>("options")
+                .map_err(db)?
+                .as_deref(),
+        ),
     }))
 }
 

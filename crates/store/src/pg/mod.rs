@@ -105,6 +105,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         17,
         include_str!("../../migrations/postgres/0017_content_removal.sql"),
     ),
+    (
+        18,
+        include_str!("../../migrations/postgres/0018_endpoint_options.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -156,6 +156,9 @@ pub(crate) fn endpoint(row: &PgRow) -> sqlx::Result<Endpoint> {
         disabled_reason: row.try_get("disabled_reason")?,
         disabled_at: row.try_get("disabled_at")?,
         strict_ordering: row.try_get("strict_ordering")?,
+        options: herald_domain::DeliveryOptions::decode(
+            row.try_get::<Option<String>, _>("options")?.as_deref(),
+        ),
     })
 }
 

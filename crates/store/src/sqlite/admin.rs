@@ -301,6 +301,7 @@ pub(crate) fn create_endpoint(
     let secret = sealing.store(&secret);
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
+    let input_options = input.options.encode();
     require_app(conn, app)?;
     check_filter_types(conn, &input.filter_types)?;
     let id = EndpointId::generate();
@@ -329,7 +330,7 @@ pub(crate) fn create_endpoint(
         params![id.to_string(), secret, at],
     )
     .map_err(internal)?;
-    endpoint_written(conn, id, input_policy, input_strict, false)?;
+    endpoint_written(conn, id, input_policy, input_strict, input_options, false)?;
     get_endpoint(conn, app, &IdOrUid::Id(id))
 }
 
@@ -369,6 +370,7 @@ pub(crate) fn update_endpoint(
 ) -> StoreResult<Endpoint> {
     let input_policy = crate::shared::encode_policy(input.retry_policy.as_ref());
     let input_strict = input.strict_ordering;
+    let input_options = input.options.encode();
     check_filter_types(conn, &input.filter_types)?;
     let re_enabled = !input.disabled && is_disabled(conn, endpoint)?;
     let changed = conn
@@ -391,7 +393,14 @@ pub(crate) fn update_endpoint(
         )
         .map_err(internal)?;
     found(changed)?;
-    endpoint_written(conn, endpoint, input_policy, input_strict, re_enabled)?;
+    endpoint_written(
+        conn,
+        endpoint,
+        input_policy,
+        input_strict,
+        input_options,
+        re_enabled,
+    )?;
     get_endpoint(conn, app, &IdOrUid::Id(endpoint))
 }
 
@@ -539,6 +548,7 @@ fn endpoint_written(
     endpoint: EndpointId,
     policy: Option<String>,
     strict_ordering: bool,
+    options: Option<String>,
     re_enabled: bool,
 ) -> StoreResult<()> {
     conn.prepare_cached(sql::ENDPOINT_WRITTEN.sqlite)
@@ -547,7 +557,8 @@ fn endpoint_written(
                 endpoint.to_string(),
                 policy,
                 now(),
-                strict_ordering
+                strict_ordering,
+                options
             ])
         })
         .map_err(internal)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use herald_domain::ids::IdOrUid;
-use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, EventTypeName, MessageId, Trigger};
+use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, MessageId, Trigger};
 
 use herald_domain::sealing::Sealing;
 
@@ -23,13 +23,11 @@ use crate::{
     StoreResult, StoredResponse, Timestamp,
 };
 
-/// Enabled endpoints of `app` that subscribe to `event_type` on `channels`,
-/// with their signing secrets, in one query.
+/// Enabled endpoints of `message`'s app that want it (subscriptions and
+/// filter), with their signing secrets, in one query.
 fn matching_targets(
     conn: &Connection,
-    app: AppId,
-    event_type: &EventTypeName,
-    channels: Option<&[String]>,
+    message: &Message,
     only: Option<EndpointId>,
     at: Timestamp,
     sealing: &Sealing,
@@ -38,7 +36,7 @@ fn matching_targets(
         .prepare_cached(sql::TARGET_ROWS.sqlite)
         .map_err(internal)?;
     let rows = statement
-        .query_map(params![app.to_string(), at], |r| {
+        .query_map(params![message.app_id.to_string(), at], |r| {
             Ok(shared::TargetRow {
                 id: r.get(0)?,
                 url: r.get(1)?,
@@ -49,12 +47,13 @@ fn matching_targets(
                 retry_policy: r.get(6)?,
                 rate_limit: r.get(7)?,
                 strict_ordering: r.get(8)?,
+                options: r.get(9)?,
             })
         })
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
-    shared::matching_targets(&rows, event_type, channels, only, sealing)
+    shared::matching_targets(&rows, message, only, sealing)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
@@ -67,12 +66,26 @@ fn target(
     at: Timestamp,
     sealing: &Sealing,
 ) -> StoreResult<Arc<EndpointTarget>> {
-    type Row = (String, String, Option<String>, Option<u32>, bool);
-    let (url, headers, policy, rate_limit, strict_ordering): Row = conn
+    type Row = (
+        String,
+        String,
+        Option<String>,
+        Option<u32>,
+        bool,
+        Option<String>,
+    );
+    let (url, headers, policy, rate_limit, strict_ordering, options): Row = conn
         .prepare_cached(sql::DELIVERY_TARGET.sqlite)
         .and_then(|mut s| {
             s.query_row([endpoint], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
         })
         .map_err(internal)?;
@@ -84,6 +97,7 @@ fn target(
         retry_policy: shared::decode_policy(policy.as_deref())?.map(Arc::new),
         rate_limit,
         strict_ordering,
+        options: herald_domain::DeliveryOptions::decode(options.as_deref()),
     }))
 }
 
@@ -125,15 +139,7 @@ pub(crate) fn create_message(
         ])
     })
     .map_err(internal)?;
-    let targets = matching_targets(
-        conn,
-        app,
-        &message.event_type,
-        message.channels.as_deref(),
-        only,
-        at,
-        sealing,
-    )?;
+    let targets = matching_targets(conn, &message, only, at, sealing)?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,

@@ -94,6 +94,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         15,
         include_str!("../../migrations/sqlite/0015_content_removal.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/sqlite/0016_endpoint_options.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -100,6 +100,9 @@ pub(crate) fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: row.get(15)?,
         disabled_at: row.get(16)?,
         strict_ordering: row.get(17)?,
+        options: herald_domain::DeliveryOptions::decode(
+            row.get::<_, Option<String>>(18)?.as_deref(),
+        ),
     })
 }
 

@@ -1,0 +1,300 @@
+//! Per-endpoint filters, transformations, raw payloads and timeouts over
+//! real HTTP, on SQLite (in process) and PostgreSQL (a `herald serve`
+//! child): what each endpoint receives, signed; what is refused when saved;
+//! an expression that blows its budget fails its attempts cleanly.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    detail_text, eventually, spawn_app, verifies, Receiver, Reply, Server, TestDatabase, TOKEN,
+};
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const SLACK: &str =
+    r#"{"text": "Call " + data.callId + " completed in " + string(data.durationSeconds) + " s"}"#;
+
+struct Api<'a> {
+    base: String,
+    client: &'a reqwest::Client,
+}
+
+impl Api<'_> {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn endpoint(&self, app: &str, body: Value) -> String {
+        let (status, created) = self.post(&format!("/app/{app}/endpoint/"), body).await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn shaping(api: Api<'_>) {
+    let receiver = Receiver::start().await;
+    receiver.always("/slow", Reply::Delay(Duration::from_secs(3)));
+    let (_, app) = api.post("/app/", json!({"name": "Shaping"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+
+    // Mistakes are refused when saved, with the parser's words.
+    for (body, field, said) in [
+        (
+            json!({"filter": "data.direction =="}),
+            "filter",
+            "syntax error",
+        ),
+        (
+            json!({"filter": "direction == 'inbound'"}),
+            "filter",
+            "unknown name `direction`",
+        ),
+        (
+            json!({"transformation": "{'text': exec()}"}),
+            "transformation",
+            "unknown function",
+        ),
+        (
+            json!({"transformation": "data", "rawPayload": true}),
+            "rawPayload",
+            "cannot be combined",
+        ),
+        (json!({"timeout": 0}), "timeout", "between 1 and"),
+        (json!({"timeout": 100_000}), "timeout", "between 1 and"),
+    ] {
+        let mut body = body;
+        body["url"] = json!(receiver.url("/refused"));
+        let (status, error) = api
+            .post(&format!("/app/{app}/endpoint/"), body.clone())
+            .await;
+        assert_eq!(status, 422, "{body}: {error}");
+        let detail = detail_text(&error);
+        assert!(
+            detail.contains(field) && detail.contains(said),
+            "{body}: {detail}"
+        );
+    }
+
+    let inbound = api
+        .endpoint(
+            &app,
+            json!({"url": receiver.url("/inbound"), "filter": "data.direction == \"inbound\""}),
+        )
+        .await;
+    let slack = api
+        .endpoint(
+            &app,
+            json!({"url": receiver.url("/slack"), "secret": SECRET, "transformation": SLACK}),
+        )
+        .await;
+    api.endpoint(
+        &app,
+        json!({"url": receiver.url("/raw"), "rawPayload": true}),
+    )
+    .await;
+    let greedy = api
+        .endpoint(
+            &app,
+            json!({"url": receiver.url("/greedy"),
+                   "transformation": "{'pairs': data.items.map(x, data.items.map(y, x * y))}"}),
+        )
+        .await;
+    let slow = api
+        .endpoint(&app, json!({"url": receiver.url("/slow"), "timeout": 1}))
+        .await;
+    let (status, read) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/app/{app}/endpoint/{slack}/"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, read["transformation"].as_str()),
+        (200, Some(SLACK))
+    );
+    let (_, read) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/app/{app}/endpoint/{slow}/"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (read["timeout"].as_u64(), read["rawPayload"].as_bool()),
+        (Some(1), Some(false))
+    );
+
+    let items: Vec<u32> = (0..1000).collect();
+    let inbound_call =
+        json!({"callId": "call_in", "direction": "inbound", "durationSeconds": 42, "items": items});
+    let outbound_call =
+        json!({"callId": "call_out", "direction": "outbound", "durationSeconds": 7, "items": [1]});
+    for payload in [&inbound_call, &outbound_call] {
+        let (status, sent) = api
+            .post(
+                &format!("/app/{app}/msg/"),
+                json!({"eventType": "call.completed", "payload": payload}),
+            )
+            .await;
+        assert_eq!(status, 202, "{sent}");
+    }
+
+    // The filtered endpoint gets the inbound call only.
+    let secret = herald_domain::Secret::parse(SECRET).unwrap();
+    let slack_bodies = eventually(Duration::from_secs(20), "two Slack bodies", || {
+        let got = receiver.requests_to("/slack");
+        async move { (got.len() >= 2).then_some(got) }
+    })
+    .await;
+    let mut texts: Vec<Value> = slack_bodies
+        .iter()
+        .map(|r| {
+            assert!(verifies(r, &secret), "the transformed body is signed");
+            r.json()
+        })
+        .collect();
+    texts.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        texts,
+        vec![
+            json!({"text": "Call call_in completed in 42 s"}),
+            json!({"text": "Call call_out completed in 7 s"}),
+        ]
+    );
+    let raw = eventually(Duration::from_secs(20), "two raw bodies", || {
+        let got = receiver.requests_to("/raw");
+        async move { (got.len() >= 2).then_some(got) }
+    })
+    .await;
+    let mut raw: Vec<Value> = raw.iter().map(|r| r.json()).collect();
+    raw.sort_by_key(|v| v["callId"].to_string());
+    assert_eq!(raw, vec![inbound_call.clone(), outbound_call.clone()]);
+    let got = receiver.requests_to("/inbound");
+    assert_eq!(got.len(), 1, "only the inbound call");
+    assert_eq!(got[0].json()["data"]["callId"], "call_in");
+    assert_eq!(got[0].json()["type"], "call.completed");
+
+    // The greedy transformation fails the inbound call's attempts (a
+    // thousand squared steps) with its own class, and sends nothing for it;
+    // the outbound call's one-element list goes through.
+    let failures = eventually(
+        Duration::from_secs(20),
+        "the greedy endpoint's attempts",
+        || {
+            let api = &api;
+            let (app, greedy) = (&app, &greedy);
+            async move {
+                let (_, page) = api
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/app/{app}/attempt/endpoint/{greedy}/"),
+                        None,
+                    )
+                    .await;
+                let failed: Vec<Value> = page["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| !a["errorClass"].is_null())
+                    .cloned()
+                    .collect();
+                (failed.len() >= 2).then_some(failed)
+            }
+        },
+    )
+    .await;
+    for attempt in &failures {
+        assert_eq!(attempt["errorClass"], "transformation", "{attempt}");
+        assert_eq!(attempt["responseStatusCode"], 0, "{attempt}");
+        assert!(
+            attempt["response"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("budget"),
+            "{attempt}"
+        );
+    }
+    let greedy_got = receiver.requests_to("/greedy");
+    assert_eq!(greedy_got.len(), 1, "only the outbound call was sent");
+    assert_eq!(greedy_got[0].json(), json!({"pairs": [[1]]}));
+
+    // The endpoint's own timeout (1 s) cuts the 3 s receiver short.
+    let timed_out = eventually(
+        Duration::from_secs(20),
+        "the slow endpoint's attempt",
+        || {
+            let api = &api;
+            let (app, slow) = (&app, &slow);
+            async move {
+                let (_, page) = api
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/app/{app}/attempt/endpoint/{slow}/"),
+                        None,
+                    )
+                    .await;
+                page["data"].as_array().and_then(|d| d.first().cloned())
+            }
+        },
+    )
+    .await;
+    assert_eq!(timed_out["errorClass"], "timeout", "{timed_out}");
+    assert!(
+        timed_out["responseDurationMs"].as_u64().unwrap() < 2_500,
+        "{timed_out}"
+    );
+
+    // The outbound call was never fanned out to the filtered endpoint:
+    // nothing waits for it there either.
+    let (_, page) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/app/{app}/attempt/endpoint/{inbound}/"),
+            None,
+        )
+        .await;
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+#[tokio::test]
+async fn filters_transformations_raw_payloads_and_timeouts_on_sqlite() {
+    let app = spawn_app().await;
+    shaping(Api {
+        base: format!("http://{}", app.address),
+        client: &app.client,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn filters_transformations_raw_payloads_and_timeouts_on_postgres() {
+    let _shared = crate::helpers::POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("filters and transformations on PostgreSQL").await
+    else {
+        return;
+    };
+    let server = Server::start(&database.env());
+    let client = reqwest::Client::new();
+    shaping(Api {
+        base: format!("http://{}", server.address),
+        client: &client,
+    })
+    .await;
+    server.terminate();
+    database.drop_database().await;
+}

@@ -4,6 +4,7 @@
 //! latency from the POST to the sink's receipt, Herald's own peak RSS and
 //! CPU, and the generator's CPU so that it can be seen not to be the limit.
 
+mod expressions;
 mod herald;
 mod load;
 mod log;
@@ -42,6 +43,9 @@ pub enum Scenario {
     /// `--attempts` attempts on one endpoint, then the activity log's
     /// latest-50 listings timed, with and without each filter (one row each).
     ActivityLog,
+    /// In process: an endpoint filter's and transformation's cost per
+    /// message (`--messages` evaluations), beside building the envelope.
+    Expressions,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -142,6 +146,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let mut listed = log::activity_log(&args).await?;
                 let last = listed.pop().expect("one row per listing");
                 for row in listed {
+                    if !args.json {
+                        if rows.is_empty() {
+                            print_header();
+                        }
+                        print_row(&row);
+                    }
+                    rows.push(row);
+                }
+                last
+            }
+            Scenario::Expressions => {
+                let mut measured = expressions::expressions(&args)?;
+                let last = measured.pop().expect("one row per step");
+                for row in measured {
                     if !args.json {
                         if rows.is_empty() {
                             print_header();

@@ -9,7 +9,7 @@
 //   SCREENSHOTS          the folder screenshots are saved to
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import fs, { mkdirSync } from 'node:fs';
 
 const env = (name) => {
   const value = process.env[name];
@@ -170,6 +170,18 @@ try {
   await page.getByRole('button', { name: 'Filter' }).click();
   await page.waitForURL(/\/activity\?status=failed/);
   assert.equal(await page.locator('li.attempt').count(), 1);
+  // Export what the filters keep, all pages, as CSV and as JSON Lines.
+  const downloaded = async (link) => {
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click(link)]);
+    return fs.readFileSync(await download.path(), 'utf8');
+  };
+  const csv = (await downloaded('#export-csv')).trim().split('\r\n');
+  assert.equal(csv.length, 2, csv.join('\n'));
+  assert.ok(csv[0].startsWith('id,timestamp,msgId,endpointId,url,status,statusText'), csv[0]);
+  assert.ok(csv[1].includes(',fail,500,'), csv[1]);
+  const lines = (await downloaded('#export-jsonl')).trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0].statusText, 'fail');
 
   // The endpoint's chart of the last 24 hours counts the three attempts
   // (health is aggregated once a second).
@@ -217,6 +229,26 @@ try {
   await page.fill('#retry_factor', '2');
   await page.fill('#retry_max_attempts', '4');
   await page.fill('#headers', 'Authorization: Bearer crm-token-77\nX-Tenant: acme');
+  // A filter and a transformation, tried on the catalog's example first.
+  const slack = '{"text": "Call " + data.callId + " completed in " + string(data.durationSeconds) + " s"}';
+  const tryIt = async () => {
+    await page.getByRole('button', { name: 'Try it' }).click();
+    await page.waitForSelector('#expression-preview');
+    return page.locator('#expression-preview').innerText();
+  };
+  await page.fill('#filter', 'data.direction == "outbound"');
+  await page.fill('#transformation', slack);
+  await page.selectOption('#preview_type', 'call.completed');
+  assert.ok((await tryIt()).includes('filtered out'));
+  await page.fill('#filter', 'data.direction == "inbound"');
+  assert.ok((await tryIt()).includes('passes'));
+  assert.equal(JSON.parse(await page.locator('#preview-body').innerText()).text,
+    'Call call_2Nf8sK1xQ completed in 395 s');
+  await page.screenshot({ path: `${screenshots}/try-expressions.png`, fullPage: true });
+  await page.fill('#transformation', '{"text": data.callId +}');
+  assert.ok((await tryIt()).includes('syntax error'));
+  await page.fill('#transformation', slack);
+  assert.equal(await page.inputValue('#description'), 'CRM updates', 'trying keeps the form');
   await page.getByRole('button', { name: 'Save changes' }).click();
   const missing = await page.locator('p.error').innerText();
   assert.ok(missing.includes('maxDelay'), `the policy's missing field is named: ${missing}`);
@@ -229,6 +261,8 @@ try {
   const shown = await page.inputValue('#headers');
   assert.ok(shown.includes('authorization: <redacted>') && shown.includes('x-tenant: acme'), shown);
   assert.ok(!(await page.content()).includes('crm-token-77'), 'the credential never reaches the page');
+  assert.equal(await page.inputValue('#filter'), 'data.direction == "inbound"');
+  assert.equal(await page.inputValue('#transformation'), slack);
   assert.equal(await page.inputValue('#retry_kind'), 'exponential');
   await page.getByRole('button', { name: 'Save changes' }).click();
   await page.waitForURL(/notice=saved/);
@@ -298,6 +332,41 @@ try {
   // Another app's page is not found.
   const other = await page.goto(new URL(env('OTHER_APP_PATH'), page.url()).href);
   assert.equal(other.status(), 404);
+
+  // A delivery waiting for its retry (an hour away) shows in its
+  // endpoint's log with the time it is due.
+  const api = async (path, body) => {
+    const answer = await fetch(`${env('API_BASE')}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${env('API_TOKEN')}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const text = await answer.text();
+    assert.ok(answer.ok, `${path}: ${answer.status} ${text}`);
+    return JSON.parse(text);
+  };
+  const appId = env('APP_ID');
+  const waiting = await api(`/app/${appId}/endpoint/`, {
+    url: env('PENDING_URL'), filterTypes: ['campaign.started'],
+    retryPolicy: { type: 'schedule', schedule: ['1h'] },
+  });
+  await api(`/app/${appId}/msg/`, {
+    eventType: 'campaign.started', payload: { campaignId: 'cmp_1', name: 'Spring', channel: 'voice' },
+  });
+  const appBase = new URL(endpointPage).href.replace(/\/endpoint\/.*$/, '');
+  for (let tries = 0; ; tries++) {
+    await page.goto(`${appBase}/endpoint/${waiting.id}/activity`);
+    const row = page.locator('table.pending tbody tr').first();
+    if ((await row.count()) === 1 && (await row.getAttribute('data-status')) === 'pending') {
+      const text = await row.innerText();
+      assert.ok(text.includes('campaign.started') && /\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/.test(text), text);
+      break;
+    }
+    assert.ok(tries < 50, 'the retry waits, pending, within 10 s');
+    await page.waitForTimeout(200);
+  }
+  assert.equal(await page.locator('li.attempt').first().getAttribute('data-status'), 'failed');
+  await page.screenshot({ path: `${screenshots}/pending.png`, fullPage: true });
 
   // Logging out ends the session.
   await page.goto(endpointPage);

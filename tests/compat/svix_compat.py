@@ -4,9 +4,12 @@ the Svix SDK's own verifier. Every call the compatibility promise names is
 made here and its answer parsed by the SDK's own models. Reads HERALD_URL and
 HERALD_TOKEN; prints "svix compatibility suite passed" at the end."""
 
+import csv
 import datetime
 import http.server
+import io
 import json
+import urllib.request
 import os
 import queue
 import threading
@@ -237,6 +240,34 @@ def main():
     assert access.url.startswith("http") and access.token, access
     portal = Svix(access.token, SvixOptions(server_url=os.environ["HERALD_URL"]))
     assert portal.endpoint.get(app.id, endpoint.id).id == endpoint.id, "the portal token reads its app"
+
+    # Herald's export of the activity log parses back with Python's own json
+    # and csv modules and holds what the SDK lists, in both formats.
+    def export(query):
+        request = urllib.request.Request(
+            f"{os.environ['HERALD_URL']}/api/v1/app/{app.id}/attempt/export/?{query}",
+            headers={"Authorization": f"Bearer {os.environ['HERALD_TOKEN']}"},
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.headers["content-type"], answer.read().decode()
+
+    listed = svix.message_attempt.list_by_endpoint(
+        app.id, failing.id, MessageAttemptListByEndpointOptions(limit=250)
+    ).data
+    kind, lines = export(f"format=jsonl&endpoint={failing.id}")
+    assert kind == "application/x-ndjson", kind
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [r["id"] for r in rows] == [a.id for a in listed], (rows, listed)
+    assert {r["endpointId"] for r in rows} == {failing.id}
+    kind, text = export("format=csv")
+    assert kind.startswith("text/csv"), kind
+    records = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert {a.id for a in listed} <= {r["id"] for r in records}, records
+    assert {r["endpointId"] for r in records} == {endpoint.id, failing.id}, records
+    failed = [r for r in records if r["statusText"] == "fail"]
+    assert failed and all(r["responseStatusCode"] == "500" for r in failed if r["errorClass"] == "http_status"), failed
+    _, only_failed = export("format=csv&status=2")
+    assert len(list(csv.DictReader(io.StringIO(only_failed, newline="")))) == len(failed)
 
     svix.endpoint.delete(app.id, failing.id)
     svix.endpoint.delete(app.id, endpoint.id)

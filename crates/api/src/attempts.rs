@@ -36,19 +36,19 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageAttemptOut {
-    id: String,
-    msg_id: String,
-    endpoint_id: String,
-    url: String,
-    response: String,
-    response_status_code: u16,
-    response_duration_ms: u64,
-    status: i64,
-    status_text: &'static str,
-    trigger_type: i64,
+    pub(crate) id: String,
+    pub(crate) msg_id: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) url: String,
+    pub(crate) response: String,
+    pub(crate) response_status_code: u16,
+    pub(crate) response_duration_ms: u64,
+    pub(crate) status: i64,
+    pub(crate) status_text: &'static str,
+    pub(crate) trigger_type: i64,
     /// Herald's addition: why the attempt failed (`timeout`, `connect`, …).
-    error_class: Option<&'static str>,
-    timestamp: String,
+    pub(crate) error_class: Option<&'static str>,
+    pub(crate) timestamp: String,
 }
 
 impl From<Attempt> for MessageAttemptOut {
@@ -88,6 +88,46 @@ pub(crate) struct AttemptListParams {
 
 impl AttemptListParams {
     fn query(&self, filter: AttemptFilter) -> ApiResult<AttemptQuery> {
+        let page = ListParams {
+            limit: self.limit,
+            iterator: self.iterator.clone(),
+        }
+        .page::<herald_domain::AttemptId>()?;
+        self.filters().query(filter, page)
+    }
+
+    fn filters(&self) -> AttemptFilters {
+        AttemptFilters {
+            status: self.status,
+            status_code_class: self.status_code_class,
+            event_types: self.event_types.clone(),
+            before: self.before.clone(),
+            after: self.after.clone(),
+        }
+    }
+}
+
+/// The activity log's filters, as a query string gives them (the listings
+/// and the export share them).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AttemptFilters {
+    /// 0 succeeded, 1 pending, 2 failed, 3 sending.
+    pub(crate) status: Option<i64>,
+    /// 0 (no answer), 100, 200, 300, 400 or 500.
+    pub(crate) status_code_class: Option<u16>,
+    /// Comma-separated.
+    pub(crate) event_types: Option<String>,
+    pub(crate) before: Option<String>,
+    pub(crate) after: Option<String>,
+}
+
+impl AttemptFilters {
+    pub(crate) fn query(
+        &self,
+        filter: AttemptFilter,
+        page: herald_store::PageRequest,
+    ) -> ApiResult<AttemptQuery> {
         let status = self
             .status
             .map(|code| {
@@ -110,14 +150,7 @@ impl AttemptListParams {
             event_types: event_types(self.event_types.as_deref())?,
             before: optional_time("before", self.before.as_deref())?,
             after: optional_time("after", self.after.as_deref())?,
-            ..AttemptQuery::new(
-                filter,
-                ListParams {
-                    limit: self.limit,
-                    iterator: self.iterator.clone(),
-                }
-                .page::<herald_domain::AttemptId>()?,
-            )
+            ..AttemptQuery::new(filter, page)
         })
     }
 }

@@ -11,6 +11,7 @@ mod endpoint_details;
 mod endpoints;
 mod error;
 mod event_types;
+mod export;
 mod extract;
 mod inspector;
 mod limits;
@@ -125,6 +126,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(endpoint_details::routes())
         .merge(messages::routes())
         .merge(attempts::routes())
+        .merge(export::routes())
         .merge(test_events::routes())
         .merge(recovery::routes())
         .merge(alert_rules::routes())

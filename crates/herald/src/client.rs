@@ -363,6 +363,90 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herald export`: an app's (or an endpoint's) attempts as JSON Lines or
+/// CSV, written to stdout or `--output` as they arrive (constant memory).
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The app (id or uid).
+    #[arg(long)]
+    pub app: String,
+    /// Only this endpoint's attempts (id or uid).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// `jsonl` or `csv`.
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
+    /// Only attempts with this status: succeeded, failed (or 0 … 3).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only attempts of messages of these event types (comma-separated).
+    #[arg(long)]
+    pub event_types: Option<String>,
+    /// Only attempts made at or after this RFC 3339 time.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Only attempts made before this RFC 3339 time.
+    #[arg(long)]
+    pub before: Option<String>,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = Client::new(&args.client)?;
+    let status = match args.status.as_deref() {
+        Some("succeeded" | "success") => Some("0".to_owned()),
+        Some("pending") => Some("1".to_owned()),
+        Some("failed" | "fail") => Some("2".to_owned()),
+        other => other.map(str::to_owned),
+    };
+    let mut query: Vec<(&str, String)> = vec![("format", args.format.clone())];
+    for (name, value) in [
+        ("endpoint", args.endpoint.clone()),
+        ("status", status),
+        ("event_types", args.event_types.clone()),
+        ("after", args.after.clone()),
+        ("before", args.before.clone()),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    }
+    let url = format!("{}/app/{}/attempt/export/", client.base, segment(&args.app));
+    let mut response = client
+        .http
+        .get(&url)
+        .query(&query)
+        .bearer_auth(&client.token)
+        .send()
+        .await
+        .with_context(|| format!("reaching {}", client.base))?;
+    if !response.status().is_success() {
+        let status = response.status().as_u16();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::bail!(
+            "{status} {}: {}",
+            value["code"].as_str().unwrap_or("error"),
+            detail_of(&value)
+        );
+    }
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    while let Some(chunk) = response.chunk().await.context("the export was cut off")? {
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// `herald health`: exit status 0 when the server answers its health route
 /// (the database reachable), 1 otherwise; for container health checks.
 #[derive(Debug, Clone, Args)]

@@ -42,6 +42,8 @@ enum Command {
     Endpoint(herald::client::EndpointArgs),
     /// Send a message (an event) through a running Herald.
     Send(herald::client::SendArgs),
+    /// Export an app's or an endpoint's attempts as JSON Lines or CSV.
+    Export(herald::client::ExportArgs),
     /// Exit 0 when a running Herald answers its health check (for containers).
     Health(herald::client::HealthArgs),
     /// Print the API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
@@ -54,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Command::App(args) => herald::client::app(args).await,
         Command::Endpoint(args) => herald::client::endpoint(args).await,
         Command::Send(args) => herald::client::send(args).await,
+        Command::Export(args) => herald::client::export(args).await,
         Command::Health(args) => herald::client::health(args).await,
         Command::Openapi => {
             print!("{}", herald_api::openapi_document());

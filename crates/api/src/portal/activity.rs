@@ -34,6 +34,8 @@ pub(super) struct ActivityQuery {
     /// Only attempts made after this time (`datetime-local`, UTC).
     after: Option<String>,
     notice: Option<String>,
+    /// The export's format: `jsonl` or `csv`.
+    format: Option<String>,
 }
 
 /// One row of the log: the attempt and the request it made.
@@ -75,34 +77,12 @@ async fn render(
         Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
         None => None,
     };
-    let status = match query.status.as_deref() {
-        Some("succeeded") => Some(DeliveryStatus::Succeeded),
-        Some("failed") => Some(DeliveryStatus::Failed),
-        _ => None,
-    };
     let cursor = match &query.before {
         Some(before) => Cursor::parse(Some(before)),
         None => Cursor::Start,
     };
-    let filter = match &endpoint {
-        Some(endpoint) => AttemptFilter::Endpoint(endpoint.id),
-        None => AttemptFilter::App,
-    };
-    let mut attempts_query = AttemptQuery::new(filter, PageRequest { limit: 25, cursor });
-    attempts_query.status = status;
-    let event_type = query
-        .event_type
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .and_then(|t| herald_domain::EventTypeName::parse(t).ok());
-    attempts_query.event_types = event_type.iter().cloned().collect();
-    let after = query
-        .after
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").ok())
-        .map(|t| t.and_utc().timestamp_millis());
-    attempts_query.after = after;
+    let attempts_query =
+        attempt_query(endpoint.as_ref(), &query, PageRequest { limit: 25, cursor });
     let attempts = state.store.list_attempts(app.id, attempts_query).await?;
     // The endpoints the attempts went to, each read once (their custom
     // headers are part of the request shown).
@@ -180,6 +160,93 @@ async fn render(
             },
             notice,
         ),
+    ))
+}
+
+/// The store's query for the log's filters, one page.
+fn attempt_query(
+    endpoint: Option<&Endpoint>,
+    query: &ActivityQuery,
+    page: PageRequest,
+) -> AttemptQuery {
+    let filter = match endpoint {
+        Some(endpoint) => AttemptFilter::Endpoint(endpoint.id),
+        None => AttemptFilter::App,
+    };
+    let mut attempts_query = AttemptQuery::new(filter, page);
+    attempts_query.status = match query.status.as_deref() {
+        Some("succeeded") => Some(DeliveryStatus::Succeeded),
+        Some("failed") => Some(DeliveryStatus::Failed),
+        _ => None,
+    };
+    let event_type = query
+        .event_type
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| herald_domain::EventTypeName::parse(t).ok());
+    attempts_query.event_types = event_type.iter().cloned().collect();
+    attempts_query.after = query
+        .after
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M").ok())
+        .map(|t| t.and_utc().timestamp_millis());
+    attempts_query
+}
+
+/// The log as filtered, whole, as a JSON Lines or CSV download (streamed
+/// like the API's export).
+pub(super) async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    Query(query): Query<ActivityQuery>,
+) -> Result<Response, Refused> {
+    export_log(&state, &headers, &app, None, query).await
+}
+
+pub(super) async fn endpoint_export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(query): Query<ActivityQuery>,
+) -> Result<Response, Refused> {
+    export_log(&state, &headers, &app, Some(&endpoint), query).await
+}
+
+async fn export_log(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: Option<&str>,
+    query: ActivityQuery,
+) -> Result<Response, Refused> {
+    let (_session, app) = open(state, headers, app).await?;
+    let endpoint = match endpoint {
+        Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
+        None => None,
+    };
+    let format = crate::export::Format::parse(query.format.as_deref()).map_err(Refused::from)?;
+    let page = PageRequest {
+        limit: crate::export::PAGE,
+        cursor: Cursor::Start,
+    };
+    let attempts_query = attempt_query(endpoint.as_ref(), &query, page);
+    let first = state
+        .store
+        .list_attempts(app.id, attempts_query.clone())
+        .await?;
+    let name = match &endpoint {
+        Some(endpoint) => format!("attempts-{}", endpoint.id),
+        None => format!("attempts-{}", app.id),
+    };
+    Ok(crate::export::stream(
+        state.clone(),
+        app.id,
+        attempts_query,
+        first,
+        format,
+        &name,
     ))
 }
 
@@ -289,6 +356,12 @@ pub(super) fn activity(
                 label for="after" { "After (UTC)" }
                 input #after type="datetime-local" name="after" value=(filters.after.unwrap_or_default());
                 button type="submit" { "Filter" }
+            }
+            p.export {
+                "Export these attempts, all pages: "
+                a #export-jsonl href={ (log) "/export?format=jsonl" (keep) } download { "JSON Lines" }
+                " · "
+                a #export-csv href={ (log) "/export?format=csv" (keep) } download { "CSV" }
             }
             @if !pending.is_empty() {
                 section.pending {

@@ -90,6 +90,11 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/portal/app/{app}/egress", get(settings::egress))
         .route("/portal/app/{app}/activity", get(activity::app_log))
+        .route("/portal/app/{app}/activity/export", get(activity::export))
+        .route(
+            "/portal/app/{app}/endpoint/{endpoint}/activity/export",
+            get(activity::endpoint_export),
+        )
         .route(
             "/portal/app/{app}/inspector",
             get(settings::inspector).post(settings::open_inspector),

@@ -130,6 +130,38 @@ pub(super) async fn activity_log(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         row.herald_peak_rss_mib = herald.peak_rss_mib();
         rows.push(row);
     }
+    // The whole log exported, in each format: rows per second, the time
+    // it took (as p50) and Herald's peak RSS once it is done, beside the
+    // peak before (the listings' row above).
+    for format in ["jsonl", "csv"] {
+        let started = Instant::now();
+        let mut response = client
+            .get(format!("{base}/app/{app}/attempt/export/?format={format}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let (mut bytes, mut lines) = (0usize, 0usize);
+        while let Some(chunk) = response.chunk().await? {
+            bytes += chunk.len();
+            lines += chunk.iter().filter(|b| **b == b'\n').count();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let exported = if format == "csv" { lines - 1 } else { lines };
+        if exported != messages * ATTEMPTS_PER_MESSAGE {
+            anyhow::bail!("the {format} export has {exported} rows");
+        }
+        eprintln!(
+            "export {format}: {exported} rows, {:.1} MiB in {seconds:.1} s",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+        let mut row = Row::for_run(format!("log: export {format}"), args, 1, exported);
+        row.delivered_per_second = exported as f64 / seconds;
+        row.latency_p50_ms = seconds * 1000.0;
+        row.latency_p99_ms = seconds * 1000.0;
+        row.herald_peak_rss_mib = herald.peak_rss_mib();
+        rows.push(row);
+    }
     herald.stop().await;
     Ok(rows)
 }

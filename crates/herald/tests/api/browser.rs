@@ -38,6 +38,7 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         ],
     );
     receiver.always("/crm-new", Reply::Body(200, "received"));
+    receiver.always("/pending", Reply::Status(500));
     app.create_endpoint(&tenant, &endpoint, Some(&["call.*", "contact.created"]))
         .await;
     let (status, access) = app
@@ -62,6 +63,10 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
         .env("NEW_ENDPOINT_URL", receiver.url("/crm-new"))
         .env("OTHER_APP_PATH", format!("/portal/app/{other}"))
         .env("READ_ONLY_LINK", read_only["url"].as_str().unwrap())
+        .env("API_BASE", format!("http://{}/api/v1", app.address))
+        .env("API_TOKEN", crate::helpers::TOKEN)
+        .env("APP_ID", &tenant)
+        .env("PENDING_URL", receiver.url("/pending"))
         .env("SCREENSHOTS", workspace().join("target/screenshots"))
         .kill_on_drop(true)
         .output();
@@ -88,6 +93,16 @@ async fn a_customer_follows_a_portal_link_and_manages_an_endpoint_end_to_end() {
     assert_eq!(edited["rateLimit"], 10, "{edited}");
     assert_eq!(edited["retryPolicy"]["type"], "exponential", "{edited}");
     assert_eq!(edited["retryPolicy"]["maxAttempts"], 4, "{edited}");
+    assert_eq!(
+        edited["filter"], "data.direction == \"inbound\"",
+        "{edited}"
+    );
+    assert!(
+        edited["transformation"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("{\"text\": \"Call \" + data.callId")),
+        "{edited}"
+    );
     let id = edited["id"].as_str().unwrap();
     let (_, headers) = app
         .get(&format!("/app/{tenant}/endpoint/{id}/headers/"))

@@ -143,6 +143,65 @@ async fn the_cli_creates_an_app_and_endpoint_and_sends_a_message() {
     let no_token = herald(&server, &["app", "list"], None).await;
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no token"));
 
+    // The activity log exported, as JSON Lines (to a file) and as CSV.
+    let exported = tempfile::NamedTempFile::new().unwrap();
+    let path = exported.path().display().to_string();
+    let args = [
+        "export",
+        "--app",
+        "acme",
+        "--endpoint",
+        id,
+        "--output",
+        &path,
+    ];
+    let lines = crate::helpers::eventually(Duration::from_secs(10), "the attempt", || {
+        let (server, path) = (server.clone(), path.clone());
+        async move {
+            let done = herald(&server, &args, t).await;
+            assert!(
+                done.status.success(),
+                "{}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (!lines.is_empty()).then_some(lines)
+        }
+    })
+    .await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["endpointId"], id);
+    assert_eq!(lines[0]["responseStatusCode"], 200);
+    let csv = herald(
+        &server,
+        &[
+            "export",
+            "--app",
+            "acme",
+            "--format",
+            "csv",
+            "--status",
+            "succeeded",
+        ],
+        t,
+    )
+    .await;
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[0].starts_with("id,timestamp,msgId,endpointId,"),
+        "{csv}"
+    );
+    assert!(rows[1].contains(id), "{csv}");
+    let refused = herald(&server, &["export", "--app", "acme", "--format", "xml"], t).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("422"));
+
     let deleted = herald(&server, &["endpoint", "delete", "--app", "acme", id], t).await;
     assert!(deleted.status.success());
     assert!(herald(&server, &["app", "delete", "acme"], t)

@@ -21,6 +21,9 @@ pub enum ApiError {
         field: String,
         detail: String,
     },
+    /// 422: the payload does not validate against its event type's schema:
+    /// each failing place (`loc`) with why.
+    Schema(Vec<(Vec<String>, String)>),
     Unauthorized,
     /// 403: the token is valid but its scope does not reach this route.
     Forbidden,
@@ -108,6 +111,20 @@ impl IntoResponse for ApiError {
                         msg: detail,
                         kind: "value_error".to_owned(),
                     }],
+                };
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            }
+            Self::Schema(failures) => {
+                let body = crate::openapi::ValidationErrorOut {
+                    code: "validation_error".to_owned(),
+                    detail: failures
+                        .into_iter()
+                        .map(|(loc, msg)| crate::openapi::ValidationItem {
+                            loc,
+                            msg,
+                            kind: "value_error.jsonschema".to_owned(),
+                        })
+                        .collect(),
                 };
                 return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
             }

@@ -48,6 +48,10 @@ pub(crate) struct EventTypeUpdate {
     deprecated: bool,
     feature_flag: Option<String>,
     group_name: Option<String>,
+    /// Herald's addition: refuse (422) a message whose payload does not
+    /// validate against the newest of `schemas`.
+    #[serde(default)]
+    enforce_schema: bool,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -65,6 +69,7 @@ pub(crate) struct EventTypePatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<String>)]
     group_name: Option<Option<String>>,
+    enforce_schema: Option<bool>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -77,6 +82,8 @@ pub(crate) struct EventTypeOut {
     schemas: Option<Value>,
     feature_flag: Option<String>,
     group_name: Option<String>,
+    /// Herald's addition.
+    enforce_schema: bool,
     created_at: String,
     updated_at: String,
 }
@@ -84,6 +91,13 @@ pub(crate) struct EventTypeOut {
 impl EventTypeUpdate {
     fn into_input(self, name: EventTypeName) -> ApiResult<EventTypeInput> {
         check_schemas(&self.schemas)?;
+        if self.enforce_schema {
+            crate::schemas::newest_validator(self.schemas.as_ref())
+                .map_err(|why| ApiError::invalid("schemas", why))?
+                .ok_or_else(|| {
+                    ApiError::invalid("enforceSchema", "needs a schema in `schemas` to enforce")
+                })?;
+        }
         Ok(EventTypeInput {
             name,
             description: self.description,
@@ -92,6 +106,7 @@ impl EventTypeUpdate {
             deprecated: self.deprecated,
             feature_flag: self.feature_flag,
             group_name: self.group_name,
+            enforce_schema: self.enforce_schema,
         })
     }
 }
@@ -106,6 +121,7 @@ impl EventTypeOut {
             schemas: event_type.schemas.filter(|_| with_content),
             feature_flag: event_type.feature_flag,
             group_name: event_type.group_name,
+            enforce_schema: event_type.enforce_schema,
             created_at: timestamp(event_type.created_at),
             updated_at: timestamp(event_type.updated_at),
         }
@@ -257,6 +273,7 @@ pub(crate) async fn patch(
         deprecated: changes.deprecated.unwrap_or(current.deprecated),
         feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
         group_name: changes.group_name.unwrap_or(current.group_name),
+        enforce_schema: changes.enforce_schema.unwrap_or(current.enforce_schema),
     };
     let updated = Operations::new(&state, caller)
         .update_event_type(merged.into_input(current.name)?)

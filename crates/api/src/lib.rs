@@ -22,6 +22,7 @@ mod openapi;
 mod operations;
 mod portal;
 mod recovery;
+pub mod schemas;
 mod test_events;
 mod tokens;
 mod url_check;
@@ -112,6 +113,8 @@ pub struct AppState {
     pub request_slots: Arc<RequestSlots>,
     /// Shared with the dispatcher; rendered at `/metrics`.
     pub metrics: Arc<herald_dispatch::Metrics>,
+    /// Compiled event-type schemas, for enforcement.
+    pub schemas: Arc<schemas::Schemas>,
 }
 
 /// The routes behind a bearer token: every one registered with its

@@ -352,13 +352,19 @@ impl<'a> Operations<'a> {
     pub(crate) async fn create_event_type(&self, input: EventTypeInput) -> ApiResult<EventType> {
         self.may_administer()?;
         let audit = self.entry(None, "event_type.created", input.name.to_string());
-        Ok(self.state.store.create_event_type(input, audit).await?)
+        let name = input.name.clone();
+        let created = self.state.store.create_event_type(input, audit).await?;
+        self.state.schemas.forget(&name);
+        Ok(created)
     }
 
     pub(crate) async fn update_event_type(&self, input: EventTypeInput) -> ApiResult<EventType> {
         self.may_administer()?;
         let audit = self.entry(None, "event_type.updated", input.name.to_string());
-        Ok(self.state.store.update_event_type(input, audit).await?)
+        let name = input.name.clone();
+        let updated = self.state.store.update_event_type(input, audit).await?;
+        self.state.schemas.forget(&name);
+        Ok(updated)
     }
 
     /// Archives an event type, or removes it for good with `expunge`.
@@ -373,7 +379,8 @@ impl<'a> Operations<'a> {
             .state
             .store
             .delete_event_type(name, expunge, audit)
-            .await?)
+            .await
+            .inspect(|()| self.state.schemas.forget(name))?)
     }
 
     /// A token for `app`: an API token (`token.created`, the operator's)

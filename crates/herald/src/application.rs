@@ -127,6 +127,7 @@ impl Application {
         let state = AppState {
             store,
             metrics,
+            schemas: Arc::new(herald_api::schemas::Schemas::new(settings.enforce_schemas)),
             // An API-only process leaves deliveries unleased for the workers.
             dispatcher: (settings.role == Role::All).then(|| dispatcher.clone()),
             rate_limiter: settings
@@ -417,6 +418,7 @@ async fn seed_catalog(store: &dyn Store) -> anyhow::Result<()> {
             deprecated: false,
             feature_flag: None,
             group_name: None,
+            enforce_schema: false,
         })
         .collect();
     let added = store.seed_event_types(entries).await?;

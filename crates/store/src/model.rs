@@ -82,6 +82,8 @@ pub struct EventType {
     pub group_name: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Messages must validate against the newest schema (else 422).
+    pub enforce_schema: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +95,7 @@ pub struct EventTypeInput {
     pub deprecated: bool,
     pub feature_flag: Option<String>,
     pub group_name: Option<String>,
+    pub enforce_schema: bool,
 }
 
 #[derive(Debug, Clone)]

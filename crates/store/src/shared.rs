@@ -27,7 +27,7 @@ pub(crate) fn now() -> Timestamp {
 }
 
 pub(crate) const APP_COLUMNS: &str = "id, uid, name, rate_limit, metadata, created_at, updated_at";
-pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at";
+pub(crate) const EVENT_TYPE_COLUMNS: &str = "name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at, enforce_schema";
 /// An endpoint's columns, in the order both backends' row readers take
 /// them (a macro so that longer lists can be made from it with `concat!`).
 macro_rules! endpoint_columns {

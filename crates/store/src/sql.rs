@@ -79,7 +79,7 @@ statements! {
     DELETE_APP_TOKENS = "DELETE FROM tokens WHERE app_id = $1";
     DELETE_APP = "DELETE FROM apps WHERE id = $1";
     UPDATE_EVENT_TYPE = "UPDATE event_types SET description = $1, schemas = $2, archived = $3, deprecated = $4,
-             feature_flag = $5, group_name = $6, updated_at = $7
+             feature_flag = $5, group_name = $6, updated_at = $7, enforce_schema = $9
          WHERE name = $8";
     DELETE_EVENT_TYPE = "DELETE FROM event_types WHERE name = $1";
     ARCHIVE_EVENT_TYPE = "UPDATE event_types SET archived = TRUE WHERE name = $1";

@@ -31,6 +31,7 @@ async fn seed(store: &dyn Store) {
                     deprecated: false,
                     feature_flag: None,
                     group_name: None,
+                    enforce_schema: false,
                 })
                 .collect(),
         )

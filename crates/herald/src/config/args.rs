@@ -229,6 +229,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_METRICS_PER_ENDPOINT", value_parser = BoolishValueParser::new(),
           num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub metrics_per_endpoint: Option<bool>,
+    /// Refuse (422) every message whose payload does not validate against
+    /// its event type's JSON Schema (without it, only types with
+    /// `enforceSchema`).
+    #[arg(long, env = "HERALD_ENFORCE_SCHEMAS", value_parser = BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub enforce_schemas: Option<bool>,
     /// How long a portal-access link works (`1h`; at most `24h`).
     #[arg(long, env = "HERALD_PORTAL_SESSION", value_name = "DURATION")]
     pub portal_session: Option<String>,

@@ -193,6 +193,8 @@ pub struct Settings {
     /// Per-endpoint series on /metrics (off by default: they name tenants
     /// and grow with the number of endpoints).
     pub metrics_per_endpoint: bool,
+    /// Every event type's schema is enforced (else only `enforceSchema` ones).
+    pub enforce_schemas: bool,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -245,6 +247,7 @@ impl Settings {
             portal_session: Duration::from_secs(3600),
             portal_frame_ancestors: "'self'".into(),
             metrics_per_endpoint: false,
+            enforce_schemas: false,
             log: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -284,6 +287,7 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("HERALD_ALLOWED_CIDRS: {}", e.reason))?;
         settings.metrics_per_endpoint = args.metrics_per_endpoint.unwrap_or(false);
+        settings.enforce_schemas = args.enforce_schemas.unwrap_or(false);
         settings.policy = AddressPolicy {
             allow_http: args.allow_http.unwrap_or(false),
             allow_private_networks: args.allow_private_networks.unwrap_or(false),

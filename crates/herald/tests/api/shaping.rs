@@ -45,7 +45,84 @@ impl Api<'_> {
     }
 }
 
+/// `enforceSchema` on one event type: its bad messages are refused with
+/// the failing paths named, its catalog example and other types' messages
+/// are not.
+async fn enforcement(api: &Api<'_>) {
+    let (_, app) = api.post("/app/", json!({"name": "Strict"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    let path = format!("/app/{app}/msg/");
+    let send = |event_type: &str, payload: Value| {
+        api.post(&path, json!({"eventType": event_type, "payload": payload}))
+    };
+    let bad =
+        json!({"callId": "call_9", "direction": "sideways", "reason": "aliens", "sipCode": "480"});
+    assert_eq!(
+        send("call.failed", bad.clone()).await.0,
+        202,
+        "not enforced yet"
+    );
+    let (status, patched) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/event-type/call.failed/",
+            Some(json!({"enforceSchema": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &patched["enforceSchema"]),
+        (200, &json!(true)),
+        "{patched}"
+    );
+    let (status, refused) = send("call.failed", bad.clone()).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["code"], "validation_error");
+    let items = refused["detail"].as_array().unwrap();
+    let places: Vec<Value> = items.iter().map(|i| i["loc"].clone()).collect();
+    for place in [
+        json!(["body", "payload", "reason"]),
+        json!(["body", "payload", "direction"]),
+        json!(["body", "payload", "sipCode"]),
+        json!(["body", "payload"]),
+    ] {
+        assert!(places.contains(&place), "{place} in {refused}");
+    }
+    assert!(
+        items.iter().any(|i| i["msg"]
+            .as_str()
+            .unwrap()
+            .contains("\"from\" is a required property")),
+        "{refused}"
+    );
+    // Nothing was written: the message list holds the one accepted before.
+    let (_, listed) = api
+        .call(reqwest::Method::GET, &format!("/app/{app}/msg/"), None)
+        .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let example = herald_domain::catalog::builtin()
+        .into_iter()
+        .find(|e| e.name == "call.failed")
+        .unwrap()
+        .example;
+    assert_eq!(send("call.failed", example).await.0, 202);
+    assert_eq!(
+        send("call.completed", bad).await.0,
+        202,
+        "call.completed is not enforced"
+    );
+    // A type without a schema cannot enforce one.
+    let (status, error) = api
+        .post(
+            "/event-type/",
+            json!({"name": "bare.event", "description": "no schema", "enforceSchema": true}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+    assert!(detail_text(&error).contains("enforceSchema"), "{error}");
+}
+
 async fn shaping(api: Api<'_>) {
+    enforcement(&api).await;
     let receiver = Receiver::start().await;
     receiver.always("/slow", Reply::Delay(Duration::from_secs(3)));
     let (_, app) = api.post("/app/", json!({"name": "Shaping"})).await;
@@ -269,6 +346,48 @@ async fn shaping(api: Api<'_>) {
         )
         .await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+/// `HERALD_ENFORCE_SCHEMAS=true`: every type's schema is enforced, and
+/// every example of the catalog passes its own.
+#[tokio::test]
+async fn the_server_wide_option_enforces_every_schema_and_the_catalog_passes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut env = crate::helpers::sqlite_env(data.path());
+    env.push(("HERALD_ENFORCE_SCHEMAS", "true".into()));
+    let server = Server::start(&env);
+    let client = reqwest::Client::new();
+    let api = Api {
+        base: format!("http://{}", server.address),
+        client: &client,
+    };
+    let (_, app) = api.post("/app/", json!({"name": "Strict"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    for entry in herald_domain::catalog::builtin() {
+        let (status, sent) = api
+            .post(
+                &format!("/app/{app}/msg/"),
+                json!({"eventType": entry.name, "payload": entry.example}),
+            )
+            .await;
+        assert_eq!(status, 202, "{}: {sent}", entry.name);
+    }
+    let (status, refused) = api
+        .post(
+            &format!("/app/{app}/msg/"),
+            json!({"eventType": "call.completed", "payload": {"callId": 7}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["loc"] == json!(["body", "payload", "callId"])),
+        "{refused}"
+    );
+    server.terminate();
 }
 
 #[tokio::test]

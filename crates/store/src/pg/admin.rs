@@ -183,8 +183,8 @@ async fn insert_event_type(
         ""
     };
     let done = sqlx::query(&format!(
-        "INSERT INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) {conflict}"
+        "INSERT INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at, enforce_schema)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) {conflict}"
     ))
     .bind(input.name.as_str())
     .bind(&input.description)
@@ -194,6 +194,7 @@ async fn insert_event_type(
     .bind(&input.feature_flag)
     .bind(input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)))
     .bind(at)
+    .bind(input.enforce_schema)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -248,6 +249,7 @@ pub(crate) async fn update_event_type(
         )
         .bind(now())
         .bind(input.name.as_str())
+        .bind(input.enforce_schema)
         .execute(&mut *conn)
         .await
         .map_err(db)?;

@@ -109,6 +109,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         18,
         include_str!("../../migrations/postgres/0018_endpoint_options.sql"),
     ),
+    (
+        19,
+        include_str!("../../migrations/postgres/0019_enforce_schema.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -124,6 +124,7 @@ pub(crate) fn event_type(row: &PgRow) -> sqlx::Result<EventType> {
         group_name: row.try_get("group_name")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        enforce_schema: row.try_get("enforce_schema")?,
     })
 }
 

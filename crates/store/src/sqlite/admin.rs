@@ -173,8 +173,8 @@ fn insert_event_type(
         "INSERT"
     };
     conn.prepare_cached(&format!(
-        "{verb} INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "{verb} INTO event_types (name, description, schemas, archived, deprecated, feature_flag, group_name, created_at, updated_at, enforce_schema)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -186,7 +186,8 @@ fn insert_event_type(
             input.feature_flag,
             input.group_name.clone().or_else(|| input.name.group().map(str::to_owned)),
             at,
-            at
+            at,
+            input.enforce_schema
         ])
     })
     .map_err(internal)
@@ -233,7 +234,8 @@ pub(crate) fn update_event_type(
                     .clone()
                     .or_else(|| input.name.group().map(str::to_owned)),
                 now(),
-                input.name.as_str()
+                input.name.as_str(),
+                input.enforce_schema
             ],
         )
         .map_err(internal)?;

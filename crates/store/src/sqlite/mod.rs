@@ -98,6 +98,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         16,
         include_str!("../../migrations/sqlite/0016_endpoint_options.sql"),
     ),
+    (
+        17,
+        include_str!("../../migrations/sqlite/0017_enforce_schema.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

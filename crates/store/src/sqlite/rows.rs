@@ -75,6 +75,7 @@ pub(crate) fn event_type(row: &Row<'_>) -> rusqlite::Result<EventType> {
         group_name: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
+        enforce_schema: row.get(9)?,
     })
 }
 

@@ -223,7 +223,15 @@ pub(crate) fn escape_like(text: &str) -> String {
 
 /// The filter of an attempt listing, with `?` placeholders.
 fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<Bind>) {
-    let mut filter = String::from("app_id = ?");
+    // With an endpoint or a message, the app is checked on the rows their
+    // index finds, never used to find them: `app_id || ''` is no column
+    // an index covers. (SQLite, without statistics, walked the app's
+    // index `(app_id, id)` backwards for a message's attempts, the whole
+    // app's log for a message: 533 ms at 1,000,000 attempts.)
+    let mut filter = String::from(match query.filter {
+        AttemptFilter::App => "app_id = ?",
+        _ => "app_id || '' = ?",
+    });
     let mut binds = vec![Bind::Text(app.to_string())];
     match &query.filter {
         AttemptFilter::Endpoint(endpoint) => {

@@ -152,6 +152,64 @@ async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
     drive(&python, script).await;
 }
 
+/// The chat notification with no relay: an endpoint's transformation
+/// writes the Slack-shaped body and its filter keeps inbound calls; the
+/// stand-in chat verifies the signature and shows the line.
+#[tokio::test]
+async fn a_transformation_posts_straight_to_the_slack_shaped_chat_example() {
+    let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
+        crate::helpers::skip_or_fail(
+            "the chat example",
+            "set HERALD_TEST_PYTHON to a Python with standardwebhooks (scripts/test does)",
+        );
+        return;
+    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/python/chat_receiver.py"
+    );
+    let example = Example::start(&python, script);
+    let listening = example.line_with("listening on ").await;
+    let url = listening.trim_start_matches("listening on ").to_owned();
+
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let (status, endpoint) = app
+        .post(
+            &format!("/app/{tenant}/endpoint/"),
+            json!({
+                "url": url,
+                "secret": SECRET,
+                "filterTypes": ["call.completed"],
+                "filter": "data.direction == \"inbound\"",
+                "transformation": "{\"text\": \"Call \" + data.callId + \" completed in \" + string(data.durationSeconds) + \" s\"}",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let outbound = app
+        .send(
+            &tenant,
+            "call.completed",
+            json!({"callId": "call_2", "direction": "outbound", "durationSeconds": 12}),
+        )
+        .await;
+    app.send(
+        &tenant,
+        "call.completed",
+        json!({"callId": "call_1", "direction": "inbound", "durationSeconds": 395}),
+    )
+    .await;
+    example.line_with("chat: Call call_1 completed in 395 s").await;
+    // The outbound call was never meant for the chat: no delivery exists.
+    let (_, destinations) = app
+        .get(&format!("/app/{tenant}/msg/{outbound}/endpoint/"))
+        .await;
+    assert_eq!(destinations["data"], json!([]), "{destinations}");
+    let lines = example.lines.lock().unwrap().clone();
+    assert!(!lines.iter().any(|l| l.contains("call_2") || l.contains("rejected") || l.contains("not a chat")), "{lines:?}");
+}
+
 #[tokio::test]
 async fn the_node_example_receiver_verifies_and_acts_on_herald_deliveries() {
     let Ok(node) = std::env::var("HERALD_TEST_NODE") else {

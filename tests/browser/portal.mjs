@@ -367,6 +367,16 @@ try {
   }
   assert.equal(await page.locator('li.attempt').first().getAttribute('data-status'), 'failed');
   await page.screenshot({ path: `${screenshots}/pending.png`, fullPage: true });
+  // The message's own page: where it went, and when its retry is due.
+  await page.locator('li.attempt a.message').first().click();
+  await page.waitForURL(/\/msg\/msg_/);
+  assert.equal(await page.locator('#message-type').innerText(), 'campaign.started');
+  const destination = page.locator('table.destinations tbody tr');
+  assert.equal(await destination.count(), 1);
+  assert.equal(await destination.getAttribute('data-status'), 'pending');
+  assert.match(await destination.innerText(), /waiting to be sent\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/);
+  assert.ok((await page.locator('#message-payload').innerText()).includes('"campaignId": "cmp_1"'));
+  await page.screenshot({ path: `${screenshots}/message.png`, fullPage: true });
 
   // Logging out ends the session.
   await page.goto(endpointPage);

@@ -399,6 +399,7 @@ pub(super) fn activity(
                                 @if let Some(class) = attempt.error_class { " · " (class.as_str()) }
                             }
                             " " code { (entry.event_type) }
+                            " " a.message href={ "/portal/app/" (app.id) "/msg/" (attempt.message_id) } { "message" }
                             @if endpoint.is_none() {
                                 " → " a.endpoint href={ "/portal/app/" (app.id) "/endpoint/" (attempt.endpoint_id) } { (attempt.url) }
                             }

@@ -12,6 +12,7 @@ mod activity;
 mod endpoint_actions;
 mod endpoint_form;
 mod endpoint_pages;
+mod message;
 mod pages;
 mod settings;
 mod settings_pages;
@@ -91,6 +92,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/portal/app/{app}/egress", get(settings::egress))
         .route("/portal/app/{app}/activity", get(activity::app_log))
         .route("/portal/app/{app}/activity/export", get(activity::export))
+        .route("/portal/app/{app}/msg/{message}", get(message::show))
         .route(
             "/portal/app/{app}/endpoint/{endpoint}/activity/export",
             get(activity::endpoint_export),

@@ -200,14 +200,21 @@ async fn a_transformation_posts_straight_to_the_slack_shaped_chat_example() {
         json!({"callId": "call_1", "direction": "inbound", "durationSeconds": 395}),
     )
     .await;
-    example.line_with("chat: Call call_1 completed in 395 s").await;
+    example
+        .line_with("chat: Call call_1 completed in 395 s")
+        .await;
     // The outbound call was never meant for the chat: no delivery exists.
     let (_, destinations) = app
         .get(&format!("/app/{tenant}/msg/{outbound}/endpoint/"))
         .await;
     assert_eq!(destinations["data"], json!([]), "{destinations}");
     let lines = example.lines.lock().unwrap().clone();
-    assert!(!lines.iter().any(|l| l.contains("call_2") || l.contains("rejected") || l.contains("not a chat")), "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("call_2") || l.contains("rejected") || l.contains("not a chat")),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]

@@ -150,6 +150,16 @@ async fn shaping(api: Api<'_>) {
             "rawPayload",
             "cannot be combined",
         ),
+        (
+            json!({"filter": format!("{}true{}", "(".repeat(100), ")".repeat(100))}),
+            "filter",
+            "nests brackets",
+        ),
+        (
+            json!({"filter": format!("{}1 == 2", "1 + ".repeat(80))}),
+            "filter",
+            "levels deep",
+        ),
         (json!({"timeout": 0}), "timeout", "between 1 and"),
         (json!({"timeout": 100_000}), "timeout", "between 1 and"),
     ] {

@@ -269,6 +269,35 @@ def main():
     _, only_failed = export("format=csv&status=2")
     assert len(list(csv.DictReader(io.StringIO(only_failed, newline="")))) == len(failed)
 
+    # Herald's filter and transformation (set over plain HTTP: the SDK's
+    # models do not know them): the chat gets a body of its own shape for
+    # the inbound call only, signed, and both verifiers accept it.
+    chat_app = svix.application.create(ApplicationIn(name="Chat"))
+    created = urllib.request.Request(
+        f"{os.environ['HERALD_URL']}/api/v1/app/{chat_app.id}/endpoint/",
+        method="POST",
+        data=json.dumps({
+            "url": f"{base}/chat",
+            "filter": 'data.direction == "inbound"',
+            "transformation": '{"text": "Call " + data.callId + " completed in " + string(data.durationSeconds) + " s"}',
+        }).encode(),
+        headers={"Authorization": f"Bearer {os.environ['HERALD_TOKEN']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(created, timeout=20) as answer:
+        chat = json.loads(answer.read())
+    assert chat["filter"] == 'data.direction == "inbound"', chat
+    chat_secret = svix.endpoint.get_secret(chat_app.id, chat["id"]).key
+    for call_id, direction in [("call_out", "outbound"), ("call_in", "inbound")]:
+        svix.message.create(chat_app.id, MessageIn(
+            event_type="call.completed",
+            payload={"callId": call_id, "direction": direction, "durationSeconds": 42},
+        ))
+    headers, body = next_delivery("/chat")
+    standardwebhooks.Webhook(chat_secret).verify(body, headers)
+    Webhook(chat_secret).verify(body, headers)
+    assert json.loads(body) == {"text": "Call call_in completed in 42 s"}, body
+    svix.application.delete(chat_app.id)
+
     svix.endpoint.delete(app.id, failing.id)
     svix.endpoint.delete(app.id, endpoint.id)
     assert svix.endpoint.list(app.id).data == []

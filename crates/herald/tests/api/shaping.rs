@@ -203,6 +203,15 @@ async fn shaping(api: Api<'_>) {
     let slow = api
         .endpoint(&app, json!({"url": receiver.url("/slow"), "timeout": 1}))
         .await;
+    // A filter that would build 20 MB of strings for the inbound call's
+    // thousand items spends its budget: the call is kept out; the outbound
+    // call's one item passes.
+    api.endpoint(
+        &app,
+        json!({"url": receiver.url("/exploding"),
+               "filter": "data.items.map(x, data.pad + data.pad).size() > 0"}),
+    )
+    .await;
     let (status, read) = api
         .call(
             reqwest::Method::GET,
@@ -227,10 +236,11 @@ async fn shaping(api: Api<'_>) {
     );
 
     let items: Vec<u32> = (0..1000).collect();
-    let inbound_call =
-        json!({"callId": "call_in", "direction": "inbound", "durationSeconds": 42, "items": items});
-    let outbound_call =
-        json!({"callId": "call_out", "direction": "outbound", "durationSeconds": 7, "items": [1]});
+    let pad = "x".repeat(10_000);
+    let inbound_call = json!({"callId": "call_in", "direction": "inbound", "durationSeconds": 42,
+                              "items": items, "pad": pad});
+    let outbound_call = json!({"callId": "call_out", "direction": "outbound", "durationSeconds": 7,
+                               "items": [1], "pad": pad});
     for payload in [&inbound_call, &outbound_call] {
         let (status, sent) = api
             .post(
@@ -273,6 +283,12 @@ async fn shaping(api: Api<'_>) {
     assert_eq!(raw, vec![inbound_call.clone(), outbound_call.clone()]);
     let got = receiver.requests_to("/inbound");
     assert_eq!(got.len(), 1, "only the inbound call");
+    let exploding = eventually(Duration::from_secs(20), "the outbound call", || {
+        let got = receiver.requests_to("/exploding");
+        async move { (!got.is_empty()).then_some(got) }
+    })
+    .await;
+    assert_eq!(exploding[0].json()["data"]["callId"], "call_out");
     assert_eq!(got[0].json()["data"]["callId"], "call_in");
     assert_eq!(got[0].json()["type"], "call.completed");
 
@@ -344,6 +360,12 @@ async fn shaping(api: Api<'_>) {
     assert!(
         timed_out["responseDurationMs"].as_u64().unwrap() < 2_500,
         "{timed_out}"
+    );
+
+    assert_eq!(
+        receiver.requests_to("/exploding").len(),
+        1,
+        "the inbound call was kept out"
     );
 
     // The outbound call was never fanned out to the filtered endpoint:

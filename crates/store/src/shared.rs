@@ -81,7 +81,7 @@ pub(crate) const CONTENT_REMOVED_WHY: &str =
     "not sent: the message's content was removed while this delivery was pending";
 
 /// The `LIKE` pattern of stored idempotent answers that carry `message`
-/// (its `"id"`), so that removing its content removes them too.
+/// (its `"id"`), so that removing its content blanks it there too.
 pub(crate) fn answers_of(message: MessageId) -> String {
     let id = crate::listing::escape_like(&message.to_string());
     format!("%\"id\":\"{id}\"%")

@@ -60,7 +60,6 @@ statements! {
     FAIL_PENDING_DELIVERIES = "UPDATE deliveries SET status = 2, lease_until = NULL, next_attempt_at = NULL, updated_at = $2
          WHERE message_id = $1 AND status = 1";
     /// Stored idempotent answers matching the `LIKE` pattern $1.
-    FORGET_ANSWERS = "DELETE FROM idempotency_keys WHERE body LIKE $1 ESCAPE '\\'";
     /// An endpoint's ($2 of app $1) unsettled deliveries, soonest due first, at most $3.
     PENDING_OF_ENDPOINT = "SELECT d.message_id, m.event_type, d.attempts, d.next_attempt_at, d.lease_until
          FROM deliveries d JOIN messages m ON m.id = d.message_id
@@ -270,3 +269,14 @@ mod tests {
         );
     }
 }
+
+/// Stored idempotent answers that carry a message (`$1`, the pattern of
+/// [`crate::shared::answers_of`]) keep answering, with the message's
+/// `payload` blanked: a retried request replays the message rather than
+/// creating a second one. Each backend's JSON functions, so two texts.
+pub(crate) const BLANK_ANSWERS_PG: &str = "UPDATE idempotency_keys
+     SET body = jsonb_set(body::jsonb, '{payload}', '{}'::jsonb, false)::text
+     WHERE body LIKE $1 ESCAPE '\\' AND body LIKE '{%'";
+pub(crate) const BLANK_ANSWERS_SQLITE: &str = "UPDATE idempotency_keys
+     SET body = json_replace(body, '$.payload', json('{}'))
+     WHERE body LIKE ?1 ESCAPE '\\' AND json_valid(body)";

@@ -2513,7 +2513,51 @@ async fn destinations_show_each_delivery_and_removed_content_is_gone_for_good() 
             "{name}: another app's message is not found"
         );
 
+        // The answer an Idempotency-Key keeps for the message's creation.
+        let at = now();
+        let answer = format!(
+            r#"{{"id":"{message_id}","eventType":"call.started","payload":{{"email":"someone@example.test"}},"channels":null}}"#
+        );
+        assert_eq!(
+            store
+                .reserve_idempotency_key("send", "erase-key", "f", at, at - 1_000)
+                .await
+                .unwrap(),
+            Reservation::Reserved
+        );
+        store
+            .complete_idempotency_key(
+                "send",
+                "erase-key",
+                StoredResponse {
+                    status: 202,
+                    body: answer,
+                    created_at: at,
+                },
+            )
+            .await
+            .unwrap();
+
         store.remove_content(app, message_id, None).await.unwrap();
+        // A retried request with the key is answered with the message, its
+        // payload gone (not run again: that would send a second message).
+        match store
+            .reserve_idempotency_key("send", "erase-key", "f", at, at - 1_000)
+            .await
+            .unwrap()
+        {
+            Reservation::Done(replayed) => {
+                let body: serde_json::Value = serde_json::from_str(&replayed.body).unwrap();
+                assert_eq!(body["id"], message_id.to_string(), "{name}");
+                assert_eq!(body["payload"], serde_json::json!({}), "{name}");
+                assert!(
+                    !replayed.body.contains("someone"),
+                    "{name}: {}",
+                    replayed.body
+                );
+            }
+            other => panic!("{name}: the key's answer was not kept: {other:?}"),
+        }
         let erased = store
             .get_message(app, &IdOrUid::Id(message_id))
             .await

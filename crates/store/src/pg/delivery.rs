@@ -200,7 +200,7 @@ pub(crate) async fn remove_content(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-    sqlx::query(sql::FORGET_ANSWERS.pg)
+    sqlx::query(sql::BLANK_ANSWERS_PG)
         .bind(shared::answers_of(message))
         .execute(&mut *conn)
         .await

@@ -293,7 +293,7 @@ pub(crate) fn remove_content(conn: &Connection, app: AppId, message: MessageId) 
         params![message.to_string(), at],
     )
     .map_err(internal)?;
-    conn.execute(sql::FORGET_ANSWERS.sqlite, [shared::answers_of(message)])
+    conn.execute(sql::BLANK_ANSWERS_SQLITE, [shared::answers_of(message)])
         .map_err(internal)?;
     Ok(())
 }

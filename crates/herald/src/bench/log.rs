@@ -142,9 +142,21 @@ pub(super) async fn activity_log(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
             .await?
             .error_for_status()?;
         let (mut bytes, mut lines) = (0usize, 0usize);
+        let mut saved = match &args.save_exports {
+            Some(dir) => Some(std::io::BufWriter::new(std::fs::File::create(
+                dir.join(format!("attempts.{format}")),
+            )?)),
+            None => None,
+        };
         while let Some(chunk) = response.chunk().await? {
             bytes += chunk.len();
             lines += chunk.iter().filter(|b| **b == b'\n').count();
+            if let Some(file) = &mut saved {
+                std::io::Write::write_all(file, &chunk)?;
+            }
+        }
+        if let Some(file) = &mut saved {
+            std::io::Write::flush(file)?;
         }
         let seconds = started.elapsed().as_secs_f64();
         let exported = if format == "csv" { lines - 1 } else { lines };

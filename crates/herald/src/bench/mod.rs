@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Attempts seeded (activity-log).
     #[arg(long, default_value_t = 1_000_000)]
     pub attempts: usize,
+    /// Also write the activity-log scenario's exports here
+    /// (`attempts.jsonl`, `attempts.csv`), to check them with other tools.
+    #[arg(long, value_name = "DIR")]
+    pub save_exports: Option<std::path::PathBuf>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

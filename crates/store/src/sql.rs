@@ -249,6 +249,17 @@ statements! {
      ON CONFLICT (id) DO UPDATE SET at = excluded.at";
 }
 
+/// Stored idempotent answers that carry a message (`$1`, the pattern of
+/// [`crate::shared::answers_of`]) keep answering, with the message's
+/// `payload` blanked: a retried request replays the message rather than
+/// creating a second one. Each backend's JSON functions, so two texts.
+pub(crate) const BLANK_ANSWERS_PG: &str = "UPDATE idempotency_keys
+     SET body = jsonb_set(body::jsonb, '{payload}', '{}'::jsonb, false)::text
+     WHERE body LIKE $1 ESCAPE '\\' AND body LIKE '{%'";
+pub(crate) const BLANK_ANSWERS_SQLITE: &str = "UPDATE idempotency_keys
+     SET body = json_replace(body, '$.payload', json('{}'))
+     WHERE body LIKE ?1 ESCAPE '\\' AND json_valid(body)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,14 +280,3 @@ mod tests {
         );
     }
 }
-
-/// Stored idempotent answers that carry a message (`$1`, the pattern of
-/// [`crate::shared::answers_of`]) keep answering, with the message's
-/// `payload` blanked: a retried request replays the message rather than
-/// creating a second one. Each backend's JSON functions, so two texts.
-pub(crate) const BLANK_ANSWERS_PG: &str = "UPDATE idempotency_keys
-     SET body = jsonb_set(body::jsonb, '{payload}', '{}'::jsonb, false)::text
-     WHERE body LIKE $1 ESCAPE '\\' AND body LIKE '{%'";
-pub(crate) const BLANK_ANSWERS_SQLITE: &str = "UPDATE idempotency_keys
-     SET body = json_replace(body, '$.payload', json('{}'))
-     WHERE body LIKE ?1 ESCAPE '\\' AND json_valid(body)";

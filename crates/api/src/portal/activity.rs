@@ -72,11 +72,7 @@ async fn render(
     endpoint: Option<&str>,
     query: ActivityQuery,
 ) -> Result<Response, Refused> {
-    let (session, app) = open(state, headers, app).await?;
-    let endpoint = match endpoint {
-        Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
-        None => None,
-    };
+    let (session, app, endpoint) = opened(state, headers, app, endpoint).await?;
     let cursor = match &query.before {
         Some(before) => Cursor::parse(Some(before)),
         None => Cursor::Start,
@@ -163,6 +159,22 @@ async fn render(
     ))
 }
 
+/// The session, the app and the endpoint (for an endpoint's log) a log
+/// is asked of.
+async fn opened(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    endpoint: Option<&str>,
+) -> Result<(super::Session, App, Option<Endpoint>), Refused> {
+    let (session, app) = open(state, headers, app).await?;
+    let endpoint = match endpoint {
+        Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
+        None => None,
+    };
+    Ok((session, app, endpoint))
+}
+
 /// The store's query for the log's filters, one page.
 fn attempt_query(
     endpoint: Option<&Endpoint>,
@@ -221,11 +233,7 @@ async fn export_log(
     endpoint: Option<&str>,
     query: ActivityQuery,
 ) -> Result<Response, Refused> {
-    let (_session, app) = open(state, headers, app).await?;
-    let endpoint = match endpoint {
-        Some(endpoint) => Some(endpoint_of(state, app.id, endpoint).await?),
-        None => None,
-    };
+    let (_session, app, endpoint) = opened(state, headers, app, endpoint).await?;
     let format = crate::export::Format::parse(query.format.as_deref()).map_err(Refused::from)?;
     let page = PageRequest {
         limit: crate::export::PAGE,

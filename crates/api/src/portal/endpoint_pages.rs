@@ -459,6 +459,31 @@ pub(super) async fn save(
     }
 }
 
+/// The endpoint form as submitted to one of its side buttons ("Check
+/// URL", "Try it"), with the endpoint being edited, if any.
+async fn submitted(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    body: &[u8],
+) -> Result<
+    (
+        Session,
+        herald_store::App,
+        EndpointForm,
+        Option<herald_store::Endpoint>,
+    ),
+    Refused,
+> {
+    let (session, app) = open(state, headers, app).await?;
+    let fields = session.form(body)?;
+    let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
+        Some(id) => Some(endpoint_of(state, app.id, id).await?),
+        None => None,
+    };
+    Ok((session, app, form_of(&fields), editing))
+}
+
 /// "Try it on the example payload": the form again, with what its filter
 /// and transformation make of an event type's example.
 pub(super) async fn try_expressions(
@@ -467,14 +492,8 @@ pub(super) async fn try_expressions(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let (session, app) = open(&state, &headers, &app).await?;
-    let fields = session.form(&body)?;
-    let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
-        Some(id) => Some(endpoint_of(&state, app.id, id).await?),
-        None => None,
-    };
+    let (session, app, mut form, editing) = submitted(&state, &headers, &app, &body).await?;
     let types = catalog(&state).await?;
-    let mut form = form_of(&fields);
     form.preview = Some(super::endpoint_form::preview(&form, &types));
     Ok(page(
         &state,
@@ -489,13 +508,7 @@ pub(super) async fn check_url(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let (session, app) = open(&state, &headers, &app).await?;
-    let fields = session.form(&body)?;
-    let editing = match fields.get("editing").filter(|e| !e.is_empty()) {
-        Some(id) => Some(endpoint_of(&state, app.id, id).await?),
-        None => None,
-    };
-    let mut form = form_of(&fields);
+    let (session, app, mut form, editing) = submitted(&state, &headers, &app, &body).await?;
     match crate::url_check::run(&state, app.id, &form.url).await {
         Ok(check) => form.check = Some(check),
         Err(ApiError::Invalid { detail, .. }) => form.error = Some(format!("URL: {detail}")),

@@ -147,32 +147,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Backlog => backlog(&args).await?,
             Scenario::Scheduled => scheduled(&args).await?,
             Scenario::ActivityLog => {
-                let mut listed = log::activity_log(&args).await?;
-                let last = listed.pop().expect("one row per listing");
-                for row in listed {
-                    if !args.json {
-                        if rows.is_empty() {
-                            print_header();
-                        }
-                        print_row(&row);
-                    }
-                    rows.push(row);
-                }
-                last
+                let listed = log::activity_log(&args).await?;
+                all_but_last(&args, &mut rows, listed)
             }
             Scenario::Expressions => {
-                let mut measured = expressions::expressions(&args)?;
-                let last = measured.pop().expect("one row per step");
-                for row in measured {
-                    if !args.json {
-                        if rows.is_empty() {
-                            print_header();
-                        }
-                        print_row(&row);
-                    }
-                    rows.push(row);
-                }
-                last
+                let measured = expressions::expressions(&args)?;
+                all_but_last(&args, &mut rows, measured)
             }
             Scenario::Isolation => {
                 let baseline = isolation(&args, 0, 0).await?;
@@ -198,6 +178,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     }
     Ok(())
+}
+
+/// A scenario's rows but its last reported (and kept), the last returned
+/// (to be reported like any scenario's one row).
+fn all_but_last(args: &BenchArgs, rows: &mut Vec<Row>, mut measured: Vec<Row>) -> Row {
+    let last = measured
+        .pop()
+        .expect("a scenario measures at least one row");
+    for row in measured {
+        if !args.json {
+            if rows.is_empty() {
+                print_header();
+            }
+            print_row(&row);
+        }
+        rows.push(row);
+    }
+    last
 }
 
 fn database_name(args: &BenchArgs) -> &'static str {

@@ -136,13 +136,22 @@ async fn drive(program: &str, script: &str) {
         .any(|l| l.contains("call_forged")));
 }
 
-#[tokio::test]
-async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
-    let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
+/// The Python the examples run with (`HERALD_TEST_PYTHON`); `None`, said
+/// (or failed, in CI), without one.
+fn python(test: &str) -> Option<String> {
+    let found = std::env::var("HERALD_TEST_PYTHON").ok();
+    if found.is_none() {
         crate::helpers::skip_or_fail(
-            "the Python example",
+            test,
             "set HERALD_TEST_PYTHON to a Python with standardwebhooks (scripts/test does)",
         );
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
+    let Some(python) = python("the Python example") else {
         return;
     };
     let script = concat!(
@@ -157,11 +166,7 @@ async fn the_python_example_receiver_verifies_and_acts_on_herald_deliveries() {
 /// stand-in chat verifies the signature and shows the line.
 #[tokio::test]
 async fn a_transformation_posts_straight_to_the_slack_shaped_chat_example() {
-    let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
-        crate::helpers::skip_or_fail(
-            "the chat example",
-            "set HERALD_TEST_PYTHON to a Python with standardwebhooks (scripts/test does)",
-        );
+    let Some(python) = python("the chat example") else {
         return;
     };
     let script = concat!(

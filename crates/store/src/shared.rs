@@ -117,8 +117,10 @@ pub(crate) fn matching_targets(
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
     let (event_type, channels) = (&message.event_type, message.channels.as_deref());
-    // Parsed for the first endpoint with a filter, then shared.
+    // Parsed for the first endpoint with a filter, then shared, like the
+    // cost budget all of the message's filters draw on.
     let mut subject = None;
+    let mut budget = expr::FANOUT_BUDGET;
     let only = only.map(|id| id.to_string());
     let mut targets: Vec<EndpointTarget> = Vec::new();
     let mut last_id: Option<&str> = None;
@@ -152,7 +154,7 @@ pub(crate) fn matching_targets(
         )?;
         if wanted {
             if let Some(source) = DeliveryOptions::decode(row.options.as_deref()).filter {
-                wanted = passes_filter(&source, message, &mut subject);
+                wanted = passes_filter(&source, message, &mut subject, &mut budget);
             }
         }
         last_matched = wanted;
@@ -172,11 +174,13 @@ pub(crate) fn matching_targets(
 
 /// Whether `message` passes an endpoint's filter expression. A filter
 /// that fails on it (a field it reads is missing, the payload is not what
-/// it expects, it spends its budget) does not let the message through.
+/// it expects, it spends its budget or what is left of the message's)
+/// does not let the message through.
 fn passes_filter<'m>(
     source: &str,
     message: &'m Message,
     subject: &mut Option<Result<expr::Subject<'m>, expr::EvalError>>,
+    budget: &mut u64,
 ) -> bool {
     let program = match expr::cached(source) {
         Ok(program) => program,
@@ -197,7 +201,7 @@ fn passes_filter<'m>(
     let outcome = subject
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|subject| program.matches(&subject.input()));
+        .and_then(|subject| program.matches_within(&subject.input(), budget));
     match outcome {
         Ok(passes) => passes,
         Err(error) => {

@@ -13,7 +13,7 @@ use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, L
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::Value as Json;
 
-use super::{Program, BUDGET, MAX_OUTPUT_BYTES};
+use super::{Program, BUDGET, FILTER_BUDGET, MAX_OUTPUT_BYTES};
 
 /// What an expression sees of a message.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +30,7 @@ pub struct Input<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
     /// It spent its budget (or would have built a value past the limit).
-    #[error("the expression exceeded its cost budget of {BUDGET} units")]
+    #[error("the expression exceeded its cost budget")]
     Budget,
     /// A CEL error: a missing key, a wrong type, a division by zero…
     #[error("{0}")]
@@ -44,11 +44,21 @@ fn fail<T>(text: impl Into<String>) -> R<T> {
 }
 
 impl Program {
-    /// Whether the message passes the filter. Anything but `true` or
-    /// `false` is an error.
+    /// Whether the message passes the filter, within a filter's budget.
+    /// Anything but `true` or `false` is an error.
     pub fn matches(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        let mut run = Run::new(self, input);
-        match run.eval(&self.root)? {
+        self.matches_within(input, &mut FILTER_BUDGET.clone())
+    }
+
+    /// [`Program::matches`] drawing on `budget` (what is left of a
+    /// message's [`super::FANOUT_BUDGET`]), at most a filter's budget; what
+    /// it spends is taken off.
+    pub fn matches_within(&self, input: &Input<'_>, budget: &mut u64) -> Result<bool, EvalError> {
+        let allowed = (*budget).min(FILTER_BUDGET);
+        let mut run = Run::new(self, input, allowed);
+        let outcome = run.eval(&self.root);
+        *budget -= allowed - run.left;
+        match outcome? {
             Val::Bool(b) => Ok(b),
             other => fail(format!(
                 "a filter must yield true or false, not {}",
@@ -59,7 +69,7 @@ impl Program {
 
     /// The JSON the transformation yields for the message, as bytes.
     pub fn render(&self, input: &Input<'_>) -> Result<Vec<u8>, EvalError> {
-        let mut run = Run::new(self, input);
+        let mut run = Run::new(self, input, BUDGET);
         let value = run.eval(&self.root)?;
         let mut out = Limited(Vec::new());
         if serde_json::to_writer(&mut out, &value).is_err() {
@@ -293,11 +303,11 @@ struct Run<'a, 'i> {
 }
 
 impl<'a, 'i> Run<'a, 'i> {
-    fn new(program: &'a Program, input: &'i Input<'a>) -> Self {
+    fn new(program: &'a Program, input: &'i Input<'a>, budget: u64) -> Self {
         Self {
             program,
             input,
-            left: BUDGET,
+            left: budget,
             scope: Vec::new(),
         }
     }

@@ -171,3 +171,34 @@ fn the_cache_compiles_each_source_once() {
     assert!(Arc::ptr_eq(&a, &b));
     assert!(cached("data.a ==").is_err());
 }
+
+#[test]
+fn filters_spend_less_than_transformations_and_a_message_s_filters_share_one_budget() {
+    let items: Vec<u32> = (0..2000).collect();
+    let data = json!({"items": items});
+    // About 16,000 units: past a filter's budget, within a transformation's.
+    let source = "data.items.filter(x, x % 7 == 3).size() > 2";
+    assert_eq!(filter(source, data.clone()), Err(EvalError::Budget));
+    assert_eq!(render(source, data.clone()), Ok(json!(true)));
+
+    let cheap = compile("data.items.size() > 1").unwrap();
+    let costly = compile("data.items.exists(x, x == 900)").unwrap();
+    let mut left = FANOUT_BUDGET;
+    assert_eq!(cheap.matches_within(&input(&data), &mut left), Ok(true));
+    assert!(FANOUT_BUDGET - left < 10, "a cheap filter spends little");
+    // Each costly filter spends what it needs, until one finds too little left.
+    let before = left;
+    assert_eq!(costly.matches_within(&input(&data), &mut left), Ok(true));
+    let each = before - left;
+    assert!(each > 2_000 && each < FILTER_BUDGET, "{each}");
+    let mut passed = 1;
+    while costly.matches_within(&input(&data), &mut left) == Ok(true) {
+        passed += 1;
+    }
+    assert_eq!(passed, before / each, "{each} units each");
+    assert_eq!(left, 0);
+    assert_eq!(
+        cheap.matches_within(&input(&data), &mut left),
+        Err(EvalError::Budget)
+    );
+}

@@ -3,6 +3,9 @@
 //! message costs anyway (building the envelope). The payload is the
 //! catalog's `call.completed` example, padded to `--payload-bytes`.
 //!
+//! The last two rows time the worst case, an expression stopped by its
+//! budget (`--messages` / 100 evaluations, at least 100).
+//!
 //! One row per step, each timed over `--messages` evaluations in batches
 //! of 1,000: `acceptedPerSecond` is evaluations per second, `latencyP50Ms`
 //! and `latencyP99Ms` the per-evaluation time of the median and 99th
@@ -95,6 +98,19 @@ pub fn expressions(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     };
     let parsed = subject();
     let count = args.messages;
+    // The worst an expression can do: a nested comprehension over a
+    // thousand items (a million steps), stopped by the budget.
+    let items: Vec<u32> = (0..1000).collect();
+    let big = serde_json::json!({ "items": items });
+    let greedy = expr::compile("data.items.map(x, data.items.map(y, x * y)).size() > 0")?;
+    let greedy_input = expr::Input {
+        event_type: "call.completed",
+        data: &big,
+        channels: &[],
+        event_id: None,
+        timestamp: "2026-12-02T00:00:00.000Z",
+    };
+    let stopped = (count / 100).max(100);
     Ok(vec![
         timed("envelope", count, || {
             herald_dispatch::build_body(&message).len()
@@ -113,6 +129,14 @@ pub fn expressions(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         timed("transformed-body", count, || {
             herald_dispatch::endpoint_body(&message, &options, Default::default)
                 .map_or(0, |b| b.len())
+        }),
+        // How long until the budget stops it: a filter (10,000 units) and a
+        // transformation (100,000).
+        timed("greedy-filter-stopped", stopped, || {
+            usize::from(greedy.matches(&greedy_input) == Err(expr::EvalError::Budget))
+        }),
+        timed("greedy-transformation-stopped", stopped, || {
+            usize::from(greedy.render(&greedy_input) == Err(expr::EvalError::Budget))
         }),
     ])
 }

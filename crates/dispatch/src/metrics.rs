@@ -36,6 +36,9 @@ pub struct Metrics {
     db_queued_writes: IntGauge,
     endpoint_failures: IntGaugeVec,
     endpoint_disabled: IntGaugeVec,
+    /// Endpoint filters' decisions, brought up to the process's counts at
+    /// each scrape.
+    filters: IntCounterVec,
     /// The store's counts from the last scrape, reused for a second: the
     /// route needs no token, so scrapes in a loop must not become queries
     /// in a loop.
@@ -108,6 +111,14 @@ impl Metrics {
                 "From the start of an attempt to its answer or error.",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let filters = IntCounterVec::new(
+            Opts::new(
+                "herald_filter_evaluations_total",
+                "Endpoint filters evaluated when messages were written, by outcome: passed, filtered_out, failed (an error or the cost budget; the endpoint does not get the message).",
+            ),
+            &["outcome"],
         )
         .expect("valid metric");
         let api_requests = IntCounterVec::new(
@@ -186,6 +197,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(endpoint_failures.clone()),
             Box::new(endpoint_disabled.clone()),
+            Box::new(filters.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -206,6 +218,7 @@ impl Metrics {
             db_queued_writes,
             endpoint_failures,
             endpoint_disabled,
+            filters,
             store_cache: Default::default(),
         }
     }
@@ -299,6 +312,15 @@ impl Metrics {
             .with_label_values(&["in_use"])
             .set(gauge(pool.connections.saturating_sub(pool.idle)));
         self.db_max_connections.set(gauge(pool.max));
+        let counts = herald_domain::expr::filter_counts();
+        for (outcome, total) in [
+            ("passed", counts.passed),
+            ("filtered_out", counts.filtered_out),
+            ("failed", counts.failed),
+        ] {
+            let counter = self.filters.with_label_values(&[outcome]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         self.db_queued_writes.set(gauge(pool.queued_writes));
         let mut out = Vec::new();
         TextEncoder::new()

@@ -186,6 +186,7 @@ fn passes_filter<'m>(
         Ok(program) => program,
         Err(error) => {
             tracing::warn!(%error, "an endpoint's stored filter does not compile");
+            expr::count_filter(&Err(expr::EvalError::Failed(error.0)));
             return false;
         }
     };
@@ -202,6 +203,7 @@ fn passes_filter<'m>(
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|subject| program.matches_within(&subject.input(), budget));
+    expr::count_filter(&outcome);
     match outcome {
         Ok(passes) => passes,
         Err(error) => {

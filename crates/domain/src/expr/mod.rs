@@ -19,6 +19,7 @@
 mod eval;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
@@ -378,6 +379,36 @@ pub fn timestamp_text(ms: i64) -> String {
         .single()
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How this process's filters have decided, since it started (for
+/// `/metrics`): let through, kept out, or failed (kept out too).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FilterCounts {
+    pub passed: u64,
+    pub filtered_out: u64,
+    pub failed: u64,
+}
+
+static FILTERS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Counts one filter's decision.
+pub fn count_filter(outcome: &Result<bool, EvalError>) {
+    let slot = match outcome {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(_) => 2,
+    };
+    FILTERS[slot].fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn filter_counts() -> FilterCounts {
+    let [passed, filtered_out, failed] = &FILTERS;
+    FilterCounts {
+        passed: passed.load(Ordering::Relaxed),
+        filtered_out: filtered_out.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+    }
 }
 
 /// Programs compiled so far, by source: an endpoint's expression is parsed

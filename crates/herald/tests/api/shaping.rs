@@ -446,6 +446,28 @@ async fn filters_transformations_raw_payloads_and_timeouts_on_postgres() {
         client: &client,
     })
     .await;
+    // The server's own process counted its filters' decisions.
+    let metrics = client
+        .get(format!("http://{}/metrics", server.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |outcome: &str| -> u64 {
+        let prefix = format!("herald_filter_evaluations_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {outcome} count in {metrics}"))
+    };
+    // Inbound call: `/inbound` and `/exploding` (its budget) decide;
+    // outbound call: both again.
+    assert!(count("passed") >= 2, "{metrics}");
+    assert!(count("filtered_out") >= 1, "{metrics}");
+    assert!(count("failed") >= 1, "{metrics}");
     server.terminate();
     database.drop_database().await;
 }

@@ -22,7 +22,7 @@ struct Shared {
     epoch: Instant,
     /// Whether refused (500) deliveries count towards `expected`.
     count_refused: bool,
-    expected: u64,
+    expected: AtomicU64,
     received: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
     seen: Mutex<HashSet<(String, String)>>,
@@ -101,7 +101,8 @@ async fn receive(
     if !shared.seen.lock().expect("seen").insert((id, endpoint)) {
         shared.duplicates.fetch_add(1, Ordering::Relaxed);
     }
-    if shared.received.fetch_add(1, Ordering::AcqRel) + 1 >= shared.expected {
+    if shared.received.fetch_add(1, Ordering::AcqRel) + 1 >= shared.expected.load(Ordering::Acquire)
+    {
         shared.done.notify_one();
     }
     StatusCode::NO_CONTENT
@@ -143,7 +144,7 @@ impl Sink {
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             count_refused,
-            expected: expected as u64,
+            expected: AtomicU64::new(expected as u64),
             received: AtomicU64::new(0),
             latencies_us: Mutex::new(Vec::with_capacity(expected)),
             seen: Mutex::new(HashSet::with_capacity(expected)),
@@ -198,9 +199,20 @@ impl Sink {
         }
     }
 
+    /// Expects `expected` deliveries in all after all (an open-loop load
+    /// learns how many of its messages were accepted only at its end).
+    pub fn expect(&self, expected: usize) {
+        self.shared
+            .expected
+            .store(expected as u64, Ordering::Release);
+        self.shared.done.notify_one();
+    }
+
     pub async fn wait_for_all(&self, limit: Duration) -> Delivered {
         let complete = tokio::time::timeout(limit, async {
-            while self.shared.received.load(Ordering::Acquire) < self.shared.expected {
+            while self.shared.received.load(Ordering::Acquire)
+                < self.shared.expected.load(Ordering::Acquire)
+            {
                 self.shared.done.notified().await;
             }
         })

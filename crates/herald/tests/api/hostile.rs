@@ -162,6 +162,70 @@ async fn a_stalled_or_trickled_body_gets_408_and_the_connection_is_closed() {
     assert_eq!(list["data"], json!([]), "nothing was stored");
 }
 
+/// A client that asks for a large export and stops reading is cut off
+/// once its send stalls (`send_timeout`), and holds nothing: the server
+/// answers others meanwhile. The export reads a page at a time, so the
+/// stalled client holds at most one page.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_export_is_cut_off() {
+    let app = spawn_app_with(Options {
+        connections: quick_connections(),
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    // Each attempt keeps 4 KiB of response: 1,500 attempts make an export
+    // of ~6.5 MB, more than loopback's socket buffers hold.
+    let answer: &'static str = Box::leak("r".repeat(4096).into_boxed_str());
+    receiver.always("/big", Reply::Body(200, answer));
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/big"), None)
+        .await;
+    const MESSAGES: usize = 1_500;
+    for n in 0..MESSAGES {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+    }
+    let path = format!("/app/{tenant}/attempt/export/?format=jsonl");
+    let whole = eventually(WAIT * 2, "every attempt recorded", || async {
+        let text = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (text.lines().count() == MESSAGES).then_some(text.len())
+    })
+    .await;
+    assert!(whole > 6_000_000, "{whole} bytes");
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.address).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /api/v1{path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = stalled.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // Not a byte more for three send timeouts; others are answered.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, _) = app.get("/health/").await;
+    assert_eq!(status, 200);
+    let (rest, _) = until_closed(&mut stalled, WAIT).await;
+    assert!(
+        n + rest.len() < whole,
+        "the stalled client got all {whole} bytes: it was not cut off"
+    );
+}
+
 #[tokio::test]
 async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
     let app = spawn_app().await;

@@ -135,10 +135,6 @@ pub(crate) async fn create(
         channels: parse_channels(input.channels)?,
         to_endpoint: None,
     };
-    state
-        .schemas
-        .check(state.store.as_ref(), &message.event_type, &message.payload)
-        .await?;
     let created = crate::operations::Operations::new(&state, caller)
         .create_message(app, message)
         .await?;

@@ -426,6 +426,11 @@ impl<'a> Operations<'a> {
         input: MessageInput,
     ) -> ApiResult<CreatedMessage> {
         self.may_change(app)?;
+        // Whoever sends it (API, CLI, an SDK): its type's schema, when enforced.
+        self.state
+            .schemas
+            .check(self.state.store.as_ref(), &input.event_type, &input.payload)
+            .await?;
         self.start_message(app, input, None).await
     }
 

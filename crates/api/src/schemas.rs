@@ -115,19 +115,22 @@ impl Schemas {
     }
 }
 
+/// The newest version's schema in an event type's `schemas`
+/// (`{"1": {…}, "2": {…}}`: the highest number).
+pub(crate) fn newest(schemas: Option<&Value>) -> Option<&Value> {
+    schemas?
+        .as_object()?
+        .iter()
+        .filter_map(|(version, schema)| Some((version.parse::<u32>().ok()?, schema)))
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, schema)| schema)
+}
+
 /// The validator of the newest version in an event type's `schemas`
 /// (`{"1": {…}, "2": {…}}`); `None` when there is none; `Err` when it is
 /// not a valid JSON Schema.
 pub(crate) fn newest_validator(schemas: Option<&Value>) -> Result<Compiled, String> {
-    let newest = schemas.and_then(|schemas| {
-        schemas
-            .as_object()?
-            .iter()
-            .filter_map(|(version, schema)| Some((version.parse::<u32>().ok()?, schema)))
-            .max_by_key(|(version, _)| *version)
-            .map(|(_, schema)| schema)
-    });
-    newest
+    newest(schemas)
         .map(|schema| {
             jsonschema::validator_for(schema)
                 .map(Arc::new)

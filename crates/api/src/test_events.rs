@@ -130,16 +130,7 @@ pub(crate) async fn message_of(
 /// Example `index` of the newest schema version of `event_type`; `{}` for a
 /// type that has no examples at all.
 pub(crate) fn example(event_type: &EventType, index: usize) -> ApiResult<Value> {
-    let newest = event_type.schemas.as_ref().and_then(|schemas| {
-        schemas
-            .as_object()?
-            .iter()
-            .filter_map(|(version, schema)| Some((version.parse::<u32>().ok()?, schema)))
-            .max_by_key(|(version, _)| *version)
-            .map(|(_, schema)| schema.clone())
-    });
-    let examples = newest
-        .as_ref()
+    let examples = crate::schemas::newest(event_type.schemas.as_ref())
         .and_then(|schema| schema.get("examples"))
         .and_then(Value::as_array)
         .cloned()

@@ -40,14 +40,9 @@ pub fn endpoint_body(
 ) -> Result<Bytes, String> {
     if let Some(source) = &options.transformation {
         let program = expr::cached(source).map_err(|e| format!("the transformation: {e}"))?;
-        let subject = expr::Subject::new(
-            message.event_type.as_str(),
-            &message.payload,
-            message.channels.as_deref(),
-            message.event_id.as_ref().map(|id| id.as_str()),
-            message.created_at,
-        )
-        .map_err(|e| format!("the transformation: {e}"))?;
+        let subject = message
+            .subject()
+            .map_err(|e| format!("the transformation: {e}"))?;
         return program
             .render(&subject.input())
             .map(Bytes::from)

@@ -164,6 +164,23 @@ pub struct Message {
     pub created_at: Timestamp,
 }
 
+impl Message {
+    /// The message as endpoint filters and transformations read it
+    /// (`type`, `data`, `channels`, `eventId`, `timestamp`); fails when
+    /// the payload is not JSON.
+    pub fn subject(
+        &self,
+    ) -> Result<herald_domain::expr::Subject<'_>, herald_domain::expr::EvalError> {
+        herald_domain::expr::Subject::new(
+            self.event_type.as_str(),
+            &self.payload,
+            self.channels.as_deref(),
+            self.event_id.as_ref().map(|id| id.as_str()),
+            self.created_at,
+        )
+    }
+}
+
 /// An endpoint a message was fanned out to, with where its delivery stands
 /// (Svix's `MessageEndpointOut`).
 #[derive(Debug, Clone)]

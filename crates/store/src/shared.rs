@@ -138,7 +138,8 @@ pub(crate) fn matching_targets(
         if let Some(only) = &only {
             last_matched = *only == row.id;
             if last_matched {
-                targets.push(target(row, secret)?);
+                let options = DeliveryOptions::decode(row.options.as_deref());
+                targets.push(target(row, secret, options)?);
             }
             last_id = Some(row.id.as_str());
             continue;
@@ -152,14 +153,13 @@ pub(crate) fn matching_targets(
             event_type,
             channels,
         )?;
-        if wanted {
-            if let Some(source) = DeliveryOptions::decode(row.options.as_deref()).filter {
-                wanted = passes_filter(&source, message, &mut subject, &mut budget);
-            }
+        let options = DeliveryOptions::decode(row.options.as_deref());
+        if let (true, Some(source)) = (wanted, &options.filter) {
+            wanted = passes_filter(source, message, &mut subject, &mut budget);
         }
         last_matched = wanted;
         if wanted {
-            targets.push(target(row, secret)?);
+            targets.push(target(row, secret, options)?);
         }
         last_id = Some(row.id.as_str());
     }
@@ -190,15 +190,7 @@ fn passes_filter<'m>(
             return false;
         }
     };
-    let subject = subject.get_or_insert_with(|| {
-        expr::Subject::new(
-            message.event_type.as_str(),
-            &message.payload,
-            message.channels.as_deref(),
-            message.event_id.as_ref().map(|id| id.as_str()),
-            message.created_at,
-        )
-    });
+    let subject = subject.get_or_insert_with(|| message.subject());
     let outcome = subject
         .as_ref()
         .map_err(Clone::clone)
@@ -235,7 +227,11 @@ pub(crate) fn subscribes(
     Ok(wanted)
 }
 
-fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
+fn target(
+    row: &TargetRow,
+    secret: Secret,
+    options: DeliveryOptions,
+) -> StoreResult<EndpointTarget> {
     Ok(EndpointTarget {
         id: EndpointId::parse(&row.id).map_err(|e| StoreError::Internal(e.to_string()))?,
         url: EndpointUrl::stored(&row.url).map_err(|e| StoreError::Internal(e.to_string()))?,
@@ -246,7 +242,7 @@ fn target(row: &TargetRow, secret: Secret) -> StoreResult<EndpointTarget> {
             .rate_limit
             .map(|r| r.clamp(0, i64::from(u32::MAX)) as u32),
         strict_ordering: row.strict_ordering,
-        options: DeliveryOptions::decode(row.options.as_deref()),
+        options,
     })
 }
 

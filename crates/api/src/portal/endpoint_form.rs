@@ -110,14 +110,7 @@ pub(super) fn preview(form: &EndpointForm, types: &[herald_store::EventType]) ->
     let optional = |text: &str| (!text.trim().is_empty()).then(|| text.trim().to_owned());
     let filter = optional(&form.filter).map(|source| {
         let program = expr::compile(&source).map_err(|e| format!("filter: {e}"))?;
-        let subject = expr::Subject::new(
-            message.event_type.as_str(),
-            &message.payload,
-            None,
-            None,
-            message.created_at,
-        )
-        .map_err(|e| e.to_string())?;
+        let subject = message.subject().map_err(|e| e.to_string())?;
         program
             .matches(&subject.input())
             .map_err(|e| format!("filter: {e}"))

@@ -86,16 +86,7 @@ pub fn expressions(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         transformation: Some(TRANSFORMATION.into()),
         ..DeliveryOptions::default()
     };
-    let subject = || {
-        expr::Subject::new(
-            message.event_type.as_str(),
-            &message.payload,
-            None,
-            None,
-            message.created_at,
-        )
-        .expect("the example is JSON")
-    };
+    let subject = || message.subject().expect("the example is JSON");
     let parsed = subject();
     let count = args.messages;
     // The worst an expression can do: a nested comprehension over a

@@ -326,9 +326,10 @@ impl Dispatcher {
     /// Endpoints with every per-endpoint slot taken: claims leave them out.
     fn saturated(&self) -> Vec<EndpointId> {
         let per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
+        let spare = self.has_spare_slots();
         per_endpoint
             .iter()
-            .filter(|(_, load)| load.in_flight >= load.limit)
+            .filter(|(_, load)| load.in_flight >= load.limit && !(spare && load.may_borrow()))
             .map(|(endpoint, _)| *endpoint)
             .collect()
     }
@@ -341,13 +342,15 @@ impl Dispatcher {
     /// slots over ~15 ms is ~4,000 deliveries/s, and past it deliveries went
     /// back to the database and collapsed the rate.) A strictly ordered
     /// endpoint's next delivery waits for the write: it is claimed only once
-    /// this one is settled.
+    /// this one is settled. Returns how the receiver answered: `Some(time
+    /// it took)` on success, `Some(None)` on a failure, `None` when Herald
+    /// itself failed (it says nothing of the receiver).
     async fn deliver(
         self: &Arc<Self>,
         job: &DeliveryJob,
         body: Body,
         permit: OwnedSemaphorePermit,
-    ) {
+    ) -> Option<Option<Duration>> {
         let started_at = now_ms();
         let result = match &body {
             Ok(body) => self.sender.send(job, body, started_at / 1000).await,
@@ -358,6 +361,10 @@ impl Dispatcher {
                 error: Some(ErrorClass::Transformation),
                 retry_after: None,
             },
+        };
+        let answer = match result.error {
+            Some(ErrorClass::Local | ErrorClass::Transformation) => None,
+            _ => Some(result.succeeded().then_some(result.duration)),
         };
         let outcome = self.outcome(job, &result, started_at);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
@@ -420,6 +427,7 @@ impl Dispatcher {
             use tracing::Instrument;
             self.tasks.spawn(record.in_current_span());
         }
+        answer
     }
 
     fn outcome(

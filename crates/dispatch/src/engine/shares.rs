@@ -1,6 +1,10 @@
 //! Each endpoint's share of the dispatcher: at most so many deliveries in
 //! flight to it (as many again waiting), the rest given back to the
-//! database; and its pace, when it has a rate limit.
+//! database; and its pace, when it has a rate limit. An endpoint that
+//! answers quickly may borrow idle slots past its share while more than
+//! half of them are free: the share is there so a slow endpoint cannot
+//! starve the others, not to hold a fast one to `share / round trip` when
+//! nobody else wants the room.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,7 +35,8 @@ impl Dispatcher {
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let load = per_endpoint.entry(job.endpoint.id).or_default();
             load.limit = limit;
-            if load.in_flight < limit {
+            load.paced = job.endpoint.rate_limit.is_some_and(|rate| rate > 0);
+            if load.in_flight < limit || (load.may_borrow() && self.has_spare_slots()) {
                 load.in_flight += 1;
                 Admission::Send(Waiting(job, body, permit, span))
             } else if load.waiting.len() < limit {
@@ -57,6 +62,12 @@ impl Dispatcher {
                 });
             }
         }
+    }
+
+    /// More than half of the global slots are free: nobody is short of one,
+    /// and an endpoint that answers quickly may go past its share.
+    pub(super) fn has_spare_slots(&self) -> bool {
+        self.slots.available_permits() > self.config.max_in_flight / 2
     }
 
     /// Deliveries one endpoint may have in flight here (and as many again
@@ -131,7 +142,7 @@ impl Dispatcher {
         let endpoint = first.0.endpoint.id;
         let mut next = Some(first);
         while let Some(Waiting(job, body, permit, span)) = next.take() {
-            match self.pace(&job).await {
+            let answered = match self.pace(&job).await {
                 Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
                 Err(free_at) => {
                     // Other processes hold the endpoint's slots until past
@@ -144,20 +155,31 @@ impl Dispatcher {
                         tracing::warn!(%error, "giving back a paced delivery failed");
                     }
                     drop(permit);
+                    None
                 }
-            }
+            };
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let Some(load) = per_endpoint.get_mut(&endpoint) else {
                 break;
             };
+            if let Some(answer) = answered {
+                load.observe(answer);
+            }
             next = load.waiting.pop_front();
             if next.is_none() {
                 let was_saturated = load.in_flight >= load.limit;
                 load.in_flight -= 1;
                 // A rate-limited endpoint's pace outlives its last attempt.
                 let paced = load.next_send.is_some_and(|at| at > Instant::now());
-                if load.in_flight == 0 && !paced {
+                if load.in_flight == 0 && !paced && load.answer_ms.is_none() {
                     per_endpoint.remove(&endpoint);
+                } else if per_endpoint.len() > KEPT_IDLE {
+                    // Idle endpoints' answer times are kept for their next
+                    // burst, up to so many; past it they are all forgotten.
+                    let now = Instant::now();
+                    per_endpoint.retain(|_, load| {
+                        load.in_flight > 0 || load.next_send.is_some_and(|at| at > now)
+                    });
                 }
                 drop(per_endpoint);
                 if was_saturated {
@@ -188,8 +210,40 @@ pub(super) struct Waiting(DeliveryJob, Body, OwnedSemaphorePermit, tracing::Span
 pub(super) struct EndpointLoad {
     pub(super) in_flight: usize,
     waiting: VecDeque<Waiting>,
-    /// Deliveries in flight at once, at most (as many again may wait).
+    /// Deliveries in flight at once, at most (as many again may wait),
+    /// unless the endpoint may borrow.
     pub(super) limit: usize,
     /// With a rate limit: when the next attempt may start.
     next_send: Option<Instant>,
+    /// The endpoint has a rate limit: its share is what it may send within
+    /// a lease, never more.
+    paced: bool,
+    /// Moving average of its answers' times (ms) since its last failure;
+    /// `None` before a first answer or after a failure.
+    answer_ms: Option<f64>,
+}
+
+/// Idle endpoints whose answer times are remembered, at most.
+const KEPT_IDLE: usize = 4096;
+
+/// An endpoint whose answers take less than this on average (and the last
+/// one a success) counts as quick: it turns its slots over fast enough that
+/// more of them cost the others nothing.
+const QUICK_ANSWER_MS: f64 = 250.0;
+
+impl EndpointLoad {
+    /// May go past its share while slots are spare.
+    pub(super) fn may_borrow(&self) -> bool {
+        !self.paced && self.answer_ms.is_some_and(|ms| ms < QUICK_ANSWER_MS)
+    }
+
+    /// Takes in one attempt's answer: `Some(time)` for a success, `None` for
+    /// a failure (an error status, a timeout, no connection).
+    fn observe(&mut self, answer: Option<Duration>) {
+        self.answer_ms = answer.map(|time| {
+            let ms = time.as_secs_f64() * 1000.0;
+            self.answer_ms
+                .map_or(ms, |average| 0.9 * average + 0.1 * ms)
+        });
+    }
 }

@@ -415,6 +415,42 @@ async fn a_slow_endpoint_cannot_take_the_slots_of_the_others() {
 }
 
 #[tokio::test]
+async fn a_quick_endpoint_borrows_idle_slots_past_its_share() {
+    // Two slots per endpoint of 64 in all. An endpoint that has answered
+    // quickly may go past its two while more than half the slots are free,
+    // so twelve held requests are all in flight at once; held to its share
+    // it would have two in flight and the rest waiting or given back, and
+    // nothing answers within the wait.
+    let app = spawn_app_with(Options {
+        max_in_flight: 64,
+        max_in_flight_per_endpoint: 2,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script("/quick", &[Reply::Status(200); 6]);
+    receiver.always("/quick", Reply::Delay(Duration::from_secs(30)));
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/quick"), None)
+        .await;
+    for n in 0..6 {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+        receiver.wait_for(n + 1, WAIT).await;
+    }
+
+    for n in 6..18 {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+    }
+
+    let arrived = receiver.wait_for(18, Duration::from_secs(10)).await;
+    assert_eq!(
+        arrived.len(),
+        18,
+        "all twelve held requests in flight at once"
+    );
+}
+
+#[tokio::test]
 async fn a_url_check_posts_one_signed_test_event_and_stores_nothing() {
     let app = crate::helpers::spawn_app().await;
     let receiver = crate::helpers::Receiver::start().await;

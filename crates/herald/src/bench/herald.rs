@@ -66,6 +66,8 @@ pub struct HeraldUnderTest {
     env: Vec<(&'static str, String)>,
     data_dir: tempfile::TempDir,
     client: reqwest::Client,
+    /// The binary run as `herald serve`.
+    program: std::path::PathBuf,
 }
 
 impl HeraldUnderTest {
@@ -102,6 +104,10 @@ impl HeraldUnderTest {
             env,
             data_dir,
             client: reqwest::Client::new(),
+            program: match &args.server {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()?,
+            },
         };
         herald.spawn(args.processes, &[])?;
         Ok(herald)
@@ -110,9 +116,9 @@ impl HeraldUnderTest {
     fn spawn(&mut self, processes: usize, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
         let mut env = self.env.clone();
         env.extend(extra.iter().cloned());
-        let program = std::env::current_exe()?;
         for _ in 0..processes {
-            self.processes.push(ChildServer::start(&program, &env)?);
+            self.processes
+                .push(ChildServer::start(&self.program, &env)?);
         }
         Ok(())
     }

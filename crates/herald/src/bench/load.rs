@@ -23,6 +23,12 @@ pub struct Sent {
     pub accepted: usize,
     pub rejected: usize,
     pub elapsed: Duration,
+    /// Open loop: the refused messages per status (0: no answer) and per
+    /// second of sending.
+    pub refusals: std::collections::BTreeMap<u16, usize>,
+    pub refused_per_second: Vec<usize>,
+    /// Open loop: per second of sending, the API's answer times (µs), sorted.
+    pub answers_per_second: Vec<Vec<u64>>,
 }
 
 pub fn own_cpu_seconds() -> f64 {
@@ -38,6 +44,11 @@ fn body(sink: &Sink, padding: &str) -> String {
 }
 
 async fn send(client: &reqwest::Client, target: &Target, n: usize, body: String) -> bool {
+    status_of(client, target, n, body).await == 202
+}
+
+/// The API's answer to one message (0: none).
+async fn status_of(client: &reqwest::Client, target: &Target, n: usize, body: String) -> u16 {
     client
         .post(&target.urls[n % target.urls.len()])
         .bearer_auth(target.token)
@@ -45,7 +56,7 @@ async fn send(client: &reqwest::Client, target: &Target, n: usize, body: String)
         .body(body)
         .send()
         .await
-        .is_ok_and(|r| r.status().as_u16() == 202)
+        .map_or(0, |r| r.status().as_u16())
 }
 
 #[derive(Debug, Clone)]
@@ -95,8 +106,37 @@ impl ClosedLoop {
             accepted,
             rejected: self.messages - accepted,
             elapsed: started.elapsed(),
+            refusals: Default::default(),
+            refused_per_second: Vec::new(),
+            answers_per_second: Vec::new(),
         })
     }
+}
+
+/// Connections the open loop opens to each Herald before its clock starts.
+const WARM_CONNECTIONS: usize = 128;
+
+/// Opens `connections` keep-alive connections to each target (concurrent
+/// health checks) and leaves them idle in `client`'s pool, as `wrk` opens
+/// its connections before it starts: otherwise the first second of an
+/// open-loop run measures hundreds of TCP handshakes opened at once.
+async fn warm_up(client: &reqwest::Client, target: &Target, connections: usize) {
+    let mut checks = tokio::task::JoinSet::new();
+    for url in &target.urls {
+        let Some(base) = url.find("/api/v1/").map(|at| &url[..at]) else {
+            continue;
+        };
+        for _ in 0..connections {
+            let (client, health) = (client.clone(), format!("{base}/api/v1/health/"));
+            checks.spawn(async move {
+                if let Ok(answer) = client.get(health).send().await {
+                    // Read to the end, so the connection goes back to the pool.
+                    let _ = answer.bytes().await;
+                }
+            });
+        }
+    }
+    while checks.join_next().await.is_some() {}
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +153,7 @@ impl OpenLoop {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
+        warm_up(&client, target, WARM_CONNECTIONS).await;
         let padding = Arc::new("x".repeat(self.payload_bytes.saturating_sub(64)));
         let period = Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1)));
         let mut ticks = tokio::time::interval(period);
@@ -123,16 +164,40 @@ impl OpenLoop {
         for n in 0..self.messages {
             ticks.tick().await;
             let (client, target, payload) = (client.clone(), target.clone(), body(sink, &padding));
-            requests.spawn(async move { send(&client, &target, n, payload).await });
+            requests.spawn(async move {
+                let asked = Instant::now();
+                let status = status_of(&client, &target, n, payload).await;
+                (n, status, asked.elapsed().as_micros() as u64)
+            });
         }
         let mut accepted = 0;
+        let mut refusals = std::collections::BTreeMap::new();
+        let seconds = self.messages / self.rate.max(1) as usize + 1;
+        let mut refused_per_second = vec![0; seconds];
+        let mut answers_per_second = vec![Vec::new(); seconds];
         while let Some(result) = requests.join_next().await {
-            accepted += usize::from(result?);
+            let (n, status, answered_us) = result?;
+            answers_per_second[n / self.rate.max(1) as usize].push(answered_us);
+            if status == 202 {
+                accepted += 1;
+            } else {
+                *refusals.entry(status).or_default() += 1;
+                refused_per_second[n / self.rate.max(1) as usize] += 1;
+            }
         }
         Ok(Sent {
             accepted,
             rejected: self.messages - accepted,
             elapsed: started.elapsed(),
+            refusals,
+            refused_per_second,
+            answers_per_second: answers_per_second
+                .into_iter()
+                .map(|mut answers| {
+                    answers.sort_unstable();
+                    answers
+                })
+                .collect(),
         })
     }
 }

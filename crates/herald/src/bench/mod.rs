@@ -98,6 +98,14 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run this binary as the server (`PATH serve`) instead of this one:
+    /// two builds measured with the same load generator and sink.
+    #[arg(long, value_name = "PATH")]
+    pub server: Option<std::path::PathBuf>,
+    /// steady: also print, per second of sending, the deliveries and their
+    /// p50, p99 and worst latency (to stderr), to see when a tail happens.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 /// One row of the report.
@@ -359,6 +367,27 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
     let expected = sent.accepted * args.fanout;
     sink.expect(expected);
     let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
+    if args.timeline {
+        eprintln!("refused by status (0: no answer): {:?}", sent.refusals);
+        eprintln!("second deliveries p50_ms p99_ms max_ms refused answer_p50_ms answer_p99_ms");
+        for (second, count, p50, p99, max) in delivered.timeline() {
+            let at = second as usize;
+            let refused = sent.refused_per_second.get(at).unwrap_or(&0);
+            let answers = sent
+                .answers_per_second
+                .get(at)
+                .map_or(&[][..], Vec::as_slice);
+            let answer = |p: f64| match answers.len() {
+                0 => f64::NAN,
+                n => answers[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
+            };
+            eprintln!(
+                "{second} {count} {p50:.1} {p99:.1} {max:.1} {refused} {:.1} {:.1}",
+                answer(0.5),
+                answer(0.99)
+            );
+        }
+    }
     let scenario = format!("steady {}/s for {} s", args.rate, args.duration);
     let mut row = Row::for_run(scenario, args, args.fanout, messages)
         .sent(&sent)

@@ -24,7 +24,8 @@ struct Shared {
     count_refused: bool,
     expected: AtomicU64,
     received: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
+    /// (sent at, latency), µs since `epoch`, per delivery with a probe.
+    latencies_us: Mutex<Vec<(u64, u64)>>,
     seen: Mutex<HashSet<(String, String)>>,
     duplicates: AtomicU64,
     first: Mutex<Option<Instant>>,
@@ -67,6 +68,8 @@ pub struct Delivered {
     /// From the first message sent to the last delivery received.
     pub elapsed: Duration,
     latencies_us: Vec<u64>,
+    /// (sent at, latency) in µs, in the order they arrived.
+    samples_us: Vec<(u64, u64)>,
 }
 
 impl Delivered {
@@ -76,6 +79,31 @@ impl Delivered {
         }
         let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us[index] as f64 / 1000.0
+    }
+
+    /// Per second of sending: deliveries, p50, p99 and the worst latency
+    /// (ms) of the messages sent in it, from the first message's second.
+    pub fn timeline(&self) -> Vec<(u64, usize, f64, f64, f64)> {
+        let Some(first) = self.samples_us.iter().map(|(sent, _)| *sent).min() else {
+            return Vec::new();
+        };
+        let mut seconds: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for (sent, latency) in &self.samples_us {
+            seconds
+                .entry((sent - first) / 1_000_000)
+                .or_default()
+                .push(*latency);
+        }
+        seconds
+            .into_iter()
+            .map(|(second, mut latencies)| {
+                latencies.sort_unstable();
+                let at = |p: f64| {
+                    latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+                };
+                (second, latencies.len(), at(0.5), at(0.99), at(1.0))
+            })
+            .collect()
     }
 }
 
@@ -91,7 +119,7 @@ async fn receive(
             .latencies_us
             .lock()
             .expect("latencies")
-            .push(now.saturating_sub(probe.data.sent_us));
+            .push((probe.data.sent_us, now.saturating_sub(probe.data.sent_us)));
     }
     let id = headers
         .get("webhook-id")
@@ -219,8 +247,8 @@ impl Sink {
         .await
         .is_ok();
         let started = (*self.shared.first.lock().expect("first")).unwrap_or_else(Instant::now);
-        let mut latencies_us =
-            std::mem::take(&mut *self.shared.latencies_us.lock().expect("latencies"));
+        let samples_us = std::mem::take(&mut *self.shared.latencies_us.lock().expect("latencies"));
+        let mut latencies_us: Vec<u64> = samples_us.iter().map(|(_, latency)| *latency).collect();
         latencies_us.sort_unstable();
         Delivered {
             count: self.shared.received.load(Ordering::Acquire),
@@ -228,6 +256,7 @@ impl Sink {
             complete,
             elapsed: started.elapsed(),
             latencies_us,
+            samples_us,
         }
     }
 }

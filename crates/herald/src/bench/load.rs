@@ -117,19 +117,22 @@ impl ClosedLoop {
 const WARM_CONNECTIONS: usize = 128;
 
 /// Opens `connections` keep-alive connections to each target (concurrent
-/// health checks) and leaves them idle in `client`'s pool, as `wrk` opens
-/// its connections before it starts: otherwise the first second of an
-/// open-loop run measures hundreds of TCP handshakes opened at once.
+/// reads of the app the messages go to) and leaves them idle in `client`'s
+/// pool, as `wrk` opens its connections before it starts: otherwise the
+/// first second of an open-loop run measures hundreds of TCP handshakes
+/// opened at once. (Not the health route: it writes a probe row, and 128
+/// writes of one row queue behind each other.)
 async fn warm_up(client: &reqwest::Client, target: &Target, connections: usize) {
     let mut checks = tokio::task::JoinSet::new();
     for url in &target.urls {
-        let Some(base) = url.find("/api/v1/").map(|at| &url[..at]) else {
+        let Some(app) = url.strip_suffix("msg/") else {
             continue;
         };
         for _ in 0..connections {
-            let (client, health) = (client.clone(), format!("{base}/api/v1/health/"));
+            let (client, app) = (client.clone(), app.to_owned());
+            let token = target.token;
             checks.spawn(async move {
-                if let Ok(answer) = client.get(health).send().await {
+                if let Ok(answer) = client.get(app).bearer_auth(token).send().await {
                     // Read to the end, so the connection goes back to the pool.
                     let _ = answer.bytes().await;
                 }

@@ -232,8 +232,19 @@ const INSERT_MESSAGES_SQL: &str = "WITH m AS (
      )
      SELECT id FROM m";
 
+/// Settings of the connection that accepts messages (commits stay
+/// synchronous: a 202 is durable). Its context query (`BATCH_CONTEXT_SQL`)
+/// was planned anew at every batch — PostgreSQL kept preferring a custom
+/// plan for its `= ANY($1)` lookups — and planning cost five times its
+/// execution (1,054 against 206 ms over 20,000 messages,
+/// `pg_stat_statements`). A generic plan is made once per connection, and
+/// without sequential scans it is index lookups however young the tables
+/// were when it was made.
+const MESSAGE_SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
+
 impl Batched for NewMessage {
     type Output = CreatedMessage;
+    const SESSION: &'static str = MESSAGE_SESSION;
 
     fn write<'a>(
         conn: &'a mut PgConnection,

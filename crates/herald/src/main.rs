@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_tool_logging();
             // Stopped by a signal, the run is dropped, and with it the
             // `herald serve` children and their database connections
             // (before, they outlived a killed bench).
@@ -103,11 +103,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Token(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_tool_logging();
             herald::tokens::run(args).await
         }
         Command::Listen(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_tool_logging();
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             herald::listen::run(args, shutdown).await
@@ -133,6 +133,16 @@ fn init_logging(filter: &str, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Warnings and errors of the tools whose standard output is their result
+/// (`bench --json`, `token create`, `listen`) go to standard error: a slow
+/// statement's warning in the middle of `bench --json` made it unreadable.
+fn init_tool_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// SIGINT or SIGTERM starts a graceful shutdown.

@@ -319,6 +319,26 @@ pub fn postgres_cpu_seconds() -> f64 {
         .sum()
 }
 
+/// CPU time the hypervisor gave to other machines while this one had work
+/// (`steal` in /proc/stat, all CPUs), in seconds: on a shared virtual
+/// machine, runs are comparable only when it is similar.
+pub fn stolen_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            // "cpu  user nice system idle iowait irq softirq steal …"
+            let total = stat
+                .lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<f64>()
+                .ok()?;
+            Some(total / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// User plus system CPU time of a process (`self` or a pid), in seconds
 /// (Linux, 100 ticks per second).
 pub fn cpu_seconds_of(process: &str) -> f64 {

@@ -131,6 +131,9 @@ pub struct Row {
     /// (all of them, whichever database they serve) during the
     /// measurement; 0 on SQLite, whose work is counted in Herald's.
     pub database_cpu_seconds: f64,
+    /// CPU time the hypervisor took from this machine during the
+    /// measurement (all CPUs): runs are comparable when it is similar.
+    pub steal_seconds: f64,
     /// From the end of the load (the last message accepted) to the last
     /// delivery: how long the backlog took to drain.
     pub drain_seconds: f64,
@@ -239,6 +242,7 @@ impl Row {
             herald_cpu_seconds: 0.0,
             generator_cpu_seconds: 0.0,
             database_cpu_seconds: 0.0,
+            steal_seconds: 0.0,
             drain_seconds: 0.0,
             duplicates: 0,
             refused: 0,
@@ -280,6 +284,7 @@ impl Row {
         if self.database == "postgres" {
             self.database_cpu_seconds = herald::postgres_cpu_seconds() - meter.database;
         }
+        self.steal_seconds = herald::stolen_cpu_seconds() - meter.steal;
         self
     }
 }
@@ -289,6 +294,7 @@ struct Meter {
     herald: f64,
     generator: f64,
     database: f64,
+    steal: f64,
 }
 
 impl Meter {
@@ -297,6 +303,7 @@ impl Meter {
             herald: herald.cpu_seconds(),
             generator: load::own_cpu_seconds(),
             database: herald::postgres_cpu_seconds(),
+            steal: herald::stolen_cpu_seconds(),
         }
     }
 }
@@ -522,7 +529,7 @@ fn print_header() {
 
 fn header_line() -> String {
     format!(
-        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10} {:>11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "scenario",
         "database",
         "p",
@@ -537,7 +544,8 @@ fn header_line() -> String {
         "gen CPU",
         "DB CPU",
         "drain s",
-        "refused"
+        "refused",
+        "steal s"
     )
 }
 
@@ -547,7 +555,7 @@ fn print_row(row: &Row) {
 
 fn row_line(row: &Row) -> String {
     format!(
-        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8}",
+        "{:<28} {:<8} {:>2} {:>4} {:>7} {:>10.0} {:>11.0} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8} {:>7.1}",
         row.scenario,
         row.database,
         row.processes,
@@ -562,6 +570,7 @@ fn row_line(row: &Row) -> String {
         row.generator_cpu_seconds,
         row.database_cpu_seconds,
         row.drain_seconds,
-        row.refused
+        row.refused,
+        row.steal_seconds
     )
 }

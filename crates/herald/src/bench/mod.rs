@@ -103,7 +103,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<std::path::PathBuf>,
     /// steady: also print, per second of sending, the deliveries and their
-    /// p50, p99 and worst latency (to stderr), to see when a tail happens.
+    /// p50, p99 and worst latency, the refusals, the API's answer times and
+    /// the CPU the hypervisor stole (to stderr), to see when a tail happens
+    /// and whether the machine caused it.
     #[arg(long)]
     pub timeline: bool,
 }
@@ -289,6 +291,35 @@ impl Row {
     }
 }
 
+/// Reads the machine's stolen CPU time every second while a load runs.
+struct StealSampler {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StealSampler {
+    fn start() -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let written = samples.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                let now = herald::stolen_cpu_seconds();
+                written.lock().expect("steal samples").push(now);
+            }
+        });
+        Self { samples, task }
+    }
+
+    /// The CPU seconds stolen in each second since the start.
+    fn per_second(self) -> Vec<f64> {
+        self.task.abort();
+        let samples = self.samples.lock().expect("steal samples");
+        samples.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
 /// CPU counters at the start of a measurement.
 struct Meter {
     herald: f64,
@@ -367,7 +398,9 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
         messages,
         payload_bytes: args.payload_bytes,
     };
+    let steal = args.timeline.then(StealSampler::start);
     let sent = load.run(&target, &sink).await?;
+    let steal = steal.map(StealSampler::per_second).unwrap_or_default();
     // Messages the API refused (429/503 under overload) are never
     // delivered: the wait is for the accepted ones, and the row says how
     // many were refused.
@@ -376,7 +409,9 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
     let delivered = sink.wait_for_all(Duration::from_secs(120)).await;
     if args.timeline {
         eprintln!("refused by status (0: no answer): {:?}", sent.refusals);
-        eprintln!("second deliveries p50_ms p99_ms max_ms refused answer_p50_ms answer_p99_ms");
+        eprintln!(
+            "second deliveries p50_ms p99_ms max_ms refused answer_p50_ms answer_p99_ms steal_s"
+        );
         for (second, count, p50, p99, max) in delivered.timeline() {
             let at = second as usize;
             let refused = sent.refused_per_second.get(at).unwrap_or(&0);
@@ -389,9 +424,10 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
                 n => answers[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
             };
             eprintln!(
-                "{second} {count} {p50:.1} {p99:.1} {max:.1} {refused} {:.1} {:.1}",
+                "{second} {count} {p50:.1} {p99:.1} {max:.1} {refused} {:.1} {:.1} {:.2}",
                 answer(0.5),
-                answer(0.99)
+                answer(0.99),
+                steal.get(at).copied().unwrap_or(f64::NAN)
             );
         }
     }

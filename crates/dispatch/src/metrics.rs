@@ -160,7 +160,7 @@ impl Metrics {
         .expect("valid metric");
         let db_queued_writes = IntGauge::new(
             "herald_db_queued_writes",
-            "Writes waiting for the SQLite writer thread (0 on PostgreSQL).",
+            "Writes waiting for the SQLite writer thread, or for PostgreSQL's group-commit writers (messages, attempts, give-backs).",
         )
         .expect("valid metric");
         let endpoint_failures = IntGaugeVec::new(

@@ -697,6 +697,54 @@ async fn postgresql_tables_that_grew_are_analyzed_without_autovacuum() {
 }
 
 #[tokio::test]
+async fn postgresql_reports_the_writes_queued_for_its_group_commit_writers() {
+    use sqlx::Connection;
+    for (name, backend) in backends().await {
+        let Some(schema) = backend.schema.clone() else {
+            continue;
+        };
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/queued").await;
+        assert_eq!(store.pool_usage().queued_writes, 0, "{name}: idle");
+        // Another session holds the messages table: the writer's insert
+        // waits, and messages sent meanwhile wait in its queue.
+        let url = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut lock = holder.begin().await.unwrap();
+        sqlx::query(&format!(
+            "LOCK TABLE \"{}\".messages IN EXCLUSIVE MODE",
+            schema.replace('"', "")
+        ))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+        // The first batch the writer takes is stuck in its insert; the
+        // messages sent after it wait in the queue.
+        let mut sends = tokio::task::JoinSet::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.pool_usage().queued_writes == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: messages held behind a locked table never showed as queued"
+            );
+            let store = backend.store.clone();
+            sends.spawn(async move {
+                store
+                    .create_message(app, message("call.started", None), None, None)
+                    .await
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        lock.rollback().await.unwrap();
+        while let Some(created) = sends.join_next().await {
+            created.unwrap().unwrap();
+        }
+        assert_eq!(store.pool_usage().queued_writes, 0, "{name}: drained");
+    }
+}
+
+#[tokio::test]
 async fn unleased_new_work_wakes_waiting_workers_on_postgresql() {
     for (name, backend) in backends().await {
         if name != "postgres" {

@@ -69,7 +69,7 @@ pub(crate) struct Batcher<B: Batched> {
 impl<B: Batched> std::fmt::Debug for Batcher<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
-            .field("queued", &(QUEUE - self.queue.capacity()))
+            .field("queued", &self.queued())
             .finish()
     }
 }
@@ -82,6 +82,11 @@ impl<B: Batched> Batcher<B> {
             tokio::spawn(writer(pool.clone(), receiver.clone()));
         }
         Self { queue }
+    }
+
+    /// Items waiting for the writer (not those in the batch being written).
+    pub(crate) fn queued(&self) -> usize {
+        QUEUE - self.queue.capacity()
     }
 
     /// Queues `item` and waits until the transaction carrying it commits.

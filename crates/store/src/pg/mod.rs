@@ -494,7 +494,9 @@ crate::delegate::delegated!(pg_store {
             connections: u64::from(self.pool.size()),
             idle: self.pool.num_idle() as u64,
             max: u64::from(self.pool.options().get_max_connections()),
-            queued_writes: 0,
+            queued_writes: (self.messages.queued()
+                + self.attempts.queued()
+                + self.releases.queued()) as u64,
         }
     }
     async fn ping(&self) -> StoreResult<()> {

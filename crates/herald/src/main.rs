@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let settings = Settings::from_args(*args)?;
-            init_logging(&settings.log, settings.log_format);
+            init_logging(&settings.log, settings.log_format, std::io::stdout);
             let application = Application::build(settings).await?;
             if let Some(token) = &application.generated_admin_token {
                 println!("Generated an admin token (shown once, only its hash is stored):\n\n    {token}\n");
@@ -125,24 +125,27 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(filter: &str, format: LogFormat) {
+/// `serve` logs to standard output; the tools whose standard output is
+/// their result (`bench --json`, `token create`, `listen`) log to standard
+/// error (a slow statement's warning in the middle of `bench --json` made
+/// it unreadable).
+fn init_logging<W>(filter: &str, format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-/// Warnings and errors of the tools whose standard output is their result
-/// (`bench --json`, `token create`, `listen`) go to standard error: a slow
-/// statement's warning in the middle of `bench --json` made it unreadable.
 fn init_tool_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("warn", LogFormat::Text, std::io::stderr);
 }
 
 /// SIGINT or SIGTERM starts a graceful shutdown.

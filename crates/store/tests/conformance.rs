@@ -693,6 +693,17 @@ async fn postgresql_tables_that_grew_are_analyzed_without_autovacuum() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
+        // With a small sample (statistics target 10), a unique column's
+        // histogram has 11 bounds (101 at the default target).
+        let bounds: Option<i32> = sqlx::query_scalar(
+            "SELECT array_length(histogram_bounds::text::text[], 1) FROM pg_stats
+             WHERE schemaname = $1 AND tablename = 'messages' AND attname = 'id'",
+        )
+        .bind(schema.clone())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(bounds, Some(11), "{name}: the keeper's sample is small");
     }
 }
 

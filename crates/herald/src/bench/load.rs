@@ -18,7 +18,7 @@ pub struct Target {
 }
 
 /// What the sending side saw.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Sent {
     pub accepted: usize,
     pub rejected: usize,
@@ -106,15 +106,16 @@ impl ClosedLoop {
             accepted,
             rejected: self.messages - accepted,
             elapsed: started.elapsed(),
-            refusals: Default::default(),
-            refused_per_second: Vec::new(),
-            answers_per_second: Vec::new(),
+            ..Sent::default()
         })
     }
 }
 
 /// Connections the open loop opens to each Herald before its clock starts.
 const WARM_CONNECTIONS: usize = 128;
+/// The warm-up's bound: a server that accepts and never answers must not
+/// hold the run before it starts (the run itself then shows the trouble).
+const WARM_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Opens `connections` keep-alive connections to each target (concurrent
 /// reads of the app the messages go to) and leaves them idle in `client`'s
@@ -156,7 +157,8 @@ impl OpenLoop {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
-        warm_up(&client, target, WARM_CONNECTIONS).await;
+        let _ =
+            tokio::time::timeout(WARM_UP_LIMIT, warm_up(&client, target, WARM_CONNECTIONS)).await;
         let padding = Arc::new("x".repeat(self.payload_bytes.saturating_sub(64)));
         let period = Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1)));
         let mut ticks = tokio::time::interval(period);
@@ -180,12 +182,13 @@ impl OpenLoop {
         let mut answers_per_second = vec![Vec::new(); seconds];
         while let Some(result) = requests.join_next().await {
             let (n, status, answered_us) = result?;
-            answers_per_second[n / self.rate.max(1) as usize].push(answered_us);
+            let second = n / self.rate.max(1) as usize;
+            answers_per_second[second].push(answered_us);
             if status == 202 {
                 accepted += 1;
             } else {
                 *refusals.entry(status).or_default() += 1;
-                refused_per_second[n / self.rate.max(1) as usize] += 1;
+                refused_per_second[second] += 1;
             }
         }
         Ok(Sent {

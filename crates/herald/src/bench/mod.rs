@@ -419,10 +419,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
                 .answers_per_second
                 .get(at)
                 .map_or(&[][..], Vec::as_slice);
-            let answer = |p: f64| match answers.len() {
-                0 => f64::NAN,
-                n => answers[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
-            };
+            let answer = |p| sink::percentile_ms(answers, p);
             eprintln!(
                 "{second} {count} {p50:.1} {p99:.1} {max:.1} {refused} {:.1} {:.1} {:.2}",
                 answer(0.5),

@@ -72,13 +72,19 @@ pub struct Delivered {
     samples_us: Vec<(u64, u64)>,
 }
 
+/// The `p` quantile (nearest rank) of sorted µs values, in ms; NaN when
+/// there are none.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[index] as f64 / 1000.0
+}
+
 impl Delivered {
     pub fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[index] as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
 
     /// Per second of sending: deliveries, p50, p99 and the worst latency
@@ -98,9 +104,7 @@ impl Delivered {
             .into_iter()
             .map(|(second, mut latencies)| {
                 latencies.sort_unstable();
-                let at = |p: f64| {
-                    latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
-                };
+                let at = |p| percentile_ms(&latencies, p);
                 (second, latencies.len(), at(0.5), at(0.99), at(1.0))
             })
             .collect()

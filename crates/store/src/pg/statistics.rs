@@ -56,6 +56,23 @@ fn overdue(known_rows: f64, changed: i64) -> f64 {
     changed as f64 / (BASE_CHANGES + SHARE_CHANGED * known_rows.max(0.0))
 }
 
+/// Of `(table, rows the statistics know, changes since)`, the one of ours
+/// most past its due point, if any is due. One table per look: the others
+/// wait for the next, so the runs (and the plans they invalidate) are
+/// spread out in time.
+fn most_overdue(counts: Vec<(String, f64, i64)>) -> Option<String> {
+    counts
+        .into_iter()
+        // Only names from TABLES or of partitions reach the statement.
+        .filter(|(table, _, _)| {
+            TABLES.contains(&table.as_str()) || super::partitions::is_partition(table)
+        })
+        .map(|(table, known, changed)| (overdue(known, changed), table))
+        .filter(|(past, _)| *past >= 1.0)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, table)| table)
+}
+
 /// Analyzes the busy tables that are due, unless another process is doing
 /// it; returns those analyzed.
 pub(crate) async fn refresh(pool: &PgPool) -> StoreResult<Vec<String>> {
@@ -81,22 +98,13 @@ pub(crate) async fn refresh(pool: &PgPool) -> StoreResult<Vec<String>> {
     .fetch_all(&mut *transaction)
     .await
     .map_err(db)?;
-    // The most overdue table only: the others wait for the next look, so
-    // the runs (and the plans they invalidate) are spread out in time.
-    let mut most: Option<(f64, String)> = None;
-    for row in rows {
-        let table: String = row.try_get(0).map_err(db)?;
-        let known: f64 = row.try_get(1).map_err(db)?;
-        let changed: i64 = row.try_get(2).map_err(db)?;
-        // Only names from TABLES or of partitions reach the statement.
-        let ours = TABLES.contains(&table.as_str()) || super::partitions::is_partition(&table);
-        let past = overdue(known, changed);
-        if ours && past >= 1.0 && most.as_ref().is_none_or(|(worst, _)| past > *worst) {
-            most = Some((past, table));
-        }
-    }
+    let counts = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db)?;
     let mut analyzed = Vec::new();
-    if let Some((_, table)) = most {
+    if let Some(table) = most_overdue(counts) {
         sqlx::query(SMALL_SAMPLE)
             .execute(&mut *transaction)
             .await
@@ -127,7 +135,35 @@ pub(crate) async fn keep(pool: PgPool) {
 
 #[cfg(test)]
 mod tests {
-    use super::overdue;
+    use super::{most_overdue, overdue};
+
+    #[test]
+    fn one_look_analyzes_only_the_most_overdue_of_its_own_tables() {
+        let counts = |rows: &[(&str, f64, i64)]| {
+            rows.iter()
+                .map(|(t, k, c)| (t.to_string(), *k, *c))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            most_overdue(counts(&[
+                ("messages", 10_000.0, 12_000),
+                ("deliveries", -1.0, 5_000),
+                ("attempts_20261130", 0.0, 2_000),
+            ])),
+            Some("deliveries".to_owned()),
+            "three due, the one furthest past its point"
+        );
+        assert_eq!(
+            most_overdue(counts(&[("messages", 10_000.0, 10_999)])),
+            None,
+            "none due"
+        );
+        assert_eq!(
+            most_overdue(counts(&[("someone_elses", -1.0, 1_000_000)])),
+            None,
+            "not ours"
+        );
+    }
 
     #[test]
     fn a_table_is_due_after_a_thousand_changes_plus_as_many_as_its_rows() {

@@ -28,6 +28,8 @@ pub struct Metrics {
     deliveries_exhausted: IntCounter,
     manual_attempts: IntCounter,
     endpoints_auto_disabled: IntCounter,
+    dispatch_pauses: IntCounter,
+    dispatch_paused: IntGauge,
     api_requests: IntCounterVec,
     queue: IntGaugeVec,
     endpoints: IntGaugeVec,
@@ -97,6 +99,15 @@ impl Metrics {
             "herald_endpoints_auto_disabled_total",
             "Endpoints this process disabled because every attempt failed.",
         );
+        let dispatch_pauses = counter(
+            "herald_dispatch_pauses_total",
+            "Times this process paused claiming deliveries because Herald itself failed to send one (class local: descriptors, memory, local ports).",
+        );
+        let dispatch_paused = IntGauge::new(
+            "herald_dispatch_paused",
+            "1 while this process's claims are paused after Herald's own failure (until a probe delivery goes out).",
+        )
+        .expect("valid metric");
         let attempts = IntCounterVec::new(
             Opts::new(
                 "herald_attempts_total",
@@ -194,6 +205,7 @@ impl Metrics {
             Box::new(db_connections.clone()),
             Box::new(db_max_connections.clone()),
             Box::new(db_queued_writes.clone()),
+            Box::new(dispatch_paused.clone()),
             Box::new(build_info),
             Box::new(endpoint_failures.clone()),
             Box::new(endpoint_disabled.clone()),
@@ -210,6 +222,8 @@ impl Metrics {
             deliveries_exhausted,
             manual_attempts,
             endpoints_auto_disabled,
+            dispatch_pauses,
+            dispatch_paused,
             api_requests,
             queue,
             endpoints,
@@ -257,6 +271,14 @@ impl Metrics {
         if record.exhausted {
             self.deliveries_exhausted.inc();
         }
+    }
+
+    /// Claims paused (`true`: a pause began) or resumed.
+    pub fn dispatch_paused(&self, paused: bool) {
+        if paused {
+            self.dispatch_pauses.inc();
+        }
+        self.dispatch_paused.set(i64::from(paused));
     }
 
     pub fn endpoint_auto_disabled(&self) {

@@ -23,8 +23,10 @@ use crate::alerts::{AlertConfig, EmailConfig, Mailer};
 use crate::http::{build_body, endpoint_body, HttpSender, SendResult};
 use crate::metrics::{AttemptRecord, Metrics};
 
+mod cooldown;
 mod health;
 mod shares;
+use cooldown::{Change, Cooldown, Signal};
 use shares::EndpointLoad;
 
 #[derive(Debug, Clone)]
@@ -88,10 +90,6 @@ impl Default for DispatchConfig {
     }
 }
 
-/// How soon a delivery that failed for want of Herald's own resources
-/// (descriptors, buffers, memory) is tried again (±20 %).
-const LOCAL_FAILURE_RETRY: Duration = Duration::from_secs(2);
-
 /// What one dispatch step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -99,6 +97,9 @@ pub enum StepOutcome {
     Claimed(usize),
     /// Every slot is busy; nothing was claimed.
     Saturated,
+    /// Herald's own resources failed a delivery: claims wait for the
+    /// cool-down (see `cooldown`).
+    Paused,
 }
 
 #[derive(Debug)]
@@ -118,6 +119,8 @@ pub struct Dispatcher {
     mailer: Option<Arc<Mailer>>,
     /// Endpoints whose success-rate drop is open (seen by this process).
     rate_drops: Mutex<std::collections::HashSet<EndpointId>>,
+    /// Pauses claims after Herald's own failures.
+    cooldown: Mutex<Cooldown>,
     tasks: TaskTracker,
 }
 
@@ -146,6 +149,7 @@ impl Dispatcher {
         Ok(Arc::new(Self {
             mailer,
             rate_drops: Mutex::new(std::collections::HashSet::new()),
+            cooldown: Mutex::new(Cooldown::new()),
             store,
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             sender,
@@ -160,7 +164,10 @@ impl Dispatcher {
     /// A lease for deliveries the API is about to create, when this process
     /// has room to send them now; `None` leaves them to be claimed later.
     pub fn claim_for_new_work(&self) -> Option<Claim> {
-        if self.tasks.is_closed() || self.slots.available_permits() == 0 {
+        if self.tasks.is_closed()
+            || self.slots.available_permits() == 0
+            || !self.cooldown.lock().expect("cool-down").running()
+        {
             return None;
         }
         let now = now_ms();
@@ -210,6 +217,14 @@ impl Dispatcher {
         if free == 0 {
             return Ok(StepOutcome::Saturated);
         }
+        let free = self
+            .cooldown
+            .lock()
+            .expect("cool-down")
+            .allowance(std::time::Instant::now(), free);
+        if free == 0 {
+            return Ok(StepOutcome::Paused);
+        }
         let Ok(mut permits) = self.slots.clone().try_acquire_many_owned(free as u32) else {
             return Ok(StepOutcome::Saturated);
         };
@@ -220,6 +235,7 @@ impl Dispatcher {
         };
         let jobs = self.store.claim_due(claim, free, self.saturated()).await?;
         let claimed = jobs.len();
+        self.cooldown.lock().expect("cool-down").claimed(claimed);
         for (job, body) in with_bodies(jobs) {
             let permit = permits.split(1).expect("one permit per claimed job");
             self.start(job, body, permit, tracing::Span::none());
@@ -234,6 +250,20 @@ impl Dispatcher {
             let full_batch = match self.try_dispatch_due().await {
                 Ok(StepOutcome::Claimed(n)) => n > 0 && n == self.config.claim_batch,
                 Ok(StepOutcome::Saturated) => false,
+                Ok(StepOutcome::Paused) => {
+                    // Until the pause ends, or the probe settles (it rings `wake`).
+                    let remaining = self
+                        .cooldown
+                        .lock()
+                        .expect("cool-down")
+                        .remaining(std::time::Instant::now());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(remaining.unwrap_or(self.config.idle_poll)) => {}
+                    }
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "claiming due deliveries failed; will retry");
                     false
@@ -366,7 +396,8 @@ impl Dispatcher {
             Some(ErrorClass::Local | ErrorClass::Transformation) => None,
             _ => Some(result.succeeded().then_some(result.duration)),
         };
-        let outcome = self.outcome(job, &result, started_at);
+        let local_retry = self.settle_cooldown(&result);
+        let outcome = self.outcome(job, &result, started_at, local_retry);
         let retry = matches!(outcome.next, NextStep::RetryAt(_));
         self.config.metrics.attempt(AttemptRecord {
             error: result.error,
@@ -430,20 +461,51 @@ impl Dispatcher {
         answer
     }
 
+    /// Tells the cool-down what an attempt said of Herald's own resources;
+    /// after a local failure, returns when that delivery is to be tried
+    /// again (once the pause is over).
+    fn settle_cooldown(&self, result: &SendResult) -> Option<Duration> {
+        let signal = match result.error {
+            Some(ErrorClass::Local) => Signal::LocalFailure,
+            Some(ErrorClass::Transformation) => Signal::Neither,
+            _ => Signal::Sent,
+        };
+        let now = std::time::Instant::now();
+        let mut cooldown = self.cooldown.lock().expect("cool-down");
+        match cooldown.settle(now, signal) {
+            Change::Paused(pause) => {
+                self.config.metrics.dispatch_paused(true);
+                tracing::warn!(
+                    error = %result.body,
+                    pause_ms = pause.as_millis() as u64,
+                    "Herald itself failed to send a delivery (class local); claims pause, then one delivery probes"
+                );
+            }
+            Change::Resumed => {
+                self.config.metrics.dispatch_paused(false);
+                self.wake.notify_one();
+                tracing::info!("a probe delivery went out; dispatch resumes");
+            }
+            Change::None => {}
+        }
+        (signal == Signal::LocalFailure).then(|| cooldown.retry_delay(now, rand::random::<f64>()))
+    }
+
     fn outcome(
         &self,
         job: &DeliveryJob,
         result: &SendResult,
         started_at: Timestamp,
+        local_retry: Option<Duration>,
     ) -> AttemptOutcome {
         let attempts_made = job.attempts_made + 1;
         let gone = result.status == 410;
         let next = if result.succeeded() {
             NextStep::Succeeded
-        } else if result.error == Some(ErrorClass::Local) {
-            // Nothing reached the receiver: try again soon, whatever the
-            // trigger, without spending one of the policy's attempts.
-            let delay = herald_domain::retry::jitter(LOCAL_FAILURE_RETRY, rand::random::<f64>());
+        } else if let Some(delay) = local_retry {
+            // Nothing reached the receiver: try again after the cool-down,
+            // whatever the trigger, without spending one of the policy's
+            // attempts.
             NextStep::RetryAt(now_ms() + delay.as_millis() as i64)
         } else if gone || job.trigger == Trigger::Manual {
             NextStep::Failed

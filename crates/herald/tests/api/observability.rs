@@ -328,3 +328,61 @@ async fn per_endpoint_series_follow_each_endpoints_failures_when_enabled() {
         .count();
     assert_eq!(series, 2);
 }
+
+/// Herald's own failures (class `local`) are not the receiver's and keep
+/// their attempts; they pause the dispatcher instead of being retried in a
+/// loop. The source address here cannot be bound (TEST-NET-1 is not this
+/// machine's), so every send fails before any connect.
+#[tokio::test]
+async fn herald_s_own_failures_pause_claims_and_one_probe_tests_the_water() {
+    let app = spawn_app_with(Options {
+        network: herald_dispatch::Network {
+            source_address: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    for n in 0..30 {
+        let (status, body) = app
+            .post(
+                &format!("/app/{tenant}/msg/"),
+                json!({"eventType": "call.completed", "payload": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let local = &[("outcome", "failure"), ("error_class", "local")];
+
+    // The first failure paused claims; the probe sent after the first pause
+    // failed too and doubled it.
+    let probed = eventually(Duration::from_secs(30), "the probe's failure", || async {
+        let scrape = scrape(&app).await;
+        (value(&scrape, "herald_dispatch_pauses_total", &[]) == 2.0).then_some(scrape)
+    })
+    .await;
+    assert_eq!(value(&probed, "herald_dispatch_paused", &[]), 1.0);
+    let failed = value(&probed, "herald_attempts_total", local);
+    // At most one attempt per message before the pause (those already
+    // out), then one probe: with retries every 2 s the 30 would have come
+    // round again.
+    assert!(
+        (2.0..=31.0).contains(&failed),
+        "{failed} local failures after the first pause"
+    );
+    // The second pause (4 s) holds: nothing more is attempted during it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = scrape(&app).await;
+    assert_eq!(value(&held, "herald_attempts_total", local), failed);
+    assert_eq!(value(&held, "herald_dispatch_pauses_total", &[]), 2.0);
+    // None of it is charged to the endpoint, and nothing was lost.
+    assert_eq!(value(&held, "herald_retries_scheduled_total", &[]), failed);
+    assert_eq!(value(&held, "herald_deliveries_exhausted_total", &[]), 0.0);
+    assert!(receiver.requests().is_empty());
+    let (_, messages) = app.get(&format!("/app/{tenant}/msg/?limit=50")).await;
+    assert_eq!(messages["data"].as_array().unwrap().len(), 30);
+}

@@ -67,7 +67,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the database takes writes: an error while they fail (a
     /// full disk, a read-only file system), so that the health check can
     /// say so. SQLite answers from its last write batch and tries a probe
-    /// write only while those fail; PostgreSQL always writes the probe row.
+    /// write only while those fail; PostgreSQL writes a probe row unless a
+    /// write of this process succeeded in the last 2 s, none failing since.
     async fn check_writes(&self) -> StoreResult<()>;
     /// Deliveries waiting and endpoints in trouble, for `/metrics`.
     async fn queue_gauges(&self, now: Timestamp) -> StoreResult<QueueGauges>;

@@ -756,6 +756,71 @@ async fn postgresql_reports_the_writes_queued_for_its_group_commit_writers() {
 }
 
 #[tokio::test]
+async fn postgresql_health_checks_write_a_probe_only_when_no_recent_write_vouches() {
+    use sqlx::Connection;
+    for (name, backend) in backends().await {
+        let Some(schema) = backend.schema.clone() else {
+            continue;
+        };
+        let schema = schema.replace('"', "");
+        let store = backend.store.as_ref();
+        let url = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let probe_at = async |conn: &mut sqlx::PgConnection| -> Option<i64> {
+            sqlx::query_scalar(&format!("SELECT at FROM \"{schema}\".store_probe"))
+                .fetch_optional(conn)
+                .await
+                .unwrap()
+        };
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/probe").await;
+
+        // A message just written vouches: checks in a row write nothing.
+        store
+            .create_message(app, message("call.started", None), None, None)
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            store.check_writes().await.unwrap();
+        }
+        assert_eq!(probe_at(&mut other).await, None, "{name}: no probe written");
+
+        // Nothing written lately: one probe, which then vouches itself.
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        store.check_writes().await.unwrap();
+        let first = probe_at(&mut other).await;
+        assert!(first.is_some(), "{name}: the probe was written");
+        store.check_writes().await.unwrap();
+        assert_eq!(probe_at(&mut other).await, first, "{name}: once");
+
+        // A failed write is not hidden by the success before it: the next
+        // check probes, and reports the probe's failure.
+        for table in ["messages", "store_probe"] {
+            sqlx::query(&format!(
+                "ALTER TABLE \"{schema}\".{table} ADD CONSTRAINT refuse_all CHECK (FALSE) NOT VALID"
+            ))
+            .execute(&mut other)
+            .await
+            .unwrap();
+        }
+        let refused = store
+            .create_message(app, message("call.started", None), None, None)
+            .await;
+        assert!(refused.is_err(), "{name}: the write failed");
+        assert!(store.check_writes().await.is_err(), "{name}: {refused:?}");
+        sqlx::query(&format!(
+            "ALTER TABLE \"{schema}\".store_probe DROP CONSTRAINT refuse_all"
+        ))
+        .execute(&mut other)
+        .await
+        .unwrap();
+        store.check_writes().await.unwrap();
+        assert!(probe_at(&mut other).await > first, "{name}: probed again");
+        other.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn unleased_new_work_wakes_waiting_workers_on_postgresql() {
     for (name, backend) in backends().await {
         if name != "postgres" {

@@ -66,6 +66,55 @@ pub(crate) struct Batcher<B: Batched> {
     queue: mpsc::Sender<Pending<B>>,
 }
 
+/// How recent this process's last successful write is, and whether one has
+/// failed since: the health check writes a probe row only when no write has
+/// shown lately that the database takes them (a probe per call was a
+/// synced write per load-balancer check).
+#[derive(Debug, Default)]
+pub(crate) struct RecentWrites {
+    state: std::sync::Mutex<(Option<std::time::Instant>, bool)>,
+    /// One probe at a time; callers waiting for it reuse its outcome.
+    probing: Mutex<()>,
+}
+
+impl RecentWrites {
+    /// How long a successful write vouches for the database.
+    pub(crate) const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+    pub(crate) fn record(&self, ok: bool) {
+        let mut state = self.state.lock().expect("recent writes");
+        if ok {
+            *state = (Some(std::time::Instant::now()), false);
+        } else {
+            state.1 = true;
+        }
+    }
+
+    /// Whether a write succeeded within [`Self::FRESH`], none failing since.
+    pub(crate) fn vouched(&self) -> bool {
+        let state = self.state.lock().expect("recent writes");
+        !state.1 && state.0.is_some_and(|at| at.elapsed() < Self::FRESH)
+    }
+
+    /// Runs `probe` unless a write (or a probe that ran while this caller
+    /// waited) already vouches for the database; records its outcome.
+    pub(crate) async fn check(
+        &self,
+        probe: impl Future<Output = StoreResult<()>>,
+    ) -> StoreResult<()> {
+        if self.vouched() {
+            return Ok(());
+        }
+        let _one = self.probing.lock().await;
+        if self.vouched() {
+            return Ok(());
+        }
+        let outcome = probe.await;
+        self.record(outcome.is_ok());
+        outcome
+    }
+}
+
 impl<B: Batched> std::fmt::Debug for Batcher<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
@@ -75,11 +124,11 @@ impl<B: Batched> std::fmt::Debug for Batcher<B> {
 }
 
 impl<B: Batched> Batcher<B> {
-    pub(crate) fn start(pool: &PgPool) -> Self {
+    pub(crate) fn start(pool: &PgPool, recent: &Arc<RecentWrites>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
-            tokio::spawn(writer(pool.clone(), receiver.clone()));
+            tokio::spawn(writer(pool.clone(), receiver.clone(), recent.clone()));
         }
         Self { queue }
     }
@@ -101,7 +150,11 @@ impl<B: Batched> Batcher<B> {
     }
 }
 
-async fn writer<B: Batched>(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Pending<B>>>>) {
+async fn writer<B: Batched>(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::Receiver<Pending<B>>>>,
+    recent: Arc<RecentWrites>,
+) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     // The writer's own connection, out of the pool: its session settings
     // are set once, and a batch is one or two round trips on it instead of
@@ -130,7 +183,7 @@ async fn writer<B: Batched>(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Pendin
         let (items, replies): (Vec<B>, Vec<_>) = taken.drain(..).map(|p| (p.item, p.reply)).unzip();
         for (reply, result) in replies
             .into_iter()
-            .zip(write_all(&pool, &mut conn, &items).await)
+            .zip(write_all(&pool, &mut conn, &items, &recent).await)
         {
             let _ = reply.send(result);
         }
@@ -141,8 +194,13 @@ async fn write_all<B: Batched>(
     pool: &PgPool,
     conn: &mut Option<PgConnection>,
     items: &[B],
+    recent: &RecentWrites,
 ) -> Vec<StoreResult<B::Output>> {
-    match write(pool, conn, items).await {
+    let outcome = write(pool, conn, items).await;
+    // A batch spoiled by one item (written again one by one below) still
+    // makes the health check probe: it cannot tell that from a full disk.
+    recent.record(outcome.is_ok());
+    match outcome {
         Ok(results) => results,
         Err(error) if items.len() > 1 && !matches!(error, StoreError::Unavailable(_)) => {
             tracing::debug!(%error, items = items.len(), "batch failed; writing its items one by one");

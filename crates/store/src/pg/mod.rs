@@ -185,6 +185,7 @@ pub struct PgStore {
     messages: Arc<batch::Batcher<batch::NewMessage>>,
     attempts: Arc<batch::Batcher<AttemptOutcome>>,
     releases: Arc<batch::Batcher<batch::Release>>,
+    recent_writes: Arc<batch::RecentWrites>,
 }
 
 impl PgStore {
@@ -238,11 +239,13 @@ impl PgStore {
         // Before any attempt is written: the days ahead must exist.
         partitions::create_ahead(&pool, crate::shared::now()).await?;
         let partitions = tokio::spawn(partitions::keep(pool.clone()));
+        let recent_writes = Arc::new(batch::RecentWrites::default());
         Ok(Self {
             sealing: Arc::new(options.sealing.clone()),
-            messages: Arc::new(batch::Batcher::start(&pool)),
-            attempts: Arc::new(batch::Batcher::start(&pool)),
-            releases: Arc::new(batch::Batcher::start(&pool)),
+            messages: Arc::new(batch::Batcher::start(&pool, &recent_writes)),
+            attempts: Arc::new(batch::Batcher::start(&pool, &recent_writes)),
+            releases: Arc::new(batch::Batcher::start(&pool, &recent_writes)),
+            recent_writes,
             pool,
             work,
             _listener: Arc::new(AbortOnDrop(listener)),
@@ -507,15 +510,16 @@ crate::delegate::delegated!(pg_store {
         .await
     }
     async fn check_writes(&self) -> StoreResult<()> {
-        self.write(async |c| {
-            sqlx::query(sql::PROBE_WRITE.pg)
-                .bind(shared::now())
-                .execute(c)
-                .await
-                .map_err(db)?;
-            Ok(())
-        })
-        .await
+        self.recent_writes
+            .check(self.write(async |c| {
+                sqlx::query(sql::PROBE_WRITE.pg)
+                    .bind(shared::now())
+                    .execute(c)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            }))
+            .await
     }
     async fn create_message(
         &self,

@@ -70,6 +70,7 @@ impl ClosedLoop {
     pub async fn run(&self, target: &Target, sink: &Sink) -> anyhow::Result<Sent> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(self.concurrency)
+            .timeout(REQUEST_LIMIT)
             .build()?;
         let padding = Arc::new("x".repeat(self.payload_bytes.saturating_sub(64)));
         let next = Arc::new(AtomicUsize::new(0));
@@ -111,6 +112,11 @@ impl ClosedLoop {
     }
 }
 
+/// How long one message request may take before it counts as unanswered
+/// (status 0): a server that stops answering mid-run must not hold the
+/// bench.
+const REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
 /// Connections the open loop opens to each Herald before its clock starts.
 const WARM_CONNECTIONS: usize = 128;
 /// The warm-up's bound: a server that accepts and never answers must not
@@ -121,8 +127,8 @@ const WARM_UP_LIMIT: Duration = Duration::from_secs(10);
 /// reads of the app the messages go to) and leaves them idle in `client`'s
 /// pool, as `wrk` opens its connections before it starts: otherwise the
 /// first second of an open-loop run measures hundreds of TCP handshakes
-/// opened at once. (Not the health route: it writes a probe row, and 128
-/// writes of one row queue behind each other.)
+/// opened at once. (Not the health route: before any message is written
+/// it checks the database with a probe write.)
 async fn warm_up(client: &reqwest::Client, target: &Target, connections: usize) {
     let mut checks = tokio::task::JoinSet::new();
     for url in &target.urls {
@@ -156,6 +162,7 @@ impl OpenLoop {
     pub async fn run(&self, target: &Target, sink: &Sink) -> anyhow::Result<Sent> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            .timeout(REQUEST_LIMIT)
             .build()?;
         let _ =
             tokio::time::timeout(WARM_UP_LIMIT, warm_up(&client, target, WARM_CONNECTIONS)).await;

@@ -116,60 +116,103 @@ pub(crate) fn matching_targets(
     only: Option<EndpointId>,
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
-    let (event_type, channels) = (&message.event_type, message.channels.as_deref());
-    // Parsed for the first endpoint with a filter, then shared, like the
-    // cost budget all of the message's filters draw on.
-    let mut subject = None;
-    let mut budget = expr::FANOUT_BUDGET;
-    let only = only.map(|id| id.to_string());
-    let mut targets: Vec<EndpointTarget> = Vec::new();
-    let mut last_id: Option<&str> = None;
-    let mut last_matched = false;
-    for row in rows {
-        let secret = read_secret(sealing, &row.secret)?;
-        if last_id == Some(row.id.as_str()) {
-            if last_matched {
-                if let Some(target) = targets.last_mut() {
+    FanOut::new(rows, sealing)?.matching(message, only)
+}
+
+/// An app's enabled endpoints as the fan-out needs them, decoded once:
+/// URL, headers, secrets (opened), retry policy, subscriptions and
+/// options. A batch of messages to one app shares them; each message then
+/// costs only its subscription and filter checks, and its jobs share the
+/// endpoints' `Arc`s. (Decoding per message was a URL parse, a secret
+/// opened and four JSON documents read per message and endpoint.)
+#[derive(Default)]
+pub(crate) struct FanOut {
+    endpoints: Vec<FanOutEndpoint>,
+}
+
+struct FanOutEndpoint {
+    target: Arc<EndpointTarget>,
+    filter: FilterTypes,
+    channels: Option<Vec<String>>,
+}
+
+impl FanOut {
+    /// From the rows of [`TARGET_ROWS_SQL`] (an endpoint's rows together,
+    /// one per signing secret, newest first).
+    pub(crate) fn new(rows: &[TargetRow], sealing: &Sealing) -> StoreResult<Self> {
+        // Each endpoint's secrets are gathered before it is shared.
+        let mut decoded: Vec<(EndpointTarget, FilterTypes, Option<Vec<String>>)> = Vec::new();
+        let mut last_id: Option<&str> = None;
+        for row in rows {
+            let secret = read_secret(sealing, &row.secret)?;
+            if last_id == Some(row.id.as_str()) {
+                if let Some((target, ..)) = decoded.last_mut() {
                     target.secrets.push(secret);
                 }
-            }
-            continue;
-        }
-        if let Some(only) = &only {
-            last_matched = *only == row.id;
-            if last_matched {
-                let options = DeliveryOptions::decode(row.options.as_deref());
-                targets.push(target(row, secret, options)?);
+                continue;
             }
             last_id = Some(row.id.as_str());
-            continue;
+            let filter = match &row.filter_types {
+                Some(text) => FilterTypes::stored(&decode::<Vec<String>>(text)?)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+                None => FilterTypes::all(),
+            };
+            let channels = row.channels.as_deref().map(decode).transpose()?;
+            let options = DeliveryOptions::decode(row.options.as_deref());
+            decoded.push((target(row, secret, options)?, filter, channels));
         }
-        let filter: Option<Vec<String>> = row.filter_types.as_deref().map(decode).transpose()?;
-        let endpoint_channels: Option<Vec<String>> =
-            row.channels.as_deref().map(decode).transpose()?;
-        let mut wanted = subscribes(
-            filter.as_deref(),
-            endpoint_channels.as_deref(),
-            event_type,
-            channels,
-        )?;
-        let options = DeliveryOptions::decode(row.options.as_deref());
-        if let (true, Some(source)) = (wanted, &options.filter) {
-            wanted = passes_filter(source, message, &mut subject, &mut budget);
-        }
-        last_matched = wanted;
-        if wanted {
-            targets.push(target(row, secret, options)?);
-        }
-        last_id = Some(row.id.as_str());
+        Ok(Self {
+            endpoints: decoded
+                .into_iter()
+                .map(|(target, filter, channels)| FanOutEndpoint {
+                    target: Arc::new(target),
+                    filter,
+                    channels,
+                })
+                .collect(),
+        })
     }
-    if only.is_some() && targets.is_empty() {
-        return Err(StoreError::Invalid {
-            field: "endpoint",
-            detail: "is disabled or does not belong to this app".into(),
-        });
+
+    /// The endpoints that want `message`, or just `only` (see
+    /// [`matching_targets`]).
+    pub(crate) fn matching(
+        &self,
+        message: &Message,
+        only: Option<EndpointId>,
+    ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
+        if let Some(only) = only {
+            return self
+                .endpoints
+                .iter()
+                .find(|endpoint| endpoint.target.id == only)
+                .map(|endpoint| vec![endpoint.target.clone()])
+                .ok_or_else(|| StoreError::Invalid {
+                    field: "endpoint",
+                    detail: "is disabled or does not belong to this app".into(),
+                });
+        }
+        let (event_type, channels) = (&message.event_type, message.channels.as_deref());
+        // Parsed for the first endpoint with a filter, then shared, like the
+        // cost budget all of the message's filters draw on.
+        let mut subject = None;
+        let mut budget = expr::FANOUT_BUDGET;
+        let mut targets = Vec::new();
+        for endpoint in &self.endpoints {
+            let mut wanted = subscribes_to(
+                &endpoint.filter,
+                endpoint.channels.as_deref(),
+                event_type,
+                channels,
+            );
+            if let (true, Some(source)) = (wanted, &endpoint.target.options.filter) {
+                wanted = passes_filter(source, message, &mut subject, &mut budget);
+            }
+            if wanted {
+                targets.push(endpoint.target.clone());
+            }
+        }
+        Ok(targets)
     }
-    Ok(targets.into_iter().map(Arc::new).collect())
 }
 
 /// Whether `message` passes an endpoint's filter expression. A filter
@@ -219,12 +262,27 @@ pub(crate) fn subscribes(
         }
         None => FilterTypes::all(),
     };
+    Ok(subscribes_to(
+        &filter,
+        endpoint_channels,
+        event_type,
+        channels,
+    ))
+}
+
+/// [`subscribes`] with the subscriptions parsed.
+fn subscribes_to(
+    filter: &FilterTypes,
+    endpoint_channels: Option<&[String]>,
+    event_type: &EventTypeName,
+    channels: Option<&[String]>,
+) -> bool {
     let mut wanted = filter.matches(event_type);
     if let Some(endpoint_channels) = endpoint_channels {
         let shared = channels.is_some_and(|c| c.iter().any(|c| endpoint_channels.contains(c)));
         wanted &= endpoint_channels.is_empty() || shared;
     }
-    Ok(wanted)
+    wanted
 }
 
 fn target(

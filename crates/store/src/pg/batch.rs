@@ -361,6 +361,17 @@ async fn create_messages(
         }
     }
 
+    // Each app's endpoints decoded once for the whole batch (every item
+    // carries the same sealing keys).
+    let fan_outs: HashMap<String, shared::FanOut> = match batch.first() {
+        Some(first) => rows_by_app
+            .into_iter()
+            .map(|(app, rows)| Ok((app, shared::FanOut::new(&rows, &first.sealing)?)))
+            .collect::<StoreResult<_>>()?,
+        None => HashMap::new(),
+    };
+    let no_endpoints = shared::FanOut::default();
+
     let mut results: Vec<StoreResult<CreatedMessage>> = Vec::with_capacity(batch.len());
     let mut accepted = Vec::new();
     let mut deliveries = DeliveryRows::default();
@@ -375,14 +386,12 @@ async fn create_messages(
         }
         let at = item.claim.map(|c| c.now).unwrap_or(batch_now);
         let message = shared::new_message(item.app, item.input.clone(), at);
-        let rows = rows_by_app
+        let fan_out = fan_outs
             .get(&message.app_id.to_string())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+            .unwrap_or(&no_endpoints);
         // A test event whose endpoint is gone fails the batch, which is
         // then written again item by item.
-        let targets =
-            shared::matching_targets(rows, &message, item.input.to_endpoint, &item.sealing)?;
+        let targets = fan_out.matching(&message, item.input.to_endpoint)?;
         let trigger = shared::trigger_of(&item.input);
         for target in &targets {
             // Strictly ordered endpoints are not leased here: a claim takes

@@ -50,17 +50,9 @@ enum Command {
     Openapi,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // The bench's load generator and sink run on one thread: on a
-    // multi-threaded runtime its tasks were handed between threads at every
-    // request (futex wake-ups and context switches were a fifth of its CPU),
-    // taking cores from the Herald it measures.
-    let mut runtime = match cli.command {
-        Command::Bench(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    runtime.enable_all().build()?.block_on(run(cli))
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Cli::parse()).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

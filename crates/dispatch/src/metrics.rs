@@ -29,6 +29,7 @@ pub struct Metrics {
     manual_attempts: IntCounter,
     endpoints_auto_disabled: IntCounter,
     dispatch_pauses: IntCounter,
+    leases_ran_out: IntCounter,
     dispatch_paused: IntGauge,
     api_requests: IntCounterVec,
     queue: IntGaugeVec,
@@ -102,6 +103,10 @@ impl Metrics {
         let dispatch_pauses = counter(
             "herald_dispatch_pauses_total",
             "Times this process paused claiming deliveries because Herald itself failed to send one (class local: descriptors, memory, local ports).",
+        );
+        let leases_ran_out = counter(
+            "herald_leases_ran_out_total",
+            "Deliveries not sent because they waited in this process until their lease could no longer cover an attempt (left to the next claim; a sign of overload).",
         );
         let dispatch_paused = IntGauge::new(
             "herald_dispatch_paused",
@@ -223,6 +228,7 @@ impl Metrics {
             manual_attempts,
             endpoints_auto_disabled,
             dispatch_pauses,
+            leases_ran_out,
             dispatch_paused,
             api_requests,
             queue,
@@ -279,6 +285,10 @@ impl Metrics {
             self.dispatch_pauses.inc();
         }
         self.dispatch_paused.set(i64::from(paused));
+    }
+
+    pub fn lease_ran_out(&self) {
+        self.leases_ran_out.inc();
     }
 
     pub fn endpoint_auto_disabled(&self) {

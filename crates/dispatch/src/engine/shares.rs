@@ -64,6 +64,11 @@ impl Dispatcher {
         }
     }
 
+    /// Whether an attempt started now could outlast `job`'s lease.
+    fn lease_too_short(&self, job: &DeliveryJob) -> bool {
+        now_ms() + self.config.timeout.as_millis() as i64 > job.lease_until
+    }
+
     /// More than half of the global slots are free: nobody is short of one,
     /// and an endpoint that answers quickly may go past its share.
     pub(super) fn has_spare_slots(&self) -> bool {
@@ -142,20 +147,32 @@ impl Dispatcher {
         let endpoint = first.0.endpoint.id;
         let mut next = Some(first);
         while let Some(Waiting(job, body, permit, span)) = next.take() {
-            let answered = match self.pace(&job).await {
-                Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
-                Err(free_at) => {
-                    // Other processes hold the endpoint's slots until past
-                    // this lease: back to the database, due when one frees.
-                    if let Err(error) = self
-                        .store
-                        .release_until(job.message.id, job.endpoint.id, free_at)
-                        .await
-                    {
-                        tracing::warn!(%error, "giving back a paced delivery failed");
+            let answered = if self.lease_too_short(&job) {
+                // It waited here (for a slot, behind its endpoint's queue)
+                // until its lease can no longer cover an attempt: once the
+                // lease runs out another claim (of any process) may take
+                // it, and sending it now could deliver it twice. Left to
+                // that claim; it is due when the lease ends.
+                tracing::debug!(message = %job.message.id, endpoint = %job.endpoint.id, "lease too short for an attempt; left to the next claim");
+                self.config.metrics.lease_ran_out();
+                drop(permit);
+                None
+            } else {
+                match self.pace(&job).await {
+                    Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
+                    Err(free_at) => {
+                        // Other processes hold the endpoint's slots until past
+                        // this lease: back to the database, due when one frees.
+                        if let Err(error) = self
+                            .store
+                            .release_until(job.message.id, job.endpoint.id, free_at)
+                            .await
+                        {
+                            tracing::warn!(%error, "giving back a paced delivery failed");
+                        }
+                        drop(permit);
+                        None
                     }
-                    drop(permit);
-                    None
                 }
             };
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");

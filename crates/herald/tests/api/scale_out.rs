@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{eventually, Receiver, Server, TestDatabase, POSTGRES, TOKEN};
+use crate::helpers::{eventually, Receiver, Reply, Server, TestDatabase, POSTGRES, TOKEN};
 
 const MESSAGES: usize = 5_000;
 const SENDERS: usize = 24;
@@ -433,5 +433,81 @@ async fn a_rate_limit_holds_across_worker_processes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.requests().len(), 40, "no duplicates");
     drop((api, workers));
+    database.drop_database().await;
+}
+
+/// A delivery that waited in one process until its lease could no longer
+/// cover an attempt is left to the next claim: sent anyway, it went out a
+/// second time from the process that had claimed it meanwhile.
+#[tokio::test]
+async fn a_delivery_whose_lease_ran_out_while_it_waited_is_not_sent_twice() {
+    let _shared = POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("the lease-in-memory test").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    receiver.always("/slow", Reply::Delay(Duration::from_millis(600)));
+    let client = reqwest::Client::new();
+    let mut env = database.env();
+    env.push(("HERALD_LEASE_SECONDS", "3".into()));
+    env.push(("HERALD_REQUEST_TIMEOUT", "1".into()));
+    // Two slots: the messages it leases as they are accepted wait for one.
+    let mut busy_env = env.clone();
+    busy_env.push(("HERALD_MAX_IN_FLIGHT", "2".into()));
+    let busy = Server::start(&busy_env);
+    let mut worker_env = env;
+    worker_env.push(("HERALD_ROLE", "worker".into()));
+    let worker = Server::start(&worker_env);
+    let app = busy.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    busy.post(
+        &client,
+        &format!("/app/{app}/endpoint/"),
+        json!({"url": receiver.url("/slow")}),
+    )
+    .await;
+
+    const SENT: usize = 30;
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..SENT {
+        let request = client
+            .post(format!("http://{}/api/v1/app/{app}/msg/", busy.address))
+            .bearer_auth(TOKEN)
+            .json(&json!({"eventType": "call.started", "payload": {"n": n}}));
+        sends.spawn(async move {
+            let message: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            message["id"].as_str().unwrap().to_owned()
+        });
+    }
+    let mut ids = HashSet::new();
+    while let Some(id) = sends.join_next().await {
+        ids.insert(id.unwrap());
+    }
+    assert_eq!(ids.len(), SENT);
+
+    // 30 attempts of 600 ms over two slots take 9 s, past the 3 s
+    // leases: the other process claims what waited too long.
+    receiver.wait_for(SENT, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pairs = received_pairs(&receiver);
+    let delivered: HashSet<String> = pairs.keys().map(|(id, _)| id.clone()).collect();
+    assert_eq!(delivered, ids, "every message delivered");
+    let twice: Vec<_> = pairs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let metrics = client
+        .get(format!("http://{}/metrics", busy.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ran_out = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("herald_leases_ran_out_total "))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(ran_out > 0.0, "some waited past their lease:\n{metrics}");
+    drop((busy, worker));
     database.drop_database().await;
 }

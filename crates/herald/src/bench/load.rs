@@ -117,6 +117,12 @@ impl ClosedLoop {
 /// bench.
 const REQUEST_LIMIT: Duration = Duration::from_secs(30);
 
+/// Requests the open loop has open at once, at most (each on a connection
+/// of its own); the rest wait their turn. Unbounded, a server that slowed
+/// down made it open a connection per waiting request until it ran out
+/// of descriptors, and the refusals measured the generator.
+const MAX_OPEN_REQUESTS: usize = 512;
+
 /// Connections the open loop opens to each Herald before its clock starts.
 const WARM_CONNECTIONS: usize = 128;
 /// The warm-up's bound: a server that accepts and never answers must not
@@ -173,11 +179,17 @@ impl OpenLoop {
         let started = Instant::now();
         sink.mark_start();
         let mut requests = tokio::task::JoinSet::new();
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_REQUESTS));
         for n in 0..self.messages {
             ticks.tick().await;
             let (client, target, payload) = (client.clone(), target.clone(), body(sink, &padding));
+            let open = open.clone();
             requests.spawn(async move {
+                // Timed from its turn, not from when a connection was free:
+                // the wait for one is part of the answer time (and of the
+                // end-to-end latency, whose clock is in the payload).
                 let asked = Instant::now();
+                let _open = open.acquire_owned().await;
                 let status = status_of(&client, &target, n, payload).await;
                 (n, status, asked.elapsed().as_micros() as u64)
             });

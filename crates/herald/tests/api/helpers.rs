@@ -460,6 +460,18 @@ impl Server {
         self.0.terminate();
     }
 
+    /// Its `/metrics` text.
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        client
+            .get(format!("http://{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
         let response = client
             .post(format!("http://{}/api/v1{path}", self.address))

@@ -494,14 +494,7 @@ async fn a_delivery_whose_lease_ran_out_while_it_waited_is_not_sent_twice() {
     assert_eq!(delivered, ids, "every message delivered");
     let twice: Vec<_> = pairs.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    let metrics = client
-        .get(format!("http://{}/metrics", busy.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = busy.metrics(&client).await;
     let ran_out = metrics
         .lines()
         .find_map(|line| line.strip_prefix("herald_leases_ran_out_total "))

@@ -447,14 +447,7 @@ async fn filters_transformations_raw_payloads_and_timeouts_on_postgres() {
     })
     .await;
     // The server's own process counted its filters' decisions.
-    let metrics = client
-        .get(format!("http://{}/metrics", server.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     let count = |outcome: &str| -> u64 {
         let prefix = format!("herald_filter_evaluations_total{{outcome=\"{outcome}\"}} ");
         metrics

@@ -247,36 +247,28 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let flusher = tokio::spawn(self.clone().flush_health_until(shutdown.clone()));
         while !shutdown.is_cancelled() {
-            let full_batch = match self.try_dispatch_due().await {
-                Ok(StepOutcome::Claimed(n)) => n > 0 && n == self.config.claim_batch,
-                Ok(StepOutcome::Saturated) => false,
-                Ok(StepOutcome::Paused) => {
-                    // Until the pause ends, or the probe settles (it rings `wake`).
-                    let remaining = self
-                        .cooldown
-                        .lock()
-                        .expect("cool-down")
-                        .remaining(std::time::Instant::now());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(remaining.unwrap_or(self.config.idle_poll)) => {}
-                    }
-                    continue;
-                }
+            let step = self.try_dispatch_due().await;
+            let paused = matches!(step, Ok(StepOutcome::Paused));
+            let wait = match step {
+                Ok(StepOutcome::Claimed(n)) if n > 0 && n == self.config.claim_batch => continue,
+                // Until the pause ends, or the probe settles (it rings
+                // `wake`); new work in the store changes nothing meanwhile.
+                Ok(StepOutcome::Paused) => self
+                    .cooldown
+                    .lock()
+                    .expect("cool-down")
+                    .remaining(std::time::Instant::now())
+                    .unwrap_or(self.config.idle_poll),
+                Ok(_) => self.time_until_next_due().await,
                 Err(error) => {
                     tracing::warn!(%error, "claiming due deliveries failed; will retry");
-                    false
+                    self.time_until_next_due().await
                 }
             };
-            if full_batch {
-                continue;
-            }
-            let wait = self.time_until_next_due().await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = self.store.wait_for_work() => {}
+                _ = self.store.wait_for_work(), if !paused => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

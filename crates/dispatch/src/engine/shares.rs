@@ -64,9 +64,10 @@ impl Dispatcher {
         }
     }
 
-    /// Whether an attempt started now could outlast `job`'s lease.
-    fn lease_too_short(&self, job: &DeliveryJob) -> bool {
-        now_ms() + self.config.timeout.as_millis() as i64 > job.lease_until
+    /// The last moment an attempt of `job` may start: one started later
+    /// could outlast its lease.
+    fn latest_start(&self, job: &DeliveryJob) -> Timestamp {
+        job.lease_until - self.config.timeout.as_millis() as i64
     }
 
     /// More than half of the global slots are free: nobody is short of one,
@@ -105,9 +106,9 @@ impl Dispatcher {
         };
         let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
         let now = now_ms();
-        // The attempt must end within the lease: start by its end less the
-        // timeout and a margin.
-        let deadline = job.lease_until - (self.config.timeout.as_millis() as i64) - 2_000;
+        // The attempt must end within the lease: start by its latest
+        // start, less a margin.
+        let deadline = self.latest_start(job) - 2_000;
         let interval_ms = (interval.as_millis() as i64).max(1);
         match self
             .store
@@ -140,6 +141,32 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Delivers `job` once its endpoint's pace allows; gives it back when
+    /// no slot frees within its lease. Returns what [`Dispatcher::deliver`]
+    /// does (`None` when nothing was sent).
+    async fn paced_delivery(
+        self: &Arc<Self>,
+        job: DeliveryJob,
+        body: Body,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<Option<Duration>> {
+        match self.pace(&job).await {
+            Ok(()) => self.deliver(&job, body, permit).await,
+            Err(free_at) => {
+                // Other processes hold the endpoint's slots until past this
+                // lease: back to the database, due when one frees.
+                if let Err(error) = self
+                    .store
+                    .release_until(job.message.id, job.endpoint.id, free_at)
+                    .await
+                {
+                    tracing::warn!(%error, "giving back a paced delivery failed");
+                }
+                None
+            }
+        }
+    }
+
     /// Delivers `job`, then the endpoint's waiting jobs one after another on
     /// the same per-endpoint slot, then gives the slot back.
     pub(super) async fn run_for_endpoint(self: Arc<Self>, first: Waiting) {
@@ -147,33 +174,20 @@ impl Dispatcher {
         let endpoint = first.0.endpoint.id;
         let mut next = Some(first);
         while let Some(Waiting(job, body, permit, span)) = next.take() {
-            let answered = if self.lease_too_short(&job) {
+            let answered = if now_ms() > self.latest_start(&job) {
                 // It waited here (for a slot, behind its endpoint's queue)
                 // until its lease can no longer cover an attempt: once the
                 // lease runs out another claim (of any process) may take
                 // it, and sending it now could deliver it twice. Left to
-                // that claim; it is due when the lease ends.
+                // that claim (the permit drops); it is due when the lease
+                // ends.
                 tracing::debug!(message = %job.message.id, endpoint = %job.endpoint.id, "lease too short for an attempt; left to the next claim");
                 self.config.metrics.lease_ran_out();
-                drop(permit);
                 None
             } else {
-                match self.pace(&job).await {
-                    Ok(()) => self.deliver(&job, body, permit).instrument(span).await,
-                    Err(free_at) => {
-                        // Other processes hold the endpoint's slots until past
-                        // this lease: back to the database, due when one frees.
-                        if let Err(error) = self
-                            .store
-                            .release_until(job.message.id, job.endpoint.id, free_at)
-                            .await
-                        {
-                            tracing::warn!(%error, "giving back a paced delivery failed");
-                        }
-                        drop(permit);
-                        None
-                    }
-                }
+                self.paced_delivery(job, body, permit)
+                    .instrument(span)
+                    .await
             };
             let mut per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
             let Some(load) = per_endpoint.get_mut(&endpoint) else {

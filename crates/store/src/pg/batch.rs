@@ -66,13 +66,13 @@ pub(crate) struct Batcher<B: Batched> {
     queue: mpsc::Sender<Pending<B>>,
 }
 
-/// How recent this process's last successful write is, and whether one has
-/// failed since: the health check writes a probe row only when no write has
-/// shown lately that the database takes them (a probe per call was a
-/// synced write per load-balancer check).
+/// When this process's last write succeeded, unless one failed since: the
+/// health check writes a probe row only when no write has shown lately that
+/// the database takes them (a probe per call was a synced write per
+/// load-balancer check).
 #[derive(Debug, Default)]
 pub(crate) struct RecentWrites {
-    state: std::sync::Mutex<(Option<std::time::Instant>, bool)>,
+    last_success: std::sync::Mutex<Option<std::time::Instant>>,
     /// One probe at a time; callers waiting for it reuse its outcome.
     probing: Mutex<()>,
 }
@@ -81,19 +81,17 @@ impl RecentWrites {
     /// How long a successful write vouches for the database.
     pub(crate) const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
+    /// A failed write forgets the last success.
     pub(crate) fn record(&self, ok: bool) {
-        let mut state = self.state.lock().expect("recent writes");
-        if ok {
-            *state = (Some(std::time::Instant::now()), false);
-        } else {
-            state.1 = true;
-        }
+        *self.last_success.lock().expect("recent writes") = ok.then(std::time::Instant::now);
     }
 
     /// Whether a write succeeded within [`Self::FRESH`], none failing since.
     pub(crate) fn vouched(&self) -> bool {
-        let state = self.state.lock().expect("recent writes");
-        !state.1 && state.0.is_some_and(|at| at.elapsed() < Self::FRESH)
+        self.last_success
+            .lock()
+            .expect("recent writes")
+            .is_some_and(|at| at.elapsed() < Self::FRESH)
     }
 
     /// Runs `probe` unless a write (or a probe that ran while this caller

@@ -368,7 +368,7 @@ pub(crate) async fn resend_one(
         .and_then(|d| d.claim_for_new_work())
         .unwrap_or_else(|| {
             let now = now_ms();
-            Claim { now, until: now }
+            Claim::new(now, now)
         });
     let job = state
         .store

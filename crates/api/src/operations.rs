@@ -449,7 +449,7 @@ impl<'a> Operations<'a> {
             .create_message(app, input, claim, audit)
             .await?;
         if let Some(dispatcher) = dispatcher {
-            dispatcher.start_created(std::mem::take(&mut created.jobs), created.deliveries);
+            dispatcher.start_created(std::mem::take(&mut created.jobs), created.for_claims);
         }
         Ok(created)
     }

@@ -30,6 +30,8 @@ pub struct Metrics {
     endpoints_auto_disabled: IntCounter,
     dispatch_pauses: IntCounter,
     leases_ran_out: IntCounter,
+    deliveries_claimed: IntCounter,
+    deliveries_given_back: IntCounter,
     dispatch_paused: IntGauge,
     api_requests: IntCounterVec,
     queue: IntGaugeVec,
@@ -107,6 +109,14 @@ impl Metrics {
         let leases_ran_out = counter(
             "herald_leases_ran_out_total",
             "Deliveries not sent because they waited in this process until their lease could no longer cover an attempt (left to the next claim; a sign of overload).",
+        );
+        let deliveries_claimed = counter(
+            "herald_deliveries_claimed_total",
+            "Due deliveries this process leased from the store (retries, backlog, work given back); fresh deliveries sent at once are not counted.",
+        );
+        let deliveries_given_back = counter(
+            "herald_deliveries_given_back_total",
+            "Leased deliveries this process gave back to the store unsent because their endpoint's share here was full (each costs a write; many mean claims and endpoints' room disagree).",
         );
         let dispatch_paused = IntGauge::new(
             "herald_dispatch_paused",
@@ -229,6 +239,8 @@ impl Metrics {
             endpoints_auto_disabled,
             dispatch_pauses,
             leases_ran_out,
+            deliveries_claimed,
+            deliveries_given_back,
             dispatch_paused,
             api_requests,
             queue,
@@ -289,6 +301,14 @@ impl Metrics {
 
     pub fn lease_ran_out(&self) {
         self.leases_ran_out.inc();
+    }
+
+    pub fn deliveries_claimed(&self, count: usize) {
+        self.deliveries_claimed.inc_by(count as u64);
+    }
+
+    pub fn delivery_given_back(&self) {
+        self.deliveries_given_back.inc();
     }
 
     pub fn endpoint_auto_disabled(&self) {

@@ -263,15 +263,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         claim: Claim,
         audit: Option<AuditEntry>,
     ) -> StoreResult<DeliveryJob>;
-    /// Leases up to `limit` due deliveries, leaving out those of the
-    /// endpoints in `skip` (already saturated here). A leased delivery is
-    /// next due when its lease runs out, so claims never wade through the
+    /// Leases up to `limit` due deliveries, oldest first, taking of each
+    /// endpoint no more than the caller's `room` for it (none of those it
+    /// has no room for: they are saturated here). A leased delivery is next
+    /// due when its lease runs out, so claims never wade through the
     /// deliveries in flight and an expired lease is simply due work.
     async fn claim_due(
         &self,
         claim: Claim,
         limit: usize,
-        skip: Vec<EndpointId>,
+        room: Room,
     ) -> StoreResult<Vec<DeliveryJob>>;
     /// Gives a leased, unattempted delivery back (its endpoint is busy here);
     /// it is due now and any worker may claim it.

@@ -1,6 +1,6 @@
 //! The records the store reads and writes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_domain::ids::Uid;
@@ -224,6 +224,10 @@ pub struct CreatedMessage {
     pub jobs: Vec<DeliveryJob>,
     /// How many deliveries were created in all.
     pub deliveries: usize,
+    /// How many of them were left unleased for a claim to take now: all
+    /// without a claim, the strictly ordered ones with one (not those the
+    /// claimant had no room for: it claims them when room frees).
+    pub for_claims: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -292,10 +296,106 @@ impl AttemptQuery {
 }
 
 /// A lease on deliveries: who holds them may send them until `until`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Claim {
     pub now: Timestamp,
     pub until: Timestamp,
+    /// Endpoints the claimant has no room for: a new message's deliveries
+    /// to them are not leased but left due for a later claim (leased, they
+    /// would only be given back, a second write each).
+    pub full: Arc<HashSet<EndpointId>>,
+}
+
+impl Claim {
+    pub fn new(now: Timestamp, until: Timestamp) -> Self {
+        Self {
+            now,
+            until,
+            full: Arc::default(),
+        }
+    }
+
+    /// Whether a new delivery to `target` is leased with this claim: not
+    /// when the claimant has no room for it, nor to a strictly ordered
+    /// endpoint (a claim takes those in order).
+    pub fn leases(&self, target: &EndpointTarget) -> bool {
+        !target.strict_ordering && !self.full.contains(&target.id)
+    }
+}
+
+/// How many of one endpoint's due deliveries a claim may take: the room
+/// the claiming dispatcher has for them (what it can send or queue at once
+/// without giving any back).
+#[derive(Debug, Clone, Default)]
+pub struct Room {
+    /// Endpoints with less room than the others; 0 leaves them out.
+    pub limited: Vec<(EndpointId, usize)>,
+    /// Room for every other endpoint; `None`: as much as the claim takes.
+    pub otherwise: Option<usize>,
+}
+
+impl Room {
+    /// No room for these endpoints, any for the others.
+    pub fn skipping(endpoints: impl IntoIterator<Item = EndpointId>) -> Self {
+        Self {
+            limited: endpoints.into_iter().map(|e| (e, 0)).collect(),
+            otherwise: None,
+        }
+    }
+
+    /// The endpoints with no room at all.
+    pub fn full(&self) -> Vec<EndpointId> {
+        self.limited
+            .iter()
+            .filter(|(_, room)| *room == 0)
+            .map(|(endpoint, _)| *endpoint)
+            .collect()
+    }
+
+    /// The endpoints with some room but less than the others: `(id, room)`.
+    pub fn partial(&self) -> impl Iterator<Item = (EndpointId, usize)> + '_ {
+        self.limited.iter().copied().filter(|(_, room)| *room > 0)
+    }
+
+    /// How many due deliveries a claim of `limit` reads to choose from
+    /// where reading costs no locks (SQLite): more than it takes when some
+    /// endpoints' room may leave rows out.
+    pub fn window(&self, limit: usize) -> usize {
+        if self.otherwise.is_some() || self.partial().next().is_some() {
+            limit.saturating_mul(4)
+        } else {
+            limit
+        }
+    }
+
+    /// Keeps, in order, the due deliveries the room allows (`endpoint` of
+    /// each): at most `limit`, none of an endpoint past its room.
+    pub fn select<T>(&self, due: Vec<T>, limit: usize, endpoint: impl Fn(&T) -> &str) -> Vec<T> {
+        let rooms: HashMap<String, usize> = self
+            .limited
+            .iter()
+            .map(|(id, room)| (id.to_string(), *room))
+            .collect();
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut kept = Vec::with_capacity(limit.min(due.len()));
+        for row in due {
+            if kept.len() == limit {
+                break;
+            }
+            let id = endpoint(&row);
+            let room = rooms
+                .get(id)
+                .copied()
+                .or(self.otherwise)
+                .unwrap_or(usize::MAX);
+            let count = taken.entry(id.to_owned()).or_default();
+            if *count < room {
+                *count += 1;
+                kept.push(row);
+            }
+        }
+        kept
+    }
 }
 
 /// Where a delivery goes and how it is signed.

@@ -359,32 +359,39 @@ pub(crate) fn read_secret(sealing: &Sealing, stored: &str) -> StoreResult<Secret
 }
 
 /// The result of storing a message: with a claim, one leased job per
-/// matching endpoint, ready to send.
+/// matching endpoint the claim leases (see [`Claim::leases`]), ready to send.
 pub(crate) fn created(
     message: Arc<Message>,
     targets: Vec<Arc<EndpointTarget>>,
-    claim: Option<Claim>,
+    claim: Option<&Claim>,
     trigger: Trigger,
 ) -> CreatedMessage {
     let deliveries = targets.len();
-    let jobs = match claim {
-        Some(claim) => targets
-            .into_iter()
-            .filter(|target| !target.strict_ordering)
-            .map(|endpoint| DeliveryJob {
-                message: message.clone(),
-                endpoint,
-                attempts_made: 0,
-                trigger,
-                lease_until: claim.until,
-            })
-            .collect(),
-        None => Vec::new(),
+    let Some(claim) = claim else {
+        return CreatedMessage {
+            message,
+            jobs: Vec::new(),
+            deliveries,
+            for_claims: deliveries,
+        };
     };
+    let for_claims = targets.iter().filter(|t| t.strict_ordering).count();
+    let jobs = targets
+        .into_iter()
+        .filter(|target| claim.leases(target))
+        .map(|endpoint| DeliveryJob {
+            message: message.clone(),
+            endpoint,
+            attempts_made: 0,
+            trigger,
+            lease_until: claim.until,
+        })
+        .collect();
     CreatedMessage {
         message,
         jobs,
         deliveries,
+        for_claims,
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use herald_domain::ids::{IdOrUid, Uid};
 use herald_domain::{
-    AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointUrl, EventTypeName, FilterTypes,
-    Secret, Trigger,
+    AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, EventTypeName,
+    FilterTypes, Secret, Trigger,
 };
 use herald_store::*;
 
@@ -177,10 +177,7 @@ fn message(event_type: &str, event_id: Option<&str>) -> MessageInput {
 }
 
 fn claim(now: Timestamp) -> Claim {
-    Claim {
-        now,
-        until: now + 60_000,
-    }
+    Claim::new(now, now + 60_000)
 }
 
 fn now() -> Timestamp {
@@ -252,10 +249,16 @@ async fn leased_deliveries_are_not_claimed_again_until_the_lease_ends() {
             .unwrap();
         let at = now(); // the delivery was due when it was written, before this
 
-        let first = store.claim_due(claim(at + 1), 10, vec![]).await.unwrap();
-        let second = store.claim_due(claim(at + 2), 10, vec![]).await.unwrap();
+        let first = store
+            .claim_due(claim(at + 1), 10, Room::default())
+            .await
+            .unwrap();
+        let second = store
+            .claim_due(claim(at + 2), 10, Room::default())
+            .await
+            .unwrap();
         let after_expiry = store
-            .claim_due(claim(at + 61_000 + 10), 10, vec![])
+            .claim_due(claim(at + 61_000 + 10), 10, Room::default())
             .await
             .unwrap();
 
@@ -312,13 +315,16 @@ async fn recording_attempts_moves_the_delivery_through_its_states() {
         );
         assert!(
             store
-                .claim_due(claim(now()), 10, vec![])
+                .claim_due(claim(now()), 10, Room::default())
                 .await
                 .unwrap()
                 .is_empty(),
             "{name}: not due yet"
         );
-        let retried = store.claim_due(claim(retry_at), 10, vec![]).await.unwrap();
+        let retried = store
+            .claim_due(claim(retry_at), 10, Room::default())
+            .await
+            .unwrap();
         assert_eq!(retried[0].attempts_made, 1, "{name}");
         store
             .record_attempt(AttemptOutcome {
@@ -394,7 +400,7 @@ async fn a_duplicate_event_id_is_a_conflict_and_writes_nothing() {
         assert_eq!(listed.data.len(), 1, "{name}");
         assert_eq!(
             store
-                .claim_due(claim(now()), 10, vec![])
+                .claim_due(claim(now()), 10, Room::default())
                 .await
                 .unwrap()
                 .len(),
@@ -503,7 +509,10 @@ async fn concurrent_messages_with_bad_ones_among_them_each_get_their_own_answer(
             }
         }
         assert_eq!((accepted, clashes), (1 + 60, 19), "{name}");
-        let due = store.claim_due(claim(now()), 1000, vec![]).await.unwrap();
+        let due = store
+            .claim_due(claim(now()), 1000, Room::default())
+            .await
+            .unwrap();
         // One "same" and 40 plain messages to three endpoints, 20 to one.
         assert_eq!(due.len(), (1 + 40) * 3 + 20, "{name}: deliveries stored");
     }
@@ -576,7 +585,7 @@ async fn orphaned_leases_are_freed_at_start_on_sqlite_and_left_to_expire_on_post
             .unwrap();
         assert!(
             store
-                .claim_due(claim(now()), 10, vec![])
+                .claim_due(claim(now()), 10, Room::default())
                 .await
                 .unwrap()
                 .is_empty(),
@@ -590,7 +599,7 @@ async fn orphaned_leases_are_freed_at_start_on_sqlite_and_left_to_expire_on_post
         let expected = if name == "sqlite" { 1 } else { 0 };
         assert_eq!(released, expected, "{name}");
         let claimable = store
-            .claim_due(claim(now()), 10, vec![])
+            .claim_due(claim(now()), 10, Room::default())
             .await
             .unwrap()
             .len();
@@ -617,7 +626,10 @@ async fn concurrent_claimers_never_get_the_same_delivery() {
         for _ in 0..8 {
             let store = store.clone();
             claimers.push(tokio::spawn(async move {
-                store.claim_due(claim(at), 30, vec![]).await.unwrap()
+                store
+                    .claim_due(claim(at), 30, Room::default())
+                    .await
+                    .unwrap()
             }));
         }
         let mut seen = std::collections::HashSet::new();
@@ -956,11 +968,14 @@ async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
         store.release(to_busy.message.id, busy.id).await.unwrap();
         store.release(created.message.id, free.id).await.unwrap();
         let skipping = store
-            .claim_due(claim(now()), 10, vec![busy.id])
+            .claim_due(claim(now()), 10, Room::skipping([busy.id]))
             .await
             .unwrap();
         let due_later = store.next_due_at(vec![busy.id]).await.unwrap();
-        let rest = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let rest = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
 
         assert_eq!(
             skipping.len(),
@@ -983,16 +998,70 @@ async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
 }
 
 #[tokio::test]
+async fn claims_take_no_more_of_an_endpoint_than_the_room_given_for_it() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let narrow = endpoint(store, app, "http://a.test/narrow").await;
+        let wide = endpoint(store, app, "http://a.test/wide").await;
+        let other = endpoint(store, app, "http://a.test/other").await;
+        for _ in 0..10 {
+            store
+                .create_message(app, message("call.started", None), None, None)
+                .await
+                .unwrap();
+        }
+        let count = |jobs: &[DeliveryJob], id: EndpointId| {
+            jobs.iter().filter(|j| j.endpoint.id == id).count()
+        };
+
+        // Room for 2 at one endpoint, 6 at another, 3 at the rest: 11 of
+        // the 30 due deliveries, though the claim could take them all.
+        let room = Room {
+            limited: vec![(narrow.id, 2), (wide.id, 6)],
+            otherwise: Some(3),
+        };
+        let first = store.claim_due(claim(now()), 30, room).await.unwrap();
+        assert_eq!(count(&first, narrow.id), 2, "{name}: {first:?}");
+        assert_eq!(count(&first, wide.id), 6, "{name}");
+        assert_eq!(count(&first, other.id), 3, "{name}");
+        assert_eq!(first.len(), 11, "{name}");
+
+        // The claim's own limit still holds, and a full endpoint is left out.
+        let room = Room {
+            limited: vec![(narrow.id, 0)],
+            otherwise: None,
+        };
+        let second = store.claim_due(claim(now()), 5, room).await.unwrap();
+        assert_eq!(second.len(), 5, "{name}");
+        assert_eq!(count(&second, narrow.id), 0, "{name}: {second:?}");
+
+        // What the rooms left out is still due, each delivery once.
+        let rest = store
+            .claim_due(claim(now()), 100, Room::default())
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 14, "{name}");
+        let mut all: Vec<_> = first
+            .iter()
+            .chain(&second)
+            .chain(&rest)
+            .map(|j| (j.message.id, j.endpoint.id))
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 30, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
     for (name, backend) in backends().await {
         let store = backend.store.as_ref();
         let app = app(store, None).await;
         let endpoint = endpoint(store, app, "http://a.test/1").await;
         let at = now();
-        let short = Claim {
-            now: at,
-            until: at + 1,
-        };
+        let short = Claim::new(at, at + 1);
         let first = store
             .create_message(app, message("call.started", None), Some(short), None)
             .await
@@ -1000,7 +1069,7 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
             .jobs
             .remove(0);
         let second = store
-            .claim_due(claim(at + 10), 10, vec![])
+            .claim_due(claim(at + 10), 10, Room::default())
             .await
             .unwrap()
             .remove(0);
@@ -1079,12 +1148,18 @@ async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
             .record_attempt(failed(&job, herald_domain::ErrorClass::Local))
             .await
             .unwrap();
-        let again = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let again = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
         store
             .record_attempt(failed(&again[0], herald_domain::ErrorClass::Connect))
             .await
             .unwrap();
-        let third = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let third = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
 
         assert_eq!(again.len(), 1, "{name}: retried");
         assert_eq!(
@@ -1304,7 +1379,10 @@ async fn recovery_resends_the_failed_and_missed_deliveries_in_its_window_once() 
             }
         }
         let after = store.recovery_step(task.id, 1).await.unwrap();
-        let due = store.claim_due(claim(now()), 100, vec![]).await.unwrap();
+        let due = store
+            .claim_due(claim(now()), 100, Room::default())
+            .await
+            .unwrap();
 
         assert_eq!(
             steps,
@@ -1488,7 +1566,10 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
             .release(job.message.id, job.endpoint.id)
             .await
             .unwrap();
-        let claimed = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let claimed = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
         assert_eq!(
             claimed[0].endpoint.retry_policy.as_deref(),
             Some(&policy),
@@ -1666,8 +1747,14 @@ async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order()
             sent.push(created.message.id);
         }
 
-        let first = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
-        let while_in_flight = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let first = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
+        let while_in_flight = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
         assert_eq!(
             first.iter().map(|j| j.message.id).collect::<Vec<_>>(),
             [sent[0]],
@@ -1675,7 +1762,10 @@ async fn a_strictly_ordered_endpoint_is_claimed_one_message_at_a_time_in_order()
         );
         assert!(while_in_flight.is_empty(), "{name}: the rest wait");
         finish(store, &first[0], true).await;
-        let second = store.claim_due(claim(now()), 10, vec![]).await.unwrap();
+        let second = store
+            .claim_due(claim(now()), 10, Room::default())
+            .await
+            .unwrap();
         assert_eq!(
             second.iter().map(|j| j.message.id).collect::<Vec<_>>(),
             [sent[1]],
@@ -2168,10 +2258,7 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
                     channels: None,
                     to_endpoint: None,
                 },
-                Some(Claim {
-                    now: now(),
-                    until: now() + 60_000,
-                }),
+                Some(Claim::new(now(), now() + 60_000)),
                 None,
             )
             .await
@@ -2289,7 +2376,10 @@ async fn queue_gauges_count_due_and_scheduled_deliveries_and_endpoints_in_troubl
 
         // One claimed (leased: due when the lease ends), one failed and
         // scheduled for a retry, one left due.
-        let jobs = store.claim_due(claim(at), 2, vec![]).await.unwrap();
+        let jobs = store
+            .claim_due(claim(at), 2, Room::default())
+            .await
+            .unwrap();
         assert_eq!(jobs.len(), 2, "{name}");
         let failed = &jobs[0];
         store
@@ -2708,7 +2798,7 @@ async fn destinations_show_each_delivery_and_removed_content_is_gone_for_good() 
         );
         assert!(
             store
-                .claim_due(claim(retry_at + 1), 10, vec![])
+                .claim_due(claim(retry_at + 1), 10, Room::default())
                 .await
                 .unwrap()
                 .is_empty(),
@@ -2841,7 +2931,7 @@ async fn an_endpoint_s_filter_decides_at_fan_out_and_its_options_reach_the_sende
         failed.next = NextStep::RetryAt(at + 5);
         store.record_attempt(failed).await.unwrap();
         let retried = store
-            .claim_due(claim(at + 70_000), 10, vec![everything.id])
+            .claim_due(claim(at + 70_000), 10, Room::skipping([everything.id]))
             .await
             .unwrap();
         let retried = retried

@@ -131,7 +131,7 @@ impl Dispatcher {
             .await
             {
                 Ok(Some(created)) => {
-                    self.start_created(created.jobs, created.deliveries);
+                    self.start_created(created.jobs, created.for_claims);
                     // Only the process that raised the episode e-mails it.
                     if let Some(mailer) = &self.mailer {
                         let mailer = mailer.clone();

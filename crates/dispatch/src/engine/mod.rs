@@ -15,7 +15,7 @@ use herald_domain::{
     AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, ErrorClass, RetrySchedule, Trigger,
 };
 use herald_store::{
-    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Store,
+    Attempt, AttemptOutcome, AutoDisable, Claim, DeliveryJob, HealthUpdate, NextStep, Room, Store,
     Timestamp,
 };
 
@@ -113,6 +113,10 @@ pub struct Dispatcher {
     wake: Notify,
     /// Deliveries in flight, and waiting their turn, per endpoint.
     per_endpoint: Mutex<HashMap<EndpointId, EndpointLoad>>,
+    /// The endpoints in `per_endpoint` with no room left (shared with each
+    /// new message's claim: their deliveries are left for later claims).
+    /// Locked after `per_endpoint` when both are.
+    full: Mutex<Arc<std::collections::HashSet<EndpointId>>>,
     /// Attempt outcomes per endpoint not yet added to the stored health
     /// aggregates (one write per endpoint and flush, not per attempt).
     health: Mutex<HashMap<EndpointId, HealthUpdate>>,
@@ -156,6 +160,7 @@ impl Dispatcher {
             config,
             wake: Notify::new(),
             per_endpoint: Mutex::new(HashMap::new()),
+            full: Mutex::default(),
             health: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
         }))
@@ -174,15 +179,16 @@ impl Dispatcher {
         Some(Claim {
             now,
             until: now + self.config.lease.as_millis() as i64,
+            full: self.full.lock().expect("full endpoints").clone(),
         })
     }
 
     /// Starts the deliveries of a message just created: the `jobs` leased
-    /// to this process are sent at once and, when some of its `deliveries`
-    /// were left unleased (strictly ordered endpoints), the claim loop is
-    /// woken for them rather than left to its next poll.
-    pub fn start_created(self: &Arc<Self>, jobs: Vec<DeliveryJob>, deliveries: usize) {
-        if jobs.len() < deliveries {
+    /// to this process are sent at once and, when some were left unleased
+    /// for a claim to take now (`for_claims`: strictly ordered endpoints),
+    /// the claim loop is woken for them rather than left to its next poll.
+    pub fn start_created(self: &Arc<Self>, jobs: Vec<DeliveryJob>, for_claims: usize) {
+        if for_claims > 0 {
             self.nudge();
         }
         self.submit(jobs);
@@ -229,12 +235,10 @@ impl Dispatcher {
             return Ok(StepOutcome::Saturated);
         };
         let now = now_ms();
-        let claim = Claim {
-            now,
-            until: now + self.config.lease.as_millis() as i64,
-        };
-        let jobs = self.store.claim_due(claim, free, self.saturated()).await?;
+        let claim = Claim::new(now, now + self.config.lease.as_millis() as i64);
+        let jobs = self.store.claim_due(claim, free, self.room()).await?;
         let claimed = jobs.len();
+        self.config.metrics.deliveries_claimed(claimed);
         self.cooldown.lock().expect("cool-down").claimed(claimed);
         for (job, body) in with_bodies(jobs) {
             let permit = permits.split(1).expect("one permit per claimed job");
@@ -321,7 +325,7 @@ impl Dispatcher {
         if self.slots.available_permits() == 0 {
             return self.config.idle_poll;
         }
-        match self.store.next_due_at(self.saturated()).await {
+        match self.store.next_due_at(self.room().full()).await {
             Ok(Some(at)) => {
                 let wait = (at - now_ms()).max(0) as u64;
                 // A due row that could not be claimed (a race) must not spin the loop.
@@ -345,15 +349,29 @@ impl Dispatcher {
         self.tasks.close();
     }
 
-    /// Endpoints with every per-endpoint slot taken: claims leave them out.
-    fn saturated(&self) -> Vec<EndpointId> {
+    /// How many of each endpoint's deliveries a claim may take: as many as
+    /// can be sent or queued here without giving any back (see
+    /// [`Dispatcher::start`]). An endpoint with none left is left out; one
+    /// that may borrow takes what the claim takes.
+    fn room(&self) -> Room {
         let per_endpoint = self.per_endpoint.lock().expect("per-endpoint load");
         let spare = self.has_spare_slots();
-        per_endpoint
+        let otherwise = 2 * self.config.max_in_flight_per_endpoint;
+        let limited = per_endpoint
             .iter()
-            .filter(|(_, load)| load.in_flight >= load.limit && !(spare && load.may_borrow()))
-            .map(|(endpoint, _)| *endpoint)
-            .collect()
+            .filter_map(|(endpoint, load)| {
+                let room = if spare && load.may_borrow() {
+                    self.config.claim_batch
+                } else {
+                    load.room()
+                };
+                (room != otherwise).then_some((*endpoint, room))
+            })
+            .collect();
+        Room {
+            limited,
+            otherwise: Some(otherwise),
+        }
     }
 
     /// Sends `job` and has its outcome recorded. The endpoint's slot is free

@@ -36,15 +36,19 @@ impl Dispatcher {
             let load = per_endpoint.entry(job.endpoint.id).or_default();
             load.limit = limit;
             load.paced = job.endpoint.rate_limit.is_some_and(|rate| rate > 0);
-            if load.in_flight < limit || (load.may_borrow() && self.has_spare_slots()) {
-                load.in_flight += 1;
-                Admission::Send(Waiting(job, body, permit, span))
-            } else if load.waiting.len() < limit {
-                load.waiting.push_back(Waiting(job, body, permit, span));
-                Admission::Queued
-            } else {
-                Admission::GiveBack(job)
-            }
+            let job_endpoint = job.endpoint.id;
+            let decision =
+                if load.in_flight < limit || (load.may_borrow() && self.has_spare_slots()) {
+                    load.in_flight += 1;
+                    Admission::Send(Waiting(job, body, permit, span))
+                } else if load.waiting.len() < limit {
+                    load.waiting.push_back(Waiting(job, body, permit, span));
+                    Admission::Queued
+                } else {
+                    Admission::GiveBack(job)
+                };
+            self.note_room(job_endpoint, load);
+            decision
         };
         let this = self.clone();
         match decision {
@@ -54,6 +58,7 @@ impl Dispatcher {
             }
             Admission::Queued => {}
             Admission::GiveBack(job) => {
+                self.config.metrics.delivery_given_back();
                 self.tasks.spawn(async move {
                     if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
                         // The lease runs out instead; the delivery is only later.
@@ -197,9 +202,10 @@ impl Dispatcher {
                 load.observe(answer);
             }
             next = load.waiting.pop_front();
-            if next.is_none() {
+            let Some(_) = next else {
                 let was_saturated = load.in_flight >= load.limit;
                 load.in_flight -= 1;
+                self.note_room(endpoint, load);
                 // A rate-limited endpoint's pace outlives its last attempt.
                 let paced = load.next_send.is_some_and(|at| at > Instant::now());
                 if load.in_flight == 0 && !paced && load.answer_ms.is_none() {
@@ -214,9 +220,36 @@ impl Dispatcher {
                 }
                 drop(per_endpoint);
                 if was_saturated {
-                    // Work given back for this endpoint can be claimed again.
+                    // Work left in the database for this endpoint can be
+                    // claimed again.
                     self.wake.notify_one();
                 }
+                break;
+            };
+            self.note_room(endpoint, load);
+            if load.waiting.len() == load.limit / 2 {
+                // Half its queue is free again: room for a claim worth
+                // making, made while the other half keeps its slots busy.
+                drop(per_endpoint);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Keeps the set of endpoints with no room here (see
+    /// [`Dispatcher::room`]) up to date after `load` changed. An endpoint
+    /// that may borrow is never in it: whether it has room depends on the
+    /// other endpoints' load when its delivery arrives.
+    fn note_room(&self, endpoint: herald_domain::EndpointId, load: &mut EndpointLoad) {
+        let full = load.room() == 0 && !load.may_borrow();
+        if full != load.full {
+            load.full = full;
+            let mut set = self.full.lock().expect("full endpoints");
+            let set = Arc::make_mut(&mut set);
+            if full {
+                set.insert(endpoint);
+            } else {
+                set.remove(&endpoint);
             }
         }
     }
@@ -249,6 +282,8 @@ pub(super) struct EndpointLoad {
     /// The endpoint has a rate limit: its share is what it may send within
     /// a lease, never more.
     paced: bool,
+    /// In the dispatcher's set of endpoints with no room.
+    full: bool,
     /// Moving average of its answers' times (ms) since its last failure;
     /// `None` before a first answer or after a failure.
     answer_ms: Option<f64>,
@@ -266,6 +301,12 @@ impl EndpointLoad {
     /// May go past its share while slots are spare.
     pub(super) fn may_borrow(&self) -> bool {
         !self.paced && self.answer_ms.is_some_and(|ms| ms < QUICK_ANSWER_MS)
+    }
+
+    /// Deliveries it can take now without giving any back: free slots and
+    /// free places in its queue.
+    pub(super) fn room(&self) -> usize {
+        (2 * self.limit).saturating_sub(self.in_flight + self.waiting.len())
     }
 
     /// Takes in one attempt's answer: `Some(time)` for a success, `None` for

@@ -207,6 +207,25 @@ impl HeraldUnderTest {
         Ok(Target { urls, token: TOKEN })
     }
 
+    /// A counter of `/metrics`, summed over the processes (0 where a
+    /// process does not have it: an older `--server`).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let mut total = 0.0;
+        for process in &self.processes {
+            let url = format!("http://{}/metrics", process.address);
+            let Ok(response) = self.client.get(url).send().await else {
+                continue;
+            };
+            let text = response.text().await.unwrap_or_default();
+            total += text
+                .lines()
+                .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .filter_map(|value| value.trim().parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total as u64
+    }
+
     /// The API base (`http://…/api/v1`) of the first process, and the token.
     pub fn api(&self) -> (String, &'static str) {
         (

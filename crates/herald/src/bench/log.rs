@@ -250,10 +250,7 @@ async fn seed(store: Arc<dyn Store>, app: &str, messages: usize) -> anyhow::Resu
                         channels: None,
                         to_endpoint: None,
                     },
-                    Some(Claim {
-                        now,
-                        until: now + 600_000,
-                    }),
+                    Some(Claim::new(now, now + 600_000)),
                     None,
                 )
                 .await?;

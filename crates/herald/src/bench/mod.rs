@@ -143,6 +143,11 @@ pub struct Row {
     pub duplicates: u64,
     /// Messages the API refused (429 or 503: overload), never delivered.
     pub refused: usize,
+    /// Deliveries Herald claimed from the database (retries, overflow),
+    /// and those it gave back unsent (an endpoint's share was full): how
+    /// much of the work took the slow path (`/metrics`, all processes).
+    pub claimed: u64,
+    pub given_back: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -247,6 +252,8 @@ impl Row {
             steal_seconds: 0.0,
             drain_seconds: 0.0,
             duplicates: 0,
+            claimed: 0,
+            given_back: 0,
             refused: 0,
         }
     }
@@ -379,6 +386,8 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
     .delivered(&delivered, true)
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
+    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
+    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     if sent.rejected > 0 {
@@ -434,6 +443,8 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
         .delivered(&delivered, true)
         .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
+    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
+    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     Ok(row)
@@ -487,6 +498,8 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Row> {
     .delivered(&delivered, false)
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
+    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
+    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     Ok(row)

@@ -386,3 +386,45 @@ async fn herald_s_own_failures_pause_claims_and_one_probe_tests_the_water() {
     let (_, messages) = app.get(&format!("/app/{tenant}/msg/?limit=50")).await;
     assert_eq!(messages["data"].as_array().unwrap().len(), 30);
 }
+
+#[tokio::test]
+async fn deliveries_an_endpoint_has_no_room_for_wait_in_the_database_not_given_back() {
+    // Two per endpoint: two in flight and two waiting fill the slow
+    // endpoint's share here. The other sixteen of twenty messages are left
+    // due in the database (not leased and given back), and each claim takes
+    // no more of them than the endpoint has room for: nothing is given
+    // back, and every message arrives once.
+    let app = spawn_app_with(Options {
+        max_in_flight: 64,
+        max_in_flight_per_endpoint: 2,
+        ..Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    // Slower than a quick endpoint's answers: it may not borrow slots.
+    receiver.always("/slow", Reply::Delay(Duration::from_millis(400)));
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/slow"), None)
+        .await;
+    for n in 0..20 {
+        app.send(&tenant, "call.started", json!({"n": n})).await;
+    }
+
+    let arrived = receiver.wait_for(20, Duration::from_secs(30)).await;
+    let mut seen: Vec<_> = arrived
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 20, "twenty messages, each once");
+    let metrics = scrape(&app).await;
+    assert_eq!(
+        value(&metrics, "herald_deliveries_given_back_total", &[]),
+        0.0
+    );
+    assert!(
+        value(&metrics, "herald_deliveries_claimed_total", &[]) >= 16.0,
+        "the deliveries without room went through claims"
+    );
+}

@@ -382,7 +382,7 @@ async fn create_messages(
             results.push(Err(shared::unknown_event_type(&item.input.event_type)));
             continue;
         }
-        let at = item.claim.map(|c| c.now).unwrap_or(batch_now);
+        let at = item.claim.as_ref().map_or(batch_now, |c| c.now);
         let message = shared::new_message(item.app, item.input.clone(), at);
         let fan_out = fan_outs
             .get(&message.app_id.to_string())
@@ -392,11 +392,12 @@ async fn create_messages(
         let targets = fan_out.matching(&message, item.input.to_endpoint)?;
         let trigger = shared::trigger_of(&item.input);
         for target in &targets {
-            // Strictly ordered endpoints are not leased here: a claim takes
-            // them in order.
+            // Strictly ordered endpoints are not leased here (a claim takes
+            // them in order), nor those the claimant has no room for.
             let lease = item
                 .claim
-                .filter(|_| !target.strict_ordering)
+                .as_ref()
+                .filter(|c| c.leases(target))
                 .map(|c| c.until);
             deliveries.push(&message, target.id.to_string(), lease, trigger);
         }
@@ -467,7 +468,7 @@ async fn create_messages(
         if !inserted.contains(&message.id.to_string()) {
             continue;
         }
-        let claim = batch[index].claim;
+        let claim = batch[index].claim.as_ref();
         wake_workers |= claim.is_none() && !targets.is_empty();
         results[index] = Ok(shared::created(message, targets, claim, trigger));
     }

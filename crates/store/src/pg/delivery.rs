@@ -20,7 +20,7 @@ use crate::sql;
 use crate::SendSlot;
 use crate::{
     Attempt, AttemptFilter, AttemptQuery, Claim, DeliveryJob, EndpointTarget, Message,
-    MessageQuery, MessageRef, Page, Reservation, StoreError, StoreResult, StoredResponse,
+    MessageQuery, MessageRef, Page, Reservation, Room, StoreError, StoreResult, StoredResponse,
     Timestamp,
 };
 
@@ -292,25 +292,43 @@ pub(crate) async fn resend(
     })
 }
 
-/// Leases due deliveries. `SKIP LOCKED` lets concurrent workers take
-/// disjoint batches without waiting on each other; the lease column makes
-/// the claim outlive the transaction.
+/// Leases due deliveries: of the oldest `limit` due rows, at most each
+/// endpoint's room. `SKIP LOCKED` lets concurrent workers take disjoint
+/// batches without waiting on each other (rows left out for want of room
+/// are locked only until the statement ends); the lease column makes the
+/// claim outlive the transaction. Reading further than `limit` rows to
+/// fill the claim past endpoints without room would lock rows for nothing:
+/// the claim is smaller instead, and the next one reads on.
 pub(crate) async fn claim_due(
     conn: &mut PgConnection,
     claim: Claim,
     limit: usize,
-    skip: Vec<EndpointId>,
+    room: Room,
     sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
+    let (partial, rooms): (Vec<String>, Vec<i64>) = room
+        .partial()
+        .map(|(endpoint, room)| (endpoint.to_string(), room as i64))
+        .unzip();
     let due = sqlx::query(&format!(
-        "WITH due AS (
-             SELECT d.message_id, d.endpoint_id
+        "WITH oldest AS (
+             SELECT d.message_id, d.endpoint_id, d.next_attempt_at
              FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
              WHERE d.status = 1 AND d.next_attempt_at <= $1 AND NOT e.disabled
                AND NOT (d.endpoint_id = ANY($4::text[])) {}
              ORDER BY d.next_attempt_at
              LIMIT $2
              FOR UPDATE OF d SKIP LOCKED
+         ),
+         due AS (
+             SELECT o.message_id, o.endpoint_id
+             FROM (
+                 SELECT o.*, row_number() OVER (
+                     PARTITION BY o.endpoint_id ORDER BY o.next_attempt_at) AS rank
+                 FROM oldest o
+             ) o LEFT JOIN unnest($5::text[], $6::int8[]) AS room(endpoint_id, rows)
+                 ON room.endpoint_id = o.endpoint_id
+             WHERE o.rank <= coalesce(room.rows, $7)
          )
          UPDATE deliveries SET lease_until = $3, next_attempt_at = $3
          FROM due
@@ -321,7 +339,10 @@ pub(crate) async fn claim_due(
     .bind(claim.now)
     .bind(limit as i64)
     .bind(claim.until)
-    .bind(skip.iter().map(ToString::to_string).collect::<Vec<_>>())
+    .bind(room.full().iter().map(ToString::to_string).collect::<Vec<_>>())
+    .bind(partial)
+    .bind(rooms)
+    .bind(room.otherwise.map_or(limit, |rows| rows) as i64)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;

@@ -19,8 +19,8 @@ use crate::shared;
 use crate::sql;
 use crate::{
     Attempt, AttemptFilter, AttemptOutcome, AttemptQuery, Claim, CreatedMessage, DeliveryJob,
-    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, StoreError,
-    StoreResult, StoredResponse, Timestamp,
+    EndpointTarget, Message, MessageInput, MessageQuery, MessageRef, Page, Reservation, Room,
+    StoreError, StoreResult, StoredResponse, Timestamp,
 };
 
 /// Enabled endpoints of `message`'s app that want it (subscriptions and
@@ -119,7 +119,7 @@ pub(crate) fn create_message(
     if known.is_none() {
         return Err(shared::unknown_event_type(&input.event_type));
     }
-    let at = claim.map(|c| c.now).unwrap_or_else(now);
+    let at = claim.as_ref().map_or_else(now, |c| c.now);
     let (only, trigger) = (input.to_endpoint, shared::trigger_of(&input));
     let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
@@ -149,8 +149,9 @@ pub(crate) fn create_message(
         .map_err(internal)?;
     for target in &targets {
         // A leased delivery is next due when its lease runs out. Strictly
-        // ordered endpoints are not leased here: a claim takes them in order.
-        let lease = claim.filter(|_| !target.strict_ordering).map(|c| c.until);
+        // ordered endpoints are not leased here (a claim takes them in
+        // order), nor those the claimant has no room for.
+        let lease = claim.as_ref().filter(|c| c.leases(target)).map(|c| c.until);
         insert
             .execute(params![
                 message_id,
@@ -163,7 +164,7 @@ pub(crate) fn create_message(
             ])
             .map_err(internal)?;
     }
-    Ok(shared::created(message, targets, claim, trigger))
+    Ok(shared::created(message, targets, claim.as_ref(), trigger))
 }
 
 pub(crate) fn get_message(
@@ -386,9 +387,10 @@ pub(crate) fn claim_due(
     conn: &Connection,
     claim: Claim,
     limit: usize,
-    skip: Vec<EndpointId>,
+    room: Room,
     sealing: &Sealing,
 ) -> StoreResult<Vec<DeliveryJob>> {
+    let skip = room.full();
     let skipped = skipped_endpoints(&skip);
     let sql = format!(
         "SELECT d.message_id, d.endpoint_id, d.attempts, d.trigger_type
@@ -403,7 +405,7 @@ pub(crate) fn claim_due(
         skip.iter()
             .map(|e| rusqlite::types::Value::Text(e.to_string())),
     );
-    binds.push((limit as i64).into());
+    binds.push((room.window(limit) as i64).into());
     let due = conn
         .prepare_cached(&sql)
         .and_then(|mut s| {
@@ -418,6 +420,7 @@ pub(crate) fn claim_due(
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(internal)?;
+    let due = room.select(due, limit, |(_, endpoint, _, _)| endpoint.as_str());
     let mut lease = conn
         .prepare_cached(
             "UPDATE deliveries SET lease_until = ?1, next_attempt_at = ?1 WHERE message_id = ?2 AND endpoint_id = ?3",

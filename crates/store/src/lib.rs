@@ -275,15 +275,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         room: Room,
     ) -> StoreResult<Vec<DeliveryJob>>;
     /// Gives a leased, unattempted delivery back (its endpoint is busy here);
-    /// it is due now and any worker may claim it.
-    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()>;
+    /// it is due now and any worker may claim it. Nothing changes unless
+    /// the caller still holds the lease (`job.lease_until`): once it ran
+    /// out, another worker may hold the delivery, and clearing that lease
+    /// would let a third send it too.
+    async fn release(&self, job: &DeliveryJob) -> StoreResult<()> {
+        self.release_until(job, crate::shared::now()).await
+    }
     /// Like [`Store::release`], due at `at` instead of now.
-    async fn release_until(
-        &self,
-        message: MessageId,
-        endpoint: EndpointId,
-        at: Timestamp,
-    ) -> StoreResult<()>;
+    async fn release_until(&self, job: &DeliveryJob, at: Timestamp) -> StoreResult<()>;
     /// Reserves the next send to a rate-limited endpoint, one every
     /// `interval_ms`, shared by every process: the slot if it starts by
     /// `deadline`. SQLite answers [`SendSlot::Local`].

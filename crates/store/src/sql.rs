@@ -119,7 +119,8 @@ statements! {
          ON CONFLICT (message_id, endpoint_id) DO UPDATE SET
              status = 1, trigger_type = 1, next_attempt_at = $5, lease_until = $5, updated_at = $4
          RETURNING attempts";
-    RELEASE_DELIVERY = "UPDATE deliveries SET lease_until = NULL, next_attempt_at = $3 WHERE message_id = $1 AND endpoint_id = $2 AND status = 1";
+    RELEASE_DELIVERY = "UPDATE deliveries SET lease_until = NULL, next_attempt_at = $3
+         WHERE message_id = $1 AND endpoint_id = $2 AND status = 1 AND lease_until = $4";
     RESERVE_IDEMPOTENCY_KEY = "INSERT INTO idempotency_keys (scope, key, status, body, created_at, fingerprint)
          VALUES ($1, $2, $3, '', $4, $5)
          ON CONFLICT (scope, key) DO NOTHING";

@@ -965,8 +965,13 @@ async fn claims_skip_busy_endpoints_and_released_deliveries_are_due_again() {
             .find(|j| j.endpoint.id == busy.id)
             .unwrap();
 
-        store.release(to_busy.message.id, busy.id).await.unwrap();
-        store.release(created.message.id, free.id).await.unwrap();
+        let to_free = created
+            .jobs
+            .iter()
+            .find(|j| j.endpoint.id == free.id)
+            .unwrap();
+        store.release(to_busy).await.unwrap();
+        store.release(to_free).await.unwrap();
         let skipping = store
             .claim_due(claim(now()), 10, Room::skipping([busy.id]))
             .await
@@ -1051,6 +1056,56 @@ async fn claims_take_no_more_of_an_endpoint_than_the_room_given_for_it() {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 30, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_ran_out_cannot_give_back_the_next_holder_s_delivery() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/1").await;
+        let at = now();
+        let first = store
+            .create_message(
+                app,
+                message("call.started", None),
+                Some(Claim::new(at, at + 1)),
+                None,
+            )
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        // The first lease ran out; a second worker holds the delivery now.
+        let second = store
+            .claim_due(claim(at + 10), 10, Room::default())
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1, "{name}");
+
+        // The first worker, late, gives it back: that must not free it.
+        store.release(&first).await.unwrap();
+        store.release_until(&first, at + 10).await.unwrap();
+        assert!(
+            store
+                .claim_due(claim(at + 20), 10, Room::default())
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: still the second worker's"
+        );
+        // Its holder can.
+        store.release(&second[0]).await.unwrap();
+        assert_eq!(
+            store
+                .claim_due(claim(now()), 10, Room::default())
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
     }
 }
 
@@ -1562,10 +1617,7 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
             Some(&policy),
             "{name}: fresh job"
         );
-        store
-            .release(job.message.id, job.endpoint.id)
-            .await
-            .unwrap();
+        store.release(&job).await.unwrap();
         let claimed = store
             .claim_due(claim(now()), 10, Room::default())
             .await

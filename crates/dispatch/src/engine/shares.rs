@@ -60,7 +60,7 @@ impl Dispatcher {
             Admission::GiveBack(job) => {
                 self.config.metrics.delivery_given_back();
                 self.tasks.spawn(async move {
-                    if let Err(error) = this.store.release(job.message.id, job.endpoint.id).await {
+                    if let Err(error) = this.store.release(&job).await {
                         // The lease runs out instead; the delivery is only later.
                         tracing::warn!(%error, "releasing a deferred delivery failed");
                     }
@@ -160,11 +160,7 @@ impl Dispatcher {
             Err(free_at) => {
                 // Other processes hold the endpoint's slots until past this
                 // lease: back to the database, due when one frees.
-                if let Err(error) = self
-                    .store
-                    .release_until(job.message.id, job.endpoint.id, free_at)
-                    .await
-                {
+                if let Err(error) = self.store.release_until(&job, free_at).await {
                     tracing::warn!(%error, "giving back a paced delivery failed");
                 }
                 None

@@ -619,6 +619,9 @@ async fn record_attempts(
 pub(crate) struct Release {
     pub message: herald_domain::MessageId,
     pub endpoint: herald_domain::EndpointId,
+    /// The lease the giver holds: nothing changes once it is not the
+    /// delivery's lease any more.
+    pub lease: Timestamp,
     pub at: Timestamp,
 }
 
@@ -643,13 +646,15 @@ async fn release_deliveries(
     let column = |f: &dyn Fn(&Release) -> String| -> Vec<String> { batch.iter().map(f).collect() };
     sqlx::query(
         "UPDATE deliveries d SET lease_until = NULL, next_attempt_at = u.at
-         FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(message_id, endpoint_id, at)
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+             AS u(message_id, endpoint_id, at, lease)
          WHERE d.message_id = ANY($1) AND d.message_id = u.message_id
-             AND d.endpoint_id = u.endpoint_id AND d.status = 1",
+             AND d.endpoint_id = u.endpoint_id AND d.status = 1 AND d.lease_until = u.lease",
     )
     .bind(column(&|r| r.message.to_string()))
     .bind(column(&|r| r.endpoint.to_string()))
     .bind(batch.iter().map(|r| r.at).collect::<Vec<Timestamp>>())
+    .bind(batch.iter().map(|r| r.lease).collect::<Vec<Timestamp>>())
     .execute(&mut *conn)
     .await
     .map_err(db)?;

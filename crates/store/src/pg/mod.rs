@@ -538,23 +538,15 @@ crate::delegate::delegated!(pg_store {
             })
             .await
     }
-    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
-        self.release_until(message, endpoint, crate::shared::now())
-            .await
-    }
     /// Batched: under overload every endpoint share is full and deliveries
     /// are given back by the thousand; one transaction each was work added
     /// exactly when there was no room for it.
-    async fn release_until(
-        &self,
-        message: MessageId,
-        endpoint: EndpointId,
-        at: Timestamp,
-    ) -> StoreResult<()> {
+    async fn release_until(&self, job: &DeliveryJob, at: Timestamp) -> StoreResult<()> {
         self.releases
             .submit(batch::Release {
-                message,
-                endpoint,
+                message: job.message.id,
+                endpoint: job.endpoint.id,
+                lease: job.lease_until,
                 at,
             })
             .await

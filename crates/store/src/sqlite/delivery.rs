@@ -464,10 +464,18 @@ pub(crate) fn release(
     conn: &Connection,
     message: MessageId,
     endpoint: EndpointId,
+    lease: Timestamp,
     at: Timestamp,
 ) -> StoreResult<()> {
     conn.prepare_cached(sql::RELEASE_DELIVERY.sqlite)
-        .and_then(|mut s| s.execute(params![message.to_string(), endpoint.to_string(), at]))
+        .and_then(|mut s| {
+            s.execute(params![
+                message.to_string(),
+                endpoint.to_string(),
+                at,
+                lease
+            ])
+        })
         .map_err(internal)?;
     Ok(())
 }

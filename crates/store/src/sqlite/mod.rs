@@ -419,18 +419,10 @@ crate::delegate::delegated!(sqlite_store {
             })
             .await
     }
-    async fn release(&self, message: MessageId, endpoint: EndpointId) -> StoreResult<()> {
-        self.release_until(message, endpoint, crate::shared::now())
-            .await
-    }
-    async fn release_until(
-        &self,
-        message: MessageId,
-        endpoint: EndpointId,
-        at: Timestamp,
-    ) -> StoreResult<()> {
+    async fn release_until(&self, job: &DeliveryJob, at: Timestamp) -> StoreResult<()> {
+        let (message, endpoint, lease) = (job.message.id, job.endpoint.id, job.lease_until);
         self.writer
-            .write(move |c| delivery::release(c, message, endpoint, at))
+            .write(move |c| delivery::release(c, message, endpoint, lease, at))
             .await
     }
     async fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<()> {

@@ -292,6 +292,17 @@ pub(crate) async fn resend(
     })
 }
 
+/// Whether the due delivery `d` may be claimed: its endpoint is enabled
+/// and, when strictly ordered, `d` is its oldest pending message. A scalar
+/// subquery per row rather than a join, so the plan cannot change with the
+/// statistics: a join let the planner hash every due row (a backlog of
+/// 90,000), sort them on disk and keep 256 — 144 ms per claim — where
+/// walking `deliveries_due` in order stops at the 256th.
+const CLAIMABLE: &str = "(SELECT NOT e.disabled AND (NOT e.strict_ordering OR d.message_id = (
+         SELECT MIN(o.message_id) FROM deliveries o
+         WHERE o.endpoint_id = d.endpoint_id AND o.status = 1))
+     FROM endpoints e WHERE e.id = d.endpoint_id)";
+
 /// Leases due deliveries: of the oldest `limit` due rows, at most each
 /// endpoint's room. `SKIP LOCKED` lets concurrent workers take disjoint
 /// batches without waiting on each other (rows left out for want of room
@@ -313,9 +324,9 @@ pub(crate) async fn claim_due(
     let due = sqlx::query(&format!(
         "WITH oldest AS (
              SELECT d.message_id, d.endpoint_id, d.next_attempt_at
-             FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-             WHERE d.status = 1 AND d.next_attempt_at <= $1 AND NOT e.disabled
-               AND NOT (d.endpoint_id = ANY($4::text[])) {}
+             FROM deliveries d
+             WHERE d.status = 1 AND d.next_attempt_at <= $1
+               AND NOT (d.endpoint_id = ANY($4::text[])) AND {CLAIMABLE}
              ORDER BY d.next_attempt_at
              LIMIT $2
              FOR UPDATE OF d SKIP LOCKED
@@ -333,8 +344,7 @@ pub(crate) async fn claim_due(
          UPDATE deliveries SET lease_until = $3, next_attempt_at = $3
          FROM due
          WHERE deliveries.message_id = due.message_id AND deliveries.endpoint_id = due.endpoint_id
-         RETURNING deliveries.message_id, deliveries.endpoint_id, deliveries.attempts, deliveries.trigger_type",
-        shared::STRICT_ORDER_SQL
+         RETURNING deliveries.message_id, deliveries.endpoint_id, deliveries.attempts, deliveries.trigger_type"
     ))
     .bind(claim.now)
     .bind(limit as i64)
@@ -400,9 +410,9 @@ pub(crate) async fn next_due_at(
     skip: Vec<EndpointId>,
 ) -> StoreResult<Option<Timestamp>> {
     let row = sqlx::query(
-        "SELECT d.next_attempt_at FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 1 AND NOT e.disabled
-           AND NOT (d.endpoint_id = ANY($1::text[]))
+        "SELECT d.next_attempt_at FROM deliveries d
+         WHERE d.status = 1 AND NOT (d.endpoint_id = ANY($1::text[]))
+           AND (SELECT NOT e.disabled FROM endpoints e WHERE e.id = d.endpoint_id)
          ORDER BY d.next_attempt_at LIMIT 1",
     )
     .bind(skip.iter().map(ToString::to_string).collect::<Vec<_>>())

@@ -328,7 +328,8 @@ impl Claim {
 /// without giving any back).
 #[derive(Debug, Clone, Default)]
 pub struct Room {
-    /// Endpoints with less room than the others; 0 leaves them out.
+    /// Endpoints whose room is not `otherwise` (less, or more for one that
+    /// may borrow slots); 0 leaves them out.
     pub limited: Vec<(EndpointId, usize)>,
     /// Room for every other endpoint; `None`: as much as the claim takes.
     pub otherwise: Option<usize>,
@@ -352,7 +353,7 @@ impl Room {
             .collect()
     }
 
-    /// The endpoints with some room but less than the others: `(id, room)`.
+    /// The endpoints in `limited` with some room: `(id, room)`.
     pub fn partial(&self) -> impl Iterator<Item = (EndpointId, usize)> + '_ {
         self.limited.iter().copied().filter(|(_, room)| *room > 0)
     }

@@ -1,6 +1,7 @@
 //! Each endpoint's share of the dispatcher: at most so many deliveries in
-//! flight to it (as many again waiting), the rest given back to the
-//! database; and its pace, when it has a rate limit. An endpoint that
+//! flight to it (as many again waiting), the rest left in the database
+//! (claims and new messages take no more than the room left: see
+//! [`Dispatcher::room`]); and its pace, when it has a rate limit. An endpoint that
 //! answers quickly may borrow idle slots past its share while more than
 //! half of them are free: the share is there so a slow endpoint cannot
 //! starve the others, not to hold a fast one to `share / round trip` when
@@ -198,7 +199,7 @@ impl Dispatcher {
                 load.observe(answer);
             }
             next = load.waiting.pop_front();
-            let Some(_) = next else {
+            if next.is_none() {
                 let was_saturated = load.in_flight >= load.limit;
                 load.in_flight -= 1;
                 self.note_room(endpoint, load);
@@ -221,7 +222,7 @@ impl Dispatcher {
                     self.wake.notify_one();
                 }
                 break;
-            };
+            }
             self.note_room(endpoint, load);
             if load.waiting.len() == load.limit / 2 {
                 // Half its queue is free again: room for a claim worth

@@ -234,11 +234,12 @@ impl Dispatcher {
     }
 
     /// Keeps the set of endpoints with no room here (see
-    /// [`Dispatcher::room`]) up to date after `load` changed. An endpoint
-    /// that may borrow is never in it: whether it has room depends on the
-    /// other endpoints' load when its delivery arrives.
+    /// [`Dispatcher::room`]) up to date after `load` changed: those whose
+    /// next job [`Dispatcher::start`] would give back. One that may borrow
+    /// has room while slots are spare; that is judged at each change of
+    /// its load, which for an endpoint busy enough to fill is often.
     fn note_room(&self, endpoint: herald_domain::EndpointId, load: &mut EndpointLoad) {
-        let full = load.room() == 0 && !load.may_borrow();
+        let full = load.room() == 0 && !(load.may_borrow() && self.has_spare_slots());
         if full != load.full {
             load.full = full;
             let mut set = self.full.lock().expect("full endpoints");
@@ -301,9 +302,10 @@ impl EndpointLoad {
     }
 
     /// Deliveries it can take now without giving any back: free slots and
-    /// free places in its queue.
+    /// free places in its queue (an endpoint that borrowed slots past its
+    /// share still has its queue).
     pub(super) fn room(&self) -> usize {
-        (2 * self.limit).saturating_sub(self.in_flight + self.waiting.len())
+        self.limit.saturating_sub(self.in_flight) + self.limit.saturating_sub(self.waiting.len())
     }
 
     /// Takes in one attempt's answer: `Some(time)` for a success, `None` for

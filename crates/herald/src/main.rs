@@ -52,11 +52,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    run(Cli::parse()).await
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    match Cli::parse().command {
         Command::App(args) => herald::client::app(args).await,
         Command::Endpoint(args) => herald::client::endpoint(args).await,
         Command::Send(args) => herald::client::send(args).await,

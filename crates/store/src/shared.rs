@@ -358,6 +358,12 @@ pub(crate) fn read_secret(sealing: &Sealing, stored: &str) -> StoreResult<Secret
         .map_err(|e| StoreError::Internal(format!("stored secret unreadable: {e}")))
 }
 
+/// The lease a new delivery to `target` is written with: the claim's, when
+/// it leases that endpoint (see [`Claim::leases`]).
+pub(crate) fn lease(claim: Option<&Claim>, target: &EndpointTarget) -> Option<Timestamp> {
+    claim.filter(|c| c.leases(target)).map(|c| c.until)
+}
+
 /// The result of storing a message: with a claim, one leased job per
 /// matching endpoint the claim leases (see [`Claim::leases`]), ready to send.
 pub(crate) fn created(

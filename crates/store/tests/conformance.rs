@@ -180,6 +180,16 @@ fn claim(now: Timestamp) -> Claim {
     Claim::new(now, now + 60_000)
 }
 
+/// The leased job of a new `call.started` message to `app`'s one endpoint.
+async fn leased(store: &dyn Store, app: AppId, claim: Claim) -> DeliveryJob {
+    store
+        .create_message(app, message("call.started", None), Some(claim), None)
+        .await
+        .unwrap()
+        .jobs
+        .remove(0)
+}
+
 fn now() -> Timestamp {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1066,17 +1076,7 @@ async fn a_worker_whose_lease_ran_out_cannot_give_back_the_next_holder_s_deliver
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
         let at = now();
-        let first = store
-            .create_message(
-                app,
-                message("call.started", None),
-                Some(Claim::new(at, at + 1)),
-                None,
-            )
-            .await
-            .unwrap()
-            .jobs
-            .remove(0);
+        let first = leased(store, app, Claim::new(at, at + 1)).await;
         // The first lease ran out; a second worker holds the delivery now.
         let second = store
             .claim_due(claim(at + 10), 10, Room::default())
@@ -1117,12 +1117,7 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_next_holder() {
         let endpoint = endpoint(store, app, "http://a.test/1").await;
         let at = now();
         let short = Claim::new(at, at + 1);
-        let first = store
-            .create_message(app, message("call.started", None), Some(short), None)
-            .await
-            .unwrap()
-            .jobs
-            .remove(0);
+        let first = leased(store, app, short).await;
         let second = store
             .claim_due(claim(at + 10), 10, Room::default())
             .await
@@ -1173,12 +1168,7 @@ async fn an_attempt_that_failed_for_want_of_local_resources_is_not_charged() {
         let app = app(store, None).await;
         endpoint(store, app, "http://a.test/1").await;
         let at = now();
-        let job = store
-            .create_message(app, message("call.started", None), Some(claim(at)), None)
-            .await
-            .unwrap()
-            .jobs
-            .remove(0);
+        let job = leased(store, app, claim(at)).await;
         let failed = |job: &DeliveryJob, class: herald_domain::ErrorClass| AttemptOutcome {
             lease_until: job.lease_until,
             attempt: Attempt {
@@ -1606,12 +1596,7 @@ async fn an_endpoints_retry_policy_is_stored_and_travels_with_its_jobs() {
             .unwrap();
         assert_eq!(created.retry_policy.as_ref(), Some(&policy), "{name}");
 
-        let job = store
-            .create_message(app, message("call.started", None), Some(claim(now())), None)
-            .await
-            .unwrap()
-            .jobs
-            .remove(0);
+        let job = leased(store, app, claim(now())).await;
         assert_eq!(
             job.endpoint.retry_policy.as_deref(),
             Some(&policy),

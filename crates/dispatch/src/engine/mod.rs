@@ -114,8 +114,9 @@ pub struct Dispatcher {
     /// Deliveries in flight, and waiting their turn, per endpoint.
     per_endpoint: Mutex<HashMap<EndpointId, EndpointLoad>>,
     /// The endpoints in `per_endpoint` with no room left (shared with each
-    /// new message's claim: their deliveries are left for later claims).
-    /// Locked after `per_endpoint` when both are.
+    /// new message's claim: their deliveries are left for later claims;
+    /// and left out of the next due time). Locked after `per_endpoint`
+    /// when both are.
     full: Mutex<Arc<std::collections::HashSet<EndpointId>>>,
     /// Attempt outcomes per endpoint not yet added to the stored health
     /// aggregates (one write per endpoint and flush, not per attempt).
@@ -325,7 +326,14 @@ impl Dispatcher {
         if self.slots.available_permits() == 0 {
             return self.config.idle_poll;
         }
-        match self.store.next_due_at(self.room().full()).await {
+        let full = self
+            .full
+            .lock()
+            .expect("full endpoints")
+            .iter()
+            .copied()
+            .collect();
+        match self.store.next_due_at(full).await {
             Ok(Some(at)) => {
                 let wait = (at - now_ms()).max(0) as u64;
                 // A due row that could not be claimed (a race) must not spin the loop.
@@ -359,14 +367,8 @@ impl Dispatcher {
         let otherwise = 2 * self.config.max_in_flight_per_endpoint;
         let limited = per_endpoint
             .iter()
-            .filter_map(|(endpoint, load)| {
-                let room = if spare && load.may_borrow() {
-                    self.config.claim_batch
-                } else {
-                    load.room()
-                };
-                (room != otherwise).then_some((*endpoint, room))
-            })
+            .map(|(endpoint, load)| (*endpoint, self.room_of(load, spare)))
+            .filter(|(_, room)| *room != otherwise)
             .collect();
         Room {
             limited,

@@ -70,6 +70,17 @@ impl Dispatcher {
         }
     }
 
+    /// How many more jobs `load`'s endpoint takes here without giving any
+    /// back (as [`Dispatcher::start`] admits them): one that may borrow
+    /// while slots are `spare` takes a claim's worth.
+    pub(super) fn room_of(&self, load: &EndpointLoad, spare: bool) -> usize {
+        if spare && load.may_borrow() {
+            self.config.claim_batch
+        } else {
+            load.room()
+        }
+    }
+
     /// The last moment an attempt of `job` may start: one started later
     /// could outlast its lease.
     fn latest_start(&self, job: &DeliveryJob) -> Timestamp {
@@ -239,7 +250,7 @@ impl Dispatcher {
     /// has room while slots are spare; that is judged at each change of
     /// its load, which for an endpoint busy enough to fill is often.
     fn note_room(&self, endpoint: herald_domain::EndpointId, load: &mut EndpointLoad) {
-        let full = load.room() == 0 && !(load.may_borrow() && self.has_spare_slots());
+        let full = self.room_of(load, self.has_spare_slots()) == 0;
         if full != load.full {
             load.full = full;
             let mut set = self.full.lock().expect("full endpoints");

@@ -287,6 +287,12 @@ impl Row {
         self
     }
 
+    /// Reads what Herald claimed and gave back from its `/metrics`.
+    async fn count_claims(&mut self, herald: &HeraldUnderTest) {
+        self.claimed = herald.counter("herald_deliveries_claimed_total").await;
+        self.given_back = herald.counter("herald_deliveries_given_back_total").await;
+    }
+
     fn cpu(mut self, meter: &Meter, herald: &HeraldUnderTest) -> Self {
         self.herald_cpu_seconds = herald.cpu_seconds() - meter.herald;
         self.generator_cpu_seconds = load::own_cpu_seconds() - meter.generator;
@@ -386,8 +392,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<Row> {
     .delivered(&delivered, true)
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
-    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
-    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
+    row.count_claims(&herald).await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     if sent.rejected > 0 {
@@ -443,8 +448,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<Row> {
         .delivered(&delivered, true)
         .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
-    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
-    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
+    row.count_claims(&herald).await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     Ok(row)
@@ -498,8 +502,7 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Row> {
     .delivered(&delivered, false)
     .cpu(&meter, &herald);
     row.herald_peak_rss_mib = herald.peak_rss_mib();
-    row.claimed = herald.counter("herald_deliveries_claimed_total").await;
-    row.given_back = herald.counter("herald_deliveries_given_back_total").await;
+    row.count_claims(&herald).await;
     herald.stop().await;
     require_all(&row, &delivered, expected)?;
     Ok(row)

@@ -392,13 +392,7 @@ async fn create_messages(
         let targets = fan_out.matching(&message, item.input.to_endpoint)?;
         let trigger = shared::trigger_of(&item.input);
         for target in &targets {
-            // Strictly ordered endpoints are not leased here (a claim takes
-            // them in order), nor those the claimant has no room for.
-            let lease = item
-                .claim
-                .as_ref()
-                .filter(|c| c.leases(target))
-                .map(|c| c.until);
+            let lease = shared::lease(item.claim.as_ref(), target);
             deliveries.push(&message, target.id.to_string(), lease, trigger);
         }
         // Replaced below once the message is known to be written.

@@ -148,10 +148,8 @@ pub(crate) fn create_message(
         )
         .map_err(internal)?;
     for target in &targets {
-        // A leased delivery is next due when its lease runs out. Strictly
-        // ordered endpoints are not leased here (a claim takes them in
-        // order), nor those the claimant has no room for.
-        let lease = claim.as_ref().filter(|c| c.leases(target)).map(|c| c.until);
+        // A leased delivery is next due when its lease runs out.
+        let lease = shared::lease(claim.as_ref(), target);
         insert
             .execute(params![
                 message_id,

@@ -54,7 +54,9 @@ async fn the_inspector_keeps_deliveries_and_says_whether_they_are_signed() {
     assert_eq!(body["data"]["callId"], "c-42");
     assert_eq!(delivery["signature"]["status"], "valid", "{delivery}");
     assert_eq!(delivery["signature"]["endpointId"], endpoint.as_str());
-    // Herald's attempt saw the inspector's answer.
+    // Herald's attempt saw the inspector's answer (recorded once Herald
+    // has read it, a moment after the inspector kept the request).
+    crate::helpers::attempted(&app, &tenant, &message, 1).await;
     let attempts = app.attempts_of(&tenant, &message).await;
     assert_eq!(attempts[0]["responseStatusCode"], 200);
 

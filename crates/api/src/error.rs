@@ -171,11 +171,19 @@ impl IntoResponse for ApiError {
                 )
                     .into_response();
             }
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is unavailable; retry later".to_owned(),
-            ),
+            Self::Unavailable => {
+                let body = ErrorBody {
+                    code: "database_unavailable",
+                    detail: "the database is unavailable; retry after the indicated delay"
+                        .to_owned(),
+                };
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, "2")],
+                    Json(body),
+                )
+                    .into_response();
+            }
             Self::WritesFailing(cause) => {
                 tracing::warn!(%cause, "health: database writes fail");
                 let why = if cause.contains("full") {

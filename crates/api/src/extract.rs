@@ -56,6 +56,7 @@ where
                 })
             }
         }
+        herald_domain::payload::check_depth(&bytes)?;
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),

@@ -2,11 +2,13 @@
 //! is `auth`'s).
 
 use axum::body::{to_bytes, Body, Bytes};
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use herald_domain::ids::IdOrUid;
+use herald_domain::{EndpointId, MessageId};
 use herald_store::{Reservation, StoredResponse};
 
 use crate::error::ApiError;
@@ -33,6 +35,8 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 /// corrected or later retry runs.
 pub(crate) async fn idempotency(
     State(state): State<AppState>,
+    matched: MatchedPath,
+    params: RawPathParams,
     request: Request,
     next: Next,
 ) -> Response {
@@ -55,8 +59,12 @@ pub(crate) async fn idempotency(
         .extensions()
         .get::<crate::auth::Principal>()
         .map_or_else(|| "anonymous".to_owned(), |p| p.actor());
-    let path = request.uri().path().trim_end_matches('/').to_owned();
-    let scope = format!("{actor} {path}");
+    let scope = match scope(&state, &actor, &matched, &params).await {
+        Ok(scope) => scope,
+        // What the path names does not exist (or cannot be read now): the
+        // handler gives the same answer, and there is nothing to replay.
+        Err(_) => return next.run(request).await,
+    };
     let (parts, body) = request.into_parts();
     let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
         Ok(bytes) => bytes,
@@ -71,7 +79,7 @@ pub(crate) async fn idempotency(
             .into_response()
         }
     };
-    let fingerprint = fingerprint(&path, parts.uri.query(), &bytes);
+    let fingerprint = fingerprint(&scope, parts.uri.query(), &bytes);
     let now = now_ms();
     match state
         .store
@@ -129,12 +137,65 @@ pub(crate) async fn idempotency(
     Response::from_parts(parts, Body::from(bytes))
 }
 
-/// SHA-256 of what makes two requests the same request: the path, the
-/// query and the body, byte for byte.
-fn fingerprint(path: &str, query: Option<&str>, body: &[u8]) -> String {
+/// What a key is scoped by: the token holder, the operation (the route as
+/// declared, not as spelled) and what its path names, by id: an app or
+/// endpoint named by its uid and a message named by its `eventId` are the
+/// same ones as when named by id, so a key cannot be reused by spelling
+/// the path another way.
+async fn scope(
+    state: &AppState,
+    actor: &str,
+    matched: &MatchedPath,
+    params: &RawPathParams,
+) -> Result<String, ApiError> {
+    let segment = |wanted: &str| {
+        params
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, value)| value)
+    };
+    let app = match segment("app") {
+        Some(app) => Some(crate::apps::resolve(state, app).await?),
+        None => None,
+    };
+    let mut scope = format!("{actor} POST {}", matched.as_str());
+    for (name, value) in params.iter() {
+        let id = match (name, app) {
+            ("app", Some(app)) => app.to_string(),
+            ("endpoint", Some(app)) => {
+                let reference =
+                    IdOrUid::<EndpointId>::parse(value).map_err(|_| ApiError::NotFound)?;
+                state
+                    .store
+                    .get_endpoint(app, &reference)
+                    .await?
+                    .id
+                    .to_string()
+            }
+            ("msg", Some(app)) => {
+                match IdOrUid::<MessageId>::parse(value).map_err(|_| ApiError::NotFound)? {
+                    IdOrUid::Id(id) => id.to_string(),
+                    reference => state
+                        .store
+                        .get_message(app, &reference)
+                        .await?
+                        .id
+                        .to_string(),
+                }
+            }
+            _ => value.to_owned(),
+        };
+        scope.push_str(&format!(" {name}={id}"));
+    }
+    Ok(scope)
+}
+
+/// SHA-256 of what makes two requests the same request: the operation and
+/// what it names (the scope), the query and the body, byte for byte.
+fn fingerprint(scope: &str, query: Option<&str>, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    hash.update(path.as_bytes());
+    hash.update(scope.as_bytes());
     hash.update(b"?");
     hash.update(query.unwrap_or_default().as_bytes());
     hash.update(b"\n");

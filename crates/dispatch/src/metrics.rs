@@ -28,6 +28,7 @@ pub struct Metrics {
     deliveries_exhausted: IntCounter,
     manual_attempts: IntCounter,
     endpoints_auto_disabled: IntCounter,
+    health_flushes_failed: IntCounter,
     dispatch_pauses: IntCounter,
     leases_ran_out: IntCounter,
     deliveries_claimed: IntCounter,
@@ -101,6 +102,10 @@ impl Metrics {
         let endpoints_auto_disabled = counter(
             "herald_endpoints_auto_disabled_total",
             "Endpoints this process disabled because every attempt failed.",
+        );
+        let health_flushes_failed = counter(
+            "herald_health_flushes_failed_total",
+            "Seconds of endpoint-health counts this process could not add to the store after three tries (the attempt log still holds the attempts).",
         );
         let dispatch_pauses = counter(
             "herald_dispatch_pauses_total",
@@ -237,6 +242,7 @@ impl Metrics {
             deliveries_exhausted,
             manual_attempts,
             endpoints_auto_disabled,
+            health_flushes_failed,
             dispatch_pauses,
             leases_ran_out,
             deliveries_claimed,
@@ -309,6 +315,10 @@ impl Metrics {
 
     pub fn delivery_given_back(&self) {
         self.deliveries_given_back.inc();
+    }
+
+    pub fn health_flush_failed(&self) {
+        self.health_flushes_failed.inc();
     }
 
     pub fn endpoint_auto_disabled(&self) {

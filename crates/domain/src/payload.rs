@@ -1,7 +1,61 @@
 //! What a message payload may contain beyond being JSON: every string in it
-//! must be Unicode without NUL, whatever the backend and the receiver.
+//! must be Unicode without NUL, whatever the backend and the receiver, and
+//! no body nests deeper than [`MAX_DEPTH`].
 
 use crate::ParseError;
+
+/// How deeply objects and arrays may nest in any JSON body Herald accepts,
+/// the body's own object counting as the first level (a message's payload
+/// may so nest 63 levels). Deeper documents break recursive parsers: the
+/// Python SDK fails with `RecursionError` on an answer that echoes them.
+pub const MAX_DEPTH: usize = 64;
+
+/// The deepest nesting of objects and arrays in `json`, counting the
+/// outermost as 1, read without parsing (brackets inside strings do not
+/// count); it stops counting once past `limit`.
+pub fn depth(json: &[u8], limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut i = 0;
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > deepest {
+                        deepest = depth;
+                        if deepest > limit {
+                            return deepest;
+                        }
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    deepest
+}
+
+/// Refuses a body that nests past [`MAX_DEPTH`], naming the limit.
+pub fn check_depth(json: &[u8]) -> Result<(), ParseError> {
+    if depth(json, MAX_DEPTH) > MAX_DEPTH {
+        return Err(ParseError::new(
+            "body",
+            format!("nests objects and arrays more than {MAX_DEPTH} levels deep; at most {MAX_DEPTH} are accepted"),
+        ));
+    }
+    Ok(())
+}
 
 /// Refuses `\u0000` and escaped UTF-16 surrogates that do not form a pair
 /// (`"\ud800"`) in already well-formed JSON text. Both are valid JSON
@@ -71,6 +125,40 @@ fn lone_surrogate() -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let cases = [
+            (r#"{}"#, 1, "an empty object"),
+            (r#"{"a": [1, {"b": []}]}"#, 4, "objects within arrays"),
+            (r#"{"a": "[[[{{{"}"#, 1, "brackets in a string"),
+            (
+                r#"{"a\"[[": "x\\", "b": [[]]}"#,
+                3,
+                "escaped quotes and backslashes",
+            ),
+            (r#"[[[]]] [[]]"#, 3, "the deepest of several values"),
+        ];
+        for (json, expected, why) in cases {
+            assert_eq!(depth(json.as_bytes(), 100), expected, "{why}: {json}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            depth(deep.as_bytes(), MAX_DEPTH),
+            MAX_DEPTH + 1,
+            "stops past the limit"
+        );
+        let at_limit = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(
+            check_depth(at_limit.as_bytes()).is_ok(),
+            "the limit itself is accepted"
+        );
+        let past = format!("[{at_limit}]");
+        assert!(
+            check_depth(past.as_bytes()).is_err(),
+            "one past the limit is refused"
+        );
+    }
 
     #[test]
     fn unicode_strings_pass_and_nul_or_lone_surrogates_are_refused() {

@@ -6,11 +6,16 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use herald_store::HealthUpdate;
+use std::time::Duration;
+
+use herald_store::{HealthUpdate, StoreError};
 
 use herald_domain::AppId;
 
 use super::{now_ms, Dispatcher};
+
+/// How many times one flush is written before its counts are given up.
+const HEALTH_TRIES: u64 = 3;
 
 impl Dispatcher {
     pub(super) async fn flush_health_until(self: Arc<Self>, shutdown: CancellationToken) {
@@ -25,24 +30,40 @@ impl Dispatcher {
 
     /// Adds the health counts gathered since the last flush to the store.
     pub async fn flush_health(self: &Arc<Self>) {
-        let updates: Vec<HealthUpdate> = {
+        let mut updates: Vec<HealthUpdate> = {
             let mut pending = self.health.lock().expect("health counts");
             pending.drain().map(|(_, update)| update).collect()
         };
         if updates.is_empty() {
             return;
         }
-        let runs = match self
-            .store
-            .record_health(updates.clone(), self.config.auto_disable)
-            .await
-        {
-            Ok(runs) => runs,
-            // The attempt log still has every attempt; only the aggregates
-            // miss this second's counts.
-            Err(error) => {
-                tracing::warn!(%error, "recording endpoint health failed");
-                return;
+        // Every process takes the rows of its endpoints in the same order,
+        // so that two flushes of overlapping endpoints queue behind each
+        // other instead of deadlocking.
+        updates.sort_unstable_by_key(|update| update.endpoint_id);
+        let mut tries = 0;
+        let runs = loop {
+            tries += 1;
+            match self
+                .store
+                .record_health(updates.clone(), self.config.auto_disable)
+                .await
+            {
+                Ok(runs) => break runs,
+                // A conflict lost to another writer (a deadlock or a
+                // serialization failure) or a short outage: the same counts
+                // are written again, a few times, a little later each time.
+                Err(StoreError::Unavailable(error)) if tries < HEALTH_TRIES => {
+                    tracing::debug!(%error, tries, "recording endpoint health: trying again");
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                // The attempt log still has every attempt; only the aggregates
+                // miss this second's counts.
+                Err(error) => {
+                    tracing::warn!(%error, "recording endpoint health failed");
+                    self.config.metrics.health_flush_failed();
+                    return;
+                }
             }
         };
         for run in runs.iter().filter(|run| run.disabled) {

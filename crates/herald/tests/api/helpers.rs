@@ -586,6 +586,16 @@ impl TestDatabase {
             .expect("PostgreSQL reachable")
     }
 
+    /// A session on the server's administrative database (not this one),
+    /// and this database's name: for changing the database itself.
+    pub async fn connect_admin(&self) -> (sqlx::PgConnection, &str) {
+        use sqlx::Connection;
+        let conn = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("PostgreSQL reachable");
+        (conn, &self.name)
+    }
+
     pub async fn drop_database(self) {
         use sqlx::Connection;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {

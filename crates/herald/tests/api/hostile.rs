@@ -480,6 +480,86 @@ async fn idempotency_keys_keep_only_answers_of_requests_that_ran() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_holds_whichever_way_the_app_or_endpoint_is_spelled() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (_, created) = app
+        .post("/app/", json!({"name": "Acme", "uid": "acme"}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let body = r#"{"eventType": "call.completed", "payload": {"callId": "c1"}}"#;
+
+    let (first, sent) = post_with_key(&app, "acme", "spelled", body).await;
+    let (by_id, replayed) = post_with_key(&app, &id, "spelled", body).await;
+    let (slashless, _) = {
+        let response = app
+            .client
+            .post(app.url(&format!("/app/{id}/msg")))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "spelled")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), ())
+    };
+    let (other_body, error) = post_with_key(
+        &app,
+        &id,
+        "spelled",
+        r#"{"eventType": "call.completed", "payload": {"callId": "c2"}}"#,
+    )
+    .await;
+
+    assert_eq!(first, 202, "{sent}");
+    assert_eq!(by_id, 202, "{replayed}");
+    assert_eq!(
+        replayed["id"], sent["id"],
+        "the uid's answer is replayed for the id"
+    );
+    assert_eq!(slashless, 202);
+    assert_eq!(other_body, 422, "another body under the same key: {error}");
+    assert_eq!(message_count(&app, "acme").await, 1, "one message ran");
+
+    // An endpoint named by uid and by id is one scope too: one recovery.
+    app.post(
+        "/app/acme/endpoint/",
+        json!({"url": receiver.url("/hook"), "uid": "crm"}),
+    )
+    .await;
+    let (_, endpoint) = app.get("/app/acme/endpoint/crm/").await;
+    let recover = |path: String| {
+        app.client
+            .post(app.url(&path))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "recover-once")
+            .json(&json!({"since": "2026-01-01T00:00:00Z"}))
+            .send()
+    };
+    let by_uid: Value = recover("/app/acme/endpoint/crm/recover/".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_ids: Value = recover(format!(
+        "/app/{id}/endpoint/{}/recover/",
+        endpoint["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(by_uid["id"].is_string(), "{by_uid}");
+    assert_eq!(
+        by_uid["id"], by_ids["id"],
+        "one recovery task: {by_uid} {by_ids}"
+    );
+}
+
+#[tokio::test]
 async fn a_concurrent_duplicate_of_a_running_request_gets_409_and_does_not_run() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
@@ -757,6 +837,38 @@ async fn odd_input_is_refused(
             "a prevIterator of another list",
         ),
     ];
+    // Nested past the documented limit (64 levels, the body counting as
+    // one): the payload's 63 levels pass, a 64th is refused, as is the
+    // 100,000 levels a recursive parser in an SDK cannot read back.
+    let nested = |levels: usize| -> &'static str {
+        Box::leak(
+            format!(
+                r#"{{"eventType": "call.completed", "payload": {}{}}}"#,
+                r#"{"a": "#.repeat(levels) + "1",
+                "}".repeat(levels)
+            )
+            .into_boxed_str(),
+        )
+    };
+    for (levels, why) in [
+        (64, "a payload 64 levels deep"),
+        (100_000, "100,000 levels"),
+    ] {
+        cases.push((
+            reqwest::Method::POST,
+            format!("/app/{tenant}/msg/"),
+            Some(nested(levels)),
+            422,
+            why,
+        ));
+    }
+    let (status, accepted) = call(
+        reqwest::Method::POST,
+        format!("/app/{tenant}/msg/"),
+        Some(nested(63)),
+    )
+    .await;
+    assert_eq!(status, 202, "63 levels are within the limit: {accepted}");
     if !private_networks_allowed {
         for (url, why) in [
             ("https://[2002:7f00:1::]/hook", "6to4 of 127.0.0.1"),
@@ -791,7 +903,11 @@ async fn odd_input_is_refused(
         );
     }
     let (_, list) = call(reqwest::Method::GET, format!("/app/{tenant}/msg/"), None).await;
-    assert_eq!(list["data"], json!([]), "no refused message was stored");
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "no refused message was stored, only the one within the limit"
+    );
     let (_, list) = call(
         reqwest::Method::GET,
         format!("/app/{tenant}/endpoint/"),

@@ -504,3 +504,89 @@ async fn a_delivery_whose_lease_ran_out_while_it_waited_is_not_sent_twice() {
     drop((busy, worker));
     database.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_database_that_refuses_connections_answers_503_never_500() {
+    let _shared = POSTGRES.read().await;
+    let Some(database) = TestDatabase::create("the refused-connections test").await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let mut env = scale_env(&database);
+    env.push(("HERALD_DATABASE_ACQUIRE_TIMEOUT", "2".into()));
+    let server = Server::start(&env);
+    let app = server.post(&client, "/app/", json!({"name": "Acme"})).await;
+    let app = app["id"].as_str().unwrap().to_owned();
+    let (mut admin, name) = database.connect_admin().await;
+    let name = name.to_owned();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1",
+    )
+    .bind(&name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let requests = [
+            client
+                .post(format!("http://{}/api/v1/app/{app}/msg/", server.address))
+                .json(&json!({"eventType": "call.started", "payload": {"n": n}})),
+            client.get(format!("http://{}/api/v1/app/", server.address)),
+            client.get(format!(
+                "http://{}/api/v1/app/{app}/endpoint/",
+                server.address
+            )),
+            client.get(format!("http://{}/api/v1/health/", server.address)),
+        ];
+        for request in requests {
+            let response = request
+                .bearer_auth(TOKEN)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .expect("an answer, not a hang");
+            let retry_after = response.headers().contains_key("retry-after");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            statuses.push((status, retry_after, body["code"].clone()));
+        }
+    }
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    for (status, retry_after, code) in &statuses {
+        assert_eq!(*status, 503, "while connections are refused: {code}");
+        assert!(retry_after, "a 503 says when to retry: {code}");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the API to accept again",
+        || async {
+            let response = client
+                .post(format!("http://{}/api/v1/app/{app}/msg/", server.address))
+                .bearer_auth(TOKEN)
+                .json(&json!({"eventType": "call.started", "payload": {}}))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 202).then_some(())
+        },
+    )
+    .await;
+    drop(admin);
+    drop(server);
+    database.drop_database().await;
+}

@@ -37,8 +37,7 @@ pub(crate) fn db(error: sqlx::Error) -> StoreError {
                 };
                 return StoreError::Conflict { field };
             }
-            // Class 08 (connection), 57P0x (shutdown, cannot connect now), 53 (resources).
-            if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+            if unavailable(&code) {
                 return StoreError::Unavailable(error.to_string());
             }
             StoreError::Internal(error.to_string())
@@ -51,6 +50,21 @@ pub(crate) fn db(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Internal(error.to_string()),
     }
+}
+
+/// Whether an SQLSTATE says "not now" rather than "never": the server
+/// cannot be reached or will not serve this session (class 08, connection;
+/// 53, out of resources; 55, such as 55000 "database is not currently
+/// accepting connections" and 55P03 a lock not available; 57, an operator's
+/// shutdown or cancellation), it serves reads only (25006, a standby after a
+/// fail-over), or the transaction lost a conflict it may win when run again
+/// (40001 serialization failure, 40P01 deadlock). Each is a 503 with
+/// `Retry-After`, never a 500.
+pub(crate) fn unavailable(code: &str) -> bool {
+    ["08", "53", "55", "57"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "25006" | "40001" | "40P01")
 }
 
 fn decode(field: &str, error: ParseError) -> sqlx::Error {

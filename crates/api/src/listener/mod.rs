@@ -12,17 +12,23 @@
 //!   (else 408 and the connection is closed);
 //! - a client that does not read its answer is dropped after the send
 //!   timeout without progress;
-//! - a body declared larger than the limit is refused (413) before any of
-//!   it is read;
+//! - a body declared larger than the limit is refused (413) before it is
+//!   handled; the refusal is written at once, and what the client goes on
+//!   sending is read and thrown away for a while (nginx's lingering
+//!   close), so that a client that writes its whole body before reading
+//!   gets the 413 rather than a reset;
 //! - at most `max_connections` are open at once, which leaves the rest of
 //!   the process's descriptors to deliveries and the database; at the cap,
-//!   the connection idle the longest gives its place to the new one (so
-//!   idle connections cannot lock anyone out), and with none idle the new
-//!   one is closed at once.
+//!   the least productive connection gives its place to the new one (see
+//!   [`Registry::victim`]): one that has not yet sent a whole request
+//!   first, then one idle between requests, taken from an address that
+//!   holds more than its share (an eighth of the cap) before any other;
+//!   with every connection handling a request, the new one is closed.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -95,6 +101,8 @@ fn instant_at(ms: u64) -> Instant {
 #[derive(Debug)]
 struct Connection {
     accepted: u64,
+    /// The client's address, for its share of the cap.
+    peer: IpAddr,
     /// Requests being handled (their answers not yet fully written).
     active: AtomicUsize,
     /// Whether a request has been handled on it yet.
@@ -114,9 +122,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(now: u64) -> Self {
+    fn new(now: u64, peer: IpAddr) -> Self {
         Self {
             accepted: now,
+            peer,
             active: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(now),
@@ -127,8 +136,27 @@ impl Connection {
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.active.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Acquire) == 0
+    /// How little the connection has done, for eviction: `None` while it
+    /// handles a request (it is never evicted then); otherwise its rank
+    /// and a time, the lowest pair going first. A connection that has not
+    /// yet sent a whole request ranks 0, by when it began (a client
+    /// trickling its first head byte by byte has done nothing more than
+    /// one that sent nothing); one idle between requests ranks 1, by when
+    /// it went idle; one that served requests and is now slow with the
+    /// next head ranks 2, by when that head began.
+    fn progress(&self) -> Option<(u8, u64)> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head_started = self.head_started.load(Ordering::Acquire);
+        if !self.served.load(Ordering::Acquire) {
+            return Some((0, self.accepted));
+        }
+        if head_started == 0 {
+            Some((1, self.idle_since.load(Ordering::Acquire)))
+        } else {
+            Some((2, head_started))
+        }
     }
 
     /// When the watchdog closes the connection unless something happens
@@ -180,32 +208,54 @@ struct Registry {
 }
 
 impl Registry {
-    /// Registers a new connection, making room if the cap is reached by
-    /// evicting the one idle the longest; `None` when every open
-    /// connection is busy.
-    fn admit(&self, max: usize) -> Option<(u64, Arc<Connection>)> {
+    /// Registers a new connection from `peer`, making room if the cap is
+    /// reached by evicting the least productive one; `None` when every
+    /// open connection is handling a request.
+    fn admit(&self, max: usize, peer: IpAddr) -> Option<(u64, Arc<Connection>)> {
         let mut open = self.open.lock().expect("connection registry");
-        if open.len() >= max && !Self::evict_locked(&mut open) {
+        if open.len() >= max && !Self::evict_locked(&mut open, share_of(max)) {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connection = Arc::new(Connection::new(clock()));
+        let connection = Arc::new(Connection::new(clock(), peer));
         open.insert(id, connection.clone());
         Some((id, connection))
     }
 
-    /// Closes the connection idle the longest; false when none is idle.
-    fn evict_idle(&self) -> bool {
-        Self::evict_locked(&mut self.open.lock().expect("connection registry"))
+    /// Closes the least productive connection; false when every one is
+    /// handling a request.
+    fn evict_one(&self, max: usize) -> bool {
+        Self::evict_locked(
+            &mut self.open.lock().expect("connection registry"),
+            share_of(max),
+        )
     }
 
-    fn evict_locked(open: &mut HashMap<u64, Arc<Connection>>) -> bool {
-        let oldest = open
-            .iter()
-            .filter(|(_, c)| c.is_idle())
-            .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
-            .map(|(id, _)| *id);
-        let Some(id) = oldest else {
+    /// The connection to close to make room: of those not handling a
+    /// request, the one with the least [`Connection::progress`], taken
+    /// from the addresses holding more than `share` connections when any
+    /// such connection can go. One address can so fill the cap only while
+    /// nobody else wants in, and a client trickling one byte per
+    /// connection loses its connections before anyone with a request to
+    /// make is refused.
+    fn victim(open: &HashMap<u64, Arc<Connection>>, share: usize) -> Option<u64> {
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for connection in open.values() {
+            *held.entry(connection.peer).or_default() += 1;
+        }
+        open.iter()
+            .filter_map(|(id, connection)| {
+                let within_share = held[&connection.peer] <= share;
+                connection
+                    .progress()
+                    .map(|(rank, since)| ((within_share, rank, since), *id))
+            })
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    fn evict_locked(open: &mut HashMap<u64, Arc<Connection>>, share: usize) -> bool {
+        let Some(id) = Self::victim(open, share) else {
             return false;
         };
         if let Some(connection) = open.remove(&id) {
@@ -222,6 +272,12 @@ impl Registry {
     fn len(&self) -> usize {
         self.open.lock().expect("connection registry").len()
     }
+}
+
+/// The connections one address may hold before its own are evicted first
+/// at the cap: an eighth of the cap.
+fn share_of(max: usize) -> usize {
+    (max / 8).max(1)
 }
 
 /// Serves `service` on `listener` under `limits` until `shutdown`
@@ -252,25 +308,25 @@ where
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => (stream, peer.ip()),
             Err(error) => {
                 // Out of descriptors: free one by closing the connection
                 // idle the longest, and wait a moment before trying again
                 // (the failed accept left the client in the backlog).
                 tracing::warn!(%error, open = registry.len(), "accepting a connection failed");
-                registry.evict_idle();
+                registry.evict_one(limits.max_connections);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Some((id, connection)) = registry.admit(limits.max_connections) else {
+        let Some((id, connection)) = registry.admit(limits.max_connections, peer) else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(
                     refused,
                     max_connections = limits.max_connections,
-                    "connection cap reached with every connection busy: closing new connections"
+                    "connection cap reached with every connection handling a request: closing new connections"
                 );
             }
             drop(stream);
@@ -352,7 +408,7 @@ async fn run_connection<S>(
                 return;
             }
             () = evicted => {
-                tracing::debug!("closing the connection idle the longest to admit a new one");
+                tracing::debug!("closing the least productive connection to admit a new one");
                 return;
             }
             () = &mut watchdog => {
@@ -367,6 +423,35 @@ async fn run_connection<S>(
                 served.as_mut().graceful_shutdown();
                 draining = true;
             }
+        }
+    }
+}
+
+/// How long a refused body is read and dropped at most (nginx's
+/// `lingering_time` is 30 s; a client sending at 1 MiB/s has sent 5 MiB).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// The longest pause in a refused body before reading it stops (nginx's
+/// `lingering_timeout`).
+const LINGER_PAUSE: Duration = Duration::from_secs(1);
+
+/// Reads and drops a refused request's body for at most [`LINGER_TIME`]
+/// and four times the body limit, stopping at a pause over
+/// [`LINGER_PAUSE`]: the client that writes its whole body before it
+/// reads then finds the answer, instead of a connection reset (closing a
+/// socket with unread data resets it, and the reset discards the answer
+/// the client has not read yet).
+async fn linger(mut body: Incoming, limit: usize) {
+    use http_body_util::BodyExt;
+    let bound = 4 * limit as u64;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut read = 0u64;
+    while read <= bound {
+        let pause = (Instant::now() + LINGER_PAUSE).min(deadline);
+        match tokio::time::timeout_at(pause, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+            Ok(None | Some(Err(_))) | Err(_) => return,
         }
     }
 }
@@ -395,10 +480,12 @@ where
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
         let mut response = ApiError::PayloadTooLarge.into_response();
-        // The body is not read: the connection cannot carry another request.
+        // The body is not handled: the connection cannot carry another
+        // request. What the client sends meanwhile is read and dropped.
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        tokio::spawn(linger(request.into_body(), limits.max_body_bytes));
         return Ok(response.map(|body| Counted::body(body, busy)));
     }
     let request = request.map(|body| {
@@ -423,4 +510,94 @@ where
         response
     };
     Ok(response.map(|body| Counted::body(body, busy)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection from `peer` accepted at `accepted`, in one of the
+    /// states eviction tells apart.
+    fn connection(peer: [u8; 4], accepted: u64, state: &str) -> Arc<Connection> {
+        let connection = Connection::new(accepted, IpAddr::from(peer));
+        match state {
+            "fresh" => {}
+            "trickling" => connection
+                .head_started
+                .store(accepted + 1, Ordering::Release),
+            "handling" => connection.request_started(),
+            "kept-alive" => {
+                connection.request_started();
+                connection.active.fetch_sub(1, Ordering::AcqRel);
+                connection.idle_since.store(accepted + 5, Ordering::Release);
+            }
+            other => unreachable!("{other}"),
+        }
+        Arc::new(connection)
+    }
+
+    /// Why, the connections (address, accepted at, state), the one that
+    /// goes (by position), and the share.
+    type Case = (
+        &'static str,
+        Vec<([u8; 4], u64, &'static str)>,
+        Option<u64>,
+        usize,
+    );
+
+    #[test]
+    fn the_least_productive_connection_goes_first_and_a_greedy_address_before_the_others() {
+        let cases: [Case; 5] = [
+            (
+                "a trickling first head goes before a kept-alive connection",
+                vec![
+                    ([10, 0, 0, 1], 1, "kept-alive"),
+                    ([10, 0, 0, 2], 9, "trickling"),
+                ],
+                Some(1),
+                8,
+            ),
+            (
+                "of two that sent no whole request, the older goes",
+                vec![([10, 0, 0, 1], 7, "fresh"), ([10, 0, 0, 2], 3, "trickling")],
+                Some(1),
+                8,
+            ),
+            (
+                "a connection handling a request never goes",
+                vec![
+                    ([10, 0, 0, 1], 1, "handling"),
+                    ([10, 0, 0, 2], 9, "kept-alive"),
+                ],
+                Some(1),
+                8,
+            ),
+            (
+                "an address over its share loses its own first, even a kept-alive one",
+                vec![
+                    ([10, 0, 0, 1], 1, "trickling"),
+                    ([10, 0, 0, 2], 5, "kept-alive"),
+                    ([10, 0, 0, 2], 6, "handling"),
+                ],
+                Some(1),
+                1,
+            ),
+            (
+                "with every connection handling a request, none goes",
+                vec![([10, 0, 0, 1], 1, "handling")],
+                None,
+                8,
+            ),
+        ];
+        for (why, connections, expected, share) in cases {
+            let open: HashMap<u64, Arc<Connection>> = connections
+                .iter()
+                .enumerate()
+                .map(|(id, (peer, accepted, state))| {
+                    (id as u64, connection(*peer, *accepted, state))
+                })
+                .collect();
+            assert_eq!(Registry::victim(&open, share), expected, "{why}");
+        }
+    }
 }

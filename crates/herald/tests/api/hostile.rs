@@ -4,6 +4,8 @@
 //! receiver that answers and stalls, `Retry-After` dates, addresses that
 //! embed refused ones, odd input. Each case is bounded in time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -1099,4 +1101,114 @@ async fn a_full_disk_refuses_writes_reports_unhealthy_and_resumes_without_losing
     .await;
     assert!(delivered.len() >= accepted.len());
     drop(server);
+}
+
+/// A client that opens a connection, sends one byte of a request head and
+/// waits for Herald to close it, then does it again, until `stop`; counts
+/// its connections in `made`.
+async fn one_byte_client(
+    address: std::net::SocketAddr,
+    made: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let Ok(Ok(mut stream)) =
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await
+        else {
+            continue;
+        };
+        made.fetch_add(1, Ordering::Relaxed);
+        if stream.write_all(b"G").await.is_err() {
+            continue;
+        }
+        let mut buffer = [0u8; 64];
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async { while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {} } => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_hundred_one_byte_clients_at_a_cap_of_500_leave_a_real_client_answered() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut env = crate::helpers::sqlite_env(data_dir.path());
+    env.push(("HERALD_MAX_CONNECTIONS", "500".into()));
+    env.push(("HERALD_CLIENT_HEADER_TIMEOUT", "10s".into()));
+    let server = Server::start(&env);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let made = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..700)
+        .map(|_| tokio::spawn(one_byte_client(server.address, made.clone(), stop.clone())))
+        .collect();
+    // The cap is full once 300 connections more than it holds were made
+    // (each client whose connection is closed comes back at once).
+    eventually(Duration::from_secs(20), "the cap to fill", || async {
+        (made.load(Ordering::Relaxed) >= 1_000).then_some(())
+    })
+    .await;
+
+    // A fresh connection for every check: the worst case for the client.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut answered = 0;
+    for _ in 0..100 {
+        let health = client
+            .get(format!("http://{}/api/v1/health/", server.address))
+            .send()
+            .await;
+        answered += usize::from(health.is_ok_and(|r| r.status() == 200));
+    }
+    stop.cancel();
+    for attacker in attackers {
+        let _ = attacker.await;
+    }
+
+    assert!(answered >= 95, "{answered} of 100 health checks answered");
+}
+
+#[tokio::test]
+async fn a_client_that_sends_a_whole_oversized_body_before_reading_gets_the_413() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // Python's urllib writes the whole body before it reads the answer.
+    let script = r#"
+import sys, urllib.request, urllib.error
+body = b'{"eventType": "call.completed", "payload": {"s": "' + b"x" * (2 << 20) + b'"}}'
+for _ in range(20):
+    request = urllib.request.Request(sys.argv[1], data=body, method="POST", headers={
+        "Authorization": "Bearer " + sys.argv[2], "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=20)
+        print("accepted")
+    except urllib.error.HTTPError as error:
+        print(error.code)
+    except Exception as error:
+        print(type(error).__name__, error)
+"#;
+    let url = app.url(&format!("/app/{tenant}/msg/"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script, &url, TOKEN])
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let outcomes: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        outcomes.len(),
+        20,
+        "{printed} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        outcomes.iter().all(|outcome| *outcome == "413"),
+        "every attempt reads the 413: {outcomes:?}"
+    );
 }

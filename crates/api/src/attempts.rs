@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::extract::{Path, Query};
 use axum::extract::State;
@@ -240,12 +241,12 @@ pub(crate) async fn entries(
     let mut requests = HashMap::new();
     if with_request {
         // A page names few messages and endpoints; each is read once.
-        let mut messages: HashMap<MessageId, Message> = HashMap::new();
+        let mut messages: HashMap<MessageId, Arc<Message>> = HashMap::new();
         let mut endpoints: HashMap<EndpointId, Endpoint> = HashMap::new();
         for attempt in &page.data {
             if let Entry::Vacant(entry) = messages.entry(attempt.message_id) {
                 let reference = IdOrUid::Id(attempt.message_id);
-                entry.insert(state.store.get_message(app, &reference).await?);
+                entry.insert(Arc::new(state.store.get_message(app, &reference).await?));
             }
             if let Entry::Vacant(entry) = endpoints.entry(attempt.endpoint_id) {
                 let reference = IdOrUid::Id(attempt.endpoint_id);
@@ -255,7 +256,8 @@ pub(crate) async fn entries(
                 &messages[&attempt.message_id],
                 &endpoints[&attempt.endpoint_id],
                 attempt,
-            )?;
+            )
+            .await?;
             requests.insert(attempt.id, request);
         }
     }
@@ -288,8 +290,8 @@ pub(crate) struct RequestOut {
     pub(crate) body: Box<RawValue>,
 }
 
-pub(crate) fn request_of(
-    message: &Message,
+pub(crate) async fn request_of(
+    message: &Arc<Message>,
     endpoint: &Endpoint,
     attempt: &Attempt,
 ) -> ApiResult<RequestOut> {
@@ -306,9 +308,15 @@ pub(crate) fn request_of(
         headers.insert(format!("{prefix}-signature"), headers::MASKED.to_owned());
     }
     headers.insert("content-type".into(), "application/json".into());
-    let body = herald_dispatch::endpoint_body(message, &endpoint.options, || {
-        herald_dispatch::build_body(message)
-    })
+    // A transformation runs off the API's worker threads, as it does for
+    // deliveries.
+    let body = if endpoint.options.transformation.is_some() {
+        herald_dispatch::transformed_body(message.clone(), endpoint.options.clone()).await
+    } else {
+        herald_dispatch::endpoint_body(message, &endpoint.options, || {
+            herald_dispatch::build_body(message)
+        })
+    }
     .unwrap_or_else(|why| serde_json::to_string(&why).unwrap_or_default().into());
     let body = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
         .map_err(|e| ApiError::Internal(format!("rebuilding a request body: {e}")))?;
@@ -343,7 +351,7 @@ pub(crate) async fn attempt(
         .store
         .get_endpoint(app, &IdOrUid::Id(attempt.endpoint_id))
         .await?;
-    let request = request_of(&message, &endpoint, &attempt)?;
+    let request = request_of(&Arc::new(message), &endpoint, &attempt).await?;
     Ok(Json(AttemptDetailOut {
         attempt: attempt.into(),
         request,

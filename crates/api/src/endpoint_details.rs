@@ -259,6 +259,20 @@ pub(crate) struct HealthOut {
     last_success_at: Option<String>,
     last_failure_at: Option<String>,
     failing_since: Option<String>,
+    /// The endpoint's filter failing on messages (so that they were not
+    /// sent to it), as seen by the process answering since it started:
+    /// `null` when it has not failed there.
+    filter_failures: Option<FilterFailuresOut>,
+}
+
+/// How often an endpoint's filter failed (a CEL error, its cost budget or
+/// its deadline) and the last time, with why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FilterFailuresOut {
+    count: u64,
+    last_at: String,
+    last_error: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -353,5 +367,12 @@ pub(crate) async fn health(
         last_success_at: health.last_success_at.map(timestamp),
         last_failure_at: health.last_failure_at.map(timestamp),
         failing_since: health.failing_since.map(timestamp),
+        filter_failures: herald_domain::expr::filter_failures(&endpoint.id.to_string()).map(
+            |failures| FilterFailuresOut {
+                count: failures.count,
+                last_at: timestamp(failures.last_at),
+                last_error: failures.last_error,
+            },
+        ),
     }))
 }

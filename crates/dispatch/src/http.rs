@@ -54,6 +54,28 @@ pub fn endpoint_body(
     Ok(envelope())
 }
 
+/// Transformations running at once on the blocking pool, in the whole
+/// process. Each stops at its budget and deadline; the bound keeps a
+/// tenant's slow ones from taking every thread of the pool.
+static TRANSFORMATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// [`endpoint_body`] for an endpoint with a transformation, evaluated on
+/// the blocking pool (at most four at once): an expensive transformation
+/// never holds the runtime's worker threads, which serve the API, the
+/// health check and every other delivery.
+pub async fn transformed_body(
+    message: Arc<Message>,
+    options: DeliveryOptions,
+) -> Result<Bytes, String> {
+    let _permit = TRANSFORMATIONS
+        .acquire()
+        .await
+        .map_err(|e| format!("the transformation: {e}"))?;
+    tokio::task::spawn_blocking(move || endpoint_body(&message, &options, Bytes::new))
+        .await
+        .map_err(|e| format!("the transformation: {e}"))?
+}
+
 /// The answer, or the failure, of one POST.
 #[derive(Debug, Clone)]
 pub struct SendResult {

@@ -11,6 +11,8 @@ mod tasks;
 
 pub use alerts::{effective_rate_rule, AlertConfig, EmailConfig};
 pub use engine::{DispatchConfig, Dispatcher, StepOutcome};
-pub use http::{build_body, classify, endpoint_body, HttpSender, Network, SendResult};
+pub use http::{
+    build_body, classify, endpoint_body, transformed_body, HttpSender, Network, SendResult,
+};
 pub use metrics::{AttemptRecord, Metrics, StoreSnapshot};
 pub use tasks::{run_recovery, RECOVERY_STEP};

@@ -147,7 +147,7 @@ impl Metrics {
         let filters = IntCounterVec::new(
             Opts::new(
                 "herald_filter_evaluations_total",
-                "Endpoint filters evaluated when messages were written, by outcome: passed, filtered_out, failed (an error or the cost budget; the endpoint does not get the message).",
+                "Endpoint filters evaluated when messages were written, by outcome: passed, filtered_out, failed (a CEL error), stopped (its cost budget or deadline); failed and stopped keep the message from the endpoint.",
             ),
             &["outcome"],
         )
@@ -379,6 +379,7 @@ impl Metrics {
             ("passed", counts.passed),
             ("filtered_out", counts.filtered_out),
             ("failed", counts.failed),
+            ("stopped", counts.stopped),
         ] {
             let counter = self.filters.with_label_values(&[outcome]);
             counter.inc_by(total.saturating_sub(counter.get()));

@@ -196,6 +196,7 @@ impl FanOut {
         // cost budget all of the message's filters draw on.
         let mut subject = None;
         let mut budget = expr::FANOUT_BUDGET;
+        let deadline = std::time::Instant::now() + expr::FANOUT_DEADLINE;
         let mut targets = Vec::new();
         for endpoint in &self.endpoints {
             let mut wanted = subscribes_to(
@@ -205,7 +206,13 @@ impl FanOut {
                 channels,
             );
             if let (true, Some(source)) = (wanted, &endpoint.target.options.filter) {
-                wanted = passes_filter(source, message, &mut subject, &mut budget);
+                wanted = passes_filter(
+                    source,
+                    message,
+                    &endpoint.target.id,
+                    &mut subject,
+                    (&mut budget, deadline),
+                );
             }
             if wanted {
                 targets.push(endpoint.target.clone());
@@ -217,13 +224,15 @@ impl FanOut {
 
 /// Whether `message` passes an endpoint's filter expression. A filter
 /// that fails on it (a field it reads is missing, the payload is not what
-/// it expects, it spends its budget or what is left of the message's)
-/// does not let the message through.
+/// it expects, it spends its budget or what is left of the message's, it
+/// runs past its deadline or the message's) does not let the message
+/// through; the endpoint's health shows the failure.
 fn passes_filter<'m>(
     source: &str,
     message: &'m Message,
+    endpoint: &EndpointId,
     subject: &mut Option<Result<expr::Subject<'m>, expr::EvalError>>,
-    budget: &mut u64,
+    (budget, deadline): (&mut u64, std::time::Instant),
 ) -> bool {
     let program = match expr::cached(source) {
         Ok(program) => program,
@@ -237,11 +246,12 @@ fn passes_filter<'m>(
     let outcome = subject
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|subject| program.matches_within(&subject.input(), budget));
+        .and_then(|subject| program.matches_within(&subject.input(), budget, deadline));
     expr::count_filter(&outcome);
     match outcome {
         Ok(passes) => passes,
         Err(error) => {
+            expr::note_filter_failure(&endpoint.to_string(), &error, message.created_at);
             tracing::debug!(message = %message.id, %error, "a filter failed on a message");
             false
         }

@@ -105,11 +105,13 @@ async fn render(
         let Some(Some(target)) = endpoints.get(&attempt.endpoint_id) else {
             continue; // deleted since
         };
-        let message = state
-            .store
-            .get_message(app.id, &IdOrUid::Id(attempt.message_id))
-            .await?;
-        let request = crate::attempts::request_of(&message, target, &attempt)?;
+        let message = std::sync::Arc::new(
+            state
+                .store
+                .get_message(app.id, &IdOrUid::Id(attempt.message_id))
+                .await?,
+        );
+        let request = crate::attempts::request_of(&message, target, &attempt).await?;
         let payload = serde_json::from_str::<serde_json::Value>(request.body.get())
             .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
             .unwrap_or_else(|_| request.body.get().to_owned());

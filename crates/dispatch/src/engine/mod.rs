@@ -20,7 +20,7 @@ use herald_store::{
 };
 
 use crate::alerts::{AlertConfig, EmailConfig, Mailer};
-use crate::http::{build_body, endpoint_body, HttpSender, SendResult};
+use crate::http::{build_body, endpoint_body, transformed_body, HttpSender, SendResult};
 use crate::metrics::{AttemptRecord, Metrics};
 
 mod cooldown;
@@ -393,6 +393,10 @@ impl Dispatcher {
         body: Body,
         permit: OwnedSemaphorePermit,
     ) -> Option<Option<Duration>> {
+        let body = match body {
+            Some(body) => body,
+            None => transformed_body(job.message.clone(), job.endpoint.options.clone()).await,
+        };
         let started_at = now_ms();
         let result = match &body {
             Ok(body) => self.sender.send(job, body, started_at / 1000).await,
@@ -575,8 +579,10 @@ impl Dispatcher {
     }
 }
 
-/// What a job sends: its body, or why its endpoint's transformation failed.
-pub(crate) type Body = Result<Bytes, String>;
+/// What a job sends: its body, or why its endpoint's transformation failed;
+/// `None` for an endpoint with a transformation, which is made when the job
+/// is sent, off the runtime's worker threads ([`transformed_body`]).
+pub(crate) type Body = Option<Result<Bytes, String>>;
 
 /// Pairs each job with its body. The envelope is built once per message
 /// however many endpoints it goes to (jobs of one message share one
@@ -585,6 +591,9 @@ fn with_bodies(jobs: Vec<DeliveryJob>) -> Vec<(DeliveryJob, Body)> {
     let mut built: Vec<(*const herald_store::Message, Bytes)> = Vec::new();
     jobs.into_iter()
         .map(|job| {
+            if job.endpoint.options.transformation.is_some() {
+                return (job, None);
+            }
             let key = Arc::as_ptr(&job.message);
             let body = endpoint_body(&job.message, &job.endpoint.options, || {
                 match built.iter().find(|(k, _)| *k == key) {
@@ -596,7 +605,7 @@ fn with_bodies(jobs: Vec<DeliveryJob>) -> Vec<(DeliveryJob, Body)> {
                     }
                 }
             });
-            (job, body)
+            (job, Some(body))
         })
         .collect()
 }

@@ -8,12 +8,19 @@
 //! integers and doubles freely (a JSON number has no CEL type to keep).
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::Value as Json;
 
-use super::{Program, BUDGET, FILTER_BUDGET, MAX_OUTPUT_BYTES};
+use super::{
+    Program, BUDGET, FILTER_BUDGET, FILTER_DEADLINE, MAX_OUTPUT_BYTES, REGEX_STATE_BYTES_PER_UNIT,
+    TRANSFORMATION_DEADLINE,
+};
+
+/// Units spent between two looks at the clock (about 17 µs of work).
+const UNITS_PER_LOOK: u64 = 1024;
 
 /// What an expression sees of a message.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +39,9 @@ pub enum EvalError {
     /// It spent its budget (or would have built a value past the limit).
     #[error("the expression exceeded its cost budget")]
     Budget,
+    /// It ran past its wall-clock deadline.
+    #[error("the expression ran past its deadline")]
+    Deadline,
     /// A CEL error: a missing key, a wrong type, a division by zero…
     #[error("{0}")]
     Failed(String),
@@ -47,15 +57,23 @@ impl Program {
     /// Whether the message passes the filter, within a filter's budget.
     /// Anything but `true` or `false` is an error.
     pub fn matches(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        self.matches_within(input, &mut FILTER_BUDGET.clone())
+        self.matches_within(input, &mut FILTER_BUDGET.clone(), deadline(FILTER_DEADLINE))
     }
 
     /// [`Program::matches`] drawing on `budget` (what is left of a
-    /// message's [`super::FANOUT_BUDGET`]), at most a filter's budget; what
-    /// it spends is taken off.
-    pub fn matches_within(&self, input: &Input<'_>, budget: &mut u64) -> Result<bool, EvalError> {
+    /// message's [`super::FANOUT_BUDGET`]), at most a filter's budget, and
+    /// stopping at `deadline` (the message's) or after
+    /// [`FILTER_DEADLINE`], whichever comes first; what it spends is taken
+    /// off `budget`.
+    pub fn matches_within(
+        &self,
+        input: &Input<'_>,
+        budget: &mut u64,
+        deadline: Instant,
+    ) -> Result<bool, EvalError> {
         let allowed = (*budget).min(FILTER_BUDGET);
-        let mut run = Run::new(self, input, allowed);
+        let deadline = deadline.min(self::deadline(FILTER_DEADLINE));
+        let mut run = Run::new(self, input, allowed, deadline);
         let outcome = run.eval(&self.root);
         *budget -= allowed - run.left;
         match outcome? {
@@ -69,7 +87,7 @@ impl Program {
 
     /// The JSON the transformation yields for the message, as bytes.
     pub fn render(&self, input: &Input<'_>) -> Result<Vec<u8>, EvalError> {
-        let mut run = Run::new(self, input, BUDGET);
+        let mut run = Run::new(self, input, BUDGET, deadline(TRANSFORMATION_DEADLINE));
         let value = run.eval(&self.root)?;
         let mut out = Limited(Vec::new());
         if serde_json::to_writer(&mut out, &value).is_err() {
@@ -99,6 +117,11 @@ impl std::io::Write for Limited {
 
 fn bytes_cost(bytes: usize) -> u64 {
     (bytes / 32) as u64
+}
+
+/// `within` from now.
+fn deadline(within: Duration) -> Instant {
+    Instant::now() + within
 }
 
 #[derive(Debug, Clone)]
@@ -299,23 +322,37 @@ struct Run<'a, 'i> {
     program: &'a Program,
     input: &'i Input<'a>,
     left: u64,
+    deadline: Instant,
+    /// Units spent since the clock was last read.
+    unlooked: u64,
     scope: Vec<Binding<'a>>,
 }
 
 impl<'a, 'i> Run<'a, 'i> {
-    fn new(program: &'a Program, input: &'i Input<'a>, budget: u64) -> Self {
+    fn new(program: &'a Program, input: &'i Input<'a>, budget: u64, deadline: Instant) -> Self {
         Self {
             program,
             input,
             left: budget,
+            deadline,
+            unlooked: 0,
             scope: Vec::new(),
         }
     }
 
+    /// Takes `units` off the budget; every [`UNITS_PER_LOOK`] units, also
+    /// checks the deadline.
     fn charge(&mut self, units: u64) -> R<()> {
         match self.left.checked_sub(units) {
             Some(left) => {
                 self.left = left;
+                self.unlooked += units;
+                if self.unlooked >= UNITS_PER_LOOK {
+                    self.unlooked = 0;
+                    if Instant::now() >= self.deadline {
+                        return Err(EvalError::Deadline);
+                    }
+                }
                 Ok(())
             }
             None => {
@@ -654,11 +691,14 @@ impl<'a, 'i> Run<'a, 'i> {
                 }))
             }
             ("matches", [Val::Str(s), Val::Str(_)]) => {
-                self.charge(1 + 2 * bytes_cost(s.as_str().len()))?;
-                match self.program.patterns.get(&id) {
-                    Some(pattern) => Ok(Val::Bool(pattern.is_match(s.as_str()))),
-                    None => fail("`matches` takes its pattern as a string literal"),
-                }
+                let Some(pattern) = self.program.patterns.get(&id) else {
+                    return fail("`matches` takes its pattern as a string literal");
+                };
+                // Paid before it runs: a search cannot be stopped midway.
+                let bytes = s.as_str().len() as u64;
+                let steps = pattern.states.saturating_mul(bytes);
+                self.charge(1 + bytes / 32 + steps / REGEX_STATE_BYTES_PER_UNIT)?;
+                Ok(Val::Bool(pattern.regex.is_match(s.as_str())))
             }
             ("lowerAscii" | "upperAscii" | "trim", [Val::Str(s)]) => {
                 let s = s.as_str();

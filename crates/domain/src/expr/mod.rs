@@ -15,6 +15,17 @@
 //! the message's fields (`type`, `data`, `channels`, `eventId`,
 //! `timestamp`) or a macro's variable, that every function is one Herald
 //! evaluates, and that `matches` patterns are valid regular expressions.
+//!
+//! Every evaluation is bounded twice: by its unit budget, and by a
+//! wall-clock deadline ([`FILTER_DEADLINE`], [`FANOUT_DEADLINE`],
+//! [`TRANSFORMATION_DEADLINE`]) that catches whatever the units
+//! under-count (a slow machine, a descheduled thread). `matches` runs on the
+//! `regex` crate, whose engines take time linear in the input but also in
+//! the size of the pattern's automaton: `1[01]{10000}[^01]` over 150 KB of
+//! `0`s and `1`s visits ten thousand states per byte (7 s). A `matches`
+//! call is therefore charged, before it runs, for the worst its engine can
+//! do: the pattern's automaton states times the input's bytes (see
+//! [`REGEX_STATE_BYTES_PER_UNIT`]), so such a call is refused at once.
 
 mod eval;
 
@@ -51,6 +62,26 @@ pub const FANOUT_BUDGET: u64 = 20_000;
 /// The largest body a transformation may yield, and the largest string or
 /// list it may build on the way.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// How many (automaton state × input byte) steps of a regular expression
+/// one cost unit pays for. Measured worst case of the `regex` crate when
+/// its lazy DFA gives up (its PikeVM): 4.7–6.7 ns per state and byte,
+/// release build; a unit is about 17 ns, so 2 steps a unit over-counts a
+/// little. `^\+1[0-9]{10}$` has 17 states: matching a 12-byte phone
+/// number costs about 100 units; `^\+1\d{10}$` (Unicode digits) has 257.
+pub const REGEX_STATE_BYTES_PER_UNIT: u64 = 2;
+/// The largest compiled `matches` pattern accepted (the `regex` crate's
+/// own measure of its program).
+pub const MAX_PATTERN_BYTES: usize = 1 << 20;
+/// The longest one filter may run (a filter's budget takes about 0.2 ms;
+/// the clock is read every 1,024 units, so a filter spending less never
+/// reads it, and no small filter fails because its thread was paused).
+pub const FILTER_DEADLINE: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest all the filters of one message may run together, in the
+/// writer that stores it; past it, the remaining filters fail (their
+/// endpoints do not get the message).
+pub const FANOUT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest one transformation may run (its budget takes about 2 ms).
+pub const TRANSFORMATION_DEADLINE: std::time::Duration = std::time::Duration::from_millis(50);
 /// The stack the parser runs on (it recurses once per nesting level).
 const PARSER_STACK: usize = 64 << 20;
 
@@ -107,7 +138,16 @@ pub struct Program {
     source: String,
     root: IdedExpr,
     /// `matches` patterns, compiled once, by the id of their call.
-    patterns: HashMap<u64, regex::Regex>,
+    patterns: HashMap<u64, Pattern>,
+}
+
+/// A compiled `matches` pattern and what one input byte may cost it.
+#[derive(Debug)]
+struct Pattern {
+    regex: regex::Regex,
+    /// The states of its automaton (Thompson NFA): the most its engine may
+    /// visit per input byte.
+    states: u64,
 }
 
 impl Program {
@@ -238,7 +278,7 @@ fn depth_of(expr: &IdedExpr) -> usize {
 fn check<'a>(
     expr: &'a IdedExpr,
     bound: &mut Vec<&'a str>,
-    patterns: &mut HashMap<u64, regex::Regex>,
+    patterns: &mut HashMap<u64, Pattern>,
 ) -> Result<(), CompileError> {
     match &expr.expr {
         Expr::Ident(name)
@@ -265,11 +305,24 @@ fn check<'a>(
                         ))
                     }
                 };
-                let compiled = regex::RegexBuilder::new(&pattern)
-                    .size_limit(1 << 20)
+                let regex = regex::RegexBuilder::new(&pattern)
+                    .size_limit(MAX_PATTERN_BYTES)
                     .build()
                     .map_err(|e| CompileError(format!("`matches` pattern: {e}")))?;
-                patterns.insert(expr.id, compiled);
+                let automaton = regex_automata::nfa::thompson::NFA::compiler()
+                    .configure(
+                        regex_automata::nfa::thompson::Config::new()
+                            .nfa_size_limit(Some(MAX_PATTERN_BYTES)),
+                    )
+                    .build(&pattern)
+                    .map_err(|e| CompileError(format!("`matches` pattern: {e}")))?;
+                patterns.insert(
+                    expr.id,
+                    Pattern {
+                        regex,
+                        states: automaton.states().len() as u64,
+                    },
+                );
             }
         }
         Expr::Struct(s) => {
@@ -382,33 +435,85 @@ pub fn timestamp_text(ms: i64) -> String {
 }
 
 /// How this process's filters have decided, since it started (for
-/// `/metrics`): let through, kept out, or failed (kept out too).
+/// `/metrics`): let through, kept out, failed (a CEL error; kept out too),
+/// or stopped by their budget or deadline (kept out too).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FilterCounts {
     pub passed: u64,
     pub filtered_out: u64,
     pub failed: u64,
+    pub stopped: u64,
 }
 
-static FILTERS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static FILTERS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
 
 /// Counts one filter's decision.
 pub fn count_filter(outcome: &Result<bool, EvalError>) {
     let slot = match outcome {
         Ok(true) => 0,
         Ok(false) => 1,
-        Err(_) => 2,
+        Err(EvalError::Failed(_)) => 2,
+        Err(EvalError::Budget | EvalError::Deadline) => 3,
     };
     FILTERS[slot].fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn filter_counts() -> FilterCounts {
-    let [passed, filtered_out, failed] = &FILTERS;
+    let [passed, filtered_out, failed, stopped] = &FILTERS;
     FilterCounts {
         passed: passed.load(Ordering::Relaxed),
         filtered_out: filtered_out.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
+        stopped: stopped.load(Ordering::Relaxed),
     }
+}
+
+/// An endpoint's filter failures seen by this process: how many, and the
+/// last one's time (unix milliseconds) and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterFailures {
+    pub count: u64,
+    pub last_at: i64,
+    pub last_error: String,
+}
+
+/// Endpoints whose filter failed in this process, by endpoint id (kept
+/// for at most [`CACHE_LIMIT`] endpoints; then it starts over).
+fn failures() -> &'static Mutex<HashMap<String, FilterFailures>> {
+    static FAILURES: OnceLock<Mutex<HashMap<String, FilterFailures>>> = OnceLock::new();
+    FAILURES.get_or_init(Default::default)
+}
+
+/// Notes that `endpoint`'s filter failed on a message at `at`.
+pub fn note_filter_failure(endpoint: &str, error: &EvalError, at: i64) {
+    let mut failures = failures().lock().expect("filter failures");
+    if failures.len() >= CACHE_LIMIT && !failures.contains_key(endpoint) {
+        failures.clear();
+    }
+    let entry = failures
+        .entry(endpoint.to_owned())
+        .or_insert_with(|| FilterFailures {
+            count: 0,
+            last_at: at,
+            last_error: String::new(),
+        });
+    entry.count += 1;
+    entry.last_at = at;
+    entry.last_error = error.to_string();
+}
+
+/// `endpoint`'s filter failures in this process, if any.
+pub fn filter_failures(endpoint: &str) -> Option<FilterFailures> {
+    failures()
+        .lock()
+        .expect("filter failures")
+        .get(endpoint)
+        .cloned()
 }
 
 /// Programs compiled so far, by source: an endpoint's expression is parsed

@@ -184,21 +184,101 @@ fn filters_spend_less_than_transformations_and_a_message_s_filters_share_one_bud
     let cheap = compile("data.items.size() > 1").unwrap();
     let costly = compile("data.items.exists(x, x == 900)").unwrap();
     let mut left = FANOUT_BUDGET;
-    assert_eq!(cheap.matches_within(&input(&data), &mut left), Ok(true));
+    assert_eq!(
+        cheap.matches_within(&input(&data), &mut left, later()),
+        Ok(true)
+    );
     assert!(FANOUT_BUDGET - left < 10, "a cheap filter spends little");
     // Each costly filter spends what it needs, until one finds too little left.
     let before = left;
-    assert_eq!(costly.matches_within(&input(&data), &mut left), Ok(true));
+    assert_eq!(
+        costly.matches_within(&input(&data), &mut left, later()),
+        Ok(true)
+    );
     let each = before - left;
     assert!(each > 2_000 && each < FILTER_BUDGET, "{each}");
     let mut passed = 1;
-    while costly.matches_within(&input(&data), &mut left) == Ok(true) {
+    while costly.matches_within(&input(&data), &mut left, later()) == Ok(true) {
         passed += 1;
     }
     assert_eq!(passed, before / each, "{each} units each");
     assert_eq!(left, 0);
     assert_eq!(
-        cheap.matches_within(&input(&data), &mut left),
+        cheap.matches_within(&input(&data), &mut left, later()),
         Err(EvalError::Budget)
+    );
+}
+
+/// A deadline no test reaches.
+fn later() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
+}
+
+#[test]
+fn a_pattern_is_charged_for_its_automaton_times_its_input_before_it_runs() {
+    // 150,000 random 0s and 1s: the `regex` crate's engines spend seconds
+    // on this pattern (ten thousand states per byte), so it must never run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bits: String = (0..150_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if seed & 1 == 0 {
+                '0'
+            } else {
+                '1'
+            }
+        })
+        .collect();
+    let data = json!({"s": bits});
+    // Refused before it runs: running would have answered false, seconds later.
+    assert_eq!(
+        filter("data.s.matches('1[01]{10000}[^01]')", data.clone()),
+        Err(EvalError::Budget),
+        "a filter"
+    );
+    assert_eq!(
+        render("data.s.matches('1[01]{10000}[^01]')", data),
+        Err(EvalError::Budget),
+        "a transformation"
+    );
+
+    // The same pattern on a short string is cheap enough to run, and the
+    // charge grows with both the pattern and the input.
+    let spent = |source: &str, text: &str| {
+        let program = compile(source).unwrap();
+        let data = json!({"s": text});
+        let mut left = FANOUT_BUDGET;
+        let outcome = program.matches_within(&input(&data), &mut left, later());
+        (outcome, FANOUT_BUDGET - left)
+    };
+    let (outcome, small) = spent("data.s.matches('^[0-9]{10}$')", "0123456789");
+    assert_eq!(outcome, Ok(true));
+    let (_, longer_input) = spent("data.s.matches('^[0-9]{10}$')", &"0".repeat(1000));
+    let (_, bigger_pattern) = spent("data.s.matches('^[0-9]{100}$')", "0123456789");
+    assert!(small < 100, "a ten-digit check is cheap: {small}");
+    assert!(longer_input > 10 * small, "{longer_input} vs {small}");
+    assert!(bigger_pattern > 5 * small, "{bigger_pattern} vs {small}");
+}
+
+#[test]
+fn an_expression_past_its_deadline_stops_with_deadline() {
+    let items: Vec<u32> = (0..2000).collect();
+    let data = json!({"items": items});
+    let costly = compile("data.items.exists(x, x == 1999)").unwrap();
+    let mut left = FANOUT_BUDGET;
+    let past = std::time::Instant::now();
+    assert_eq!(
+        costly.matches_within(&input(&data), &mut left, past),
+        Err(EvalError::Deadline),
+        "thousands of units read the clock and find the deadline passed"
+    );
+    let cheap = compile("data.items.size() > 1").unwrap();
+    let mut left = FANOUT_BUDGET;
+    assert_eq!(
+        cheap.matches_within(&input(&data), &mut left, past),
+        Ok(true),
+        "a filter of a few units never reads the clock"
     );
 }

@@ -1167,6 +1167,7 @@ async fn seven_hundred_one_byte_clients_at_a_cap_of_500_leave_a_real_client_answ
         let _ = attacker.await;
     }
 
+    eprintln!("{answered} of 100 health checks answered");
     assert!(answered >= 95, "{answered} of 100 health checks answered");
 }
 

@@ -23,4 +23,5 @@ mod receiver_crate;
 mod scale_out;
 mod shaping;
 mod svix_sdk;
+mod tenants;
 mod validation;

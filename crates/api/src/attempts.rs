@@ -97,6 +97,17 @@ impl AttemptListParams {
         self.filters().query(filter, page)
     }
 
+    /// `None` without requests; else whether the page is read forwards
+    /// (not from a `prevIterator`, which starts with `-`).
+    fn request_shape(&self) -> Option<bool> {
+        self.with_request.then(|| {
+            !self
+                .iterator
+                .as_deref()
+                .is_some_and(|iterator| iterator.starts_with('-'))
+        })
+    }
+
     fn filters(&self) -> AttemptFilters {
         AttemptFilters {
             status: self.status,
@@ -187,15 +198,16 @@ pub(crate) async fn message_id(
 pub(crate) async fn attempts_by_endpoint(
     State(state): State<AppState>,
     Path((app, endpoint)): Path<(String, String)>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Query(params): Query<AttemptListParams>,
-) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+) -> ApiResult<axum::response::Response> {
     let app = resolve(&state, &app).await?;
     let endpoint = endpoint_id(&state, app, &endpoint).await?;
     let page = state
         .store
         .list_attempts(app, params.query(AttemptFilter::Endpoint(endpoint))?)
         .await?;
-    entries(&state, app, page, params.with_request).await
+    entries(&state, caller, app, page, params.request_shape()).await
 }
 
 /// List a message's attempts, newest first.
@@ -211,15 +223,16 @@ pub(crate) async fn attempts_by_endpoint(
 pub(crate) async fn attempts_by_message(
     State(state): State<AppState>,
     Path((app, msg)): Path<(String, String)>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Query(params): Query<AttemptListParams>,
-) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+) -> ApiResult<axum::response::Response> {
     let app = resolve(&state, &app).await?;
     let message = message_id(&state, app, &msg).await?;
     let page = state
         .store
         .list_attempts(app, params.query(AttemptFilter::Message(message))?)
         .await?;
-    entries(&state, app, page, params.with_request).await
+    entries(&state, caller, app, page, params.request_shape()).await
 }
 
 /// A listed attempt, with the request it made when asked for
@@ -232,14 +245,38 @@ pub(crate) struct AttemptEntryOut {
     request: Option<RequestOut>,
 }
 
+/// The attempts of `page` as the API lists them. With their requests, the
+/// messages' bodies make the page large: it takes one of the listing
+/// pages the process keeps in memory (held until written), and a page
+/// read forwards (`with_request` is `Some(true)`; `None`: no requests)
+/// ends early, with an iterator to the rest, once its bodies
+/// reach [`crate::limits::PAGE_PAYLOAD_BYTES`].
 pub(crate) async fn entries(
     state: &AppState,
+    caller: crate::auth::Principal,
     app: AppId,
-    page: herald_store::Page<Attempt>,
-    with_request: bool,
-) -> ApiResult<Json<ListResponse<AttemptEntryOut>>> {
+    mut page: herald_store::Page<Attempt>,
+    with_request: Option<bool>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Some(forwards) = with_request else {
+        return Ok(
+            Json(ListResponse::from_page(page, |attempt| AttemptEntryOut {
+                request: None,
+                attempt: attempt.into(),
+            }))
+            .into_response(),
+        );
+    };
+    let page_slot = match state.listing_pages.take(caller.app()) {
+        Ok(slot) => slot,
+        Err(crate::limits::NoSlot::AppShare) => return Err(ApiError::AppBusy),
+        Err(crate::limits::NoSlot::Full) => return Err(ApiError::Overloaded),
+    };
     let mut requests = HashMap::new();
-    if with_request {
+    let mut bytes = 0usize;
+    let mut kept = page.data.len();
+    {
         // A page names few messages and endpoints; each is read once.
         let mut messages: HashMap<MessageId, Arc<Message>> = HashMap::new();
         let mut endpoints: HashMap<EndpointId, Endpoint> = HashMap::new();
@@ -258,15 +295,27 @@ pub(crate) async fn entries(
                 attempt,
             )
             .await?;
+            bytes += request.body.get().len();
             requests.insert(attempt.id, request);
+            if forwards && bytes >= crate::limits::PAGE_PAYLOAD_BYTES {
+                kept = requests.len();
+                break;
+            }
         }
     }
-    Ok(Json(ListResponse::from_page(page, |attempt| {
-        AttemptEntryOut {
-            request: requests.remove(&attempt.id),
-            attempt: attempt.into(),
-        }
-    })))
+    if kept < page.data.len() {
+        page.data.truncate(kept);
+        page.iterator = page.data.last().map(|attempt| attempt.id.to_string());
+        page.done = false;
+    }
+    let page = ListResponse::from_page(page, |attempt| AttemptEntryOut {
+        request: requests.remove(&attempt.id),
+        attempt: attempt.into(),
+    });
+    let json = serde_json::to_vec(&page)
+        .map_err(|e| ApiError::Internal(format!("writing an attempt page: {e}")))?;
+    drop(page);
+    Ok(crate::extract::json_holding(json, page_slot))
 }
 
 /// One attempt, with Herald's addition: the request it made.

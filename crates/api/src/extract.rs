@@ -247,6 +247,36 @@ impl<T> ListResponse<T> {
     }
 }
 
+/// A JSON answer written in 64 KiB pieces that keeps `held` (a slot of a
+/// bounded resource, such as listing memory) until its last piece has
+/// been taken by the connection, so a client reading slowly holds it for
+/// as long as the answer stays in memory.
+pub(crate) fn json_holding<H: Send + 'static>(json: Vec<u8>, held: H) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    const PIECE: usize = 64 << 10;
+    let json = axum::body::Bytes::from(json);
+    let pieces = futures_util::stream::unfold(
+        (json, 0usize, Some(held)),
+        |(json, at, mut held)| async move {
+            if at >= json.len() {
+                drop(held.take());
+                return None;
+            }
+            let end = (at + PIECE).min(json.len());
+            let piece = json.slice(at..end);
+            Some((Ok::<_, std::convert::Infallible>(piece), (json, end, held)))
+        },
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
 /// RFC 3339 with milliseconds, in UTC.
 pub fn timestamp(millis: Timestamp) -> String {
     Utc.timestamp_millis_opt(millis)

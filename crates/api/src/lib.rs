@@ -44,7 +44,7 @@ use herald_store::Store;
 
 pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
-pub use limits::{RateLimiter, RequestSlots};
+pub use limits::{listing_pages, RateLimiter, RequestSlots};
 pub use listener::ConnectionLimits;
 pub use middleware::hash_token;
 pub use openapi::document as openapi_document;
@@ -111,6 +111,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// The API's request slots, shared fairly between apps.
     pub request_slots: Arc<RequestSlots>,
+    /// Message-listing pages in memory ([`limits::listing_pages`]).
+    pub listing_pages: Arc<RequestSlots>,
     /// Shared with the dispatcher; rendered at `/metrics`.
     pub metrics: Arc<herald_dispatch::Metrics>,
     /// Compiled event-type schemas, for enforcement.

@@ -149,6 +149,26 @@ impl RequestSlots {
     }
 }
 
+/// The memory message listings may hold at once, in pages of at most
+/// [`PAGE_PAYLOAD_BYTES`] of payloads: [`LISTING_PAGES`] in the process,
+/// [`LISTING_PAGES_PER_APP`] for one app, two kept for the admin token. A
+/// page is held from its query until its last byte is written to the
+/// client, so slow readers hold theirs, and past the bound the next
+/// listing is refused (429 for the app's share, 503 when all are in use)
+/// instead of growing memory with every reader.
+pub fn listing_pages() -> RequestSlots {
+    RequestSlots::new(LISTING_PAGES, LISTING_PAGES_PER_APP, 2)
+}
+
+/// The payload bytes one page of a message listing holds at most (it ends
+/// after the message that reaches this; a message is at most the body
+/// limit).
+pub const PAGE_PAYLOAD_BYTES: usize = 4 << 20;
+/// Message-listing pages in memory at once, in the process.
+pub const LISTING_PAGES: usize = 16;
+/// Of those, the most one app's listings may hold.
+pub const LISTING_PAGES_PER_APP: usize = 4;
+
 /// One request slot, held while the request runs.
 #[derive(Debug)]
 pub struct Slot {

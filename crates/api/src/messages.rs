@@ -58,6 +58,24 @@ pub(crate) struct MessageOut {
 }
 
 impl MessageOut {
+    /// `message` as the API shows it, its payload moved rather than copied.
+    fn owned(message: Message, with_content: bool) -> Self {
+        let payload = if with_content {
+            RawValue::from_string(message.payload)
+        } else {
+            RawValue::from_string("{}".to_owned())
+        }
+        .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid JSON"));
+        Self {
+            id: message.id.to_string(),
+            event_id: message.event_id.as_ref().map(Uid::to_string),
+            event_type: message.event_type.to_string(),
+            payload,
+            channels: message.channels,
+            timestamp: timestamp(message.created_at),
+        }
+    }
+
     pub(crate) fn new(message: &Message, with_content: bool) -> Self {
         let payload = if with_content {
             RawValue::from_string(message.payload.clone())
@@ -188,10 +206,19 @@ pub(crate) fn optional_time(
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     Path(app): Path<String>,
     Query(params): Query<MessageListParams>,
-) -> ApiResult<Json<ListResponse<MessageOut>>> {
+) -> ApiResult<axum::response::Response> {
     let app = resolve(&state, &app).await?;
+    // Payloads make pages large: a page takes one of the listing pages
+    // the process keeps in memory at once, and holds it until its answer
+    // has been written, however slowly the client reads.
+    let page_slot = match state.listing_pages.take(caller.app()) {
+        Ok(slot) => slot,
+        Err(crate::limits::NoSlot::AppShare) => return Err(ApiError::AppBusy),
+        Err(crate::limits::NoSlot::Full) => return Err(ApiError::Overloaded),
+    };
     let query = MessageQuery {
         page: ListParams {
             limit: params.limit,
@@ -205,12 +232,15 @@ pub(crate) async fn list(
             .channel
             .map(|channel| Uid::parse("channel", &channel).map(|_| channel))
             .transpose()?,
+        max_payload_bytes: Some(crate::limits::PAGE_PAYLOAD_BYTES),
     };
     let with_content = params.with_content.unwrap_or(true);
     let page = state.store.list_messages(app, query).await?;
-    Ok(Json(ListResponse::from_page(page, |m| {
-        MessageOut::new(&m, with_content)
-    })))
+    let page = ListResponse::from_page(page, |m| MessageOut::owned(m, with_content));
+    let json = serde_json::to_vec(&page)
+        .map_err(|e| ApiError::Internal(format!("writing a message page: {e}")))?;
+    drop(page);
+    Ok(crate::extract::json_holding(json, page_slot))
 }
 
 /// Get a message.

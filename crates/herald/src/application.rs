@@ -140,6 +140,7 @@ impl Application {
                     .unwrap_or(settings.max_concurrent_requests / 8),
                 settings.max_concurrent_requests / 10,
             )),
+            listing_pages: Arc::new(herald_api::listing_pages()),
             config: Arc::new(ApiConfig {
                 max_endpoints_per_app: settings.max_endpoints_per_app,
                 admin_token_hash,

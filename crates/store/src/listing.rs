@@ -280,14 +280,63 @@ fn attempt_filter(app: AppId, query: &AttemptQuery) -> (String, Vec<Bind>) {
 
 /// Turns up to `limit + 1` fetched rows into a page. Rows fetched walking
 /// backwards (a `-` cursor) are put back into listing order.
-pub(crate) fn finish_page<T>(
+/// The rows of a page as they arrive, until the page is full: `limit + 1`
+/// rows (the query's own limit), or rows whose bytes reach `max_bytes`
+/// (one row at least), so that a page of large rows is cut short instead
+/// of being read whole into memory.
+pub(crate) struct Filling<T> {
+    data: Vec<T>,
+    bytes: usize,
+    max_bytes: usize,
+    size_of: fn(&T) -> usize,
+    cut_short: bool,
+}
+
+impl<T> Filling<T> {
+    /// A page with no bound on its bytes.
+    pub(crate) fn unbounded() -> Self {
+        Self::within(usize::MAX, |_| 0)
+    }
+
+    /// A page ending after the row that brings its `size_of` to `max_bytes`.
+    pub(crate) fn within(max_bytes: usize, size_of: fn(&T) -> usize) -> Self {
+        Self {
+            data: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            size_of,
+            cut_short: false,
+        }
+    }
+
+    /// Adds a row; `false` once the page takes no more.
+    pub(crate) fn push(&mut self, row: T) -> bool {
+        self.bytes = self.bytes.saturating_add((self.size_of)(&row));
+        self.data.push(row);
+        self.cut_short = self.bytes >= self.max_bytes;
+        !self.cut_short
+    }
+
+    /// The page: a page cut short by its bytes is not the last one.
+    pub(crate) fn finish(
+        self,
+        limit: usize,
+        cursor: &Cursor,
+        key_of: impl Fn(&T) -> String,
+    ) -> Page<T> {
+        finish_page(self.data, limit, self.cut_short, cursor, key_of)
+    }
+}
+
+fn finish_page<T>(
     mut data: Vec<T>,
     limit: usize,
+    cut_short: bool,
     cursor: &Cursor,
     key_of: impl Fn(&T) -> String,
 ) -> Page<T> {
     let backwards = matches!(cursor, Cursor::Before(_));
-    let more = data.len() > limit;
+    let more = data.len() > limit || cut_short;
     data.truncate(limit);
     if backwards {
         data.reverse();

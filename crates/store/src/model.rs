@@ -238,6 +238,9 @@ pub struct MessageQuery {
     pub after: Option<Timestamp>,
     /// Only messages sent on this channel.
     pub channel: Option<String>,
+    /// The page ends after the message that brings its payloads to this
+    /// many bytes (one message at least); `None`: only `limit` bounds it.
+    pub max_payload_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

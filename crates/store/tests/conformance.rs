@@ -7,7 +7,7 @@ use std::sync::Arc;
 use herald_domain::ids::{IdOrUid, Uid};
 use herald_domain::{
     AddressPolicy, AppId, AttemptId, DeliveryStatus, EndpointId, EndpointUrl, EventTypeName,
-    FilterTypes, Secret, Trigger,
+    FilterTypes, MessageId, Secret, Trigger,
 };
 use herald_store::*;
 
@@ -416,6 +416,63 @@ async fn a_duplicate_event_id_is_a_conflict_and_writes_nothing() {
                 .len(),
             1,
             "{name}: one delivery"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_page_ends_once_its_payloads_reach_the_byte_budget() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        for n in 0..5 {
+            let mut input = message("call.started", None);
+            input.payload = format!(r#"{{"n": {n}, "pad": "{}"}}"#, "x".repeat(90));
+            store.create_message(app, input, None, None).await.unwrap();
+        }
+        let page = |cursor: Cursor| MessageQuery {
+            page: PageRequest { limit: 10, cursor },
+            max_payload_bytes: Some(250),
+            ..Default::default()
+        };
+
+        let first = store.list_messages(app, page(Cursor::Start)).await.unwrap();
+        let next = Cursor::After(first.iterator.clone().unwrap());
+        let second = store.list_messages(app, page(next)).await.unwrap();
+        let whole = store
+            .list_messages(
+                app,
+                MessageQuery {
+                    page: PageRequest {
+                        limit: 10,
+                        cursor: Cursor::Start,
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+
+        // About 100 bytes each: the third reaches 250 and ends the page.
+        assert_eq!(first.data.len(), 3, "{name}");
+        assert!(!first.done, "{name}: a page cut short is not the last");
+        assert_eq!(second.data.len(), 2, "{name}: the rest");
+        assert!(second.done, "{name}");
+        assert_eq!(
+            whole.data.len(),
+            5,
+            "{name}: without a budget, the limit alone"
+        );
+        let ids = |pages: &[&Page<Message>]| -> Vec<MessageId> {
+            pages
+                .iter()
+                .flat_map(|p| p.data.iter().map(|m| m.id))
+                .collect()
+        };
+        assert_eq!(
+            ids(&[&first, &second]),
+            ids(&[&whole]),
+            "{name}: nothing skipped or repeated"
         );
     }
 }

@@ -272,3 +272,136 @@ async fn a_transformation_that_would_run_for_seconds_leaves_the_health_check_ans
     }
     assert!(receiver.requests().is_empty(), "nothing was sent");
 }
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Asks for `path` with `token` over a connection whose receive buffer is
+/// tiny, and reads the answer 16 KiB at a time, ten times a second, for
+/// `hold`; returns the status line.
+async fn slow_read(
+    address: std::net::SocketAddr,
+    path: String,
+    token: String,
+    hold: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 16 << 10];
+    let mut first = Vec::new();
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if first.is_empty() => first.extend_from_slice(&buffer[..n.min(64)]),
+            Ok(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // the slowness is the point
+    }
+    String::from_utf8_lossy(&first)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_slow_readers_of_a_page_of_large_messages_hold_bounded_memory() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&sqlite_env(data_dir.path()));
+    let client = reqwest::Client::new();
+    let tenant = server.post(&client, "/app/", json!({"name": "Acme"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = server
+        .post(
+            &client,
+            &format!("/app/{tenant}/token/"),
+            json!({"name": "reader"}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let payload = json!({"eventType": "call.started", "payload": {"s": "x".repeat(1_000_000)}});
+    for _ in 0..60 {
+        server
+            .post(&client, &format!("/app/{tenant}/msg/"), payload.clone())
+            .await;
+    }
+    let pid = server.child.id();
+    let at_rest = rss_mib(pid);
+
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            tokio::spawn(slow_read(
+                server.address,
+                format!("/api/v1/app/{tenant}/msg/?limit=250"),
+                token.clone(),
+                Duration::from_secs(4),
+            ))
+        })
+        .collect();
+    let mut peak = at_rest;
+    while readers.iter().any(|reader| !reader.is_finished()) {
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await; // samples the memory
+    }
+    let mut statuses = Vec::new();
+    for reader in readers {
+        statuses.push(reader.await.unwrap());
+    }
+    // The pages are still whole for a client that reads them all.
+    let mut listed = 0;
+    let mut iterator: Option<String> = None;
+    loop {
+        let query = iterator
+            .as_ref()
+            .map_or(String::new(), |i| format!("&iterator={i}"));
+        let page = server
+            .get(&client, &format!("/app/{tenant}/msg/?limit=250{query}"))
+            .await;
+        listed += page["data"].as_array().unwrap().len();
+        if page["done"] == true {
+            break;
+        }
+        iterator = page["iterator"].as_str().map(str::to_owned);
+    }
+
+    eprintln!(
+        "resident memory: {at_rest:.0} MiB at rest, {peak:.0} MiB at the peak with 32 slow readers"
+    );
+    let served = statuses.iter().filter(|s| s.contains(" 200 ")).count();
+    let refused = statuses.iter().filter(|s| s.contains(" 429 ")).count();
+    assert_eq!(
+        served + refused,
+        32,
+        "each got a page or a 429: {statuses:?}"
+    );
+    assert!(served >= 1, "{statuses:?}");
+    assert!(
+        peak - at_rest < 150.0,
+        "32 slow readers grew memory from {at_rest:.0} MiB to {peak:.0} MiB"
+    );
+    assert_eq!(listed, 60, "every message is listed, over several pages");
+}

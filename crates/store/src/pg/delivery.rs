@@ -12,9 +12,9 @@ use herald_domain::{AppId, AttemptId, EndpointId, EndpointUrl, MessageId, Trigge
 use herald_domain::sealing::Sealing;
 
 use super::admin::{get_app, get_endpoint, signing_secrets};
-use super::rows::{self, db, list};
+use super::rows::{self, db, list, list_within};
 use super::WORK_CHANNEL_SQL;
-use crate::listing::Listing;
+use crate::listing::{Filling, Listing};
 use crate::shared;
 use crate::sql;
 use crate::SendSlot;
@@ -101,12 +101,17 @@ pub(crate) async fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app)).await?;
-    list(
+    let filling = match query.max_payload_bytes {
+        Some(bytes) => Filling::within(bytes, |m: &Message| m.payload.len()),
+        None => Filling::unbounded(),
+    };
+    list_within(
         conn,
         Listing::messages(app, &query),
         &query.page,
         rows::message,
         |m| m.id.to_string(),
+        filling,
     )
     .await
 }

@@ -228,6 +228,20 @@ pub(crate) async fn list<T>(
     map: impl Fn(&PgRow) -> sqlx::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
+    list_within(conn, listing, page, map, key_of, Filling::unbounded()).await
+}
+
+/// [`list`] into `filling`: rows are read one by one, and reading stops
+/// once the page is full (the rest of the answer is discarded unread).
+pub(crate) async fn list_within<T>(
+    conn: &mut PgConnection,
+    listing: Listing,
+    page: &PageRequest,
+    map: impl Fn(&PgRow) -> sqlx::Result<T>,
+    key_of: impl Fn(&T) -> String,
+    mut filling: Filling<T>,
+) -> StoreResult<Page<T>> {
+    use futures_util::TryStreamExt;
     let query = page_query(listing, page);
     let mut arguments = PgArguments::default();
     for bind in query.binds {
@@ -237,16 +251,14 @@ pub(crate) async fn list<T>(
         }
         .map_err(|e| StoreError::Internal(e.to_string()))?;
     }
-    let rows = sqlx::query_with(&numbered(&query.sql), arguments)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-    let data = rows
-        .iter()
-        .map(&map)
-        .collect::<sqlx::Result<Vec<T>>>()
-        .map_err(db)?;
-    Ok(finish_page(data, query.limit, &page.cursor, key_of))
+    let sql = numbered(&query.sql);
+    let mut rows = sqlx::query_with(&sql, arguments).fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.map_err(db)? {
+        if !filling.push(map(&row).map_err(db)?) {
+            break;
+        }
+    }
+    Ok(filling.finish(query.limit, &page.cursor, key_of))
 }
 
 /// Rewrites `?` placeholders as `$1`, `$2`, … (no `?` appears in literals here).

@@ -13,8 +13,8 @@ use herald_domain::sealing::Sealing;
 
 use super::admin::{get_app, get_endpoint, now, signing_secrets};
 use super::pool::internal;
-use super::rows::{self, list, optional_to_json};
-use crate::listing::Listing;
+use super::rows::{self, list, list_within, optional_to_json};
+use crate::listing::{Filling, Listing};
 use crate::shared;
 use crate::sql;
 use crate::{
@@ -197,12 +197,17 @@ pub(crate) fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app))?;
-    list(
+    let filling = match query.max_payload_bytes {
+        Some(bytes) => Filling::within(bytes, |m: &Message| m.payload.len()),
+        None => Filling::unbounded(),
+    };
+    list_within(
         conn,
         Listing::messages(app, &query),
         &query.page,
         rows::message,
         |m| m.id.to_string(),
+        filling,
     )
 }
 

@@ -170,14 +170,30 @@ pub(crate) fn list<T>(
     map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
     key_of: impl Fn(&T) -> String,
 ) -> StoreResult<Page<T>> {
+    list_within(conn, listing, page, map, key_of, Filling::unbounded())
+}
+
+/// [`list`] into `filling`: rows are read one by one, and reading stops
+/// once the page is full.
+pub(crate) fn list_within<T>(
+    conn: &Connection,
+    listing: Listing,
+    page: &PageRequest,
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    key_of: impl Fn(&T) -> String,
+    mut filling: Filling<T>,
+) -> StoreResult<Page<T>> {
     let query = page_query(listing, page);
     let mut statement = conn.prepare_cached(&query.sql).map_err(internal)?;
-    let data = statement
+    let rows = statement
         .query_map(rusqlite::params_from_iter(query.binds.iter()), map)
-        .map_err(internal)?
-        .collect::<rusqlite::Result<Vec<T>>>()
         .map_err(internal)?;
-    Ok(finish_page(data, query.limit, &page.cursor, key_of))
+    for row in rows {
+        if !filling.push(row.map_err(internal)?) {
+            break;
+        }
+    }
+    Ok(filling.finish(query.limit, &page.cursor, key_of))
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {

@@ -13,6 +13,7 @@ mod error;
 mod event_types;
 mod export;
 mod extract;
+mod filters;
 mod inspector;
 mod limits;
 mod listener;
@@ -44,6 +45,7 @@ use herald_store::Store;
 
 pub use egress::Egress;
 pub use error::{ApiError, ApiResult};
+pub use filters::FilterCache;
 pub use limits::{listing_pages, RateLimiter, RequestSlots};
 pub use listener::ConnectionLimits;
 pub use middleware::hash_token;
@@ -113,6 +115,8 @@ pub struct AppState {
     pub request_slots: Arc<RequestSlots>,
     /// Message-listing pages in memory ([`limits::listing_pages`]).
     pub listing_pages: Arc<RequestSlots>,
+    /// Apps' endpoint filters, run before messages reach the writer.
+    pub filters: Arc<FilterCache>,
     /// Shared with the dispatcher; rendered at `/metrics`.
     pub metrics: Arc<herald_dispatch::Metrics>,
     /// Compiled event-type schemas, for enforcement.

@@ -152,6 +152,7 @@ pub(crate) async fn create(
         payload: input.payload.get().trim().to_owned(),
         channels: parse_channels(input.channels)?,
         to_endpoint: None,
+        filters: Default::default(),
     };
     let created = crate::operations::Operations::new(&state, caller)
         .create_message(app, message)

@@ -128,11 +128,13 @@ impl<'a> Operations<'a> {
             ));
         }
         let audit = self.entry(Some(app), "endpoint.created", String::new());
-        Ok(self
+        let created = self
             .state
             .store
             .create_endpoint(app, input, headers, secret, audit)
-            .await?)
+            .await?;
+        self.state.filters.forget(app);
+        Ok(created)
     }
 
     /// New settings for `endpoint` (its URL, if changed, was checked
@@ -153,6 +155,7 @@ impl<'a> Operations<'a> {
             .store
             .update_endpoint(endpoint.app_id, endpoint.id, input, audit)
             .await?;
+        self.state.filters.forget(endpoint.app_id);
         if !updated.disabled && endpoint.disabled {
             // Enabled again: what waited for it is due now.
             self.nudge();
@@ -190,6 +193,7 @@ impl<'a> Operations<'a> {
             .store
             .delete_endpoint(endpoint.app_id, endpoint.id, audit)
             .await?;
+        self.state.filters.forget(endpoint.app_id);
         Ok(())
     }
 
@@ -423,13 +427,18 @@ impl<'a> Operations<'a> {
     pub(crate) async fn create_message(
         &self,
         app: AppId,
-        input: MessageInput,
+        mut input: MessageInput,
     ) -> ApiResult<CreatedMessage> {
         self.may_change(app)?;
         // Whoever sends it (API, CLI, an SDK): its type's schema, when enforced.
         self.state
             .schemas
             .check(self.state.store.as_ref(), &input.event_type, &input.payload)
+            .await?;
+        // The app's filters run here, not in the writer all apps share.
+        self.state
+            .filters
+            .decide(self.state.store.as_ref(), app, &mut input)
             .await?;
         self.start_message(app, input, None).await
     }

@@ -124,6 +124,7 @@ pub(crate) async fn message_of(
         payload: payload.to_string(),
         channels: None,
         to_endpoint: Some(endpoint.id),
+        filters: Default::default(),
     })
 }
 

@@ -242,6 +242,7 @@ pub(crate) async fn raise(
         // Operators' endpoints can subscribe to one app's events by channel.
         channels: Some(vec![alert.app.to_string()]),
         to_endpoint: None,
+        filters: Default::default(),
     };
     match store
         .create_message(config.operations_app, input, claim, None)

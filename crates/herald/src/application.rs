@@ -141,6 +141,7 @@ impl Application {
                 settings.max_concurrent_requests / 10,
             )),
             listing_pages: Arc::new(herald_api::listing_pages()),
+            filters: Arc::default(),
             config: Arc::new(ApiConfig {
                 max_endpoints_per_app: settings.max_endpoints_per_app,
                 admin_token_hash,

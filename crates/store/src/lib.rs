@@ -17,6 +17,7 @@ pub use access::{
 };
 pub use model::*;
 pub use pg::{redact_password, PgOptions, PgStore};
+pub use shared::subscribes_to;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;

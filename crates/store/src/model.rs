@@ -215,6 +215,25 @@ pub struct MessageInput {
     /// Send to this endpoint only, whatever its subscriptions, as one
     /// manual attempt without retries: a test event.
     pub to_endpoint: Option<EndpointId>,
+    /// Endpoint filters already run on this message before it was handed
+    /// to the store (off the writer); the writer runs only the others.
+    pub filters: FilterDecisions,
+}
+
+/// Endpoint filters decided for a message before it is written: by
+/// endpoint, the filter's source and whether the message passes. A
+/// decision counts only while the endpoint's filter is still that source.
+#[derive(Debug, Clone, Default)]
+pub struct FilterDecisions(pub Vec<(EndpointId, std::sync::Arc<str>, bool)>);
+
+impl FilterDecisions {
+    /// The decision for `endpoint` whose filter is `source`, if made.
+    pub fn get(&self, endpoint: EndpointId, source: &str) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|(id, decided, _)| *id == endpoint && &**decided == source)
+            .map(|(_, _, passes)| *passes)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -113,10 +113,10 @@ fn decode<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
 pub(crate) fn matching_targets(
     rows: &[TargetRow],
     message: &Message,
-    only: Option<EndpointId>,
+    (only, decided): (Option<EndpointId>, &crate::FilterDecisions),
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
-    FanOut::new(rows, sealing)?.matching(message, only)
+    FanOut::new(rows, sealing)?.matching(message, only, decided)
 }
 
 /// An app's enabled endpoints as the fan-out needs them, decoded once:
@@ -179,6 +179,7 @@ impl FanOut {
         &self,
         message: &Message,
         only: Option<EndpointId>,
+        decided: &crate::FilterDecisions,
     ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
         if let Some(only) = only {
             return self
@@ -206,13 +207,16 @@ impl FanOut {
                 channels,
             );
             if let (true, Some(source)) = (wanted, &endpoint.target.options.filter) {
-                wanted = passes_filter(
-                    source,
-                    message,
-                    &endpoint.target.id,
-                    &mut subject,
-                    (&mut budget, deadline),
-                );
+                wanted = match decided.get(endpoint.target.id, source) {
+                    Some(passes) => passes,
+                    None => passes_filter(
+                        source,
+                        message,
+                        &endpoint.target.id,
+                        &mut subject,
+                        (&mut budget, deadline),
+                    ),
+                };
             }
             if wanted {
                 targets.push(endpoint.target.clone());
@@ -281,7 +285,7 @@ pub(crate) fn subscribes(
 }
 
 /// [`subscribes`] with the subscriptions parsed.
-fn subscribes_to(
+pub fn subscribes_to(
     filter: &FilterTypes,
     endpoint_channels: Option<&[String]>,
     event_type: &EventTypeName,

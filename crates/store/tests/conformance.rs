@@ -173,6 +173,7 @@ fn message(event_type: &str, event_id: Option<&str>) -> MessageInput {
         payload: "{\"n\":1}".into(),
         channels: None,
         to_endpoint: None,
+        filters: Default::default(),
     }
 }
 
@@ -2351,6 +2352,7 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
                     payload: "{}".into(),
                     channels: None,
                     to_endpoint: None,
+                    filters: Default::default(),
                 },
                 Some(Claim::new(now(), now() + 60_000)),
                 None,
@@ -3045,5 +3047,80 @@ async fn an_endpoint_s_filter_decides_at_fan_out_and_its_options_reach_the_sende
             .await
             .unwrap();
         assert_eq!(cleared.options, Default::default(), "{name}: cleared");
+    }
+}
+
+#[tokio::test]
+async fn a_filter_decided_before_the_write_is_taken_as_decided_while_its_source_is_current() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        let source = r#"data.direction == "inbound""#;
+        let filtered = store
+            .create_endpoint(
+                app,
+                EndpointInput {
+                    options: herald_domain::DeliveryOptions {
+                        filter: Some(source.into()),
+                        ..Default::default()
+                    },
+                    ..endpoint_input("http://a.test/inbound", &[], false)
+                },
+                Headers::new(),
+                Secret::generate(),
+                None,
+            )
+            .await
+            .unwrap();
+        let inbound = |decided: Vec<(EndpointId, &str, bool)>| MessageInput {
+            payload: r#"{"direction":"inbound"}"#.into(),
+            filters: FilterDecisions(
+                decided
+                    .into_iter()
+                    .map(|(id, source, passes)| (id, Arc::from(source), passes))
+                    .collect(),
+            ),
+            ..message("call.started", None)
+        };
+        let at = now();
+        let sent_to = |created: CreatedMessage| created.jobs.len();
+
+        let undecided = store
+            .create_message(app, inbound(vec![]), Some(claim(at)), None)
+            .await
+            .unwrap();
+        // The decision stands even against the filter (it was made on the
+        // same message before the write; here it says no).
+        let decided_no = store
+            .create_message(
+                app,
+                inbound(vec![(filtered.id, source, false)]),
+                Some(claim(at)),
+                None,
+            )
+            .await
+            .unwrap();
+        // A decision for another filter (changed since) is not used.
+        let stale = store
+            .create_message(
+                app,
+                inbound(vec![(filtered.id, "data.direction == \"outbound\"", false)]),
+                Some(claim(at)),
+                None,
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(
+            sent_to(undecided),
+            1,
+            "{name}: the writer runs an undecided filter"
+        );
+        assert_eq!(
+            sent_to(decided_no),
+            0,
+            "{name}: a current decision is taken"
+        );
+        assert_eq!(sent_to(stale), 1, "{name}: a stale decision is run again");
     }
 }

@@ -139,6 +139,9 @@ pub struct Program {
     root: IdedExpr,
     /// `matches` patterns, compiled once, by the id of their call.
     patterns: HashMap<u64, Pattern>,
+    /// Whether it reads the message's `timestamp` (known only once the
+    /// message is stored).
+    reads_timestamp: bool,
 }
 
 /// A compiled `matches` pattern and what one input byte may cost it.
@@ -154,6 +157,11 @@ impl Program {
     /// The expression as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether it reads the message's `timestamp`.
+    pub fn reads_timestamp(&self) -> bool {
+        self.reads_timestamp
     }
 }
 
@@ -209,6 +217,7 @@ fn parse(source: String) -> Result<Program, CompileError> {
     check(&root, &mut Vec::new(), &mut patterns)?;
     Ok(Program {
         source,
+        reads_timestamp: mentions(&root, "timestamp"),
         root,
         patterns,
     })
@@ -267,6 +276,15 @@ fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
             EntryExpr::StructField(f) => vec![&f.value],
         })
         .collect()
+}
+
+/// Whether `name` appears in `expr` (a macro's variable of that name
+/// counts too: the answer errs towards yes).
+fn mentions(expr: &IdedExpr, name: &str) -> bool {
+    matches!(&expr.expr, Expr::Ident(ident) if ident == name)
+        || children(expr)
+            .into_iter()
+            .any(|child| mentions(child, name))
 }
 
 fn depth_of(expr: &IdedExpr) -> usize {

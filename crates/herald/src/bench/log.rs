@@ -249,6 +249,7 @@ async fn seed(store: Arc<dyn Store>, app: &str, messages: usize) -> anyhow::Resu
                         payload: json!({"n": n, "callId": format!("call_{n}")}).to_string(),
                         channels: None,
                         to_endpoint: None,
+                        filters: Default::default(),
                     },
                     Some(Claim::new(now, now + 600_000)),
                     None,

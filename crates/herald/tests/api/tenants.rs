@@ -82,8 +82,9 @@ async fn filters_that_would_run_for_seconds_leave_another_tenant_s_writes_alone(
         .as_str()
         .unwrap()
         .to_owned();
+    let mut greedy_endpoints = Vec::new();
     for n in 0..50 {
-        server
+        let made = server
             .post(
                 &client,
                 &format!("/app/{attacker}/endpoint/"),
@@ -93,6 +94,7 @@ async fn filters_that_would_run_for_seconds_leave_another_tenant_s_writes_alone(
                 }),
             )
             .await;
+        greedy_endpoints.push(made["id"].as_str().unwrap().to_owned());
     }
     server
         .post(
@@ -157,6 +159,22 @@ async fn filters_that_would_run_for_seconds_leave_another_tenant_s_writes_alone(
     assert!(
         receiver.requests_to("/greedy/0").is_empty(),
         "no greedy endpoint got a message"
+    );
+    let health = server
+        .get(
+            &client,
+            &format!("/app/{attacker}/endpoint/{}/health/", greedy_endpoints[0]),
+        )
+        .await;
+    assert!(
+        health["filterFailures"]["count"].as_u64().unwrap_or(0) >= 1,
+        "the endpoint's health shows its filter failing: {health}"
+    );
+    assert!(
+        health["filterFailures"]["lastError"]
+            .as_str()
+            .is_some_and(|error| error.contains("budget")),
+        "{health}"
     );
 }
 

@@ -389,7 +389,7 @@ async fn create_messages(
             .unwrap_or(&no_endpoints);
         // A test event whose endpoint is gone fails the batch, which is
         // then written again item by item.
-        let targets = fan_out.matching(&message, item.input.to_endpoint)?;
+        let targets = fan_out.matching(&message, item.input.to_endpoint, &item.input.filters)?;
         let trigger = shared::trigger_of(&item.input);
         for target in &targets {
             let lease = shared::lease(item.claim.as_ref(), target);

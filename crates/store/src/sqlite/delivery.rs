@@ -28,7 +28,7 @@ use crate::{
 fn matching_targets(
     conn: &Connection,
     message: &Message,
-    only: Option<EndpointId>,
+    only: (Option<EndpointId>, &crate::FilterDecisions),
     at: Timestamp,
     sealing: &Sealing,
 ) -> StoreResult<Vec<Arc<EndpointTarget>>> {
@@ -104,7 +104,7 @@ fn target(
 pub(crate) fn create_message(
     conn: &Connection,
     app: AppId,
-    input: MessageInput,
+    mut input: MessageInput,
     claim: Option<Claim>,
     sealing: &Sealing,
 ) -> StoreResult<CreatedMessage> {
@@ -121,6 +121,7 @@ pub(crate) fn create_message(
     }
     let at = claim.as_ref().map_or_else(now, |c| c.now);
     let (only, trigger) = (input.to_endpoint, shared::trigger_of(&input));
+    let decided = std::mem::take(&mut input.filters);
     let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
     conn.prepare_cached(
@@ -139,7 +140,7 @@ pub(crate) fn create_message(
         ])
     })
     .map_err(internal)?;
-    let targets = matching_targets(conn, &message, only, at, sealing)?;
+    let targets = matching_targets(conn, &message, (only, &decided), at, sealing)?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,

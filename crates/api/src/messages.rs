@@ -59,26 +59,23 @@ pub(crate) struct MessageOut {
 
 impl MessageOut {
     /// `message` as the API shows it, its payload moved rather than copied.
-    fn owned(message: Message, with_content: bool) -> Self {
-        let payload = if with_content {
-            RawValue::from_string(message.payload)
-        } else {
-            RawValue::from_string("{}".to_owned())
-        }
-        .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid JSON"));
-        Self {
-            id: message.id.to_string(),
-            event_id: message.event_id.as_ref().map(Uid::to_string),
-            event_type: message.event_type.to_string(),
-            payload,
-            channels: message.channels,
-            timestamp: timestamp(message.created_at),
-        }
+    fn owned(mut message: Message, with_content: bool) -> Self {
+        let payload = std::mem::take(&mut message.payload);
+        Self::with_payload(&message, payload, with_content)
     }
 
     pub(crate) fn new(message: &Message, with_content: bool) -> Self {
         let payload = if with_content {
-            RawValue::from_string(message.payload.clone())
+            message.payload.clone()
+        } else {
+            String::new()
+        };
+        Self::with_payload(message, payload, with_content)
+    }
+
+    fn with_payload(message: &Message, payload: String, with_content: bool) -> Self {
+        let payload = if with_content {
+            RawValue::from_string(payload)
         } else {
             RawValue::from_string("{}".to_owned())
         }

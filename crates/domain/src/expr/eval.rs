@@ -57,7 +57,8 @@ impl Program {
     /// Whether the message passes the filter, within a filter's budget.
     /// Anything but `true` or `false` is an error.
     pub fn matches(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        self.matches_within(input, &mut FILTER_BUDGET.clone(), deadline(FILTER_DEADLINE))
+        let mut run = Run::new(self, input, FILTER_BUDGET, (None, FILTER_DEADLINE));
+        run.eval(&self.root).and_then(Val::into_decision)
     }
 
     /// [`Program::matches`] drawing on `budget` (what is left of a
@@ -72,22 +73,15 @@ impl Program {
         deadline: Instant,
     ) -> Result<bool, EvalError> {
         let allowed = (*budget).min(FILTER_BUDGET);
-        let deadline = deadline.min(self::deadline(FILTER_DEADLINE));
-        let mut run = Run::new(self, input, allowed, deadline);
+        let mut run = Run::new(self, input, allowed, (Some(deadline), FILTER_DEADLINE));
         let outcome = run.eval(&self.root);
         *budget -= allowed - run.left;
-        match outcome? {
-            Val::Bool(b) => Ok(b),
-            other => fail(format!(
-                "a filter must yield true or false, not {}",
-                other.kind()
-            )),
-        }
+        outcome.and_then(Val::into_decision)
     }
 
     /// The JSON the transformation yields for the message, as bytes.
     pub fn render(&self, input: &Input<'_>) -> Result<Vec<u8>, EvalError> {
-        let mut run = Run::new(self, input, BUDGET, deadline(TRANSFORMATION_DEADLINE));
+        let mut run = Run::new(self, input, BUDGET, (None, TRANSFORMATION_DEADLINE));
         let value = run.eval(&self.root)?;
         let mut out = Limited(Vec::new());
         if serde_json::to_writer(&mut out, &value).is_err() {
@@ -119,10 +113,7 @@ fn bytes_cost(bytes: usize) -> u64 {
     (bytes / 32) as u64
 }
 
-/// `within` from now.
-fn deadline(within: Duration) -> Instant {
-    Instant::now() + within
-}
+
 
 #[derive(Debug, Clone)]
 enum Text<'a> {
@@ -224,6 +215,17 @@ impl<'a> Map<'a> {
 }
 
 impl Val<'_> {
+    /// A filter's answer: anything but `true` or `false` is an error.
+    fn into_decision(self) -> R<bool> {
+        match self {
+            Val::Bool(b) => Ok(b),
+            other => fail(format!(
+                "a filter must yield true or false, not {}",
+                other.kind()
+            )),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Val::Null => "null",
@@ -322,19 +324,31 @@ struct Run<'a, 'i> {
     program: &'a Program,
     input: &'i Input<'a>,
     left: u64,
-    deadline: Instant,
+    /// The caller's deadline, if it has one, and how long this evaluation
+    /// may run: measured from the first look at the clock, about 1,024
+    /// units in, so that an evaluation that never gets that far never
+    /// reads the clock at all (a read costs about as much as a small
+    /// filter).
+    deadline: (Option<Instant>, Duration),
+    first_look: Option<Instant>,
     /// Units spent since the clock was last read.
     unlooked: u64,
     scope: Vec<Binding<'a>>,
 }
 
 impl<'a, 'i> Run<'a, 'i> {
-    fn new(program: &'a Program, input: &'i Input<'a>, budget: u64, deadline: Instant) -> Self {
+    fn new(
+        program: &'a Program,
+        input: &'i Input<'a>,
+        budget: u64,
+        deadline: (Option<Instant>, Duration),
+    ) -> Self {
         Self {
             program,
             input,
             left: budget,
             deadline,
+            first_look: None,
             unlooked: 0,
             scope: Vec::new(),
         }
@@ -349,7 +363,10 @@ impl<'a, 'i> Run<'a, 'i> {
                 self.unlooked += units;
                 if self.unlooked >= UNITS_PER_LOOK {
                     self.unlooked = 0;
-                    if Instant::now() >= self.deadline {
+                    let now = Instant::now();
+                    let (outer, within) = self.deadline;
+                    let own = *self.first_look.get_or_insert(now) + within;
+                    if now >= outer.map_or(own, |outer| outer.min(own)) {
                         return Err(EvalError::Deadline);
                     }
                 }

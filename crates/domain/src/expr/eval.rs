@@ -113,8 +113,6 @@ fn bytes_cost(bytes: usize) -> u64 {
     (bytes / 32) as u64
 }
 
-
-
 #[derive(Debug, Clone)]
 enum Text<'a> {
     Borrowed(&'a str),

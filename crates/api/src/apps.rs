@@ -1,6 +1,6 @@
 //! `/app/`: applications (tenants).
 
-use crate::extract::{Path, Query};
+use crate::extract::{either, Path, Query};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -25,7 +25,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ApplicationIn {
     #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     name: String,
@@ -33,11 +33,13 @@ pub(crate) struct ApplicationIn {
     #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._-]+$")]
     uid: Option<String>,
     rate_limit: Option<u32>,
+    /// Svix's SDK 2 name for `rateLimit` (422 when both are sent and differ).
+    throttle_rate: Option<u32>,
     metadata: Option<Metadata>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ApplicationPatch {
     name: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
@@ -46,6 +48,10 @@ pub(crate) struct ApplicationPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<u32>)]
     rate_limit: Option<Option<u32>>,
+    /// Svix's SDK 2 name for `rateLimit`.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u32>)]
+    throttle_rate: Option<Option<u32>>,
     metadata: Option<Metadata>,
 }
 
@@ -80,7 +86,10 @@ impl ApplicationIn {
         Ok(AppInput {
             uid: parse_uid(self.uid.as_deref())?,
             name: parse_name(self.name)?,
-            rate_limit: self.rate_limit,
+            rate_limit: either(
+                ("rateLimit", self.rate_limit),
+                ("throttleRate", self.throttle_rate),
+            )?,
             metadata: self.metadata.unwrap_or_default(),
         })
     }
@@ -207,8 +216,12 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(app): Path<String>,
-    Body(changes): Body<ApplicationPatch>,
+    Body(mut changes): Body<ApplicationPatch>,
 ) -> ApiResult<Json<ApplicationOut>> {
+    changes.rate_limit = either(
+        ("rateLimit", changes.rate_limit.take()),
+        ("throttleRate", changes.throttle_rate.take()),
+    )?;
     let reference = IdOrUid::<AppId>::parse(&app).map_err(|_| ApiError::NotFound)?;
     let current = state.store.get_app(&reference).await?;
     let input = AppInput {

@@ -12,7 +12,7 @@ use herald_domain::Secret;
 use herald_store::Headers;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{timestamp, Body};
 use crate::middleware::now_ms;
 use crate::openapi::{EndpointPath, Errors};
@@ -67,6 +67,7 @@ pub(crate) async fn secret(
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RotateIn {
     key: Option<String>,
 }
@@ -89,14 +90,7 @@ pub(crate) async fn rotate(
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let input: RotateIn = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateIn::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            code: "invalid_json",
-            detail: e.to_string(),
-        })?
-    };
+    let input: RotateIn = crate::extract::optional_body(&body)?;
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
     let key = input.key.map(|text| Secret::parse(&text)).transpose()?;
     Operations::new(&state, caller)
@@ -112,7 +106,7 @@ pub(crate) struct HeadersOut {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct HeadersIn {
     headers: std::collections::BTreeMap<String, Option<String>>,
     #[serde(default)]

@@ -1,6 +1,6 @@
 //! `/app/{app}/endpoint/`: receivers' URLs, subscriptions, secrets and headers.
 
-use crate::extract::{Path, Query};
+use crate::extract::{either, Path, Query};
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::{Extension, Json};
@@ -28,7 +28,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EndpointIn {
     #[schema(format = "uri", min_length = 1)]
     url: String,
@@ -37,8 +37,14 @@ pub(crate) struct EndpointIn {
     description: Option<String>,
     #[serde(default)]
     disabled: bool,
+    /// The event types it receives (none: all). Svix's SDK 2 name; the
+    /// same as `filterTypes` (422 when both are sent and differ).
+    event_types: Option<Vec<String>>,
     filter_types: Option<Vec<String>>,
     channels: Option<Vec<String>>,
+    /// Deliveries per second at most. Svix's SDK 2 name; the same as
+    /// `rateLimit`.
+    throttle_rate: Option<u32>,
     rate_limit: Option<u32>,
     version: Option<i32>,
     metadata: Option<Metadata>,
@@ -68,6 +74,20 @@ pub(crate) struct EndpointIn {
 }
 
 impl EndpointIn {
+    /// Merges the fields sent under two names into `filter_types` and
+    /// `rate_limit`.
+    fn merged(mut self) -> ApiResult<Self> {
+        self.filter_types = either(
+            ("filterTypes", self.filter_types.take()),
+            ("eventTypes", self.event_types.take()),
+        )?;
+        self.rate_limit = either(
+            ("rateLimit", self.rate_limit.take()),
+            ("throttleRate", self.throttle_rate.take()),
+        )?;
+        Ok(self)
+    }
+
     fn options(&self) -> DeliveryOptions {
         DeliveryOptions {
             filter: self.filter.clone(),
@@ -93,7 +113,7 @@ pub(crate) fn check_options(
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EndpointPatch {
     url: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
@@ -104,12 +124,20 @@ pub(crate) struct EndpointPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Vec<String>>)]
     filter_types: Option<Option<Vec<String>>>,
+    /// Svix's SDK 2 name for `filterTypes`.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<String>>)]
+    event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Vec<String>>)]
     channels: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<u32>)]
     rate_limit: Option<Option<u32>>,
+    /// Svix's SDK 2 name for `rateLimit`.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u32>)]
+    throttle_rate: Option<Option<u32>>,
     version: Option<i32>,
     metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "patch_field")]
@@ -322,6 +350,7 @@ pub(crate) async fn create(
     Path(app): Path<String>,
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
+    let input = input.merged()?;
     let app = resolve(&state, &app).await?;
     let options = check_options(&state, input.options())?;
     let description = input.description.unwrap_or_default();
@@ -394,6 +423,7 @@ pub(crate) async fn replace(
     Path((app, endpoint)): Path<(String, String)>,
     Body(input): Body<EndpointIn>,
 ) -> ApiResult<Json<EndpointOut>> {
+    let input = input.merged()?;
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
     let options = check_options(&state, input.options())?;
     let description = input.description.unwrap_or_default();
@@ -452,8 +482,16 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
-    Body(changes): Body<EndpointPatch>,
+    Body(mut changes): Body<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
+    changes.filter_types = either(
+        ("filterTypes", changes.filter_types.take()),
+        ("eventTypes", changes.event_types.take()),
+    )?;
+    changes.rate_limit = either(
+        ("rateLimit", changes.rate_limit.take()),
+        ("throttleRate", changes.throttle_rate.take()),
+    )?;
     let current = resolve_endpoint(&state, &app, &endpoint).await?;
     let url = changes.url.unwrap_or_else(|| current.url.to_string());
     let description = changes

@@ -1,6 +1,6 @@
 //! `/event-type/`: the global event catalog.
 
-use crate::extract::{Path, Query};
+use crate::extract::{either, Path, Query, Unknown};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -47,15 +47,22 @@ pub(crate) struct EventTypeUpdate {
     #[serde(default)]
     deprecated: bool,
     feature_flag: Option<String>,
+    /// Svix's newer form of `featureFlag`: Herald keeps one flag per event
+    /// type, so a list of more than one is refused (422).
+    feature_flags: Option<Vec<String>>,
     group_name: Option<String>,
     /// Herald's addition: refuse (422) a message whose payload does not
     /// validate against the newest of `schemas`.
     #[serde(default)]
     enforce_schema: bool,
+    /// Fields Herald does not know, refused by name.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: Unknown,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EventTypePatch {
     description: Option<String>,
     #[serde(default, deserialize_with = "patch_field")]
@@ -66,6 +73,8 @@ pub(crate) struct EventTypePatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<String>)]
     feature_flag: Option<Option<String>>,
+    /// Svix's newer form of `featureFlag` (one flag at most).
+    feature_flags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<String>)]
     group_name: Option<Option<String>>,
@@ -90,7 +99,12 @@ pub(crate) struct EventTypeOut {
 
 impl EventTypeUpdate {
     fn into_input(self, name: EventTypeName) -> ApiResult<EventTypeInput> {
+        self.unknown.refuse()?;
         check_schemas(&self.schemas)?;
+        let feature_flag = either(
+            ("featureFlag", self.feature_flag),
+            ("featureFlags", one_flag(self.feature_flags)?),
+        )?;
         if self.enforce_schema {
             crate::schemas::newest_validator(self.schemas.as_ref())
                 .map_err(|why| ApiError::invalid("schemas", why))?
@@ -104,7 +118,7 @@ impl EventTypeUpdate {
             schemas: self.schemas,
             archived: self.archived,
             deprecated: self.deprecated,
-            feature_flag: self.feature_flag,
+            feature_flag,
             group_name: self.group_name,
             enforce_schema: self.enforce_schema,
         })
@@ -271,14 +285,38 @@ pub(crate) async fn patch(
         schemas: changes.schemas.unwrap_or(current.schemas),
         archived: changes.archived.unwrap_or(current.archived),
         deprecated: changes.deprecated.unwrap_or(current.deprecated),
-        feature_flag: changes.feature_flag.unwrap_or(current.feature_flag),
+        feature_flag: either(
+            ("featureFlag", changes.feature_flag),
+            (
+                "featureFlags",
+                changes
+                    .feature_flags
+                    .map(|flags| one_flag(Some(flags)))
+                    .transpose()?,
+            ),
+        )?
+        .unwrap_or(current.feature_flag),
+        feature_flags: None,
         group_name: changes.group_name.unwrap_or(current.group_name),
         enforce_schema: changes.enforce_schema.unwrap_or(current.enforce_schema),
+        unknown: Unknown::default(),
     };
     let updated = Operations::new(&state, caller)
         .update_event_type(merged.into_input(current.name)?)
         .await?;
     Ok(Json(EventTypeOut::new(updated, true)))
+}
+
+/// A `featureFlags` list as Herald's single flag: none, or its one entry.
+fn one_flag(flags: Option<Vec<String>>) -> ApiResult<Option<String>> {
+    match flags.as_deref() {
+        None | Some([]) => Ok(None),
+        Some([flag]) => Ok(Some(flag.clone())),
+        Some(_) => Err(ApiError::invalid(
+            "featureFlags",
+            "Herald keeps one feature flag per event type; send at most one",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -64,6 +64,18 @@ where
     }
 }
 
+/// A body that may be left out (the SDKs send `{}`, curl users nothing):
+/// the type's default when empty, else parsed like [`Body`].
+pub(crate) fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    herald_domain::payload::check_depth(bytes)?;
+    axum::Json::<T>::from_bytes(bytes)
+        .map(|axum::Json(value)| value)
+        .map_err(json_rejection)
+}
+
 /// `application/json`, or any `application/…+json`.
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
     let Some(value) = headers
@@ -275,6 +287,45 @@ pub(crate) fn json_holding<H: Send + 'static>(json: Vec<u8>, held: H) -> axum::r
         axum::body::Body::from_stream(pieces),
     )
         .into_response()
+}
+
+/// The fields a body carried that its type does not know, gathered by
+/// `#[serde(flatten)]` where `deny_unknown_fields` cannot be used (it does
+/// not work with flattened fields), so that they are refused by name.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Unknown(std::collections::BTreeMap<String, serde::de::IgnoredAny>);
+
+impl Unknown {
+    /// 422 naming the first unknown field, if any.
+    pub(crate) fn refuse(&self) -> ApiResult<()> {
+        match self.0.keys().next() {
+            Some(field) => Err(ApiError::invalid(
+                field.clone(),
+                format!("unknown field `{field}`: Herald does not take it"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One value sent under either of two names (Svix's SDKs send `eventTypes`
+/// and `throttleRate` where Svix's older API said `filterTypes` and
+/// `rateLimit`): whichever was given, or 422 naming the second when both
+/// were given with different values.
+pub(crate) fn either<T: PartialEq>(
+    (name, value): (&str, Option<T>),
+    (other_name, other): (&str, Option<T>),
+) -> ApiResult<Option<T>> {
+    match (value, other) {
+        (Some(value), Some(other)) if value != other => Err(ApiError::invalid(
+            other_name,
+            format!(
+                "`{other_name}` and `{name}` are the same field and differ here; send one of them"
+            ),
+        )),
+        (Some(value), _) | (None, Some(value)) => Ok(Some(value)),
+        (None, None) => Ok(None),
+    }
 }
 
 /// RFC 3339 with milliseconds, in UTC.

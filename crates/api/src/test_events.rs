@@ -35,7 +35,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EventExampleIn {
     event_type: String,
     #[serde(default)]

@@ -195,9 +195,10 @@ pub(crate) async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Svix's `AppPortalAccessIn` (the fields Herald uses; others are accepted).
+/// Svix's `AppPortalAccessIn`, the fields Herald uses (others are refused
+/// with 422: `application`, `capabilities`).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub(crate) struct PortalAccessIn {
     /// Seconds the session lasts (default: the server's, 1 h).
     expiry: Option<u64>,
@@ -234,14 +235,7 @@ pub(crate) async fn portal_access(
 ) -> ApiResult<Json<PortalAccessOut>> {
     let app = resolve(&state, &app).await?;
     // The SDKs send `{}`; curl users may send nothing.
-    let input: PortalAccessIn = if body.iter().all(u8::is_ascii_whitespace) {
-        PortalAccessIn::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            code: "invalid_json",
-            detail: e.to_string(),
-        })?
-    };
+    let input: PortalAccessIn = crate::extract::optional_body(&body)?;
     let seconds = input
         .expiry
         .unwrap_or(state.config.portal_session.as_secs());

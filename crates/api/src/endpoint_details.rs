@@ -12,7 +12,7 @@ use herald_domain::Secret;
 use herald_store::Headers;
 
 use crate::auth::Principal;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{timestamp, Body};
 use crate::middleware::now_ms;
 use crate::openapi::{EndpointPath, Errors};
@@ -67,10 +67,17 @@ pub(crate) async fn secret(
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RotateIn {
     key: Option<String>,
+    /// How long the old secret keeps signing: 0 (not at all) to 604,800
+    /// (7 days); absent: the server's grace (24 h by default).
+    #[schema(minimum = 0, maximum = 604800)]
+    grace_period_seconds: Option<u64>,
 }
+
+/// The longest grace a rotation may give the old secret (Svix's bound).
+const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
 /// The body is optional: an empty POST generates a new secret.
 /// Rotate the signing secret (the old one keeps signing for the grace period).
@@ -81,7 +88,7 @@ pub(crate) struct RotateIn {
     operation_id = "v1.endpoint.rotate-secret",
     params(EndpointPath),
     request_body = RotateIn,
-    responses((status = 204, description = "Rotated"), Errors),
+    responses((status = 200, description = "Rotated: the new secret", body = SecretOut), Errors),
     extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.secret_rotated"})))
 )]
 pub(crate) async fn rotate(
@@ -89,14 +96,26 @@ pub(crate) async fn rotate(
     Extension(caller): Extension<Principal>,
     Path((app, endpoint)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<SecretOut>> {
     let input: RotateIn = crate::extract::optional_body(&body)?;
+    let grace = match input.grace_period_seconds {
+        Some(seconds) if seconds > MAX_GRACE_SECONDS => {
+            return Err(ApiError::invalid(
+                "gracePeriodSeconds",
+                format!("at most {MAX_GRACE_SECONDS} (7 days)"),
+            ))
+        }
+        seconds => seconds.map(std::time::Duration::from_secs),
+    };
     let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
     let key = input.key.map(|text| Secret::parse(&text)).transpose()?;
-    Operations::new(&state, caller)
-        .rotate_secret(&endpoint, key)
+    let secret = Operations::new(&state, caller)
+        .rotate_secret(&endpoint, key, grace)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(SecretOut {
+        key: secret.expose(),
+        public_key: secret.public_key(),
+    }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -199,11 +199,15 @@ impl<'a> Operations<'a> {
 
     /// Rotates `endpoint`'s secret to `key`, or to a new key of the kind it
     /// has; the old one keeps signing for the grace period.
+    /// Rotates `endpoint`'s secret to `key` (else a new one of its kind);
+    /// the old one keeps signing for `grace` (else the server's default).
+    /// Returns the new secret.
     pub(crate) async fn rotate_secret(
         &self,
         endpoint: &Endpoint,
         key: Option<Secret>,
-    ) -> ApiResult<()> {
+        grace: Option<std::time::Duration>,
+    ) -> ApiResult<Secret> {
         self.may_change(endpoint.app_id)?;
         let secret = match key {
             Some(key) => key,
@@ -214,7 +218,7 @@ impl<'a> Operations<'a> {
                 .await?
                 .generate_like(),
         };
-        let grace = self.state.config.rotation_grace;
+        let grace = grace.unwrap_or(self.state.config.rotation_grace);
         let audit = self.entry(
             Some(endpoint.app_id),
             "endpoint.secret_rotated",
@@ -225,12 +229,12 @@ impl<'a> Operations<'a> {
             .rotate_endpoint_secret(
                 endpoint.app_id,
                 endpoint.id,
-                secret,
+                secret.clone(),
                 now_ms() + grace.as_millis() as i64,
                 audit,
             )
             .await?;
-        Ok(())
+        Ok(secret)
     }
 
     /// Re-sends `endpoint`'s failed deliveries of `[since, until)` as a

@@ -78,7 +78,7 @@ pub(super) async fn rotate(
     let (session, record) = target(&state, &headers, &app, &endpoint, &body).await?;
     session
         .operations(&state)
-        .rotate_secret(&record, None)
+        .rotate_secret(&record, None, None)
         .await?;
     Ok(back_to(&record, "rotated"))
 }

@@ -261,15 +261,20 @@ async fn after_rotation_deliveries_carry_two_valid_signatures() {
         .await;
     let old = Secret::parse(&app.secret(&tenant, &endpoint).await).unwrap();
 
-    let (status, _) = app
+    let (status, rotated) = app
         .post(
             &format!("/app/{tenant}/endpoint/{endpoint}/secret/rotate/"),
             json!({}),
         )
         .await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 200, "{rotated}");
     let new = Secret::parse(&app.secret(&tenant, &endpoint).await).unwrap();
     assert_ne!(old, new, "rotation makes a new current secret");
+    assert_eq!(
+        Secret::parse(rotated["key"].as_str().unwrap()).unwrap(),
+        new,
+        "the answer is the new secret (Svix's SDK 2 reads it)"
+    );
     app.send(&tenant, "call.completed", json!({})).await;
 
     let request = &receiver.wait_for(1, WAIT).await[0];
@@ -280,6 +285,35 @@ async fn after_rotation_deliveries_carry_two_valid_signatures() {
         "the previous secret still verifies"
     );
     assert!(verifies(request, &new), "the new secret verifies");
+}
+
+#[tokio::test]
+async fn a_rotation_with_no_grace_period_stops_the_old_secret_at_once() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/secret/rotate/");
+
+    let (too_long, error) = app
+        .post(&path, json!({"gracePeriodSeconds": 604_801}))
+        .await;
+    let (status, rotated) = app.post(&path, json!({"gracePeriodSeconds": 0})).await;
+    app.send(&tenant, "call.completed", json!({})).await;
+
+    assert_eq!(too_long, 422, "past 7 days: {error}");
+    assert_eq!(status, 200, "{rotated}");
+    let request = &receiver.wait_for(1, WAIT).await[0];
+    let signatures = request.header("webhook-signature");
+    assert_eq!(
+        signatures.split(' ').count(),
+        1,
+        "only the new secret signs: {signatures}"
+    );
+    let new = Secret::parse(rotated["key"].as_str().unwrap()).unwrap();
+    assert!(verifies(request, &new));
 }
 
 #[tokio::test]

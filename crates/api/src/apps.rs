@@ -62,6 +62,8 @@ pub(crate) struct ApplicationOut {
     uid: Option<String>,
     name: String,
     rate_limit: Option<u32>,
+    /// The same as `rateLimit`, under Svix's SDK 2 name.
+    throttle_rate: Option<u32>,
     metadata: Metadata,
     created_at: String,
     updated_at: String,
@@ -74,6 +76,7 @@ impl From<App> for ApplicationOut {
             uid: app.uid.map(|u| u.to_string()),
             name: app.name,
             rate_limit: app.rate_limit,
+            throttle_rate: app.rate_limit,
             metadata: app.metadata,
             created_at: timestamp(app.created_at),
             updated_at: timestamp(app.updated_at),

@@ -165,8 +165,12 @@ pub(crate) struct EndpointOut {
     description: String,
     version: i32,
     rate_limit: Option<u32>,
+    /// The same as `rateLimit`, under Svix's SDK 2 name.
+    throttle_rate: Option<u32>,
     disabled: bool,
     filter_types: Option<Vec<String>>,
+    /// The same as `filterTypes`, under Svix's SDK 2 name.
+    event_types: Option<Vec<String>>,
     channels: Option<Vec<String>>,
     metadata: Metadata,
     /// `null`: the server's retry schedule.
@@ -194,7 +198,9 @@ impl From<Endpoint> for EndpointOut {
             description: endpoint.description,
             version: endpoint.version,
             rate_limit: endpoint.rate_limit,
+            throttle_rate: endpoint.rate_limit,
             disabled: endpoint.disabled,
+            event_types: endpoint.filter_types.clone(),
             filter_types: endpoint.filter_types,
             channels: endpoint.channels,
             metadata: endpoint.metadata,

@@ -1,0 +1,47 @@
+"""Drives a running Herald with the current Svix Python SDK (2.x), whose
+field names differ from 1.x (`event_types`, `throttle_rate`) and which
+reads the new secret from a rotation. Every answer is parsed by the SDK's
+own models. Reads HERALD_URL and HERALD_TOKEN; prints "svix 2 smoke passed"
+at the end."""
+
+import os
+import uuid
+
+from svix.api import (
+    ApplicationIn,
+    EndpointIn,
+    EndpointSecretRotateIn,
+    MessageIn,
+    Svix,
+    SvixOptions,
+)
+
+svix = Svix(os.environ["HERALD_TOKEN"], SvixOptions(server_url=os.environ["HERALD_URL"]))
+uid = "sdk2-" + uuid.uuid4().hex[:10]
+
+app = svix.application.create(ApplicationIn(name="Acme", uid=uid, throttle_rate=5))
+assert app.throttle_rate == 5, app
+crm = svix.endpoint.create(
+    uid, EndpointIn(url="http://127.0.0.1:9/crm", event_types=["call.completed"], throttle_rate=2)
+)
+assert crm.event_types == ["call.completed"], crm
+assert crm.throttle_rate == 2, crm
+
+# The subscription holds: a contact event goes nowhere, a call event to the CRM.
+contact = svix.message.create(uid, MessageIn(event_type="contact.created", payload={"contactId": "c1"}))
+call = svix.message.create(uid, MessageIn(event_type="call.completed", payload={"callId": "k1"}))
+to_contact = svix.message_attempt.list_attempted_destinations(uid, contact.id).data
+to_call = svix.message_attempt.list_attempted_destinations(uid, call.id).data
+assert to_contact == [], to_contact
+assert [d.id for d in to_call] == [crm.id], to_call
+
+# A rotation answers the new secret, which is then the endpoint's secret.
+rotated = svix.endpoint.rotate_secret(uid, crm.id, EndpointSecretRotateIn())
+assert rotated.key.startswith("whsec_"), rotated
+assert svix.endpoint.get_secret(uid, crm.id).key == rotated.key
+
+listed = svix.endpoint.list(uid).data
+assert [e.id for e in listed] == [crm.id], listed
+svix.endpoint.delete(uid, crm.id)
+svix.application.delete(uid)
+print("svix 2 smoke passed")

@@ -136,6 +136,13 @@ known[("MessageIn", "event_type")] = (lambda: "call.completed", answer_has("even
 known[("MessageIn", "payload")] = (lambda: {"callId": "c1"}, answer_has("payload", {"callId": "c1"}))
 known[("MessageIn", "event_id")] = (lambda: unique("evt"), accepted)
 known[("MessageIn", "channels")] = (lambda: ["walk"], answer_has("channels", ["walk"]))
+known[("MessageIn", "deliver_at")] = (
+    lambda: (NOW + datetime.timedelta(hours=1)).isoformat(),
+    lambda answer: (
+        lambda destinations: destinations != []
+        and all(d["status"] == 1 and d["nextAttempt"] > NOW.isoformat() for d in destinations)
+    )(made("GET", f"/api/v1/app/{APP}/msg/{answer['id']}/endpoint/", None)["data"]),
+)
 for model in ("EventTypeIn", "EventTypeUpdate", "EventTypePatch"):
     known[(model, "description")] = (lambda: "walked", answer_has("description", "walked"))
     known[(model, "archived")] = (lambda: False, answer_has("archived", False))

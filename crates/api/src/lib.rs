@@ -86,6 +86,9 @@ pub struct ApiConfig {
     pub alerts: herald_dispatch::AlertConfig,
     /// Per-endpoint series on `/metrics`.
     pub metrics_per_endpoint: bool,
+    /// How long messages are kept (`None`: for ever): a message cannot be
+    /// scheduled (`deliverAt`) further ahead than that.
+    pub retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for ApiConfig {

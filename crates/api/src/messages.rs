@@ -43,6 +43,39 @@ pub(crate) struct MessageIn {
     #[schema(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._-]+$")]
     event_id: Option<String>,
     channels: Option<Vec<String>>,
+    /// When to make the first attempts (RFC 3339); absent: at once. At
+    /// most a minute in the past (then: at once) and no further ahead than
+    /// the server keeps messages.
+    #[schema(format = "date-time")]
+    deliver_at: Option<String>,
+}
+
+/// How far in the past a `deliverAt` may be (clocks differ).
+const DELIVER_AT_SKEW_MS: i64 = 60_000;
+
+/// A message's `deliverAt`, checked: not more than a minute past, not
+/// further ahead than `retention`.
+fn deliver_at(
+    text: Option<&str>,
+    retention: Option<std::time::Duration>,
+) -> ApiResult<Option<i64>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let at = parse_time("deliverAt", text)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    if at < now - DELIVER_AT_SKEW_MS {
+        return Err(ApiError::invalid("deliverAt", "is in the past"));
+    }
+    if let Some(retention) = retention {
+        if at > now + retention.as_millis() as i64 {
+            return Err(ApiError::invalid(
+                "deliverAt",
+                "is further ahead than the server keeps messages (HERALD_RETENTION)",
+            ));
+        }
+    }
+    Ok(Some(at))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -150,6 +183,7 @@ pub(crate) async fn create(
         channels: parse_channels(input.channels)?,
         to_endpoint: None,
         filters: Default::default(),
+        deliver_at: deliver_at(input.deliver_at.as_deref(), state.config.retention)?,
     };
     let created = crate::operations::Operations::new(&state, caller)
         .create_message(app, message)

@@ -125,6 +125,7 @@ pub(crate) async fn message_of(
         channels: None,
         to_endpoint: Some(endpoint.id),
         filters: Default::default(),
+        deliver_at: None,
     })
 }
 

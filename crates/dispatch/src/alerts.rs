@@ -243,6 +243,7 @@ pub(crate) async fn raise(
         channels: Some(vec![alert.app.to_string()]),
         to_endpoint: None,
         filters: Default::default(),
+        deliver_at: None,
     };
     match store
         .create_message(config.operations_app, input, claim, None)

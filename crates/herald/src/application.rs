@@ -166,6 +166,7 @@ impl Application {
                 portal_session: settings.portal_session,
                 portal_frame_ancestors: settings.portal_frame_ancestors.clone(),
                 metrics_per_endpoint: settings.metrics_per_endpoint,
+                retention: settings.retention,
             }),
         };
         Ok(Self {

@@ -218,6 +218,9 @@ pub struct MessageInput {
     /// Endpoint filters already run on this message before it was handed
     /// to the store (off the writer); the writer runs only the others.
     pub filters: FilterDecisions,
+    /// When its first attempts are due (Svix's `deliverAt`); `None`: at
+    /// once. A delivery due later is never leased when it is written.
+    pub deliver_at: Option<Timestamp>,
 }
 
 /// Endpoint filters decided for a message before it is written: by

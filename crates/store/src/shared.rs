@@ -378,6 +378,20 @@ pub(crate) fn lease(claim: Option<&Claim>, target: &EndpointTarget) -> Option<Ti
     claim.filter(|c| c.leases(target)).map(|c| c.until)
 }
 
+/// When a new message's deliveries are first due, accepted at `at`: its
+/// `deliverAt`, or at once; and the claim that may lease them (none when
+/// they are due later).
+pub(crate) fn first_due<'c>(
+    input: &MessageInput,
+    at: Timestamp,
+    claim: Option<&'c Claim>,
+) -> (Timestamp, Option<&'c Claim>) {
+    match input.deliver_at {
+        Some(due) if due > at => (due, None),
+        _ => (at, claim),
+    }
+}
+
 /// The result of storing a message: with a claim, one leased job per
 /// matching endpoint the claim leases (see [`Claim::leases`]), ready to send.
 pub(crate) fn created(

@@ -174,6 +174,7 @@ fn message(event_type: &str, event_id: Option<&str>) -> MessageInput {
         channels: None,
         to_endpoint: None,
         filters: Default::default(),
+        deliver_at: None,
     }
 }
 
@@ -2353,6 +2354,7 @@ async fn sealed_secrets_sign_and_need_their_key_to_open_the_store() {
                     channels: None,
                     to_endpoint: None,
                     filters: Default::default(),
+                    deliver_at: None,
                 },
                 Some(Claim::new(now(), now() + 60_000)),
                 None,
@@ -3122,5 +3124,36 @@ async fn a_filter_decided_before_the_write_is_taken_as_decided_while_its_source_
             "{name}: a current decision is taken"
         );
         assert_eq!(sent_to(stale), 1, "{name}: a stale decision is run again");
+    }
+}
+
+#[tokio::test]
+async fn a_message_to_deliver_later_is_neither_leased_nor_due_before_its_time() {
+    for (name, backend) in backends().await {
+        let store = backend.store.as_ref();
+        let app = app(store, None).await;
+        endpoint(store, app, "http://a.test/later").await;
+        let at = now();
+        let later = MessageInput {
+            deliver_at: Some(at + 3_600_000),
+            ..message("call.started", None)
+        };
+
+        let created = store
+            .create_message(app, later, Some(claim(at)), None)
+            .await
+            .unwrap();
+        let before = store
+            .claim_due(claim(at + 60_000), 10, Room::default())
+            .await
+            .unwrap();
+        let due = store
+            .claim_due(claim(at + 3_600_001), 10, Room::default())
+            .await
+            .unwrap();
+
+        assert!(created.jobs.is_empty(), "{name}: nothing leased at once");
+        assert!(before.is_empty(), "{name}: not due before its time");
+        assert_eq!(due.len(), 1, "{name}: due at its time");
     }
 }

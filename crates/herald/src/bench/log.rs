@@ -250,6 +250,7 @@ async fn seed(store: Arc<dyn Store>, app: &str, messages: usize) -> anyhow::Resu
                         channels: None,
                         to_endpoint: None,
                         filters: Default::default(),
+                        deliver_at: None,
                     },
                     Some(Claim::new(now, now + 600_000)),
                     None,

@@ -721,3 +721,56 @@ async fn herald_listen_prints_deliveries_and_says_whether_they_verify() {
     let printed = wrong.until("   signature ").join("\n");
     assert!(printed.contains("signature invalid"), "{printed}");
 }
+
+#[tokio::test]
+async fn a_message_with_deliver_at_waits_for_its_time_and_shows_as_pending_until_then() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let messages = format!("/app/{tenant}/msg/");
+    let in_a_while = |seconds: i64| {
+        (chrono::Utc::now() + chrono::Duration::seconds(seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+
+    let (past, error) = app
+        .post(
+            &messages,
+            json!({"eventType": "call.started", "payload": {}, "deliverAt": in_a_while(-3600)}),
+        )
+        .await;
+    assert_eq!(past, 422, "an hour ago: {error}");
+    let (far, error) = app
+        .post(&messages, json!({"eventType": "call.started", "payload": {}, "deliverAt": in_a_while(400 * 86_400)}))
+        .await;
+    assert_eq!(far, 422, "past the retention: {error}");
+
+    let due = in_a_while(2);
+    let (status, message) = app
+        .post(
+            &messages,
+            json!({"eventType": "call.started", "payload": {}, "deliverAt": due}),
+        )
+        .await;
+    assert_eq!(status, 202, "{message}");
+    let id = message["id"].as_str().unwrap();
+    let (_, destinations) = app.get(&format!("/app/{tenant}/msg/{id}/endpoint/")).await;
+    let pending = &destinations["data"][0];
+    assert_eq!(pending["id"], endpoint.as_str());
+    assert_eq!(pending["status"], 1, "pending: {pending}");
+    assert_eq!(
+        pending["nextAttempt"].as_str().unwrap(),
+        due,
+        "due at its deliverAt"
+    );
+
+    let request = &receiver.wait_for(1, WAIT).await[0];
+    let due = chrono::DateTime::parse_from_rfc3339(&due)
+        .unwrap()
+        .timestamp();
+    let signed: i64 = request.header("webhook-timestamp").parse().unwrap();
+    assert!(signed >= due, "signed at {signed}, before its time {due}");
+}

@@ -747,7 +747,7 @@ async fn a_field_herald_does_not_know_is_refused_with_its_name_on_every_body() {
         (
             Method::POST,
             format!("/app/{tenant}/msg/"),
-            json!({"eventType": "call.started", "payload": {}, "deliverAt": "2030-01-01T00:00:00Z"}),
+            json!({"eventType": "call.started", "payload": {}, "tags": ["a"]}),
         ),
     ];
     for (method, path, body) in cases {
@@ -756,7 +756,7 @@ async fn a_field_herald_does_not_know_is_refused_with_its_name_on_every_body() {
             .as_object()
             .unwrap()
             .keys()
-            .find(|k| ["bogusField", "deliverAt"].contains(&k.as_str()))
+            .find(|k| ["bogusField", "tags"].contains(&k.as_str()))
             .unwrap()
             .clone();
         assert_eq!(status, 422, "{method} {path}: {error}");

@@ -286,9 +286,9 @@ const INSERT_MESSAGES_SQL: &str = "WITH m AS (
      ), d AS (
          INSERT INTO deliveries (message_id, endpoint_id, app_id, status, attempts, trigger_type,
              next_attempt_at, lease_until, updated_at)
-         SELECT m, e, a, 1, 0, k, COALESCE(l, t), l, t
-         FROM UNNEST($8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[])
-             AS u(m, e, a, t, l, k)
+         SELECT m, e, a, 1, 0, k, COALESCE(l, d), l, t
+         FROM UNNEST($8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[])
+             AS u(m, e, a, t, l, k, d)
          WHERE u.m IN (SELECT id FROM m)
      )
      SELECT id FROM m";
@@ -391,9 +391,10 @@ async fn create_messages(
         // then written again item by item.
         let targets = fan_out.matching(&message, item.input.to_endpoint, &item.input.filters)?;
         let trigger = shared::trigger_of(&item.input);
+        let (due, claim) = shared::first_due(&item.input, at, item.claim.as_ref());
         for target in &targets {
-            let lease = shared::lease(item.claim.as_ref(), target);
-            deliveries.push(&message, target.id.to_string(), lease, trigger);
+            let lease = shared::lease(claim, target);
+            deliveries.push(&message, target.id.to_string(), (lease, due), trigger);
         }
         // Replaced below once the message is known to be written.
         results.push(Err(StoreError::Conflict { field: "eventId" }));
@@ -428,7 +429,8 @@ async fn create_messages(
         .bind(&deliveries.app)
         .bind(&deliveries.at)
         .bind(&deliveries.lease_until)
-        .bind(&deliveries.trigger);
+        .bind(&deliveries.trigger)
+        .bind(&deliveries.due);
     let ids = |rows: Vec<sqlx::postgres::PgRow>| -> StoreResult<HashSet<String>> {
         rows.iter()
             .map(|row| row.try_get(0))
@@ -462,7 +464,8 @@ async fn create_messages(
         if !inserted.contains(&message.id.to_string()) {
             continue;
         }
-        let claim = batch[index].claim.as_ref();
+        let item = &batch[index];
+        let (_, claim) = shared::first_due(&item.input, message.created_at, item.claim.as_ref());
         wake_workers |= claim.is_none() && !targets.is_empty();
         results[index] = Ok(shared::created(message, targets, claim, trigger));
     }
@@ -482,6 +485,7 @@ struct DeliveryRows {
     at: Vec<Timestamp>,
     lease_until: Vec<Option<Timestamp>>,
     trigger: Vec<i64>,
+    due: Vec<Timestamp>,
 }
 
 impl DeliveryRows {
@@ -489,10 +493,11 @@ impl DeliveryRows {
         &mut self,
         message: &crate::Message,
         endpoint: String,
-        lease_until: Option<Timestamp>,
+        (lease_until, due): (Option<Timestamp>, Timestamp),
         trigger: herald_domain::Trigger,
     ) {
         self.trigger.push(trigger.code());
+        self.due.push(due);
         self.message.push(message.id.to_string());
         self.endpoint.push(endpoint);
         self.app.push(message.app_id.to_string());

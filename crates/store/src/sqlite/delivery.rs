@@ -121,6 +121,8 @@ pub(crate) fn create_message(
     }
     let at = claim.as_ref().map_or_else(now, |c| c.now);
     let (only, trigger) = (input.to_endpoint, shared::trigger_of(&input));
+    let (due, claim) = shared::first_due(&input, at, claim.as_ref());
+    let claim = claim.cloned();
     let decided = std::mem::take(&mut input.filters);
     let message = shared::new_message(app, input, at);
     let message_id = message.id.to_string();
@@ -157,7 +159,7 @@ pub(crate) fn create_message(
                 target.id.to_string(),
                 app.to_string(),
                 trigger.code(),
-                lease.unwrap_or(at),
+                lease.unwrap_or(due),
                 lease,
                 at
             ])

@@ -35,6 +35,10 @@ to_call = svix.message_attempt.list_attempted_destinations(uid, call.id).data
 assert to_contact == [], to_contact
 assert [d.id for d in to_call] == [crm.id], to_call
 
+# The endpoint's attempted messages: the call only.
+attempted = svix.message_attempt.list_attempted_messages(uid, crm.id).data
+assert [m.id for m in attempted] == [call.id], attempted
+
 # A rotation answers the new secret, which is then the endpoint's secret.
 rotated = svix.endpoint.rotate_secret(uid, crm.id, EndpointSecretRotateIn())
 assert rotated.key.startswith("whsec_"), rotated

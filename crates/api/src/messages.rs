@@ -24,6 +24,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(read))
         .routes(routes!(destinations))
+        .routes(routes!(attempted_messages))
         .routes(routes!(remove_content))
 }
 
@@ -206,6 +207,43 @@ pub(crate) struct MessageListParams {
     channel: Option<String>,
 }
 
+impl MessageListParams {
+    /// The store's query: the page, the filters, and the page's payload
+    /// budget.
+    fn query(&self) -> ApiResult<MessageQuery> {
+        Ok(MessageQuery {
+            page: ListParams {
+                limit: self.limit,
+                iterator: self.iterator.clone(),
+            }
+            .page::<herald_domain::MessageId>()?,
+            event_types: event_types(self.event_types.as_deref())?,
+            before: optional_time("before", self.before.as_deref())?,
+            after: optional_time("after", self.after.as_deref())?,
+            channel: self
+                .channel
+                .clone()
+                .map(|channel| Uid::parse("channel", &channel).map(|_| channel))
+                .transpose()?,
+            max_payload_bytes: Some(crate::limits::PAGE_PAYLOAD_BYTES),
+        })
+    }
+}
+
+/// One of the listing pages the process keeps in memory at once (payloads
+/// make pages large), held until the answer has been written, however
+/// slowly the client reads: 429 beyond the app's share, 503 beyond all.
+fn listing_slot(
+    state: &AppState,
+    caller: crate::auth::Principal,
+) -> ApiResult<crate::limits::Slot> {
+    match state.listing_pages.take(caller.app()) {
+        Ok(slot) => Ok(slot),
+        Err(crate::limits::NoSlot::AppShare) => Err(ApiError::AppBusy),
+        Err(crate::limits::NoSlot::Full) => Err(ApiError::Overloaded),
+    }
+}
+
 /// A comma-separated list of event-type names.
 pub(crate) fn event_types(text: Option<&str>) -> ApiResult<Vec<EventTypeName>> {
     Ok(text
@@ -246,33 +284,97 @@ pub(crate) async fn list(
     // Payloads make pages large: a page takes one of the listing pages
     // the process keeps in memory at once, and holds it until its answer
     // has been written, however slowly the client reads.
-    let page_slot = match state.listing_pages.take(caller.app()) {
-        Ok(slot) => slot,
-        Err(crate::limits::NoSlot::AppShare) => return Err(ApiError::AppBusy),
-        Err(crate::limits::NoSlot::Full) => return Err(ApiError::Overloaded),
-    };
-    let query = MessageQuery {
-        page: ListParams {
-            limit: params.limit,
-            iterator: params.iterator,
-        }
-        .page::<herald_domain::MessageId>()?,
-        event_types: event_types(params.event_types.as_deref())?,
-        before: optional_time("before", params.before.as_deref())?,
-        after: optional_time("after", params.after.as_deref())?,
-        channel: params
-            .channel
-            .map(|channel| Uid::parse("channel", &channel).map(|_| channel))
-            .transpose()?,
-        max_payload_bytes: Some(crate::limits::PAGE_PAYLOAD_BYTES),
-    };
+    let page_slot = listing_slot(&state, caller)?;
+    let query = params.query()?;
     let with_content = params.with_content.unwrap_or(true);
     let page = state.store.list_messages(app, query).await?;
     let page = ListResponse::from_page(page, |m| MessageOut::owned(m, with_content));
-    let json = serde_json::to_vec(&page)
+    written_holding(&page, page_slot)
+}
+
+/// The query of an endpoint's attempted messages beyond the message
+/// listing's: the delivery's status.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EndpointMessageParams {
+    /// 0 delivered, 1 pending, 2 failed, 3 being sent now.
+    status: Option<i64>,
+    /// Not supported: messages carry no tags in Herald (422 when given).
+    tag: Option<String>,
+}
+
+/// A message as one endpoint has it (Svix's `EndpointMessageOut`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EndpointMessageOut {
+    #[serde(flatten)]
+    message: MessageOut,
+    /// 0 delivered, 1 pending (waiting for its next attempt), 2 failed,
+    /// 3 being sent now.
+    status: i64,
+    /// `success`, `pending`, `fail` or `sending`.
+    status_text: &'static str,
+    /// When a pending delivery is tried next.
+    next_attempt: Option<String>,
+}
+
+/// List the messages sent to an endpoint, newest first, each with where
+/// its delivery stands.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/msg",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.list-attempted-messages",
+    params(crate::openapi::EndpointPath, MessageListParams, EndpointMessageParams),
+    responses((status = 200, body = ListResponse<EndpointMessageOut>), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
+)]
+pub(crate) async fn attempted_messages(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Query(messages): Query<MessageListParams>,
+    Query(params): Query<EndpointMessageParams>,
+) -> ApiResult<axum::response::Response> {
+    if params.tag.is_some() {
+        return Err(ApiError::invalid("tag", "messages carry no tags in Herald"));
+    }
+    let status = params
+        .status
+        .map(|code| {
+            herald_domain::DeliveryStatus::from_code(code)
+                .ok_or_else(|| ApiError::invalid("status", "is 0, 1, 2 or 3"))
+        })
+        .transpose()?;
+    let endpoint = crate::endpoints::resolve_endpoint(&state, &app, &endpoint).await?;
+    let page_slot = listing_slot(&state, caller)?;
+    let query = herald_store::EndpointMessageQuery {
+        endpoint: endpoint.id,
+        messages: messages.query()?,
+        status,
+    };
+    let with_content = messages.with_content.unwrap_or(true);
+    let page = state
+        .store
+        .list_endpoint_messages(endpoint.app_id, query)
+        .await?;
+    let page = ListResponse::from_page(page, |m| EndpointMessageOut {
+        status: m.status.code(),
+        status_text: m.status.text(),
+        next_attempt: m.next_attempt.map(timestamp),
+        message: MessageOut::owned(m.message, with_content),
+    });
+    written_holding(&page, page_slot)
+}
+
+/// `page` as JSON, written in pieces while `slot` is held.
+fn written_holding<T: Serialize>(
+    page: &T,
+    slot: crate::limits::Slot,
+) -> ApiResult<axum::response::Response> {
+    let json = serde_json::to_vec(page)
         .map_err(|e| ApiError::Internal(format!("writing a message page: {e}")))?;
-    drop(page);
-    Ok(crate::extract::json_holding(json, page_slot))
+    Ok(crate::extract::json_holding(json, slot))
 }
 
 /// Get a message.

@@ -116,6 +116,7 @@ macro_rules! delegated {
             // Messages, attempts and deliveries.
             read get_message(app: AppId, message: &MessageRef => MessageRef) -> Message = delivery::get_message;
             read list_messages(app: AppId, query: MessageQuery) -> Page<Message> = delivery::list_messages;
+            read list_endpoint_messages(app: AppId, query: EndpointMessageQuery) -> Page<EndpointMessage> = delivery::list_endpoint_messages;
             read list_attempts(app: AppId, query: AttemptQuery) -> Page<Attempt> = delivery::list_attempts;
             read get_attempt(app: AppId, message: MessageId, attempt: AttemptId) -> Attempt = delivery::get_attempt;
             read pending_deliveries(app: AppId, endpoint: EndpointId, limit: usize) -> Vec<PendingDelivery> = delivery::pending_deliveries;

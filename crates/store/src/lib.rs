@@ -219,6 +219,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<CreatedMessage>;
     async fn get_message(&self, app: AppId, message: &MessageRef) -> StoreResult<Message>;
     async fn list_messages(&self, app: AppId, query: MessageQuery) -> StoreResult<Page<Message>>;
+    /// The messages fanned out to `query.endpoint` (not found: another
+    /// app's or no endpoint), newest first, with their delivery's state.
+    async fn list_endpoint_messages(
+        &self,
+        app: AppId,
+        query: EndpointMessageQuery,
+    ) -> StoreResult<Page<EndpointMessage>>;
 
     // Attempts.
     async fn list_attempts(&self, app: AppId, query: AttemptQuery) -> StoreResult<Page<Attempt>>;

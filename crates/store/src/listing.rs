@@ -3,7 +3,7 @@
 //! placeholders that PostgreSQL numbers), and the page made of what came
 //! back ([`finish_page`]).
 
-use herald_domain::{AppId, AttemptId, MessageId};
+use herald_domain::{AppId, AttemptId, DeliveryStatus, MessageId};
 
 use crate::{AttemptFilter, AttemptQuery, Cursor, MessageQuery, Page, PageRequest};
 
@@ -102,6 +102,34 @@ impl Listing {
         }
     }
 
+    /// The messages fanned out to an endpoint, newest first, each with its
+    /// delivery's `delivery_status`, `next_attempt_at` and `lease_until`.
+    pub(crate) fn endpoint_messages(app: AppId, query: &crate::EndpointMessageQuery) -> Self {
+        let (mut filter, mut binds) = message_filter(app, &query.messages);
+        filter.push_str(" AND endpoint_id = ?");
+        binds.push(Bind::Text(query.endpoint.to_string()));
+        match query.status {
+            None => {}
+            // A pending delivery leased to a worker is being sent.
+            Some(DeliveryStatus::Pending) => {
+                filter.push_str(" AND delivery_status = 1 AND lease_until IS NULL")
+            }
+            Some(DeliveryStatus::Sending) => {
+                filter.push_str(" AND delivery_status = 1 AND lease_until IS NOT NULL")
+            }
+            Some(status) => {
+                filter.push_str(" AND delivery_status = ?");
+                binds.push(Bind::Int(status.code()));
+            }
+        }
+        Self::newest(
+            ENDPOINT_MESSAGE_COLUMNS,
+            "(SELECT m.*, d.endpoint_id, d.status AS delivery_status, d.next_attempt_at, d.lease_until
+              FROM deliveries d JOIN messages m ON m.id = d.message_id) endpoint_messages",
+            (filter, binds),
+        )
+    }
+
     /// Newest first, with the query's filters.
     pub(crate) fn messages(app: AppId, query: &MessageQuery) -> Self {
         let columns = crate::shared::MESSAGE_COLUMNS;
@@ -133,6 +161,20 @@ const DESTINATION_COLUMNS: &str = concat!(
     crate::shared::endpoint_columns!(),
     ", delivery_status, next_attempt_at, lease_until"
 );
+
+/// A page of an endpoint's messages, bounded like a message page.
+pub(crate) fn endpoint_message_filling(
+    max_payload_bytes: Option<usize>,
+) -> Filling<crate::EndpointMessage> {
+    match max_payload_bytes {
+        Some(bytes) => Filling::within(bytes, |m| m.message.payload.len()),
+        None => Filling::unbounded(),
+    }
+}
+
+/// [`crate::shared::MESSAGE_COLUMNS`] and the delivery's state.
+const ENDPOINT_MESSAGE_COLUMNS: &str =
+    "id, app_id, event_id, event_type, payload, channels, created_at, delivery_status, next_attempt_at, lease_until";
 
 /// A value bound into a dynamically built query.
 #[derive(Debug, Clone)]

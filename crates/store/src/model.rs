@@ -181,6 +181,26 @@ impl Message {
     }
 }
 
+/// A message as one endpoint has it: where its delivery there stands
+/// (Svix's `EndpointMessageOut`).
+#[derive(Debug, Clone)]
+pub struct EndpointMessage {
+    pub message: Message,
+    /// `Sending` while leased to a worker.
+    pub status: DeliveryStatus,
+    /// When a pending delivery is due next.
+    pub next_attempt: Option<Timestamp>,
+}
+
+/// The messages fanned out to one endpoint (Svix's attempted messages),
+/// newest first: the message listing's filters, and the delivery's status.
+#[derive(Debug, Clone)]
+pub struct EndpointMessageQuery {
+    pub endpoint: EndpointId,
+    pub messages: MessageQuery,
+    pub status: Option<DeliveryStatus>,
+}
+
 /// An endpoint a message was fanned out to, with where its delivery stands
 /// (Svix's `MessageEndpointOut`).
 #[derive(Debug, Clone)]

@@ -774,3 +774,76 @@ async fn a_message_with_deliver_at_waits_for_its_time_and_shows_as_pending_until
     let signed: i64 = request.header("webhook-timestamp").parse().unwrap();
     assert!(signed >= due, "signed at {signed}, before its time {due}");
 }
+
+#[tokio::test]
+async fn an_endpoint_s_attempted_messages_are_listed_newest_first_with_their_status() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always("/failing", crate::helpers::Reply::Status(500));
+    let tenant = app.create_app("Acme").await;
+    let calls = app
+        .create_endpoint(&tenant, &receiver.url("/calls"), Some(&["call.*"]))
+        .await;
+    let failing = app
+        .create_endpoint(&tenant, &receiver.url("/failing"), None)
+        .await;
+    let first = app
+        .send(&tenant, "call.started", json!({"callId": "a"}))
+        .await;
+    let contact = app
+        .send(&tenant, "contact.created", json!({"contactId": "c"}))
+        .await;
+    let second = app
+        .send(&tenant, "call.completed", json!({"callId": "a"}))
+        .await;
+    receiver.wait_for(5, WAIT).await;
+    crate::helpers::attempted(&app, &tenant, &second, 2).await;
+
+    let (status, listed) = app
+        .get(&format!("/app/{tenant}/endpoint/{calls}/msg/"))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [second.as_str(), first.as_str()],
+        "only its messages, newest first"
+    );
+    assert_eq!(listed["data"][0]["status"], 0, "delivered: {listed}");
+    assert_eq!(listed["data"][0]["statusText"], "success");
+    assert_eq!(listed["data"][0]["payload"], json!({"callId": "a"}));
+
+    let (_, all) = app
+        .get(&format!("/app/{tenant}/endpoint/{failing}/msg/"))
+        .await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 3, "{all}");
+    let (_, only_contacts) = app
+        .get(&format!(
+            "/app/{tenant}/endpoint/{failing}/msg/?event_types=contact.created"
+        ))
+        .await;
+    assert_eq!(only_contacts["data"][0]["id"], contact.as_str());
+    assert_eq!(only_contacts["data"].as_array().unwrap().len(), 1);
+    let (_, delivered) = app
+        .get(&format!("/app/{tenant}/endpoint/{failing}/msg/?status=0"))
+        .await;
+    assert_eq!(
+        delivered["data"],
+        json!([]),
+        "none delivered to the failing one"
+    );
+    let (tagged, error) = app
+        .get(&format!("/app/{tenant}/endpoint/{calls}/msg/?tag=x"))
+        .await;
+    assert_eq!(tagged, 422, "{error}");
+    let other = app.create_app("Other").await;
+    let (foreign, _) = app
+        .get(&format!("/app/{other}/endpoint/{calls}/msg/"))
+        .await;
+    assert_eq!(foreign, 404, "another app's endpoint");
+}

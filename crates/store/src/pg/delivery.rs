@@ -116,6 +116,23 @@ pub(crate) async fn list_messages(
     .await
 }
 
+pub(crate) async fn list_endpoint_messages(
+    conn: &mut PgConnection,
+    app: AppId,
+    query: crate::EndpointMessageQuery,
+) -> StoreResult<Page<crate::EndpointMessage>> {
+    super::admin::get_endpoint(conn, app, &IdOrUid::Id(query.endpoint)).await?;
+    list_within(
+        conn,
+        Listing::endpoint_messages(app, &query),
+        &query.messages.page,
+        rows::endpoint_message,
+        |m| m.message.id.to_string(),
+        crate::listing::endpoint_message_filling(query.messages.max_payload_bytes),
+    )
+    .await
+}
+
 /// `endpoint`'s unsettled deliveries, soonest due first.
 pub(crate) async fn pending_deliveries(
     conn: &mut PgConnection,

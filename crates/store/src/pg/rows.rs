@@ -190,6 +190,19 @@ pub(crate) fn destination(row: &PgRow) -> sqlx::Result<crate::Destination> {
     })
 }
 
+pub(crate) fn endpoint_message(row: &PgRow) -> sqlx::Result<crate::EndpointMessage> {
+    let (status, next_attempt) = crate::shared::destination_state(
+        row.try_get("delivery_status")?,
+        row.try_get("next_attempt_at")?,
+        row.try_get("lease_until")?,
+    );
+    Ok(crate::EndpointMessage {
+        message: message(row)?,
+        status,
+        next_attempt,
+    })
+}
+
 pub(crate) fn message(row: &PgRow) -> sqlx::Result<Message> {
     Ok(Message {
         id: parsed(row, "id", MessageId::parse)?,

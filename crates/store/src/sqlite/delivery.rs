@@ -214,6 +214,22 @@ pub(crate) fn list_messages(
     )
 }
 
+pub(crate) fn list_endpoint_messages(
+    conn: &Connection,
+    app: AppId,
+    query: crate::EndpointMessageQuery,
+) -> StoreResult<Page<crate::EndpointMessage>> {
+    super::admin::get_endpoint(conn, app, &IdOrUid::Id(query.endpoint))?;
+    list_within(
+        conn,
+        Listing::endpoint_messages(app, &query),
+        &query.messages.page,
+        rows::endpoint_message,
+        |m| m.message.id.to_string(),
+        crate::listing::endpoint_message_filling(query.messages.max_payload_bytes),
+    )
+}
+
 /// `endpoint`'s unsettled deliveries, soonest due first.
 pub(crate) fn pending_deliveries(
     conn: &Connection,

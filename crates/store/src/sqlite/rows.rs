@@ -122,6 +122,19 @@ pub(crate) fn destination(row: &Row<'_>) -> rusqlite::Result<crate::Destination>
     })
 }
 
+pub(crate) fn endpoint_message(row: &Row<'_>) -> rusqlite::Result<crate::EndpointMessage> {
+    let (status, next_attempt) = crate::shared::destination_state(
+        row.get("delivery_status")?,
+        row.get("next_attempt_at")?,
+        row.get("lease_until")?,
+    );
+    Ok(crate::EndpointMessage {
+        message: message(row)?,
+        status,
+        next_attempt,
+    })
+}
+
 pub(crate) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         id: parsed(row, 0, MessageId::parse)?,

@@ -324,11 +324,11 @@ async fn shaping(api: Api<'_>) {
     for attempt in &failures {
         assert_eq!(attempt["errorClass"], "transformation", "{attempt}");
         assert_eq!(attempt["responseStatusCode"], 0, "{attempt}");
+        // Stopped by its budget, or (a debug build on a busy machine) by
+        // its deadline first.
+        let why = attempt["response"].as_str().unwrap_or_default();
         assert!(
-            attempt["response"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("budget"),
+            why.contains("budget") || why.contains("deadline"),
             "{attempt}"
         );
     }

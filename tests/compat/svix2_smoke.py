@@ -5,6 +5,7 @@ own models. Reads HERALD_URL and HERALD_TOKEN; prints "svix 2 smoke passed"
 at the end."""
 
 import os
+import time
 import uuid
 
 from svix.api import (
@@ -38,6 +39,17 @@ assert [d.id for d in to_call] == [crm.id], to_call
 # The endpoint's attempted messages: the call only.
 attempted = svix.message_attempt.list_attempted_messages(uid, crm.id).data
 assert [m.id for m in attempted] == [call.id], attempted
+
+# An attempt's response body can be removed (the CRM is down: attempts
+# fail with connection errors, recorded within moments).
+deadline = time.monotonic() + 20
+attempts = []
+while not attempts and time.monotonic() < deadline:
+    attempts = svix.message_attempt.list_by_msg(uid, call.id).data
+    time.sleep(0.05)  # polls for the first attempt to be recorded
+assert attempts, "an attempt was recorded"
+svix.message_attempt.expunge_content(uid, call.id, attempts[0].id)
+assert svix.message_attempt.get(uid, call.id, attempts[0].id).response == ""
 
 # A rotation answers the new secret, which is then the endpoint's secret.
 rotated = svix.endpoint.rotate_secret(uid, crm.id, EndpointSecretRotateIn())

@@ -30,7 +30,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(attempts_by_endpoint))
         .routes(routes!(attempts_by_message))
-        .routes(routes!(attempt))
+        .routes(routes!(attempt, expunge_content))
         .routes(routes!(resend))
 }
 
@@ -370,6 +370,31 @@ pub(crate) async fn request_of(
     let body = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
         .map_err(|e| ApiError::Internal(format!("rebuilding a request body: {e}")))?;
     Ok(RequestOut { headers, body })
+}
+
+/// Remove an attempt's response body (one a receiver should not have sent
+/// back); the attempt's status, code and timing stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/app/{app}/msg/{msg}/attempt/{attempt}/content",
+    tag = "Message Attempt",
+    operation_id = "v1.message-attempt.expunge-content",
+    params(AttemptPath),
+    responses((status = 204, description = "Removed"), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "attempt.content_removed"})))
+)]
+pub(crate) async fn expunge_content(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
+    Path((app, msg, attempt)): Path<(String, String, String)>,
+) -> ApiResult<axum::http::StatusCode> {
+    let app = resolve(&state, &app).await?;
+    let message = message_id(&state, app, &msg).await?;
+    let attempt = AttemptId::parse(&attempt).map_err(|_| ApiError::NotFound)?;
+    crate::operations::Operations::new(&state, caller)
+        .expunge_attempt_content(app, message, attempt)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Get an attempt, with the request it made.

@@ -39,6 +39,7 @@ pub(crate) const ACTIONS: &[&str] = &[
     "endpoint.test_event_sent",
     "message.resent",
     "message.content_removed",
+    "attempt.content_removed",
     "alert_rules.updated",
     "alert_rules.reset",
     "inspector.opened",
@@ -286,6 +287,22 @@ impl<'a> Operations<'a> {
         self.may_change(app)?;
         let audit = self.entry(Some(app), "message.content_removed", message.to_string());
         self.state.store.remove_content(app, message, audit).await?;
+        Ok(())
+    }
+
+    /// Erases one attempt's stored response body.
+    pub(crate) async fn expunge_attempt_content(
+        &self,
+        app: AppId,
+        message: MessageId,
+        attempt: herald_domain::AttemptId,
+    ) -> ApiResult<()> {
+        self.may_change(app)?;
+        let audit = self.entry(Some(app), "attempt.content_removed", attempt.to_string());
+        self.state
+            .store
+            .expunge_attempt_content(app, message, attempt, audit)
+            .await?;
         Ok(())
     }
 

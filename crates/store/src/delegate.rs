@@ -122,6 +122,7 @@ macro_rules! delegated {
             read pending_deliveries(app: AppId, endpoint: EndpointId, limit: usize) -> Vec<PendingDelivery> = delivery::pending_deliveries;
             read list_destinations(app: AppId, message: MessageId, page: PageRequest) -> Page<Destination> = delivery::list_destinations;
             write remove_content(app: AppId, message: MessageId) + audit -> () = delivery::remove_content;
+            write expunge_attempt_content(app: AppId, message: MessageId, attempt: AttemptId) + audit -> () = delivery::expunge_attempt_content;
             write resend(app: AppId, message: MessageId, endpoint: EndpointId, claim: Claim) + audit -> DeliveryJob = delivery::resend [sealing];
             write claim_due(claim: Claim, limit: usize, room: Room) -> Vec<DeliveryJob> = delivery::claim_due [sealing];
             read next_due_at(skip: Vec<EndpointId>) -> Option<Timestamp> = delivery::next_due_at;

@@ -260,6 +260,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         message: MessageId,
         audit: Option<AuditEntry>,
     ) -> StoreResult<()>;
+    /// Erases one attempt's stored response body (a receiver that answered
+    /// with something it should not have); the rest of the attempt stays.
+    async fn expunge_attempt_content(
+        &self,
+        app: AppId,
+        message: MessageId,
+        attempt: AttemptId,
+        audit: Option<AuditEntry>,
+    ) -> StoreResult<()>;
 
     // The delivery engine's side.
     /// Schedules a manual attempt of one (message, endpoint) pair, leased to the caller.

@@ -48,6 +48,8 @@ macro_rules! statements {
 }
 
 statements! {
+    // Removing an attempt's stored response ($1 app, $2 message, $3 attempt).
+    EXPUNGE_ATTEMPT_RESPONSE = "UPDATE attempts SET response = '' WHERE app_id = $1 AND message_id = $2 AND id = $3";
     // Removing a message's content ($1 app, $2 message, $3 now).
     REMOVE_CONTENT = "UPDATE messages SET payload = '{}', content_removed_at = $3 WHERE app_id = $1 AND id = $2";
     PENDING_DESTINATIONS = "SELECT d.endpoint_id, e.url FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id

@@ -847,3 +847,52 @@ async fn an_endpoint_s_attempted_messages_are_listed_newest_first_with_their_sta
         .await;
     assert_eq!(foreign, 404, "another app's endpoint");
 }
+
+#[tokio::test]
+async fn an_attempt_s_response_body_can_be_removed_and_the_attempt_stays() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always(
+        "/leaky",
+        crate::helpers::Reply::Body(200, r#"{"debug": "session=4f9a-secret"}"#),
+    );
+    let tenant = app.create_app("Acme").await;
+    app.create_endpoint(&tenant, &receiver.url("/leaky"), None)
+        .await;
+    let message = app.send(&tenant, "call.completed", json!({})).await;
+    crate::helpers::attempted(&app, &tenant, &message, 1).await;
+    let attempt = app.attempts_of(&tenant, &message).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/app/{tenant}/msg/{message}/attempt/{attempt}/content/");
+
+    let (removed, _) = app.request(reqwest::Method::DELETE, &path, None).await;
+    let (_, after) = app
+        .get(&format!("/app/{tenant}/msg/{message}/attempt/{attempt}/"))
+        .await;
+    let other = app.create_app("Other").await;
+    let (foreign, _) = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/app/{other}/msg/{message}/attempt/{attempt}/content/"),
+            None,
+        )
+        .await;
+    let (missing, _) = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!(
+                "/app/{tenant}/msg/{message}/attempt/atmpt_01H0000000000000000000000/content/"
+            ),
+            None,
+        )
+        .await;
+
+    assert_eq!(removed, 204);
+    assert_eq!(after["response"], "", "the body is gone: {after}");
+    assert_eq!(after["responseStatusCode"], 200, "the rest stays: {after}");
+    assert_eq!(after["status"], 0);
+    assert_eq!(foreign, 404, "another app's attempt");
+    assert_eq!(missing, 404, "no such attempt");
+}

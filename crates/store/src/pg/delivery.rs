@@ -181,6 +181,25 @@ pub(crate) async fn list_destinations(
 /// Erases `message`'s payload (and the stored idempotent answers that
 /// carry it); its pending deliveries end as failed, each with an attempt
 /// that says why.
+pub(crate) async fn expunge_attempt_content(
+    conn: &mut PgConnection,
+    app: AppId,
+    message: MessageId,
+    attempt: AttemptId,
+) -> StoreResult<()> {
+    let changed = sqlx::query(sql::EXPUNGE_ATTEMPT_RESPONSE.pg)
+        .bind(app.to_string())
+        .bind(message.to_string())
+        .bind(attempt.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if changed.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 pub(crate) async fn remove_content(
     conn: &mut PgConnection,
     app: AppId,

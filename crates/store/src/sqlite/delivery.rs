@@ -274,6 +274,28 @@ pub(crate) fn list_destinations(
     )
 }
 
+pub(crate) fn expunge_attempt_content(
+    conn: &Connection,
+    app: AppId,
+    message: MessageId,
+    attempt: AttemptId,
+) -> StoreResult<()> {
+    let changed = conn
+        .prepare_cached(sql::EXPUNGE_ATTEMPT_RESPONSE.sqlite)
+        .and_then(|mut s| {
+            s.execute(params![
+                app.to_string(),
+                message.to_string(),
+                attempt.to_string()
+            ])
+        })
+        .map_err(internal)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 /// Erases `message`'s payload (and the stored idempotent answers that
 /// carry it); its pending deliveries end as failed, each with an attempt
 /// that says why.

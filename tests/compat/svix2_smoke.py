@@ -13,6 +13,7 @@ from svix.api import (
     EndpointIn,
     EndpointSecretRotateIn,
     MessageIn,
+    MessagePrecheckIn,
     Svix,
     SvixOptions,
 )
@@ -27,6 +28,10 @@ crm = svix.endpoint.create(
 )
 assert crm.event_types == ["call.completed"], crm
 assert crm.throttle_rate == 2, crm
+
+# A precheck knows who listens.
+assert svix.message.precheck(uid, MessagePrecheckIn(event_type="call.completed")).active
+assert not svix.message.precheck(uid, MessagePrecheckIn(event_type="contact.created")).active
 
 # The subscription holds: a contact event goes nowhere, a call event to the CRM.
 contact = svix.message.create(uid, MessageIn(event_type="contact.created", payload={"contactId": "c1"}))

@@ -25,6 +25,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read))
         .routes(routes!(destinations))
         .routes(routes!(attempted_messages))
+        .routes(routes!(precheck))
         .routes(routes!(remove_content))
 }
 
@@ -375,6 +376,71 @@ fn written_holding<T: Serialize>(
     let json = serde_json::to_vec(page)
         .map_err(|e| ApiError::Internal(format!("writing a message page: {e}")))?;
     Ok(crate::extract::json_holding(json, slot))
+}
+
+/// Svix's `MessagePrecheckIn`: a message that might be sent.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct PrecheckIn {
+    event_type: String,
+    channels: Option<Vec<String>>,
+}
+
+/// Whether any enabled endpoint subscribes to it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PrecheckOut {
+    active: bool,
+}
+
+/// Whether a message of this type (on these channels) would go anywhere:
+/// `active` when an enabled endpoint of the app subscribes to it (its
+/// filter, which needs the payload, may still keep it out). Lets a
+/// platform skip building events nobody listens to.
+#[utoipa::path(
+    post,
+    path = "/api/v1/app/{app}/msg/precheck/active",
+    tag = "Message",
+    operation_id = "v1.message.precheck",
+    params(AppPath),
+    request_body = PrecheckIn,
+    responses((status = 200, body = PrecheckOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "none"})))
+)]
+pub(crate) async fn precheck(
+    State(state): State<AppState>,
+    Path(app): Path<String>,
+    Body(input): Body<PrecheckIn>,
+) -> ApiResult<Json<PrecheckOut>> {
+    let app = resolve(&state, &app).await?;
+    let event_type = EventTypeName::parse(&input.event_type)?;
+    let channels = parse_channels(input.channels)?;
+    let mut page = herald_store::PageRequest {
+        limit: 250,
+        cursor: Default::default(),
+    };
+    loop {
+        let endpoints = state.store.list_endpoints(app, page.clone()).await?;
+        let active = endpoints.data.iter().any(|endpoint| {
+            let subscriptions = match &endpoint.filter_types {
+                Some(names) => herald_domain::FilterTypes::stored(names).ok(),
+                None => Some(herald_domain::FilterTypes::all()),
+            };
+            !endpoint.disabled
+                && subscriptions.is_some_and(|subscriptions| {
+                    herald_store::subscribes_to(
+                        &subscriptions,
+                        endpoint.channels.as_deref(),
+                        &event_type,
+                        channels.as_deref(),
+                    )
+                })
+        });
+        match endpoints.iterator {
+            _ if active => return Ok(Json(PrecheckOut { active: true })),
+            Some(next) if !endpoints.done => page.cursor = herald_store::Cursor::After(next),
+            _ => return Ok(Json(PrecheckOut { active: false })),
+        }
+    }
 }
 
 /// Get a message.

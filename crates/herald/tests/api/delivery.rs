@@ -896,3 +896,41 @@ async fn an_attempt_s_response_body_can_be_removed_and_the_attempt_stays() {
     assert_eq!(foreign, 404, "another app's attempt");
     assert_eq!(missing, 404, "no such attempt");
 }
+
+#[tokio::test]
+async fn a_precheck_says_whether_an_enabled_endpoint_subscribes_to_a_type() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let path = format!("/app/{tenant}/msg/precheck/active/");
+    let (_, before) = app.post(&path, json!({"eventType": "call.started"})).await;
+    app.create_endpoint(&tenant, &receiver.url("/calls"), Some(&["call.*"]))
+        .await;
+    let contacts = app
+        .create_endpoint(
+            &tenant,
+            &receiver.url("/contacts"),
+            Some(&["contact.created"]),
+        )
+        .await;
+    app.request(
+        reqwest::Method::PATCH,
+        &format!("/app/{tenant}/endpoint/{contacts}/"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+
+    let (status, calls) = app.post(&path, json!({"eventType": "call.started"})).await;
+    let (_, contact) = app
+        .post(&path, json!({"eventType": "contact.created"}))
+        .await;
+    let (refused, error) = app
+        .post(&path, json!({"eventType": "call.started", "payload": {}}))
+        .await;
+
+    assert_eq!(before["active"], false, "no endpoint yet: {before}");
+    assert_eq!(status, 200, "{calls}");
+    assert_eq!(calls["active"], true, "call.* takes call.started");
+    assert_eq!(contact["active"], false, "its only subscriber is disabled");
+    assert_eq!(refused, 422, "a field it does not take: {error}");
+}

@@ -4,6 +4,7 @@ reads the new secret from a rotation. Every answer is parsed by the SDK's
 own models. Reads HERALD_URL and HERALD_TOKEN; prints "svix 2 smoke passed"
 at the end."""
 
+import datetime
 import os
 import time
 import uuid
@@ -14,6 +15,7 @@ from svix.api import (
     EndpointSecretRotateIn,
     MessageIn,
     MessagePrecheckIn,
+    RecoverIn,
     Svix,
     SvixOptions,
 )
@@ -55,6 +57,12 @@ while not attempts and time.monotonic() < deadline:
 assert attempts, "an attempt was recorded"
 svix.message_attempt.expunge_content(uid, call.id, attempts[0].id)
 assert svix.message_attempt.get(uid, call.id, attempts[0].id).response == ""
+
+# Background tasks: a recovery, listed and read back.
+recovery = svix.endpoint.recover(uid, crm.id, RecoverIn(since=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)))
+listed_tasks = svix.background_task.list().data
+assert recovery.id in [t.id for t in listed_tasks], listed_tasks
+assert svix.background_task.get(recovery.id).id == recovery.id
 
 # A rotation answers the new secret, which is then the endpoint's secret.
 rotated = svix.endpoint.rotate_secret(uid, crm.id, EndpointSecretRotateIn())

@@ -229,7 +229,8 @@ id_keys!(
     herald_domain::MessageId,
     herald_domain::AttemptId,
     herald_domain::TokenId,
-    herald_domain::AuditId
+    herald_domain::AuditId,
+    herald_domain::TaskId
 );
 
 impl ListKey for herald_domain::EventTypeName {

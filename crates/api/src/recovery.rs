@@ -27,6 +27,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(recover))
         .routes(routes!(read_task))
+        .routes(routes!(list_tasks))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -156,6 +157,68 @@ fn spawn(state: &AppState, task: TaskId) {
             }
         },
     ));
+}
+
+/// The filters of a task listing (Svix's `BackgroundTaskListOptions`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TaskListParams {
+    limit: Option<usize>,
+    iterator: Option<String>,
+    /// `running`, `finished` or `failed`.
+    status: Option<String>,
+    /// The kind: `endpoint.recover` is the only one Herald runs.
+    task: Option<String>,
+}
+
+/// List background tasks (recoveries), newest first: an app-scoped token
+/// sees its app's, the admin token every app's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/background-task",
+    tag = "Background Task",
+    operation_id = "v1.background-task.list",
+    params(TaskListParams),
+    responses((status = 200, body = crate::extract::ListResponse<TaskOut>), Errors),
+    extensions(("x-herald" = json!({"access": "anyone"})))
+)]
+pub(crate) async fn list_tasks(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::extract::Query(params): crate::extract::Query<TaskListParams>,
+) -> ApiResult<Json<crate::extract::ListResponse<TaskOut>>> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|text| {
+            herald_store::TaskStatus::parse(text)
+                .ok_or_else(|| ApiError::invalid("status", "is running, finished or failed"))
+        })
+        .transpose()?;
+    let page = crate::extract::ListParams {
+        limit: params.limit,
+        iterator: params.iterator,
+    }
+    .page::<TaskId>()?;
+    let page = match params.task.as_deref() {
+        None | Some(BackgroundTask::RECOVER) => {
+            state
+                .store
+                .list_tasks(principal.app(), status, page)
+                .await?
+        }
+        // A kind Herald does not run has no tasks.
+        Some(_) => herald_store::Page {
+            data: Vec::new(),
+            iterator: None,
+            prev_iterator: None,
+            done: true,
+        },
+    };
+    Ok(Json(crate::extract::ListResponse::from_page(
+        page,
+        |task| TaskOut::new(&task, true),
+    )))
 }
 
 /// Get a background task (a recovery) and its progress.

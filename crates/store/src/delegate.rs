@@ -131,6 +131,7 @@ macro_rules! delegated {
             write start_recovery(app: AppId, recovery: Recovery) + audit -> BackgroundTask = tasks::start_recovery;
             write recovery_step(task: TaskId, limit: usize) -> BackgroundTask = tasks::recovery_step;
             read get_task(task: TaskId) -> BackgroundTask = tasks::get_task;
+            read list_tasks(app: Option<AppId>, status: Option<TaskStatus>, page: PageRequest) -> Page<BackgroundTask> = tasks::list_tasks;
             read running_tasks() -> Vec<TaskId> = tasks::running_tasks;
 
             // Tokens, the audit log and the inspector.

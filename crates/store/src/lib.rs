@@ -344,6 +344,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// one task never overlap, so each delivery is queued once.
     async fn recovery_step(&self, task: TaskId, limit: usize) -> StoreResult<BackgroundTask>;
     async fn get_task(&self, task: TaskId) -> StoreResult<BackgroundTask>;
+    /// Background tasks, newest first: one app's (`None`: every app's),
+    /// of one status or any.
+    async fn list_tasks(
+        &self,
+        app: Option<AppId>,
+        status: Option<TaskStatus>,
+        page: PageRequest,
+    ) -> StoreResult<Page<BackgroundTask>>;
     /// Tasks still running (to resume after a restart).
     async fn running_tasks(&self) -> StoreResult<Vec<TaskId>>;
 

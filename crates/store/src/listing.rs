@@ -130,6 +130,31 @@ impl Listing {
         )
     }
 
+    /// Background tasks newest first, of one app or of all, of one status
+    /// or of any.
+    pub(crate) fn tasks(app: Option<AppId>, status: Option<crate::TaskStatus>) -> Self {
+        let mut filter = vec![];
+        let mut binds = vec![];
+        if let Some(app) = app {
+            filter.push("app_id = ?");
+            binds.push(Bind::Text(app.to_string()));
+        }
+        if let Some(status) = status {
+            filter.push("status = ?");
+            binds.push(Bind::Text(status.as_str().to_owned()));
+        }
+        let filter = if filter.is_empty() {
+            "1 = 1".to_owned()
+        } else {
+            filter.join(" AND ")
+        };
+        Self::newest(
+            crate::shared::TASK_COLUMNS,
+            "background_tasks",
+            (filter, binds),
+        )
+    }
+
     /// Newest first, with the query's filters.
     pub(crate) fn messages(app: AppId, query: &MessageQuery) -> Self {
         let columns = crate::shared::MESSAGE_COLUMNS;

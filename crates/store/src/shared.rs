@@ -472,6 +472,20 @@ pub(crate) struct TaskRow {
     pub updated_at: Timestamp,
 }
 
+/// A page of task rows, read.
+pub(crate) fn tasks_page(rows: crate::Page<TaskRow>) -> StoreResult<crate::Page<BackgroundTask>> {
+    Ok(crate::Page {
+        data: rows
+            .data
+            .into_iter()
+            .map(task)
+            .collect::<StoreResult<_>>()?,
+        iterator: rows.iterator,
+        prev_iterator: rows.prev_iterator,
+        done: rows.done,
+    })
+}
+
 pub(crate) fn task(row: TaskRow) -> StoreResult<BackgroundTask> {
     let unreadable = |what: &str| StoreError::Internal(format!("stored task unreadable: {what}"));
     Ok(BackgroundTask {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use herald_domain::Secret;
 
@@ -933,4 +933,64 @@ async fn a_precheck_says_whether_an_enabled_endpoint_subscribes_to_a_type() {
     assert_eq!(calls["active"], true, "call.* takes call.started");
     assert_eq!(contact["active"], false, "its only subscriber is disabled");
     assert_eq!(refused, 422, "a field it does not take: {error}");
+}
+
+#[tokio::test]
+async fn background_tasks_are_listed_newest_first_and_an_app_token_sees_its_own() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (acme, other) = (app.create_app("Acme").await, app.create_app("Other").await);
+    let mut tasks = Vec::new();
+    for tenant in [&acme, &other, &acme] {
+        let endpoint = app
+            .create_endpoint(tenant, &receiver.url("/hook"), None)
+            .await;
+        let (status, task) = app
+            .post(
+                &format!("/app/{tenant}/endpoint/{endpoint}/recover/"),
+                json!({"since": "2026-01-01T00:00:00Z"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{task}");
+        tasks.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let (_, token) = app
+        .post(&format!("/app/{acme}/token/"), json!({"name": "reader"}))
+        .await;
+    let token = token["token"].as_str().unwrap();
+
+    let (_, all) = app.get("/background-task/").await;
+    let (_, seen) = app
+        .request_as(Some(token), reqwest::Method::GET, "/background-task/", None)
+        .await;
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    let (_, other_kind) = app.get("/background-task/?task=endpoint.replay").await;
+    let (bad, _) = app.get("/background-task/?status=sleeping").await;
+
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Ids sort by creation time: newest first is descending ids.
+    let descending = |mut ids: Vec<String>| {
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids
+    };
+    assert_eq!(
+        ids(&all),
+        descending(tasks.clone()),
+        "the admin sees every app's: {all}"
+    );
+    assert_eq!(
+        ids(&seen),
+        descending(vec![tasks[0].clone(), tasks[2].clone()]),
+        "the app's own: {seen}"
+    );
+    assert_eq!(all["data"][0]["task"], "endpoint.recover");
+    assert_eq!(other_kind["data"], json!([]), "a kind Herald does not run");
+    assert_eq!(bad, 422);
 }

@@ -58,6 +58,23 @@ pub(crate) async fn get_task(conn: &mut PgConnection, task: TaskId) -> StoreResu
     shared::task(row(&found).map_err(db)?)
 }
 
+pub(crate) async fn list_tasks(
+    conn: &mut PgConnection,
+    app: Option<AppId>,
+    status: Option<TaskStatus>,
+    page: crate::PageRequest,
+) -> StoreResult<crate::Page<BackgroundTask>> {
+    let rows = super::rows::list(
+        conn,
+        crate::listing::Listing::tasks(app, status),
+        &page,
+        row,
+        |r| r.id.clone(),
+    )
+    .await?;
+    shared::tasks_page(rows)
+}
+
 pub(crate) async fn running_tasks(conn: &mut PgConnection) -> StoreResult<Vec<TaskId>> {
     let ids: Vec<String> = sqlx::query_scalar(sql::TASKS_WITH_STATUS.pg)
         .bind(TaskStatus::Running.as_str())

@@ -57,6 +57,22 @@ pub(crate) fn get_task(conn: &Connection, task: TaskId) -> StoreResult<Backgroun
     shared::task(found)
 }
 
+pub(crate) fn list_tasks(
+    conn: &Connection,
+    app: Option<AppId>,
+    status: Option<TaskStatus>,
+    page: crate::PageRequest,
+) -> StoreResult<crate::Page<BackgroundTask>> {
+    let rows = super::rows::list(
+        conn,
+        crate::listing::Listing::tasks(app, status),
+        &page,
+        row,
+        |r| r.id.clone(),
+    )?;
+    shared::tasks_page(rows)
+}
+
 pub(crate) fn running_tasks(conn: &Connection) -> StoreResult<Vec<TaskId>> {
     let ids = conn
         .prepare_cached(sql::TASKS_WITH_STATUS.sqlite)

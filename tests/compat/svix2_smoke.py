@@ -9,8 +9,11 @@ import os
 import time
 import uuid
 
+from svix.exceptions import HttpError
 from svix.api import (
+    AppPortalAccessIn,
     ApplicationIn,
+    ApplicationTokenExpireIn,
     EndpointIn,
     EndpointSecretRotateIn,
     MessageIn,
@@ -68,6 +71,18 @@ assert svix.background_task.get(recovery.id).id == recovery.id
 rotated = svix.endpoint.rotate_secret(uid, crm.id, EndpointSecretRotateIn())
 assert rotated.key.startswith("whsec_"), rotated
 assert svix.endpoint.get_secret(uid, crm.id).key == rotated.key
+
+# A portal session logs out; expire-all ends the others.
+session = svix.authentication.app_portal_access(uid, AppPortalAccessIn()).token
+Svix(session, SvixOptions(server_url=os.environ["HERALD_URL"])).authentication.logout()
+other = svix.authentication.app_portal_access(uid, AppPortalAccessIn()).token
+svix.authentication.expire_all(uid, ApplicationTokenExpireIn())
+for ended in (session, other):
+    try:
+        Svix(ended, SvixOptions(server_url=os.environ["HERALD_URL"])).application.get(uid)
+        raise AssertionError("a session still works after it ended")
+    except HttpError as error:
+        assert error.status_code == 401, error
 
 listed = svix.endpoint.list(uid).data
 assert [e.id for e in listed] == [crm.id], listed

@@ -103,7 +103,11 @@ pub(crate) async fn authenticate(
     }
     // A read-only token reads: every other method is a write (or, like a
     // URL check or a test event, has effects outside Herald).
-    if principal.read_only() && !matches!(*request.method(), Method::GET | Method::HEAD) {
+    // (Logging out ends the session; it changes nothing of the app's.)
+    if principal.read_only()
+        && !matches!(*request.method(), Method::GET | Method::HEAD)
+        && request.uri().path().trim_end_matches('/') != "/api/v1/auth/logout"
+    {
         return ApiError::ReadOnly.into_response();
     }
     // Held until the answer is ready: one app cannot take more than its

@@ -442,6 +442,54 @@ impl<'a> Operations<'a> {
             .await?)
     }
 
+    /// Revokes the caller's own token (an app-scoped one).
+    pub(crate) async fn log_out(&self) -> ApiResult<()> {
+        let Principal::App { app, token, .. } = self.caller else {
+            return Err(ApiError::BadRequest {
+                code: "not_an_app_token",
+                detail: "only an app-scoped token can log out; the admin token is configuration"
+                    .to_owned(),
+            });
+        };
+        let audit = self.entry(Some(app), "token.revoked", token.to_string());
+        self.state
+            .store
+            .revoke_token(app, token, now_ms(), audit)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes every portal-session token of `app` still valid; its API
+    /// tokens stay.
+    pub(crate) async fn end_portal_sessions(&self, app: AppId) -> ApiResult<()> {
+        self.may_administer()?;
+        let now = now_ms();
+        let mut page = herald_store::PageRequest {
+            limit: 250,
+            cursor: Default::default(),
+        };
+        loop {
+            let tokens = self.state.store.list_tokens(app, page.clone()).await?;
+            for token in &tokens.data {
+                let portal = matches!(
+                    token.kind,
+                    herald_store::TokenKind::Portal | herald_store::TokenKind::PortalReadOnly
+                );
+                if portal && token.is_valid_at(now) {
+                    let audit = self.entry(Some(app), "token.revoked", token.id.to_string());
+                    self.state
+                        .store
+                        .revoke_token(app, token.id, now, audit)
+                        .await?;
+                }
+            }
+            match tokens.iterator {
+                Some(next) if !tokens.done => page.cursor = herald_store::Cursor::After(next),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Stores a new message and starts its deliveries: the ones leased to
     /// this process are sent at once, and the claim loop is woken for the
     /// rest (strictly ordered endpoints), so nothing waits for a poll.

@@ -30,8 +30,79 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(revoke))
         .routes(routes!(portal_access))
+        .routes(routes!(logout))
+        .routes(routes!(expire_all))
         .routes(routes!(audit_all))
         .routes(routes!(audit_of_app))
+}
+
+/// Log out: the app-scoped token making the request (a portal session's,
+/// or an API token) stops working at once. The admin token, which is
+/// configuration, cannot log out (400).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "Authentication",
+    operation_id = "v1.authentication.logout",
+    responses((status = 204, description = "The token no longer works"), Errors),
+    extensions(("x-herald" = json!({"access": "anyone", "audit": "token.revoked"})))
+)]
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> ApiResult<StatusCode> {
+    Operations::new(&state, caller).log_out().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Svix's `ApplicationTokenExpireIn`: what Herald takes of it.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ExpireAllIn {
+    /// Seconds until the sessions end: Herald ends them at once, so only
+    /// 0 (or none) is taken.
+    expiry: Option<u64>,
+    /// Not supported: Herald ends every session of the app (422 when
+    /// given, even empty).
+    session_ids: Option<Vec<String>>,
+}
+
+/// End every portal session of an app at once (its portal-access tokens);
+/// its API tokens stay.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/app/{app}/expire-all",
+    tag = "Authentication",
+    operation_id = "v1.authentication.expire-all",
+    params(AppPath),
+    request_body = ExpireAllIn,
+    responses((status = 204, description = "Every portal session of the app ended"), Errors),
+    extensions(("x-herald" = json!({"access": "admin", "audit": "token.revoked"})))
+)]
+pub(crate) async fn expire_all(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let input: ExpireAllIn = crate::extract::optional_body(&body)?;
+    if input.expiry.is_some_and(|seconds| seconds > 0) {
+        return Err(ApiError::invalid(
+            "expiry",
+            "Herald ends the sessions at once; send 0 or leave it out",
+        ));
+    }
+    if input.session_ids.is_some() {
+        return Err(ApiError::invalid(
+            "sessionIds",
+            "Herald ends every session of the app; leave it out",
+        ));
+    }
+    let app = resolve(&state, &app).await?;
+    Operations::new(&state, caller)
+        .end_portal_sessions(app)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The longest an API token may be made to last without "never".

@@ -1010,3 +1010,81 @@ async fn an_ed25519_endpoint_gets_v1a_signatures_that_its_public_key_verifies() 
         .await;
     assert_eq!(status, 422, "{error}");
 }
+
+#[tokio::test]
+async fn a_token_logs_itself_out_and_expire_all_ends_an_app_s_portal_sessions() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let portal = |read_only: bool| {
+        let app = &app;
+        let tenant = &tenant;
+        async move {
+            let (status, access) = app
+                .post(
+                    &format!("/auth/app-portal-access/{tenant}/"),
+                    json!({"readOnly": read_only}),
+                )
+                .await;
+            assert_eq!(status, 200, "{access}");
+            access["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let works = |token: String| {
+        let app = &app;
+        let tenant = &tenant;
+        async move {
+            app.request_as(Some(&token), Method::GET, &format!("/app/{tenant}/"), None)
+                .await
+                .0
+        }
+    };
+    let logout = |token: Option<String>| {
+        let app = &app;
+        async move {
+            app.request_as(
+                token.as_deref(),
+                Method::POST,
+                "/auth/logout/",
+                Some(json!({})),
+            )
+            .await
+            .0
+        }
+    };
+
+    let session = portal(false).await;
+    let viewer = portal(true).await;
+    assert_eq!(works(session.clone()).await, 200);
+    assert_eq!(logout(Some(session.clone())).await, 204);
+    assert_eq!(works(session).await, 401, "logged out");
+    assert_eq!(
+        logout(Some(viewer.clone())).await,
+        204,
+        "a read-only session logs out too"
+    );
+    assert_eq!(works(viewer).await, 401);
+    assert_eq!(logout(None).await, 401, "no token");
+    assert_eq!(
+        logout(Some(TOKEN.to_owned())).await,
+        400,
+        "the admin token is configuration"
+    );
+
+    let (first, second) = (portal(false).await, portal(true).await);
+    let (_, api) = app
+        .post(&format!("/app/{tenant}/token/"), json!({"name": "ci"}))
+        .await;
+    let api = api["token"].as_str().unwrap().to_owned();
+    let expire = format!("/auth/app/{tenant}/expire-all/");
+    let (later, error) = app.post(&expire, json!({"expiry": 60})).await;
+    assert_eq!(later, 422, "{error}");
+    let (ended, _) = app.post(&expire, json!({})).await;
+    assert_eq!(ended, 204);
+    assert_eq!(works(first).await, 401, "portal sessions end");
+    assert_eq!(works(second).await, 401);
+    assert_eq!(works(api.clone()).await, 200, "API tokens stay");
+    let (status, _) = app
+        .request_as(Some(&api), Method::POST, &expire, Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "an app token cannot end sessions");
+}

@@ -98,6 +98,8 @@ ROUTES = {
     "EventTypeUpdate": ("PUT", lambda: f"/api/v1/event-type/{EVENT_TYPE}/", lambda: {"description": "d"}),
     "EventTypePatch": ("PATCH", lambda: f"/api/v1/event-type/{EVENT_TYPE}/", lambda: {}),
     "AppPortalAccessIn": ("POST", lambda: f"/api/v1/auth/app-portal-access/{APP}/", lambda: {}),
+    "EndpointTransformationIn": ("PATCH", lambda: f"/api/v1/app/{APP}/endpoint/{EXAMPLES}/transformation/", lambda: {}),
+    "EndpointTransformationPatch": ("PATCH", lambda: f"/api/v1/app/{APP}/endpoint/{EXAMPLES}/transformation/", lambda: {}),
     "ApplicationTokenExpireIn": ("POST", lambda: f"/api/v1/auth/app/{APP}/expire-all/", lambda: {}),
     "MessagePrecheckIn": ("POST", lambda: f"/api/v1/app/{APP}/msg/precheck/active/", lambda: {"eventType": "call.started"}),
 }
@@ -156,6 +158,9 @@ for model in ("EventTypeIn", "EventTypeUpdate", "EventTypePatch"):
 known[("EventTypeIn", "name")] = (lambda: unique("walk") + ".x", accepted)
 known[("MessagePrecheckIn", "event_type")] = (lambda: "call.completed", lambda answer: answer["active"] in (True, False))
 known[("MessagePrecheckIn", "channels")] = (lambda: ["walk"], lambda answer: answer["active"] in (True, False))
+for model in ("EndpointTransformationIn", "EndpointTransformationPatch"):
+    known[(model, "code")] = (lambda: '{"walked": true}', answer_has("code", '{"walked": true}'))
+    known[(model, "enabled")] = (lambda: False, answer_has("enabled", False))
 known[("ApplicationTokenExpireIn", "expiry")] = (lambda: 0, accepted)
 known[("AppPortalAccessIn", "read_only")] = (lambda: True, accepted)
 known[("AppPortalAccessIn", "expiry")] = (lambda: 600, accepted)

@@ -1,5 +1,6 @@
 //! An endpoint's other routes: its signing secret (read, rotate), its custom
-//! headers, its deliveries by state, and its health figures.
+//! headers, its deliveries by state, its health figures, and its
+//! transformation seen through Svix's transformation routes.
 
 use crate::extract::Path;
 use axum::body::Bytes;
@@ -8,8 +9,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use herald_domain::Secret;
-use herald_store::Headers;
+use herald_domain::{DeliveryOptions, Secret};
+use herald_store::{Endpoint, Headers};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -20,7 +21,7 @@ use crate::operations::Operations;
 use crate::AppState;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::endpoints::{parse_headers, resolve_endpoint};
+use crate::endpoints::{check_options, input_of, parse_headers, resolve_endpoint};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -29,6 +30,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(headers, replace_headers, patch_headers))
         .routes(routes!(stats))
         .routes(routes!(health))
+        .routes(routes!(transformation, patch_transformation))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -388,4 +390,98 @@ pub(crate) async fn health(
             },
         ),
     }))
+}
+
+/// An endpoint's transformation as Svix shows it: its `code` (here CEL,
+/// not JavaScript) and whether it is applied.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TransformationOut {
+    code: Option<String>,
+    enabled: bool,
+    updated_at: String,
+}
+
+/// Svix's `EndpointTransformationPatch`. Herald keeps no disabled
+/// transformation: `enabled: false` removes it, and `code` with
+/// `enabled: false` is refused.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct TransformationPatch {
+    /// A CEL expression yielding the body (checked when saved).
+    code: Option<String>,
+    enabled: Option<bool>,
+}
+
+fn transformation_of(endpoint: &Endpoint) -> TransformationOut {
+    TransformationOut {
+        code: endpoint.options.transformation.clone(),
+        enabled: endpoint.options.transformation.is_some(),
+        updated_at: timestamp(endpoint.updated_at),
+    }
+}
+
+/// Get an endpoint's transformation.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/transformation",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.transformation-get",
+    params(EndpointPath),
+    responses((status = 200, body = TransformationOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
+)]
+pub(crate) async fn transformation(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<TransformationOut>> {
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    Ok(Json(transformation_of(&endpoint)))
+}
+
+/// Set, replace or remove an endpoint's transformation (Svix's
+/// `transformation_partial_update`).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/transformation",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.patch-transformation",
+    params(EndpointPath),
+    request_body = TransformationPatch,
+    responses((status = 200, body = TransformationOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant", "audit": "endpoint.updated"})))
+)]
+pub(crate) async fn patch_transformation(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path((app, endpoint)): Path<(String, String)>,
+    Body(changes): Body<TransformationPatch>,
+) -> ApiResult<Json<TransformationOut>> {
+    let current = resolve_endpoint(&state, &app, &endpoint).await?;
+    let transformation = match (changes.code, changes.enabled) {
+        (Some(_), Some(false)) => {
+            return Err(ApiError::invalid(
+                "enabled",
+                "Herald keeps no disabled transformation: send `code` with `enabled` true, or `enabled: false` alone to remove it",
+            ))
+        }
+        (Some(code), _) => Some(code),
+        (None, Some(false)) => None,
+        (None, Some(true)) if current.options.transformation.is_none() => {
+            return Err(ApiError::invalid("code", "there is no transformation to enable: send its `code`"))
+        }
+        (None, _) => current.options.transformation.clone(),
+    };
+    let mut update = input_of(&current)?;
+    update.options = check_options(
+        &state,
+        DeliveryOptions {
+            transformation,
+            ..current.options.clone()
+        },
+    )?;
+    let updated = Operations::new(&state, caller)
+        .update_endpoint(&current, update)
+        .await?;
+    Ok(Json(transformation_of(&updated)))
 }

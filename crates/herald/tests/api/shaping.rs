@@ -464,3 +464,51 @@ async fn filters_transformations_raw_payloads_and_timeouts_on_postgres() {
     server.terminate();
     database.drop_database().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_s_transformation_is_read_and_changed_through_svix_s_routes() {
+    let app = crate::helpers::spawn_app().await;
+    let receiver = crate::helpers::Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/slack"), None)
+        .await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/transformation/");
+    let patch = |body: Value| app.request(reqwest::Method::PATCH, &path, Some(body));
+
+    let (_, none) = app.get(&path).await;
+    let code = r#"{"text": "Call " + data.callId}"#;
+    let (status, set) = patch(json!({"code": code})).await;
+    let (_, read) = app.get(&path).await;
+    app.send(&tenant, "call.completed", json!({"callId": "c1"}))
+        .await;
+    let sent = receiver
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let (javascript, error) =
+        patch(json!({"code": "function handler(webhook) { return webhook }"})).await;
+    let (both, _) = patch(json!({"code": code, "enabled": false})).await;
+    let (variables, _) = patch(json!({"variables": {"a": "b"}})).await;
+    let (removed, off) = patch(json!({"enabled": false})).await;
+    let (nothing, _) = patch(json!({"enabled": true})).await;
+
+    assert_eq!(
+        none,
+        json!({"code": null, "enabled": false, "updatedAt": none["updatedAt"]})
+    );
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(read["code"], code);
+    assert_eq!(read["enabled"], true);
+    assert_eq!(
+        sent[0].json(),
+        json!({"text": "Call c1"}),
+        "it takes effect"
+    );
+    assert_eq!(javascript, 422, "Herald's transformations are CEL: {error}");
+    assert_eq!(both, 422, "no disabled transformation is kept");
+    assert_eq!(variables, 422, "variables are refused");
+    assert_eq!(removed, 200);
+    assert_eq!(off["enabled"], false);
+    assert_eq!(off["code"], Value::Null);
+    assert_eq!(nothing, 422, "nothing to enable");
+}

@@ -61,6 +61,10 @@ assert attempts, "an attempt was recorded"
 svix.message_attempt.expunge_content(uid, call.id, attempts[0].id)
 assert svix.message_attempt.get(uid, call.id, attempts[0].id).response == ""
 
+# Attempt stats: the CRM is down, so every attempt failed.
+stats = svix.endpoint.get_attempt_stats(uid, crm.id)
+assert stats.success == 0 and stats.fail >= 1, stats
+
 # Background tasks: a recovery, listed and read back.
 recovery = svix.endpoint.recover(uid, crm.id, RecoverIn(since=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)))
 listed_tasks = svix.background_task.list().data

@@ -29,6 +29,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate))
         .routes(routes!(headers, replace_headers, patch_headers))
         .routes(routes!(stats))
+        .routes(routes!(attempt_stats))
         .routes(routes!(health))
         .routes(routes!(transformation, patch_transformation))
 }
@@ -254,6 +255,61 @@ pub(crate) async fn stats(
         success: stats.success,
         pending: stats.pending,
         sending: stats.sending,
+        fail: stats.fail,
+        canceled: 0,
+    }))
+}
+
+/// The window of attempt stats (RFC 3339); by default the last 28 days.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AttemptStatsParams {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// An endpoint's attempts in a window, by outcome (Svix's
+/// `EndpointAttemptStats`; Herald cancels none).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptStatsOut {
+    success: u64,
+    fail: u64,
+    canceled: u64,
+}
+
+/// The endpoint's attempts made in `[since, until)`, by outcome.
+#[utoipa::path(
+    get,
+    path = "/api/v1/app/{app}/endpoint/{endpoint}/attempt-stats",
+    tag = "Endpoint",
+    operation_id = "v1.endpoint.get-attempt-stats",
+    params(EndpointPath, AttemptStatsParams),
+    responses((status = 200, body = AttemptStatsOut), Errors),
+    extensions(("x-herald" = json!({"access": "tenant"})))
+)]
+pub(crate) async fn attempt_stats(
+    State(state): State<AppState>,
+    Path((app, endpoint)): Path<(String, String)>,
+    crate::extract::Query(params): crate::extract::Query<AttemptStatsParams>,
+) -> ApiResult<Json<AttemptStatsOut>> {
+    let until = match params.until.as_deref() {
+        Some(text) => crate::extract::parse_time("until", text)?,
+        None => now_ms(),
+    };
+    let since = match params.since.as_deref() {
+        Some(text) => crate::extract::parse_time("since", text)?,
+        None => until - 28 * 24 * 3600 * 1000,
+    };
+    if since > until {
+        return Err(ApiError::invalid("since", "is after `until`"));
+    }
+    let endpoint = resolve_endpoint(&state, &app, &endpoint).await?;
+    let stats = state
+        .store
+        .attempt_stats(endpoint.app_id, endpoint.id, since, until)
+        .await?;
+    Ok(Json(AttemptStatsOut {
+        success: stats.success,
         fail: stats.fail,
         canceled: 0,
     }))

@@ -105,6 +105,7 @@ macro_rules! delegated {
             write rotate_endpoint_secret(app: AppId, endpoint: EndpointId, secret: Secret, previous_valid_until: Timestamp) + audit -> () = admin::rotate_endpoint_secret [sealing];
             write set_endpoint_headers(app: AppId, endpoint: EndpointId, headers: Headers) + audit -> () = admin::set_endpoint_headers;
             read endpoint_stats(app: AppId, endpoint: EndpointId) -> EndpointStats = admin::endpoint_stats;
+            read attempt_stats(app: AppId, endpoint: EndpointId, since: Timestamp, until: Timestamp) -> AttemptStats = admin::attempt_stats;
 
             // Health.
             write record_health(updates: Vec<HealthUpdate>, rule: Option<AutoDisable>) -> Vec<EndpointRun> = health::record_health;

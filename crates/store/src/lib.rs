@@ -168,6 +168,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         audit: Option<AuditEntry>,
     ) -> StoreResult<()>;
     async fn endpoint_stats(&self, app: AppId, endpoint: EndpointId) -> StoreResult<EndpointStats>;
+    /// An endpoint's attempts made in `[since, until)`, by outcome.
+    async fn attempt_stats(
+        &self,
+        app: AppId,
+        endpoint: EndpointId,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<AttemptStats>;
     /// Adds what a process saw of endpoints to their health aggregates, in
     /// one transaction; with `rule`, disables the endpoints among them that
     /// meet it. Returns each endpoint's run of failures afterwards.

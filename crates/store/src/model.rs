@@ -143,6 +143,13 @@ pub struct EndpointInput {
     pub options: herald_domain::DeliveryOptions,
 }
 
+/// Svix's attempt stats: an endpoint's attempts in a window by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptStats {
+    pub success: u64,
+    pub fail: u64,
+}
+
 /// Svix's endpoint stats: deliveries of the endpoint by state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EndpointStats {

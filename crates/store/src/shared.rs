@@ -472,6 +472,19 @@ pub(crate) struct TaskRow {
     pub updated_at: Timestamp,
 }
 
+/// Attempt counts by status code as outcomes (0 succeeded, else failed).
+pub(crate) fn attempt_stats(counts: Vec<(i64, u64)>) -> crate::AttemptStats {
+    let mut stats = crate::AttemptStats::default();
+    for (status, count) in counts {
+        if status == 0 {
+            stats.success += count;
+        } else {
+            stats.fail += count;
+        }
+    }
+    stats
+}
+
 /// A page of task rows, read.
 pub(crate) fn tasks_page(rows: crate::Page<TaskRow>) -> StoreResult<crate::Page<BackgroundTask>> {
     Ok(crate::Page {

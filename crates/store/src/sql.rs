@@ -48,6 +48,11 @@ macro_rules! statements {
 }
 
 statements! {
+    // An endpoint's attempts by outcome ($1 endpoint, $2 lowest id, $3 id
+    // past the window, $4 app): the endpoint's index walks the window; the
+    // app is checked on the rows it finds.
+    ATTEMPT_STATS = "SELECT status, COUNT(*) FROM attempts
+         WHERE endpoint_id = $1 AND id >= $2 AND id < $3 AND app_id || '' = $4 GROUP BY status";
     // Removing an attempt's stored response ($1 app, $2 message, $3 attempt).
     EXPUNGE_ATTEMPT_RESPONSE = "UPDATE attempts SET response = '' WHERE app_id = $1 AND message_id = $2 AND id = $3";
     // Removing a message's content ($1 app, $2 message, $3 now).

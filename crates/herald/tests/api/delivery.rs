@@ -994,3 +994,51 @@ async fn background_tasks_are_listed_newest_first_and_an_app_token_sees_its_own(
     assert_eq!(other_kind["data"], json!([]), "a kind Herald does not run");
     assert_eq!(bad, 422);
 }
+
+#[tokio::test]
+async fn attempt_stats_count_an_endpoint_s_attempts_in_a_window_by_outcome() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script(
+        "/hook",
+        &[
+            crate::helpers::Reply::Status(500),
+            crate::helpers::Reply::Status(500),
+        ],
+    );
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let first = app.send(&tenant, "call.started", json!({})).await;
+    crate::helpers::attempted(&app, &tenant, &first, 3).await;
+    let second = app.send(&tenant, "call.completed", json!({})).await;
+    crate::helpers::attempted(&app, &tenant, &second, 1).await;
+    let path = format!("/app/{tenant}/endpoint/{endpoint}/attempt-stats/");
+
+    let (status, stats) = app.get(&path).await;
+    let (_, before) = app
+        .get(&format!(
+            "{path}?since=2020-01-01T00:00:00Z&until=2020-02-01T00:00:00Z"
+        ))
+        .await;
+    let (backwards, _) = app
+        .get(&format!(
+            "{path}?since=2021-01-01T00:00:00Z&until=2020-01-01T00:00:00Z"
+        ))
+        .await;
+    let other = app.create_app("Other").await;
+    let (foreign, _) = app
+        .get(&format!("/app/{other}/endpoint/{endpoint}/attempt-stats/"))
+        .await;
+
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        stats,
+        json!({"success": 2, "fail": 2, "canceled": 0}),
+        "two 500s, then two 2xx"
+    );
+    assert_eq!(before, json!({"success": 0, "fail": 0, "canceled": 0}));
+    assert_eq!(backwards, 422);
+    assert_eq!(foreign, 404);
+}

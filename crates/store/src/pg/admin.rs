@@ -536,6 +536,31 @@ pub(crate) async fn set_endpoint_headers(
     found(changed.rows_affected())
 }
 
+pub(crate) async fn attempt_stats(
+    conn: &mut PgConnection,
+    app: AppId,
+    endpoint: EndpointId,
+    since: Timestamp,
+    until: Timestamp,
+) -> StoreResult<crate::AttemptStats> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint)).await?;
+    let rows = sqlx::query(crate::sql::ATTEMPT_STATS.pg)
+        .bind(endpoint.to_string())
+        .bind(herald_domain::AttemptId::lowest_at(since).to_string())
+        .bind(herald_domain::AttemptId::lowest_at(until).to_string())
+        .bind(app.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let status: i64 = row.try_get(0).map_err(db)?;
+        let count: i64 = row.try_get(1).map_err(db)?;
+        counts.push((status, count.max(0) as u64));
+    }
+    Ok(crate::shared::attempt_stats(counts))
+}
+
 pub(crate) async fn endpoint_stats(
     conn: &mut PgConnection,
     app: AppId,

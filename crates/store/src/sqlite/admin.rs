@@ -509,6 +509,35 @@ pub(crate) fn set_endpoint_headers(
     Ok(())
 }
 
+pub(crate) fn attempt_stats(
+    conn: &Connection,
+    app: AppId,
+    endpoint: EndpointId,
+    since: Timestamp,
+    until: Timestamp,
+) -> StoreResult<crate::AttemptStats> {
+    get_endpoint(conn, app, &IdOrUid::Id(endpoint))?;
+    let mut statement = conn
+        .prepare_cached(crate::sql::ATTEMPT_STATS.sqlite)
+        .map_err(internal)?;
+    let rows = statement
+        .query_map(
+            params![
+                endpoint.to_string(),
+                herald_domain::AttemptId::lowest_at(since).to_string(),
+                herald_domain::AttemptId::lowest_at(until).to_string(),
+                app.to_string()
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)),
+        )
+        .map_err(internal)?;
+    let mut counts = Vec::new();
+    for row in rows {
+        counts.push(row.map_err(internal)?);
+    }
+    Ok(crate::shared::attempt_stats(counts))
+}
+
 pub(crate) fn endpoint_stats(
     conn: &Connection,
     app: AppId,

@@ -268,11 +268,7 @@ pub(crate) async fn entries(
             .into_response(),
         );
     };
-    let page_slot = match state.listing_pages.take(caller.app()) {
-        Ok(slot) => slot,
-        Err(crate::limits::NoSlot::AppShare) => return Err(ApiError::AppBusy),
-        Err(crate::limits::NoSlot::Full) => return Err(ApiError::Overloaded),
-    };
+    let page_slot = crate::limits::listing_page(state, caller)?;
     let mut requests = HashMap::new();
     let mut bytes = 0usize;
     let mut kept = page.data.len();
@@ -312,10 +308,7 @@ pub(crate) async fn entries(
         request: requests.remove(&attempt.id),
         attempt: attempt.into(),
     });
-    let json = serde_json::to_vec(&page)
-        .map_err(|e| ApiError::Internal(format!("writing an attempt page: {e}")))?;
-    drop(page);
-    Ok(crate::extract::json_holding(json, page_slot))
+    crate::extract::json_holding(&page, page_slot)
 }
 
 /// One attempt, with Herald's addition: the request it made.

@@ -114,8 +114,7 @@ pub(crate) async fn authenticate(
     // share of the slots, and the admin token keeps a reserve.
     let _slot = match state.request_slots.take(principal.app()) {
         Ok(slot) => slot,
-        Err(crate::limits::NoSlot::AppShare) => return ApiError::AppBusy.into_response(),
-        Err(crate::limits::NoSlot::Full) => return ApiError::Overloaded.into_response(),
+        Err(refused) => return ApiError::from(refused).into_response(),
     };
     request.extensions_mut().insert(principal);
     next.run(request).await

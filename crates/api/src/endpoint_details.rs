@@ -292,14 +292,10 @@ pub(crate) async fn attempt_stats(
     Path((app, endpoint)): Path<(String, String)>,
     crate::extract::Query(params): crate::extract::Query<AttemptStatsParams>,
 ) -> ApiResult<Json<AttemptStatsOut>> {
-    let until = match params.until.as_deref() {
-        Some(text) => crate::extract::parse_time("until", text)?,
-        None => now_ms(),
-    };
-    let since = match params.since.as_deref() {
-        Some(text) => crate::extract::parse_time("since", text)?,
-        None => until - 28 * 24 * 3600 * 1000,
-    };
+    let optional_time = crate::messages::optional_time;
+    let until = optional_time("until", params.until.as_deref())?.unwrap_or_else(now_ms);
+    let since =
+        optional_time("since", params.since.as_deref())?.unwrap_or(until - 28 * 24 * 3600 * 1000);
     if since > until {
         return Err(ApiError::invalid("since", "is after `until`"));
     }

@@ -305,6 +305,15 @@ pub(crate) fn parse_headers(headers: Headers) -> ApiResult<Headers> {
     Ok(parsed)
 }
 
+/// The event types `endpoint` subscribes to (`None`: its stored list does
+/// not read, which the writer reports).
+pub(crate) fn subscriptions(endpoint: &Endpoint) -> Option<herald_domain::FilterTypes> {
+    match &endpoint.filter_types {
+        Some(names) => herald_domain::FilterTypes::stored(names).ok(),
+        None => Some(herald_domain::FilterTypes::all()),
+    }
+}
+
 /// Resolves `{app}` and `{endpoint}` path segments to an existing endpoint.
 pub(crate) async fn resolve_endpoint(
     state: &AppState,

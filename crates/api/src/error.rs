@@ -75,6 +75,17 @@ impl From<ParseError> for ApiError {
     }
 }
 
+/// No request or listing slot: the app has its share in use (429), or
+/// every slot is (503).
+impl From<crate::limits::NoSlot> for ApiError {
+    fn from(refused: crate::limits::NoSlot) -> Self {
+        match refused {
+            crate::limits::NoSlot::AppShare => Self::AppBusy,
+            crate::limits::NoSlot::Full => Self::Overloaded,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -260,13 +260,18 @@ impl<T> ListResponse<T> {
     }
 }
 
-/// A JSON answer written in 64 KiB pieces that keeps `held` (a slot of a
-/// bounded resource, such as listing memory) until its last piece has
-/// been taken by the connection, so a client reading slowly holds it for
-/// as long as the answer stays in memory.
-pub(crate) fn json_holding<H: Send + 'static>(json: Vec<u8>, held: H) -> axum::response::Response {
+/// `value` as a JSON answer written in 64 KiB pieces that keeps `held` (a
+/// slot of a bounded resource, such as listing memory) until its last
+/// piece has been taken by the connection, so a client reading slowly
+/// holds it for as long as the answer stays in memory.
+pub(crate) fn json_holding<T: Serialize, H: Send + 'static>(
+    value: &T,
+    held: H,
+) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     const PIECE: usize = 64 << 10;
+    let json = serde_json::to_vec(value)
+        .map_err(|e| ApiError::Internal(format!("writing a list page: {e}")))?;
     let json = axum::body::Bytes::from(json);
     let pieces = futures_util::stream::unfold(
         (json, 0usize, Some(held)),
@@ -280,14 +285,14 @@ pub(crate) fn json_holding<H: Send + 'static>(json: Vec<u8>, held: H) -> axum::r
             Some((Ok::<_, std::convert::Infallible>(piece), (json, end, held)))
         },
     );
-    (
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
         axum::body::Body::from_stream(pieces),
     )
-        .into_response()
+        .into_response())
 }
 
 /// The fields a body carried that its type does not know, gathered by
@@ -305,6 +310,27 @@ impl Unknown {
                 format!("unknown field `{field}`: Herald does not take it"),
             )),
             None => Ok(()),
+        }
+    }
+}
+
+/// Every item of a listing, read page after page (250 at a time).
+pub(crate) async fn every<T, F, Fut>(mut list: F) -> herald_store::StoreResult<Vec<T>>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = herald_store::StoreResult<Page<T>>>,
+{
+    let mut page = PageRequest {
+        limit: 250,
+        cursor: Cursor::Start,
+    };
+    let mut all = Vec::new();
+    loop {
+        let found = list(page.clone()).await?;
+        all.extend(found.data);
+        match found.iterator {
+            Some(next) if !found.done => page.cursor = Cursor::After(next),
+            _ => return Ok(all),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_domain::{expr, AppId, EndpointId, FilterTypes};
-use herald_store::{FilterDecisions, MessageInput, PageRequest, Store, StoreResult};
+use herald_store::{FilterDecisions, MessageInput, Store, StoreResult};
 
 /// How long an app's filtered endpoints are reused before being read again.
 const FRESH: Duration = Duration::from_secs(1);
@@ -51,39 +51,21 @@ impl FilterCache {
             }
         }
         let read = Instant::now();
-        let mut filtered = Vec::new();
-        let mut page = PageRequest {
-            limit: 250,
-            cursor: Default::default(),
-        };
-        loop {
-            let endpoints = store.list_endpoints(app, page.clone()).await?;
-            for endpoint in &endpoints.data {
-                let (false, Some(source)) = (endpoint.disabled, &endpoint.options.filter) else {
-                    continue;
-                };
-                let subscriptions = match &endpoint.filter_types {
-                    Some(names) => match FilterTypes::stored(names) {
-                        Ok(parsed) => parsed,
-                        Err(_) => continue, // left to the writer, which reports it
-                    },
-                    None => FilterTypes::all(),
-                };
-                filtered.push(Filtered {
+        let endpoints = crate::extract::every(|page| store.list_endpoints(app, page)).await?;
+        let filtered: Arc<[Filtered]> = endpoints
+            .into_iter()
+            .filter(|endpoint| !endpoint.disabled)
+            .filter_map(|endpoint| {
+                // One whose subscriptions do not read is left to the writer.
+                let subscriptions = crate::endpoints::subscriptions(&endpoint)?;
+                Some(Filtered {
                     endpoint: endpoint.id,
-                    source: Arc::from(source.as_str()),
+                    source: Arc::from(endpoint.options.filter?.as_str()),
                     subscriptions,
-                    channels: endpoint.channels.clone(),
-                });
-            }
-            match endpoints.iterator {
-                Some(next) if !endpoints.done => {
-                    page.cursor = herald_store::Cursor::After(next);
-                }
-                _ => break,
-            }
-        }
-        let filtered: Arc<[Filtered]> = filtered.into();
+                    channels: endpoint.channels,
+                })
+            })
+            .collect();
         let mut apps = self.apps.lock().expect("filter cache");
         if apps.len() >= APPS {
             apps.clear();

@@ -160,6 +160,15 @@ pub fn listing_pages() -> RequestSlots {
     RequestSlots::new(LISTING_PAGES, LISTING_PAGES_PER_APP, 2)
 }
 
+/// One of the listing pages the process keeps in memory, for `caller`:
+/// 429 beyond its app's share, 503 when all are in use.
+pub(crate) fn listing_page(
+    state: &crate::AppState,
+    caller: crate::auth::Principal,
+) -> Result<Slot, crate::error::ApiError> {
+    Ok(state.listing_pages.take(caller.app())?)
+}
+
 /// The payload bytes one page of a message listing holds at most (it ends
 /// after the message that reaches this; a message is at most the body
 /// limit).

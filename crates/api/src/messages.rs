@@ -65,7 +65,7 @@ fn deliver_at(
         return Ok(None);
     };
     let at = parse_time("deliverAt", text)?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::middleware::now_ms();
     if at < now - DELIVER_AT_SKEW_MS {
         return Err(ApiError::invalid("deliverAt", "is in the past"));
     }
@@ -231,20 +231,6 @@ impl MessageListParams {
     }
 }
 
-/// One of the listing pages the process keeps in memory at once (payloads
-/// make pages large), held until the answer has been written, however
-/// slowly the client reads: 429 beyond the app's share, 503 beyond all.
-fn listing_slot(
-    state: &AppState,
-    caller: crate::auth::Principal,
-) -> ApiResult<crate::limits::Slot> {
-    match state.listing_pages.take(caller.app()) {
-        Ok(slot) => Ok(slot),
-        Err(crate::limits::NoSlot::AppShare) => Err(ApiError::AppBusy),
-        Err(crate::limits::NoSlot::Full) => Err(ApiError::Overloaded),
-    }
-}
-
 /// A comma-separated list of event-type names.
 pub(crate) fn event_types(text: Option<&str>) -> ApiResult<Vec<EventTypeName>> {
     Ok(text
@@ -285,12 +271,12 @@ pub(crate) async fn list(
     // Payloads make pages large: a page takes one of the listing pages
     // the process keeps in memory at once, and holds it until its answer
     // has been written, however slowly the client reads.
-    let page_slot = listing_slot(&state, caller)?;
+    let page_slot = crate::limits::listing_page(&state, caller)?;
     let query = params.query()?;
     let with_content = params.with_content.unwrap_or(true);
     let page = state.store.list_messages(app, query).await?;
     let page = ListResponse::from_page(page, |m| MessageOut::owned(m, with_content));
-    written_holding(&page, page_slot)
+    crate::extract::json_holding(&page, page_slot)
 }
 
 /// The query of an endpoint's attempted messages beyond the message
@@ -304,12 +290,10 @@ pub(crate) struct EndpointMessageParams {
     tag: Option<String>,
 }
 
-/// A message as one endpoint has it (Svix's `EndpointMessageOut`).
+/// Where one (message, endpoint) delivery stands.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct EndpointMessageOut {
-    #[serde(flatten)]
-    message: MessageOut,
+pub(crate) struct DeliveryOut {
     /// 0 delivered, 1 pending (waiting for its next attempt), 2 failed,
     /// 3 being sent now.
     status: i64,
@@ -317,6 +301,29 @@ pub(crate) struct EndpointMessageOut {
     status_text: &'static str,
     /// When a pending delivery is tried next.
     next_attempt: Option<String>,
+}
+
+impl DeliveryOut {
+    fn new(
+        status: herald_domain::DeliveryStatus,
+        next_attempt: Option<herald_store::Timestamp>,
+    ) -> Self {
+        Self {
+            status: status.code(),
+            status_text: status.text(),
+            next_attempt: next_attempt.map(timestamp),
+        }
+    }
+}
+
+/// A message as one endpoint has it (Svix's `EndpointMessageOut`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EndpointMessageOut {
+    #[serde(flatten)]
+    message: MessageOut,
+    #[serde(flatten)]
+    delivery: DeliveryOut,
 }
 
 /// List the messages sent to an endpoint, newest first, each with where
@@ -348,7 +355,7 @@ pub(crate) async fn attempted_messages(
         })
         .transpose()?;
     let endpoint = crate::endpoints::resolve_endpoint(&state, &app, &endpoint).await?;
-    let page_slot = listing_slot(&state, caller)?;
+    let page_slot = crate::limits::listing_page(&state, caller)?;
     let query = herald_store::EndpointMessageQuery {
         endpoint: endpoint.id,
         messages: messages.query()?,
@@ -360,22 +367,10 @@ pub(crate) async fn attempted_messages(
         .list_endpoint_messages(endpoint.app_id, query)
         .await?;
     let page = ListResponse::from_page(page, |m| EndpointMessageOut {
-        status: m.status.code(),
-        status_text: m.status.text(),
-        next_attempt: m.next_attempt.map(timestamp),
+        delivery: DeliveryOut::new(m.status, m.next_attempt),
         message: MessageOut::owned(m.message, with_content),
     });
-    written_holding(&page, page_slot)
-}
-
-/// `page` as JSON, written in pieces while `slot` is held.
-fn written_holding<T: Serialize>(
-    page: &T,
-    slot: crate::limits::Slot,
-) -> ApiResult<axum::response::Response> {
-    let json = serde_json::to_vec(page)
-        .map_err(|e| ApiError::Internal(format!("writing a message page: {e}")))?;
-    Ok(crate::extract::json_holding(json, slot))
+    crate::extract::json_holding(&page, page_slot)
 }
 
 /// Svix's `MessagePrecheckIn`: a message that might be sent.
@@ -414,33 +409,19 @@ pub(crate) async fn precheck(
     let app = resolve(&state, &app).await?;
     let event_type = EventTypeName::parse(&input.event_type)?;
     let channels = parse_channels(input.channels)?;
-    let mut page = herald_store::PageRequest {
-        limit: 250,
-        cursor: Default::default(),
-    };
-    loop {
-        let endpoints = state.store.list_endpoints(app, page.clone()).await?;
-        let active = endpoints.data.iter().any(|endpoint| {
-            let subscriptions = match &endpoint.filter_types {
-                Some(names) => herald_domain::FilterTypes::stored(names).ok(),
-                None => Some(herald_domain::FilterTypes::all()),
-            };
-            !endpoint.disabled
-                && subscriptions.is_some_and(|subscriptions| {
-                    herald_store::subscribes_to(
-                        &subscriptions,
-                        endpoint.channels.as_deref(),
-                        &event_type,
-                        channels.as_deref(),
-                    )
-                })
-        });
-        match endpoints.iterator {
-            _ if active => return Ok(Json(PrecheckOut { active: true })),
-            Some(next) if !endpoints.done => page.cursor = herald_store::Cursor::After(next),
-            _ => return Ok(Json(PrecheckOut { active: false })),
-        }
-    }
+    let endpoints = crate::extract::every(|page| state.store.list_endpoints(app, page)).await?;
+    let active = endpoints.iter().any(|endpoint| {
+        !endpoint.disabled
+            && crate::endpoints::subscriptions(endpoint).is_some_and(|subscriptions| {
+                herald_store::subscribes_to(
+                    &subscriptions,
+                    endpoint.channels.as_deref(),
+                    &event_type,
+                    channels.as_deref(),
+                )
+            })
+    });
+    Ok(Json(PrecheckOut { active }))
 }
 
 /// Get a message.
@@ -474,13 +455,8 @@ pub(crate) async fn read(
 pub(crate) struct MessageEndpointOut {
     #[serde(flatten)]
     endpoint: crate::endpoints::EndpointOut,
-    /// 0 delivered, 1 pending (waiting for its next attempt), 2 failed,
-    /// 3 being sent now.
-    status: i64,
-    /// `success`, `pending`, `fail` or `sending`.
-    status_text: &'static str,
-    /// When a pending delivery is tried next.
-    next_attempt: Option<String>,
+    #[serde(flatten)]
+    delivery: DeliveryOut,
 }
 
 /// List the endpoints a message was sent to, each with its delivery's
@@ -506,9 +482,7 @@ pub(crate) async fn destinations(
     Ok(Json(ListResponse::from_page(page, |d| {
         MessageEndpointOut {
             endpoint: d.endpoint.into(),
-            status: d.status.code(),
-            status_text: d.status.text(),
-            next_attempt: d.next_attempt.map(timestamp),
+            delivery: DeliveryOut::new(d.status, d.next_attempt),
         }
     })))
 }

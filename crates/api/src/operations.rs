@@ -464,30 +464,19 @@ impl<'a> Operations<'a> {
     pub(crate) async fn end_portal_sessions(&self, app: AppId) -> ApiResult<()> {
         self.may_administer()?;
         let now = now_ms();
-        let mut page = herald_store::PageRequest {
-            limit: 250,
-            cursor: Default::default(),
-        };
-        loop {
-            let tokens = self.state.store.list_tokens(app, page.clone()).await?;
-            for token in &tokens.data {
-                let portal = matches!(
-                    token.kind,
-                    herald_store::TokenKind::Portal | herald_store::TokenKind::PortalReadOnly
-                );
-                if portal && token.is_valid_at(now) {
-                    let audit = self.entry(Some(app), "token.revoked", token.id.to_string());
-                    self.state
-                        .store
-                        .revoke_token(app, token.id, now, audit)
-                        .await?;
-                }
-            }
-            match tokens.iterator {
-                Some(next) if !tokens.done => page.cursor = herald_store::Cursor::After(next),
-                _ => return Ok(()),
+        let store = &self.state.store;
+        let tokens = crate::extract::every(|page| store.list_tokens(app, page)).await?;
+        for token in tokens {
+            let portal = matches!(
+                token.kind,
+                herald_store::TokenKind::Portal | herald_store::TokenKind::PortalReadOnly
+            );
+            if portal && token.is_valid_at(now) {
+                let audit = self.entry(Some(app), "token.revoked", token.id.to_string());
+                store.revoke_token(app, token.id, now, audit).await?;
             }
         }
+        Ok(())
     }
 
     /// Stores a new message and starts its deliveries: the ones leased to

@@ -187,16 +187,6 @@ const DESTINATION_COLUMNS: &str = concat!(
     ", delivery_status, next_attempt_at, lease_until"
 );
 
-/// A page of an endpoint's messages, bounded like a message page.
-pub(crate) fn endpoint_message_filling(
-    max_payload_bytes: Option<usize>,
-) -> Filling<crate::EndpointMessage> {
-    match max_payload_bytes {
-        Some(bytes) => Filling::within(bytes, |m| m.message.payload.len()),
-        None => Filling::unbounded(),
-    }
-}
-
 /// [`crate::shared::MESSAGE_COLUMNS`] and the delivery's state.
 const ENDPOINT_MESSAGE_COLUMNS: &str =
     "id, app_id, event_id, event_type, payload, channels, created_at, delivery_status, next_attempt_at, lease_until";
@@ -373,6 +363,14 @@ impl<T> Filling<T> {
             max_bytes,
             size_of,
             cut_short: false,
+        }
+    }
+
+    /// [`Filling::within`] `max_bytes` when given, else unbounded.
+    pub(crate) fn bounded(max_bytes: Option<usize>, size_of: fn(&T) -> usize) -> Self {
+        match max_bytes {
+            Some(bytes) => Self::within(bytes, size_of),
+            None => Self::unbounded(),
         }
     }
 

@@ -260,10 +260,7 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Refus
     let slot = state
         .request_slots
         .take(principal.app())
-        .map_err(|refused| match refused {
-            crate::limits::NoSlot::AppShare => ApiError::AppBusy,
-            crate::limits::NoSlot::Full => ApiError::Overloaded,
-        })?;
+        .map_err(ApiError::from)?;
     Ok(Session {
         token,
         principal,

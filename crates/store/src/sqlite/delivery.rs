@@ -200,10 +200,7 @@ pub(crate) fn list_messages(
     query: MessageQuery,
 ) -> StoreResult<Page<Message>> {
     get_app(conn, &IdOrUid::Id(app))?;
-    let filling = match query.max_payload_bytes {
-        Some(bytes) => Filling::within(bytes, |m: &Message| m.payload.len()),
-        None => Filling::unbounded(),
-    };
+    let filling = Filling::bounded(query.max_payload_bytes, |m: &Message| m.payload.len());
     list_within(
         conn,
         Listing::messages(app, &query),
@@ -226,7 +223,9 @@ pub(crate) fn list_endpoint_messages(
         &query.messages.page,
         rows::endpoint_message,
         |m| m.message.id.to_string(),
-        crate::listing::endpoint_message_filling(query.messages.max_payload_bytes),
+        Filling::bounded(query.messages.max_payload_bytes, |m| {
+            m.message.payload.len()
+        }),
     )
 }
 

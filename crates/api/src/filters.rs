@@ -1,11 +1,14 @@
 //! Endpoint filters run before a message is stored, off the store's
 //! writer: the writer that stores every app's messages then only reads the
 //! decisions, and no tenant's filter runs where another tenant's messages
-//! wait. An app's filtered endpoints are read at most once a second per
-//! process (sooner after this process changes one); the writer still runs
+//! wait. An app's filtered endpoints are read at most once a minute per
+//! process (at once again after this process changes one): a decision
+//! counts only for the filter source it was made with, so a stale list
+//! never decides wrongly, it only leaves work to the writer, which runs
 //! any filter it finds undecided (an endpoint made or changed since by
-//! another process, a filter reading `timestamp`), within the same budget
-//! and deadline.
+//! another process, a filter reading `timestamp`) within the same budget
+//! and deadline. (Read once a second, an app sending less often than that
+//! paid a listing of its endpoints with every message.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use herald_domain::{expr, AppId, EndpointId, FilterTypes};
 use herald_store::{FilterDecisions, MessageInput, Store, StoreResult};
 
 /// How long an app's filtered endpoints are reused before being read again.
-const FRESH: Duration = Duration::from_secs(1);
+const FRESH: Duration = Duration::from_secs(60);
 /// Apps remembered before the cache starts over.
 const APPS: usize = 10_000;
 

@@ -77,6 +77,17 @@ def accepted(answer):
     return True
 
 
+def shown(field, value):
+    """The field sent as `value` and read back from the answer."""
+    return (lambda: value, answer_has(field, value))
+
+
+def endpoint_read(path, check):
+    """A check on what a new endpoint's `path` answers (its secret, its
+    headers)."""
+    return lambda answer: check(made("GET", f"/api/v1/app/{APP}/endpoint/{answer['id']}/{path}", None))
+
+
 SCHEMAS = {"1": {"type": "object", "properties": {"callId": {"type": "string"}}}}
 NOW = datetime.datetime.now(datetime.timezone.utc)
 SINCE = (NOW - datetime.timedelta(hours=1)).isoformat()
@@ -109,14 +120,14 @@ ROUTES = {
 known = {}
 for model in ("ApplicationIn", "ApplicationPatch"):
     known[(model, "name")] = (lambda: "Walk 2", answer_has("name", "Walk 2"))
-    known[(model, "uid")] = (lambda: unique("walk"), accepted)
+    known[(model, "uid")] = shown("uid", unique("walk"))
     known[(model, "metadata")] = (lambda: {"k": "v"}, answer_has("metadata", {"k": "v"}))
     known[(model, "rate_limit")] = (lambda: 5, answer_has("rateLimit", 5))
     known[(model, "throttle_rate")] = (lambda: 6, answer_has("rateLimit", 6))
 for model in ("EndpointIn", "EndpointUpdate", "EndpointPatch"):
     known[(model, "url")] = (lambda: SINK + "/2", answer_has("url", SINK + "/2"))
     known[(model, "description")] = (lambda: "walked", answer_has("description", "walked"))
-    known[(model, "uid")] = (lambda: unique("walk"), accepted)
+    known[(model, "uid")] = shown("uid", unique("walk"))
     known[(model, "disabled")] = (lambda: True, answer_has("disabled", True))
     known[(model, "filter_types")] = (lambda: ["call.started"], answer_has("filterTypes", ["call.started"]))
     known[(model, "event_types")] = (lambda: ["call.failed"], answer_has("filterTypes", ["call.failed"]))
@@ -125,8 +136,11 @@ for model in ("EndpointIn", "EndpointUpdate", "EndpointPatch"):
     known[(model, "throttle_rate")] = (lambda: 4, answer_has("rateLimit", 4))
     known[(model, "metadata")] = (lambda: {"k": "v"}, answer_has("metadata", {"k": "v"}))
     known[(model, "version")] = (lambda: 1, answer_has("version", 1))
-known[("EndpointIn", "secret")] = (lambda: KEY, accepted)
-known[("EndpointIn", "headers")] = (lambda: {"x-walk": "1"}, accepted)
+known[("EndpointIn", "secret")] = (lambda: KEY, endpoint_read("secret/", lambda got: got["key"] == KEY))
+known[("EndpointIn", "headers")] = (
+    lambda: {"x-walk": "1"},
+    endpoint_read("headers/", lambda got: got["headers"].get("x-walk") == "1"),
+)
 known[("EndpointHeadersIn", "headers")] = (lambda: {"x-walk": "1"}, headers_have("x-walk"))
 known[("EndpointHeadersPatchIn", "headers")] = (lambda: {"x-walk-2": "1"}, headers_have("x-walk-2"))
 known[("EndpointHeadersPatchIn", "delete_headers")] = (lambda: ["x-walk"], accepted)
@@ -138,7 +152,7 @@ known[("EventExampleIn", "event_type")] = (lambda: "call.completed", accepted)
 known[("EventExampleIn", "example_index")] = (lambda: 0, accepted)
 known[("MessageIn", "event_type")] = (lambda: "call.completed", answer_has("eventType", "call.completed"))
 known[("MessageIn", "payload")] = (lambda: {"callId": "c1"}, answer_has("payload", {"callId": "c1"}))
-known[("MessageIn", "event_id")] = (lambda: unique("evt"), accepted)
+known[("MessageIn", "event_id")] = shown("eventId", unique("evt"))
 known[("MessageIn", "channels")] = (lambda: ["walk"], answer_has("channels", ["walk"]))
 known[("MessageIn", "deliver_at")] = (
     lambda: (NOW + datetime.timedelta(hours=1)).isoformat(),
@@ -155,7 +169,7 @@ for model in ("EventTypeIn", "EventTypeUpdate", "EventTypePatch"):
     known[(model, "group_name")] = (lambda: "walk", answer_has("groupName", "walk"))
     known[(model, "feature_flag")] = (lambda: "beta", answer_has("featureFlag", "beta"))
     known[(model, "feature_flags")] = (lambda: ["beta"], answer_has("featureFlag", "beta"))
-known[("EventTypeIn", "name")] = (lambda: unique("walk") + ".x", accepted)
+known[("EventTypeIn", "name")] = shown("name", unique("walk") + ".x")
 known[("MessagePrecheckIn", "event_type")] = (lambda: "call.completed", lambda answer: answer["active"] in (True, False))
 known[("MessagePrecheckIn", "channels")] = (lambda: ["walk"], lambda answer: answer["active"] in (True, False))
 for model in ("EndpointTransformationIn", "EndpointTransformationPatch"):

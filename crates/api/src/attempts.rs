@@ -85,10 +85,34 @@ pub(crate) struct AttemptListParams {
     /// Herald's addition: each entry with the request it made.
     #[serde(default)]
     with_request: bool,
+    /// Svix's: refused when given (Herald does not filter attempts by them).
+    tag: Option<String>,
+    channel: Option<String>,
+    endpoint_id: Option<String>,
+    /// Svix's: `true` (each attempt with its message) is refused; Herald
+    /// offers `with_request` instead.
+    with_msg: Option<bool>,
 }
 
 impl AttemptListParams {
     fn query(&self, filter: AttemptFilter) -> ApiResult<AttemptQuery> {
+        use crate::extract::refuse_given;
+        refuse_given("tag", &self.tag, "messages carry no tags in Herald")?;
+        refuse_given(
+            "channel",
+            &self.channel,
+            "attempts are not listed by channel in Herald",
+        )?;
+        refuse_given(
+            "endpoint_id",
+            &self.endpoint_id,
+            "list an endpoint's attempts with /attempt/endpoint/{endpoint}/",
+        )?;
+        refuse_given(
+            "with_msg",
+            &self.with_msg.filter(|with| *with),
+            "attempts come without their message; use with_request=true",
+        )?;
         let page = ListParams {
             limit: self.limit,
             iterator: self.iterator.clone(),

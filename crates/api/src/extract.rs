@@ -335,6 +335,16 @@ where
     }
 }
 
+/// 422 naming a query parameter Herald does not do, when it was given
+/// (one that a client's SDK sends must not be dropped unnoticed: a `tag`
+/// filter ignored would list every message as if it matched).
+pub(crate) fn refuse_given<T>(name: &str, value: &Option<T>, why: &str) -> ApiResult<()> {
+    match value {
+        Some(_) => Err(ApiError::invalid(name, why)),
+        None => Ok(()),
+    }
+}
+
 /// One value sent under either of two names (Svix's SDKs send `eventTypes`
 /// and `throttleRate` where Svix's older API said `filterTypes` and
 /// `rateLimit`): whichever was given, or 422 naming the second when both

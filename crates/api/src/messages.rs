@@ -206,12 +206,15 @@ pub(crate) struct MessageListParams {
     /// Comma-separated.
     event_types: Option<String>,
     channel: Option<String>,
+    /// Not supported: messages carry no tags in Herald (422 when given).
+    tag: Option<String>,
 }
 
 impl MessageListParams {
     /// The store's query: the page, the filters, and the page's payload
     /// budget.
     fn query(&self) -> ApiResult<MessageQuery> {
+        crate::extract::refuse_given("tag", &self.tag, "messages carry no tags in Herald")?;
         Ok(MessageQuery {
             page: ListParams {
                 limit: self.limit,
@@ -286,8 +289,9 @@ pub(crate) async fn list(
 pub(crate) struct EndpointMessageParams {
     /// 0 delivered, 1 pending, 2 failed, 3 being sent now.
     status: Option<i64>,
-    /// Not supported: messages carry no tags in Herald (422 when given).
-    tag: Option<String>,
+    /// `false`: a delivery being sent shows as pending (1), as in Svix's
+    /// older statuses; default `true`.
+    expanded_statuses: Option<bool>,
 }
 
 /// Where one (message, endpoint) delivery stands.
@@ -344,9 +348,6 @@ pub(crate) async fn attempted_messages(
     Query(messages): Query<MessageListParams>,
     Query(params): Query<EndpointMessageParams>,
 ) -> ApiResult<axum::response::Response> {
-    if params.tag.is_some() {
-        return Err(ApiError::invalid("tag", "messages carry no tags in Herald"));
-    }
     let status = params
         .status
         .map(|code| {
@@ -366,8 +367,17 @@ pub(crate) async fn attempted_messages(
         .store
         .list_endpoint_messages(endpoint.app_id, query)
         .await?;
+    let expanded = params.expanded_statuses.unwrap_or(true);
     let page = ListResponse::from_page(page, |m| EndpointMessageOut {
-        delivery: DeliveryOut::new(m.status, m.next_attempt),
+        delivery: DeliveryOut::new(
+            match m.status {
+                herald_domain::DeliveryStatus::Sending if !expanded => {
+                    herald_domain::DeliveryStatus::Pending
+                }
+                status => status,
+            },
+            m.next_attempt,
+        ),
         message: MessageOut::owned(m.message, with_content),
     });
     crate::extract::json_holding(&page, page_slot)

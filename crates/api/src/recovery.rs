@@ -169,6 +169,8 @@ pub(crate) struct TaskListParams {
     status: Option<String>,
     /// The kind: `endpoint.recover` is the only one Herald runs.
     task: Option<String>,
+    /// `descending` (newest first) only: `ascending` is refused.
+    order: Option<String>,
 }
 
 /// List background tasks (recoveries), newest first: an app-scoped token
@@ -187,6 +189,14 @@ pub(crate) async fn list_tasks(
     Extension(principal): Extension<Principal>,
     crate::extract::Query(params): crate::extract::Query<TaskListParams>,
 ) -> ApiResult<Json<crate::extract::ListResponse<TaskOut>>> {
+    crate::extract::refuse_given(
+        "order",
+        &params
+            .order
+            .as_deref()
+            .filter(|order| *order != "descending"),
+        "tasks are listed newest first (descending) only",
+    )?;
     let status = params
         .status
         .as_deref()

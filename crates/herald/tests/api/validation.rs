@@ -857,3 +857,58 @@ async fn event_types_and_throttle_rate_are_svix_sdk_2_names_for_filter_types_and
         "only the CRM takes call.failed"
     );
 }
+
+#[tokio::test]
+async fn a_query_parameter_herald_does_not_do_is_refused_with_its_name() {
+    let app = spawn_app().await;
+    let receiver = crate::helpers::Receiver::start().await;
+    let tenant = app.create_app("Acme").await;
+    let endpoint = app
+        .create_endpoint(&tenant, &receiver.url("/hook"), None)
+        .await;
+    let message = app.send(&tenant, "call.started", json!({})).await;
+    let refused = [
+        (format!("/app/{tenant}/msg/?tag=vip"), "tag"),
+        (
+            format!("/app/{tenant}/endpoint/{endpoint}/msg/?tag=vip"),
+            "tag",
+        ),
+        (
+            format!("/app/{tenant}/attempt/endpoint/{endpoint}/?tag=vip"),
+            "tag",
+        ),
+        (
+            format!("/app/{tenant}/attempt/endpoint/{endpoint}/?channel=c"),
+            "channel",
+        ),
+        (
+            format!("/app/{tenant}/attempt/msg/{message}/?endpoint_id={endpoint}"),
+            "endpoint_id",
+        ),
+        (
+            format!("/app/{tenant}/attempt/msg/{message}/?with_msg=true"),
+            "with_msg",
+        ),
+        ("/background-task/?order=ascending".to_owned(), "order"),
+    ];
+    for (path, field) in refused {
+        let (status, error) = app.get(&path).await;
+        assert_eq!(status, 422, "{path}: {error}");
+        assert!(
+            crate::helpers::detail_text(&error).contains(field)
+                || error.to_string().contains(field),
+            "{path}: {error}"
+        );
+    }
+    // What Svix's SDK 2 sends by default is taken.
+    for path in [
+        format!("/app/{tenant}/attempt/msg/{message}/?with_content=false&expanded_statuses=true"),
+        format!(
+            "/app/{tenant}/endpoint/{endpoint}/msg/?with_content=false&expanded_statuses=false"
+        ),
+        "/background-task/?order=descending".to_owned(),
+    ] {
+        let (status, answer) = app.get(&path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+}

@@ -260,39 +260,26 @@ impl<T> ListResponse<T> {
     }
 }
 
-/// `value` as a JSON answer written in 64 KiB pieces that keeps `held` (a
-/// slot of a bounded resource, such as listing memory) until its last
-/// piece has been taken by the connection, so a client reading slowly
-/// holds it for as long as the answer stays in memory.
+/// `value` as a JSON answer that keeps `held` (a slot of a bounded
+/// resource, such as listing memory) until it has been written, so a
+/// client reading slowly holds it for as long as the answer stays in
+/// memory.
 pub(crate) fn json_holding<T: Serialize, H: Send + 'static>(
     value: &T,
     held: H,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    const PIECE: usize = 64 << 10;
     let json = serde_json::to_vec(value)
         .map_err(|e| ApiError::Internal(format!("writing a list page: {e}")))?;
-    let json = axum::body::Bytes::from(json);
-    let pieces = futures_util::stream::unfold(
-        (json, 0usize, Some(held)),
-        |(json, at, mut held)| async move {
-            if at >= json.len() {
-                drop(held.take());
-                return None;
-            }
-            let end = (at + PIECE).min(json.len());
-            let piece = json.slice(at..end);
-            Some((Ok::<_, std::convert::Infallible>(piece), (json, end, held)))
-        },
-    );
-    Ok((
+    let response = (
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        axum::body::Body::from_stream(pieces),
+        json,
     )
-        .into_response())
+        .into_response();
+    Ok(holding(response, held))
 }
 
 /// The fields a body carried that its type does not know, gathered by
@@ -312,6 +299,23 @@ impl Unknown {
             None => Ok(()),
         }
     }
+}
+
+/// `response` keeping `held` (a slot of a bounded resource, such as
+/// listing memory) until its body has been written to the end.
+pub(crate) fn holding<H: Send + 'static>(
+    response: axum::response::Response,
+    held: H,
+) -> axum::response::Response {
+    use futures_util::StreamExt;
+    let (parts, body) = response.into_parts();
+    let mut held = Some(held);
+    let end = futures_util::stream::poll_fn(move |_| {
+        drop(held.take());
+        std::task::Poll::Ready(None::<Result<axum::body::Bytes, axum::Error>>)
+    });
+    let body = axum::body::Body::from_stream(body.into_data_stream().chain(end));
+    axum::response::Response::from_parts(parts, body)
 }
 
 /// Every item of a listing, read page after page (250 at a time).

@@ -73,6 +73,9 @@ async fn render(
     query: ActivityQuery,
 ) -> Result<Response, Refused> {
     let (session, app, endpoint) = opened(state, headers, app, endpoint).await?;
+    // Each entry shows its message's payload: the page is one of the
+    // listing pages the process keeps in memory, held until written.
+    let listing = crate::limits::listing_page(state, session.principal)?;
     let cursor = match &query.before {
         Some(before) => Cursor::parse(Some(before)),
         None => Cursor::Start,
@@ -137,27 +140,30 @@ async fn render(
         Some("retried") => Some("Sent again; the new attempt appears at the top."),
         _ => None,
     };
-    Ok(page(
-        state,
-        activity(
-            &Viewer {
-                csrf: &session.csrf(),
-                writable: session.writable(),
-            },
-            &app,
-            endpoint.as_ref(),
-            &ActivityFilters {
-                status: query.status.as_deref(),
-                event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
-                after: query.after.as_deref().filter(|t| !t.is_empty()),
-            },
-            Shown {
-                entries: &entries,
-                pending: &pending,
-                older: attempts.iterator.filter(|_| !attempts.done),
-            },
-            notice,
+    Ok(crate::extract::holding(
+        page(
+            state,
+            activity(
+                &Viewer {
+                    csrf: &session.csrf(),
+                    writable: session.writable(),
+                },
+                &app,
+                endpoint.as_ref(),
+                &ActivityFilters {
+                    status: query.status.as_deref(),
+                    event_type: query.event_type.as_deref().filter(|t| !t.is_empty()),
+                    after: query.after.as_deref().filter(|t| !t.is_empty()),
+                },
+                Shown {
+                    entries: &entries,
+                    pending: &pending,
+                    older: attempts.iterator.filter(|_| !attempts.done),
+                },
+                notice,
+            ),
         ),
+        listing,
     ))
 }
 

@@ -245,6 +245,44 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
     assert!(answer.contains("payload_too_large"), "{answer}");
 }
 
+#[tokio::test]
+async fn a_client_that_keeps_sending_a_refused_body_is_cut_off_after_the_lingering_bound() {
+    let app = spawn_app().await;
+    let tenant = app.create_app("Acme").await;
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /api/v1/app/{tenant}/msg/ HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // Sends without end, as fast as the server reads.
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        while writer.write_all(&chunk).await.is_ok() {}
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the server ends the lingering read (4 x the body limit, 5 s)");
+    let took = started.elapsed();
+    sender.abort();
+
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(took < Duration::from_secs(20), "closed after {took:?}");
+}
+
 /// App-scoped tokens for `tenant`.
 async fn tokens(app: &TestApp, tenant: &str, count: usize) -> Vec<String> {
     let mut tokens = Vec::new();
